@@ -1,0 +1,182 @@
+//! The messages: [`Request`], [`Response`], [`Command`], [`Reply`], [`ErrorCode`],
+//! and the default limits both sides agree on.
+//!
+//! Compatibility rule: enum variants are only ever appended. A variant's position
+//! is its tag on the wire (a little-endian `u32`), so reordering one breaks every
+//! client in the field.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::wire_bytes;
+
+/// Largest frame body either side accepts by default (16 MiB). The server's
+/// `--max-frame` changes it; a body larger than the limit is refused before it
+/// is buffered.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest key by default (64 KiB): keys are held in memory twice during a
+/// `Keys` page and copied into every snapshot, so they are kept small.
+pub const DEFAULT_MAX_KEY: usize = 64 * 1024;
+/// Largest value by default (15 MiB): it must fit, with its key and the reply's
+/// framing, inside one default frame.
+pub const DEFAULT_MAX_VALUE: usize = 15 * 1024 * 1024;
+/// Most items in one `BulkSet` by default: one log record and one lock pass each.
+pub const DEFAULT_MAX_BULK_ITEMS: usize = 100_000;
+/// The page size `Keys` uses when the request says `limit: 0`.
+pub const DEFAULT_KEYS_PAGE: u32 = 1_000;
+/// The most keys one `Keys` page ever holds, whatever the request asks for.
+pub const MAX_KEYS_PAGE: u32 = 10_000;
+
+/// One request: the client's id for it (echoed in the [`Response`]) and the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; the server never interprets it, only echoes it.
+    pub id: u64,
+    pub command: Command,
+}
+
+/// One response: the id of the request it answers and the reply.
+///
+/// Responses on a connection come back in the order of the requests, so a
+/// client may pipeline and match by order or by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub id: u64,
+    pub reply: Reply,
+}
+
+/// What a client asks. Keys and values are arbitrary bytes.
+///
+/// Every command of today is idempotent: sending it twice leaves the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Tag 0. Store `value` under `key`, replacing any previous value. Reply: `Ok`.
+    Set {
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+    },
+    /// Tag 1. Read one key. Reply: `Value(Some(..))` or `Value(None)`.
+    Get {
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 2. Remove one key. Reply: `Bool(true)` if it existed.
+    Delete {
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 3. Store every pair atomically: after a crash either all of them are
+    /// there or none. A key that appears twice takes its last value. Reply: `Ok`.
+    BulkSet {
+        #[serde(deserialize_with = "wire_bytes::pairs")]
+        items: Vec<(Bytes, Bytes)>,
+    },
+    /// Tag 4. Reply: `Bool(true)` if the key exists.
+    Exists {
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 5. One page of the keys that start with `prefix` and sort after
+    /// `start_after` (bytewise), ascending. `limit: 0` asks for the server's
+    /// default page size; the server caps larger limits. Reply: `Keys`; ask for
+    /// the next page with `start_after` set to the last key while `more` is true.
+    Keys {
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        prefix: Bytes,
+        #[serde(deserialize_with = "wire_bytes::option")]
+        start_after: Option<Bytes>,
+        limit: u32,
+    },
+}
+
+/// What the server answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Tag 0. The command succeeded and has nothing to return (Set, BulkSet).
+    Ok,
+    /// Tag 1. The value of a key, or `None` if it does not exist (Get).
+    Value(#[serde(deserialize_with = "wire_bytes::option")] Option<Bytes>),
+    /// Tag 2. A yes/no answer (Exists; Delete says whether the key existed).
+    Bool(bool),
+    /// Tag 3. A page of keys in ascending byte order; `more` is true when keys
+    /// after the last one may remain.
+    Keys {
+        #[serde(deserialize_with = "wire_bytes::list")]
+        keys: Vec<Bytes>,
+        more: bool,
+    },
+    /// Tag 4. The command failed. `code` is stable ([`ErrorCode`]); `message` is
+    /// for humans and may change.
+    Error {
+        code: u32,
+        #[serde(deserialize_with = "wire_bytes::string")]
+        message: String,
+    },
+}
+
+impl Reply {
+    /// An error reply with its code and message.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code: code as u32,
+            message: message.into(),
+        }
+    }
+}
+
+/// The stable numeric codes of [`Reply::Error`]. New codes are only appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame body did not decode. The server closes the connection after it.
+    Malformed = 1,
+    /// The frame's length prefix exceeds the server's frame limit. The server
+    /// closes the connection after it.
+    FrameTooLarge = 2,
+    /// A key is longer than the server's key limit.
+    KeyTooLarge = 3,
+    /// A value is longer than the server's value limit.
+    ValueTooLarge = 4,
+    /// A `BulkSet` has more items than the server's limit.
+    TooManyItems = 5,
+    /// The write-ahead log failed (a write or an `fdatasync` returned an error).
+    /// The server refuses every write until it is restarted; reads go on.
+    StorageFailed = 6,
+    /// The server is at its connection limit; it closes the connection.
+    TooManyConnections = 7,
+    /// The server is shutting down and takes no new work.
+    ShuttingDown = 8,
+}
+
+impl ErrorCode {
+    /// The code for a number read from the wire, if this version knows it.
+    pub fn from_code(code: u32) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            Malformed,
+            FrameTooLarge,
+            KeyTooLarge,
+            ValueTooLarge,
+            TooManyItems,
+            StorageFailed,
+            TooManyConnections,
+            ShuttingDown,
+        ]
+        .into_iter()
+        .find(|c| *c as u32 == code)
+    }
+
+    /// Whether sending the same request again, later or to a restarted server,
+    /// can succeed. Limits and malformed input fail the same way every time;
+    /// `StorageFailed` needs an operator to restart the server, so a client must
+    /// not loop on it.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown
+        )
+    }
+}

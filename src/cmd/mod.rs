@@ -1,0 +1,122 @@
+//! Commands: what each request does, one file per command.
+//!
+//! Reads ([`get`], [`exists`], [`keys`]) answer at once from the store.
+//! Writes ([`set`], [`delete`], [`bulk_set`]) check their limits, queue a
+//! [`WriteOp`] for the group-commit thread, and answer once it is durable.
+//! The connection handler keeps replies in request order (see
+//! `crate::handler`).
+
+mod bulk_set;
+mod delete;
+mod exists;
+mod get;
+mod keys;
+mod set;
+
+use kvstore_client::{Command, ErrorCode, Reply};
+
+use crate::commit::PendingWrite;
+use crate::config::Limits;
+use crate::db::Db;
+use crate::error::Error;
+use crate::storage::op::WriteOp;
+use crate::storage::store::Applied;
+
+/// A command that has been started.
+pub enum Started {
+    /// Its reply is known now.
+    Done(Reply),
+    /// A write waiting for the log; [`reply_for`] turns its outcome into a reply.
+    Pending(PendingWrite),
+}
+
+/// Whether the command changes data (and so goes through the log).
+pub fn is_write(command: &Command) -> bool {
+    match command {
+        Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => true,
+        Command::Get { .. } | Command::Exists { .. } | Command::Keys { .. } => false,
+    }
+}
+
+/// Starts any command: a read is answered, a write is queued.
+pub async fn start(command: Command, db: &Db) -> Started {
+    let op = match command {
+        Command::Set { key, value } => set::op(key, value, &db.limits),
+        Command::Delete { key } => delete::op(key, &db.limits),
+        Command::BulkSet { items } => bulk_set::op(items, &db.limits),
+        read => return Started::Done(self::read(read, db)),
+    };
+    match op {
+        Ok(op) => match db.write(op).await {
+            Ok(pending) => Started::Pending(pending),
+            Err(e) => Started::Done(error_reply(&e)),
+        },
+        Err(reply) => Started::Done(reply),
+    }
+}
+
+/// Answers a read. Called directly for reads that waited behind writes of
+/// the same connection.
+pub fn read(command: Command, db: &Db) -> Reply {
+    let result = match command {
+        Command::Get { key } => get::apply(&key, db),
+        Command::Exists { key } => exists::apply(&key, db),
+        Command::Keys {
+            prefix,
+            start_after,
+            limit,
+        } => keys::apply(&prefix, start_after.as_deref(), limit, db),
+        Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => Err(
+            Reply::error(ErrorCode::Malformed, "a write was routed as a read"),
+        ),
+    };
+    result.unwrap_or_else(|reply| reply)
+}
+
+/// The reply for a write's outcome.
+pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
+    match outcome {
+        Ok(Applied::Stored) => Reply::Ok,
+        Ok(Applied::Deleted(existed)) => Reply::Bool(existed),
+        Err(e) => error_reply(&e),
+    }
+}
+
+/// The wire error for a server error.
+pub fn error_reply(e: &Error) -> Reply {
+    let code = match e {
+        Error::ShuttingDown => ErrorCode::ShuttingDown,
+        _ => ErrorCode::StorageFailed,
+    };
+    Reply::error(code, e.to_string())
+}
+
+/// Refuses a key over the limit.
+fn check_key(key: &[u8], limits: &Limits) -> Result<(), Reply> {
+    if key.len() > limits.max_key {
+        return Err(Reply::error(
+            ErrorCode::KeyTooLarge,
+            format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                limits.max_key
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a value over the limit.
+fn check_value(value: &[u8], limits: &Limits) -> Result<(), Reply> {
+    if value.len() > limits.max_value {
+        return Err(Reply::error(
+            ErrorCode::ValueTooLarge,
+            format!(
+                "value of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                limits.max_value
+            ),
+        ));
+    }
+    Ok(())
+}

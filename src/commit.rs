@@ -1,0 +1,424 @@
+//! Group commit: the one thread that writes the log and applies writes.
+//!
+//! Connections send [`WriteOp`]s into a bounded channel (the bound is the
+//! backpressure). The thread takes everything waiting, up to a batch limit,
+//! encodes it as log records, issues one `write` and, with `--sync always`,
+//! one `fdatasync` for the whole batch. Only when that returns Ok does it apply
+//! the batch to the [`Store`], in log order, and acknowledge each write. So:
+//!
+//! - an acknowledged write is in the log and was covered by an `fdatasync`;
+//! - no reader sees a write before it is durable;
+//! - the store is always exactly the replay of the durable log.
+//!
+//! A failed `write` or `fdatasync` poisons the log for good: the batch fails,
+//! every later write fails with "storage failed", the fsync is never retried
+//! (after a failed fsync the kernel may have dropped the dirty pages, so a
+//! retry that returns Ok proves nothing). Reads go on. A restart recovers from
+//! what is on disk.
+//!
+//! When the current segment passes `--snapshot-after-bytes`, the thread syncs
+//! it, starts a new segment and hands the snapshot to a second thread, so
+//! writes keep flowing while the map is copied.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::SyncMode;
+use crate::error::Error;
+use crate::storage::op::WriteOp;
+use crate::storage::store::{Applied, Store};
+use crate::storage::{snapshot, wal};
+
+/// Writes waiting for the commit thread. Past this, senders wait: a full
+/// queue slows clients down instead of growing memory.
+const QUEUE_DEPTH: usize = 4096;
+/// Most writes in one batch, so one slow batch does not hold back replies.
+const MAX_BATCH_OPS: usize = 4096;
+/// A batch stops collecting once its writes pass this many bytes.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the commit thread is asked to do.
+enum Message {
+    /// Log, sync, apply, then answer.
+    Write {
+        op: WriteOp,
+        done: oneshot::Sender<Result<Applied, Error>>,
+    },
+    /// Make everything written so far durable; answer if someone waits. The
+    /// periodic ticker and the snapshot writer send these.
+    Sync {
+        done: Option<oneshot::Sender<Result<(), Error>>>,
+    },
+    /// Stop after the writes before this one.
+    Close,
+}
+
+/// Settings of the commit thread.
+pub struct Settings {
+    pub sync: SyncMode,
+    pub sync_interval: Duration,
+    pub snapshot_after_bytes: u64,
+    /// The snapshot file; the log directory is derived from it.
+    pub data: PathBuf,
+}
+
+/// The handle connections use to submit writes. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Message>,
+    /// Set once, with the reason, when the log fails; checked before queueing
+    /// so writes after a failure are refused at once.
+    poison: Arc<OnceLock<String>>,
+}
+
+/// A write that was queued; resolves once it is durable and applied.
+pub struct PendingWrite(oneshot::Receiver<Result<Applied, Error>>);
+
+impl PendingWrite {
+    /// Waits for the outcome.
+    pub async fn wait(&mut self) -> Result<Applied, Error> {
+        (&mut self.0).await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// The outcome if it is already there.
+    pub fn try_take(&mut self) -> Option<Result<Applied, Error>> {
+        match self.0.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::ShuttingDown)),
+        }
+    }
+}
+
+impl Committer {
+    /// Queues a write. Fails at once if the log has failed or is closed.
+    pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite, Error> {
+        if let Some(reason) = self.poison.get() {
+            return Err(Error::StorageFailed(reason.clone()));
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Write { op, done })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(PendingWrite(rx))
+    }
+
+    /// Asks for an fsync of everything written so far, without waiting (the
+    /// `--sync periodic` ticker). Skipped if the queue is full: the thread is
+    /// busy and syncs on its own clock.
+    pub fn request_sync(&self) {
+        let _ = self.tx.try_send(Message::Sync { done: None });
+    }
+
+    /// Whether the log has failed.
+    pub fn is_poisoned(&self) -> bool {
+        self.poison.get().is_some()
+    }
+}
+
+/// The running commit thread.
+pub struct GroupCommit {
+    committer: Committer,
+    thread: JoinHandle<Result<(), Error>>,
+}
+
+impl GroupCommit {
+    /// Starts the commit thread on a recovered log.
+    pub fn start(
+        store: Arc<Store>,
+        segment: wal::Segment,
+        last_seq: u64,
+        settings: Settings,
+    ) -> Result<GroupCommit, Error> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let poison = Arc::new(OnceLock::new());
+        let worker = Worker {
+            rx,
+            weak: tx.downgrade(),
+            store,
+            segment,
+            seq: last_seq,
+            dirty: false,
+            last_sync: Instant::now(),
+            poison: poison.clone(),
+            settings,
+            snapshotting: Arc::new(AtomicBool::new(false)),
+            snapshot_thread: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("kvstore-commit".into())
+            .spawn(move || worker.run())
+            .map_err(|e| Error::io(&PathBuf::from("<commit thread>"), e))?;
+        Ok(GroupCommit {
+            committer: Committer { tx, poison },
+            thread,
+        })
+    }
+
+    pub fn committer(&self) -> Committer {
+        self.committer.clone()
+    }
+
+    /// Stops the thread after the writes already queued, waits for a running
+    /// snapshot, and writes a final snapshot so the next start has no log to
+    /// replay. Writes still queued behind the close are refused with
+    /// "shutting down" (their clients were not acknowledged).
+    pub async fn close(self) -> Result<(), Error> {
+        let _ = self.committer.tx.send(Message::Close).await;
+        drop(self.committer);
+        tokio::task::spawn_blocking(move || self.thread.join())
+            .await
+            .map_err(|e| Error::Config(format!("commit thread join failed: {e}")))?
+            .unwrap_or_else(|_| Err(Error::StorageFailed("the commit thread panicked".into())))
+    }
+}
+
+/// State owned by the commit thread.
+struct Worker {
+    rx: mpsc::Receiver<Message>,
+    /// For the snapshot thread's sync barrier; weak so that it never keeps
+    /// the channel open by itself.
+    weak: mpsc::WeakSender<Message>,
+    store: Arc<Store>,
+    segment: wal::Segment,
+    /// The sequence number of the last record written.
+    seq: u64,
+    /// Bytes were written since the last fsync.
+    dirty: bool,
+    last_sync: Instant,
+    poison: Arc<OnceLock<String>>,
+    settings: Settings,
+    /// A snapshot thread is running; no second one starts meanwhile.
+    snapshotting: Arc<AtomicBool>,
+    snapshot_thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn run(mut self) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        let mut buf = Vec::new();
+        let mut closing = false;
+        while !closing {
+            let Some(first) = self.rx.blocking_recv() else {
+                break;
+            };
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Close => {
+                        closing = true;
+                        break;
+                    }
+                    Message::Write { ref op, .. } => bytes += op.approx_len(),
+                    Message::Sync { .. } => {}
+                }
+                batch.push(message);
+                if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut batch, &mut buf);
+            if !closing {
+                self.maybe_snapshot();
+            }
+        }
+        // Refuse whatever was queued behind the close.
+        self.rx.close();
+        while let Ok(message) = self.rx.try_recv() {
+            fail(message, || Error::ShuttingDown);
+        }
+        if let Some(thread) = self.snapshot_thread.take() {
+            let _ = thread.join();
+        }
+        self.final_snapshot()
+    }
+
+    /// Writes, syncs and applies one batch, then answers every message in it.
+    fn commit(&mut self, batch: &mut Vec<Message>, buf: &mut Vec<u8>) {
+        if let Some(reason) = self.poison.get() {
+            let reason = reason.clone();
+            batch
+                .drain(..)
+                .for_each(|m| fail(m, || Error::StorageFailed(reason.clone())));
+            return;
+        }
+        buf.clear();
+        let mut sync_asked = false;
+        for message in batch.iter() {
+            match message {
+                Message::Write { op, .. } => {
+                    self.seq += 1;
+                    wal::encode_record(buf, self.seq, op);
+                }
+                Message::Sync { .. } => sync_asked = true,
+                Message::Close => {}
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = self.segment.append(buf) {
+                return self.poison_batch(batch, "write", e);
+            }
+            self.dirty = true;
+        }
+        let sync_now = self.dirty
+            && match self.settings.sync {
+                SyncMode::Always => true,
+                SyncMode::Periodic => {
+                    sync_asked || self.last_sync.elapsed() >= self.settings.sync_interval
+                }
+                SyncMode::Never => sync_asked,
+            };
+        if sync_now {
+            if let Err(e) = self.segment.sync_data() {
+                return self.poison_batch(batch, "fdatasync", e);
+            }
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        for message in batch.drain(..) {
+            match message {
+                Message::Write { op, done } => {
+                    let applied = self.store.apply(&op);
+                    let _ = done.send(Ok(applied));
+                }
+                Message::Sync { done: Some(done) } => {
+                    let _ = done.send(Ok(()));
+                }
+                Message::Sync { done: None } | Message::Close => {}
+            }
+        }
+    }
+
+    fn poison_batch(&mut self, batch: &mut Vec<Message>, what: &str, e: std::io::Error) {
+        let reason = format!("log {what} failed on segment {}: {e}", self.segment.id());
+        tracing::error!(
+            "{reason}; refusing all writes until restart (the fsync is not retried: after a failure the kernel may have dropped the data)"
+        );
+        let _ = self.poison.set(reason.clone());
+        batch
+            .drain(..)
+            .for_each(|m| fail(m, || Error::StorageFailed(reason.clone())));
+    }
+
+    /// Starts a snapshot if the segment is past the threshold and none runs.
+    fn maybe_snapshot(&mut self) {
+        if self.segment.len() < self.settings.snapshot_after_bytes
+            || self.poison.get().is_some()
+            || self.snapshotting.load(Ordering::Acquire)
+        {
+            return;
+        }
+        if let Some(thread) = self.snapshot_thread.take() {
+            let _ = thread.join();
+        }
+        let next = match self.rotate() {
+            Ok(id) => id,
+            Err(e) => {
+                let reason = format!("log rotation failed: {e}");
+                tracing::error!("{reason}; refusing all writes until restart");
+                let _ = self.poison.set(reason);
+                return;
+            }
+        };
+        self.snapshotting.store(true, Ordering::Release);
+        let store = self.store.clone();
+        let data = self.settings.data.clone();
+        let weak = self.weak.clone();
+        let running = self.snapshotting.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kvstore-snapshot".into())
+            .spawn(move || {
+                let result = snapshot::write(&data, &store, next, || sync_barrier(&weak));
+                match result.and_then(|_| remove_segments_before(&data, next)) {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(
+                        "snapshot failed, the log is kept and replayed instead: {e}"
+                    ),
+                }
+                running.store(false, Ordering::Release);
+            });
+        match spawned {
+            Ok(thread) => self.snapshot_thread = Some(thread),
+            Err(e) => {
+                tracing::error!("could not start the snapshot thread: {e}");
+                self.snapshotting.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Syncs the current segment and starts the next one; returns its id.
+    /// Every segment but the newest is therefore wholly durable, which is what
+    /// lets recovery treat damage anywhere but the newest tail as corruption.
+    fn rotate(&mut self) -> Result<u64, Error> {
+        let dir = wal::dir_for(&self.settings.data);
+        if self.dirty {
+            self.segment.sync_data().map_err(|e| Error::io(&dir, e))?;
+            self.dirty = false;
+            self.last_sync = Instant::now();
+        }
+        let next = self.segment.id() + 1;
+        self.segment = wal::Segment::create(&dir, next)?;
+        Ok(next)
+    }
+
+    /// At shutdown: everything is durable, then one snapshot covers it all and
+    /// the log is emptied. Skipped after a log failure: the disk is not to be
+    /// trusted, and the log on it already holds every acknowledged write.
+    fn final_snapshot(&mut self) -> Result<(), Error> {
+        if let Some(reason) = self.poison.get() {
+            return Err(Error::StorageFailed(reason.clone()));
+        }
+        // Nothing written since the snapshot that emptied the log: done.
+        let dir = wal::dir_for(&self.settings.data);
+        let only_segment = wal::list_segments(&dir)? == [self.segment.id()];
+        if self.segment.is_empty() && only_segment && self.settings.data.exists() {
+            return Ok(());
+        }
+        let next = self.rotate()?;
+        snapshot::write(&self.settings.data, &self.store, next, || Ok(()))?;
+        remove_segments_before(&self.settings.data, next)
+    }
+}
+
+/// Answers a message that will not be carried out.
+fn fail(message: Message, error: impl Fn() -> Error) {
+    match message {
+        Message::Write { done, .. } => {
+            let _ = done.send(Err(error()));
+        }
+        Message::Sync { done: Some(done) } => {
+            let _ = done.send(Err(error()));
+        }
+        Message::Sync { done: None } | Message::Close => {}
+    }
+}
+
+/// Called by the snapshot thread between syncing its file and renaming it:
+/// waits until every write applied so far is durable in the log.
+fn sync_barrier(weak: &mpsc::WeakSender<Message>) -> Result<(), Error> {
+    let tx = weak.upgrade().ok_or(Error::ShuttingDown)?;
+    let (done, rx) = oneshot::channel();
+    tx.blocking_send(Message::Sync { done: Some(done) })
+        .map_err(|_| Error::ShuttingDown)?;
+    drop(tx);
+    rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+}
+
+/// Deletes the log segments a durable snapshot has made obsolete.
+fn remove_segments_before(data: &std::path::Path, next: u64) -> Result<(), Error> {
+    let dir = wal::dir_for(data);
+    for id in wal::list_segments(&dir)?
+        .into_iter()
+        .filter(|&id| id < next)
+    {
+        wal::remove_segment(&dir, id)?;
+    }
+    crate::storage::sync_dir(&dir)
+}

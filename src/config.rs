@@ -1,0 +1,143 @@
+//! Server configuration: every flag, its environment variable and its default.
+//!
+//! The binary parses this with clap; tests and embedders build it with
+//! [`Config::parse_from`] or by hand.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use kvstore_client::protocol::{
+    DEFAULT_MAX_BULK_ITEMS, DEFAULT_MAX_FRAME, DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE,
+};
+
+use crate::error::Error;
+
+/// When the write-ahead log is forced to disk, and so what an acknowledgement
+/// promises. `docs/durability.md` states each promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// `fdatasync` before every acknowledgement (concurrent writes share one).
+    /// An acknowledged write survives a crash of the process or the machine.
+    Always,
+    /// Acknowledge after `write`; `fdatasync` at most every `--sync-interval-ms`.
+    /// Survives a crash of the process; a power cut may lose the last interval.
+    Periodic,
+    /// Acknowledge after `write`; the OS decides when data reaches the disk
+    /// (the log is synced only at rotation, snapshots and shutdown).
+    Never,
+}
+
+/// kvstore-server: a durable key-value server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvstore-server", version, about)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    #[arg(long, env = "KVSTORE_LISTEN", default_value = "127.0.0.1:65433")]
+    pub listen: SocketAddr,
+
+    /// Snapshot file; the log lives beside it in `<data>-wal/`.
+    #[arg(long, env = "KVSTORE_DATA", default_value = "kvstore.db")]
+    pub data: PathBuf,
+
+    /// When the log is fsynced before acknowledging a write.
+    #[arg(long, env = "KVSTORE_SYNC", value_enum, default_value_t = SyncMode::Always)]
+    pub sync: SyncMode,
+
+    /// With `--sync periodic`: the longest time between two fsyncs of the log.
+    #[arg(long, env = "KVSTORE_SYNC_INTERVAL_MS", default_value_t = 1000)]
+    pub sync_interval_ms: u64,
+
+    /// Write a snapshot (and start a new log segment) once the log passes this
+    /// many bytes.
+    #[arg(long, env = "KVSTORE_SNAPSHOT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub snapshot_after_bytes: u64,
+
+    /// Largest frame body accepted, in bytes.
+    #[arg(long, env = "KVSTORE_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+
+    /// Largest key, in bytes.
+    #[arg(long, env = "KVSTORE_MAX_KEY", default_value_t = DEFAULT_MAX_KEY)]
+    pub max_key: usize,
+
+    /// Largest value, in bytes. Key plus value must fit in a frame.
+    #[arg(long, env = "KVSTORE_MAX_VALUE", default_value_t = DEFAULT_MAX_VALUE)]
+    pub max_value: usize,
+
+    /// Most items in one BulkSet.
+    #[arg(long, env = "KVSTORE_MAX_BULK_ITEMS", default_value_t = DEFAULT_MAX_BULK_ITEMS)]
+    pub max_bulk_items: usize,
+
+    /// Most client connections at once; the next one gets an error and is closed.
+    #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Number of shards of the in-memory map (see docs/architecture.md for the
+    /// measurement behind the default).
+    #[arg(long, env = "KVSTORE_SHARDS", default_value_t = 64)]
+    pub shards: usize,
+
+    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
+    /// before the log is closed anyway.
+    #[arg(long, env = "KVSTORE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Bytes of a reply's framing beyond its key and value: the response id, the
+/// enum tags, the option tag and the length prefixes.
+const REPLY_OVERHEAD: usize = 64;
+
+impl Config {
+    /// Checks the flags against each other.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.max_key + self.max_value + REPLY_OVERHEAD > self.max_frame {
+            return Err(Error::Config(format!(
+                "--max-key ({}) plus --max-value ({}) must fit in --max-frame ({}) with {REPLY_OVERHEAD} bytes to spare",
+                self.max_key, self.max_value, self.max_frame
+            )));
+        }
+        if self.max_frame > kvstore_client::codec::HARD_MAX_FRAME {
+            return Err(Error::Config(format!(
+                "--max-frame may be at most {}",
+                kvstore_client::codec::HARD_MAX_FRAME
+            )));
+        }
+        if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {
+            return Err(Error::Config(
+                "--shards, --max-connections and --max-bulk-items must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis(self.sync_interval_ms.max(1))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The limits every command checks.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key: self.max_key,
+            max_value: self.max_value,
+            max_bulk_items: self.max_bulk_items,
+            max_reply_bytes: self.max_frame / 2,
+        }
+    }
+}
+
+/// The request limits, copied into each connection's [`crate::db::Db`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_key: usize,
+    pub max_value: usize,
+    pub max_bulk_items: usize,
+    /// A `Keys` page stops once its keys pass this many bytes, so its reply
+    /// always fits in a frame.
+    pub max_reply_bytes: usize,
+}

@@ -1,0 +1,73 @@
+//! One client's byte stream as typed frames: [`Request`]s in, [`Response`]s out.
+//!
+//! Framing is tokio-util's length-delimited codec (4-byte big-endian length),
+//! bodies go through `kvstore_client::codec`. A frame whose length exceeds the
+//! limit is refused before its body is buffered.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use kvstore_client::{codec, ErrorCode, Reply, Request, Response};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// What reading the next frame gave.
+pub enum Incoming {
+    Request(Request),
+    /// The client closed the connection (or it broke).
+    Closed,
+    /// The frame was unacceptable. The reply says why, under the request id if
+    /// one could be read (else 0); the connection must be closed after it,
+    /// because the stream can no longer be trusted to be in step.
+    Refused {
+        id: u64,
+        reply: Reply,
+    },
+}
+
+pub struct Connection {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, max_frame: usize) -> Connection {
+        Connection {
+            framed: Framed::new(stream, codec::frame_codec(max_frame)),
+        }
+    }
+
+    /// Reads the next request. Cancel-safe: a partly read frame stays buffered.
+    pub async fn read(&mut self) -> Incoming {
+        match self.framed.next().await {
+            None => Incoming::Closed,
+            Some(Ok(body)) => match codec::decode::<Request>(&body) {
+                Ok(request) => Incoming::Request(request),
+                Err(e) => Incoming::Refused {
+                    id: codec::peek_id(&body).unwrap_or(0),
+                    reply: Reply::error(ErrorCode::Malformed, e.to_string()),
+                },
+            },
+            // The codec reports an over-long length prefix as InvalidData.
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Incoming::Refused {
+                id: 0,
+                reply: Reply::error(
+                    ErrorCode::FrameTooLarge,
+                    format!(
+                        "{e}: the frame limit is {} bytes",
+                        self.framed.codec().max_frame_length()
+                    ),
+                ),
+            },
+            Some(Err(_)) => Incoming::Closed,
+        }
+    }
+
+    /// Queues a response without flushing, so a burst goes out in one write.
+    pub async fn feed(&mut self, response: &Response) -> std::io::Result<()> {
+        let body = codec::encode(response).map_err(std::io::Error::other)?;
+        self.framed.feed(Bytes::from(body)).await
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        SinkExt::<Bytes>::flush(&mut self.framed).await
+    }
+}

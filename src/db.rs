@@ -1,0 +1,40 @@
+//! The database handle a connection works with: the store for reads, the
+//! committer for writes, and the limits every command checks.
+
+use std::sync::Arc;
+
+use crate::commit::{Committer, PendingWrite};
+use crate::config::Limits;
+use crate::error::Error;
+use crate::storage::op::WriteOp;
+use crate::storage::store::Store;
+
+/// Cheap to clone: one per connection.
+#[derive(Clone)]
+pub struct Db {
+    /// Read directly: every value in it is already durable.
+    store: Arc<Store>,
+    /// Writes go through the group-commit thread, never straight to the store.
+    committer: Committer,
+    pub limits: Limits,
+}
+
+impl Db {
+    pub fn new(store: Arc<Store>, committer: Committer, limits: Limits) -> Db {
+        Db {
+            store,
+            committer,
+            limits,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Queues a write for the log; the returned [`PendingWrite`] resolves once
+    /// it is durable and visible.
+    pub async fn write(&self, op: WriteOp) -> Result<PendingWrite, Error> {
+        self.committer.submit(op).await
+    }
+}

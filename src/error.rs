@@ -1,0 +1,55 @@
+//! The server's one error type.
+
+use std::path::{Path, PathBuf};
+
+/// What can stop the server or fail a write. Every variant says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed. Not retried: the caller decides whether it is
+    /// fatal (for the log it always is).
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file on disk is damaged in a way recovery must not guess about. The
+    /// server refuses to start; an operator restores from a backup or removes
+    /// the damage knowingly.
+    #[error("{path} is damaged at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// Another process holds the data's lock.
+    #[error("{0} is in use by another kvstore-server process")]
+    Locked(PathBuf),
+    /// The log failed earlier; writes are refused until a restart.
+    #[error("storage failed and refuses writes until the server is restarted: {0}")]
+    StorageFailed(String),
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A flag or a combination of flags makes no sense.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! kvstore-server: a durable key-value server.
+//!
+//! A request travels down one path, one module per step:
+//!
+//! 1. [`connection`]: frames off the socket, decoded into `Request`s.
+//! 2. [`handler`]: one connection's loop; pipelining, replies in order.
+//! 3. [`cmd`]: what each command does, one file per command.
+//! 4. [`db`]: reads go to the store, writes to the group commit.
+//! 5. [`commit`]: the log writer thread: one `write` + one `fdatasync` per
+//!    batch, then apply to the store and acknowledge.
+//! 6. [`storage`]: the sharded map, the log segments, snapshots, recovery.
+//!
+//! [`server`] ties them together and owns start-up and shutdown;
+//! `docs/architecture.md` walks the same path with more words.
+
+pub mod cmd;
+pub mod commit;
+pub mod config;
+pub mod connection;
+pub mod db;
+pub mod error;
+pub mod handler;
+pub mod server;
+pub mod storage;
+
+pub use config::{Config, SyncMode};
+pub use error::Error;

@@ -1,0 +1,196 @@
+//! The server process: recovery, the listener, the accept loop, shutdown.
+//!
+//! Order of a clean shutdown (SIGINT or SIGTERM): stop accepting; tell every
+//! connection to stop reading and finish what it has read; wait for them, at
+//! most `--shutdown-grace-ms`; close the log (the commit thread finishes its
+//! queue and syncs); write a final snapshot; exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_client::{ErrorCode, Reply, Response};
+use socket2::{SockRef, Socket, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::commit::{GroupCommit, Settings};
+use crate::config::{Config, SyncMode};
+use crate::connection::Connection;
+use crate::db::Db;
+use crate::error::Error;
+use crate::{handler, storage};
+
+/// Pending connections the kernel may queue before `accept`.
+const BACKLOG: i32 = 1024;
+/// Idle time before TCP keepalive probes start: finds peers that vanished.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Longest pause after a failed `accept` (EMFILE and friends), doubling from 1 ms.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Binds the listening socket with an explicit backlog.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let io = |e| Error::io(std::path::Path::new(&addr.to_string()), e);
+    let socket = Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(io)?;
+    socket.set_reuse_address(true).map_err(io)?;
+    socket.set_nonblocking(true).map_err(io)?;
+    socket.bind(&addr.into()).map_err(io)?;
+    socket.listen(BACKLOG).map_err(io)?;
+    TcpListener::from_std(socket.into()).map_err(io)
+}
+
+/// Runs the server until `shutdown` is cancelled, then shuts down cleanly.
+/// `ready` receives the bound address once the server accepts connections.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    config.validate()?;
+    let data = config.data.clone();
+    let recovered = tokio::task::spawn_blocking(move || storage::open(&data, config.shards))
+        .await
+        .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
+    let store = recovered.store.clone();
+    let commit = GroupCommit::start(
+        recovered.store,
+        recovered.segment,
+        recovered.last_seq,
+        Settings {
+            sync: config.sync,
+            sync_interval: config.sync_interval(),
+            snapshot_after_bytes: config.snapshot_after_bytes,
+            data: config.data.clone(),
+        },
+    )?;
+    let _lock = recovered.lock;
+    let db = Db::new(store, commit.committer(), config.limits());
+
+    let listener = bind(config.listen)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
+    tracing::info!(%addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
+    ready(addr);
+
+    let tracker = TaskTracker::new();
+    if config.sync == SyncMode::Periodic {
+        let committer = commit.committer();
+        let token = shutdown.clone();
+        let interval = config.sync_interval();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while token.run_until_cancelled(tick.tick()).await.is_some() {
+                committer.request_sync();
+            }
+        });
+    }
+    accept_loop(&listener, &db, &config, &shutdown, &tracker).await;
+    drop(listener);
+    drop(db);
+
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace(), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still busy after the shutdown grace period; closing the log anyway"
+        );
+    }
+    commit.close().await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: &TcpListener,
+    db: &Db,
+    config: &Config,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(1);
+                pair
+            }
+            Err(e) => {
+                // EMFILE, ENFILE, ECONNABORTED...: back off instead of spinning.
+                tracing::warn!("accept failed: {e}; pausing {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        configure(&stream);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
+            tracker.spawn(refuse(stream, config.max_frame));
+            continue;
+        };
+        let conn = Connection::new(stream, config.max_frame);
+        let (db, token) = (db.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            handler::serve(conn, db, token).await;
+            drop(permit);
+        });
+    }
+}
+
+fn configure(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let _ = SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE));
+}
+
+/// Tells a client over the connection limit why it is being closed.
+async fn refuse(stream: TcpStream, max_frame: usize) {
+    let mut conn = Connection::new(stream, max_frame);
+    let response = Response {
+        id: 0,
+        reply: Reply::error(
+            ErrorCode::TooManyConnections,
+            "too many connections; try again later",
+        ),
+    };
+    if conn.feed(&response).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,181 @@
+//! The in-memory map: ordered maps cut into shards, each behind its own lock.
+//!
+//! A key's shard is `crc32c(key) % shards` (crc32c is hardware-accelerated and
+//! already needed for the log). Readers of different shards never meet; a
+//! reader and the single writer (the group-commit thread) meet only on one
+//! shard, for the length of one map operation. No lock is ever held across an
+//! `.await` or any I/O.
+//!
+//! The store knows nothing of durability: the group-commit thread applies a
+//! write here only after the log says it is durable (see `crate::commit`).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::op::WriteOp;
+
+/// One shard: an ordered map, so `Keys` can walk a prefix in order.
+/// A `parking_lot` read-write lock: many readers share a shard, the one writer
+/// takes it briefly; it never blocks an async task for long because nothing
+/// inside it awaits or does I/O.
+type Shard = RwLock<BTreeMap<Bytes, Bytes>>;
+
+/// The whole data set.
+pub struct Store {
+    /// Fixed at start; a key's shard depends on the count, so it never changes
+    /// while the process runs (it is not part of any file format).
+    shards: Box<[Shard]>,
+}
+
+/// What applying a write changed, for the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// A Set or BulkSet stored its values.
+    Stored,
+    /// A Delete ran; `true` if the key existed.
+    Deleted(bool),
+}
+
+/// One page of keys.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<Bytes>,
+    pub more: bool,
+}
+
+impl Store {
+    /// An empty store with `shards` shards (at least one).
+    pub fn new(shards: usize) -> Store {
+        Store {
+            shards: (0..shards.max(1))
+                .map(|_| RwLock::new(BTreeMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard_index(&self, key: &[u8]) -> usize {
+        crc32c::crc32c(key) as usize % self.shards.len()
+    }
+
+    fn shard(&self, key: &[u8]) -> &Shard {
+        &self.shards[self.shard_index(key)]
+    }
+
+    /// The value of `key`. Cloning a `Bytes` is a reference-count increment, so
+    /// the read lock is held only for the lookup.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.shard(key).read().get(key).cloned()
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.shard(key).read().contains_key(key)
+    }
+
+    /// Number of keys (each shard counted under its own lock, so the total is
+    /// not one instant's count while writes run).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies one write. A BulkSet takes the write locks of all its shards, in
+    /// shard order, before it changes anything, so no reader sees half of it.
+    pub fn apply(&self, op: &WriteOp) -> Applied {
+        match op {
+            WriteOp::Set { key, value } => {
+                self.shard(key).write().insert(key.clone(), value.clone());
+                Applied::Stored
+            }
+            WriteOp::Delete { key } => {
+                Applied::Deleted(self.shard(key).write().remove(key).is_some())
+            }
+            WriteOp::BulkSet { items } => {
+                let mut indexes: Vec<usize> =
+                    items.iter().map(|(k, _)| self.shard_index(k)).collect();
+                let order = indexes.clone();
+                indexes.sort_unstable();
+                indexes.dedup();
+                let mut guards: Vec<_> = indexes
+                    .iter()
+                    .map(|&i| (i, self.shards[i].write()))
+                    .collect();
+                for ((key, value), shard) in items.iter().zip(order) {
+                    let slot = indexes.binary_search(&shard).unwrap_or_default();
+                    guards[slot].1.insert(key.clone(), value.clone());
+                }
+                Applied::Stored
+            }
+        }
+    }
+
+    /// Inserts one pair while loading a snapshot.
+    pub fn insert(&self, key: Bytes, value: Bytes) {
+        self.shard(&key).write().insert(key, value);
+    }
+
+    /// Up to `limit` keys that start with `prefix` and sort after `start_after`,
+    /// ascending, stopping early once their total size passes `max_bytes`.
+    /// Each shard is read under its own lock in turn, so a page is not one
+    /// instant's view across shards while writes run.
+    pub fn keys(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> KeysPage {
+        let lower = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut found: Vec<Bytes> = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.read();
+            let range = map.range::<[u8], _>((lower, Bound::Unbounded));
+            found.extend(
+                range
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.starts_with(prefix))
+                    .take(limit + 1)
+                    .cloned(),
+            );
+        }
+        found.sort_unstable();
+        let mut page = KeysPage::default();
+        let mut bytes = 0;
+        for key in found {
+            if page.keys.len() == limit || (bytes > 0 && bytes + key.len() > max_bytes) {
+                page.more = true;
+                break;
+            }
+            bytes += key.len();
+            page.keys.push(key);
+        }
+        page
+    }
+
+    /// Up to `n` pairs of shard `shard` after `after`, in key order: the
+    /// snapshot writer copies the store in such short steps so that it never
+    /// holds a lock for long.
+    pub fn chunk(&self, shard: usize, after: Option<&Bytes>, n: usize) -> Vec<(Bytes, Bytes)> {
+        let map = self.shards[shard].read();
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.as_ref()),
+            None => Bound::Unbounded,
+        };
+        map.range::<[u8], _>((lower, Bound::Unbounded))
+            .take(n)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+}
