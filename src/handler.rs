@@ -28,9 +28,12 @@ struct Slot {
 
 enum State {
     Ready(Reply),
-    /// A read that must wait for the writes queued before it.
-    Read(Command),
+    /// Queued for the log; resolves once durable and applied.
     Write(PendingWrite),
+    /// Not started yet: a read waits for the writes before it to be applied,
+    /// and a write behind such a read waits for the read, so that every read
+    /// sees exactly the writes sent before it on this connection.
+    Waiting(Command),
 }
 
 /// Serves one client until it leaves, breaks the protocol, or the server shuts
@@ -51,13 +54,15 @@ pub async fn serve(mut conn: Connection, db: Db, shutdown: CancellationToken) {
             _ = wait_front(&mut queue), if front_is_write => {}
             incoming = conn.read(), if reading && queue.len() < MAX_IN_FLIGHT => match incoming {
                 Incoming::Request(request) => {
-                    let state = if cmd::is_write(&request.command) || queue.is_empty() {
-                        match cmd::start(request.command, &db).await {
-                            Started::Done(reply) => State::Ready(reply),
-                            Started::Pending(pending) => State::Write(pending),
-                        }
+                    let must_wait = queue.iter().any(|s| match s.state {
+                        State::Waiting(_) => true,
+                        State::Write(_) => !cmd::is_write(&request.command),
+                        State::Ready(_) => false,
+                    });
+                    let state = if must_wait {
+                        State::Waiting(request.command)
                     } else {
-                        State::Read(request.command)
+                        start(request.command, &db).await
                     };
                     queue.push_back(Slot { id: request.id, state });
                 }
@@ -79,6 +84,13 @@ pub async fn serve(mut conn: Connection, db: Db, shutdown: CancellationToken) {
     }
 }
 
+async fn start(command: Command, db: &Db) -> State {
+    match cmd::start(command, db).await {
+        Started::Done(reply) => State::Ready(reply),
+        Started::Pending(pending) => State::Write(pending),
+    }
+}
+
 /// Waits until the write at the front of the queue has its outcome.
 async fn wait_front(queue: &mut VecDeque<Slot>) {
     if let Some(slot) = queue.front_mut() {
@@ -89,8 +101,8 @@ async fn wait_front(queue: &mut VecDeque<Slot>) {
     }
 }
 
-/// Sends every reply at the front of the queue that is ready, in order, then
-/// flushes once.
+/// Sends every reply at the front of the queue that is ready, in order, and
+/// starts the waiting commands whose turn has come; then flushes once.
 async fn answer_ready(
     conn: &mut Connection,
     queue: &mut VecDeque<Slot>,
@@ -98,27 +110,46 @@ async fn answer_ready(
 ) -> std::io::Result<()> {
     let mut sent = false;
     while let Some(slot) = queue.front_mut() {
-        let reply = match &mut slot.state {
-            State::Ready(_) | State::Read(_) => match queue.pop_front().map(|s| (s.id, s.state)) {
-                Some((id, State::Ready(reply))) => (id, reply),
-                Some((id, State::Read(command))) => (id, cmd::read(command, db)),
-                _ => break,
-            },
+        match &mut slot.state {
+            State::Ready(_) => {}
             State::Write(pending) => match pending.try_take() {
-                Some(outcome) => {
-                    let id = slot.id;
-                    queue.pop_front();
-                    (id, cmd::reply_for(outcome))
-                }
+                Some(outcome) => slot.state = State::Ready(cmd::reply_for(outcome)),
                 None => break,
             },
-        };
-        conn.feed(&Response {
-            id: reply.0,
-            reply: reply.1,
-        })
-        .await?;
-        sent = true;
+            State::Waiting(_) => {
+                // Everything before it is answered: start it, and if it is a
+                // write, the waiting writes right behind it too, so they share
+                // a log batch. A read behind them waits again.
+                let mut i = 0;
+                while let Some(slot) = queue.get_mut(i) {
+                    let is_write = match &slot.state {
+                        State::Waiting(command) => cmd::is_write(command),
+                        _ => break,
+                    };
+                    if i > 0 && !is_write {
+                        break;
+                    }
+                    if let State::Waiting(command) =
+                        std::mem::replace(&mut slot.state, State::Ready(Reply::Ok))
+                    {
+                        slot.state = start(command, db).await;
+                    }
+                    if !is_write {
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+        }
+        if let Some(Slot {
+            id,
+            state: State::Ready(reply),
+        }) = queue.pop_front()
+        {
+            conn.feed(&Response { id, reply }).await?;
+            sent = true;
+        }
     }
     if sent {
         conn.flush().await?;

@@ -1,0 +1,213 @@
+//! Helpers shared by the end-to-end tests: the real `kvstore-server` binary on
+//! a free loopback port, and a minimal blocking client that speaks raw frames.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kvstore_client::{codec, Reply, Request, Response};
+
+/// A running server process. Killed (SIGKILL) when dropped, if still running.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+}
+
+impl Server {
+    /// Starts the binary on `127.0.0.1:0` with its data at `data`.
+    pub fn start(data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvstore-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kvstore-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("server did not say where it listens: {line:?}"));
+        Server {
+            child,
+            addr,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Starts the binary and expects it to refuse to start; returns its stderr.
+    pub fn refuse_start(data: &Path) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_kvstore-server"))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run kvstore-server");
+        assert!(!out.status.success(), "the server started on damaged data");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        for _ in 0..600 {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "server exited with {status} after SIGTERM"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking client speaking raw frames, for tests only (the real client
+/// library lives in `kvstore-client`).
+pub struct Client {
+    pub stream: TcpStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream, next_id: 1 }
+    }
+
+    /// Sends one request without waiting; returns its id.
+    pub fn send(&mut self, command: kvstore_client::Command) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = codec::encode(&Request { id, command }).unwrap();
+        self.send_raw(&frame(&body));
+        id
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads one response; `None` if the server closed the connection.
+    pub fn recv(&mut self) -> Option<Response> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(codec::decode(&body).expect("a response that decodes"))
+    }
+
+    /// Sends one command and returns its reply.
+    pub fn call(&mut self, command: kvstore_client::Command) -> Reply {
+        let id = self.send(command);
+        let response = self.recv().expect("a response");
+        assert_eq!(response.id, id);
+        response.reply
+    }
+
+    /// Whether the server has closed this connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// A frame: the 4-byte big-endian length, then the body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+pub mod cmd {
+    use bytes::Bytes;
+    use kvstore_client::Command;
+
+    pub fn set(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Command {
+        Command::Set {
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
+        }
+    }
+    pub fn get(key: impl AsRef<[u8]>) -> Command {
+        Command::Get {
+            key: Bytes::copy_from_slice(key.as_ref()),
+        }
+    }
+    pub fn delete(key: impl AsRef<[u8]>) -> Command {
+        Command::Delete {
+            key: Bytes::copy_from_slice(key.as_ref()),
+        }
+    }
+    pub fn exists(key: impl AsRef<[u8]>) -> Command {
+        Command::Exists {
+            key: Bytes::copy_from_slice(key.as_ref()),
+        }
+    }
+    pub fn bulk_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Command {
+        Command::BulkSet {
+            items: items
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        Bytes::copy_from_slice(k.as_ref()),
+                        Bytes::copy_from_slice(v.as_ref()),
+                    )
+                })
+                .collect(),
+        }
+    }
+    pub fn keys(prefix: impl AsRef<[u8]>, start_after: Option<&[u8]>, limit: u32) -> Command {
+        Command::Keys {
+            prefix: Bytes::copy_from_slice(prefix.as_ref()),
+            start_after: start_after.map(Bytes::copy_from_slice),
+            limit,
+        }
+    }
+}

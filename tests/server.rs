@@ -1,0 +1,381 @@
+//! End to end: the real `kvstore-server` binary over real TCP on 127.0.0.1.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::{cmd, frame, Client, Server};
+use kvstore_client::{codec, ErrorCode, Reply, Request};
+
+fn value(v: &[u8]) -> Reply {
+    Reply::Value(Some(Bytes::copy_from_slice(v)))
+}
+
+fn error_code(reply: &Reply) -> Option<ErrorCode> {
+    match reply {
+        Reply::Error { code, .. } => ErrorCode::from_code(*code),
+        _ => None,
+    }
+}
+
+#[test]
+fn every_command_does_what_the_protocol_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let mut c = server.client();
+
+    assert_eq!(c.call(cmd::get("a")), Reply::Value(None));
+    assert_eq!(c.call(cmd::exists("a")), Reply::Bool(false));
+    assert_eq!(c.call(cmd::set("a", "1")), Reply::Ok);
+    assert_eq!(c.call(cmd::get("a")), value(b"1"));
+    assert_eq!(c.call(cmd::exists("a")), Reply::Bool(true));
+    assert_eq!(c.call(cmd::set("a", "2")), Reply::Ok);
+    assert_eq!(c.call(cmd::get("a")), value(b"2"));
+    assert_eq!(c.call(cmd::delete("a")), Reply::Bool(true));
+    assert_eq!(c.call(cmd::delete("a")), Reply::Bool(false));
+    assert_eq!(c.call(cmd::get("a")), Reply::Value(None));
+
+    // Binary keys and values, including empty ones.
+    assert_eq!(c.call(cmd::set([0u8, 255, 10], [])), Reply::Ok);
+    assert_eq!(c.call(cmd::get([0u8, 255, 10])), value(b""));
+
+    assert_eq!(
+        c.call(cmd::bulk_set([
+            ("user:1", "ann"),
+            ("user:2", "bob"),
+            ("user:3", "cy"),
+            ("other", "x")
+        ])),
+        Reply::Ok
+    );
+    assert_eq!(c.call(cmd::get("user:2")), value(b"bob"));
+
+    // Keys: prefix, ascending, paged with start_after.
+    let page = |c: &mut Client, after: Option<&[u8]>, limit| match c
+        .call(cmd::keys("user:", after, limit))
+    {
+        Reply::Keys { keys, more } => (keys, more),
+        other => panic!("not a keys page: {other:?}"),
+    };
+    let (keys, more) = page(&mut c, None, 0);
+    assert_eq!(keys, vec!["user:1", "user:2", "user:3"]);
+    assert!(!more);
+    let (keys, more) = page(&mut c, None, 2);
+    assert_eq!(keys, vec!["user:1", "user:2"]);
+    assert!(more);
+    let (keys, more) = page(&mut c, Some(b"user:2"), 2);
+    assert_eq!(keys, vec!["user:3"]);
+    assert!(!more);
+    match c.call(cmd::keys("", None, 0)) {
+        Reply::Keys { keys, more } => {
+            assert_eq!(keys.len(), 5);
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "ascending order");
+            assert!(!more);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn limits_are_refused_with_their_codes_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("kvstore.db"),
+        &[
+            "--max-key",
+            "8",
+            "--max-value",
+            "16",
+            "--max-bulk-items",
+            "2",
+        ],
+    );
+    let mut c = server.client();
+    assert_eq!(
+        error_code(&c.call(cmd::set("123456789", "v"))),
+        Some(ErrorCode::KeyTooLarge)
+    );
+    assert_eq!(
+        error_code(&c.call(cmd::get("123456789"))),
+        Some(ErrorCode::KeyTooLarge)
+    );
+    assert_eq!(
+        error_code(&c.call(cmd::set("k", [7u8; 17]))),
+        Some(ErrorCode::ValueTooLarge)
+    );
+    assert_eq!(
+        error_code(&c.call(cmd::bulk_set([("a", "1"), ("b", "2"), ("c", "3")]))),
+        Some(ErrorCode::TooManyItems)
+    );
+    // Nothing of the refused BulkSet was stored, and the connection still works.
+    assert_eq!(c.call(cmd::exists("a")), Reply::Bool(false));
+    assert_eq!(c.call(cmd::set("k", [7u8; 16])), Reply::Ok);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_reads_see_earlier_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let mut c = server.client();
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..200u64 {
+        let key = format!("k{}", i % 7);
+        for (command, reply) in [
+            (cmd::set(&key, i.to_le_bytes()), Reply::Ok),
+            (cmd::get(&key), value(&i.to_le_bytes())),
+        ] {
+            let id = 1000 + burst.len() as u64;
+            let body = codec::encode(&Request { id, command }).unwrap();
+            burst.extend_from_slice(&frame(&body));
+            expected.push((id, reply));
+        }
+    }
+    c.send_raw(&burst);
+    for (id, reply) in expected {
+        let response = c.recv().expect("response");
+        assert_eq!((response.id, response.reply), (id, reply));
+    }
+}
+
+#[test]
+fn a_hostile_frame_closes_only_its_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("kvstore.db"),
+        &["--max-frame", "1048576", "--max-value", "900000"],
+    );
+    let mut good = server.client();
+    assert_eq!(good.call(cmd::set("k", "v")), Reply::Ok);
+
+    // A length prefix far over the limit (4 GiB - 1): refused before any body.
+    let mut bad = server.client();
+    bad.send_raw(&u32::MAX.to_be_bytes());
+    let response = bad.recv().expect("an error frame");
+    assert_eq!(error_code(&response.reply), Some(ErrorCode::FrameTooLarge));
+    assert!(bad.is_closed());
+
+    // A body that is not a request: the error names the id it could read.
+    let mut bad = server.client();
+    let mut body = 42u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0xff; 13]);
+    bad.send_raw(&frame(&body));
+    let response = bad.recv().expect("an error frame");
+    assert_eq!(response.id, 42);
+    assert_eq!(error_code(&response.reply), Some(ErrorCode::Malformed));
+    assert!(bad.is_closed());
+
+    // A byte string that claims 2^62 bytes in a tiny frame.
+    let mut bad = server.client();
+    let mut body = 7u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&0u32.to_le_bytes()); // Set
+    body.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    bad.send_raw(&frame(&body));
+    assert_eq!(
+        error_code(&bad.recv().expect("error").reply),
+        Some(ErrorCode::Malformed)
+    );
+
+    // A BulkSet that claims 2^31 items with nothing behind them.
+    let mut bad = server.client();
+    let mut body = 8u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&3u32.to_le_bytes()); // BulkSet
+    body.extend_from_slice(&(1u64 << 31).to_le_bytes());
+    bad.send_raw(&frame(&body));
+    assert_eq!(
+        error_code(&bad.recv().expect("error").reply),
+        Some(ErrorCode::Malformed)
+    );
+
+    // A truncated frame followed by the client hanging up.
+    let mut bad = server.client();
+    bad.send_raw(&[0, 0, 0, 100, 1, 2, 3]);
+    drop(bad);
+
+    // The first connection never noticed.
+    assert_eq!(good.call(cmd::get("k")), value(b"v"));
+    assert_eq!(server.client().call(cmd::get("k")), value(b"v"));
+}
+
+#[test]
+fn connections_over_the_limit_get_an_error_and_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &["--max-connections", "2"]);
+    let mut a = server.client();
+    let mut b = server.client();
+    assert_eq!(a.call(cmd::set("k", "v")), Reply::Ok);
+    assert_eq!(b.call(cmd::get("k")), value(b"v"));
+    let mut c = server.client();
+    let response = c.recv().expect("an error frame");
+    assert_eq!(
+        error_code(&response.reply),
+        Some(ErrorCode::TooManyConnections)
+    );
+    assert!(c.is_closed());
+    drop(a);
+    // Once a slot is free a new client gets in (bounded retries: the server
+    // notices the close asynchronously).
+    let mut served = false;
+    for _ in 0..100 {
+        let mut d = server.client();
+        d.send(cmd::get("k"));
+        if let Some(r) = d.recv() {
+            if r.reply == value(b"v") {
+                served = true;
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(served, "a freed slot was never reused");
+}
+
+/// What one writer has had acknowledged, and the one write it has in flight.
+#[derive(Default)]
+struct Ledger {
+    acked: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    in_flight: Option<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Writes acknowledged in all.
+    count: usize,
+}
+
+/// Writers on several connections; every write that was acknowledged must be
+/// there after SIGKILL and a restart on the same data. A key may instead hold
+/// the outcome of its writer's one write in flight at the kill (durable but
+/// not yet acknowledged), and nothing else.
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    // A small snapshot threshold so that snapshots and log rotation happen
+    // while the writers run.
+    let server = Server::start(&data, &["--snapshot-after-bytes", "16384"]);
+    let ledgers: Vec<Arc<Mutex<Ledger>>> = (0..8).map(|_| Arc::default()).collect();
+    let writers: Vec<_> = ledgers
+        .iter()
+        .enumerate()
+        .map(|(w, ledger)| {
+            let ledger = ledger.clone();
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0..2000u32 {
+                    let key = format!("w{w}:k{}", i % 50).into_bytes();
+                    let val = format!("w{w}:i{i}:{}", "x".repeat((i % 40) as usize)).into_bytes();
+                    let (command, after) = match i % 10 {
+                        9 => (cmd::delete(&key), None),
+                        _ => (cmd::set(&key, &val), Some(val)),
+                    };
+                    ledger.lock().unwrap().in_flight = Some((key.clone(), after.clone()));
+                    c.send(command);
+                    let Some(response) = c.recv() else { return };
+                    assert!(
+                        matches!(response.reply, Reply::Ok | Reply::Bool(_)),
+                        "{:?}",
+                        response.reply
+                    );
+                    let mut ledger = ledger.lock().unwrap();
+                    ledger.acked.insert(key, after);
+                    ledger.in_flight = None;
+                    ledger.count += 1;
+                }
+            })
+        })
+        .collect();
+    // Kill while the writers are in full flow.
+    let acked = || {
+        ledgers
+            .iter()
+            .map(|l| l.lock().unwrap().count)
+            .sum::<usize>()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while acked() < 4000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.kill9();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    assert!(
+        acked() >= 4000,
+        "too few writes were acknowledged before the kill"
+    );
+    assert!(
+        data.exists(),
+        "no snapshot was written while the writers ran"
+    );
+
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    let mut checked = 0;
+    for ledger in &ledgers {
+        let ledger = ledger.lock().unwrap();
+        for (key, expected) in &ledger.acked {
+            let found = match c.call(cmd::get(key)) {
+                Reply::Value(v) => v.map(|b| b.to_vec()),
+                other => panic!("{other:?}"),
+            };
+            let in_flight = ledger
+                .in_flight
+                .as_ref()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v);
+            assert!(
+                found == *expected || Some(&found) == in_flight,
+                "key {:?}: acknowledged {:?}, found {:?}",
+                String::from_utf8_lossy(key),
+                expected
+                    .as_ref()
+                    .map(|e| String::from_utf8_lossy(e).into_owned()),
+                found
+                    .as_ref()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 400);
+}
+
+#[test]
+fn a_clean_sigterm_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    for i in 0..500u32 {
+        assert_eq!(
+            c.call(cmd::set(format!("k{i}"), format!("v{i}"))),
+            Reply::Ok
+        );
+    }
+    assert_eq!(c.call(cmd::delete("k7")), Reply::Bool(true));
+    assert_eq!(c.call(cmd::bulk_set([("b1", "x"), ("b2", "y")])), Reply::Ok);
+    drop(c);
+    server.terminate();
+    assert!(data.exists(), "a clean shutdown writes a snapshot");
+
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    for i in 0..500u32 {
+        let expected = if i == 7 {
+            Reply::Value(None)
+        } else {
+            value(format!("v{i}").as_bytes())
+        };
+        assert_eq!(c.call(cmd::get(format!("k{i}"))), expected);
+    }
+    assert_eq!(c.call(cmd::get("b2")), value(b"y"));
+}
+
+#[test]
+fn a_second_server_on_the_same_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let _server = Server::start(&data, &[]);
+    let stderr = Server::refuse_start(&data);
+    assert!(stderr.contains("in use by another"), "{stderr}");
+}
