@@ -422,3 +422,58 @@ fn remove_segments_before(data: &std::path::Path, next: u64) -> Result<(), Error
     }
     crate::storage::sync_dir(&dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn set(key: &str) -> WriteOp {
+        WriteOp::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+        }
+    }
+
+    /// `/dev/full` fails every write with ENOSPC: the batch fails, the store
+    /// is untouched, and every later write is refused without touching the disk.
+    #[tokio::test]
+    async fn a_failed_log_write_poisons_the_log_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let store = Arc::new(Store::new(4));
+        let commit = GroupCommit::start(
+            store.clone(),
+            wal::Segment::over(full, 1),
+            0,
+            Settings {
+                sync: SyncMode::Always,
+                sync_interval: Duration::from_secs(1),
+                snapshot_after_bytes: u64::MAX,
+                data: dir.path().join("kvstore.db"),
+            },
+        )
+        .unwrap();
+        let committer = commit.committer();
+        let outcome = committer.submit(set("a")).await.unwrap().wait().await;
+        assert!(
+            matches!(outcome, Err(Error::StorageFailed(_))),
+            "{outcome:?}"
+        );
+        assert!(committer.is_poisoned());
+        assert!(
+            store.get(b"a").is_none(),
+            "a failed write must not become visible"
+        );
+        let refused = committer.submit(set("b")).await.err();
+        assert!(
+            matches!(refused, Some(Error::StorageFailed(_))),
+            "{refused:?}"
+        );
+        // Closing reports the failure instead of writing a snapshot.
+        assert!(matches!(commit.close().await, Err(Error::StorageFailed(_))));
+    }
+}

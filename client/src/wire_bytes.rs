@@ -3,13 +3,14 @@
 //! bincode's owned decoder allocates a `Vec<u8>` of the claimed length before it
 //! reads the bytes. Routing byte strings through `deserialize_bytes` on the
 //! borrowed decoder ([`crate::codec::decode`]) makes bincode check that the bytes
-//! are really in the frame first, and only then copy them. Sequences use serde's
-//! cautious preallocation, so a claimed count of 2^31 reserves almost nothing.
+//! are really in the frame first, and only then copy them. Sequences reserve at
+//! most [`MAX_PREALLOCATED`] elements up front, so a claimed count of 2^31
+//! reserves almost nothing.
 //! These helpers are used through `#[serde(deserialize_with = ...)]` on the wire
 //! types; serialization is the default one (a u64 length, then the bytes).
 
 use bytes::Bytes;
-use serde::de::{Deserialize, Deserializer, Visitor};
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use std::fmt;
 
 /// A byte string that deserializes from borrowed bytes.
@@ -42,12 +43,40 @@ pub(crate) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D
     Option::<Blob>::deserialize(d).map(|o| o.map(|b| b.0))
 }
 
+/// Elements reserved up front for a sequence, whatever count it claims; the
+/// vector grows as elements really arrive.
+const MAX_PREALLOCATED: usize = 256;
+
+/// A sequence whose claimed count reserves at most [`MAX_PREALLOCATED`] slots.
+struct Seq<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SeqVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for SeqVisitor<T> {
+            type Value = Seq<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seq<T>, A::Error> {
+                let mut out =
+                    Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_PREALLOCATED));
+                while let Some(item) = seq.next_element()? {
+                    out.push(item);
+                }
+                Ok(Seq(out))
+            }
+        }
+        d.deserialize_seq(SeqVisitor(std::marker::PhantomData))
+    }
+}
+
 pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bytes>, D::Error> {
-    Vec::<Blob>::deserialize(d).map(|v| v.into_iter().map(|b| b.0).collect())
+    Seq::<Blob>::deserialize(d).map(|v| v.0.into_iter().map(|b| b.0).collect())
 }
 
 pub(crate) fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Bytes, Bytes)>, D::Error> {
-    Vec::<(Blob, Blob)>::deserialize(d).map(|v| v.into_iter().map(|(k, v)| (k.0, v.0)).collect())
+    Seq::<(Blob, Blob)>::deserialize(d).map(|v| v.0.into_iter().map(|(k, v)| (k.0, v.0)).collect())
 }
 
 /// A UTF-8 string read through `deserialize_str`, for the same reason as [`Blob`].

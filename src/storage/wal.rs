@@ -130,6 +130,16 @@ impl Segment {
         Ok(Segment { file, id, len })
     }
 
+    /// A segment over any open file, for tests that inject failing files.
+    #[cfg(test)]
+    pub(crate) fn over(file: File, id: u64) -> Segment {
+        Segment {
+            file,
+            id,
+            len: HEADER_LEN as u64,
+        }
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }

@@ -1,0 +1,270 @@
+//! Recovery from the files on disk: a torn tail is cut back to the longest
+//! valid prefix; damage anywhere else stops the start with file and offset.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kvstore::storage::op::WriteOp;
+use kvstore::storage::store::Store;
+use kvstore::storage::{self, snapshot, wal};
+use kvstore::Error;
+
+fn b(s: impl Into<Vec<u8>>) -> Bytes {
+    Bytes::from(s.into())
+}
+
+/// A log of `ops` in segment 1; returns the data path and each record's
+/// start offset (plus the end of the file as the last element).
+fn write_log(dir: &Path, ops: &[WriteOp]) -> (PathBuf, Vec<u64>) {
+    let data = dir.join("kvstore.db");
+    let wal_dir = wal::dir_for(&data);
+    fs::create_dir_all(&wal_dir).unwrap();
+    let mut segment = wal::Segment::create(&wal_dir, 1).unwrap();
+    let mut offsets = vec![segment.len()];
+    for (i, op) in ops.iter().enumerate() {
+        let mut buf = Vec::new();
+        wal::encode_record(&mut buf, i as u64 + 1, op);
+        segment.append(&buf).unwrap();
+        offsets.push(segment.len());
+    }
+    segment.sync_data().unwrap();
+    (data, offsets)
+}
+
+fn ops() -> Vec<WriteOp> {
+    vec![
+        WriteOp::Set {
+            key: b("a"),
+            value: b("1"),
+        },
+        WriteOp::Set {
+            key: b("b"),
+            value: b("2"),
+        },
+        WriteOp::Delete { key: b("a") },
+        WriteOp::BulkSet {
+            items: vec![(b("c"), b("3")), (b("d"), b("4")), (b("b"), b("22"))],
+        },
+        WriteOp::Set {
+            key: b("e"),
+            value: b("5"),
+        },
+    ]
+}
+
+fn model(ops: &[WriteOp]) -> BTreeMap<Bytes, Bytes> {
+    let store = Store::new(1);
+    ops.iter().for_each(|op| {
+        store.apply(op);
+    });
+    dump(&store)
+}
+
+fn dump(store: &Store) -> BTreeMap<Bytes, Bytes> {
+    (0..store.shard_count())
+        .flat_map(|s| store.chunk(s, None, usize::MAX))
+        .collect()
+}
+
+fn segment_file(data: &Path) -> PathBuf {
+    wal::dir_for(data).join(format!("{:020}.wal", 1))
+}
+
+/// A copy of the data with the log cut or changed by `damage`.
+fn damaged_copy(data: &Path, damage: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("kvstore.db");
+    fs::create_dir_all(wal::dir_for(&copy)).unwrap();
+    let mut bytes = fs::read(segment_file(data)).unwrap();
+    damage(&mut bytes);
+    fs::write(segment_file(&copy), bytes).unwrap();
+    (dir, copy)
+}
+
+#[test]
+fn a_log_cut_at_any_byte_of_its_last_records_recovers_the_longest_valid_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, offsets) = write_log(dir.path(), &ops);
+    // Every cut from the start of the third-last record to the end.
+    let from = offsets[ops.len() - 3];
+    let end = *offsets.last().unwrap();
+    for cut in from..=end {
+        let (_keep, copy) = damaged_copy(&data, |log| log.truncate(cut as usize));
+        let recovered = storage::open(&copy, 4).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let whole = offsets.iter().filter(|&&o| o <= cut).count() - 1;
+        assert_eq!(dump(&recovered.store), model(&ops[..whole]), "cut at {cut}");
+        assert_eq!(recovered.last_seq, whole as u64, "cut at {cut}");
+        // The torn bytes are gone from the file: the next append follows the prefix.
+        assert_eq!(
+            fs::metadata(segment_file(&copy)).unwrap().len(),
+            offsets[whole],
+            "cut at {cut}"
+        );
+        drop(recovered);
+        // And a second start finds a clean log.
+        let again = storage::open(&copy, 4).unwrap();
+        assert_eq!(dump(&again.store), model(&ops[..whole]));
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_of_the_log_refuses_the_start_with_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, offsets) = write_log(dir.path(), &ops);
+    // Every bit of the second record (records follow it, so it is not a tail).
+    let (start, end) = (offsets[1], offsets[2]);
+    for byte in start..end {
+        for bit in 0..8 {
+            let (_keep, copy) = damaged_copy(&data, |log| log[byte as usize] ^= 1 << bit);
+            match storage::open(&copy, 4) {
+                Err(Error::Corrupt { path, offset, .. }) => {
+                    assert_eq!(path, segment_file(&copy));
+                    assert_eq!(offset, start, "byte {byte} bit {bit}");
+                }
+                Err(other) => panic!("byte {byte} bit {bit}: wrong error {other}"),
+                Ok(_) => panic!("byte {byte} bit {bit}: started on a damaged log"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_segment_header_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = write_log(dir.path(), &ops());
+    for byte in [0usize, 7, 8, 12, 20, 27] {
+        let (_keep, copy) = damaged_copy(&data, |log| log[byte] ^= 0x10);
+        let err = storage::open(&copy, 4).err().expect("refused");
+        assert!(
+            matches!(err, Error::Corrupt { offset: 0, .. }),
+            "byte {byte}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_error_message_names_the_file_and_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, offsets) = write_log(dir.path(), &ops());
+    let (_keep, copy) = damaged_copy(&data, |log| log[offsets[1] as usize + 10] ^= 1);
+    let message = storage::open(&copy, 4).err().unwrap().to_string();
+    assert!(message.contains("00000000000000000001.wal"), "{message}");
+    assert!(
+        message.contains(&format!("offset {}", offsets[1])),
+        "{message}"
+    );
+}
+
+fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
+    let data = dir.join("kvstore.db");
+    let store = Store::new(4);
+    for i in 0..n {
+        store.apply(&WriteOp::Set {
+            key: b(format!("key{i}")),
+            value: b(vec![i as u8; (i % 300) as usize]),
+        });
+    }
+    snapshot::write(&data, &store, 1, || Ok(())).unwrap();
+    (data, dump(&store))
+}
+
+#[test]
+fn a_snapshot_loads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, expected) = snapshot_of(dir.path(), 5000);
+    let recovered = storage::open(&data, 8).unwrap();
+    assert_eq!(dump(&recovered.store), expected);
+}
+
+#[test]
+fn any_damage_to_a_snapshot_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = snapshot_of(dir.path(), 5000);
+    let original = fs::read(&data).unwrap();
+    let len = original.len();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for at in (0..len).step_by(len / 97 + 1).chain([len - 1]) {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x04;
+        cases.push((format!("bit flipped at {at}"), bytes));
+    }
+    for cut in (0..len).step_by(len / 31 + 1).chain([len - 1]) {
+        cases.push((format!("cut at {cut}"), original[..cut].to_vec()));
+    }
+    let mut extended = original.clone();
+    extended.extend_from_slice(b"junk");
+    cases.push(("bytes after the footer".into(), extended));
+    for (what, bytes) in cases {
+        fs::write(&data, &bytes).unwrap();
+        let _ = fs::remove_dir_all(wal::dir_for(&data));
+        match storage::open(&data, 4) {
+            Err(Error::Corrupt { path, .. }) => assert_eq!(path, data, "{what}"),
+            Err(other) => panic!("{what}: wrong error {other}"),
+            Ok(_) => panic!("{what}: loaded a damaged snapshot"),
+        }
+    }
+}
+
+#[test]
+fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let wal_dir = wal::dir_for(&data);
+    fs::create_dir_all(&wal_dir).unwrap();
+    wal::Segment::create(&wal_dir, 3).unwrap();
+    let err = storage::open(&data, 4).err().expect("refused");
+    assert!(err.to_string().contains("snapshot is missing"), "{err}");
+}
+
+#[test]
+fn a_missing_segment_between_others_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = write_log(dir.path(), &ops());
+    wal::Segment::create(&wal::dir_for(&data), 3).unwrap();
+    let err = storage::open(&data, 4).err().expect("refused");
+    assert!(err.to_string().contains("segment 2 is missing"), "{err}");
+}
+
+#[test]
+fn a_segment_whose_header_was_torn_at_creation_is_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, _) = write_log(dir.path(), &ops);
+    let wal_dir = wal::dir_for(&data);
+    wal::Segment::create(&wal_dir, 2).unwrap();
+    let second = wal_dir.join(format!("{:020}.wal", 2));
+    let header = fs::read(&second).unwrap();
+    fs::write(&second, &header[..header.len() / 2]).unwrap();
+    let recovered = storage::open(&data, 4).unwrap();
+    assert_eq!(dump(&recovered.store), model(&ops));
+    assert_eq!(recovered.segment.id(), 2);
+    assert!(recovered.segment.is_empty());
+}
+
+#[test]
+fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, _) = write_log(dir.path(), &ops[..2]);
+    // Snapshot of the first two writes, saying the log goes on at segment 2.
+    let store = Store::new(2);
+    ops[..2].iter().for_each(|op| {
+        store.apply(op);
+    });
+    snapshot::write(&data, &store, 2, || Ok(())).unwrap();
+    let wal_dir = wal::dir_for(&data);
+    let mut second = wal::Segment::create(&wal_dir, 2).unwrap();
+    let mut buf = Vec::new();
+    for (i, op) in ops[2..].iter().enumerate() {
+        wal::encode_record(&mut buf, 3 + i as u64, op);
+    }
+    second.append(&buf).unwrap();
+    drop(second);
+    let recovered = storage::open(&data, 4).unwrap();
+    assert_eq!(dump(&recovered.store), model(&ops));
+    assert_eq!(wal::list_segments(&wal_dir).unwrap(), vec![2]);
+}
