@@ -167,27 +167,22 @@ fn a_hostile_frame_closes_only_its_own_connection() {
     assert_eq!(error_code(&response.reply), Some(ErrorCode::Malformed));
     assert!(bad.is_closed());
 
-    // A byte string that claims 2^62 bytes in a tiny frame.
-    let mut bad = server.client();
-    let mut body = 7u64.to_le_bytes().to_vec();
-    body.extend_from_slice(&0u32.to_le_bytes()); // Set
-    body.extend_from_slice(&(1u64 << 62).to_le_bytes());
-    bad.send_raw(&frame(&body));
-    assert_eq!(
-        error_code(&bad.recv().expect("error").reply),
-        Some(ErrorCode::Malformed)
-    );
-
-    // A BulkSet that claims 2^31 items with nothing behind them.
-    let mut bad = server.client();
-    let mut body = 8u64.to_le_bytes().to_vec();
-    body.extend_from_slice(&3u32.to_le_bytes()); // BulkSet
-    body.extend_from_slice(&(1u64 << 31).to_le_bytes());
-    bad.send_raw(&frame(&body));
-    assert_eq!(
-        error_code(&bad.recv().expect("error").reply),
-        Some(ErrorCode::Malformed)
-    );
+    // A byte string that claims 2^62 bytes in a tiny frame (tag 0: Set), and
+    // a BulkSet (tag 3) that claims 2^31 items with nothing behind them.
+    for (tag, claim) in [(0u32, 1u64 << 62), (3, 1 << 31)] {
+        let mut bad = server.client();
+        let mut body = 7u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&tag.to_le_bytes());
+        body.extend_from_slice(&claim.to_le_bytes());
+        bad.send_raw(&frame(&body));
+        let response = bad.recv().expect("an error frame");
+        assert_eq!(
+            error_code(&response.reply),
+            Some(ErrorCode::Malformed),
+            "tag {tag}"
+        );
+        assert!(bad.is_closed());
+    }
 
     // A truncated frame followed by the client hanging up.
     let mut bad = server.client();
@@ -338,6 +333,36 @@ fn acknowledged_writes_survive_kill_9() {
         }
     }
     assert!(checked >= 400);
+}
+
+/// `periodic` and `never` acknowledge before the fsync, but the data is in the
+/// OS page cache, which `kill -9` leaves intact.
+#[test]
+fn every_sync_mode_keeps_acknowledged_writes_across_kill_9() {
+    for mode in ["always", "periodic", "never"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("kvstore.db");
+        let server = Server::start(&data, &["--sync", mode]);
+        let mut c = server.client();
+        for i in 0..300u32 {
+            assert_eq!(
+                c.call(cmd::set(format!("k{i}"), format!("{mode}{i}"))),
+                Reply::Ok
+            );
+        }
+        assert_eq!(c.call(cmd::bulk_set([("b1", "x"), ("b2", "y")])), Reply::Ok);
+        server.kill9();
+        let server = Server::start(&data, &[]);
+        let mut c = server.client();
+        for i in 0..300u32 {
+            assert_eq!(
+                c.call(cmd::get(format!("k{i}"))),
+                value(format!("{mode}{i}").as_bytes()),
+                "{mode}"
+            );
+        }
+        assert_eq!(c.call(cmd::get("b2")), value(b"y"), "{mode}");
+    }
 }
 
 #[test]
