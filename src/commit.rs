@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SyncMode;
 use crate::error::Error;
@@ -41,6 +41,10 @@ const QUEUE_DEPTH: usize = 4096;
 const MAX_BATCH_OPS: usize = 4096;
 /// A batch stops collecting once its writes pass this many bytes.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of writes queued or in a batch, across all connections. The queue's
+/// depth counts writes, this counts their size: 4,096 queued writes of 16 MiB
+/// would otherwise be 64 GiB.
+const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
 
 /// What the commit thread is asked to do.
 enum Message {
@@ -48,6 +52,8 @@ enum Message {
     Write {
         op: WriteOp,
         done: oneshot::Sender<Result<Applied, Error>>,
+        /// The op's share of [`MAX_QUEUED_BYTES`], given back when it is answered.
+        _budget: OwnedSemaphorePermit,
     },
     /// Make everything written so far durable; answer if someone waits. The
     /// periodic ticker and the snapshot writer send these.
@@ -74,6 +80,8 @@ pub struct Committer {
     /// Set once, with the reason, when the log fails; checked before queueing
     /// so writes after a failure are refused at once.
     poison: Arc<OnceLock<String>>,
+    /// [`MAX_QUEUED_BYTES`] as permits of one byte each.
+    budget: Arc<Semaphore>,
 }
 
 /// A write that was queued; resolves once it is durable and applied.
@@ -101,9 +109,16 @@ impl Committer {
         if let Some(reason) = self.poison.get() {
             return Err(Error::StorageFailed(reason.clone()));
         }
+        let bytes = op.approx_len().min(MAX_QUEUED_BYTES) as u32;
+        let _budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(bytes)
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Message::Write { op, done })
+            .send(Message::Write { op, done, _budget })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         Ok(PendingWrite(rx))
@@ -144,6 +159,7 @@ impl GroupCommit {
             store,
             segment,
             seq: last_seq,
+            durable: last_seq,
             dirty: false,
             last_sync: Instant::now(),
             poison: poison.clone(),
@@ -156,7 +172,11 @@ impl GroupCommit {
             .spawn(move || worker.run())
             .map_err(|e| Error::io(&PathBuf::from("<commit thread>"), e))?;
         Ok(GroupCommit {
-            committer: Committer { tx, poison },
+            committer: Committer {
+                tx,
+                poison,
+                budget: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+            },
             thread,
         })
     }
@@ -189,6 +209,10 @@ struct Worker {
     segment: wal::Segment,
     /// The sequence number of the last record written.
     seq: u64,
+    /// The sequence number of the last record covered by a successful
+    /// `fdatasync`. Every record carries it, so recovery can tell a torn
+    /// unsynced tail from damage to records that were already durable.
+    durable: u64,
     /// Bytes were written since the last fsync.
     dirty: bool,
     last_sync: Instant,
@@ -229,9 +253,11 @@ impl Worker {
                 self.maybe_snapshot();
             }
         }
-        // Refuse whatever was queued behind the close.
+        // Refuse whatever was queued behind the close. `blocking_recv`, not
+        // `try_recv`: a sender holding a permit may still be about to push,
+        // and only `None` proves that nothing more can arrive.
         self.rx.close();
-        while let Ok(message) = self.rx.try_recv() {
+        while let Some(message) = self.rx.blocking_recv() {
             fail(message, || Error::ShuttingDown);
         }
         if let Some(thread) = self.snapshot_thread.take() {
@@ -255,7 +281,7 @@ impl Worker {
             match message {
                 Message::Write { op, .. } => {
                     self.seq += 1;
-                    wal::encode_record(buf, self.seq, op);
+                    wal::encode_record(buf, self.seq, self.durable, op);
                 }
                 Message::Sync { .. } => sync_asked = true,
                 Message::Close => {}
@@ -279,12 +305,11 @@ impl Worker {
             if let Err(e) = self.segment.sync_data() {
                 return self.poison_batch(batch, "fdatasync", e);
             }
-            self.dirty = false;
-            self.last_sync = Instant::now();
+            self.synced();
         }
         for message in batch.drain(..) {
             match message {
-                Message::Write { op, done } => {
+                Message::Write { op, done, .. } => {
                     let applied = self.store.apply(&op);
                     let _ = done.send(Ok(applied));
                 }
@@ -294,6 +319,13 @@ impl Worker {
                 Message::Sync { done: None } | Message::Close => {}
             }
         }
+    }
+
+    /// Records that everything written so far is durable.
+    fn synced(&mut self) {
+        self.dirty = false;
+        self.durable = self.seq;
+        self.last_sync = Instant::now();
     }
 
     fn poison_batch(&mut self, batch: &mut Vec<Message>, what: &str, e: std::io::Error) {
@@ -318,8 +350,8 @@ impl Worker {
         if let Some(thread) = self.snapshot_thread.take() {
             let _ = thread.join();
         }
-        let next = match self.rotate() {
-            Ok(id) => id,
+        let (next, next_seq) = match self.rotate() {
+            Ok(next) => next,
             Err(e) => {
                 let reason = format!("log rotation failed: {e}");
                 tracing::error!("{reason}; refusing all writes until restart");
@@ -335,7 +367,7 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("kvstore-snapshot".into())
             .spawn(move || {
-                let result = snapshot::write(&data, &store, next, || sync_barrier(&weak));
+                let result = snapshot::write(&data, &store, next, next_seq, || sync_barrier(&weak));
                 match result.and_then(|_| remove_segments_before(&data, next)) {
                     Ok(()) => {}
                     Err(e) => tracing::error!(
@@ -353,18 +385,19 @@ impl Worker {
         }
     }
 
-    /// Syncs the current segment and starts the next one; returns its id.
+    /// Syncs the current segment and starts the next one; returns its id and
+    /// the sequence number of its first record.
     /// Every segment but the newest is therefore wholly durable, which is what
     /// lets recovery treat damage anywhere but the newest tail as corruption.
-    fn rotate(&mut self) -> Result<u64, Error> {
+    fn rotate(&mut self) -> Result<(u64, u64), Error> {
         let dir = wal::dir_for(&self.settings.data);
         if self.dirty {
             self.segment.sync_data().map_err(|e| Error::io(&dir, e))?;
             self.dirty = false;
             self.last_sync = Instant::now();
         }
-        let next = self.segment.id() + 1;
-        self.segment = wal::Segment::create(&dir, next)?;
+        let next = (self.segment.id() + 1, self.seq + 1);
+        self.segment = wal::Segment::create(&dir, next.0, next.1)?;
         Ok(next)
     }
 
@@ -381,8 +414,8 @@ impl Worker {
         if self.segment.is_empty() && only_segment && self.settings.data.exists() {
             return Ok(());
         }
-        let next = self.rotate()?;
-        snapshot::write(&self.settings.data, &self.store, next, || Ok(()))?;
+        let (next, next_seq) = self.rotate()?;
+        snapshot::write(&self.settings.data, &self.store, next, next_seq, || Ok(()))?;
         remove_segments_before(&self.settings.data, next)
     }
 }

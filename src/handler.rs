@@ -19,6 +19,10 @@ use crate::db::Db;
 /// Requests one connection may have in flight; past this the handler stops
 /// reading until replies go out (TCP backpressure does the rest).
 const MAX_IN_FLIGHT: usize = 1024;
+/// Bytes of requests one connection may have waiting for their turn (reads
+/// and writes queued behind a read); past this it stops reading, so a client
+/// pipelining large values cannot make the server hold more than this for it.
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 
 /// A request waiting for its turn to be answered.
 struct Slot {
@@ -49,10 +53,18 @@ pub async fn serve(mut conn: Connection, db: Db, shutdown: CancellationToken) {
                 ..
             })
         );
+        let waiting_bytes: usize = queue
+            .iter()
+            .map(|s| match &s.state {
+                State::Waiting(command) => cmd::size(command),
+                _ => 0,
+            })
+            .sum();
+        let may_read = reading && queue.len() < MAX_IN_FLIGHT && waiting_bytes < MAX_WAITING_BYTES;
         tokio::select! {
             biased;
             _ = wait_front(&mut queue), if front_is_write => {}
-            incoming = conn.read(), if reading && queue.len() < MAX_IN_FLIGHT => match incoming {
+            incoming = conn.read(), if may_read => match incoming {
                 Incoming::Request(request) => {
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,

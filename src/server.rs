@@ -54,6 +54,13 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     config.validate()?;
+    // Bind first: a busy port fails the start before recovery does any work,
+    // and no error path remains between starting the commit thread and
+    // closing it.
+    let listener = bind(config.listen)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
     let data = config.data.clone();
     let recovered = tokio::task::spawn_blocking(move || storage::open(&data, config.shards))
         .await
@@ -70,13 +77,9 @@ pub async fn run(
             data: config.data.clone(),
         },
     )?;
+    // Held until this function returns, after the commit thread has stopped.
     let _lock = recovered.lock;
     let db = Db::new(store, commit.committer(), config.limits());
-
-    let listener = bind(config.listen)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
     tracing::info!(%addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(addr);
 

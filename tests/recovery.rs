@@ -15,17 +15,30 @@ fn b(s: impl Into<Vec<u8>>) -> Bytes {
     Bytes::from(s.into())
 }
 
-/// A log of `ops` in segment 1; returns the data path and each record's
-/// start offset (plus the end of the file as the last element).
+/// A log of `ops` in segment 1, each written after the one before it was
+/// synced (its `durable` field is the previous seq), as with one writer and
+/// `--sync always`; returns the data path and each record's start offset
+/// (plus the end of the file as the last element).
 fn write_log(dir: &Path, ops: &[WriteOp]) -> (PathBuf, Vec<u64>) {
+    write_log_with(dir, ops, |seq| seq - 1)
+}
+
+/// A log of `ops` whose record `seq` says `durable(seq)` was synced when it
+/// was written.
+fn write_log_with(
+    dir: &Path,
+    ops: &[WriteOp],
+    durable: impl Fn(u64) -> u64,
+) -> (PathBuf, Vec<u64>) {
     let data = dir.join("kvstore.db");
     let wal_dir = wal::dir_for(&data);
     fs::create_dir_all(&wal_dir).unwrap();
-    let mut segment = wal::Segment::create(&wal_dir, 1).unwrap();
+    let mut segment = wal::Segment::create(&wal_dir, 1, 1).unwrap();
     let mut offsets = vec![segment.len()];
     for (i, op) in ops.iter().enumerate() {
         let mut buf = Vec::new();
-        wal::encode_record(&mut buf, i as u64 + 1, op);
+        let seq = i as u64 + 1;
+        wal::encode_record(&mut buf, seq, durable(seq), op);
         segment.append(&buf).unwrap();
         offsets.push(segment.len());
     }
@@ -132,11 +145,48 @@ fn a_flipped_bit_in_the_middle_of_the_log_refuses_the_start_with_the_offset() {
     }
 }
 
+/// One batch that no fdatasync confirmed (every record says nothing was
+/// durable yet) reached the disk with a hole in its middle, as pages written
+/// out of order before a power cut leave it: not corruption, a torn tail.
+#[test]
+fn a_hole_in_an_unsynced_batch_is_a_torn_tail_not_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, offsets) = write_log_with(dir.path(), &ops, |_| 0);
+    let (_keep, copy) = damaged_copy(&data, |log| {
+        log[offsets[1] as usize..offsets[3] as usize].fill(0);
+    });
+    let recovered = storage::open(&copy, 4).unwrap();
+    assert_eq!(dump(&recovered.store), model(&ops[..1]));
+    assert_eq!(recovered.last_seq, 1);
+    assert_eq!(fs::metadata(segment_file(&copy)).unwrap().len(), offsets[1]);
+}
+
+/// The same hole, when a later record says the damaged ones were already
+/// synced, is corruption of acknowledged writes.
+#[test]
+fn a_hole_before_a_record_written_after_it_was_synced_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, offsets) = write_log_with(dir.path(), &ops, |seq| if seq == 5 { 4 } else { 0 });
+    let (_keep, copy) = damaged_copy(&data, |log| {
+        log[offsets[1] as usize..offsets[3] as usize].fill(0);
+    });
+    match storage::open(&copy, 4) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, offsets[1]);
+            assert!(reason.contains("durable"), "{reason}");
+        }
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("started on a log that lost synced records"),
+    }
+}
+
 #[test]
 fn a_damaged_segment_header_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
-    for byte in [0usize, 7, 8, 12, 20, 27] {
+    for byte in [0usize, 7, 8, 12, 20, 27, 35] {
         let (_keep, copy) = damaged_copy(&data, |log| log[byte] ^= 0x10);
         let err = storage::open(&copy, 4).err().expect("refused");
         assert!(
@@ -168,7 +218,7 @@ fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
             value: b(vec![i as u8; (i % 300) as usize]),
         });
     }
-    snapshot::write(&data, &store, 1, || Ok(())).unwrap();
+    snapshot::write(&data, &store, 1, 1, || Ok(())).unwrap();
     (data, dump(&store))
 }
 
@@ -215,7 +265,7 @@ fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() 
     let data = dir.path().join("kvstore.db");
     let wal_dir = wal::dir_for(&data);
     fs::create_dir_all(&wal_dir).unwrap();
-    wal::Segment::create(&wal_dir, 3).unwrap();
+    wal::Segment::create(&wal_dir, 3, 100).unwrap();
     let err = storage::open(&data, 4).err().expect("refused");
     assert!(err.to_string().contains("snapshot is missing"), "{err}");
 }
@@ -224,7 +274,7 @@ fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() 
 fn a_missing_segment_between_others_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
-    wal::Segment::create(&wal::dir_for(&data), 3).unwrap();
+    wal::Segment::create(&wal::dir_for(&data), 3, 6).unwrap();
     let err = storage::open(&data, 4).err().expect("refused");
     assert!(err.to_string().contains("segment 2 is missing"), "{err}");
 }
@@ -235,7 +285,7 @@ fn a_segment_whose_header_was_torn_at_creation_is_started_again() {
     let ops = ops();
     let (data, _) = write_log(dir.path(), &ops);
     let wal_dir = wal::dir_for(&data);
-    wal::Segment::create(&wal_dir, 2).unwrap();
+    wal::Segment::create(&wal_dir, 2, ops.len() as u64 + 1).unwrap();
     let second = wal_dir.join(format!("{:020}.wal", 2));
     let header = fs::read(&second).unwrap();
     fs::write(&second, &header[..header.len() / 2]).unwrap();
@@ -255,16 +305,28 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     ops[..2].iter().for_each(|op| {
         store.apply(op);
     });
-    snapshot::write(&data, &store, 2, || Ok(())).unwrap();
+    snapshot::write(&data, &store, 2, 3, || Ok(())).unwrap();
     let wal_dir = wal::dir_for(&data);
-    let mut second = wal::Segment::create(&wal_dir, 2).unwrap();
+    let mut second = wal::Segment::create(&wal_dir, 2, 3).unwrap();
     let mut buf = Vec::new();
     for (i, op) in ops[2..].iter().enumerate() {
-        wal::encode_record(&mut buf, 3 + i as u64, op);
+        let seq = 3 + i as u64;
+        wal::encode_record(&mut buf, seq, seq - 1, op);
     }
     second.append(&buf).unwrap();
     drop(second);
     let recovered = storage::open(&data, 4).unwrap();
     assert_eq!(dump(&recovered.store), model(&ops));
+    assert_eq!(recovered.last_seq, ops.len() as u64);
     assert_eq!(wal::list_segments(&wal_dir).unwrap(), vec![2]);
+}
+
+#[test]
+fn a_segment_that_does_not_continue_the_sequence_refuses_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = write_log(dir.path(), &ops());
+    // Segment 2 claims to start at 9, but segment 1 ended at 5.
+    wal::Segment::create(&wal::dir_for(&data), 2, 9).unwrap();
+    let err = storage::open(&data, 4).err().expect("refused");
+    assert!(err.to_string().contains("sequence number"), "{err}");
 }

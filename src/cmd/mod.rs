@@ -38,6 +38,20 @@ pub fn is_write(command: &Command) -> bool {
     }
 }
 
+/// Roughly the bytes a command holds in memory.
+pub fn size(command: &Command) -> usize {
+    match command {
+        Command::Set { key, value } => key.len() + value.len(),
+        Command::Get { key } | Command::Delete { key } | Command::Exists { key } => key.len(),
+        Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        Command::Keys {
+            prefix,
+            start_after,
+            ..
+        } => prefix.len() + start_after.as_ref().map_or(0, |a| a.len()),
+    }
+}
+
 /// Starts any command: a read is answered, a write is queued.
 pub async fn start(command: Command, db: &Db) -> Started {
     let op = match command {

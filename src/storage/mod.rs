@@ -70,8 +70,8 @@ pub fn open(data: &Path, shards: usize) -> Result<Recovered, Error> {
     let store = Arc::new(Store::new(shards));
     let snapshot = snapshot::load(data, &store)?;
     let segments = wal::list_segments(&dir)?;
-    let first = match snapshot {
-        Some(info) => info.next_segment,
+    let (first, first_seq) = match snapshot {
+        Some(info) => (info.next_segment, info.next_seq),
         None => match segments.first() {
             Some(&oldest) if oldest > 1 => {
                 return Err(Error::corrupt(
@@ -80,13 +80,13 @@ pub fn open(data: &Path, shards: usize) -> Result<Recovered, Error> {
                     format!("the snapshot is missing, but the log starts at segment {oldest}: writes before it would be lost"),
                 ));
             }
-            _ => 1,
+            _ => (1, 1),
         },
     };
     for &old in segments.iter().filter(|&&id| id < first) {
         wal::remove_segment(&dir, old)?;
     }
-    let replay = wal::replay(&dir, first, |op| {
+    let replay = wal::replay(&dir, first, first_seq, |op| {
         store.apply(&op);
     })?;
     tracing::info!(

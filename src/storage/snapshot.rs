@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! snapshot = magic "KVSTSNAP" (8 bytes)
-//!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE }
+//!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE, next seq: u64 LE }
 //!            record{ kind 2: u8, entry* }                      (blocks of ~1 MiB)
 //!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE }   (footer)
 //! entry    = key len: u32 LE, value len: u32 LE, key, value
@@ -38,6 +38,10 @@ const KIND_BLOCK: u8 = 2;
 const KIND_FOOTER: u8 = 3;
 /// A block is closed once its body passes this size.
 const BLOCK_BYTES: usize = 1 << 20;
+/// The longest record a reader accepts: a block closes once it passes
+/// `BLOCK_BYTES`, so it holds at most that plus one entry, and no entry can be
+/// larger than a frame.
+const MAX_RECORD: usize = BLOCK_BYTES + 16 + kvstore_client::codec::HARD_MAX_FRAME;
 /// Pairs copied out of a shard per lock acquisition while writing.
 const CHUNK_PAIRS: usize = 1024;
 
@@ -46,6 +50,8 @@ const CHUNK_PAIRS: usize = 1024;
 pub struct SnapshotInfo {
     /// The first log segment not wholly contained in the snapshot.
     pub next_segment: u64,
+    /// The sequence number of that segment's first record.
+    pub next_seq: u64,
     pub entries: u64,
     pub bytes: u64,
 }
@@ -59,6 +65,7 @@ pub fn write(
     path: &Path,
     store: &Store,
     next_segment: u64,
+    next_seq: u64,
     before_rename: impl FnOnce() -> Result<(), Error>,
 ) -> Result<SnapshotInfo, Error> {
     let started = Instant::now();
@@ -81,6 +88,7 @@ pub fn write(
     let mut header = vec![KIND_HEADER];
     header.extend_from_slice(&VERSION.to_le_bytes());
     header.extend_from_slice(&next_segment.to_le_bytes());
+    header.extend_from_slice(&next_seq.to_le_bytes());
     emit(&mut out, &header).map_err(io)?;
 
     let (mut entries, mut blocks) = (0u64, 0u64);
@@ -129,6 +137,7 @@ pub fn write(
     );
     Ok(SnapshotInfo {
         next_segment,
+        next_seq,
         entries,
         bytes: bytes + MAGIC.len() as u64,
     })
@@ -157,7 +166,8 @@ pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
         return Err(corrupt(0, "not a kvstore snapshot (bad magic)"));
     }
     let mut offset = MAGIC.len() as u64;
-    let mut next_segment = None;
+    // The header's (next segment, next seq), once read.
+    let mut resume = None;
     let mut entries = 0u64;
     let mut blocks = 0u64;
     loop {
@@ -167,9 +177,16 @@ pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
         }
         let (len, _) = record::parse_header(header);
         let body_at = offset + record::HEADER_LEN as u64;
-        // Check the claimed length against the real file before allocating.
+        // Check the claimed length against the real file and against the
+        // largest block the writer makes before allocating.
         if len as u64 > file_len.saturating_sub(body_at) {
             return Err(corrupt(offset, "record extends past the end of the file"));
+        }
+        if len > MAX_RECORD {
+            return Err(corrupt(
+                offset,
+                "record longer than any block the writer makes",
+            ));
         }
         let mut body = vec![0u8; len];
         input
@@ -178,7 +195,7 @@ pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
         if !record::verify(header, &body) {
             return Err(corrupt(offset, "checksum mismatch"));
         }
-        match (body.first(), next_segment) {
+        match (body.first(), resume) {
             (Some(&KIND_HEADER), None) => {
                 let version = body
                     .get(1..5)
@@ -189,18 +206,22 @@ pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
                         &format!("unsupported snapshot version {version:?}"),
                     ));
                 }
-                let next = body
-                    .get(5..13)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_le_bytes);
-                next_segment = Some(next.ok_or_else(|| corrupt(offset, "short header"))?);
+                let field = |at: usize| {
+                    body.get(at..at + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_le_bytes)
+                };
+                let (Some(segment), Some(seq)) = (field(5), field(13)) else {
+                    return Err(corrupt(offset, "short header"));
+                };
+                resume = Some((segment, seq));
             }
             (Some(&KIND_BLOCK), Some(_)) => {
                 entries +=
                     load_block(&body[1..], store).map_err(|reason| corrupt(offset, reason))?;
                 blocks += 1;
             }
-            (Some(&KIND_FOOTER), Some(next_segment)) => {
+            (Some(&KIND_FOOTER), Some((next_segment, next_seq))) => {
                 let said = |i: usize| {
                     body.get(i..i + 8)
                         .and_then(|b| b.try_into().ok())
@@ -215,6 +236,7 @@ pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
                 }
                 return Ok(Some(SnapshotInfo {
                     next_segment,
+                    next_seq,
                     entries,
                     bytes: file_len,
                 }));

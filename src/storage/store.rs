@@ -41,6 +41,9 @@ pub enum Applied {
     Deleted(bool),
 }
 
+/// Bytes a key costs in a reply beyond its own: its u64 length prefix.
+const KEY_OVERHEAD: usize = 8;
+
 /// One page of keys.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KeysPage {
@@ -122,7 +125,8 @@ impl Store {
     }
 
     /// Up to `limit` keys that start with `prefix` and sort after `start_after`,
-    /// ascending, stopping early once their total size passes `max_bytes`.
+    /// ascending, stopping early before their encoded size (each key plus its
+    /// 8-byte length prefix) passes `max_bytes`.
     ///
     /// The read locks of all shards are held together (taken in shard order,
     /// like a BulkSet's write locks, so the two cannot deadlock) while the
@@ -161,11 +165,12 @@ impl Store {
                 // in this shard; the other shards still may.
                 continue;
             }
-            if page.keys.len() == limit || (bytes > 0 && bytes + key.len() > max_bytes) {
+            let encoded = key.len() + KEY_OVERHEAD;
+            if page.keys.len() == limit || (bytes > 0 && bytes + encoded > max_bytes) {
                 page.more = true;
                 break;
             }
-            bytes += key.len();
+            bytes += encoded;
             page.keys.push(key.clone());
             if let Some(next) = ranges[shard].next() {
                 heads.push(Reverse((next, shard)));

@@ -5,19 +5,25 @@
 //!
 //! ```text
 //! segment = magic "KVSTWAL1" (8 bytes)
-//!           record{ version: u32 LE, segment id: u64 LE }
-//!           record{ seq: u64 LE, op: bincode(WriteOp) } ...
+//!           record{ version: u32 LE, segment id: u64 LE, first seq: u64 LE }
+//!           record{ seq: u64 LE, durable: u64 LE, op: bincode(WriteOp) } ...
 //! ```
 //!
 //! Records use the framing of [`super::record`]. Sequence numbers rise by one
-//! from record to record, across segments too.
+//! from record to record, across segments too (each segment's header says
+//! which one it starts with). `durable` is the sequence number of the last
+//! record that a successful `fdatasync` had covered when this record was
+//! written.
 //!
-//! Recovery ([`replay`]) reads the segments in order. Damage in the middle of
-//! the log, or in any segment but the newest, stops the start with the file and
-//! offset: it is never skipped. Only a torn tail (a record cut by a crash in the
-//! middle of an append, with no valid record after it) is truncated, with a
-//! warning that says how many bytes were dropped. Such a record was never
-//! acknowledged: acknowledgement waits for the `fdatasync` that covers it.
+//! Recovery ([`replay`]) reads the segments in order. Damage to a record that
+//! was durable, or in any segment but the newest (a segment is synced before
+//! the next one is created), stops the start with the file and offset: it is
+//! never skipped. A record counts as durable when a valid later record says so
+//! through its `durable` field. Otherwise the damage is a torn tail, what a
+//! crash leaves of writes no `fdatasync` had confirmed (cut records, or pages
+//! of one batch that reached the disk out of order). It is truncated, with a
+//! warning saying how many bytes were dropped. With `--sync always` none of
+//! those writes was acknowledged: acknowledgement waits for the `fdatasync`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -29,8 +35,10 @@ use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTWAL1";
 const VERSION: u32 = 1;
-/// The magic, then the header record (8 bytes of framing, 12 of body).
-const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 12;
+/// The magic, then the header record (8 bytes of framing, 20 of body).
+const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 20;
+/// A record's body before its op: seq and durable.
+const RECORD_PREFIX: usize = 16;
 
 /// The log directory that belongs to a data file.
 pub fn dir_for(data: &Path) -> PathBuf {
@@ -72,11 +80,13 @@ pub fn remove_segment(dir: &Path, id: u64) -> Result<(), Error> {
     fs::remove_file(&path).map_err(|e| Error::io(&path, e))
 }
 
-/// Encodes one log record for `op` with sequence number `seq` onto `buf`.
-pub fn encode_record(buf: &mut Vec<u8>, seq: u64, op: &WriteOp) {
+/// Encodes one log record for `op` onto `buf`: sequence number `seq`, written
+/// when everything up to `durable` had been covered by an `fdatasync`.
+pub fn encode_record(buf: &mut Vec<u8>, seq: u64, durable: u64, op: &WriteOp) {
     let start = buf.len();
     buf.extend_from_slice(&[0; record::HEADER_LEN]);
     buf.extend_from_slice(&seq.to_le_bytes());
+    buf.extend_from_slice(&durable.to_le_bytes());
     // Encoding into a Vec cannot fail: WriteOp has no types bincode refuses.
     let body = kvstore_client::codec::encode(op).unwrap_or_default();
     buf.extend_from_slice(&body);
@@ -94,9 +104,10 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Creates segment `id`, writes its header, and makes both the file and its
-    /// directory entry durable before returning, so recovery always finds it.
-    pub fn create(dir: &Path, id: u64) -> Result<Segment, Error> {
+    /// Creates segment `id`, whose first record will be `first_seq`, writes its
+    /// header, and makes both the file and its directory entry durable before
+    /// returning, so recovery always finds it.
+    pub fn create(dir: &Path, id: u64, first_seq: u64) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .create(true)
@@ -107,6 +118,7 @@ impl Segment {
         let mut header = MAGIC.to_vec();
         let mut body = VERSION.to_le_bytes().to_vec();
         body.extend_from_slice(&id.to_le_bytes());
+        body.extend_from_slice(&first_seq.to_le_bytes());
         record::append(&mut header, &body);
         debug_assert_eq!(header.len(), HEADER_LEN);
         file.write_all(&header).map_err(|e| Error::io(&path, e))?;
@@ -177,17 +189,23 @@ pub struct Replayed {
 }
 
 /// Replays every segment numbered `first` or higher in order, calling `apply`
-/// for each record, and returns the segment to append to. Creates segment
-/// `first` if the log is empty.
-pub fn replay(dir: &Path, first: u64, mut apply: impl FnMut(WriteOp)) -> Result<Replayed, Error> {
+/// for each record, and returns the segment to append to. The first record
+/// must be `first_seq`. Creates segment `first` if the log is empty.
+pub fn replay(
+    dir: &Path,
+    first: u64,
+    first_seq: u64,
+    mut apply: impl FnMut(WriteOp),
+) -> Result<Replayed, Error> {
     let ids: Vec<u64> = list_segments(dir)?
         .into_iter()
         .filter(|&id| id >= first)
         .collect();
+    let last_seq = |next: u64| next.checked_sub(1).filter(|&s| s > 0);
     let Some(&newest) = ids.last() else {
         return Ok(Replayed {
-            segment: Segment::create(dir, first)?,
-            last_seq: None,
+            segment: Segment::create(dir, first, first_seq)?,
+            last_seq: last_seq(first_seq),
             records: 0,
         });
     };
@@ -200,23 +218,24 @@ pub fn replay(dir: &Path, first: u64, mut apply: impl FnMut(WriteOp)) -> Result<
             ));
         }
     }
-    let mut last_seq = None;
+    // The sequence number the next record must have.
+    let mut next_seq = first_seq;
     let mut records = 0;
     let mut tail_len = 0;
     for &id in &ids {
         let path = segment_path(dir, id);
         let data = fs::read(&path).map_err(|e| Error::io(&path, e))?;
         let is_newest = id == newest;
-        match check_header(&data, id) {
+        match check_header(&data, id, next_seq) {
             Ok(()) => {}
             // A crash between creating the newest segment and syncing its
-            // header leaves a short file with nothing in it: start it again.
-            Err(_) if is_newest && data.len() < HEADER_LEN => {
+            // header leaves a short or zeroed header and no records.
+            Err(_) if is_newest && data.len() <= HEADER_LEN && !header_is_whole(&data) => {
                 tracing::warn!(path = %path.display(), bytes = data.len(), "recreating a log segment whose header was torn by a crash");
-                let segment = Segment::create(dir, id)?;
+                let segment = Segment::create(dir, id, next_seq)?;
                 return Ok(Replayed {
                     segment,
-                    last_seq,
+                    last_seq: last_seq(next_seq),
                     records,
                 });
             }
@@ -226,19 +245,17 @@ pub fn replay(dir: &Path, first: u64, mut apply: impl FnMut(WriteOp)) -> Result<
         while offset < data.len() {
             match record::read(&data, offset) {
                 record::Read::Valid { body, next } => {
-                    let (seq, op) = parse_body(body)
+                    let (seq, _, op) = parse_body(body)
                         .map_err(|reason| Error::corrupt(&path, offset as u64, reason))?;
-                    if let Some(prev) = last_seq {
-                        if seq != prev + 1 {
-                            return Err(Error::corrupt(
-                                &path,
-                                offset as u64,
-                                format!("sequence number {seq} follows {prev}"),
-                            ));
-                        }
+                    if seq != next_seq {
+                        return Err(Error::corrupt(
+                            &path,
+                            offset as u64,
+                            format!("sequence number {seq} where {next_seq} was expected"),
+                        ));
                     }
                     apply(op);
-                    last_seq = Some(seq);
+                    next_seq += 1;
                     records += 1;
                     offset = next;
                 }
@@ -247,15 +264,22 @@ pub fn replay(dir: &Path, first: u64, mut apply: impl FnMut(WriteOp)) -> Result<
                         record::Read::Mismatch => "checksum mismatch",
                         _ => "record extends past the end of the file",
                     };
-                    if !is_newest || valid_record_after(&data, offset, last_seq) {
+                    if !is_newest {
                         return Err(Error::corrupt(&path, offset as u64, reason));
+                    }
+                    if let Some(witness) = durable_witness(&data, offset, next_seq) {
+                        return Err(Error::corrupt(
+                            &path,
+                            offset as u64,
+                            format!("{reason}, in a record that was durable (the record at offset {witness} was written after it was synced)"),
+                        ));
                     }
                     let dropped = data.len() - offset;
                     tracing::warn!(
                         path = %path.display(),
                         offset,
                         dropped_bytes = dropped,
-                        "truncating a torn record at the end of the log ({reason}); it was never acknowledged"
+                        "truncating a torn tail of the log ({reason}): writes no fdatasync had confirmed"
                     );
                     let file = OpenOptions::new()
                         .write(true)
@@ -272,12 +296,19 @@ pub fn replay(dir: &Path, first: u64, mut apply: impl FnMut(WriteOp)) -> Result<
     }
     Ok(Replayed {
         segment: Segment::open(dir, newest, tail_len as u64)?,
-        last_seq,
+        last_seq: last_seq(next_seq),
         records,
     })
 }
 
-fn check_header(data: &[u8], id: u64) -> Result<(), String> {
+/// Whether the magic and the header record are intact (if they are, a wrong
+/// field in them is not a torn write).
+fn header_is_whole(data: &[u8]) -> bool {
+    data.get(..MAGIC.len()) == Some(MAGIC.as_slice())
+        && matches!(record::read(data, MAGIC.len()), record::Read::Valid { .. })
+}
+
+fn check_header(data: &[u8], id: u64, first_seq: u64) -> Result<(), String> {
     if data.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
         return Err("not a kvstore log segment (bad magic)".into());
     }
@@ -287,38 +318,57 @@ fn check_header(data: &[u8], id: u64) -> Result<(), String> {
     let version = body
         .get(..4)
         .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-    let found = body
-        .get(4..12)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let field = |at: usize| {
+        body.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
     if version != Some(VERSION) {
         return Err(format!("unsupported segment version {version:?}"));
     }
-    if found != Some(id) {
+    if field(4) != Some(id) {
         return Err(format!(
-            "segment header says id {found:?}, file name says {id}"
+            "segment header says id {:?}, file name says {id}",
+            field(4)
+        ));
+    }
+    if field(12) != Some(first_seq) {
+        return Err(format!(
+            "segment starts at sequence number {:?}, {first_seq} was expected",
+            field(12)
         ));
     }
     Ok(())
 }
 
-fn parse_body(body: &[u8]) -> Result<(u64, WriteOp), String> {
-    let (seq, op) = body
-        .split_at_checked(8)
-        .ok_or("record shorter than its sequence number")?;
-    let seq = u64::from_le_bytes(seq.try_into().map_err(|_| "bad sequence number")?);
+fn parse_body(body: &[u8]) -> Result<(u64, u64, WriteOp), String> {
+    let (prefix, op) = body
+        .split_at_checked(RECORD_PREFIX)
+        .ok_or("record shorter than its sequence numbers")?;
+    let seq = u64::from_le_bytes(prefix[..8].try_into().map_err(|_| "bad sequence number")?);
+    let durable = u64::from_le_bytes(prefix[8..].try_into().map_err(|_| "bad sequence number")?);
     let op = kvstore_client::codec::decode(op).map_err(|e| format!("undecodable write: {e}"))?;
-    Ok((seq, op))
+    Ok((seq, durable, op))
 }
 
-/// Whether any valid record with a later sequence number starts after the
-/// damaged one at `offset`. If so the damage is in the middle of the log, not
-/// a torn tail, and truncating would drop acknowledged writes.
-fn valid_record_after(data: &[u8], offset: usize, last_seq: Option<u64>) -> bool {
-    (offset + 1..data.len()).any(|at| match record::read(data, at) {
-        record::Read::Valid { body, .. } => match parse_body(body) {
-            Ok((seq, _)) => last_seq.is_none_or(|prev| seq > prev),
-            Err(_) => false,
-        },
-        _ => false,
+/// The offset of a valid record after the damaged one at `offset` (whose
+/// sequence number would be `seq`) that was written when `seq` was already
+/// durable. If there is one, the damaged record had been synced: that is
+/// corruption, not a torn write, and truncating would drop acknowledged writes.
+fn durable_witness(data: &[u8], offset: usize, seq: u64) -> Option<usize> {
+    let u64_at = |at: usize| {
+        data.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    (offset + 1..data.len()).find(|&at| {
+        // Cheap checks first, so scanning a long torn tail stays linear in
+        // practice: the record's own seq and durable fields must fit.
+        let body = at + record::HEADER_LEN;
+        let (Some(later), Some(durable)) = (u64_at(body), u64_at(body + 8)) else {
+            return false;
+        };
+        later > seq
+            && durable >= seq
+            && durable < later
+            && matches!(record::read(data, at), record::Read::Valid { body, .. } if parse_body(body).is_ok())
     })
 }
