@@ -3,20 +3,17 @@
 use bytes::Bytes;
 use kvstore_client::{ErrorCode, Reply};
 
-use super::{check_key, check_value, WriteOp};
+use super::{check_key, check_limit, check_value, WriteOp};
 use crate::config::Limits;
 
 pub(super) fn op(items: Vec<(Bytes, Bytes)>, limits: &Limits) -> Result<WriteOp, Reply> {
-    if items.len() > limits.max_bulk_items {
-        return Err(Reply::error(
-            ErrorCode::TooManyItems,
-            format!(
-                "BulkSet of {} items exceeds the limit of {} items",
-                items.len(),
-                limits.max_bulk_items
-            ),
-        ));
-    }
+    check_limit(
+        ErrorCode::TooManyItems,
+        "BulkSet",
+        items.len(),
+        limits.max_bulk_items,
+        "items",
+    )?;
     for (key, value) in &items {
         check_key(key, limits)?;
         check_value(value, limits)?;

@@ -105,32 +105,36 @@ pub fn error_reply(e: &Error) -> Reply {
     Reply::error(code, e.to_string())
 }
 
-/// Refuses a key over the limit.
-fn check_key(key: &[u8], limits: &Limits) -> Result<(), Reply> {
-    if key.len() > limits.max_key {
+/// Refuses a count or size over its limit: "`what` of `n` `unit` exceeds the
+/// limit of `max` `unit`", with `code`.
+fn check_limit(code: ErrorCode, what: &str, n: usize, max: usize, unit: &str) -> Result<(), Reply> {
+    if n > max {
         return Err(Reply::error(
-            ErrorCode::KeyTooLarge,
-            format!(
-                "key of {} bytes exceeds the limit of {} bytes",
-                key.len(),
-                limits.max_key
-            ),
+            code,
+            format!("{what} of {n} {unit} exceeds the limit of {max} {unit}"),
         ));
     }
     Ok(())
 }
 
+/// Refuses a key over the limit.
+fn check_key(key: &[u8], limits: &Limits) -> Result<(), Reply> {
+    check_limit(
+        ErrorCode::KeyTooLarge,
+        "key",
+        key.len(),
+        limits.max_key,
+        "bytes",
+    )
+}
+
 /// Refuses a value over the limit.
 fn check_value(value: &[u8], limits: &Limits) -> Result<(), Reply> {
-    if value.len() > limits.max_value {
-        return Err(Reply::error(
-            ErrorCode::ValueTooLarge,
-            format!(
-                "value of {} bytes exceeds the limit of {} bytes",
-                value.len(),
-                limits.max_value
-            ),
-        ));
-    }
-    Ok(())
+    check_limit(
+        ErrorCode::ValueTooLarge,
+        "value",
+        value.len(),
+        limits.max_value,
+        "bytes",
+    )
 }
