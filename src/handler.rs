@@ -26,7 +26,9 @@ const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 
 /// A request waiting for its turn to be answered.
 struct Slot {
+    /// The request's id, echoed in its response.
     id: u64,
+    /// How far the request has got.
     state: State,
 }
 

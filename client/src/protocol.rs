@@ -32,6 +32,7 @@ pub const MAX_KEYS_PAGE: u32 = 10_000;
 pub struct Request {
     /// Chosen by the client; the server never interprets it, only echoes it.
     pub id: u64,
+    /// What to do.
     pub command: Command,
 }
 
@@ -41,7 +42,10 @@ pub struct Request {
 /// client may pipeline and match by order or by id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    /// The id of the request this answers (0 for an error about a frame whose
+    /// id could not be read, or about the connection itself).
     pub id: u64,
+    /// The outcome.
     pub reply: Reply,
 }
 
