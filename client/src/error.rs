@@ -1,8 +1,13 @@
-//! The one error type of this crate.
+//! The one error type of this crate, classified by whether a retry can help.
 
-/// What can go wrong between bytes and typed messages.
+use std::time::Duration;
+
+use crate::ErrorCode;
+
+/// Everything that can go wrong talking to a kvstore server.
 ///
-/// `#[non_exhaustive]`: the client library adds connection-level variants.
+/// `#[non_exhaustive]`: new variants may be added. Use [`Error::is_retryable`]
+/// rather than matching exhaustively to decide whether to try again.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -13,14 +18,62 @@ pub enum Error {
     /// The body decoded, but bytes were left over after it.
     #[error("malformed body: {0} trailing bytes after the message")]
     TrailingBytes(usize),
-    /// A message could not be encoded (it is larger than the frame limit).
+    /// A message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// The server could not be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke while a request was outstanding; the request may
+    /// or may not have been carried out.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// No answer within the time limit; the request may or may not have been
+    /// carried out.
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    /// The server answered with an error ([`ErrorCode`] names the known codes).
+    #[error("server error {code}: {message}")]
+    Server { code: u32, message: String },
+    /// The server answered something this client did not expect (a reply of
+    /// the wrong kind, or for another request).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The address is not `host:port` or `kvstore://host:port`.
+    #[error("invalid address {0:?}: expected host:port or kvstore://host:port")]
+    InvalidAddress(String),
+    /// A value could not be converted to or from JSON (`set_json`, `get_json`).
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 impl Error {
-    /// Protocol errors are never worth retrying: the same bytes fail the same way.
+    /// Whether trying the same request again may succeed: connection
+    /// failures, lost connections and timeouts, and the server errors meant to
+    /// be retried (`TooManyConnections`, `ShuttingDown`). Limits, malformed
+    /// requests and `StorageFailed` fail the same way every time, so they are
+    /// never retried. Every command of today is idempotent, so a retry after
+    /// a lost reply cannot apply a write twice (a retried `Delete` may answer
+    /// "did not exist" if the first attempt removed the key).
     pub fn is_retryable(&self) -> bool {
-        false
+        match self {
+            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => true,
+            Error::Server { code, .. } => {
+                ErrorCode::from_code(*code).is_some_and(ErrorCode::is_retryable)
+            }
+            _ => false,
+        }
+    }
+
+    /// The server's error code, if this is a server error this version knows.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } => ErrorCode::from_code(*code),
+            _ => None,
+        }
     }
 }

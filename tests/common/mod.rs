@@ -20,9 +20,14 @@ pub struct Server {
 impl Server {
     /// Starts the binary on `127.0.0.1:0` with its data at `data`.
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", data, extra)
+    }
+
+    /// Starts the binary on `listen` (a restart on a known port).
+    pub fn start_on(listen: &str, data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kvstore-server"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data")
             .arg(data)
             .args(extra)
@@ -210,4 +215,28 @@ pub mod cmd {
             limit,
         }
     }
+}
+
+/// The `kvstore` command-line tool, built by `cargo test --workspace` beside
+/// this test's own binary (it belongs to the `kvstore-client` package, so
+/// cargo gives no `CARGO_BIN_EXE_` variable for it here).
+pub fn cli_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let cli = dir.join(format!("kvstore{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        cli.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p kvstore-client` first)",
+        cli.display()
+    );
+    cli
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn unused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }

@@ -1,0 +1,188 @@
+//! `kvstore`: the command-line client.
+//!
+//! `kvstore [--addr HOST:PORT] set KEY VALUE | get KEY | del KEY | exists KEY |
+//! keys [PREFIX] [--limit N] | load FILE`; with no command, an interactive
+//! prompt. Exit codes: 0 success, 1 not found (get) or input rejected (load),
+//! 2 usage error, 3 server unreachable, 4 server error.
+
+mod load;
+mod output;
+mod repl;
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kvstore_client::{addr::DEFAULT_ADDR, Client, Error};
+
+use output::Output;
+
+/// Command-line client for kvstore.
+#[derive(Debug, Parser)]
+#[command(name = "kvstore", version, about)]
+struct Cli {
+    /// Server address: HOST:PORT or kvstore://HOST:PORT.
+    #[arg(long, env = "KVSTORE_ADDR", default_value = DEFAULT_ADDR, global = true)]
+    addr: String,
+    /// How results are printed: text (raw values) or json (machine use;
+    /// binary values base64-encoded).
+    #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    /// Time allowed for each request, in milliseconds.
+    #[arg(long, default_value_t = 5000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Store VALUE under KEY ("-" reads the value from standard input, binary safe).
+    Set { key: String, value: String },
+    /// Print the value of KEY (raw bytes when piped); exit 1 if it does not exist.
+    Get { key: String },
+    /// Delete KEY; prints whether it existed.
+    Del { key: String },
+    /// Print whether KEY exists.
+    Exists { key: String },
+    /// List keys starting with PREFIX, in byte order.
+    Keys {
+        prefix: Option<String>,
+        /// Stop after this many keys.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Bulk-load key/value rows from a CSV, TSV or JSON Lines file ("-" for
+    /// standard input).
+    Load(load::LoadArgs),
+}
+
+/// The process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Ok = 0,
+    /// `get` of a missing key; `load` stopped at a malformed line.
+    NotFound = 1,
+    Usage = 2,
+    Unreachable = 3,
+    Server = 4,
+}
+
+impl Exit {
+    fn of(error: &Error) -> Exit {
+        match error {
+            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => {
+                Exit::Unreachable
+            }
+            Error::InvalidAddress(_) => Exit::Usage,
+            _ => Exit::Server,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kvstore: cannot start: {e}");
+            return ExitCode::from(Exit::Server as u8);
+        }
+    };
+    let client = match Client::builder()
+        .addr(&cli.addr)
+        .request_timeout(Duration::from_millis(cli.timeout_ms))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvstore: {e}");
+            return ExitCode::from(Exit::of(&e) as u8);
+        }
+    };
+    let exit = runtime.block_on(async {
+        match cli.command {
+            Some(command) => run(&client, command, cli.output).await,
+            None => repl::interactive(&client, cli.output).await,
+        }
+    });
+    ExitCode::from(exit as u8)
+}
+
+/// Runs one command and prints its result; returns the exit code.
+async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
+    let result = match command {
+        Cmd::Set { key, value } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
+                    eprintln!("kvstore: cannot read the value from standard input: {e}");
+                    return Exit::Usage;
+                }
+                buf
+            } else {
+                value.into_bytes()
+            };
+            client.set(&key, value).await.map(|()| out.ok())
+        }
+        Cmd::Get { key } => match client.get(&key).await {
+            Ok(Some(value)) => {
+                out.value(&key, &value);
+                Ok(())
+            }
+            Ok(None) => {
+                out.missing(&key);
+                return Exit::NotFound;
+            }
+            Err(e) => Err(e),
+        },
+        Cmd::Del { key } => client
+            .delete(&key)
+            .await
+            .map(|existed| out.flag(&key, "deleted", existed)),
+        Cmd::Exists { key } => client
+            .exists(&key)
+            .await
+            .map(|exists| out.flag(&key, "exists", exists)),
+        Cmd::Keys { prefix, limit } => {
+            list_keys(client, prefix.unwrap_or_default(), limit, out).await
+        }
+        Cmd::Load(args) => return load::run(client, &args, out).await,
+    };
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("kvstore: {e}");
+            Exit::of(&e)
+        }
+    }
+}
+
+async fn list_keys(
+    client: &Client,
+    prefix: String,
+    limit: Option<usize>,
+    out: Output,
+) -> Result<(), Error> {
+    use futures_util::StreamExt;
+    let mut keys = std::pin::pin!(client.keys(prefix).take(limit.unwrap_or(usize::MAX)));
+    let mut all = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        match out {
+            Output::Text => output::write_line(&key),
+            Output::Json => all.push(key),
+        }
+    }
+    if out == Output::Json {
+        output::print_json(
+            &serde_json::json!({ "keys": all.iter().map(|k| output::json_bytes(k)).collect::<Vec<_>>() }),
+        );
+    }
+    Ok(())
+}

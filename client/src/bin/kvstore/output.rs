@@ -1,0 +1,70 @@
+//! How results are printed: raw text for people and pipes, JSON for programs.
+
+use std::io::{IsTerminal, Write};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+impl Output {
+    pub fn ok(self) {
+        match self {
+            Output::Text => println!("OK"),
+            Output::Json => print_json(&json!({ "ok": true })),
+        }
+    }
+
+    /// A value: raw bytes when piped; followed by a newline on a terminal.
+    pub fn value(self, key: &str, value: &[u8]) {
+        match self {
+            Output::Text => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(value);
+                if stdout.is_terminal() {
+                    let _ = stdout.write_all(b"\n");
+                }
+                let _ = stdout.flush();
+            }
+            Output::Json => print_json(&json!({ "key": key, "value": json_bytes(value) })),
+        }
+    }
+
+    /// A missing key: nothing on stdout in text mode, a message on stderr.
+    pub fn missing(self, key: &str) {
+        eprintln!("kvstore: key {key:?} not found");
+        if self == Output::Json {
+            print_json(&json!({ "key": key, "value": null }));
+        }
+    }
+
+    pub fn flag(self, key: &str, name: &str, value: bool) {
+        match self {
+            Output::Text => println!("{value}"),
+            Output::Json => print_json(&json!({ "key": key, name: value })),
+        }
+    }
+}
+
+/// Bytes as JSON: a string when they are UTF-8, else `{"base64": "..."}`.
+pub fn json_bytes(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_string()),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }),
+    }
+}
+
+pub fn print_json(value: &Value) {
+    println!("{value}");
+}
+
+/// Raw bytes and a newline (for key listings).
+pub fn write_line(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(bytes);
+    let _ = stdout.write_all(b"\n");
+}

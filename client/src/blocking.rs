@@ -1,0 +1,155 @@
+//! The blocking client: the async [`Client`] driven by its own small runtime.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::client::{Client, ClientBuilder};
+use crate::{Command, Error, Reply};
+
+/// A blocking kvstore client with the same methods as [`Client`].
+///
+/// It owns a single-threaded tokio runtime; each call blocks the calling
+/// thread until the answer arrives. Do not use it from inside an async
+/// runtime (use [`Client`] there).
+///
+/// ```no_run
+/// let client = kvstore_client::BlockingClient::connect("127.0.0.1:65433")?;
+/// client.set("k", "v")?;
+/// assert!(client.exists("k")?);
+/// for key in client.keys("") {
+///     println!("{:?}", key?);
+/// }
+/// # Ok::<(), kvstore_client::Error>(())
+/// ```
+pub struct BlockingClient {
+    client: Client,
+    /// Runs the client's connection tasks while a call blocks.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl BlockingClient {
+    /// A blocking client for `addr` with default settings.
+    pub fn connect(addr: impl Into<String>) -> Result<BlockingClient, Error> {
+        BlockingClient::from_builder(Client::builder().addr(addr))
+    }
+
+    /// A blocking client with the given settings.
+    pub fn from_builder(builder: ClientBuilder) -> Result<BlockingClient, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::ConnectionLost(format!("cannot start the client runtime: {e}")))?;
+        Ok(BlockingClient {
+            client: builder.build()?,
+            runtime,
+        })
+    }
+
+    /// The async client underneath.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.runtime.block_on(self.client.set(key, value))
+    }
+
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
+        self.runtime.block_on(self.client.get(key))
+    }
+
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.delete(key))
+    }
+
+    pub fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.exists(key))
+    }
+
+    pub fn bulk_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Error> {
+        self.runtime.block_on(self.client.bulk_set(items))
+    }
+
+    pub fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.runtime.block_on(self.client.set_json(key, value))
+    }
+
+    pub fn get_json<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>, Error> {
+        self.runtime.block_on(self.client.get_json(key))
+    }
+
+    pub fn keys_page(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<Bytes>, bool), Error> {
+        self.runtime
+            .block_on(self.client.keys_page(prefix, start_after, limit))
+    }
+
+    /// Every key starting with `prefix`, ascending, fetched page by page as
+    /// the iterator advances.
+    pub fn keys(&self, prefix: impl AsRef<[u8]>) -> Keys<'_> {
+        Keys {
+            client: self,
+            prefix: Bytes::copy_from_slice(prefix.as_ref()),
+            page: Vec::new().into_iter(),
+            after: None,
+            more: true,
+        }
+    }
+
+    pub fn call(&self, command: Command) -> Result<Reply, Error> {
+        self.runtime.block_on(self.client.call(command))
+    }
+}
+
+/// The iterator of [`BlockingClient::keys`].
+pub struct Keys<'a> {
+    client: &'a BlockingClient,
+    prefix: Bytes,
+    /// Keys of the current page not yet returned.
+    page: std::vec::IntoIter<Bytes>,
+    /// The last key returned: the next page starts after it.
+    after: Option<Bytes>,
+    /// Whether the server said more keys may follow.
+    more: bool,
+}
+
+impl Iterator for Keys<'_> {
+    type Item = Result<Bytes, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(key) = self.page.next() {
+                self.after = Some(key.clone());
+                return Some(Ok(key));
+            }
+            if !self.more {
+                return None;
+            }
+            match self
+                .client
+                .keys_page(&self.prefix, self.after.as_deref(), 0)
+            {
+                Ok((keys, more)) => {
+                    self.more = more && !keys.is_empty();
+                    self.page = keys.into_iter();
+                }
+                Err(e) => {
+                    self.more = false;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The async client.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::mux::Mux;
+use crate::{addr, Command, Error, Reply};
+
+/// Default time to establish a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time for one request to be answered.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default number of attempts for one call, the first included.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 4;
+/// Default cap on the time one call spends retrying (backoff sleeps included).
+pub const DEFAULT_MAX_RETRY_TIME: Duration = Duration::from_secs(10);
+/// Default number of connections a client spreads its calls over.
+pub const DEFAULT_CONNECTIONS: usize = 2;
+
+/// Settings of a [`Client`]; build one with [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    addr: Option<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    max_attempts: usize,
+    max_retry_time: Duration,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    connections: usize,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            addr: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            max_retry_time: DEFAULT_MAX_RETRY_TIME,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            connections: DEFAULT_CONNECTIONS,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The server: `host:port` or `kvstore://host:port`. Without it,
+    /// `KVSTORE_ADDR`, else `127.0.0.1:65433`.
+    pub fn addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = Some(addr.into());
+        self
+    }
+
+    /// Time allowed to establish a connection (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for each request's answer (default 5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Attempts per call, the first included (default 4; 1 turns retries off).
+    pub fn max_attempts(mut self, attempts: usize) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Cap on the total backoff time of one call's retries (default 10 s).
+    pub fn max_retry_time(mut self, time: Duration) -> Self {
+        self.max_retry_time = time;
+        self
+    }
+
+    /// First and largest pause between attempts (defaults 50 ms and 1 s);
+    /// pauses double between them, with jitter.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+
+    /// Connections the client spreads its calls over (default 2). Each is
+    /// multiplexed: many calls share it, in flight at once.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// Builds the client. Connections are opened on first use, so this does
+    /// not touch the network; an unreachable server shows on the first call.
+    pub fn build(self) -> Result<Client, Error> {
+        let addr = match &self.addr {
+            Some(a) => addr::parse(a)?,
+            None => addr::from_env()?,
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                addr,
+                slots: (0..self.connections).map(|_| Mutex::new(None)).collect(),
+                next: AtomicUsize::new(0),
+                options: self,
+            }),
+        })
+    }
+}
+
+/// An async kvstore client: cheap to clone, safe to share across tasks.
+///
+/// Calls are spread round-robin over a few multiplexed connections; each
+/// call has a timeout and is retried with exponential backoff and jitter on
+/// connection failures and timeouts (see [`Error::is_retryable`]). After a
+/// server restart the next call reconnects by itself.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kvstore_client::Error> {
+/// let client = kvstore_client::Client::connect("127.0.0.1:65433")?;
+/// client.set("greeting", "hello").await?;
+/// assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Normalized `host:port`.
+    addr: String,
+    /// One connection per slot, opened on demand and replaced when broken. A
+    /// tokio mutex: it is held across the connect.
+    slots: Vec<Mutex<Option<Mux>>>,
+    /// Round-robin position.
+    next: AtomicUsize,
+    options: ClientBuilder,
+}
+
+impl Client {
+    /// Settings for a new client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client for `addr` with default settings.
+    pub fn connect(addr: impl Into<String>) -> Result<Client, Error> {
+        Client::builder().addr(addr).build()
+    }
+
+    /// The `host:port` this client talks to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Stores `value` under `key`.
+    pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        let command = Command::Set {
+            key: bytes(key),
+            value: bytes(value),
+        };
+        expect_ok(self.call(command).await?)
+    }
+
+    /// The value of `key`, or `None`.
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
+        match self.call(Command::Get { key: bytes(key) }).await? {
+            Reply::Value(value) => Ok(value),
+            other => Err(unexpected("Value", &other)),
+        }
+    }
+
+    /// Removes `key`; `true` if it existed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        expect_bool(self.call(Command::Delete { key: bytes(key) }).await?)
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        expect_bool(self.call(Command::Exists { key: bytes(key) }).await?)
+    }
+
+    /// Stores every pair atomically: all or none, also across a crash.
+    pub async fn bulk_set<K, V>(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<(), Error>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let items = items
+            .into_iter()
+            .map(|(k, v)| (bytes(k), bytes(v)))
+            .collect();
+        expect_ok(self.call(Command::BulkSet { items }).await?)
+    }
+
+    /// Stores `value` as JSON.
+    pub async fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.set(key, serde_json::to_vec(value)?).await
+    }
+
+    /// Reads a value stored as JSON.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, Error> {
+        match self.get(key).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of keys starting with `prefix`, after `start_after`; `limit` 0
+    /// means the server's default page. Returns the keys and whether more may
+    /// follow.
+    pub async fn keys_page(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<Bytes>, bool), Error> {
+        let command = Command::Keys {
+            prefix: bytes(prefix),
+            start_after: start_after.map(Bytes::copy_from_slice),
+            limit,
+        };
+        match self.call(command).await? {
+            Reply::Keys { keys, more } => Ok((keys, more)),
+            other => Err(unexpected("Keys", &other)),
+        }
+    }
+
+    /// Every key starting with `prefix`, ascending, fetched page by page as
+    /// the stream is read.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// use futures_util::TryStreamExt;
+    /// let users: Vec<_> = client.keys("user:").try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn keys(
+        &self,
+        prefix: impl AsRef<[u8]>,
+    ) -> impl Stream<Item = Result<Bytes, Error>> + Send + 'static {
+        let client = self.clone();
+        let prefix = bytes(prefix);
+        // State: the keys of the current page not yet yielded, the last key
+        // seen, and whether the server said more may follow.
+        let start = (Vec::<Bytes>::new().into_iter(), None::<Bytes>, true);
+        futures_util::stream::try_unfold(start, move |(mut page, mut after, mut more)| {
+            let client = client.clone();
+            let prefix = prefix.clone();
+            async move {
+                loop {
+                    if let Some(key) = page.next() {
+                        after = Some(key.clone());
+                        return Ok(Some((key, (page, after, more))));
+                    }
+                    if !more {
+                        return Ok(None);
+                    }
+                    let (keys, next_more) = client.keys_page(&prefix, after.as_deref(), 0).await?;
+                    more = next_more && !keys.is_empty();
+                    page = keys.into_iter();
+                }
+            }
+        })
+    }
+
+    /// Sends one command with timeouts and retries, and turns an error reply
+    /// into [`Error::Server`].
+    pub async fn call(&self, command: Command) -> Result<Reply, Error> {
+        let options = &self.inner.options;
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(options.min_backoff)
+            .with_max_delay(options.max_backoff)
+            .with_max_times(options.max_attempts - 1)
+            .with_total_delay(Some(options.max_retry_time))
+            .with_jitter();
+        (|| self.call_once(command.clone()))
+            .retry(policy)
+            .when(Error::is_retryable)
+            .await
+    }
+
+    async fn call_once(&self, command: Command) -> Result<Reply, Error> {
+        let options = &self.inner.options;
+        let mux = self.connection().await?;
+        let reply = mux.send(command).await?;
+        match tokio::time::timeout(options.request_timeout, reply).await {
+            Err(_) => {
+                // The server stopped answering: drop the connection so the
+                // retry starts afresh instead of queueing behind it.
+                mux.close();
+                Err(Error::Timeout {
+                    what: "request",
+                    after: options.request_timeout,
+                })
+            }
+            Ok(Err(_)) => Err(Error::ConnectionLost("the connection closed".into())),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Ok(Ok(Reply::Error { code, message }))) => Err(Error::Server { code, message }),
+            Ok(Ok(Ok(reply))) => Ok(reply),
+        }
+    }
+
+    /// The next connection in turn, opened or replaced if needed.
+    async fn connection(&self) -> Result<Mux, Error> {
+        let inner = &self.inner;
+        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
+        let mut guard = slot.lock().await;
+        match guard.as_ref() {
+            Some(mux) if mux.is_alive() => Ok(mux.clone()),
+            _ => {
+                let mux = Mux::connect(&inner.addr, inner.options.connect_timeout).await?;
+                *guard = Some(mux.clone());
+                Ok(mux)
+            }
+        }
+    }
+}
+
+fn bytes(b: impl AsRef<[u8]>) -> Bytes {
+    Bytes::copy_from_slice(b.as_ref())
+}
+
+fn expect_ok(reply: Reply) -> Result<(), Error> {
+    match reply {
+        Reply::Ok => Ok(()),
+        other => Err(unexpected("Ok", &other)),
+    }
+}
+
+fn expect_bool(reply: Reply) -> Result<bool, Error> {
+    match reply {
+        Reply::Bool(b) => Ok(b),
+        other => Err(unexpected("Bool", &other)),
+    }
+}
+
+fn unexpected(wanted: &str, got: &Reply) -> Error {
+    Error::Protocol(format!("expected a {wanted} reply, got {got:?}"))
+}

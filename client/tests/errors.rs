@@ -1,0 +1,81 @@
+//! Error classification and address parsing: what a caller relies on to
+//! decide whether to retry and where to connect.
+//!
+//! (Its presence also makes `cargo test` build the `kvstore` binary, which
+//! the end-to-end tests in the workspace root run.)
+
+use std::time::Duration;
+
+use kvstore_client::{addr, Error, ErrorCode};
+
+fn server(code: ErrorCode) -> Error {
+    Error::Server {
+        code: code as u32,
+        message: String::new(),
+    }
+}
+
+#[test]
+fn only_transient_failures_are_retryable() {
+    let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    assert!(Error::Connect {
+        addr: "x:1".into(),
+        source: io()
+    }
+    .is_retryable());
+    assert!(Error::ConnectionLost("reset".into()).is_retryable());
+    assert!(Error::Timeout {
+        what: "request",
+        after: Duration::from_secs(1)
+    }
+    .is_retryable());
+    assert!(server(ErrorCode::TooManyConnections).is_retryable());
+    assert!(server(ErrorCode::ShuttingDown).is_retryable());
+    for code in [
+        ErrorCode::Malformed,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::KeyTooLarge,
+        ErrorCode::ValueTooLarge,
+        ErrorCode::TooManyItems,
+        ErrorCode::StorageFailed,
+    ] {
+        assert!(!server(code).is_retryable(), "{code:?}");
+        assert_eq!(server(code).code(), Some(code));
+    }
+    assert!(
+        !Error::Server {
+            code: 999,
+            message: String::new()
+        }
+        .is_retryable(),
+        "unknown codes are not retried"
+    );
+    assert!(!Error::Protocol("?".into()).is_retryable());
+    assert!(!Error::InvalidAddress("?".into()).is_retryable());
+}
+
+#[test]
+fn addresses_take_an_optional_scheme() {
+    assert_eq!(
+        addr::parse("kvstore://127.0.0.1:65433").unwrap(),
+        "127.0.0.1:65433"
+    );
+    assert_eq!(
+        addr::parse("kvstore://db.example:7000/").unwrap(),
+        "db.example:7000"
+    );
+    assert_eq!(addr::parse("[::1]:65433").unwrap(), "[::1]:65433");
+    for bad in [
+        "",
+        "localhost",
+        "http://x:1",
+        "kvstore://:1",
+        "x:99999",
+        "x:port",
+    ] {
+        assert!(
+            matches!(addr::parse(bad), Err(Error::InvalidAddress(_))),
+            "{bad:?}"
+        );
+    }
+}

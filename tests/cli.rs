@@ -1,0 +1,238 @@
+//! The `kvstore` command-line tool against the real server: outputs, exit
+//! codes, the prompt, and the bulk loader.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{cli_path, Server};
+use kvstore_client::BlockingClient;
+
+fn kvstore(server: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(cli_path())
+        .arg("--addr")
+        .arg(server)
+        .args(args)
+        .env_remove("KVSTORE_ADDR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kvstore");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn commands_print_their_results_and_exit_with_the_documented_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &["--max-key", "16"]);
+    let addr = server.addr.to_string();
+
+    let out = kvstore(&addr, &["set", "greeting", "hello"], b"");
+    assert_eq!((code(&out), text(&out.stdout)), (0, "OK\n".into()));
+    // Piped: the raw value, no newline.
+    let out = kvstore(&addr, &["get", "greeting"], b"");
+    assert_eq!((code(&out), out.stdout.as_slice()), (0, &b"hello"[..]));
+    // A binary value through standard input.
+    let value = [0u8, 255, 10, 13, 0];
+    assert_eq!(code(&kvstore(&addr, &["set", "bin", "-"], &value)), 0);
+    assert_eq!(kvstore(&addr, &["get", "bin"], b"").stdout, value);
+
+    let out = kvstore(&addr, &["exists", "greeting"], b"");
+    assert_eq!(text(&out.stdout), "true\n");
+    let out = kvstore(&addr, &["del", "greeting"], b"");
+    assert_eq!(text(&out.stdout), "true\n");
+    let out = kvstore(&addr, &["del", "greeting"], b"");
+    assert_eq!(text(&out.stdout), "false\n");
+
+    // Missing key: nothing on stdout, a message on stderr, exit 1.
+    let out = kvstore(&addr, &["get", "greeting"], b"");
+    assert_eq!(code(&out), 1);
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains("not found"));
+
+    for i in 0..5 {
+        kvstore(&addr, &["set", &format!("user:{i}"), "x"], b"");
+    }
+    let out = kvstore(&addr, &["keys", "user:"], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "user:0\nuser:1\nuser:2\nuser:3\nuser:4\n"
+    );
+    let out = kvstore(&addr, &["keys", "user:", "--limit", "2"], b"");
+    assert_eq!(text(&out.stdout), "user:0\nuser:1\n");
+
+    // JSON output, binary values base64-encoded.
+    let out = kvstore(&addr, &["--output", "json", "get", "bin"], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "{\"key\":\"bin\",\"value\":{\"base64\":\"AP8KDQA=\"}}\n"
+    );
+    let out = kvstore(
+        &addr,
+        &["--output", "json", "keys", "user:", "--limit", "1"],
+        b"",
+    );
+    assert_eq!(text(&out.stdout), "{\"keys\":[\"user:0\"]}\n");
+
+    // Usage error: 2. Server error (key over the limit): 4.
+    assert_eq!(code(&kvstore(&addr, &["set", "only-key"], b"")), 2);
+    let out = kvstore(&addr, &["set", "a-key-longer-than-16", "v"], b"");
+    assert_eq!(code(&out), 4);
+    assert!(
+        text(&out.stderr).contains("exceeds the limit"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_unreachable_server_exits_3() {
+    let addr = format!("127.0.0.1:{}", common::unused_port());
+    let out = kvstore(&addr, &["--timeout-ms", "300", "get", "k"], b"");
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_prompt_runs_commands_line_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let out = kvstore(
+        &server.addr.to_string(),
+        &[],
+        b"set \"two words\" \"a value\"\nget \"two words\"\nexists nope\nbogus\nquit\n",
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("a value"), "{stdout}");
+    assert!(stdout.contains("false"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("unrecognized subcommand"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+fn write_rows(path: &Path, rows: u32, format: &str) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for i in 0..rows {
+        match format {
+            "csv" => writeln!(out, "key:{i:07},\"value, {i}\"").unwrap(),
+            "tsv" => writeln!(out, "key:{i:07}\tvalue, {i}").unwrap(),
+            _ => writeln!(out, "{{\"key\":\"key:{i:07}\",\"value\":\"value, {i}\"}}").unwrap(),
+        }
+    }
+}
+
+/// 100,000 rows from each format, read back.
+#[test]
+fn the_loader_reads_csv_tsv_and_json_lines() {
+    for format in ["csv", "tsv", "jsonl"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+        let file = dir.path().join(format!("rows.{format}"));
+        write_rows(&file, 100_000, format);
+        let out = kvstore(
+            &server.addr.to_string(),
+            &["load", file.to_str().unwrap()],
+            b"",
+        );
+        assert_eq!(code(&out), 0, "{format}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).starts_with("loaded 100000 rows"),
+            "{}",
+            text(&out.stdout)
+        );
+
+        let client = BlockingClient::connect(server.addr.to_string()).unwrap();
+        assert_eq!(client.keys("key:").count(), 100_000, "{format}");
+        for i in [0u32, 1, 4242, 99_999] {
+            let value = client.get(format!("key:{i:07}")).unwrap();
+            assert_eq!(
+                value.as_deref(),
+                Some(format!("value, {i}").as_bytes()),
+                "{format} row {i}"
+            );
+        }
+        // Loading the same file again leaves the same state.
+        assert_eq!(
+            code(&kvstore(
+                &server.addr.to_string(),
+                &["load", file.to_str().unwrap()],
+                b""
+            )),
+            0
+        );
+        assert_eq!(client.keys("key:").count(), 100_000);
+    }
+}
+
+#[test]
+fn json_values_that_are_not_strings_are_stored_as_json_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let input = b"{\"key\":\"m\",\"value\":{\"a\":[1,2]}}\n{\"key\":\"n\",\"value\":7}\n";
+    let out = kvstore(
+        &server.addr.to_string(),
+        &["load", "--format", "jsonl", "-"],
+        input,
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let client = BlockingClient::connect(server.addr.to_string()).unwrap();
+    assert_eq!(
+        client.get("m").unwrap().as_deref(),
+        Some(&b"{\"a\":[1,2]}"[..])
+    );
+    assert_eq!(client.get("n").unwrap().as_deref(), Some(&b"7"[..]));
+}
+
+#[test]
+fn a_malformed_line_stops_the_load_with_its_number_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let addr = server.addr.to_string();
+    let input = b"a,1\nb,2\nc,3\nd,4\ne,5,extra\nf,6\n";
+
+    let out = kvstore(&addr, &["load", "-"], input);
+    assert_eq!(code(&out), 1);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("line 5"), "{stderr}");
+    assert!(stderr.contains("4 acknowledged rows"), "{stderr}");
+    let client = BlockingClient::connect(addr.clone()).unwrap();
+    assert!(client.exists("d").unwrap());
+    assert!(!client.exists("f").unwrap());
+
+    let out = kvstore(&addr, &["load", "--skip-bad", "-"], input);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 malformed lines skipped"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(client.exists("f").unwrap());
+    assert!(!client.exists("e").unwrap());
+
+    let out = kvstore(
+        &addr,
+        &["load", "--format", "jsonl", "-"],
+        b"{\"key\":\"x\",\"value\":\"1\"}\n{\"key\":2}\n",
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out.stderr).contains("line 2"),
+        "{}",
+        text(&out.stderr)
+    );
+}
