@@ -20,7 +20,7 @@ use output::Output;
 
 /// Command-line client for kvstore.
 #[derive(Debug, Parser)]
-#[command(name = "kvstore", version, about)]
+#[command(name = "kvstore", version)]
 struct Cli {
     /// Server address: HOST:PORT or kvstore://HOST:PORT.
     #[arg(long, env = "KVSTORE_ADDR", default_value = DEFAULT_ADDR, global = true)]
