@@ -236,3 +236,34 @@ fn a_malformed_line_stops_the_load_with_its_number_unless_skipped() {
         text(&out.stderr)
     );
 }
+
+/// Rows the server refuses (a key over its limit) stop the load with a server
+/// error (4), saying how many rows were acknowledged, and the reader stops
+/// instead of reading the rest of the input.
+#[test]
+fn rows_the_server_refuses_stop_the_load_with_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &["--max-key", "16"]);
+    let file = dir.path().join("rows.csv");
+    let mut rows = String::new();
+    for i in 0..50_000 {
+        let key = if i == 20_000 {
+            "k".repeat(40)
+        } else {
+            format!("k{i}")
+        };
+        rows.push_str(&format!("{key},v\n"));
+    }
+    std::fs::write(&file, rows).unwrap();
+    let out = kvstore(
+        &server.addr.to_string(),
+        &["load", "--batch-rows", "1000", file.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("exceeds the limit") && stderr.contains("acknowledged"),
+        "{stderr}"
+    );
+}

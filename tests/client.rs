@@ -212,3 +212,60 @@ fn thousands_of_pipelined_requests_share_one_connection() {
         }
     });
 }
+
+/// Large requests and large replies at once on one connection: the client
+/// reads replies while it writes, so neither side can block the other.
+#[test]
+fn large_values_in_both_directions_share_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let client = Client::builder()
+        .addr(server.addr.to_string())
+        .connections(1)
+        .build()
+        .unwrap();
+    runtime().block_on(async {
+        let value = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        client.set("big", &value).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..48 {
+            let (client, value) = (client.clone(), value.clone());
+            tasks.spawn(async move {
+                if i % 2 == 0 {
+                    client.set(format!("big{i}"), &value).await.map(|()| None)
+                } else {
+                    client.get("big").await
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Some(got) = done.unwrap().unwrap() {
+                assert_eq!(got.len(), 1 << 20);
+            }
+        }
+    });
+}
+
+/// A request over the client's frame limit fails at once, is not retried,
+/// and does not disturb the connection the other calls use.
+#[test]
+fn a_request_over_the_frame_limit_fails_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let client = Client::builder()
+        .addr(server.addr.to_string())
+        .connections(1)
+        .max_frame(1000)
+        .build()
+        .unwrap();
+    runtime().block_on(async {
+        client.set("small", "v").await.unwrap();
+        let error = client.set("big", vec![0u8; 2000]).await.unwrap_err();
+        assert!(matches!(error, Error::Encode(_)), "{error}");
+        assert!(!error.is_retryable());
+        assert_eq!(
+            client.get("small").await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    });
+}

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::mux::Mux;
+use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::{addr, Command, Error, Reply};
 
 /// Default time to establish a connection.
@@ -20,8 +21,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default number of attempts for one call, the first included.
 pub const DEFAULT_MAX_ATTEMPTS: usize = 4;
-/// Default cap on the time one call spends retrying (backoff sleeps included).
-pub const DEFAULT_MAX_RETRY_TIME: Duration = Duration::from_secs(10);
+/// Default cap on the whole time of one call: every attempt, its connect,
+/// its wait for the answer, and the pauses between attempts.
+pub const DEFAULT_MAX_CALL_TIME: Duration = Duration::from_secs(20);
 /// Default number of connections a client spreads its calls over.
 ///
 /// Measured with 50 tasks sharing one client (`cargo run --release --example
@@ -40,10 +42,11 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_attempts: usize,
-    max_retry_time: Duration,
+    max_call_time: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
     connections: usize,
+    max_frame: usize,
 }
 
 impl Default for ClientBuilder {
@@ -53,10 +56,11 @@ impl Default for ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            max_retry_time: DEFAULT_MAX_RETRY_TIME,
+            max_call_time: DEFAULT_MAX_CALL_TIME,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             connections: DEFAULT_CONNECTIONS,
+            max_frame: DEFAULT_MAX_FRAME,
         }
     }
 }
@@ -69,7 +73,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Time allowed to establish a connection (default 2 s).
+    /// Time allowed to get a connection: waiting for the slot and connecting
+    /// (default 2 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -87,14 +92,23 @@ impl ClientBuilder {
         self
     }
 
-    /// Cap on the total backoff time of one call's retries (default 10 s).
-    pub fn max_retry_time(mut self, time: Duration) -> Self {
-        self.max_retry_time = time;
+    /// Cap on the whole time of one call, all attempts and pauses included
+    /// (default 20 s); past it the call fails with [`Error::Timeout`].
+    pub fn max_call_time(mut self, time: Duration) -> Self {
+        self.max_call_time = time;
+        self
+    }
+
+    /// Largest request this client sends (default 16 MiB, the server's
+    /// default frame limit); a larger one fails at once, without retries.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
         self
     }
 
     /// First and largest pause between attempts (defaults 50 ms and 1 s);
-    /// pauses double between them, with jitter.
+    /// pauses double between them, with jitter (which may add up to the
+    /// pause again).
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
@@ -298,19 +312,35 @@ impl Client {
             .with_min_delay(options.min_backoff)
             .with_max_delay(options.max_backoff)
             .with_max_times(options.max_attempts - 1)
-            .with_total_delay(Some(options.max_retry_time))
             .with_jitter();
-        (|| self.call_once(command.clone()))
+        let attempts = (|| self.call_once(command.clone()))
             .retry(policy)
-            .when(Error::is_retryable)
+            .when(Error::is_retryable);
+        tokio::time::timeout(options.max_call_time, attempts)
             .await
+            .unwrap_or(Err(Error::Timeout {
+                what: "call (all attempts)",
+                after: options.max_call_time,
+            }))
     }
 
+    /// One attempt: a connection within the connect timeout, then the
+    /// request (queueing, writing, answer) within the request timeout.
     async fn call_once(&self, command: Command) -> Result<Reply, Error> {
         let options = &self.inner.options;
-        let mux = self.connection().await?;
-        let reply = mux.send(command).await?;
-        match tokio::time::timeout(options.request_timeout, reply).await {
+        let mux = tokio::time::timeout(options.connect_timeout, self.connection())
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "connect",
+                after: options.connect_timeout,
+            })??;
+        let exchange = async {
+            let reply = mux.send(command).await?;
+            reply
+                .await
+                .unwrap_or_else(|_| Err(Error::ConnectionLost("the connection closed".into())))
+        };
+        match tokio::time::timeout(options.request_timeout, exchange).await {
             Err(_) => {
                 // The server stopped answering: drop the connection so the
                 // retry starts afresh instead of queueing behind it.
@@ -320,10 +350,9 @@ impl Client {
                     after: options.request_timeout,
                 })
             }
-            Ok(Err(_)) => Err(Error::ConnectionLost("the connection closed".into())),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Ok(Ok(Reply::Error { code, message }))) => Err(Error::Server { code, message }),
-            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Reply::Error { code, message })) => Err(Error::Server { code, message }),
+            Ok(Ok(reply)) => Ok(reply),
         }
     }
 
@@ -335,7 +364,12 @@ impl Client {
         match guard.as_ref() {
             Some(mux) if mux.is_alive() => Ok(mux.clone()),
             _ => {
-                let mux = Mux::connect(&inner.addr, inner.options.connect_timeout).await?;
+                let mux = Mux::connect(
+                    &inner.addr,
+                    inner.options.connect_timeout,
+                    inner.options.max_frame,
+                )
+                .await?;
                 *guard = Some(mux.clone());
                 Ok(mux)
             }

@@ -1,27 +1,31 @@
 //! One multiplexed connection: many requests in flight, matched to replies.
 //!
-//! A background task owns the socket. Callers hand it a [`Command`] and a
-//! oneshot sender; the task gives the request the next id, writes it (several
-//! queued requests go out in one flush), and when a response arrives hands it
-//! to the caller waiting for that id. The server answers in request order, so
-//! the waiting callers form a queue and each response must carry the id at its
-//! front; anything else is a protocol error that ends the connection.
+//! A background task owns the socket, split into a writing half and a reading
+//! half that run concurrently (so a burst of large requests never stops the
+//! replies from being read: the server may be waiting for room to write them).
+//! Callers hand the task a [`Command`] and a oneshot sender; the writer gives
+//! the request the next id, queues the sender, and writes the request (several
+//! queued requests go out in one flush). The server answers in request order,
+//! so each response must carry the id at the front of the queue; anything
+//! else is a protocol error that ends the connection.
 //!
 //! When the socket breaks, every waiting caller gets `ConnectionLost` and the
 //! task ends; the [`Client`](crate::Client) notices and connects again on the
 //! next call.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
-use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::codec::HARD_MAX_FRAME;
 use crate::{codec, Command, Error, Reply, Request, Response};
 
 /// Requests queued for the socket task before callers wait: enough for deep
@@ -37,6 +41,10 @@ struct Call {
     reply: oneshot::Sender<Result<Reply, Error>>,
 }
 
+/// Callers whose requests were written, oldest first, with their ids. Shared
+/// by the two halves; a std mutex, held only to push or pop.
+type Waiting = Mutex<VecDeque<(u64, oneshot::Sender<Result<Reply, Error>>)>>;
+
 /// A handle to one connection's task. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Mux {
@@ -47,8 +55,13 @@ pub(crate) struct Mux {
 }
 
 impl Mux {
-    /// Connects to `addr` and starts the socket task.
-    pub(crate) async fn connect(addr: &str, timeout: Duration) -> Result<Mux, Error> {
+    /// Connects to `addr` and starts the socket task. Requests larger than
+    /// `max_frame` are refused before they are written.
+    pub(crate) async fn connect(
+        addr: &str,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Mux, Error> {
         let connect_error = |source| Error::Connect {
             addr: addr.to_string(),
             source,
@@ -61,9 +74,8 @@ impl Mux {
             })?
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
-        let framed = Framed::new(stream, codec::frame_codec(DEFAULT_MAX_FRAME));
         let (calls, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(drive(framed, rx)).abort_handle();
+        let task = tokio::spawn(drive(stream, rx, max_frame)).abort_handle();
         Ok(Mux { calls, task })
     }
 
@@ -91,80 +103,115 @@ impl Mux {
     }
 }
 
-/// The socket task.
-async fn drive(
-    mut framed: Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
-    mut calls: mpsc::Receiver<Call>,
-) {
-    let mut waiting: VecDeque<(u64, oneshot::Sender<Result<Reply, Error>>)> = VecDeque::new();
-    let mut next_id: u64 = 1;
-    let failure = loop {
-        tokio::select! {
-            call = calls.recv() => {
-                let Some(call) = call else { break None };
-                let mut burst = vec![call];
-                while burst.len() < MAX_BURST {
-                    match calls.try_recv() {
-                        Ok(call) => burst.push(call),
-                        Err(_) => break,
-                    }
-                }
-                let mut written = Ok(());
-                for call in burst {
-                    let id = next_id;
-                    next_id += 1;
-                    match codec::encode(&Request { id, command: call.command }) {
-                        Ok(body) => {
-                            if written.is_ok() {
-                                written = framed.feed(Bytes::from(body)).await;
-                            }
-                            waiting.push_back((id, call.reply));
-                        }
-                        Err(e) => {
-                            let _ = call.reply.send(Err(e));
-                        }
-                    }
-                }
-                if let Err(e) = written.and(SinkExt::<Bytes>::flush(&mut framed).await) {
-                    break Some(format!("write failed: {e}"));
-                }
-            }
-            frame = framed.next() => {
-                let body = match frame {
-                    Some(Ok(body)) => body,
-                    Some(Err(e)) => break Some(format!("read failed: {e}")),
-                    None => break Some("the server closed the connection".into()),
-                };
-                let response: Response = match codec::decode(&body) {
-                    Ok(r) => r,
-                    Err(e) => break Some(format!("undecodable response: {e}")),
-                };
-                match waiting.pop_front() {
-                    Some((id, reply)) if id == response.id => {
-                        let _ = reply.send(Ok(response.reply));
-                    }
-                    front => {
-                        // An error the server sends before closing (id 0:
-                        // too many connections, a refused frame) goes to the
-                        // first caller; everyone else loses the connection.
-                        if let (Some((_, reply)), Reply::Error { code, message }) = (front, response.reply) {
-                            let reason = format!("server error {code}: {message}");
-                            let _ = reply.send(Err(Error::Server { code, message }));
-                            break Some(reason);
-                        }
-                        break Some(format!("response for request {} out of order", response.id));
-                    }
-                }
-            }
-        }
+/// The socket task: both halves until one fails, then every caller still
+/// waiting or queued learns why.
+async fn drive(stream: TcpStream, mut calls: mpsc::Receiver<Call>, max_frame: usize) {
+    let (read, write) = stream.into_split();
+    // Replies are read up to the hard limit: the server decides what it sends.
+    let mut reader = FramedRead::new(read, codec::frame_codec(HARD_MAX_FRAME));
+    let mut writer = FramedWrite::new(write, codec::frame_codec(HARD_MAX_FRAME));
+    let waiting: Waiting = Mutex::new(VecDeque::new());
+    let reason = tokio::select! {
+        reason = write_requests(&mut writer, &mut calls, &waiting, max_frame) => reason,
+        reason = read_replies(&mut reader, &waiting) => reason,
     };
-    if let Some(reason) = failure {
-        for (_, reply) in waiting.drain(..) {
-            let _ = reply.send(Err(Error::ConnectionLost(reason.clone())));
+    let reason = reason.unwrap_or_else(|| "the client was dropped".into());
+    let waiting = std::mem::take(&mut *waiting.lock().unwrap_or_else(|e| e.into_inner()));
+    for (_, reply) in waiting {
+        let _ = reply.send(Err(Error::ConnectionLost(reason.clone())));
+    }
+    calls.close();
+    while let Ok(call) = calls.try_recv() {
+        let _ = call.reply.send(Err(Error::ConnectionLost(reason.clone())));
+    }
+}
+
+/// Writes queued requests; returns why it stopped (`None`: no more callers).
+async fn write_requests(
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    calls: &mut mpsc::Receiver<Call>,
+    waiting: &Waiting,
+    max_frame: usize,
+) -> Option<String> {
+    let mut next_id: u64 = 1;
+    while let Some(call) = calls.recv().await {
+        let mut burst = vec![call];
+        while burst.len() < MAX_BURST {
+            match calls.try_recv() {
+                Ok(call) => burst.push(call),
+                Err(_) => break,
+            }
         }
-        calls.close();
-        while let Ok(call) = calls.try_recv() {
-            let _ = call.reply.send(Err(Error::ConnectionLost(reason.clone())));
+        for call in burst {
+            let id = next_id;
+            let body = match codec::encode(&Request {
+                id,
+                command: call.command,
+            }) {
+                Ok(body) if body.len() <= max_frame => body,
+                Ok(body) => {
+                    let _ = call.reply.send(Err(Error::Encode(format!(
+                        "a request of {} bytes exceeds the frame limit of {max_frame} bytes",
+                        body.len()
+                    ))));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = call.reply.send(Err(e));
+                    continue;
+                }
+            };
+            next_id += 1;
+            waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((id, call.reply));
+            if let Err(e) = writer.feed(Bytes::from(body)).await {
+                return Some(format!("write failed: {e}"));
+            }
+        }
+        if let Err(e) = SinkExt::<Bytes>::flush(writer).await {
+            return Some(format!("write failed: {e}"));
+        }
+    }
+    None
+}
+
+/// Reads responses and hands each to the caller it answers; returns why it
+/// stopped.
+async fn read_replies(
+    reader: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    waiting: &Waiting,
+) -> Option<String> {
+    loop {
+        let body = match reader.next().await {
+            Some(Ok(body)) => body,
+            Some(Err(e)) => return Some(format!("read failed: {e}")),
+            None => return Some("the server closed the connection".into()),
+        };
+        let response: Response = match codec::decode(&body) {
+            Ok(r) => r,
+            Err(e) => return Some(format!("undecodable response: {e}")),
+        };
+        let front = waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        match (front, response.reply) {
+            (Some((id, reply)), answer) if id == response.id => {
+                let _ = reply.send(Ok(answer));
+            }
+            // An error the server sends before closing (id 0: too many
+            // connections, a refused frame) goes to the first caller; the
+            // others lose the connection, with the server's words as reason.
+            (front, Reply::Error { code, message }) => {
+                let reason = format!("server error {code}: {message}");
+                if let Some((_, reply)) = front {
+                    let _ = reply.send(Err(Error::Server { code, message }));
+                }
+                return Some(reason);
+            }
+            (_, _) => return Some(format!("response for request {} out of order", response.id)),
         }
     }
 }

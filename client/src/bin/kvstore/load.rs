@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::output::{print_json, Output};
+use crate::output::{print_json, say, Output};
 use crate::Exit;
 
 #[derive(Debug, clap::Args)]
@@ -123,8 +123,9 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
                 Ok(skipped) => Item::End { skipped },
                 Err((line, reason)) => Item::Bad { line, reason },
             };
-            batcher.flush();
-            let _ = batcher.tx.blocking_send(item);
+            if batcher.flush() {
+                let _ = batcher.tx.blocking_send(item);
+            }
         })
     };
 
@@ -182,7 +183,7 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
         }
         Some(Item::End { skipped }) => {
             match out {
-                Output::Text => println!(
+                Output::Text => say(&format!(
                     "loaded {} rows ({} bytes) in {secs:.2} s: {rate:.0} rows/s{}",
                     acked.rows,
                     acked.bytes,
@@ -191,7 +192,7 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
                     } else {
                         String::new()
                     }
-                ),
+                )),
                 Output::Json => print_json(&serde_json::json!({
                     "rows": acked.rows, "bytes": acked.bytes, "seconds": secs, "rows_per_second": rate, "skipped": skipped
                 })),
@@ -267,23 +268,30 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn push(&mut self, key: Bytes, value: Bytes, input_pos: u64) {
-        self.bytes += key.len() + value.len();
+    /// Adds a row; a batch goes out before the row that would take it past
+    /// `batch_bytes`, or once it holds `batch_rows`. Returns false once the
+    /// async side has stopped (a BulkSet failed): the reader stops too.
+    fn push(&mut self, key: Bytes, value: Bytes, input_pos: u64) -> bool {
+        let size = key.len() + value.len();
+        if !self.rows.is_empty() && self.bytes + size > self.batch_bytes && !self.flush() {
+            return false;
+        }
+        self.bytes += size;
         self.rows.push((key, value));
         self.read_bytes.store(input_pos, Ordering::Relaxed);
-        if self.rows.len() >= self.batch_rows || self.bytes >= self.batch_bytes {
-            self.flush();
-        }
+        self.rows.len() < self.batch_rows || self.flush()
     }
 
-    fn flush(&mut self) {
-        if !self.rows.is_empty() {
-            let rows = std::mem::take(&mut self.rows);
-            self.bytes = 0;
-            let _ = self
-                .tx
-                .blocking_send(Item::Batch(rows, self.read_bytes.load(Ordering::Relaxed)));
+    /// Sends the rows gathered so far; false if nobody receives any more.
+    fn flush(&mut self) -> bool {
+        if self.rows.is_empty() {
+            return !self.tx.is_closed();
         }
+        let rows = std::mem::take(&mut self.rows);
+        self.bytes = 0;
+        self.tx
+            .blocking_send(Item::Batch(rows, self.read_bytes.load(Ordering::Relaxed)))
+            .is_ok()
     }
 }
 
@@ -310,17 +318,24 @@ fn read_delimited(
             Ok(false) => return Ok(skipped),
             Ok(true) if record.len() == 2 => {
                 let pos = record.position().map_or(0, |p| p.byte());
-                batcher.push(
+                let (key, value) = (
                     Bytes::copy_from_slice(&record[0]),
                     Bytes::copy_from_slice(&record[1]),
-                    pos,
                 );
+                if !batcher.push(key, value, pos) {
+                    return Ok(skipped);
+                }
                 continue;
             }
             Ok(true) => (
                 record.position().map_or(0, |p| p.line()),
                 format!("expected 2 fields (key, value), found {}", record.len()),
             ),
+            // A failing input is no malformed line: never skipped.
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                let line = reader.position().line();
+                return Err((line, e.to_string()));
+            }
             Err(e) => (e.position().map_or(0, |p| p.line()), e.to_string()),
         };
         if !skip_bad {
@@ -353,7 +368,11 @@ fn read_jsonl(
             continue;
         }
         match parse_json_row(&line) {
-            Ok((key, value)) => batcher.push(key, value, pos),
+            Ok((key, value)) => {
+                if !batcher.push(key, value, pos) {
+                    return Ok(skipped);
+                }
+            }
             Err(reason) if !skip_bad => return Err((number, reason)),
             Err(_) => skipped += 1,
         }

@@ -2,8 +2,9 @@
 //!
 //! `kvstore [--addr HOST:PORT] set KEY VALUE | get KEY | del KEY | exists KEY |
 //! keys [PREFIX] [--limit N] | load FILE`; with no command, an interactive
-//! prompt. Exit codes: 0 success, 1 not found (get) or input rejected (load),
-//! 2 usage error, 3 server unreachable, 4 server error.
+//! prompt. Exit codes: 0 success, 1 not found (get) or a malformed input line
+//! (load), 2 usage error, 3 server unreachable, 4 server error (including rows
+//! the server refuses during a load, such as a key over its limit).
 
 mod load;
 mod output;
@@ -62,7 +63,7 @@ enum Cmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
     Ok = 0,
-    /// `get` of a missing key; `load` stopped at a malformed line.
+    /// `get` of a missing key; `load` stopped at a malformed input line.
     NotFound = 1,
     Usage = 2,
     Unreachable = 3,

@@ -14,7 +14,7 @@ pub enum Output {
 impl Output {
     pub fn ok(self) {
         match self {
-            Output::Text => println!("OK"),
+            Output::Text => say("OK"),
             Output::Json => print_json(&json!({ "ok": true })),
         }
     }
@@ -44,7 +44,7 @@ impl Output {
 
     pub fn flag(self, key: &str, name: &str, value: bool) {
         match self {
-            Output::Text => println!("{value}"),
+            Output::Text => say(&value.to_string()),
             Output::Json => print_json(&json!({ "key": key, name: value })),
         }
     }
@@ -59,7 +59,15 @@ pub fn json_bytes(bytes: &[u8]) -> Value {
 }
 
 pub fn print_json(value: &Value) {
-    println!("{value}");
+    say(&value.to_string());
+}
+
+/// A line on stdout. A closed pipe (`kvstore keys | head`) is not an error
+/// worth a panic: the output is simply no longer wanted.
+pub fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(line.as_bytes());
+    let _ = stdout.write_all(b"\n");
 }
 
 /// Raw bytes and a newline (for key listings).
