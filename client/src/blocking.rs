@@ -51,22 +51,27 @@ impl BlockingClient {
         &self.client
     }
 
+    /// Stores `value` under `key` ([`Client::set`]).
     pub fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
         self.runtime.block_on(self.client.set(key, value))
     }
 
+    /// The value of `key`, or `None` ([`Client::get`]).
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
         self.runtime.block_on(self.client.get(key))
     }
 
+    /// Removes `key`; `true` if it existed ([`Client::delete`]).
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         self.runtime.block_on(self.client.delete(key))
     }
 
+    /// Whether `key` exists ([`Client::exists`]).
     pub fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         self.runtime.block_on(self.client.exists(key))
     }
 
+    /// Stores every pair atomically ([`Client::bulk_set`]).
     pub fn bulk_set<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         items: impl IntoIterator<Item = (K, V)>,
@@ -74,6 +79,7 @@ impl BlockingClient {
         self.runtime.block_on(self.client.bulk_set(items))
     }
 
+    /// Stores `value` as JSON ([`Client::set_json`]).
     pub fn set_json<T: Serialize + ?Sized>(
         &self,
         key: impl AsRef<[u8]>,
@@ -82,10 +88,12 @@ impl BlockingClient {
         self.runtime.block_on(self.client.set_json(key, value))
     }
 
+    /// Reads a value stored as JSON ([`Client::get_json`]).
     pub fn get_json<T: DeserializeOwned>(&self, key: impl AsRef<[u8]>) -> Result<Option<T>, Error> {
         self.runtime.block_on(self.client.get_json(key))
     }
 
+    /// One page of keys ([`Client::keys_page`]).
     pub fn keys_page(
         &self,
         prefix: impl AsRef<[u8]>,
@@ -108,6 +116,7 @@ impl BlockingClient {
         }
     }
 
+    /// Sends any command with timeouts and retries ([`Client::call`]).
     pub fn call(&self, command: Command) -> Result<Reply, Error> {
         self.runtime.block_on(self.client.call(command))
     }

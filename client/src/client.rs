@@ -187,6 +187,13 @@ impl Client {
     }
 
     /// Stores `value` under `key`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// client.set("user:1", "ann").await?;
+    /// client.set(b"\x00binary", [0u8, 159, 146, 150]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
         let command = Command::Set {
             key: bytes(key),
@@ -196,6 +203,14 @@ impl Client {
     }
 
     /// The value of `key`, or `None`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// if let Some(value) = client.get("user:1").await? {
+    ///     println!("{}", String::from_utf8_lossy(&value));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
         match self.call(Command::Get { key: bytes(key) }).await? {
             Reply::Value(value) => Ok(value),
@@ -204,16 +219,37 @@ impl Client {
     }
 
     /// Removes `key`; `true` if it existed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// let existed = client.delete("user:1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         expect_bool(self.call(Command::Delete { key: bytes(key) }).await?)
     }
 
     /// Whether `key` exists.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// if !client.exists("config").await? {
+    ///     client.set("config", "{}").await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn exists(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         expect_bool(self.call(Command::Exists { key: bytes(key) }).await?)
     }
 
     /// Stores every pair atomically: all or none, also across a crash.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// let rows = (0..1000).map(|i| (format!("row:{i}"), format!("value {i}")));
+    /// client.bulk_set(rows).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn bulk_set<K, V>(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<(), Error>
     where
         K: AsRef<[u8]>,
@@ -227,6 +263,14 @@ impl Client {
     }
 
     /// Stores `value` as JSON.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// #[derive(serde::Serialize)]
+    /// struct User { name: String, age: u32 }
+    /// client.set_json("user:1", &User { name: "ann".into(), age: 41 }).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set_json<T: Serialize + ?Sized>(
         &self,
         key: impl AsRef<[u8]>,
@@ -236,6 +280,12 @@ impl Client {
     }
 
     /// Reads a value stored as JSON.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// let tags: Option<Vec<String>> = client.get_json("tags:1").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_json<T: DeserializeOwned>(
         &self,
         key: impl AsRef<[u8]>,
@@ -249,6 +299,15 @@ impl Client {
     /// One page of keys starting with `prefix`, after `start_after`; `limit` 0
     /// means the server's default page. Returns the keys and whether more may
     /// follow.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// let (first, more) = client.keys_page("user:", None, 100).await?;
+    /// if more {
+    ///     let (next, _) = client.keys_page("user:", first.last().map(|k| &k[..]), 100).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn keys_page(
         &self,
         prefix: impl AsRef<[u8]>,
@@ -305,7 +364,15 @@ impl Client {
     }
 
     /// Sends one command with timeouts and retries, and turns an error reply
-    /// into [`Error::Server`].
+    /// into [`Error::Server`]: the general form of the methods above.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// use kvstore_client::{Command, Reply};
+    /// let reply = client.call(Command::Exists { key: "k".into() }).await?;
+    /// assert!(matches!(reply, Reply::Bool(_)));
+    /// # Ok(()) }
+    /// ```
     pub async fn call(&self, command: Command) -> Result<Reply, Error> {
         let options = &self.inner.options;
         let policy = ExponentialBuilder::default()

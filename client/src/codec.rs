@@ -30,6 +30,12 @@ pub fn frame_codec(max_frame: usize) -> LengthDelimitedCodec {
 }
 
 /// Encodes a message body (without the length prefix).
+///
+/// ```
+/// use kvstore_client::{codec, Command, Request};
+/// let body = codec::encode(&Request { id: 2, command: Command::Get { key: "k".into() } }).unwrap();
+/// assert_eq!(body, [2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, b'k']);
+/// ```
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, Error> {
     bincode::serde::encode_to_vec(message, CONFIG).map_err(|e| Error::Encode(e.to_string()))
 }
@@ -37,6 +43,14 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, Error> {
 /// Decodes a whole body. Byte strings are checked against the body's real
 /// length before they are copied (see `wire_bytes`), and leftover bytes are an
 /// error.
+///
+/// ```
+/// use kvstore_client::{codec, Reply, Response};
+/// let body = [1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1];
+/// assert_eq!(codec::decode::<Response>(&body).unwrap(), Response { id: 1, reply: Reply::Bool(true) });
+/// // A byte string that claims more bytes than the body holds is refused.
+/// assert!(codec::decode::<Response>(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 255, 0, 0, 0, 0, 0, 0, 0]).is_err());
+/// ```
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Error> {
     let (message, used) = bincode::serde::borrow_decode_from_slice(body, CONFIG)
         .map_err(|e| Error::Malformed(e.to_string()))?;

@@ -24,7 +24,9 @@ pub enum Error {
     /// The server could not be reached.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
+        /// The address tried.
         addr: String,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -35,10 +37,20 @@ pub enum Error {
     /// No answer within the time limit; the request may or may not have been
     /// carried out.
     #[error("{what} timed out after {after:?}")]
-    Timeout { what: &'static str, after: Duration },
+    Timeout {
+        /// What timed out: "connect", "request", or "call (all attempts)".
+        what: &'static str,
+        /// The limit that passed.
+        after: Duration,
+    },
     /// The server answered with an error ([`ErrorCode`] names the known codes).
     #[error("server error {code}: {message}")]
-    Server { code: u32, message: String },
+    Server {
+        /// The [`ErrorCode`] number ([`Error::code`] decodes it).
+        code: u32,
+        /// The server's explanation.
+        message: String,
+    },
     /// The server answered something this client did not expect (a reply of
     /// the wrong kind, or for another request).
     #[error("protocol error: {0}")]

@@ -23,6 +23,8 @@
 //!
 //! This crate must never depend on the server: the server depends on it.
 
+#![warn(missing_docs)]
+
 pub mod addr;
 pub mod blocking;
 pub mod client;

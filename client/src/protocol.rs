@@ -56,29 +56,35 @@ pub struct Response {
 pub enum Command {
     /// Tag 0. Store `value` under `key`, replacing any previous value. Reply: `Ok`.
     Set {
+        /// The key, any bytes.
         #[serde(deserialize_with = "wire_bytes::bytes")]
         key: Bytes,
+        /// The value, any bytes.
         #[serde(deserialize_with = "wire_bytes::bytes")]
         value: Bytes,
     },
     /// Tag 1. Read one key. Reply: `Value(Some(..))` or `Value(None)`.
     Get {
+        /// The key to read.
         #[serde(deserialize_with = "wire_bytes::bytes")]
         key: Bytes,
     },
     /// Tag 2. Remove one key. Reply: `Bool(true)` if it existed.
     Delete {
+        /// The key to remove.
         #[serde(deserialize_with = "wire_bytes::bytes")]
         key: Bytes,
     },
     /// Tag 3. Store every pair atomically: after a crash either all of them are
     /// there or none. A key that appears twice takes its last value. Reply: `Ok`.
     BulkSet {
+        /// `(key, value)` pairs, applied in order.
         #[serde(deserialize_with = "wire_bytes::pairs")]
         items: Vec<(Bytes, Bytes)>,
     },
     /// Tag 4. Reply: `Bool(true)` if the key exists.
     Exists {
+        /// The key to look for.
         #[serde(deserialize_with = "wire_bytes::bytes")]
         key: Bytes,
     },
@@ -87,10 +93,13 @@ pub enum Command {
     /// default page size; the server caps larger limits. Reply: `Keys`; ask for
     /// the next page with `start_after` set to the last key while `more` is true.
     Keys {
+        /// Only keys that start with these bytes (empty: all keys).
         #[serde(deserialize_with = "wire_bytes::bytes")]
         prefix: Bytes,
+        /// Only keys after this one: the last key of the previous page.
         #[serde(deserialize_with = "wire_bytes::option")]
         start_after: Option<Bytes>,
+        /// Keys wanted; 0 for the server's default page.
         limit: u32,
     },
 }
@@ -107,14 +116,18 @@ pub enum Reply {
     /// Tag 3. A page of keys in ascending byte order; `more` is true when keys
     /// after the last one may remain.
     Keys {
+        /// The keys, ascending.
         #[serde(deserialize_with = "wire_bytes::list")]
         keys: Vec<Bytes>,
+        /// Whether keys after the last one may remain.
         more: bool,
     },
     /// Tag 4. The command failed. `code` is stable ([`ErrorCode`]); `message` is
     /// for humans and may change.
     Error {
+        /// An [`ErrorCode`] number.
         code: u32,
+        /// A human-readable explanation.
         #[serde(deserialize_with = "wire_bytes::string")]
         message: String,
     },
