@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SyncMode;
 use crate::error::Error;
+use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
 use crate::storage::store::{Applied, Store};
 use crate::storage::{snapshot, wal};
@@ -71,6 +72,9 @@ pub struct Settings {
     pub snapshot_after_bytes: u64,
     /// The snapshot file; the log directory is derived from it.
     pub data: PathBuf,
+    /// Where the files live: the real file system, or a simulated disk in
+    /// crash tests.
+    pub fs: Arc<dyn Fs>,
 }
 
 /// The handle connections use to submit writes. Cheap to clone.
@@ -362,13 +366,15 @@ impl Worker {
         self.snapshotting.store(true, Ordering::Release);
         let store = self.store.clone();
         let data = self.settings.data.clone();
+        let fs = self.settings.fs.clone();
         let weak = self.weak.clone();
         let running = self.snapshotting.clone();
         let spawned = std::thread::Builder::new()
             .name("kvstore-snapshot".into())
             .spawn(move || {
-                let result = snapshot::write(&data, &store, next, next_seq, || sync_barrier(&weak));
-                match result.and_then(|_| remove_segments_before(&data, next)) {
+                let result =
+                    snapshot::write(&*fs, &data, &store, next, next_seq, || sync_barrier(&weak));
+                match result.and_then(|_| remove_segments_before(&*fs, &data, next)) {
                     Ok(()) => {}
                     Err(e) => tracing::error!(
                         "snapshot failed, the log is kept and replayed instead: {e}"
@@ -397,7 +403,7 @@ impl Worker {
             self.last_sync = Instant::now();
         }
         let next = (self.segment.id() + 1, self.seq + 1);
-        self.segment = wal::Segment::create(&dir, next.0, next.1)?;
+        self.segment = wal::Segment::create(&*self.settings.fs, &dir, next.0, next.1)?;
         Ok(next)
     }
 
@@ -410,13 +416,21 @@ impl Worker {
         }
         // Nothing written since the snapshot that emptied the log: done.
         let dir = wal::dir_for(&self.settings.data);
-        let only_segment = wal::list_segments(&dir)? == [self.segment.id()];
-        if self.segment.is_empty() && only_segment && self.settings.data.exists() {
+        let fs = self.settings.fs.clone();
+        let only_segment = wal::list_segments(&*fs, &dir)? == [self.segment.id()];
+        if self.segment.is_empty() && only_segment && fs.exists(&self.settings.data) {
             return Ok(());
         }
         let (next, next_seq) = self.rotate()?;
-        snapshot::write(&self.settings.data, &self.store, next, next_seq, || Ok(()))?;
-        remove_segments_before(&self.settings.data, next)
+        snapshot::write(
+            &*fs,
+            &self.settings.data,
+            &self.store,
+            next,
+            next_seq,
+            || Ok(()),
+        )?;
+        remove_segments_before(&*fs, &self.settings.data, next)
     }
 }
 
@@ -445,15 +459,15 @@ fn sync_barrier(weak: &mpsc::WeakSender<Message>) -> Result<(), Error> {
 }
 
 /// Deletes the log segments a durable snapshot has made obsolete.
-fn remove_segments_before(data: &std::path::Path, next: u64) -> Result<(), Error> {
+fn remove_segments_before(fs: &dyn Fs, data: &std::path::Path, next: u64) -> Result<(), Error> {
     let dir = wal::dir_for(data);
-    for id in wal::list_segments(&dir)?
+    for id in wal::list_segments(fs, &dir)?
         .into_iter()
         .filter(|&id| id < next)
     {
-        wal::remove_segment(&dir, id)?;
+        wal::remove_segment(fs, &dir, id)?;
     }
-    crate::storage::sync_dir(&dir)
+    crate::storage::sync_dir(fs, &dir)
 }
 
 #[cfg(test)]
@@ -473,10 +487,12 @@ mod tests {
     #[tokio::test]
     async fn a_failed_log_write_poisons_the_log_for_good() {
         let dir = tempfile::tempdir().unwrap();
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
+        let full = Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
         let store = Arc::new(Store::new(4));
         let commit = GroupCommit::start(
             store.clone(),
@@ -487,6 +503,7 @@ mod tests {
                 sync_interval: Duration::from_secs(1),
                 snapshot_after_bytes: u64::MAX,
                 data: dir.path().join("kvstore.db"),
+                fs: Arc::new(crate::storage::fs::RealFs),
             },
         )
         .unwrap();

@@ -21,6 +21,7 @@ use crate::config::{Config, SyncMode};
 use crate::connection::Connection;
 use crate::db::Db;
 use crate::error::Error;
+use crate::storage::fs::RealFs;
 use crate::{handler, storage};
 
 /// Pending connections the kernel may queue before `accept`.
@@ -62,9 +63,10 @@ pub async fn run(
         .local_addr()
         .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
     let data = config.data.clone();
-    let recovered = tokio::task::spawn_blocking(move || storage::open(&data, config.shards))
-        .await
-        .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
+    let recovered =
+        tokio::task::spawn_blocking(move || storage::open(&RealFs, &data, config.shards))
+            .await
+            .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
     let store = recovered.store.clone();
     let commit = GroupCommit::start(
         recovered.store,
@@ -75,6 +77,7 @@ pub async fn run(
             sync_interval: config.sync_interval(),
             snapshot_after_bytes: config.snapshot_after_bytes,
             data: config.data.clone(),
+            fs: Arc::new(RealFs),
         },
     )?;
     // Held until this function returns, after the commit thread has stopped.

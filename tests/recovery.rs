@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::store::Store;
 use kvstore::storage::{self, snapshot, wal};
@@ -33,7 +34,7 @@ fn write_log_with(
     let data = dir.join("kvstore.db");
     let wal_dir = wal::dir_for(&data);
     fs::create_dir_all(&wal_dir).unwrap();
-    let mut segment = wal::Segment::create(&wal_dir, 1, 1).unwrap();
+    let mut segment = wal::Segment::create(&RealFs, &wal_dir, 1, 1).unwrap();
     let mut offsets = vec![segment.len()];
     for (i, op) in ops.iter().enumerate() {
         let mut buf = Vec::new();
@@ -106,7 +107,8 @@ fn a_log_cut_at_any_byte_of_its_last_records_recovers_the_longest_valid_prefix()
     let end = *offsets.last().unwrap();
     for cut in from..=end {
         let (_keep, copy) = damaged_copy(&data, |log| log.truncate(cut as usize));
-        let recovered = storage::open(&copy, 4).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let recovered =
+            storage::open(&RealFs, &copy, 4).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         let whole = offsets.iter().filter(|&&o| o <= cut).count() - 1;
         assert_eq!(dump(&recovered.store), model(&ops[..whole]), "cut at {cut}");
         assert_eq!(recovered.last_seq, whole as u64, "cut at {cut}");
@@ -118,7 +120,7 @@ fn a_log_cut_at_any_byte_of_its_last_records_recovers_the_longest_valid_prefix()
         );
         drop(recovered);
         // And a second start finds a clean log.
-        let again = storage::open(&copy, 4).unwrap();
+        let again = storage::open(&RealFs, &copy, 4).unwrap();
         assert_eq!(dump(&again.store), model(&ops[..whole]));
     }
 }
@@ -133,7 +135,7 @@ fn a_flipped_bit_in_the_middle_of_the_log_refuses_the_start_with_the_offset() {
     for byte in start..end {
         for bit in 0..8 {
             let (_keep, copy) = damaged_copy(&data, |log| log[byte as usize] ^= 1 << bit);
-            match storage::open(&copy, 4) {
+            match storage::open(&RealFs, &copy, 4) {
                 Err(Error::Corrupt { path, offset, .. }) => {
                     assert_eq!(path, segment_file(&copy));
                     assert_eq!(offset, start, "byte {byte} bit {bit}");
@@ -156,7 +158,7 @@ fn a_hole_in_an_unsynced_batch_is_a_torn_tail_not_corruption() {
     let (_keep, copy) = damaged_copy(&data, |log| {
         log[offsets[1] as usize..offsets[3] as usize].fill(0);
     });
-    let recovered = storage::open(&copy, 4).unwrap();
+    let recovered = storage::open(&RealFs, &copy, 4).unwrap();
     assert_eq!(dump(&recovered.store), model(&ops[..1]));
     assert_eq!(recovered.last_seq, 1);
     assert_eq!(fs::metadata(segment_file(&copy)).unwrap().len(), offsets[1]);
@@ -172,7 +174,7 @@ fn a_hole_before_a_record_written_after_it_was_synced_refuses_the_start() {
     let (_keep, copy) = damaged_copy(&data, |log| {
         log[offsets[1] as usize..offsets[3] as usize].fill(0);
     });
-    match storage::open(&copy, 4) {
+    match storage::open(&RealFs, &copy, 4) {
         Err(Error::Corrupt { offset, reason, .. }) => {
             assert_eq!(offset, offsets[1]);
             assert!(reason.contains("durable"), "{reason}");
@@ -188,7 +190,7 @@ fn a_damaged_segment_header_refuses_the_start() {
     let (data, _) = write_log(dir.path(), &ops());
     for byte in [0usize, 7, 8, 12, 20, 27, 35] {
         let (_keep, copy) = damaged_copy(&data, |log| log[byte] ^= 0x10);
-        let err = storage::open(&copy, 4).err().expect("refused");
+        let err = storage::open(&RealFs, &copy, 4).err().expect("refused");
         assert!(
             matches!(err, Error::Corrupt { offset: 0, .. }),
             "byte {byte}: {err}"
@@ -201,7 +203,7 @@ fn the_error_message_names_the_file_and_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (data, offsets) = write_log(dir.path(), &ops());
     let (_keep, copy) = damaged_copy(&data, |log| log[offsets[1] as usize + 10] ^= 1);
-    let message = storage::open(&copy, 4).err().unwrap().to_string();
+    let message = storage::open(&RealFs, &copy, 4).err().unwrap().to_string();
     assert!(message.contains("00000000000000000001.wal"), "{message}");
     assert!(
         message.contains(&format!("offset {}", offsets[1])),
@@ -218,7 +220,7 @@ fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
             value: b(vec![i as u8; (i % 300) as usize]),
         });
     }
-    snapshot::write(&data, &store, 1, 1, || Ok(())).unwrap();
+    snapshot::write(&RealFs, &data, &store, 1, 1, || Ok(())).unwrap();
     (data, dump(&store))
 }
 
@@ -226,7 +228,7 @@ fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
 fn a_snapshot_loads_back_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (data, expected) = snapshot_of(dir.path(), 5000);
-    let recovered = storage::open(&data, 8).unwrap();
+    let recovered = storage::open(&RealFs, &data, 8).unwrap();
     assert_eq!(dump(&recovered.store), expected);
 }
 
@@ -251,7 +253,7 @@ fn any_damage_to_a_snapshot_refuses_the_start() {
     for (what, bytes) in cases {
         fs::write(&data, &bytes).unwrap();
         let _ = fs::remove_dir_all(wal::dir_for(&data));
-        match storage::open(&data, 4) {
+        match storage::open(&RealFs, &data, 4) {
             Err(Error::Corrupt { path, .. }) => assert_eq!(path, data, "{what}"),
             Err(other) => panic!("{what}: wrong error {other}"),
             Ok(_) => panic!("{what}: loaded a damaged snapshot"),
@@ -265,8 +267,8 @@ fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() 
     let data = dir.path().join("kvstore.db");
     let wal_dir = wal::dir_for(&data);
     fs::create_dir_all(&wal_dir).unwrap();
-    wal::Segment::create(&wal_dir, 3, 100).unwrap();
-    let err = storage::open(&data, 4).err().expect("refused");
+    wal::Segment::create(&RealFs, &wal_dir, 3, 100).unwrap();
+    let err = storage::open(&RealFs, &data, 4).err().expect("refused");
     assert!(err.to_string().contains("snapshot is missing"), "{err}");
 }
 
@@ -274,8 +276,8 @@ fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() 
 fn a_missing_segment_between_others_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
-    wal::Segment::create(&wal::dir_for(&data), 3, 6).unwrap();
-    let err = storage::open(&data, 4).err().expect("refused");
+    wal::Segment::create(&RealFs, &wal::dir_for(&data), 3, 6).unwrap();
+    let err = storage::open(&RealFs, &data, 4).err().expect("refused");
     assert!(err.to_string().contains("segment 2 is missing"), "{err}");
 }
 
@@ -285,11 +287,11 @@ fn a_segment_whose_header_was_torn_at_creation_is_started_again() {
     let ops = ops();
     let (data, _) = write_log(dir.path(), &ops);
     let wal_dir = wal::dir_for(&data);
-    wal::Segment::create(&wal_dir, 2, ops.len() as u64 + 1).unwrap();
+    wal::Segment::create(&RealFs, &wal_dir, 2, ops.len() as u64 + 1).unwrap();
     let second = wal_dir.join(format!("{:020}.wal", 2));
     let header = fs::read(&second).unwrap();
     fs::write(&second, &header[..header.len() / 2]).unwrap();
-    let recovered = storage::open(&data, 4).unwrap();
+    let recovered = storage::open(&RealFs, &data, 4).unwrap();
     assert_eq!(dump(&recovered.store), model(&ops));
     assert_eq!(recovered.segment.id(), 2);
     assert!(recovered.segment.is_empty());
@@ -305,9 +307,9 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     ops[..2].iter().for_each(|op| {
         store.apply(op);
     });
-    snapshot::write(&data, &store, 2, 3, || Ok(())).unwrap();
+    snapshot::write(&RealFs, &data, &store, 2, 3, || Ok(())).unwrap();
     let wal_dir = wal::dir_for(&data);
-    let mut second = wal::Segment::create(&wal_dir, 2, 3).unwrap();
+    let mut second = wal::Segment::create(&RealFs, &wal_dir, 2, 3).unwrap();
     let mut buf = Vec::new();
     for (i, op) in ops[2..].iter().enumerate() {
         let seq = 3 + i as u64;
@@ -315,10 +317,10 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     }
     second.append(&buf).unwrap();
     drop(second);
-    let recovered = storage::open(&data, 4).unwrap();
+    let recovered = storage::open(&RealFs, &data, 4).unwrap();
     assert_eq!(dump(&recovered.store), model(&ops));
     assert_eq!(recovered.last_seq, ops.len() as u64);
-    assert_eq!(wal::list_segments(&wal_dir).unwrap(), vec![2]);
+    assert_eq!(wal::list_segments(&RealFs, &wal_dir).unwrap(), vec![2]);
 }
 
 #[test]
@@ -326,7 +328,7 @@ fn a_segment_that_does_not_continue_the_sequence_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
     // Segment 2 claims to start at 9, but segment 1 ended at 5.
-    wal::Segment::create(&wal::dir_for(&data), 2, 9).unwrap();
-    let err = storage::open(&data, 4).err().expect("refused");
+    wal::Segment::create(&RealFs, &wal::dir_for(&data), 2, 9).unwrap();
+    let err = storage::open(&RealFs, &data, 4).err().expect("refused");
     assert!(err.to_string().contains("sequence number"), "{err}");
 }

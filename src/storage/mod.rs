@@ -11,26 +11,27 @@
 //! Nothing here is async: these are blocking file operations, run at start or
 //! on the group-commit and snapshot threads, never on the tokio workers.
 
+pub mod fs;
 pub mod op;
 pub mod record;
+pub mod simfs;
 pub mod snapshot;
 pub mod store;
 pub mod wal;
 
-use std::fs::{self, File};
+use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Error;
+use fs::Fs;
 use snapshot::SnapshotInfo;
 use store::Store;
 
 /// `fsync` of a directory: makes the creation, rename or removal of the
 /// entries in it durable.
-pub fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+pub fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
+    fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// Everything recovery found.
@@ -45,31 +46,31 @@ pub struct Recovered {
     /// Log records replayed on top of it.
     pub replayed: u64,
     /// Held for as long as the server runs: the lock on the data.
-    pub lock: File,
+    pub lock: Box<dyn Any + Send>,
 }
 
 /// Opens the data at `data`: takes its lock, loads the snapshot, replays the
 /// log after it, and drops files a finished snapshot made obsolete.
-pub fn open(data: &Path, shards: usize) -> Result<Recovered, Error> {
+pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error> {
     let dir = wal::dir_for(data);
-    if !dir.exists() {
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        sync_dir(
-            dir.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )?;
+    if !fs.exists(&dir) {
+        fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        sync_dir(fs, snapshot::parent_dir(data))?;
     }
     let lock_path = dir.join("LOCK");
-    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-    if lock.try_lock().is_err() {
-        return Err(Error::Locked(data.to_path_buf()));
+    let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked(data.to_path_buf()),
+        _ => Error::io(&lock_path, e),
+    })?;
+    let tmp = snapshot::temp_path(data);
+    if fs.exists(&tmp) {
+        tracing::info!(path = %tmp.display(), "removing an unfinished snapshot");
+        fs.remove(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    remove_stale_temp_files(data);
 
     let store = Arc::new(Store::new(shards));
-    let snapshot = snapshot::load(data, &store)?;
-    let segments = wal::list_segments(&dir)?;
+    let snapshot = snapshot::load(fs, data, &store)?;
+    let segments = wal::list_segments(fs, &dir)?;
     let (first, first_seq) = match snapshot {
         Some(info) => (info.next_segment, info.next_seq),
         None => match segments.first() {
@@ -84,9 +85,9 @@ pub fn open(data: &Path, shards: usize) -> Result<Recovered, Error> {
         },
     };
     for &old in segments.iter().filter(|&&id| id < first) {
-        wal::remove_segment(&dir, old)?;
+        wal::remove_segment(fs, &dir, old)?;
     }
-    let replay = wal::replay(&dir, first, first_seq, |op| {
+    let replay = wal::replay(fs, &dir, first, first_seq, |op| {
         store.apply(&op);
     })?;
     tracing::info!(
@@ -104,25 +105,4 @@ pub fn open(data: &Path, shards: usize) -> Result<Recovered, Error> {
         replayed: replay.records,
         lock,
     })
-}
-
-/// Removes temp files of snapshots that a crash interrupted before their rename.
-fn remove_stale_temp_files(data: &Path) {
-    let dir = data
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".kvstore-snapshot-")
-        {
-            tracing::info!(path = %entry.path().display(), "removing an unfinished snapshot");
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }

@@ -16,18 +16,19 @@
 //! on). Recovery replays every segment from `next segment` on; because each
 //! write is idempotent, the result is exact either way.
 //!
-//! Writing ([`write`]) goes to a temp file in the same directory, which is
-//! `sync_all`ed, then renamed over the old snapshot, then the directory is
+//! Writing ([`write`]) goes to a temp file beside it (`kvstore.db.tmp`), which
+//! is `sync_all`ed, then renamed over the old snapshot, then the directory is
 //! fsynced: a crash at any point leaves either the old snapshot or the new one,
-//! whole.
+//! whole. A temp file a crash left behind is removed at the next start.
 
-use std::fs::File;
+use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::fs::Fs;
 use super::{record, store::Store, sync_dir};
 use crate::error::Error;
 
@@ -62,6 +63,7 @@ pub struct SnapshotInfo {
 /// the old one; the caller uses it to make every write the copy may contain
 /// durable in the log (with `--sync periodic|never` they may not be yet).
 pub fn write(
+    fs: &dyn Fs,
     path: &Path,
     store: &Store,
     next_segment: u64,
@@ -70,15 +72,12 @@ pub fn write(
 ) -> Result<SnapshotInfo, Error> {
     let started = Instant::now();
     let dir = parent_dir(path);
-    let tmp = tempfile::Builder::new()
-        .prefix(".kvstore-snapshot-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    let tmp_path = tmp.path().to_path_buf();
+    let tmp_path = temp_path(path);
     let io = |e| Error::io(&tmp_path, e);
-    let mut out = BufWriter::with_capacity(BLOCK_BYTES + 64 * 1024, tmp.as_file());
-    let mut bytes = 0u64;
-    let mut emit = |out: &mut BufWriter<&File>, body: &[u8]| -> std::io::Result<()> {
+    let mut file = fs.create(&tmp_path).map_err(io)?;
+    let mut out = BufWriter::with_capacity(BLOCK_BYTES + 64 * 1024, &mut file);
+    let mut bytes = MAGIC.len() as u64;
+    let mut emit = |out: &mut BufWriter<_>, body: &[u8]| -> std::io::Result<()> {
         let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
         record::append(&mut framed, body);
         bytes += framed.len() as u64;
@@ -123,15 +122,16 @@ pub fn write(
     emit(&mut out, &footer).map_err(io)?;
     out.flush().map_err(io)?;
     drop(out);
-    tmp.as_file().sync_all().map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
     before_rename()?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    // `persist` is a rename; it is durable only once the directory is synced.
-    sync_dir(dir)?;
+    fs.rename(&tmp_path, path).map_err(|e| Error::io(path, e))?;
+    // The rename is durable only once the directory is synced.
+    sync_dir(fs, dir)?;
     tracing::info!(
         path = %path.display(),
         entries,
-        bytes = bytes + MAGIC.len() as u64,
+        bytes,
         ms = started.elapsed().as_millis() as u64,
         "snapshot written"
     );
@@ -139,11 +139,21 @@ pub fn write(
         next_segment,
         next_seq,
         entries,
-        bytes: bytes + MAGIC.len() as u64,
+        bytes,
     })
 }
 
-fn parent_dir(path: &Path) -> &Path {
+/// Where a snapshot of `path` is written before it is renamed into place.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let mut name: OsString = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -152,13 +162,12 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Loads the snapshot at `path` into `store`; `Ok(None)` if there is none.
 /// Any damage stops the load with the file and the offset of the bad record.
-pub fn load(path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
-    let file = match File::open(path) {
+pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
+    let (file, file_len) = match fs.open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut input = BufReader::with_capacity(BLOCK_BYTES, file);
     let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
     let mut magic = [0u8; 8];

@@ -25,10 +25,9 @@
 //! warning saying how many bytes were dropped. With `--sync always` none of
 //! those writes was acknowledged: acknowledgement waits for the `fdatasync`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::fs::{FileHandle, Fs};
 use super::op::WriteOp;
 use super::{record, sync_dir};
 use crate::error::Error;
@@ -56,11 +55,9 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 
 /// The ids of the segments in `dir`, ascending. Files that are not segments
 /// are left alone.
-pub fn list_segments(dir: &Path) -> Result<Vec<u64>, Error> {
+pub fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>, Error> {
     let mut ids = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
+    for name in fs.list(dir).map_err(|e| Error::io(dir, e))? {
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
             continue;
         };
@@ -75,9 +72,9 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, Error> {
 }
 
 /// Deletes a segment that a durable snapshot has made obsolete.
-pub fn remove_segment(dir: &Path, id: u64) -> Result<(), Error> {
+pub fn remove_segment(fs: &dyn Fs, dir: &Path, id: u64) -> Result<(), Error> {
     let path = segment_path(dir, id);
-    fs::remove_file(&path).map_err(|e| Error::io(&path, e))
+    fs.remove(&path).map_err(|e| Error::io(&path, e))
 }
 
 /// Encodes one log record for `op` onto `buf`: sequence number `seq`, written
@@ -96,7 +93,7 @@ pub fn encode_record(buf: &mut Vec<u8>, seq: u64, durable: u64, op: &WriteOp) {
 /// The segment being appended to. Only the group-commit thread owns one.
 pub struct Segment {
     /// Opened for writing at the end of the valid data.
-    file: File,
+    file: Box<dyn FileHandle>,
     /// Its number; the next segment is `id + 1`.
     id: u64,
     /// Bytes in the file, to decide when to rotate and snapshot.
@@ -107,14 +104,9 @@ impl Segment {
     /// Creates segment `id`, whose first record will be `first_seq`, writes its
     /// header, and makes both the file and its directory entry durable before
     /// returning, so recovery always finds it.
-    pub fn create(dir: &Path, id: u64, first_seq: u64) -> Result<Segment, Error> {
+    pub fn create(fs: &dyn Fs, dir: &Path, id: u64, first_seq: u64) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let mut file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
         let mut header = MAGIC.to_vec();
         let mut body = VERSION.to_le_bytes().to_vec();
         body.extend_from_slice(&id.to_le_bytes());
@@ -123,7 +115,7 @@ impl Segment {
         debug_assert_eq!(header.len(), HEADER_LEN);
         file.write_all(&header).map_err(|e| Error::io(&path, e))?;
         file.sync_data().map_err(|e| Error::io(&path, e))?;
-        sync_dir(dir)?;
+        sync_dir(fs, dir)?;
         Ok(Segment {
             file,
             id,
@@ -133,18 +125,15 @@ impl Segment {
 
     /// Opens segment `id` to append after its first `len` bytes (recovery has
     /// checked them and cut anything after).
-    fn open(dir: &Path, id: u64, len: u64) -> Result<Segment, Error> {
+    fn open(fs: &dyn Fs, dir: &Path, id: u64, len: u64) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = fs.append(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Segment { file, id, len })
     }
 
     /// A segment over any open file, for tests that inject failing files.
     #[cfg(test)]
-    pub(crate) fn over(file: File, id: u64) -> Segment {
+    pub(crate) fn over(file: Box<dyn FileHandle>, id: u64) -> Segment {
         Segment {
             file,
             id,
@@ -192,19 +181,20 @@ pub struct Replayed {
 /// for each record, and returns the segment to append to. The first record
 /// must be `first_seq`. Creates segment `first` if the log is empty.
 pub fn replay(
+    fs: &dyn Fs,
     dir: &Path,
     first: u64,
     first_seq: u64,
     mut apply: impl FnMut(WriteOp),
 ) -> Result<Replayed, Error> {
-    let ids: Vec<u64> = list_segments(dir)?
+    let ids: Vec<u64> = list_segments(fs, dir)?
         .into_iter()
         .filter(|&id| id >= first)
         .collect();
     let last_seq = |next: u64| next.checked_sub(1).filter(|&s| s > 0);
     let Some(&newest) = ids.last() else {
         return Ok(Replayed {
-            segment: Segment::create(dir, first, first_seq)?,
+            segment: Segment::create(fs, dir, first, first_seq)?,
             last_seq: last_seq(first_seq),
             records: 0,
         });
@@ -224,7 +214,7 @@ pub fn replay(
     let mut tail_len = 0;
     for &id in &ids {
         let path = segment_path(dir, id);
-        let data = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let data = fs.read(&path).map_err(|e| Error::io(&path, e))?;
         let is_newest = id == newest;
         match check_header(&data, id, next_seq) {
             Ok(()) => {}
@@ -232,7 +222,7 @@ pub fn replay(
             // header leaves a short or zeroed header and no records.
             Err(_) if is_newest && data.len() <= HEADER_LEN && !header_is_whole(&data) => {
                 tracing::warn!(path = %path.display(), bytes = data.len(), "recreating a log segment whose header was torn by a crash");
-                let segment = Segment::create(dir, id, next_seq)?;
+                let segment = Segment::create(fs, dir, id, next_seq)?;
                 return Ok(Replayed {
                     segment,
                     last_seq: last_seq(next_seq),
@@ -281,13 +271,8 @@ pub fn replay(
                         dropped_bytes = dropped,
                         "truncating a torn tail of the log ({reason}): writes no fdatasync had confirmed"
                     );
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
+                    fs.truncate(&path, offset as u64)
                         .map_err(|e| Error::io(&path, e))?;
-                    file.set_len(offset as u64)
-                        .map_err(|e| Error::io(&path, e))?;
-                    file.sync_all().map_err(|e| Error::io(&path, e))?;
                     break;
                 }
             }
@@ -295,7 +280,7 @@ pub fn replay(
         tail_len = offset.min(data.len());
     }
     Ok(Replayed {
-        segment: Segment::open(dir, newest, tail_len as u64)?,
+        segment: Segment::open(fs, dir, newest, tail_len as u64)?,
         last_seq: last_seq(next_seq),
         records,
     })
