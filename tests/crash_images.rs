@@ -153,7 +153,7 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
                 let committer = commit.committer();
                 let ledgers = ledgers.clone();
                 tokio::spawn(async move {
-                    let mut rng = Rng::new(seed ^ (w as u64 + 1) * 7919);
+                    let mut rng = Rng::new(seed ^ ((w as u64 + 1) * 7919));
                     let key = |k: usize| Bytes::from(format!("w{w}:k{k}"));
                     for i in 0..ops_per_writer {
                         let value = Bytes::from(format!("w{w}:i{i}"));
