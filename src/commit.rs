@@ -291,9 +291,10 @@ impl Worker {
                 Message::Close => {}
             }
         }
+        let batch_start = self.segment.len();
         if !buf.is_empty() {
             if let Err(e) = self.segment.append(buf) {
-                return self.poison_batch(batch, "write", e);
+                return self.poison_batch(batch, batch_start, "write", e);
             }
             self.dirty = true;
         }
@@ -307,7 +308,7 @@ impl Worker {
             };
         if sync_now {
             if let Err(e) = self.segment.sync_data() {
-                return self.poison_batch(batch, "fdatasync", e);
+                return self.poison_batch(batch, batch_start, "fdatasync", e);
             }
             self.synced();
         }
@@ -332,11 +333,25 @@ impl Worker {
         self.last_sync = Instant::now();
     }
 
-    fn poison_batch(&mut self, batch: &mut Vec<Message>, what: &str, e: std::io::Error) {
+    /// Fails the batch, poisons the log, and cuts the batch's bytes off the
+    /// segment so that a restart does not bring back writes whose clients
+    /// were told they failed.
+    fn poison_batch(
+        &mut self,
+        batch: &mut Vec<Message>,
+        batch_start: u64,
+        what: &str,
+        e: std::io::Error,
+    ) {
         let reason = format!("log {what} failed on segment {}: {e}", self.segment.id());
         tracing::error!(
             "{reason}; refusing all writes until restart (the fsync is not retried: after a failure the kernel may have dropped the data)"
         );
+        if let Err(e) = self.segment.discard_from(batch_start) {
+            tracing::error!(
+                "could not cut the failed batch off the log ({e}); a restart may replay it"
+            );
+        }
         let _ = self.poison.set(reason.clone());
         batch
             .drain(..)

@@ -21,6 +21,9 @@ pub trait FileHandle: Write + Send {
     fn sync_data(&mut self) -> io::Result<()>;
     /// `fsync`: data and metadata.
     fn sync_all(&mut self) -> io::Result<()>;
+    /// `ftruncate` to `len` bytes, not synced: drops what a failed write or
+    /// sync left after `len`, so it is not read back later.
+    fn truncate_to(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// A file system, as the storage layer uses it.
@@ -63,6 +66,9 @@ impl FileHandle for File {
     }
     fn sync_all(&mut self) -> io::Result<()> {
         File::sync_all(self)
+    }
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)
     }
 }
 

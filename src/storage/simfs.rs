@@ -33,6 +33,9 @@ pub struct Faults {
     /// A directory sync after a rename in that directory returns Ok and
     /// makes nothing durable.
     pub noop_dir_sync_after_rename: bool,
+    /// The disk holds this many bytes in all; a write that does not fit
+    /// writes what fits and fails with ENOSPC.
+    pub capacity: Option<usize>,
 }
 
 /// Called at every sync, before it takes effect: the moment a power cut
@@ -240,10 +243,24 @@ struct SimFile {
 
 impl Write for SimFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.fs.state().inodes[self.inode]
-            .data
-            .extend_from_slice(buf);
-        Ok(buf.len())
+        let mut state = self.fs.state();
+        let room = match self.fs.faults.capacity {
+            Some(capacity) => {
+                let used: usize = state
+                    .names
+                    .values()
+                    .map(|&i| state.inodes[i].data.len())
+                    .sum();
+                capacity.saturating_sub(used)
+            }
+            None => usize::MAX,
+        };
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        let n = buf.len().min(room);
+        state.inodes[self.inode].data.extend_from_slice(&buf[..n]);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -262,6 +279,12 @@ impl FileHandle for SimFile {
     }
     fn sync_all(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+    fn truncate_to(&mut self, len: u64) -> io::Result<()> {
+        self.fs.state().inodes[self.inode]
+            .data
+            .truncate(len as usize);
+        Ok(())
     }
 }
 

@@ -160,6 +160,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts the segment back to `len` bytes after a failed append or sync, so
+    /// the writes that failed are not replayed at the next start (their
+    /// clients were told they failed). Not synced, and not a retry of the
+    /// sync: the log stays poisoned.
+    pub fn discard_from(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.truncate_to(len)?;
+        self.len = len;
+        Ok(())
+    }
+
     /// `fdatasync`: everything appended so far is durable when this returns Ok.
     /// An error here is final for the log: the caller must never retry it.
     pub fn sync_data(&mut self) -> std::io::Result<()> {

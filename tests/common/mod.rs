@@ -25,12 +25,25 @@ impl Server {
 
     /// Starts the binary on `listen` (a restart on a known port).
     pub fn start_on(listen: &str, data: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvstore-server"))
+        Server::spawn(Server::command(listen, data, extra), data)
+    }
+
+    /// The command line of the server, to adjust before [`Server::spawn`].
+    pub fn command(listen: &str, data: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kvstore-server"));
+        command
             .arg("--listen")
             .arg(listen)
             .arg("--data")
             .arg(data)
-            .args(extra)
+            .args(extra);
+        command
+    }
+
+    /// Spawns a prepared command (the server, or a wrapper that runs it) and
+    /// waits for the line that says where it listens.
+    pub fn spawn(mut command: Command, data: &Path) -> Server {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
