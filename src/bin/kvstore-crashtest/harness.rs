@@ -84,6 +84,11 @@ pub struct Totals {
     pub in_flight_landed: u64,
     pub max_restart: Duration,
     pub total_restart: Duration,
+    /// Kills that left an unfinished snapshot (`kvstore.db.tmp`) behind.
+    pub kills_mid_snapshot: u64,
+    /// Kills that left more than one log segment: after a rotation, before
+    /// the snapshot that covers the old segment had finished.
+    pub kills_mid_rotation: u64,
 }
 
 impl Totals {
@@ -162,6 +167,19 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
             break;
         }
         totals.cycles += 1;
+        if dir.join("kvstore.db.tmp").exists() {
+            totals.kills_mid_snapshot += 1;
+        }
+        let segments = std::fs::read_dir(dir.join("kvstore.db-wal"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if segments > 1 {
+            totals.kills_mid_rotation += 1;
+        }
         let spawned = Instant::now();
         let (mut child, addr) = start_server(&server, &dir, args.snapshot_after_bytes)?;
         let client = Client::builder().addr(addr.to_string()).build()?;
@@ -231,7 +249,8 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
     let _ = child.wait();
     println!(
         "total: {} cycles in {:.1} s, {} writes acknowledged, lost {}, torn BulkSets {}, unwritten values {}, \
-         in-flight writes that landed {}, restart mean {:.1} ms max {:.1} ms",
+         in-flight writes that landed {}, restart mean {:.1} ms max {:.1} ms, kills during a snapshot {}, \
+         kills between a log rotation and its snapshot {}",
         totals.cycles,
         started.elapsed().as_secs_f64(),
         totals.acked,
@@ -240,7 +259,9 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
         totals.foreign_values,
         totals.in_flight_landed,
         totals.total_restart.as_secs_f64() * 1000.0 / totals.cycles.max(1) as f64,
-        totals.max_restart.as_secs_f64() * 1000.0
+        totals.max_restart.as_secs_f64() * 1000.0,
+        totals.kills_mid_snapshot,
+        totals.kills_mid_rotation
     );
     anyhow::ensure!(
         found == 0 && totals.violations() == 0,
