@@ -4,12 +4,13 @@
 //!   Debian package `fiu-utils`, which `.ci/run` installs), switched on while
 //!   the server runs with `fiu-ctrl`. Only the log calls `fdatasync`, so the
 //!   fault hits exactly the log.
+//! - A full disk: the data directory on a 256 KiB tmpfs (mounted by the test,
+//!   which runs as root here and in CI), so the kernel itself answers ENOSPC.
 //! - A log write that fails part-way: the file size limit (RLIMIT_FSIZE, with
 //!   SIGXFSZ ignored) makes the kernel write up to the limit and then fail
 //!   with EFBIG, a real short write followed by an error, on files only.
-//!   (libfiu's `write` faults cannot be used here: they also hit tokio's
-//!   eventfd wake-ups.) ENOSPC itself is injected on the simulated disk in
-//!   `tests/disk_full.rs`.
+//!   (libfiu's `write` faults cannot be used for these two: they also hit
+//!   tokio's eventfd wake-ups and the server's sockets.)
 //! - Damage to the files at rest: refused at start with the file and offset.
 
 mod common;
@@ -263,4 +264,74 @@ fn damage_at_rest_is_refused_at_start_with_the_file_and_offset() {
         stderr.contains("00000000000000000001.wal is damaged at offset"),
         "{stderr}"
     );
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the CI machine runs as root)"
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_with_a_clear_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let _tmpfs = Tmpfs::mount(dir.path(), "256k");
+    let data = dir.path().join("kvstore.db");
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    let big = vec![b'v'; 1000];
+    let mut acked = Vec::new();
+    let mut failure = None;
+    for i in 0..1000 {
+        let reply = c.call(cmd::set(format!("k{i}"), &big));
+        if reply == Reply::Ok {
+            acked.push(i);
+        } else {
+            failure = Some((i, reply));
+            break;
+        }
+    }
+    let (first_failed, reply) = failure.expect("the disk filled up");
+    let message =
+        storage_failed(&reply).unwrap_or_else(|| panic!("expected StorageFailed, got {reply:?}"));
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(acked.len() > 100, "only {} writes fit", acked.len());
+    assert!(
+        storage_failed(&c.call(cmd::set("later", "x"))).is_some(),
+        "writes stay refused"
+    );
+    assert_eq!(c.call(cmd::get("k7")), value(&big), "reads go on");
+    server.kill9();
+
+    // The disk is still nearly full; the server starts anyway and has every
+    // acknowledged write, and not the refused one.
+    let server = Server::start(&data, &[]);
+    let mut c = server.client();
+    for i in &acked {
+        assert_eq!(c.call(cmd::get(format!("k{i}"))), value(&big), "k{i}");
+    }
+    assert_eq!(
+        c.call(cmd::get(format!("k{first_failed}"))),
+        Reply::Value(None)
+    );
+    drop(c);
+    server.kill9();
 }
