@@ -79,6 +79,22 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_SHARDS", default_value_t = 64)]
     pub shards: usize,
 
+    /// Once the first byte of a frame has arrived, the time the rest may
+    /// take; a slower client (slowloris) is disconnected. 0 turns it off.
+    #[arg(long, env = "KVSTORE_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub read_timeout_ms: u64,
+
+    /// Disconnect a client that sends nothing for this long while nothing of
+    /// it is pending. 0 (the default, like Redis) turns it off.
+    #[arg(long, env = "KVSTORE_IDLE_TIMEOUT_MS", default_value_t = 0)]
+    pub idle_timeout_ms: u64,
+
+    /// Disconnect a client that does not read its replies: once its pending
+    /// output (the socket's buffer and the server's, about 128 KiB, plus one
+    /// reply) stays full this long. 0 turns it off.
+    #[arg(long, env = "KVSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
     /// before the log is closed anyway.
     #[arg(long, env = "KVSTORE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
@@ -120,6 +136,16 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// The per-connection timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        let of = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        Timeouts {
+            read: of(self.read_timeout_ms),
+            idle: of(self.idle_timeout_ms),
+            write: of(self.write_timeout_ms),
+        }
+    }
+
     /// The limits every command checks.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -140,4 +166,16 @@ pub struct Limits {
     /// A `Keys` page stops once its keys pass this many bytes, so its reply
     /// always fits in a frame.
     pub max_reply_bytes: usize,
+}
+
+/// How long a connection may stall, each `None` when off. These are what
+/// keep slow or absent clients from holding server resources for ever.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timeouts {
+    /// A partly received frame must be complete within this (slowloris).
+    pub read: Option<Duration>,
+    /// A connection with nothing pending may be silent this long.
+    pub idle: Option<Duration>,
+    /// Replies that cannot be written for this long end the connection.
+    pub write: Option<Duration>,
 }

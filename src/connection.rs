@@ -61,6 +61,11 @@ impl Connection {
         }
     }
 
+    /// Whether part of a frame has arrived and the rest has not.
+    pub fn has_partial_frame(&self) -> bool {
+        !self.framed.read_buffer().is_empty()
+    }
+
     /// Queues a response without flushing, so a burst goes out in one write.
     pub async fn feed(&mut self, response: &Response) -> std::io::Result<()> {
         let body = codec::encode(response).map_err(std::io::Error::other)?;

@@ -9,10 +9,12 @@
 use std::collections::VecDeque;
 
 use kvstore_client::{Command, Reply, Response};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{self, Started};
 use crate::commit::PendingWrite;
+use crate::config::Timeouts;
 use crate::connection::{Connection, Incoming};
 use crate::db::Db;
 
@@ -44,10 +46,21 @@ enum State {
 
 /// Serves one client until it leaves, breaks the protocol, or the server shuts
 /// down (then requests already read are finished and answered first).
-pub async fn serve(mut conn: Connection, db: Db, shutdown: CancellationToken) {
+pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: CancellationToken) {
     let mut queue: VecDeque<Slot> = VecDeque::new();
     let mut reading = true;
+    // When a partly received frame was first seen (for the read timeout),
+    // and when the client last sent anything (for the idle timeout).
+    let mut partial_since: Option<Instant> = None;
+    let mut last_heard = Instant::now();
     loop {
+        let wake_at = next_check(
+            &timeouts,
+            reading,
+            queue.is_empty(),
+            partial_since,
+            last_heard,
+        );
         let front_is_write = matches!(
             queue.front(),
             Some(Slot {
@@ -88,13 +101,77 @@ pub async fn serve(mut conn: Connection, db: Db, shutdown: CancellationToken) {
                 }
             },
             _ = shutdown.cancelled(), if reading => reading = false,
+            // Wakes the loop to check the timeouts: bytes that arrive inside
+            // a pending read do not.
+            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {}
         }
-        if answer_ready(&mut conn, &mut queue, &db).await.is_err() {
+        let now = Instant::now();
+        if conn.has_partial_frame() {
+            partial_since.get_or_insert(now);
+        } else {
+            partial_since = None;
+        }
+        if !queue.is_empty() || partial_since.is_some() {
+            last_heard = now;
+        }
+        if reading {
+            if let (Some(limit), Some(since)) = (timeouts.read, partial_since) {
+                if now >= since + limit {
+                    tracing::debug!("a frame took longer than the read timeout; closing");
+                    return;
+                }
+            }
+            if let Some(limit) = timeouts.idle {
+                if queue.is_empty() && partial_since.is_none() && now >= last_heard + limit {
+                    tracing::debug!("idle timeout; closing");
+                    return;
+                }
+            }
+        }
+        let answered = match timeouts.write {
+            Some(limit) => tokio::time::timeout(limit, answer_ready(&mut conn, &mut queue, &db))
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::debug!(
+                        "the client has not read its replies within the write timeout; closing"
+                    );
+                    Err(std::io::ErrorKind::TimedOut.into())
+                }),
+            None => answer_ready(&mut conn, &mut queue, &db).await,
+        };
+        if answered.is_err() {
             return;
         }
         if !reading && queue.is_empty() {
             return;
         }
+    }
+}
+
+/// When the loop must wake to check the timeouts, if ever. A partial frame
+/// is noticed at a check, so the read timeout closes a slow frame between one
+/// and one and a half timeouts after its first byte.
+fn next_check(
+    timeouts: &Timeouts,
+    reading: bool,
+    idle: bool,
+    partial_since: Option<Instant>,
+    last_heard: Instant,
+) -> Option<Instant> {
+    if !reading {
+        return None;
+    }
+    let read = timeouts.read.map(|limit| match partial_since {
+        Some(since) => since + limit,
+        None => Instant::now() + limit / 2,
+    });
+    let idle = timeouts
+        .idle
+        .filter(|_| idle && partial_since.is_none())
+        .map(|limit| last_heard + limit);
+    match (read, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

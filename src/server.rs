@@ -151,9 +151,9 @@ async fn accept_loop(
             continue;
         };
         let conn = Connection::new(stream, config.max_frame);
-        let (db, token) = (db.clone(), shutdown.clone());
+        let (db, token, timeouts) = (db.clone(), shutdown.clone(), config.timeouts());
         tracker.spawn(async move {
-            handler::serve(conn, db, token).await;
+            handler::serve(conn, db, timeouts, token).await;
             drop(permit);
         });
     }
