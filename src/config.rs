@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use kvstore_client::protocol::{
     DEFAULT_MAX_BULK_ITEMS, DEFAULT_MAX_FRAME, DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE,
@@ -95,17 +96,69 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// A file holding the token clients must send in `Auth` before anything
+    /// else (trailing newlines are ignored). `KVSTORE_AUTH_TOKEN` may hold
+    /// the token itself instead. Without either, clients need no token, and
+    /// the server listens on loopback addresses only (protected mode).
+    #[arg(long, env = "KVSTORE_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long, env = "KVSTORE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish
     /// before the log is closed anyway.
     #[arg(long, env = "KVSTORE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
 }
 
+/// The environment variable that may hold the auth token itself.
+pub const AUTH_TOKEN_ENV: &str = "KVSTORE_AUTH_TOKEN";
+
 /// Bytes of a reply's framing beyond its key and value: the response id, the
 /// enum tags, the option tag and the length prefixes.
 const REPLY_OVERHEAD: usize = 64;
 
 impl Config {
+    /// The token clients must present: from `--auth-token-file`, else the
+    /// `KVSTORE_AUTH_TOKEN` environment variable, else none.
+    pub fn auth_token(&self) -> Result<Option<Bytes>, Error> {
+        let token = match &self.auth_token_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| Error::io(path, e))?),
+            None => std::env::var_os(AUTH_TOKEN_ENV).map(|t| t.into_encoded_bytes()),
+        };
+        match token {
+            None => Ok(None),
+            Some(mut token) => {
+                while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    token.pop();
+                }
+                if token.is_empty() {
+                    return Err(Error::Config("the auth token is empty".into()));
+                }
+                Ok(Some(Bytes::from(token)))
+            }
+        }
+    }
+
+    /// Protected mode: without a token, only loopback addresses, unless
+    /// `--allow-unauthenticated` says otherwise (then it warns).
+    pub fn check_protected_mode(&self, has_token: bool) -> Result<(), Error> {
+        if has_token || self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        if !self.allow_unauthenticated {
+            return Err(Error::Config(format!(
+                "refusing to listen on {} without an auth token (protected mode): set --auth-token-file \
+                 or KVSTORE_AUTH_TOKEN, or pass --allow-unauthenticated to accept anyone who can reach it",
+                self.listen
+            )));
+        }
+        tracing::warn!(listen = %self.listen, "listening on a non-loopback address without an auth token: anyone who can reach it can read and write");
+        Ok(())
+    }
+
     /// Checks the flags against each other.
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_key + self.max_value + REPLY_OVERHEAD > self.max_frame {
@@ -153,6 +206,7 @@ impl Config {
             max_value: self.max_value,
             max_bulk_items: self.max_bulk_items,
             max_reply_bytes: self.max_frame / 2,
+            max_frame: self.max_frame,
         }
     }
 }
@@ -166,6 +220,8 @@ pub struct Limits {
     /// A `Keys` page stops once its keys pass this many bytes, so its reply
     /// always fits in a frame.
     pub max_reply_bytes: usize,
+    /// The frame limit, restored once a connection has authenticated.
+    pub max_frame: usize,
 }
 
 /// How long a connection may stall, each `None` when off. These are what

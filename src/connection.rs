@@ -61,6 +61,12 @@ impl Connection {
         }
     }
 
+    /// Changes the largest frame accepted from now on (smaller before the
+    /// client has authenticated).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.framed.codec_mut().set_max_frame_length(max_frame);
+    }
+
     /// Whether part of a frame has arrived and the rest has not.
     pub fn has_partial_frame(&self) -> bool {
         !self.framed.read_buffer().is_empty()

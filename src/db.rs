@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::commit::{Committer, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
@@ -17,14 +18,17 @@ pub struct Db {
     /// Writes go through the group-commit thread, never straight to the store.
     committer: Committer,
     pub limits: Limits,
+    /// The token check, shared by all connections.
+    pub auth: Arc<Auth>,
 }
 
 impl Db {
-    pub fn new(store: Arc<Store>, committer: Committer, limits: Limits) -> Db {
+    pub fn new(store: Arc<Store>, committer: Committer, limits: Limits, auth: Arc<Auth>) -> Db {
         Db {
             store,
             committer,
             limits,
+            auth,
         }
     }
 

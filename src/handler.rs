@@ -8,10 +8,11 @@
 
 use std::collections::VecDeque;
 
-use kvstore_client::{Command, Reply, Response};
+use kvstore_client::{Command, ErrorCode, Reply, Response};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth;
 use crate::cmd::{self, Started};
 use crate::commit::PendingWrite;
 use crate::config::Timeouts;
@@ -49,6 +50,13 @@ enum State {
 pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: CancellationToken) {
     let mut queue: VecDeque<Slot> = VecDeque::new();
     let mut reading = true;
+    // Until the client logs in with `Auth` (when the server has a token),
+    // only small frames and only `Auth` are accepted.
+    let mut authenticated = !db.auth.required();
+    let mut auth_failures = 0;
+    if !authenticated {
+        conn.set_max_frame(auth::PRE_AUTH_MAX_FRAME);
+    }
     // When a partly received frame was first seen (for the read timeout),
     // and when the client last sent anything (for the idle timeout).
     let mut partial_since: Option<Instant> = None;
@@ -80,6 +88,25 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             biased;
             _ = wait_front(&mut queue), if front_is_write => {}
             incoming = conn.read(), if may_read => match incoming {
+                Incoming::Request(request) if !authenticated => {
+                    let reply = match &request.command {
+                        Command::Auth { token } if db.auth.check(token) => {
+                            authenticated = true;
+                            conn.set_max_frame(db.limits.max_frame);
+                            Reply::Ok
+                        }
+                        Command::Auth { .. } => {
+                            auth_failures += 1;
+                            db.auth.throttle_failure(auth_failures).await;
+                            if auth_failures >= auth::MAX_FAILURES {
+                                reading = false;
+                            }
+                            Reply::error(ErrorCode::AuthFailed, "wrong auth token")
+                        }
+                        _ => Reply::error(ErrorCode::Unauthenticated, "authenticate with Auth first"),
+                    };
+                    queue.push_back(Slot { id: request.id, state: State::Ready(reply) });
+                }
                 Incoming::Request(request) => {
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,

@@ -13,6 +13,7 @@
 //! [`server`] ties them together and owns start-up and shutdown;
 //! `docs/architecture.md` walks the same path with more words.
 
+pub mod auth;
 pub mod cmd;
 pub mod commit;
 pub mod config;

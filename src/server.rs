@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::commit::{GroupCommit, Settings};
 use crate::config::{Config, SyncMode};
 use crate::connection::Connection;
@@ -55,6 +56,8 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
     config.validate()?;
+    let token = config.auth_token()?;
+    config.check_protected_mode(token.is_some())?;
     // Bind first: a busy port fails the start before recovery does any work,
     // and no error path remains between starting the commit thread and
     // closing it.
@@ -82,7 +85,12 @@ pub async fn run(
     )?;
     // Held until this function returns, after the commit thread has stopped.
     let _lock = recovered.lock;
-    let db = Db::new(store, commit.committer(), config.limits());
+    let db = Db::new(
+        store,
+        commit.committer(),
+        config.limits(),
+        Arc::new(Auth::new(token)),
+    );
     tracing::info!(%addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(addr);
 

@@ -143,7 +143,7 @@ fn unknown_tags_trailing_bytes_and_garbage_are_refused() {
     })
     .unwrap();
     let mut unknown = body.clone();
-    unknown[8] = 6; // no Command variant 6... yet
+    unknown[8] = 7; // no Command variant 7... yet
     unknown[9..12].fill(0);
     assert!(codec::decode::<Request>(&unknown).is_err());
     body.push(0);

@@ -55,6 +55,7 @@ fn examples() -> Vec<(&'static str, Message)> {
                 },
             ),
         ),
+        ("auth-request", rq(8, Command::Auth { token: b("s3cret") })),
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),
         ("value-none-response", rs(2, Reply::Value(None))),

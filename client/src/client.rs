@@ -47,6 +47,7 @@ pub struct ClientBuilder {
     max_backoff: Duration,
     connections: usize,
     max_frame: usize,
+    auth_token: Option<Bytes>,
 }
 
 impl Default for ClientBuilder {
@@ -61,6 +62,7 @@ impl Default for ClientBuilder {
             max_backoff: Duration::from_secs(1),
             connections: DEFAULT_CONNECTIONS,
             max_frame: DEFAULT_MAX_FRAME,
+            auth_token: None,
         }
     }
 }
@@ -96,6 +98,13 @@ impl ClientBuilder {
     /// (default 20 s); past it the call fails with [`Error::Timeout`].
     pub fn max_call_time(mut self, time: Duration) -> Self {
         self.max_call_time = time;
+        self
+    }
+
+    /// The server's auth token: sent as `Auth` first on every connection.
+    /// A wrong token fails every call with `AuthFailed`, never retried.
+    pub fn auth_token(mut self, token: impl Into<Bytes>) -> Self {
+        self.auth_token = Some(token.into());
         self
     }
 
@@ -437,11 +446,28 @@ impl Client {
                     inner.options.max_frame,
                 )
                 .await?;
+                if let Some(token) = &inner.options.auth_token {
+                    authenticate(&mux, token.clone()).await?;
+                }
                 *guard = Some(mux.clone());
                 Ok(mux)
             }
         }
     }
+}
+
+/// Sends `Auth` as the first request of a new connection.
+async fn authenticate(mux: &Mux, token: Bytes) -> Result<(), Error> {
+    let reply = mux.send(Command::Auth { token }).await?;
+    let outcome = match reply.await {
+        Ok(Ok(Reply::Ok)) => return Ok(()),
+        Ok(Ok(Reply::Error { code, message })) => Error::Server { code, message },
+        Ok(Ok(other)) => unexpected("Ok", &other),
+        Ok(Err(e)) => e,
+        Err(_) => Error::ConnectionLost("the connection closed during Auth".into()),
+    };
+    mux.close();
+    Err(outcome)
 }
 
 fn bytes(b: impl AsRef<[u8]>) -> Bytes {

@@ -102,6 +102,14 @@ pub enum Command {
         /// Keys wanted; 0 for the server's default page.
         limit: u32,
     },
+    /// Tag 6. Authenticates the connection with the server's token
+    /// (`--auth-token-file`). Until it succeeds, a server with a token accepts
+    /// nothing else, and only small frames. Reply: `Ok`, or `AuthFailed`.
+    Auth {
+        /// The shared secret.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        token: Bytes,
+    },
 }
 
 /// What the server answers.
@@ -166,6 +174,11 @@ pub enum ErrorCode {
     TooManyConnections = 7,
     /// The server is shutting down and takes no new work.
     ShuttingDown = 8,
+    /// The server requires `Auth` before any other command on a connection.
+    Unauthenticated = 9,
+    /// `Auth` presented a wrong token. The server answers failures slowly and
+    /// closes the connection after a few.
+    AuthFailed = 10,
 }
 
 impl ErrorCode {
@@ -181,6 +194,8 @@ impl ErrorCode {
             StorageFailed,
             TooManyConnections,
             ShuttingDown,
+            Unauthenticated,
+            AuthFailed,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)

@@ -38,6 +38,8 @@ fn only_transient_failures_are_retryable() {
         ErrorCode::ValueTooLarge,
         ErrorCode::TooManyItems,
         ErrorCode::StorageFailed,
+        ErrorCode::Unauthenticated,
+        ErrorCode::AuthFailed,
     ] {
         assert!(!server(code).is_retryable(), "{code:?}");
         assert_eq!(server(code).code(), Some(code));

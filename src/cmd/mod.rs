@@ -6,6 +6,7 @@
 //! The connection handler keeps replies in request order (see
 //! `crate::handler`).
 
+mod auth;
 mod bulk_set;
 mod delete;
 mod exists;
@@ -34,7 +35,10 @@ pub enum Started {
 pub fn is_write(command: &Command) -> bool {
     match command {
         Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => true,
-        Command::Get { .. } | Command::Exists { .. } | Command::Keys { .. } => false,
+        Command::Get { .. }
+        | Command::Exists { .. }
+        | Command::Keys { .. }
+        | Command::Auth { .. } => false,
     }
 }
 
@@ -49,6 +53,7 @@ pub fn size(command: &Command) -> usize {
             start_after,
             ..
         } => prefix.len() + start_after.as_ref().map_or(0, |a| a.len()),
+        Command::Auth { token } => token.len(),
     }
 }
 
@@ -80,6 +85,7 @@ pub fn read(command: Command, db: &Db) -> Reply {
             start_after,
             limit,
         } => keys::apply(&prefix, start_after.as_deref(), limit, db),
+        Command::Auth { token } => Ok(auth::apply(&token, db)),
         Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => Err(
             Reply::error(ErrorCode::Malformed, "a write was routed as a read"),
         ),

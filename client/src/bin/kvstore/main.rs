@@ -30,6 +30,11 @@ struct Cli {
     /// binary values base64-encoded).
     #[arg(long, value_enum, default_value_t = Output::Text, global = true)]
     output: Output,
+    /// A file holding the server's auth token (`KVSTORE_AUTH_TOKEN` may hold
+    /// the token itself). Never given on the command line, where other users
+    /// could see it.
+    #[arg(long, env = "KVSTORE_AUTH_TOKEN_FILE", global = true)]
+    auth_token_file: Option<std::path::PathBuf>,
     /// Time allowed for each request, in milliseconds.
     #[arg(long, default_value_t = 5000, global = true)]
     timeout_ms: u64,
@@ -95,11 +100,26 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Server as u8);
         }
     };
-    let client = match Client::builder()
+    let mut builder = Client::builder()
         .addr(&cli.addr)
-        .request_timeout(Duration::from_millis(cli.timeout_ms))
-        .build()
-    {
+        .request_timeout(Duration::from_millis(cli.timeout_ms));
+    let token = match &cli.auth_token_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                eprintln!("kvstore: cannot read {}: {e}", path.display());
+                return ExitCode::from(Exit::Usage as u8);
+            }
+        },
+        None => std::env::var_os("KVSTORE_AUTH_TOKEN").map(|t| t.into_encoded_bytes()),
+    };
+    if let Some(mut token) = token {
+        while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            token.pop();
+        }
+        builder = builder.auth_token(token);
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvstore: {e}");
