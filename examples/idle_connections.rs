@@ -34,7 +34,12 @@ fn rss_kib(pid: u32) -> std::io::Result<u64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let before = rss_kib(args.pid)?;
-    let body = codec::encode(&Request { id: 1, command: Command::Exists { key: "probe".into() } })?;
+    let body = codec::encode(&Request {
+        id: 1,
+        command: Command::Exists {
+            key: "probe".into(),
+        },
+    })?;
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
     let mut open = Vec::with_capacity(args.connections);

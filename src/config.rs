@@ -103,6 +103,14 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "KVSTORE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "KVSTORE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Allow listening on a non-loopback address without a token.
     #[arg(long, env = "KVSTORE_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,

@@ -7,8 +7,13 @@
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use kvstore_client::{codec, ErrorCode, Reply, Request, Response};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// A byte stream a connection runs over: plain TCP or TLS.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// What reading the next frame gave.
 pub enum Incoming {
@@ -25,11 +30,13 @@ pub enum Incoming {
 }
 
 pub struct Connection {
-    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    /// Boxed, so plain and TLS connections share one handler (one virtual
+    /// call per read or write, next to a system call).
+    framed: Framed<Box<dyn Stream>, LengthDelimitedCodec>,
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, max_frame: usize) -> Connection {
+    pub fn new(stream: Box<dyn Stream>, max_frame: usize) -> Connection {
         Connection {
             framed: Framed::new(stream, codec::frame_codec(max_frame)),
         }

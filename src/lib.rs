@@ -23,6 +23,7 @@ pub mod error;
 pub mod handler;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use config::{Config, SyncMode};
 pub use error::Error;

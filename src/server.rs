@@ -13,13 +13,14 @@ use kvstore_client::{ErrorCode, Reply, Response};
 use socket2::{SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::commit::{GroupCommit, Settings};
 use crate::config::{Config, SyncMode};
-use crate::connection::Connection;
+use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::error::Error;
 use crate::storage::fs::RealFs;
@@ -58,6 +59,10 @@ pub async fn run(
     config.validate()?;
     let token = config.auth_token()?;
     config.check_protected_mode(token.is_some())?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     // Bind first: a busy port fails the start before recovery does any work,
     // and no error path remains between starting the commit thread and
     // closing it.
@@ -107,7 +112,7 @@ pub async fn run(
             }
         });
     }
-    accept_loop(&listener, &db, &config, &shutdown, &tracker).await;
+    accept_loop(&listener, &db, &config, tls, &shutdown, &tracker).await;
     drop(listener);
     drop(db);
 
@@ -129,6 +134,7 @@ async fn accept_loop(
     listener: &TcpListener,
     db: &Db,
     config: &Config,
+    tls: Option<TlsAcceptor>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -153,16 +159,31 @@ async fn accept_loop(
             }
         };
         configure(&stream);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached; refusing");
-            tracker.spawn(refuse(stream, config.max_frame));
-            continue;
-        };
-        let conn = Connection::new(stream, config.max_frame);
-        let (db, token, timeouts) = (db.clone(), shutdown.clone(), config.timeouts());
+        let permit = permits.clone().try_acquire_owned();
+        let (db, token, timeouts, tls, max_frame) = (
+            db.clone(),
+            shutdown.clone(),
+            config.timeouts(),
+            tls.clone(),
+            config.max_frame,
+        );
         tracker.spawn(async move {
-            handler::serve(conn, db, timeouts, token).await;
-            drop(permit);
+            // The TLS handshake runs in the connection's own task, bounded by
+            // the read timeout, so a slow handshake holds up no one else.
+            let Some(stream) = handshake(stream, tls, timeouts.read).await else {
+                return;
+            };
+            let conn = Connection::new(stream, max_frame);
+            match permit {
+                Ok(permit) => {
+                    handler::serve(conn, db, timeouts, token).await;
+                    drop(permit);
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                    refuse(conn).await;
+                }
+            }
         });
     }
 }
@@ -172,9 +193,32 @@ fn configure(stream: &TcpStream) {
     let _ = SockRef::from(stream).set_tcp_keepalive(&TcpKeepalive::new().with_time(KEEPALIVE));
 }
 
+/// The stream a connection runs over: the socket itself, or TLS over it once
+/// the handshake is done (`None` if it failed or took too long).
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    limit: Option<Duration>,
+) -> Option<Box<dyn Stream>> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(stream));
+    };
+    let limit = limit.unwrap_or(Duration::from_secs(10));
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Tells a client over the connection limit why it is being closed.
-async fn refuse(stream: TcpStream, max_frame: usize) {
-    let mut conn = Connection::new(stream, max_frame);
+async fn refuse(mut conn: Connection) {
     let response = Response {
         id: 0,
         reply: Reply::error(

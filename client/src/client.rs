@@ -11,7 +11,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::mux::Mux;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+use crate::mux::{Mux, Tls};
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::{addr, Command, Error, Reply};
 
@@ -48,6 +55,8 @@ pub struct ClientBuilder {
     connections: usize,
     max_frame: usize,
     auth_token: Option<Bytes>,
+    tls: bool,
+    tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClientBuilder {
@@ -63,6 +72,8 @@ impl Default for ClientBuilder {
             connections: DEFAULT_CONNECTIONS,
             max_frame: DEFAULT_MAX_FRAME,
             auth_token: None,
+            tls: false,
+            tls_ca: None,
         }
     }
 }
@@ -108,6 +119,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Speak TLS (also chosen by a `kvstores://` address). Needs
+    /// [`ClientBuilder::tls_ca_file`]: the server's certificate must chain to it.
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled;
+        self
+    }
+
+    /// The certificate authority (PEM) that the server's certificate must
+    /// chain to; turns TLS on.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self.tls = true;
+        self
+    }
+
     /// Largest request this client sends (default 16 MiB, the server's
     /// default frame limit); a larger one fails at once, without retries.
     pub fn max_frame(mut self, bytes: usize) -> Self {
@@ -134,13 +160,19 @@ impl ClientBuilder {
     /// Builds the client. Connections are opened on first use, so this does
     /// not touch the network; an unreachable server shows on the first call.
     pub fn build(self) -> Result<Client, Error> {
-        let addr = match &self.addr {
-            Some(a) => addr::parse(a)?,
-            None => addr::from_env()?,
+        let (addr, tls_scheme) = match &self.addr {
+            Some(a) => addr::parse_target(a)?,
+            None => addr::parse_target(&addr::from_env()?)?,
+        };
+        let tls = if self.tls || tls_scheme {
+            Some(tls_setup(&addr, self.tls_ca.as_deref())?)
+        } else {
+            None
         };
         Ok(Client {
             inner: Arc::new(Inner {
                 addr,
+                tls,
                 slots: (0..self.connections).map(|_| Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
                 options: self,
@@ -171,6 +203,8 @@ pub struct Client {
 struct Inner {
     /// Normalized `host:port`.
     addr: String,
+    /// How to speak TLS, if at all.
+    tls: Option<Tls>,
     /// One connection per slot, opened on demand and replaced when broken. A
     /// tokio mutex: it is held across the connect.
     slots: Vec<Mutex<Option<Mux>>>,
@@ -444,6 +478,7 @@ impl Client {
                     &inner.addr,
                     inner.options.connect_timeout,
                     inner.options.max_frame,
+                    inner.tls.as_ref(),
                 )
                 .await?;
                 if let Some(token) = &inner.options.auth_token {
@@ -454,6 +489,36 @@ impl Client {
             }
         }
     }
+}
+
+/// The TLS connector for `addr` (`host:port`), trusting the CA in `ca`.
+fn tls_setup(addr: &str, ca: Option<&Path>) -> Result<Tls, Error> {
+    let ca = ca.ok_or_else(|| {
+        Error::Tls("TLS needs the server's certificate authority (tls_ca_file)".into())
+    })?;
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Tls(format!("cannot read {}: {e}", ca.display())))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("bad certificate in {}: {e}", ca.display())))?;
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let server_name = ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(format!("{host} is not a valid server name: {e}")))?;
+    Ok(Tls {
+        connector: TlsConnector::from(Arc::new(config)),
+        server_name,
+    })
 }
 
 /// Sends `Auth` as the first request of a new connection.

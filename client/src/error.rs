@@ -55,6 +55,9 @@ pub enum Error {
     /// the wrong kind, or for another request).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// TLS could not be set up (a certificate file, the handshake).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The address is not `host:port` or `kvstore://host:port`.
     #[error("invalid address {0:?}: expected host:port or kvstore://host:port")]
     InvalidAddress(String),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -55,12 +55,14 @@ pub(crate) struct Mux {
 }
 
 impl Mux {
-    /// Connects to `addr` and starts the socket task. Requests larger than
-    /// `max_frame` are refused before they are written.
+    /// Connects to `addr` (with TLS if `tls` is given) and starts the socket
+    /// task. Requests larger than `max_frame` are refused before they are
+    /// written.
     pub(crate) async fn connect(
         addr: &str,
         timeout: Duration,
         max_frame: usize,
+        tls: Option<&Tls>,
     ) -> Result<Mux, Error> {
         let connect_error = |source| Error::Connect {
             addr: addr.to_string(),
@@ -75,7 +77,24 @@ impl Mux {
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
         let (calls, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(drive(stream, rx, max_frame)).abort_handle();
+        let task = match tls {
+            None => {
+                let (read, write) = stream.into_split();
+                tokio::spawn(drive(read, write, rx, max_frame)).abort_handle()
+            }
+            Some(tls) => {
+                let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+                let stream = tokio::time::timeout(timeout, handshake)
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        what: "TLS handshake",
+                        after: timeout,
+                    })?
+                    .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
+                let (read, write) = tokio::io::split(stream);
+                tokio::spawn(drive(read, write, rx, max_frame)).abort_handle()
+            }
+        };
         Ok(Mux { calls, task })
     }
 
@@ -103,10 +122,21 @@ impl Mux {
     }
 }
 
+/// How to speak TLS to the server: the connector (trusted roots) and the
+/// name the certificate must carry.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    pub(crate) server_name: rustls_pki_types::ServerName<'static>,
+}
+
 /// The socket task: both halves until one fails, then every caller still
 /// waiting or queued learns why.
-async fn drive(stream: TcpStream, mut calls: mpsc::Receiver<Call>, max_frame: usize) {
-    let (read, write) = stream.into_split();
+async fn drive<R, W>(read: R, write: W, mut calls: mpsc::Receiver<Call>, max_frame: usize)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Replies are read up to the hard limit: the server decides what it sends.
     let mut reader = FramedRead::new(read, codec::frame_codec(HARD_MAX_FRAME));
     let mut writer = FramedWrite::new(write, codec::frame_codec(HARD_MAX_FRAME));
@@ -127,8 +157,8 @@ async fn drive(stream: TcpStream, mut calls: mpsc::Receiver<Call>, max_frame: us
 }
 
 /// Writes queued requests; returns why it stopped (`None`: no more callers).
-async fn write_requests(
-    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+async fn write_requests<W: AsyncWrite + Unpin>(
+    writer: &mut FramedWrite<W, LengthDelimitedCodec>,
     calls: &mut mpsc::Receiver<Call>,
     waiting: &Waiting,
     max_frame: usize,
@@ -179,8 +209,8 @@ async fn write_requests(
 
 /// Reads responses and hands each to the caller it answers; returns why it
 /// stopped.
-async fn read_replies(
-    reader: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+async fn read_replies<R: AsyncRead + Unpin>(
+    reader: &mut FramedRead<R, LengthDelimitedCodec>,
     waiting: &Waiting,
 ) -> Option<String> {
     loop {

@@ -35,6 +35,12 @@ struct Cli {
     /// could see it.
     #[arg(long, env = "KVSTORE_AUTH_TOKEN_FILE", global = true)]
     auth_token_file: Option<std::path::PathBuf>,
+    /// Speak TLS (also chosen by a kvstores:// address); needs --tls-ca.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// The certificate authority (PEM) the server's certificate must chain to.
+    #[arg(long, env = "KVSTORE_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     /// Time allowed for each request, in milliseconds.
     #[arg(long, default_value_t = 5000, global = true)]
     timeout_ms: u64,
@@ -81,7 +87,7 @@ impl Exit {
             Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => {
                 Exit::Unreachable
             }
-            Error::InvalidAddress(_) => Exit::Usage,
+            Error::InvalidAddress(_) | Error::Tls(_) => Exit::Usage,
             _ => Exit::Server,
         }
     }
@@ -102,7 +108,11 @@ fn main() -> ExitCode {
     };
     let mut builder = Client::builder()
         .addr(&cli.addr)
-        .request_timeout(Duration::from_millis(cli.timeout_ms));
+        .request_timeout(Duration::from_millis(cli.timeout_ms))
+        .tls(cli.tls);
+    if let Some(ca) = &cli.tls_ca {
+        builder = builder.tls_ca_file(ca);
+    }
     let token = match &cli.auth_token_file {
         Some(path) => match std::fs::read(path) {
             Ok(token) => Some(token),

@@ -1,0 +1,46 @@
+//! TLS for the native listener: `--tls-cert` and `--tls-key` (PEM files)
+//! make every connection start with a TLS handshake (rustls with the ring
+//! provider, TLS 1.2 and 1.3, no client certificates). A client that does not
+//! speak TLS fails the handshake and is disconnected.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::error::Error;
+
+/// Builds the acceptor from a certificate chain and a private key in PEM.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot read certificates from {}: {e}",
+                cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!(
+            "no certificate in {}",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        Error::Config(format!(
+            "cannot read a private key from {}: {e}",
+            key.display()
+        ))
+    })?;
+    let config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| Error::Config(format!("TLS certificate and key do not fit: {e}")))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
