@@ -26,6 +26,12 @@ pub const PRE_AUTH_MAX_FRAME: usize = 4096;
 pub const FIRST_FAILURE_DELAY: Duration = Duration::from_millis(100);
 /// Failed attempts a connection may make before it is closed.
 pub const MAX_FAILURES: u32 = 5;
+/// How long a new connection has to log in before it is closed, so
+/// connections that never authenticate cannot sit on connection slots.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands other than `Auth` a connection may send before logging in; the
+/// last one's reply is followed by the close.
+pub const MAX_UNAUTHENTICATED_COMMANDS: u32 = 16;
 /// The least time between two failed attempts anywhere on the server, so many
 /// connections together guess no faster than 100 times a second.
 pub const FAILURE_SPACING: Duration = Duration::from_millis(10);

@@ -285,7 +285,7 @@ impl Worker {
             match message {
                 Message::Write { op, .. } => {
                     self.seq += 1;
-                    wal::encode_record(buf, self.seq, self.durable, op);
+                    self.segment.encode_record(buf, self.seq, self.durable, op);
                 }
                 Message::Sync { .. } => sync_asked = true,
                 Message::Close => {}

@@ -31,14 +31,66 @@ pub enum Incoming {
 
 pub struct Connection {
     /// Boxed, so plain and TLS connections share one handler (one virtual
-    /// call per read or write, next to a system call).
-    framed: Framed<Box<dyn Stream>, LengthDelimitedCodec>,
+    /// call per read or write, next to a system call); counted, so the read
+    /// timeout can tell a frame in progress from a finished one.
+    framed: Framed<Counted, LengthDelimitedCodec>,
+    /// Bytes of the frames read whole so far (length prefixes included).
+    consumed: u64,
+}
+
+/// A stream that counts the bytes read from it.
+pub struct Counted {
+    inner: Box<dyn Stream>,
+    /// Bytes read from the socket so far.
+    read: u64,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        poll
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl Connection {
     pub fn new(stream: Box<dyn Stream>, max_frame: usize) -> Connection {
         Connection {
-            framed: Framed::new(stream, codec::frame_codec(max_frame)),
+            framed: Framed::new(
+                Counted {
+                    inner: stream,
+                    read: 0,
+                },
+                codec::frame_codec(max_frame),
+            ),
+            consumed: 0,
         }
     }
 
@@ -46,13 +98,16 @@ impl Connection {
     pub async fn read(&mut self) -> Incoming {
         match self.framed.next().await {
             None => Incoming::Closed,
-            Some(Ok(body)) => match codec::decode::<Request>(&body) {
-                Ok(request) => Incoming::Request(request),
-                Err(e) => Incoming::Refused {
-                    id: codec::peek_id(&body).unwrap_or(0),
-                    reply: Reply::error(ErrorCode::Malformed, e.to_string()),
-                },
-            },
+            Some(Ok(body)) => {
+                self.consumed += 4 + body.len() as u64;
+                match codec::decode::<Request>(&body) {
+                    Ok(request) => Incoming::Request(request),
+                    Err(e) => Incoming::Refused {
+                        id: codec::peek_id(&body).unwrap_or(0),
+                        reply: Reply::error(ErrorCode::Malformed, e.to_string()),
+                    },
+                }
+            }
             // The codec reports an over-long length prefix as InvalidData.
             Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Incoming::Refused {
                 id: 0,
@@ -74,9 +129,15 @@ impl Connection {
         self.framed.codec_mut().set_max_frame_length(max_frame);
     }
 
-    /// Whether part of a frame has arrived and the rest has not.
+    /// Whether bytes of a frame have arrived that do not make a whole frame
+    /// yet (counted from the socket, so a length prefix alone counts too).
     pub fn has_partial_frame(&self) -> bool {
-        !self.framed.read_buffer().is_empty()
+        self.framed.get_ref().read > self.consumed
+    }
+
+    /// Bytes of whole frames read so far: when it moves, a frame completed.
+    pub fn frames_consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// Queues a response without flushing, so a burst goes out in one write.

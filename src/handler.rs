@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 
 use kvstore_client::{Command, ErrorCode, Reply, Response};
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -57,17 +59,23 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
     if !authenticated {
         conn.set_max_frame(auth::PRE_AUTH_MAX_FRAME);
     }
-    // When a partly received frame was first seen (for the read timeout),
-    // and when the client last sent anything (for the idle timeout).
+    // When the frame now arriving began to arrive, how many bytes of whole
+    // frames had been read then (a change means a frame completed), when the
+    // client last sent anything, and by when it must have logged in.
     let mut partial_since: Option<Instant> = None;
+    let mut consumed_mark = 0;
     let mut last_heard = Instant::now();
+    let login_deadline = (!authenticated).then(|| Instant::now() + auth::LOGIN_TIMEOUT);
+    let mut unauthenticated_commands = 0;
     loop {
+        let may_read = reading && has_room(&queue);
         let wake_at = next_check(
             &timeouts,
-            reading,
+            may_read,
             queue.is_empty(),
             partial_since,
             last_heard,
+            login_deadline,
         );
         let front_is_write = matches!(
             queue.front(),
@@ -76,14 +84,6 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                 ..
             })
         );
-        let waiting_bytes: usize = queue
-            .iter()
-            .map(|s| match &s.state {
-                State::Waiting(command) => cmd::size(command),
-                _ => 0,
-            })
-            .sum();
-        let may_read = reading && queue.len() < MAX_IN_FLIGHT && waiting_bytes < MAX_WAITING_BYTES;
         tokio::select! {
             biased;
             _ = wait_front(&mut queue), if front_is_write => {}
@@ -103,7 +103,13 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                             }
                             Reply::error(ErrorCode::AuthFailed, "wrong auth token")
                         }
-                        _ => Reply::error(ErrorCode::Unauthenticated, "authenticate with Auth first"),
+                        _ => {
+                            unauthenticated_commands += 1;
+                            if unauthenticated_commands >= auth::MAX_UNAUTHENTICATED_COMMANDS {
+                                reading = false;
+                            }
+                            Reply::error(ErrorCode::Unauthenticated, "authenticate with Auth first")
+                        }
                     };
                     queue.push_back(Slot { id: request.id, state: State::Ready(reply) });
                 }
@@ -133,11 +139,17 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {}
         }
         let now = Instant::now();
-        if conn.has_partial_frame() {
-            partial_since.get_or_insert(now);
-        } else {
+        let consumed = conn.frames_consumed();
+        if !(reading && has_room(&queue) && conn.has_partial_frame()) {
+            // Nothing in progress, or the server itself is not reading: the
+            // client is not the one being slow.
             partial_since = None;
+        } else if partial_since.is_none() || consumed != consumed_mark {
+            // A new frame started arriving (or one completed and the next
+            // has begun): its clock starts now.
+            partial_since = Some(now);
         }
+        consumed_mark = consumed;
         if !queue.is_empty() || partial_since.is_some() {
             last_heard = now;
         }
@@ -154,19 +166,15 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                     return;
                 }
             }
+            if login_deadline.is_some_and(|deadline| !authenticated && now >= deadline) {
+                tracing::debug!("no login within the login timeout; closing");
+                return;
+            }
         }
-        let answered = match timeouts.write {
-            Some(limit) => tokio::time::timeout(limit, answer_ready(&mut conn, &mut queue, &db))
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::debug!(
-                        "the client has not read its replies within the write timeout; closing"
-                    );
-                    Err(std::io::ErrorKind::TimedOut.into())
-                }),
-            None => answer_ready(&mut conn, &mut queue, &db).await,
-        };
-        if answered.is_err() {
+        if answer_ready(&mut conn, &mut queue, &db, timeouts.write)
+            .await
+            .is_err()
+        {
             return;
         }
         if !reading && queue.is_empty() {
@@ -184,6 +192,7 @@ fn next_check(
     idle: bool,
     partial_since: Option<Instant>,
     last_heard: Instant,
+    login_deadline: Option<Instant>,
 ) -> Option<Instant> {
     if !reading {
         return None;
@@ -196,10 +205,20 @@ fn next_check(
         .idle
         .filter(|_| idle && partial_since.is_none())
         .map(|limit| last_heard + limit);
-    match (read, idle) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    [read, idle, login_deadline].into_iter().flatten().min()
+}
+
+/// Whether the connection may read more requests: fewer than
+/// [`MAX_IN_FLIGHT`] in flight and less than [`MAX_WAITING_BYTES`] waiting.
+fn has_room(queue: &VecDeque<Slot>) -> bool {
+    let waiting: usize = queue
+        .iter()
+        .map(|s| match &s.state {
+            State::Waiting(command) => cmd::size(command),
+            _ => 0,
+        })
+        .sum();
+    queue.len() < MAX_IN_FLIGHT && waiting < MAX_WAITING_BYTES
 }
 
 async fn start(command: Command, db: &Db) -> State {
@@ -225,6 +244,7 @@ async fn answer_ready(
     conn: &mut Connection,
     queue: &mut VecDeque<Slot>,
     db: &Db,
+    write_timeout: Option<Duration>,
 ) -> std::io::Result<()> {
     let mut sent = false;
     while let Some(slot) = queue.front_mut() {
@@ -265,12 +285,32 @@ async fn answer_ready(
             state: State::Ready(reply),
         }) = queue.pop_front()
         {
-            conn.feed(&Response { id, reply }).await?;
+            stalled_at_most(write_timeout, conn.feed(&Response { id, reply })).await?;
             sent = true;
         }
     }
     if sent {
-        conn.flush().await?;
+        stalled_at_most(write_timeout, conn.flush()).await?;
     }
     Ok(())
+}
+
+/// Runs one write to the client, which can only wait when the client's
+/// buffers are full; fails if it waits longer than `limit` (the client is not
+/// reading its replies).
+async fn stalled_at_most(
+    limit: Option<Duration>,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    match limit {
+        None => write.await,
+        Some(limit) => tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!(
+                    "the client has not read its replies within the write timeout; closing"
+                );
+                Err(std::io::ErrorKind::TimedOut.into())
+            }),
+    }
 }

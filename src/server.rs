@@ -168,22 +168,22 @@ async fn accept_loop(
             config.max_frame,
         );
         tracker.spawn(async move {
+            let Ok(permit) = permit else {
+                tracing::warn!(%peer, "connection limit reached; refusing");
+                // A plain client is told why; a TLS client is closed at once,
+                // without spending a handshake on a connection that is refused.
+                if tls.is_none() {
+                    refuse(Connection::new(Box::new(stream), max_frame)).await;
+                }
+                return;
+            };
             // The TLS handshake runs in the connection's own task, bounded by
             // the read timeout, so a slow handshake holds up no one else.
             let Some(stream) = handshake(stream, tls, timeouts.read).await else {
                 return;
             };
-            let conn = Connection::new(stream, max_frame);
-            match permit {
-                Ok(permit) => {
-                    handler::serve(conn, db, timeouts, token).await;
-                    drop(permit);
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "connection limit reached; refusing");
-                    refuse(conn).await;
-                }
-            }
+            handler::serve(Connection::new(stream, max_frame), db, timeouts, token).await;
+            drop(permit);
         });
     }
 }

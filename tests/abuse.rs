@@ -44,11 +44,17 @@ fn slowloris_connections_are_closed_while_a_normal_client_is_served() {
         &dir.path().join("kvstore.db"),
         &["--read-timeout-ms", "1000"],
     );
-    // 2,000 connections that each start a frame and never finish it.
+    // 2,000 connections that each start a frame and never finish it: half
+    // send two bytes of the length, half the whole length and nothing more.
     let mut slow: Vec<TcpStream> = (0..2000)
-        .map(|_| {
+        .map(|i| {
             let mut s = TcpStream::connect(server.addr).unwrap();
-            s.write_all(&[0, 0]).unwrap();
+            s.write_all(if i % 2 == 0 {
+                &[0, 0][..]
+            } else {
+                &[0, 0, 0, 20][..]
+            })
+            .unwrap();
             s
         })
         .collect();
@@ -213,4 +219,40 @@ fn running_out_of_file_descriptors_neither_crashes_nor_stops_the_server() {
         served,
         "no new client was served after the descriptors came back"
     );
+}
+
+/// A client that keeps the server busy for longer than the read timeout, with
+/// frames always arriving, is not a slow client: it is never cut off.
+#[test]
+fn a_steady_pipelining_client_outlives_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("kvstore.db"),
+        &["--read-timeout-ms", "300"],
+    );
+    let mut c = server.client();
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        // Bursts of 50 pipelined requests, the last one split across two
+        // writes so that a frame is often half arrived.
+        let mut burst = Vec::new();
+        for _ in 0..50 {
+            burst.extend(frame(
+                &codec::encode(&Request {
+                    id,
+                    command: cmd::set("k", "v"),
+                })
+                .unwrap(),
+            ));
+            id += 1;
+        }
+        let (a, b) = burst.split_at(burst.len() - 3);
+        c.send_raw(a);
+        std::thread::sleep(Duration::from_millis(5));
+        c.send_raw(b);
+        for _ in 0..50 {
+            assert_eq!(c.recv().expect("the connection was cut").reply, Reply::Ok);
+        }
+    }
 }

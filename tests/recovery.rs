@@ -39,7 +39,7 @@ fn write_log_with(
     for (i, op) in ops.iter().enumerate() {
         let mut buf = Vec::new();
         let seq = i as u64 + 1;
-        wal::encode_record(&mut buf, seq, durable(seq), op);
+        segment.encode_record(&mut buf, seq, durable(seq), op);
         segment.append(&buf).unwrap();
         offsets.push(segment.len());
     }
@@ -184,6 +184,35 @@ fn a_hole_before_a_record_written_after_it_was_synced_refuses_the_start() {
     }
 }
 
+/// A client can put any bytes in a value, such as a well-formed record (plain
+/// CRC32C) claiming a high sequence number and that everything before it was
+/// synced. Record checksums are seeded with the segment's secret salt, so such
+/// a forgery cannot make recovery mistake a torn tail for corruption.
+#[test]
+fn a_record_forged_inside_a_value_is_no_witness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut forged = Vec::new();
+    let mut body = 1_000u64.to_le_bytes().to_vec(); // seq
+    body.extend_from_slice(&999u64.to_le_bytes()); // durable: "all synced"
+    body.extend_from_slice(
+        &kvstore_client::codec::encode(&WriteOp::Delete { key: b("x") }).unwrap(),
+    );
+    kvstore::storage::record::append(&mut forged, &body);
+    let mut ops = ops();
+    ops.push(WriteOp::Set {
+        key: b("evil"),
+        value: Bytes::from(forged),
+    });
+    // One unsynced batch (durable 0 everywhere), torn by a hole before the
+    // value that holds the forgery.
+    let (data, offsets) = write_log_with(dir.path(), &ops, |_| 0);
+    let (_keep, copy) = damaged_copy(&data, |log| {
+        log[offsets[2] as usize..offsets[3] as usize].fill(0)
+    });
+    let recovered = storage::open(&RealFs, &copy, 4).expect("a torn tail, not corruption");
+    assert_eq!(dump(&recovered.store), model(&ops[..2]));
+}
+
 #[test]
 fn a_damaged_segment_header_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -313,7 +342,7 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     let mut buf = Vec::new();
     for (i, op) in ops[2..].iter().enumerate() {
         let seq = 3 + i as u64;
-        wal::encode_record(&mut buf, seq, seq - 1, op);
+        second.encode_record(&mut buf, seq, seq - 1, op);
     }
     second.append(&buf).unwrap();
     drop(second);

@@ -90,7 +90,15 @@ impl Mux {
                         what: "TLS handshake",
                         after: timeout,
                     })?
-                    .map_err(|e| Error::Tls(format!("handshake with {addr} failed: {e}")))?;
+                    .map_err(|e| match e.kind() {
+                        // rustls reports certificate and protocol trouble as
+                        // InvalidData: final. Anything else is the network:
+                        // worth a retry.
+                        std::io::ErrorKind::InvalidData => {
+                            Error::Tls(format!("handshake with {addr} failed: {e}"))
+                        }
+                        _ => Error::ConnectionLost(format!("TLS handshake with {addr}: {e}")),
+                    })?;
                 let (read, write) = tokio::io::split(stream);
                 tokio::spawn(drive(read, write, rx, max_frame)).abort_handle()
             }

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         file.write_all(rest).unwrap();
     } else {
         // A real header, then the fuzzer's records.
-        drop(wal::Segment::create(&sim, &dir, 1, 1).unwrap());
+        drop(wal::Segment::create_with_salt(&sim, &dir, 1, 1, 0).unwrap());
         let mut file = sim.append(&segment).unwrap();
         file.write_all(rest).unwrap();
     }

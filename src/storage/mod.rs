@@ -87,9 +87,17 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
     for &old in segments.iter().filter(|&&id| id < first) {
         wal::remove_segment(fs, &dir, old)?;
     }
-    let replay = wal::replay(fs, &dir, first, first_seq, |op| {
+    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| {
         store.apply(&op);
     })?;
+    // The records just replayed may have come from the page cache of a
+    // process that died before syncing them: make them durable before new
+    // records claim (in their `durable` field) that they are.
+    let newest = dir.join(format!("{:020}.wal", replay.segment.id()));
+    replay
+        .segment
+        .sync_data()
+        .map_err(|e| Error::io(&newest, e))?;
     tracing::info!(
         data = %data.display(),
         snapshot_entries = snapshot.map(|s| s.entries),

@@ -24,14 +24,22 @@ pub fn append(buf: &mut Vec<u8>, body: &[u8]) {
 /// Fills in the length and checksum of a record whose body was written in place
 /// after `HEADER_LEN` placeholder bytes starting at `start`.
 pub fn seal(buf: &mut [u8], start: usize) {
+    seal_with(buf, start, 0)
+}
+
+/// [`seal`] with a checksum seed. Log segments seed their records' checksums
+/// with a secret random salt, so bytes a client wrote inside a value can never
+/// pass for a record of the log (recovery looks for valid records after
+/// damage; see `wal`). Seed 0 is the plain CRC32C.
+pub fn seal_with(buf: &mut [u8], start: usize, seed: u32) {
     let len = (buf.len() - start - HEADER_LEN) as u32;
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    let crc = checksum(&buf[start..start + 4], &buf[start + HEADER_LEN..]);
+    let crc = checksum(seed, &buf[start..start + 4], &buf[start + HEADER_LEN..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn checksum(len: &[u8], body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(len), body)
+fn checksum(seed: u32, len: &[u8], body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, len), body)
 }
 
 /// What [`read`] found at an offset.
@@ -47,6 +55,11 @@ pub enum Read<'a> {
 
 /// Reads the record that starts at `offset` of `data`.
 pub fn read(data: &[u8], offset: usize) -> Read<'_> {
+    read_with(data, offset, 0)
+}
+
+/// [`read`] for records sealed with [`seal_with`] and `seed`.
+pub fn read_with(data: &[u8], offset: usize, seed: u32) -> Read<'_> {
     let Some(header) = data.get(offset..offset + HEADER_LEN) else {
         return Read::Incomplete;
     };
@@ -56,7 +69,7 @@ pub fn read(data: &[u8], offset: usize) -> Read<'_> {
     let Some(body) = data.get(start..start + len) else {
         return Read::Incomplete;
     };
-    if checksum(&header[..4], body) == stored {
+    if checksum(seed, &header[..4], body) == stored {
         Read::Valid {
             body,
             next: start + len,
@@ -77,7 +90,7 @@ pub fn parse_header(header: [u8; HEADER_LEN]) -> (usize, u32) {
 /// Whether `body` matches the checksum stored in `header`.
 pub fn verify(header: [u8; HEADER_LEN], body: &[u8]) -> bool {
     let (_, crc) = parse_header(header);
-    checksum(&header[..4], body) == crc
+    checksum(0, &header[..4], body) == crc
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! segment = magic "KVSTWAL1" (8 bytes)
-//!           record{ version: u32 LE, segment id: u64 LE, first seq: u64 LE }
+//!           record{ version: u32 LE, segment id: u64 LE, first seq: u64 LE, salt: u32 LE }
 //!           record{ seq: u64 LE, durable: u64 LE, op: bincode(WriteOp) } ...
 //! ```
 //!
@@ -34,8 +34,8 @@ use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTWAL1";
 const VERSION: u32 = 1;
-/// The magic, then the header record (8 bytes of framing, 20 of body).
-const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 20;
+/// The magic, then the header record (8 bytes of framing, 24 of body).
+const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 24;
 /// A record's body before its op: seq and durable.
 const RECORD_PREFIX: usize = 16;
 
@@ -77,9 +77,10 @@ pub fn remove_segment(fs: &dyn Fs, dir: &Path, id: u64) -> Result<(), Error> {
     fs.remove(&path).map_err(|e| Error::io(&path, e))
 }
 
-/// Encodes one log record for `op` onto `buf`: sequence number `seq`, written
-/// when everything up to `durable` had been covered by an `fdatasync`.
-pub fn encode_record(buf: &mut Vec<u8>, seq: u64, durable: u64, op: &WriteOp) {
+/// Encodes one log record for `op` onto `buf`, its checksum seeded with the
+/// segment's `salt`: sequence number `seq`, written when everything up to
+/// `durable` had been covered by an `fdatasync`.
+fn encode_record(buf: &mut Vec<u8>, salt: u32, seq: u64, durable: u64, op: &WriteOp) {
     let start = buf.len();
     buf.extend_from_slice(&[0; record::HEADER_LEN]);
     buf.extend_from_slice(&seq.to_le_bytes());
@@ -87,7 +88,16 @@ pub fn encode_record(buf: &mut Vec<u8>, seq: u64, durable: u64, op: &WriteOp) {
     // Encoding into a Vec cannot fail: WriteOp has no types bincode refuses.
     let body = kvstore_client::codec::encode(op).unwrap_or_default();
     buf.extend_from_slice(&body);
-    record::seal(buf, start);
+    record::seal_with(buf, start, salt);
+}
+
+/// A fresh random salt for a new segment (std's per-process random hash keys;
+/// no extra dependency).
+fn random_salt(id: u64) -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(id);
+    hasher.finish() as u32
 }
 
 /// The segment being appended to. Only the group-commit thread owns one.
@@ -98,6 +108,9 @@ pub struct Segment {
     id: u64,
     /// Bytes in the file, to decide when to rotate and snapshot.
     len: u64,
+    /// Seeds the checksums of this segment's records; random and never sent
+    /// anywhere, so a client cannot forge a record inside a value.
+    salt: u32,
 }
 
 impl Segment {
@@ -105,12 +118,25 @@ impl Segment {
     /// header, and makes both the file and its directory entry durable before
     /// returning, so recovery always finds it.
     pub fn create(fs: &dyn Fs, dir: &Path, id: u64, first_seq: u64) -> Result<Segment, Error> {
+        Segment::create_with_salt(fs, dir, id, first_seq, random_salt(id))
+    }
+
+    /// [`Segment::create`] with a chosen salt (for fuzzing, which needs
+    /// reproducible files).
+    pub fn create_with_salt(
+        fs: &dyn Fs,
+        dir: &Path,
+        id: u64,
+        first_seq: u64,
+        salt: u32,
+    ) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
         let mut file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
         let mut header = MAGIC.to_vec();
         let mut body = VERSION.to_le_bytes().to_vec();
         body.extend_from_slice(&id.to_le_bytes());
         body.extend_from_slice(&first_seq.to_le_bytes());
+        body.extend_from_slice(&salt.to_le_bytes());
         record::append(&mut header, &body);
         debug_assert_eq!(header.len(), HEADER_LEN);
         file.write_all(&header).map_err(|e| Error::io(&path, e))?;
@@ -120,15 +146,21 @@ impl Segment {
             file,
             id,
             len: header.len() as u64,
+            salt,
         })
     }
 
     /// Opens segment `id` to append after its first `len` bytes (recovery has
     /// checked them and cut anything after).
-    fn open(fs: &dyn Fs, dir: &Path, id: u64, len: u64) -> Result<Segment, Error> {
+    fn open(fs: &dyn Fs, dir: &Path, id: u64, len: u64, salt: u32) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
         let file = fs.append(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(Segment { file, id, len })
+        Ok(Segment {
+            file,
+            id,
+            len,
+            salt,
+        })
     }
 
     /// A segment over any open file, for tests that inject failing files.
@@ -138,7 +170,13 @@ impl Segment {
             file,
             id,
             len: HEADER_LEN as u64,
+            salt: 0,
         }
+    }
+
+    /// Encodes one record for this segment onto `buf` (see `encode_record`).
+    pub fn encode_record(&self, buf: &mut Vec<u8>, seq: u64, durable: u64, op: &WriteOp) {
+        encode_record(buf, self.salt, seq, durable, op)
     }
 
     pub fn id(&self) -> u64 {
@@ -222,12 +260,13 @@ pub fn replay(
     let mut next_seq = first_seq;
     let mut records = 0;
     let mut tail_len = 0;
+    let mut tail_salt = 0;
     for &id in &ids {
         let path = segment_path(dir, id);
         let data = fs.read(&path).map_err(|e| Error::io(&path, e))?;
         let is_newest = id == newest;
-        match check_header(&data, id, next_seq) {
-            Ok(()) => {}
+        let salt = match check_header(&data, id, next_seq) {
+            Ok(salt) => salt,
             // A crash between creating the newest segment and syncing its
             // header leaves a short or zeroed header and no records.
             Err(_) if is_newest && data.len() <= HEADER_LEN && !header_is_whole(&data) => {
@@ -240,10 +279,10 @@ pub fn replay(
                 });
             }
             Err(reason) => return Err(Error::corrupt(&path, 0, reason)),
-        }
+        };
         let mut offset = HEADER_LEN;
         while offset < data.len() {
-            match record::read(&data, offset) {
+            match record::read_with(&data, offset, salt) {
                 record::Read::Valid { body, next } => {
                     let (seq, _, op) = parse_body(body)
                         .map_err(|reason| Error::corrupt(&path, offset as u64, reason))?;
@@ -267,7 +306,7 @@ pub fn replay(
                     if !is_newest {
                         return Err(Error::corrupt(&path, offset as u64, reason));
                     }
-                    if let Some(witness) = durable_witness(&data, offset, next_seq) {
+                    if let Some(witness) = durable_witness(&data, offset, next_seq, salt) {
                         return Err(Error::corrupt(
                             &path,
                             offset as u64,
@@ -288,9 +327,10 @@ pub fn replay(
             }
         }
         tail_len = offset.min(data.len());
+        tail_salt = salt;
     }
     Ok(Replayed {
-        segment: Segment::open(fs, dir, newest, tail_len as u64)?,
+        segment: Segment::open(fs, dir, newest, tail_len as u64, tail_salt)?,
         last_seq: last_seq(next_seq),
         records,
     })
@@ -303,7 +343,7 @@ fn header_is_whole(data: &[u8]) -> bool {
         && matches!(record::read(data, MAGIC.len()), record::Read::Valid { .. })
 }
 
-fn check_header(data: &[u8], id: u64, first_seq: u64) -> Result<(), String> {
+fn check_header(data: &[u8], id: u64, first_seq: u64) -> Result<u32, String> {
     if data.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
         return Err("not a kvstore log segment (bad magic)".into());
     }
@@ -332,7 +372,10 @@ fn check_header(data: &[u8], id: u64, first_seq: u64) -> Result<(), String> {
             field(12)
         ));
     }
-    Ok(())
+    let salt = body
+        .get(20..24)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+    salt.ok_or_else(|| "segment header too short".to_string())
 }
 
 fn parse_body(body: &[u8]) -> Result<(u64, u64, WriteOp), String> {
@@ -349,7 +392,7 @@ fn parse_body(body: &[u8]) -> Result<(u64, u64, WriteOp), String> {
 /// sequence number would be `seq`) that was written when `seq` was already
 /// durable. If there is one, the damaged record had been synced: that is
 /// corruption, not a torn write, and truncating would drop acknowledged writes.
-fn durable_witness(data: &[u8], offset: usize, seq: u64) -> Option<usize> {
+fn durable_witness(data: &[u8], offset: usize, seq: u64, salt: u32) -> Option<usize> {
     let u64_at = |at: usize| {
         data.get(at..at + 8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
@@ -364,6 +407,6 @@ fn durable_witness(data: &[u8], offset: usize, seq: u64) -> Option<usize> {
         later > seq
             && durable >= seq
             && durable < later
-            && matches!(record::read(data, at), record::Read::Valid { body, .. } if parse_body(body).is_ok())
+            && matches!(record::read_with(data, at, salt), record::Read::Valid { body, .. } if parse_body(body).is_ok())
     })
 }

@@ -71,6 +71,9 @@ struct Ledger {
     in_flight: Vec<(Bytes, Option<Bytes>)>,
     /// Writes acknowledged in this cycle.
     acked_count: u64,
+    /// The writer's next sequence number: it never restarts, so no value is
+    /// ever written twice and a stale value cannot pass for a new one.
+    next_seq: u64,
 }
 
 /// Totals over all cycles.
@@ -322,9 +325,12 @@ async fn write(
         return;
     };
     let mut rng = Rng::new(seed);
-    let mut seq = seed % 1_000_000_000;
     while !stop.load(Ordering::SeqCst) {
-        seq += 1;
+        let seq = {
+            let mut ledger = ledger.lock().unwrap_or_else(|e| e.into_inner());
+            ledger.next_seq += 1;
+            ledger.next_seq
+        };
         let v = value(w, seq);
         let (effects, result) = match rng.below(10) {
             0..=5 => {
