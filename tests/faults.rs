@@ -140,31 +140,53 @@ fn start_with_file_limit(data: &Path, limit: u64) -> Server {
     Server::spawn(command, data)
 }
 
+/// Sets 1,000-byte values until the server refuses one. Returns the indexes
+/// acknowledged, the first refused one, and the storage error's message
+/// (after checking that later writes are refused too and reads go on).
+fn fill_until_refused(c: &mut Client, max: usize) -> (Vec<usize>, usize, String) {
+    let big = vec![b'v'; 1000];
+    let mut acked = Vec::new();
+    for i in 0..max {
+        let reply = c.call(cmd::set(format!("k{i}"), &big));
+        if reply == Reply::Ok {
+            acked.push(i);
+            continue;
+        }
+        let message = storage_failed(&reply)
+            .unwrap_or_else(|| panic!("expected StorageFailed, got {reply:?}"));
+        assert!(
+            storage_failed(&c.call(cmd::set("later", "x"))).is_some(),
+            "writes stay refused"
+        );
+        assert_eq!(c.call(cmd::get("k0")), value(&big), "reads go on");
+        return (acked, i, message);
+    }
+    panic!("{max} writes and none refused");
+}
+
+/// After a restart on `data`: every acknowledged write is there, the refused
+/// one is not.
+fn only_the_acknowledged_came_back(data: &Path, acked: &[usize], refused: usize) {
+    let server = Server::start(data, &[]);
+    let mut c = server.client();
+    for i in acked {
+        assert_eq!(
+            c.call(cmd::get(format!("k{i}"))),
+            value(&[b'v'; 1000]),
+            "k{i}"
+        );
+    }
+    assert_eq!(c.call(cmd::get(format!("k{refused}"))), Reply::Value(None));
+}
+
 #[test]
 fn a_log_write_that_fails_part_way_is_refused_and_leaves_no_torn_record() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("kvstore.db");
     let server = start_with_file_limit(&data, 64 * 1024);
-    let mut c = server.client();
-    let big = vec![b'v'; 1000];
-    let mut acked = Vec::new();
-    let mut failure = None;
-    for i in 0..200 {
-        let reply = c.call(cmd::set(format!("k{i}"), &big));
-        if reply == Reply::Ok {
-            acked.push(i);
-        } else {
-            failure = Some((i, reply));
-            break;
-        }
-    }
-    let (first_failed, reply) = failure.expect("the log hit the file size limit");
-    let message =
-        storage_failed(&reply).unwrap_or_else(|| panic!("expected StorageFailed, got {reply:?}"));
+    let (acked, refused, message) = fill_until_refused(&mut server.client(), 200);
     assert!(message.contains("File too large"), "{message}");
     assert!(acked.len() > 50, "only {} writes fit", acked.len());
-    assert!(storage_failed(&c.call(cmd::set("later", "x"))).is_some());
-    assert_eq!(c.call(cmd::get("k0")), value(&big));
     server.kill9();
 
     let wal = dir.path().join("kvstore.db-wal");
@@ -179,16 +201,7 @@ fn a_log_write_that_fails_part_way_is_refused_and_leaves_no_torn_record() {
         len < 64 * 1024,
         "the partial record was cut off the log ({len} bytes)"
     );
-
-    let server = Server::start(&data, &[]);
-    let mut c = server.client();
-    for i in &acked {
-        assert_eq!(c.call(cmd::get(format!("k{i}"))), value(&big), "k{i}");
-    }
-    assert_eq!(
-        c.call(cmd::get(format!("k{first_failed}"))),
-        Reply::Value(None)
-    );
+    only_the_acknowledged_came_back(&data, &acked, refused);
 }
 
 fn flip(path: &Path, at: usize) {
@@ -296,42 +309,10 @@ fn a_full_disk_refuses_writes_with_a_clear_error_and_loses_nothing() {
     let _tmpfs = Tmpfs::mount(dir.path(), "256k");
     let data = dir.path().join("kvstore.db");
     let server = Server::start(&data, &[]);
-    let mut c = server.client();
-    let big = vec![b'v'; 1000];
-    let mut acked = Vec::new();
-    let mut failure = None;
-    for i in 0..1000 {
-        let reply = c.call(cmd::set(format!("k{i}"), &big));
-        if reply == Reply::Ok {
-            acked.push(i);
-        } else {
-            failure = Some((i, reply));
-            break;
-        }
-    }
-    let (first_failed, reply) = failure.expect("the disk filled up");
-    let message =
-        storage_failed(&reply).unwrap_or_else(|| panic!("expected StorageFailed, got {reply:?}"));
+    let (acked, refused, message) = fill_until_refused(&mut server.client(), 1000);
     assert!(message.contains("No space left on device"), "{message}");
     assert!(acked.len() > 100, "only {} writes fit", acked.len());
-    assert!(
-        storage_failed(&c.call(cmd::set("later", "x"))).is_some(),
-        "writes stay refused"
-    );
-    assert_eq!(c.call(cmd::get("k7")), value(&big), "reads go on");
     server.kill9();
-
-    // The disk is still nearly full; the server starts anyway and has every
-    // acknowledged write, and not the refused one.
-    let server = Server::start(&data, &[]);
-    let mut c = server.client();
-    for i in &acked {
-        assert_eq!(c.call(cmd::get(format!("k{i}"))), value(&big), "k{i}");
-    }
-    assert_eq!(
-        c.call(cmd::get(format!("k{first_failed}"))),
-        Reply::Value(None)
-    );
-    drop(c);
-    server.kill9();
+    // The disk is still nearly full; the server starts anyway.
+    only_the_acknowledged_came_back(&data, &acked, refused);
 }
