@@ -187,11 +187,7 @@ fn errors_the_server_gives_on_purpose_are_not_retried() {
 fn thousands_of_pipelined_requests_share_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kvstore.db"), &[]);
-    let client = Client::builder()
-        .addr(server.addr.to_string())
-        .connections(1)
-        .build()
-        .unwrap();
+    let client = one_connection(&server);
     runtime().block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..5000u32 {
@@ -219,11 +215,7 @@ fn thousands_of_pipelined_requests_share_one_connection() {
 fn large_values_in_both_directions_share_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kvstore.db"), &[]);
-    let client = Client::builder()
-        .addr(server.addr.to_string())
-        .connections(1)
-        .build()
-        .unwrap();
+    let client = one_connection(&server);
     runtime().block_on(async {
         let value = bytes::Bytes::from(vec![7u8; 1 << 20]);
         client.set("big", &value).await.unwrap();
@@ -268,4 +260,13 @@ fn a_request_over_the_frame_limit_fails_alone() {
             Some(&b"v"[..])
         );
     });
+}
+
+/// A client whose calls all share one multiplexed connection.
+fn one_connection(server: &Server) -> Client {
+    Client::builder()
+        .addr(server.addr.to_string())
+        .connections(1)
+        .build()
+        .unwrap()
 }

@@ -229,50 +229,51 @@ fn prepared(dir: &Path, clean: bool) -> std::path::PathBuf {
     data
 }
 
+/// Prepares data (`clean`: SIGTERM, so a snapshot; else SIGKILL, log only),
+/// damages it with `damage(dir, data)`, and returns what the refused start
+/// printed.
+fn refused_start_after(clean: bool, damage: impl FnOnce(&Path, &Path)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prepared(dir.path(), clean);
+    damage(dir.path(), &data);
+    Server::refuse_start(&data)
+}
+
 #[test]
 fn damage_at_rest_is_refused_at_start_with_the_file_and_offset() {
     // A flipped bit in the snapshot.
-    let dir = tempfile::tempdir().unwrap();
-    let data = prepared(dir.path(), true);
-    flip(&data, 100);
-    let stderr = Server::refuse_start(&data);
+    let stderr = refused_start_after(true, |_, data| flip(data, 100));
     assert!(
         stderr.contains("kvstore.db is damaged at offset"),
         "{stderr}"
     );
 
     // A cut snapshot.
-    let dir = tempfile::tempdir().unwrap();
-    let data = prepared(dir.path(), true);
-    let len = std::fs::metadata(&data).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&data)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
-    let stderr = Server::refuse_start(&data);
+    let stderr = refused_start_after(true, |_, data| {
+        let len = std::fs::metadata(data).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(data)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+    });
     assert!(
         stderr.contains("kvstore.db is damaged at offset"),
         "{stderr}"
     );
 
     // A deleted snapshot, with the log starting after it.
-    let dir = tempfile::tempdir().unwrap();
-    let data = prepared(dir.path(), true);
-    std::fs::remove_file(&data).unwrap();
-    let stderr = Server::refuse_start(&data);
+    let stderr = refused_start_after(true, |_, data| std::fs::remove_file(data).unwrap());
     assert!(stderr.contains("the snapshot is missing"), "{stderr}");
 
     // A flipped bit in the middle of the log (records follow it).
-    let dir = tempfile::tempdir().unwrap();
-    let data = prepared(dir.path(), false);
-    let segment = dir
-        .path()
-        .join("kvstore.db-wal")
-        .join(format!("{:020}.wal", 1));
-    flip(&segment, 200);
-    let stderr = Server::refuse_start(&data);
+    let stderr = refused_start_after(false, |dir, _| {
+        flip(
+            &dir.join("kvstore.db-wal").join(format!("{:020}.wal", 1)),
+            200,
+        )
+    });
     assert!(
         stderr.contains("00000000000000000001.wal is damaged at offset"),
         "{stderr}"

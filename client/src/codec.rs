@@ -40,6 +40,14 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, Error> {
     bincode::serde::encode_to_vec(message, CONFIG).map_err(|e| Error::Encode(e.to_string()))
 }
 
+/// Encodes a message body at the end of `buf`, without an intermediate
+/// buffer (the log writer appends many records to one batch buffer).
+pub fn encode_into<T: Serialize>(message: &T, buf: &mut Vec<u8>) -> Result<(), Error> {
+    bincode::serde::encode_into_std_write(message, buf, CONFIG)
+        .map(|_| ())
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
 /// Decodes a whole body. Byte strings are checked against the body's real
 /// length before they are copied (see `wire_bytes`), and leftover bytes are an
 /// error.

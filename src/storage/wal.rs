@@ -86,8 +86,7 @@ fn encode_record(buf: &mut Vec<u8>, salt: u32, seq: u64, durable: u64, op: &Writ
     buf.extend_from_slice(&seq.to_le_bytes());
     buf.extend_from_slice(&durable.to_le_bytes());
     // Encoding into a Vec cannot fail: WriteOp has no types bincode refuses.
-    let body = kvstore_client::codec::encode(op).unwrap_or_default();
-    buf.extend_from_slice(&body);
+    let _ = kvstore_client::codec::encode_into(op, buf);
     record::seal_with(buf, start, salt);
 }
 
