@@ -1,8 +1,9 @@
 //! Group commit: the one thread that writes the log and applies writes.
 //!
-//! Connections send [`WriteOp`]s into a bounded channel (the bound is the
+//! Connections send [`Change`]s into a bounded channel (the bound is the
 //! backpressure). The thread takes everything waiting, up to a batch limit,
-//! encodes it as log records, issues one `write` and, with `--sync always`,
+//! resolves the writes that read first into plain `WriteOp`s (see
+//! `crate::storage::change`), encodes them as log records, issues one `write` and, with `--sync always`,
 //! one `fdatasync` for the whole batch. Only when that returns Ok does it apply
 //! the batch to the [`Store`], in log order, and acknowledge each write. So:
 //!
@@ -30,8 +31,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SyncMode;
 use crate::error::Error;
+use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::op::WriteOp;
 use crate::storage::store::{Applied, Store};
 use crate::storage::{snapshot, wal};
 
@@ -49,9 +50,9 @@ const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
 
 /// What the commit thread is asked to do.
 enum Message {
-    /// Log, sync, apply, then answer.
+    /// Resolve, log, sync, apply, then answer.
     Write {
-        op: WriteOp,
+        change: Change,
         done: oneshot::Sender<Result<Applied, Error>>,
         /// The op's share of [`MAX_QUEUED_BYTES`], given back when it is answered.
         _budget: OwnedSemaphorePermit,
@@ -63,6 +64,17 @@ enum Message {
     },
     /// Stop after the writes before this one.
     Close,
+}
+
+/// A message of the batch being committed, with its write resolved.
+enum Job {
+    Write {
+        resolved: Resolved,
+        done: oneshot::Sender<Result<Applied, Error>>,
+        /// Held until the job is answered, like the message's.
+        _budget: OwnedSemaphorePermit,
+    },
+    Sync(Option<oneshot::Sender<Result<(), Error>>>),
 }
 
 /// Settings of the commit thread.
@@ -109,11 +121,12 @@ impl PendingWrite {
 
 impl Committer {
     /// Queues a write. Fails at once if the log has failed or is closed.
-    pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite, Error> {
+    pub async fn submit(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
         if let Some(reason) = self.poison.get() {
             return Err(Error::StorageFailed(reason.clone()));
         }
-        let bytes = op.approx_len().min(MAX_QUEUED_BYTES) as u32;
+        let change = change.into();
+        let bytes = change.approx_len().min(MAX_QUEUED_BYTES) as u32;
         let _budget = self
             .budget
             .clone()
@@ -122,7 +135,11 @@ impl Committer {
             .map_err(|_| Error::ShuttingDown)?;
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Message::Write { op, done, _budget })
+            .send(Message::Write {
+                change,
+                done,
+                _budget,
+            })
             .await
             .map_err(|_| Error::ShuttingDown)?;
         Ok(PendingWrite(rx))
@@ -244,7 +261,7 @@ impl Worker {
                         closing = true;
                         break;
                     }
-                    Message::Write { ref op, .. } => bytes += op.approx_len(),
+                    Message::Write { ref change, .. } => bytes += change.approx_len(),
                     Message::Sync { .. } => {}
                 }
                 batch.push(message);
@@ -270,7 +287,8 @@ impl Worker {
         self.final_snapshot()
     }
 
-    /// Writes, syncs and applies one batch, then answers every message in it.
+    /// Resolves, writes, syncs and applies one batch, then answers every
+    /// message in it.
     fn commit(&mut self, batch: &mut Vec<Message>, buf: &mut Vec<u8>) {
         if let Some(reason) = self.poison.get() {
             let reason = reason.clone();
@@ -281,20 +299,49 @@ impl Worker {
         }
         buf.clear();
         let mut sync_asked = false;
-        for message in batch.iter() {
+        // Only a batch with a write that reads first pays for the overlay.
+        let mut view = batch
+            .iter()
+            .any(|m| matches!(m, Message::Write { change, .. } if change.reads()))
+            .then(|| BatchView::new(&self.store));
+        let mut jobs = Vec::with_capacity(batch.len());
+        for message in batch.drain(..) {
             match message {
-                Message::Write { op, .. } => {
-                    self.seq += 1;
-                    self.segment.encode_record(buf, self.seq, self.durable, op);
+                Message::Write {
+                    change,
+                    done,
+                    _budget,
+                } => {
+                    let resolved = match (&view, change) {
+                        (_, Change::Write(op)) => Resolved::Apply(op),
+                        (Some(view), change) => change.resolve(view),
+                        (None, _) => unreachable!("a batch with a reading change has a view"),
+                    };
+                    if let Some(op) = resolved.op() {
+                        self.seq += 1;
+                        self.segment.encode_record(buf, self.seq, self.durable, op);
+                        if let Some(view) = &mut view {
+                            view.record(op);
+                        }
+                    }
+                    jobs.push(Job::Write {
+                        resolved,
+                        done,
+                        _budget,
+                    });
                 }
-                Message::Sync { .. } => sync_asked = true,
+                Message::Sync { done } => {
+                    sync_asked = true;
+                    jobs.push(Job::Sync(done));
+                }
                 Message::Close => {}
             }
         }
+        drop(view);
         let batch_start = self.segment.len();
         if !buf.is_empty() {
             if let Err(e) = self.segment.append(buf) {
-                return self.poison_batch(batch, batch_start, "write", e);
+                return self.poison_batch(jobs, batch_start, "write", e);
             }
             self.dirty = true;
         }
@@ -308,20 +355,27 @@ impl Worker {
             };
         if sync_now {
             if let Err(e) = self.segment.sync_data() {
-                return self.poison_batch(batch, batch_start, "fdatasync", e);
+                return self.poison_batch(jobs, batch_start, "fdatasync", e);
             }
             self.synced();
         }
-        for message in batch.drain(..) {
-            match message {
-                Message::Write { op, done, .. } => {
-                    let applied = self.store.apply(&op);
-                    let _ = done.send(Ok(applied));
+        for job in jobs {
+            match job {
+                Job::Write { resolved, done, .. } => {
+                    let outcome = match resolved {
+                        Resolved::Apply(op) => Ok(self.store.apply(&op)),
+                        Resolved::Log(op, outcome) => {
+                            self.store.apply(&op);
+                            Ok(outcome)
+                        }
+                        Resolved::Answer(outcome) => outcome,
+                    };
+                    let _ = done.send(outcome);
                 }
-                Message::Sync { done: Some(done) } => {
+                Job::Sync(Some(done)) => {
                     let _ = done.send(Ok(()));
                 }
-                Message::Sync { done: None } | Message::Close => {}
+                Job::Sync(None) => {}
             }
         }
     }
@@ -336,13 +390,7 @@ impl Worker {
     /// Fails the batch, poisons the log, and cuts the batch's bytes off the
     /// segment so that a restart does not bring back writes whose clients
     /// were told they failed.
-    fn poison_batch(
-        &mut self,
-        batch: &mut Vec<Message>,
-        batch_start: u64,
-        what: &str,
-        e: std::io::Error,
-    ) {
+    fn poison_batch(&mut self, jobs: Vec<Job>, batch_start: u64, what: &str, e: std::io::Error) {
         let reason = format!("log {what} failed on segment {}: {e}", self.segment.id());
         tracing::error!(
             "{reason}; refusing all writes until restart (the fsync is not retried: after a failure the kernel may have dropped the data)"
@@ -353,9 +401,17 @@ impl Worker {
             );
         }
         let _ = self.poison.set(reason.clone());
-        batch
-            .drain(..)
-            .for_each(|m| fail(m, || Error::StorageFailed(reason.clone())));
+        for job in jobs {
+            match job {
+                Job::Write { done, .. } => {
+                    let _ = done.send(Err(Error::StorageFailed(reason.clone())));
+                }
+                Job::Sync(Some(done)) => {
+                    let _ = done.send(Err(Error::StorageFailed(reason.clone())));
+                }
+                Job::Sync(None) => {}
+            }
+        }
     }
 
     /// Starts a snapshot if the segment is past the threshold and none runs.
@@ -488,6 +544,7 @@ fn remove_segments_before(fs: &dyn Fs, data: &std::path::Path, next: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::op::WriteOp;
     use bytes::Bytes;
 
     fn set(key: &str) -> WriteOp {

@@ -7,7 +7,7 @@ use crate::auth::Auth;
 use crate::commit::{Committer, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
-use crate::storage::op::WriteOp;
+use crate::storage::change::Change;
 use crate::storage::store::Store;
 
 /// Cheap to clone: one per connection.
@@ -38,7 +38,7 @@ impl Db {
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once
     /// it is durable and visible.
-    pub async fn write(&self, op: WriteOp) -> Result<PendingWrite, Error> {
-        self.committer.submit(op).await
+    pub async fn write(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
+        self.committer.submit(change).await
     }
 }

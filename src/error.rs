@@ -32,6 +32,15 @@ pub enum Error {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A write that reads first cannot be carried out on the current value
+    /// (`Incr` of a non-number, an overflow, an `Append` past the value
+    /// limit). Nothing was written; sending it again fails the same way
+    /// until the value changes.
+    #[error("{message}")]
+    Rejected {
+        code: kvstore_client::ErrorCode,
+        message: String,
+    },
     /// A flag or a combination of flags makes no sense.
     #[error("invalid configuration: {0}")]
     Config(String),

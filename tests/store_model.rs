@@ -1,11 +1,15 @@
 //! The sharded store against a `BTreeMap` model: any sequence of writes and
-//! reads gives the same answers.
+//! reads gives the same answers; and writes that read first, resolved in
+//! batches the way the commit thread does it, give the answers of running
+//! them one by one.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use kvstore::storage::change::{BatchView, Change, Resolved};
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::store::{Applied, Store};
+use kvstore_client::Condition;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -34,12 +38,15 @@ fn value() -> impl Strategy<Value = Bytes> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (key(), value()).prop_map(|(key, value)| Step::Write(WriteOp::Set { key, value })),
-        key().prop_map(|key| Step::Write(WriteOp::Delete { key })),
-        proptest::collection::vec((key(), value()), 0..6)
+        4 => (key(), value()).prop_map(|(key, value)| Step::Write(WriteOp::Set { key, value })),
+        4 => key().prop_map(|key| Step::Write(WriteOp::Delete { key })),
+        4 => proptest::collection::vec((key(), value()), 0..6)
             .prop_map(|items| Step::Write(WriteOp::BulkSet { items })),
-        key().prop_map(Step::Get),
-        (key(), proptest::option::of(key()), 1usize..6).prop_map(|(prefix, start_after, limit)| {
+        4 => proptest::collection::vec(key(), 0..6)
+            .prop_map(|keys| Step::Write(WriteOp::DeleteMany { keys })),
+        1 => Just(Step::Write(WriteOp::Clear)),
+        4 => key().prop_map(Step::Get),
+        4 => (key(), proptest::option::of(key()), 1usize..6).prop_map(|(prefix, start_after, limit)| {
             Step::Keys {
                 prefix,
                 start_after,
@@ -61,6 +68,152 @@ fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, op: &WriteOp) -> Applied {
                 model.insert(k.clone(), v.clone());
             }
             Applied::Stored
+        }
+        WriteOp::DeleteMany { keys } => Applied::Int(
+            keys.iter()
+                .map(|k| i64::from(model.remove(k).is_some()))
+                .sum(),
+        ),
+        WriteOp::Clear => {
+            model.clear();
+            Applied::Stored
+        }
+    }
+}
+
+fn condition() -> impl Strategy<Value = Condition> {
+    prop_oneof![
+        Just(Condition::Always),
+        Just(Condition::Absent),
+        Just(Condition::Present)
+    ]
+}
+
+/// Values that are sometimes counters, sometimes not.
+fn counter_value() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        (-3i64..3).prop_map(|n| Bytes::from(n.to_string())),
+        Just(Bytes::from(i64::MAX.to_string())),
+        value(),
+    ]
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (key(), counter_value()).prop_map(|(key, value)| Change::Write(WriteOp::Set { key, value })),
+        4 => key().prop_map(|key| Change::Write(WriteOp::Delete { key })),
+        1 => Just(Change::Write(WriteOp::Clear)),
+        4 => (key(), value(), condition(), any::<bool>()).prop_map(|(key, value, condition, get)| {
+            Change::SetIf { key, value, condition, get }
+        }),
+        4 => key().prop_map(|key| Change::GetDel { key }),
+        4 => (key(), prop_oneof![Just(1i64), Just(-1), Just(i64::MAX)]).prop_map(|(key, by)| Change::Incr { key, by }),
+        4 => (key(), value()).prop_map(|(key, value)| Change::Append { key, value, max_value: 12 }),
+    ]
+}
+
+/// What a change answers when run alone against the model: `Err` carries the
+/// refusal's code.
+fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<Applied, u32> {
+    match change {
+        Change::Write(op) => Ok(model_apply(model, op)),
+        Change::SetIf {
+            key,
+            value,
+            condition,
+            get,
+        } => {
+            let old = model.get(key).cloned();
+            let holds = match condition {
+                Condition::Always => true,
+                Condition::Absent => old.is_none(),
+                Condition::Present => old.is_some(),
+            };
+            if holds {
+                model.insert(key.clone(), value.clone());
+            }
+            Ok(if *get {
+                Applied::Value(old)
+            } else {
+                Applied::Bool(holds)
+            })
+        }
+        Change::GetDel { key } => Ok(Applied::Value(model.remove(key))),
+        Change::Incr { key, by } => {
+            let current = match model.get(key) {
+                None => 0,
+                Some(v) => std::str::from_utf8(v)
+                    .ok()
+                    .filter(|s| {
+                        !s.starts_with('+')
+                            && !(s.len() > 1 && s.trim_start_matches('-').starts_with('0'))
+                            && *s != "-0"
+                    })
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or(kvstore_client::ErrorCode::NotAnInteger as u32)?,
+            };
+            let n = current
+                .checked_add(*by)
+                .ok_or(kvstore_client::ErrorCode::Overflow as u32)?;
+            model.insert(key.clone(), Bytes::from(n.to_string()));
+            Ok(Applied::Int(n))
+        }
+        Change::Append {
+            key,
+            value,
+            max_value,
+        } => {
+            let mut joined = model.get(key).map(|v| v.to_vec()).unwrap_or_default();
+            joined.extend_from_slice(value);
+            if joined.len() > *max_value {
+                return Err(kvstore_client::ErrorCode::ValueTooLarge as u32);
+            }
+            let len = joined.len() as i64;
+            model.insert(key.clone(), Bytes::from(joined));
+            Ok(Applied::Int(len))
+        }
+    }
+}
+
+proptest! {
+    /// Batches resolved against the store plus an overlay, then applied (as
+    /// the commit thread does), answer like the changes run one at a time.
+    #[test]
+    fn batched_changes_answer_like_sequential_ones(
+        batches in proptest::collection::vec(proptest::collection::vec(change(), 1..10), 1..12)
+    ) {
+        let store = Store::new(4);
+        let mut model = BTreeMap::new();
+        for batch in batches {
+            let mut view = BatchView::new(&store);
+            let mut resolved = Vec::new();
+            for change in batch {
+                let expected = model_change(&mut model, &change);
+                let r = change.resolve(&view);
+                if let Some(op) = r.op() {
+                    view.record(op);
+                }
+                resolved.push((r, expected));
+            }
+            drop(view);
+            for (r, expected) in resolved {
+                let got = match r {
+                    Resolved::Apply(op) => Ok(store.apply(&op)),
+                    Resolved::Log(op, outcome) => {
+                        store.apply(&op);
+                        Ok(outcome)
+                    }
+                    Resolved::Answer(Ok(outcome)) => Ok(outcome),
+                    Resolved::Answer(Err(kvstore::Error::Rejected { code, .. })) => Err(code as u32),
+                    Resolved::Answer(Err(e)) => panic!("unexpected error {e}"),
+                };
+                prop_assert_eq!(got, expected);
+            }
+        }
+        let all = store.keys(b"", None, usize::MAX, usize::MAX).keys;
+        prop_assert_eq!(all.len(), model.len());
+        for key in all {
+            prop_assert_eq!(store.get(&key), model.get(&key).cloned());
         }
     }
 }

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientBuilder};
-use crate::{Command, Error, Reply};
+use crate::{Command, Condition, Error, Reply};
 
 /// A blocking kvstore client with the same methods as [`Client`].
 ///
@@ -114,6 +114,54 @@ impl BlockingClient {
             after: None,
             more: true,
         }
+    }
+
+    /// Stores `value` if `condition` holds ([`Client::set_if`]).
+    pub fn set_if(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        condition: Condition,
+    ) -> Result<bool, Error> {
+        self.runtime
+            .block_on(self.client.set_if(key, value, condition))
+    }
+
+    /// Stores `value`, returns the old one ([`Client::get_set`]).
+    pub fn get_set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Option<Bytes>, Error> {
+        self.runtime.block_on(self.client.get_set(key, value))
+    }
+
+    /// Removes `key`, returns its value ([`Client::get_del`]).
+    pub fn get_del(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
+        self.runtime.block_on(self.client.get_del(key))
+    }
+
+    /// Adds `by` to the integer at `key` ([`Client::incr`]).
+    pub fn incr(&self, key: impl AsRef<[u8]>, by: i64) -> Result<i64, Error> {
+        self.runtime.block_on(self.client.incr(key, by))
+    }
+
+    /// Appends to the value at `key` ([`Client::append`]).
+    pub fn append(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, Error> {
+        self.runtime.block_on(self.client.append(key, value))
+    }
+
+    /// Removes many keys atomically ([`Client::delete_many`]).
+    pub fn delete_many<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<u64, Error> {
+        self.runtime.block_on(self.client.delete_many(keys))
+    }
+
+    /// Removes every key ([`Client::flush`]).
+    pub fn flush(&self) -> Result<(), Error> {
+        self.runtime.block_on(self.client.flush())
     }
 
     /// Sends any command with timeouts and retries ([`Client::call`]).

@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::{addr, Command, Error, Reply};
+use crate::{addr, Command, Condition, Error, Reply};
 
 /// Default time to establish a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -406,6 +406,92 @@ impl Client {
         })
     }
 
+    /// Stores `value` under `key` only if `condition` holds; returns whether
+    /// it stored. `Condition::Absent` is Redis's `SETNX`.
+    pub async fn set_if(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        condition: Condition,
+    ) -> Result<bool, Error> {
+        expect_bool(
+            self.call(Command::SetIf {
+                key: bytes(key),
+                value: bytes(value),
+                condition,
+                get: false,
+            })
+            .await?,
+        )
+    }
+
+    /// Stores `value` under `key` and returns the value it replaced.
+    pub async fn get_set(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Option<Bytes>, Error> {
+        expect_value(
+            self.call(Command::SetIf {
+                key: bytes(key),
+                value: bytes(value),
+                condition: Condition::Always,
+                get: true,
+            })
+            .await?,
+        )
+    }
+
+    /// Removes `key` and returns the value it had.
+    pub async fn get_del(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
+        expect_value(self.call(Command::GetDel { key: bytes(key) }).await?)
+    }
+
+    /// Adds `by` to the integer stored at `key` (0 if missing) and returns the
+    /// result. Never resent after a lost reply: on [`Error::ConnectionLost`]
+    /// or a timeout the increment may or may not have happened.
+    pub async fn incr(&self, key: impl AsRef<[u8]>, by: i64) -> Result<i64, Error> {
+        expect_int(
+            self.call(Command::Incr {
+                key: bytes(key),
+                by,
+            })
+            .await?,
+        )
+    }
+
+    /// Appends `value` to the value at `key` and returns the new length. Like
+    /// [`Client::incr`], never resent after a lost reply.
+    pub async fn append(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<u64, Error> {
+        let n = expect_int(
+            self.call(Command::Append {
+                key: bytes(key),
+                value: bytes(value),
+            })
+            .await?,
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Removes all of `keys` in one log record; returns how many existed.
+    pub async fn delete_many<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<u64, Error> {
+        let keys = keys.into_iter().map(bytes).collect();
+        let n = expect_int(self.call(Command::DeleteMany { keys }).await?)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Removes every key, durably, as one log record.
+    pub async fn flush(&self) -> Result<(), Error> {
+        expect_ok(self.call(Command::Flush).await?)
+    }
+
     /// Sends one command with timeouts and retries, and turns an error reply
     /// into [`Error::Server`]: the general form of the methods above.
     ///
@@ -423,9 +509,12 @@ impl Client {
             .with_max_delay(options.max_backoff)
             .with_max_times(options.max_attempts - 1)
             .with_jitter();
+        // An `Incr` or `Append` whose reply was lost may have been applied:
+        // it is resent only after errors that prove it never arrived.
+        let idempotent = command.is_idempotent();
         let attempts = (|| self.call_once(command.clone()))
             .retry(policy)
-            .when(Error::is_retryable);
+            .when(|e| e.is_retryable() && (idempotent || e.never_arrived()));
         tokio::time::timeout(options.max_call_time, attempts)
             .await
             .unwrap_or(Err(Error::Timeout {
@@ -550,6 +639,20 @@ fn expect_bool(reply: Reply) -> Result<bool, Error> {
     match reply {
         Reply::Bool(b) => Ok(b),
         other => Err(unexpected("Bool", &other)),
+    }
+}
+
+fn expect_value(reply: Reply) -> Result<Option<Bytes>, Error> {
+    match reply {
+        Reply::Value(v) => Ok(v),
+        other => Err(unexpected("Value", &other)),
+    }
+}
+
+fn expect_int(reply: Reply) -> Result<i64, Error> {
+    match reply {
+        Reply::Int(n) => Ok(n),
+        other => Err(unexpected("Int", &other)),
     }
 }
 

@@ -71,12 +71,29 @@ impl Error {
     /// failures, lost connections and timeouts, and the server errors meant to
     /// be retried (`TooManyConnections`, `ShuttingDown`). Limits, malformed
     /// requests and `StorageFailed` fail the same way every time, so they are
-    /// never retried. Every command of today is idempotent, so a retry after
-    /// a lost reply cannot apply a write twice (a retried `Delete` may answer
-    /// "did not exist" if the first attempt removed the key).
+    /// never retried. The idempotent commands are retried on any of these (a
+    /// retried `Delete` may answer "did not exist" if the first attempt
+    /// removed the key); `Incr` and `Append` only when [`Error::never_arrived`].
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => true,
+            Error::Server { code, .. } => {
+                ErrorCode::from_code(*code).is_some_and(ErrorCode::is_retryable)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the failed request certainly was not carried out: no
+    /// connection could be made, or the server refused it before doing
+    /// anything (`TooManyConnections`, `ShuttingDown`). A lost connection or
+    /// a timeout leaves it unknown.
+    pub fn never_arrived(&self) -> bool {
+        match self {
+            Error::Connect { .. }
+            | Error::Timeout {
+                what: "connect", ..
+            } => true,
             Error::Server { code, .. } => {
                 ErrorCode::from_code(*code).is_some_and(ErrorCode::is_retryable)
             }

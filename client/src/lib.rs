@@ -37,4 +37,4 @@ mod wire_bytes;
 pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
-pub use protocol::{Command, ErrorCode, Reply, Request, Response};
+pub use protocol::{Command, Condition, ErrorCode, Reply, Request, Response};

@@ -51,7 +51,8 @@ pub struct Response {
 
 /// What a client asks. Keys and values are arbitrary bytes.
 ///
-/// Every command of today is idempotent: sending it twice leaves the same state.
+/// Every command but `Incr` and `Append` is idempotent: sending it twice leaves
+/// the same state (see [`Command::is_idempotent`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Tag 0. Store `value` under `key`, replacing any previous value. Reply: `Ok`.
@@ -110,6 +111,80 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::bytes")]
         token: Bytes,
     },
+    /// Tag 7. Store `value` under `key` if `condition` holds, atomically with
+    /// the check. Reply: `Bool(stored)`; with `get: true`, `Value(old)` (the
+    /// value before, whether or not the new one was stored). Redis's `SET` with
+    /// `NX`, `XX` and `GET`, and `SETNX`.
+    SetIf {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The value to store if the condition holds.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+        /// When to store.
+        condition: Condition,
+        /// Reply with the old value instead of whether it stored.
+        get: bool,
+    },
+    /// Tag 8. Remove one key and return the value it had. Reply: `Value`.
+    GetDel {
+        /// The key to remove.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 9. Add `by` to the value of `key`, read as a signed 64-bit decimal
+    /// integer (a missing key counts as 0), and store the result in decimal.
+    /// Reply: `Int(new value)`; `NotAnInteger` or `Overflow` leave it unchanged.
+    /// Not idempotent: the client library never resends it after a lost reply.
+    Incr {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The amount to add (negative to subtract).
+        by: i64,
+    },
+    /// Tag 10. Append `value` to the value of `key` (a missing key counts as
+    /// empty). Reply: `Int(new length)`; `ValueTooLarge` if the result would
+    /// pass the value limit. Not idempotent, like `Incr`.
+    Append {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The bytes to append.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+    },
+    /// Tag 11. Remove every key in `keys` as one log record: after a crash
+    /// either all are gone or none. Reply: `Int(keys that existed)`.
+    DeleteMany {
+        /// The keys to remove (at most the BulkSet item limit).
+        #[serde(deserialize_with = "wire_bytes::list")]
+        keys: Vec<Bytes>,
+    },
+    /// Tag 12. Remove every key, as one log record. Reply: `Ok`.
+    Flush,
+}
+
+impl Command {
+    /// Whether sending the command twice leaves the same state as sending it
+    /// once. A client may resend an idempotent command whose reply was lost;
+    /// `Incr` and `Append` it may resend only when the first attempt cannot
+    /// have reached the server.
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(self, Command::Incr { .. } | Command::Append { .. })
+    }
+}
+
+/// When [`Command::SetIf`] stores its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// Tag 0. Always (with `get`, a plain Set that returns the old value).
+    Always,
+    /// Tag 1. Only if the key does not exist (`SET NX`, `SETNX`).
+    Absent,
+    /// Tag 2. Only if the key exists (`SET XX`).
+    Present,
 }
 
 /// What the server answers.
@@ -139,6 +214,9 @@ pub enum Reply {
         #[serde(deserialize_with = "wire_bytes::string")]
         message: String,
     },
+    /// Tag 5. A number: a counter's new value (Incr), a length (Append), a
+    /// count of keys (DeleteMany).
+    Int(i64),
 }
 
 impl Reply {
@@ -179,6 +257,10 @@ pub enum ErrorCode {
     /// `Auth` presented a wrong token. The server answers failures slowly and
     /// closes the connection after a few.
     AuthFailed = 10,
+    /// `Incr` found a value that is not a signed 64-bit decimal integer.
+    NotAnInteger = 11,
+    /// `Incr` would take the value past the range of a signed 64-bit integer.
+    Overflow = 12,
 }
 
 impl ErrorCode {
@@ -196,6 +278,8 @@ impl ErrorCode {
             ShuttingDown,
             Unauthenticated,
             AuthFailed,
+            NotAnInteger,
+            Overflow,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)

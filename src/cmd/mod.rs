@@ -1,18 +1,26 @@
 //! Commands: what each request does, one file per command.
 //!
 //! Reads ([`get`], [`exists`], [`keys`]) answer at once from the store.
-//! Writes ([`set`], [`delete`], [`bulk_set`]) check their limits, queue a
-//! [`WriteOp`] for the group-commit thread, and answer once it is durable.
+//! Writes ([`set`], [`delete`], [`bulk_set`], [`delete_many`], `Flush`) check
+//! their limits, queue a [`WriteOp`] for the group-commit thread, and answer
+//! once it is durable. Writes that read first ([`set_if`], [`get_del`],
+//! [`incr`], [`append`]) queue a [`Change`] that the commit thread resolves
+//! against the current value (see `crate::storage::change`).
 //! The connection handler keeps replies in request order (see
 //! `crate::handler`).
 
+mod append;
 mod auth;
 mod bulk_set;
 mod delete;
+mod delete_many;
 mod exists;
 mod get;
+mod get_del;
+mod incr;
 mod keys;
 mod set;
+mod set_if;
 
 use kvstore_client::{Command, ErrorCode, Reply};
 
@@ -20,6 +28,7 @@ use crate::commit::PendingWrite;
 use crate::config::Limits;
 use crate::db::Db;
 use crate::error::Error;
+use crate::storage::change::Change;
 use crate::storage::op::WriteOp;
 use crate::storage::store::Applied;
 
@@ -34,7 +43,15 @@ pub enum Started {
 /// Whether the command changes data (and so goes through the log).
 pub fn is_write(command: &Command) -> bool {
     match command {
-        Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => true,
+        Command::Set { .. }
+        | Command::Delete { .. }
+        | Command::BulkSet { .. }
+        | Command::SetIf { .. }
+        | Command::GetDel { .. }
+        | Command::Incr { .. }
+        | Command::Append { .. }
+        | Command::DeleteMany { .. }
+        | Command::Flush => true,
         Command::Get { .. }
         | Command::Exists { .. }
         | Command::Keys { .. }
@@ -46,7 +63,16 @@ pub fn is_write(command: &Command) -> bool {
 pub fn size(command: &Command) -> usize {
     match command {
         Command::Set { key, value } => key.len() + value.len(),
-        Command::Get { key } | Command::Delete { key } | Command::Exists { key } => key.len(),
+        Command::Get { key }
+        | Command::Delete { key }
+        | Command::Exists { key }
+        | Command::GetDel { key }
+        | Command::Incr { key, .. } => key.len(),
+        Command::SetIf { key, value, .. } | Command::Append { key, value } => {
+            key.len() + value.len()
+        }
+        Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
+        Command::Flush => 0,
         Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::Keys {
             prefix,
@@ -59,14 +85,26 @@ pub fn size(command: &Command) -> usize {
 
 /// Starts any command: a read is answered, a write is queued.
 pub async fn start(command: Command, db: &Db) -> Started {
-    let op = match command {
-        Command::Set { key, value } => set::op(key, value, &db.limits),
-        Command::Delete { key } => delete::op(key, &db.limits),
-        Command::BulkSet { items } => bulk_set::op(items, &db.limits),
+    let limits = &db.limits;
+    let change = match command {
+        Command::Set { key, value } => set::op(key, value, limits).map(Change::from),
+        Command::Delete { key } => delete::op(key, limits).map(Change::from),
+        Command::BulkSet { items } => bulk_set::op(items, limits).map(Change::from),
+        Command::DeleteMany { keys } => delete_many::op(keys, limits).map(Change::from),
+        Command::Flush => Ok(Change::from(WriteOp::Clear)),
+        Command::SetIf {
+            key,
+            value,
+            condition,
+            get,
+        } => set_if::change(key, value, condition, get, limits),
+        Command::GetDel { key } => get_del::change(key, limits),
+        Command::Incr { key, by } => incr::change(key, by, limits),
+        Command::Append { key, value } => append::change(key, value, limits),
         read => return Started::Done(self::read(read, db)),
     };
-    match op {
-        Ok(op) => match db.write(op).await {
+    match change {
+        Ok(change) => match db.write(change).await {
             Ok(pending) => Started::Pending(pending),
             Err(e) => Started::Done(error_reply(&e)),
         },
@@ -86,9 +124,13 @@ pub fn read(command: Command, db: &Db) -> Reply {
             limit,
         } => keys::apply(&prefix, start_after.as_deref(), limit, db),
         Command::Auth { token } => Ok(auth::apply(&token, db)),
-        Command::Set { .. } | Command::Delete { .. } | Command::BulkSet { .. } => Err(
-            Reply::error(ErrorCode::Malformed, "a write was routed as a read"),
-        ),
+        write => {
+            debug_assert!(is_write(&write));
+            Err(Reply::error(
+                ErrorCode::Malformed,
+                "a write was routed as a read",
+            ))
+        }
     };
     result.unwrap_or_else(|reply| reply)
 }
@@ -97,7 +139,9 @@ pub fn read(command: Command, db: &Db) -> Reply {
 pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
     match outcome {
         Ok(Applied::Stored) => Reply::Ok,
-        Ok(Applied::Deleted(existed)) => Reply::Bool(existed),
+        Ok(Applied::Deleted(b) | Applied::Bool(b)) => Reply::Bool(b),
+        Ok(Applied::Value(value)) => Reply::Value(value),
+        Ok(Applied::Int(n)) => Reply::Int(n),
         Err(e) => error_reply(&e),
     }
 }
@@ -106,6 +150,7 @@ pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
 pub fn error_reply(e: &Error) -> Reply {
     let code = match e {
         Error::ShuttingDown => ErrorCode::ShuttingDown,
+        Error::Rejected { code, .. } => *code,
         _ => ErrorCode::StorageFailed,
     };
     Reply::error(code, e.to_string())

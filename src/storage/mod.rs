@@ -11,6 +11,7 @@
 //! Nothing here is async: these are blocking file operations, run at start or
 //! on the group-commit and snapshot threads, never on the tokio workers.
 
+pub mod change;
 pub mod fs;
 pub mod op;
 pub mod record;

@@ -22,6 +22,14 @@ pub enum WriteOp {
     BulkSet {
         items: Vec<(Bytes, Bytes)>,
     },
+    /// Every key removed in one record, all or none after a crash.
+    DeleteMany {
+        keys: Vec<Bytes>,
+    },
+    /// The whole store emptied (FLUSHDB). Replaying it over a fuzzy snapshot
+    /// is still exact: it removes every key the snapshot holds, and the
+    /// records after it put back what was written later.
+    Clear,
 }
 
 impl WriteOp {
@@ -36,6 +44,8 @@ impl WriteOp {
                     .map(|(k, v)| 16 + k.len() + v.len())
                     .sum::<usize>()
             }
+            WriteOp::DeleteMany { keys } => 24 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
+            WriteOp::Clear => 16,
         }
     }
 }

@@ -32,13 +32,19 @@ pub struct Store {
     shards: Box<[Shard]>,
 }
 
-/// What applying a write changed, for the reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a write did, for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// A Set or BulkSet stored its values.
+    /// A Set, BulkSet or Clear did what it was told.
     Stored,
     /// A Delete ran; `true` if the key existed.
     Deleted(bool),
+    /// A conditional write says whether it stored.
+    Bool(bool),
+    /// A value that the write replaced or removed (SetIf with `get`, GetDel).
+    Value(Option<Bytes>),
+    /// A number: Incr's result, Append's new length, DeleteMany's count.
+    Int(i64),
 }
 
 /// Bytes a key costs in a reply beyond its own: its u64 length prefix.
@@ -89,8 +95,9 @@ impl Store {
         self.len() == 0
     }
 
-    /// Applies one write. A BulkSet takes the write locks of all its shards, in
-    /// shard order, before it changes anything, so no reader sees half of it.
+    /// Applies one write. A BulkSet, DeleteMany or Clear takes the write locks
+    /// of all its shards, in shard order, before it changes anything, so no
+    /// reader sees half of it.
     pub fn apply(&self, op: &WriteOp) -> Applied {
         match op {
             WriteOp::Set { key, value } => {
@@ -114,6 +121,30 @@ impl Store {
                     let slot = indexes.binary_search(&shard).unwrap_or_default();
                     guards[slot].1.insert(key.clone(), value.clone());
                 }
+                Applied::Stored
+            }
+            WriteOp::DeleteMany { keys } => {
+                let mut indexes: Vec<usize> = keys.iter().map(|k| self.shard_index(k)).collect();
+                let order = indexes.clone();
+                indexes.sort_unstable();
+                indexes.dedup();
+                let mut guards: Vec<_> = indexes.iter().map(|&i| self.shards[i].write()).collect();
+                let mut removed = 0;
+                for (key, shard) in keys.iter().zip(order) {
+                    let slot = indexes.binary_search(&shard).unwrap_or_default();
+                    removed += i64::from(guards[slot].remove(key).is_some());
+                }
+                Applied::Int(removed)
+            }
+            WriteOp::Clear => {
+                let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+                // Dropped after the locks, so readers wait only for the unlink.
+                let old: Vec<_> = guards
+                    .iter_mut()
+                    .map(|g| std::mem::take(&mut **g))
+                    .collect();
+                drop(guards);
+                drop(old);
                 Applied::Stored
             }
         }

@@ -1,0 +1,365 @@
+//! Writes that read first (`Incr`, `Append`, `SetIf`, `GetDel`), and how they
+//! become plain [`WriteOp`]s.
+//!
+//! Such a write must read and write in one atomic step, and the log must hold
+//! only absolute values, so that replay stays idempotent. Both follow from
+//! resolving it on the group-commit thread, the store's only writer: at the
+//! moment a batch is assembled, the thread reads the key through a
+//! [`BatchView`] (the store as the previous batches left it, plus the writes
+//! earlier in this batch), computes the outcome, and logs the result as a
+//! `Set` or `Delete`. An `Incr` of `41` is logged as `Set 42`.
+//!
+//! The outcome is sent only after the batch is durable, like every other
+//! write's, so no client learns of a value before it is in the log.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use kvstore_client::{Condition, ErrorCode};
+
+use super::op::WriteOp;
+use super::store::{Applied, Store};
+use crate::error::Error;
+
+/// A write as a connection submits it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Written as it is; its outcome comes from applying it.
+    Write(WriteOp),
+    /// Store `value` if `condition` holds for the current value.
+    SetIf {
+        key: Bytes,
+        value: Bytes,
+        condition: Condition,
+        /// Answer with the old value instead of whether it stored.
+        get: bool,
+    },
+    /// Remove the key, answering with its value.
+    GetDel { key: Bytes },
+    /// Add `by` to the decimal integer stored at `key`.
+    Incr { key: Bytes, by: i64 },
+    /// Append to the value at `key`.
+    Append {
+        key: Bytes,
+        value: Bytes,
+        /// The value limit the result must respect.
+        max_value: usize,
+    },
+}
+
+impl From<WriteOp> for Change {
+    fn from(op: WriteOp) -> Change {
+        Change::Write(op)
+    }
+}
+
+/// What the commit thread does with a [`Change`].
+#[derive(Debug)]
+pub enum Resolved {
+    /// Log the op; applying it gives the outcome.
+    Apply(WriteOp),
+    /// Log the op; the outcome is already known.
+    Log(WriteOp, Applied),
+    /// Nothing to log (a condition did not hold, or the change was refused);
+    /// answer once the batch is durable.
+    Answer(Result<Applied, Error>),
+}
+
+impl Resolved {
+    /// The op to log, if any.
+    pub fn op(&self) -> Option<&WriteOp> {
+        match self {
+            Resolved::Apply(op) | Resolved::Log(op, _) => Some(op),
+            Resolved::Answer(_) => None,
+        }
+    }
+}
+
+impl Change {
+    /// Whether resolving it reads the store.
+    pub fn reads(&self) -> bool {
+        !matches!(self, Change::Write(_))
+    }
+
+    /// Roughly how many bytes it takes in the log, for batching decisions.
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Change::Write(op) => op.approx_len(),
+            Change::SetIf { key, value, .. } | Change::Append { key, value, .. } => {
+                32 + key.len() + value.len()
+            }
+            Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
+        }
+    }
+
+    /// Decides what to log and answer. `view` sees the writes resolved before
+    /// this one; it is needed only for a change that [`Change::reads`].
+    pub fn resolve(self, view: &BatchView) -> Resolved {
+        match self {
+            Change::Write(op) => Resolved::Apply(op),
+            Change::SetIf {
+                key,
+                value,
+                condition,
+                get,
+            } => {
+                let old = view.get(&key);
+                let holds = match condition {
+                    Condition::Always => true,
+                    Condition::Absent => old.is_none(),
+                    Condition::Present => old.is_some(),
+                };
+                let outcome = if get {
+                    Applied::Value(old)
+                } else {
+                    Applied::Bool(holds)
+                };
+                if holds {
+                    Resolved::Log(WriteOp::Set { key, value }, outcome)
+                } else {
+                    Resolved::Answer(Ok(outcome))
+                }
+            }
+            Change::GetDel { key } => match view.get(&key) {
+                Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
+                None => Resolved::Answer(Ok(Applied::Value(None))),
+            },
+            Change::Incr { key, by } => {
+                let current = match view.get(&key) {
+                    None => 0,
+                    Some(value) => match parse_i64(&value) {
+                        Some(n) => n,
+                        None => {
+                            return Resolved::Answer(Err(Error::Rejected {
+                                code: ErrorCode::NotAnInteger,
+                                message: "value is not an integer or out of range".into(),
+                            }))
+                        }
+                    },
+                };
+                match current.checked_add(by) {
+                    Some(n) => Resolved::Log(
+                        WriteOp::Set {
+                            key,
+                            value: Bytes::from(n.to_string()),
+                        },
+                        Applied::Int(n),
+                    ),
+                    None => Resolved::Answer(Err(Error::Rejected {
+                        code: ErrorCode::Overflow,
+                        message: "increment or decrement would overflow".into(),
+                    })),
+                }
+            }
+            Change::Append {
+                key,
+                value,
+                max_value,
+            } => {
+                let old = view.get(&key).unwrap_or_default();
+                let len = old.len() + value.len();
+                if len > max_value {
+                    return Resolved::Answer(Err(Error::Rejected {
+                        code: ErrorCode::ValueTooLarge,
+                        message: format!(
+                            "value of {len} bytes after APPEND exceeds the limit of {max_value} bytes"
+                        ),
+                    }));
+                }
+                let mut joined = BytesMut::with_capacity(len);
+                joined.extend_from_slice(&old);
+                joined.extend_from_slice(&value);
+                Resolved::Log(
+                    WriteOp::Set {
+                        key,
+                        value: joined.freeze(),
+                    },
+                    Applied::Int(len as i64),
+                )
+            }
+        }
+    }
+}
+
+/// The store as a batch sees it while it is being assembled: the store holds
+/// the previous batches (the commit thread applies a batch before it starts
+/// the next), the overlay the writes earlier in this one.
+pub struct BatchView<'a> {
+    store: &'a Store,
+    /// Keys written earlier in the batch, with their value after those
+    /// writes (`None`: removed).
+    overlay: HashMap<Bytes, Option<Bytes>>,
+    /// A `Clear` earlier in the batch: a key not in the overlay is gone.
+    cleared: bool,
+}
+
+impl<'a> BatchView<'a> {
+    pub fn new(store: &'a Store) -> BatchView<'a> {
+        BatchView {
+            store,
+            overlay: HashMap::new(),
+            cleared: false,
+        }
+    }
+
+    /// The value of `key` after everything resolved so far.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        match self.overlay.get(key) {
+            Some(value) => value.clone(),
+            None if self.cleared => None,
+            None => self.store.get(key),
+        }
+    }
+
+    /// Takes in a write that will be applied after the ones before it.
+    pub fn record(&mut self, op: &WriteOp) {
+        match op {
+            WriteOp::Set { key, value } => {
+                self.overlay.insert(key.clone(), Some(value.clone()));
+            }
+            WriteOp::Delete { key } => {
+                self.overlay.insert(key.clone(), None);
+            }
+            WriteOp::BulkSet { items } => {
+                for (key, value) in items {
+                    self.overlay.insert(key.clone(), Some(value.clone()));
+                }
+            }
+            WriteOp::DeleteMany { keys } => {
+                for key in keys {
+                    self.overlay.insert(key.clone(), None);
+                }
+            }
+            WriteOp::Clear => {
+                self.overlay.clear();
+                self.cleared = true;
+            }
+        }
+    }
+}
+
+/// A signed 64-bit integer in canonical decimal, as Redis reads one: an
+/// optional `-`, digits without leading zeros, nothing else (no `+`, no
+/// spaces, no `-0`).
+pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => digits.len() == bytes.len(),
+        [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn integers_are_read_only_in_canonical_decimal() {
+        for (text, n) in [
+            ("0", 0),
+            ("42", 42),
+            ("-7", -7),
+            ("9223372036854775807", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+        ] {
+            assert_eq!(parse_i64(text.as_bytes()), Some(n), "{text}");
+        }
+        for text in [
+            "",
+            "-",
+            "+1",
+            "01",
+            "-0",
+            " 1",
+            "1 ",
+            "1.5",
+            "9223372036854775808",
+            "abc",
+        ] {
+            assert_eq!(parse_i64(text.as_bytes()), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_sees_its_own_earlier_writes() {
+        let store = Store::new(4);
+        store.apply(&WriteOp::Set {
+            key: b("n"),
+            value: b("10"),
+        });
+        let mut view = BatchView::new(&store);
+        let resolved = Change::Incr { key: b("n"), by: 5 }.resolve(&view);
+        assert!(matches!(&resolved, Resolved::Log(_, Applied::Int(15))));
+        view.record(resolved.op().unwrap());
+        // Not yet in the store, but the next change in the batch sees it.
+        assert_eq!(store.get(b"n"), Some(b("10")));
+        let resolved = Change::Incr { key: b("n"), by: 1 }.resolve(&view);
+        assert!(matches!(&resolved, Resolved::Log(_, Applied::Int(16))));
+        view.record(&WriteOp::Clear);
+        let resolved = Change::SetIf {
+            key: b("n"),
+            value: b("x"),
+            condition: Condition::Absent,
+            get: false,
+        }
+        .resolve(&view);
+        assert!(matches!(&resolved, Resolved::Log(_, Applied::Bool(true))));
+    }
+
+    #[test]
+    fn refused_changes_log_nothing() {
+        let store = Store::new(1);
+        store.apply(&WriteOp::Set {
+            key: b("s"),
+            value: b("abc"),
+        });
+        store.apply(&WriteOp::Set {
+            key: b("max"),
+            value: Bytes::from(i64::MAX.to_string()),
+        });
+        let view = BatchView::new(&store);
+        for (change, code) in [
+            (Change::Incr { key: b("s"), by: 1 }, ErrorCode::NotAnInteger),
+            (
+                Change::Incr {
+                    key: b("max"),
+                    by: 1,
+                },
+                ErrorCode::Overflow,
+            ),
+            (
+                Change::Append {
+                    key: b("s"),
+                    value: b("de"),
+                    max_value: 4,
+                },
+                ErrorCode::ValueTooLarge,
+            ),
+        ] {
+            match change.resolve(&view) {
+                Resolved::Answer(Err(Error::Rejected { code: c, .. })) => assert_eq!(c, code),
+                other => panic!("expected a refusal with {code:?}, got {other:?}"),
+            }
+        }
+        let absent = Change::SetIf {
+            key: b("s"),
+            value: b("new"),
+            condition: Condition::Absent,
+            get: true,
+        }
+        .resolve(&view);
+        assert!(matches!(
+            absent,
+            Resolved::Answer(Ok(Applied::Value(Some(ref old)))) if old == "abc"
+        ));
+    }
+}
