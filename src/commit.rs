@@ -22,7 +22,7 @@
 //! writes keep flowing while the map is copied.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -89,6 +89,36 @@ pub struct Settings {
     pub fs: Arc<dyn Fs>,
 }
 
+/// What the log has done since start, for `INFO` (relaxed atomics: each
+/// figure is exact on its own).
+#[derive(Default)]
+pub struct LogFigures {
+    /// Records written to the log.
+    pub records: AtomicU64,
+    /// `fdatasync` calls that succeeded.
+    pub syncs: AtomicU64,
+    /// Bytes in the current log segment (what the next restart replays on
+    /// top of the snapshot).
+    pub segment_bytes: AtomicU64,
+    /// Snapshots written.
+    pub snapshots: AtomicU64,
+    /// When the last snapshot was renamed into place (Unix seconds; 0: none
+    /// since start).
+    pub last_snapshot_unix: AtomicU64,
+}
+
+impl LogFigures {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn snapshot_written(&self) {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.last_snapshot_unix
+            .store(crate::stats::unix_now(), Ordering::Relaxed);
+    }
+}
+
 /// The handle connections use to submit writes. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
@@ -98,6 +128,8 @@ pub struct Committer {
     poison: Arc<OnceLock<String>>,
     /// [`MAX_QUEUED_BYTES`] as permits of one byte each.
     budget: Arc<Semaphore>,
+    /// Updated by the commit and snapshot threads.
+    figures: Arc<LogFigures>,
 }
 
 /// A write that was queued; resolves once it is durable and applied.
@@ -156,6 +188,10 @@ impl Committer {
     pub fn is_poisoned(&self) -> bool {
         self.poison.get().is_some()
     }
+
+    pub fn figures(&self) -> &LogFigures {
+        &self.figures
+    }
 }
 
 /// The running commit thread.
@@ -174,7 +210,9 @@ impl GroupCommit {
     ) -> Result<GroupCommit, Error> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let poison = Arc::new(OnceLock::new());
+        let figures = Arc::new(LogFigures::default());
         let worker = Worker {
+            figures: figures.clone(),
             rx,
             weak: tx.downgrade(),
             store,
@@ -197,6 +235,7 @@ impl GroupCommit {
                 tx,
                 poison,
                 budget: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+                figures,
             },
             thread,
         })
@@ -242,6 +281,7 @@ struct Worker {
     /// A snapshot thread is running; no second one starts meanwhile.
     snapshotting: Arc<AtomicBool>,
     snapshot_thread: Option<JoinHandle<()>>,
+    figures: Arc<LogFigures>,
 }
 
 impl Worker {
@@ -344,6 +384,16 @@ impl Worker {
                 return self.poison_batch(jobs, batch_start, "write", e);
             }
             self.dirty = true;
+            let records = jobs
+                .iter()
+                .filter(|j| matches!(j, Job::Write { resolved, .. } if resolved.op().is_some()))
+                .count();
+            self.figures
+                .records
+                .fetch_add(records as u64, Ordering::Relaxed);
+            self.figures
+                .segment_bytes
+                .store(self.segment.len(), Ordering::Relaxed);
         }
         let sync_now = self.dirty
             && match self.settings.sync {
@@ -382,6 +432,7 @@ impl Worker {
 
     /// Records that everything written so far is durable.
     fn synced(&mut self) {
+        self.figures.syncs.fetch_add(1, Ordering::Relaxed);
         self.dirty = false;
         self.durable = self.seq;
         self.last_sync = Instant::now();
@@ -440,13 +491,14 @@ impl Worker {
         let fs = self.settings.fs.clone();
         let weak = self.weak.clone();
         let running = self.snapshotting.clone();
+        let figures = self.figures.clone();
         let spawned = std::thread::Builder::new()
             .name("kvstore-snapshot".into())
             .spawn(move || {
                 let result =
                     snapshot::write(&*fs, &data, &store, next, next_seq, || sync_barrier(&weak));
                 match result.and_then(|_| remove_segments_before(&*fs, &data, next)) {
-                    Ok(()) => {}
+                    Ok(()) => figures.snapshot_written(),
                     Err(e) => tracing::error!(
                         "snapshot failed, the log is kept and replayed instead: {e}"
                     ),
@@ -475,6 +527,9 @@ impl Worker {
         }
         let next = (self.segment.id() + 1, self.seq + 1);
         self.segment = wal::Segment::create(&*self.settings.fs, &dir, next.0, next.1)?;
+        self.figures
+            .segment_bytes
+            .store(self.segment.len(), Ordering::Relaxed);
         Ok(next)
     }
 

@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_LISTEN", default_value = "127.0.0.1:65433")]
     pub listen: SocketAddr,
 
+    /// Also serve the Redis protocol (RESP2/RESP3) on this address, e.g.
+    /// `127.0.0.1:6379`; off by default. Port 0 picks a free port. Shares
+    /// the store, log, limits, auth token, TLS and connection limit.
+    #[arg(long, env = "KVSTORE_RESP_LISTEN")]
+    pub resp_listen: Option<SocketAddr>,
+
     /// Snapshot file; the log lives beside it in `<data>-wal/`.
     #[arg(long, env = "KVSTORE_DATA", default_value = "kvstore.db")]
     pub data: PathBuf,
@@ -153,17 +159,18 @@ impl Config {
     /// Protected mode: without a token, only loopback addresses, unless
     /// `--allow-unauthenticated` says otherwise (then it warns).
     pub fn check_protected_mode(&self, has_token: bool) -> Result<(), Error> {
-        if has_token || self.listen.ip().is_loopback() {
-            return Ok(());
+        for addr in std::iter::once(self.listen).chain(self.resp_listen) {
+            if has_token || addr.ip().is_loopback() {
+                continue;
+            }
+            if !self.allow_unauthenticated {
+                return Err(Error::Config(format!(
+                    "refusing to listen on {addr} without an auth token (protected mode): set --auth-token-file \
+                     or KVSTORE_AUTH_TOKEN, or pass --allow-unauthenticated to accept anyone who can reach it"
+                )));
+            }
+            tracing::warn!(listen = %addr, "listening on a non-loopback address without an auth token: anyone who can reach it can read and write");
         }
-        if !self.allow_unauthenticated {
-            return Err(Error::Config(format!(
-                "refusing to listen on {} without an auth token (protected mode): set --auth-token-file \
-                 or KVSTORE_AUTH_TOKEN, or pass --allow-unauthenticated to accept anyone who can reach it",
-                self.listen
-            )));
-        }
-        tracing::warn!(listen = %self.listen, "listening on a non-loopback address without an auth token: anyone who can reach it can read and write");
         Ok(())
     }
 

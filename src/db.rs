@@ -1,12 +1,14 @@
 //! The database handle a connection works with: the store for reads, the
-//! committer for writes, and the limits every command checks.
+//! committer for writes, the limits every command checks, and the counters
+//! both doors share.
 
 use std::sync::Arc;
 
 use crate::auth::Auth;
-use crate::commit::{Committer, PendingWrite};
+use crate::commit::{Committer, LogFigures, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
+use crate::stats::Stats;
 use crate::storage::change::Change;
 use crate::storage::store::Store;
 
@@ -20,6 +22,8 @@ pub struct Db {
     pub limits: Limits,
     /// The token check, shared by all connections.
     pub auth: Arc<Auth>,
+    /// Connections and commands, counted by both doors.
+    pub stats: Arc<Stats>,
 }
 
 impl Db {
@@ -29,7 +33,18 @@ impl Db {
             committer,
             limits,
             auth,
+            stats: Arc::new(Stats::default()),
         }
+    }
+
+    /// What the log has done since start.
+    pub fn log(&self) -> &LogFigures {
+        self.committer.figures()
+    }
+
+    /// Whether the log has failed (writes are refused until a restart).
+    pub fn log_failed(&self) -> bool {
+        self.committer.is_poisoned()
     }
 
     pub fn store(&self) -> &Store {

@@ -89,6 +89,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             _ = wait_front(&mut queue), if front_is_write => {}
             incoming = conn.read(), if may_read => match incoming {
                 Incoming::Request(request) if !authenticated => {
+                    db.stats.command();
                     let reply = match &request.command {
                         Command::Auth { token } if db.auth.check(token) => {
                             authenticated = true;
@@ -114,6 +115,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                     queue.push_back(Slot { id: request.id, state: State::Ready(reply) });
                 }
                 Incoming::Request(request) => {
+                    db.stats.command();
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,
                         State::Write(_) => !cmd::is_write(&request.command),
@@ -186,7 +188,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
 /// When the loop must wake to check the timeouts, if ever. A partial frame
 /// is noticed at a check, so the read timeout closes a slow frame between one
 /// and one and a half timeouts after its first byte.
-fn next_check(
+pub(crate) fn next_check(
     timeouts: &Timeouts,
     reading: bool,
     idle: bool,
@@ -298,7 +300,7 @@ async fn answer_ready(
 /// Runs one write to the client, which can only wait when the client's
 /// buffers are full; fails if it waits longer than `limit` (the client is not
 /// reading its replies).
-async fn stalled_at_most(
+pub(crate) async fn stalled_at_most(
     limit: Option<Duration>,
     write: impl std::future::Future<Output = std::io::Result<()>>,
 ) -> std::io::Result<()> {

@@ -21,7 +21,9 @@ pub mod connection;
 pub mod db;
 pub mod error;
 pub mod handler;
+pub mod resp;
 pub mod server;
+pub mod stats;
 pub mod storage;
 pub mod tls;
 

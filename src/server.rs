@@ -1,4 +1,9 @@
-//! The server process: recovery, the listener, the accept loop, shutdown.
+//! The server process: recovery, the listeners, the accept loops, shutdown.
+//!
+//! Two doors, one server: the native listener (`--listen`) and, when asked
+//! for, the Redis-protocol listener (`--resp-listen`, see `crate::resp`).
+//! They share the store and log, one connection limit, the auth token, TLS,
+//! and shutdown.
 //!
 //! Order of a clean shutdown (SIGINT or SIGTERM): stop accepting; tell every
 //! connection to stop reading and finish what it has read; wait for them, at
@@ -23,6 +28,8 @@ use crate::config::{Config, SyncMode};
 use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::error::Error;
+use crate::resp::{self, ServerInfo, Shared};
+use crate::stats::Stats;
 use crate::storage::fs::RealFs;
 use crate::{handler, storage};
 
@@ -49,12 +56,27 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::from_std(socket.into()).map_err(io)
 }
 
+/// Where the server listens, once it accepts connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub native: SocketAddr,
+    /// The RESP listener, if `--resp-listen` was given.
+    pub resp: Option<SocketAddr>,
+}
+
+/// Which protocol a listener speaks.
+#[derive(Clone)]
+enum Door {
+    Native,
+    Resp(Arc<Shared>),
+}
+
 /// Runs the server until `shutdown` is cancelled, then shuts down cleanly.
-/// `ready` receives the bound address once the server accepts connections.
+/// `ready` receives the bound addresses once the server accepts connections.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
     config.validate()?;
     let token = config.auth_token()?;
@@ -70,6 +92,12 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
+    let resp_listener = config.resp_listen.map(bind).transpose()?;
+    let resp_addr = resp_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|e| Error::io(std::path::Path::new("RESP listener"), e))?;
     let data = config.data.clone();
     let recovered =
         tokio::task::spawn_blocking(move || storage::open(&RealFs, &data, config.shards))
@@ -96,8 +124,11 @@ pub async fn run(
         config.limits(),
         Arc::new(Auth::new(token)),
     );
-    tracing::info!(%addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
-    ready(addr);
+    tracing::info!(%addr, resp = ?resp_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
+    ready(Listening {
+        native: addr,
+        resp: resp_addr,
+    });
 
     let tracker = TaskTracker::new();
     if config.sync == SyncMode::Periodic {
@@ -112,8 +143,45 @@ pub async fn run(
             }
         });
     }
-    accept_loop(&listener, &db, &config, tls, &shutdown, &tracker).await;
+    // One connection limit across both doors.
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let native = accept_loop(
+        &listener,
+        Door::Native,
+        &db,
+        &config,
+        &permits,
+        tls.clone(),
+        &shutdown,
+        &tracker,
+    );
+    match (&resp_listener, resp_addr) {
+        (Some(resp_listener), Some(resp_addr)) => {
+            let shared = Arc::new(Shared::new(ServerInfo {
+                resp_addr,
+                native_addr: addr,
+                sync: config.sync,
+                sync_interval_ms: config.sync_interval_ms,
+                max_connections: config.max_connections,
+                idle_timeout_secs: config.idle_timeout_ms / 1000,
+                data: config.data.clone(),
+            }));
+            let resp = accept_loop(
+                resp_listener,
+                Door::Resp(shared),
+                &db,
+                &config,
+                &permits,
+                tls,
+                &shutdown,
+                &tracker,
+            );
+            tokio::join!(native, resp);
+        }
+        _ => native.await,
+    }
     drop(listener);
+    drop(resp_listener);
     drop(db);
 
     tracker.close();
@@ -130,15 +198,17 @@ pub async fn run(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: &TcpListener,
+    door: Door,
     db: &Db,
     config: &Config,
+    permits: &Arc<Semaphore>,
     tls: Option<TlsAcceptor>,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let mut backoff = Duration::from_millis(1);
     loop {
         let accepted = tokio::select! {
@@ -160,20 +230,27 @@ async fn accept_loop(
         };
         configure(&stream);
         let permit = permits.clone().try_acquire_owned();
-        let (db, token, timeouts, tls, max_frame) = (
+        let (db, token, timeouts, tls, max_frame, door) = (
             db.clone(),
             shutdown.clone(),
             config.timeouts(),
             tls.clone(),
             config.max_frame,
+            door.clone(),
         );
         tracker.spawn(async move {
             let Ok(permit) = permit else {
                 tracing::warn!(%peer, "connection limit reached; refusing");
+                db.stats
+                    .connections_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // A plain client is told why; a TLS client is closed at once,
                 // without spending a handshake on a connection that is refused.
                 if tls.is_none() {
-                    refuse(Connection::new(Box::new(stream), max_frame)).await;
+                    match door {
+                        Door::Native => refuse(Connection::new(Box::new(stream), max_frame)).await,
+                        Door::Resp(_) => resp::refuse(Box::new(stream)).await,
+                    }
                 }
                 return;
             };
@@ -182,7 +259,13 @@ async fn accept_loop(
             let Some(stream) = handshake(stream, tls, timeouts.read).await else {
                 return;
             };
-            handler::serve(Connection::new(stream, max_frame), db, timeouts, token).await;
+            let _counted = Stats::connected(&db.stats);
+            match door {
+                Door::Native => {
+                    handler::serve(Connection::new(stream, max_frame), db, timeouts, token).await
+                }
+                Door::Resp(shared) => resp::serve(stream, db, shared, timeouts, token).await,
+            }
             drop(permit);
         });
     }

@@ -142,14 +142,10 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
         Change::Incr { key, by } => {
             let current = match model.get(key) {
                 None => 0,
+                // Canonical decimal: it reads back as the same text.
                 Some(v) => std::str::from_utf8(v)
                     .ok()
-                    .filter(|s| {
-                        !s.starts_with('+')
-                            && !(s.len() > 1 && s.trim_start_matches('-').starts_with('0'))
-                            && *s != "-0"
-                    })
-                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s))
                     .ok_or(kvstore_client::ErrorCode::NotAnInteger as u32)?,
             };
             let n = current

@@ -23,9 +23,16 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("shutdown requested");
             on_signal.cancel();
         });
-        server::run(config, shutdown, |addr| {
-            // Tests and scripts read this line to learn the port.
-            println!("kvstore-server listening on {addr}");
+        server::run(config, shutdown, |listening| {
+            // Tests and scripts read this line to learn the ports: the
+            // native address is always the fourth word.
+            match listening.resp {
+                None => println!("kvstore-server listening on {}", listening.native),
+                Some(resp) => println!(
+                    "kvstore-server listening on {} and RESP on {resp}",
+                    listening.native
+                ),
+            }
         })
         .await
     })?;

@@ -14,6 +14,8 @@ use kvstore_client::{codec, Reply, Request, Response};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The RESP listener, when started with `--resp-listen`.
+    pub resp: Option<SocketAddr>,
     pub data: PathBuf,
 }
 
@@ -54,15 +56,17 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the listening line");
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
+        // "kvstore-server listening on ADDR [and RESP on ADDR]"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let addr = words
+            .get(3)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("server did not say where it listens: {line:?}"));
+        let resp = words.get(7).and_then(|a| a.parse().ok());
         Server {
             child,
             addr,
+            resp,
             data: data.to_path_buf(),
         }
     }

@@ -1,0 +1,160 @@
+//! Commands over keys: DEL, UNLINK, EXISTS, KEYS, SCAN, TYPE, TTL, PTTL,
+//! FLUSHDB, FLUSHALL (DBSIZE is in the dispatcher).
+
+use bytes::Bytes;
+use kvstore_client::protocol::MAX_KEYS_PAGE;
+use kvstore_client::Command;
+
+use super::{is, native, not_an_integer, syntax_error, Ctx, Outcome, Shape};
+use crate::resp::codec::Value;
+use crate::resp::glob;
+use crate::storage::change::parse_i64;
+
+/// DEL key [key ...]: one key is a Delete, several one DeleteMany record.
+pub(super) async fn del(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let command = match args {
+        [key] => Command::Delete { key: key.clone() },
+        keys => Command::DeleteMany {
+            keys: keys.to_vec(),
+        },
+    };
+    native(command, Shape::Int, ctx).await
+}
+
+/// EXISTS key [key ...]: how many of them exist (a repeated key counts again).
+pub(super) fn exists(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let store = ctx.db.store();
+    let n = args.iter().filter(|key| store.contains(key)).count();
+    Outcome::Ready(Value::Int(n as i64))
+}
+
+/// TYPE key: `string` or `none`.
+pub(super) fn kind(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let kind = if ctx.db.store().contains(&args[0]) {
+        "string"
+    } else {
+        "none"
+    };
+    Outcome::Ready(Value::Simple(kind))
+}
+
+/// TTL and PTTL: -1 for an existing key (keys never expire), -2 otherwise.
+pub(super) fn ttl(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let ttl = if ctx.db.store().contains(&args[0]) {
+        -1
+    } else {
+        -2
+    };
+    Outcome::Ready(Value::Int(ttl))
+}
+
+/// FLUSHDB / FLUSHALL [ASYNC | SYNC]: one Clear record, durable before the
+/// reply either way.
+pub(super) async fn flush(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    match args {
+        [] => {}
+        [mode] if is(mode, "async") || is(mode, "sync") => {}
+        _ => return Outcome::Ready(syntax_error()),
+    }
+    native(Command::Flush, Shape::Ok, ctx).await
+}
+
+/// KEYS pattern: every matching key, as long as the reply stays within the
+/// reply limit (half the frame limit); past it, an error that says to use
+/// SCAN. Only keys that start with the pattern's literal prefix are visited.
+pub(super) async fn keys(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let pattern = &args[0];
+    let prefix = glob::literal_prefix(pattern);
+    let max_bytes = ctx.db.limits.max_reply_bytes;
+    let mut found = Vec::new();
+    let mut bytes = 0;
+    let mut after: Option<Bytes> = None;
+    loop {
+        let page =
+            ctx.db
+                .store()
+                .keys(prefix, after.as_deref(), MAX_KEYS_PAGE as usize, usize::MAX);
+        for key in &page.keys {
+            if glob::matches(pattern, key) {
+                bytes += key.len() + 16;
+                if bytes > max_bytes {
+                    return Outcome::Ready(Value::error(format!(
+                        "ERR KEYS reply would pass the limit of {max_bytes} bytes; use SCAN"
+                    )));
+                }
+                found.push(Value::Bulk(key.clone()));
+            }
+        }
+        if !page.more {
+            break;
+        }
+        after = page.keys.last().cloned();
+        // A long walk lets the other connections on this worker run.
+        tokio::task::yield_now().await;
+    }
+    Outcome::Ready(Value::Array(found))
+}
+
+/// SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]: the next keys in
+/// key order. COUNT (default 10, at most 10,000) is how many keys are
+/// visited; MATCH filters those, so a page may be short or empty while the
+/// cursor is not 0. See `crate::resp::cursor` for what is guaranteed.
+pub(super) fn scan(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let Some(cursor) = std::str::from_utf8(&args[0])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return Outcome::Ready(Value::error("ERR invalid cursor"));
+    };
+    let mut pattern: Option<&Bytes> = None;
+    let mut count = 10usize;
+    let mut strings = true;
+    let mut options = &args[1..];
+    while let [option, value, rest @ ..] = options {
+        if is(option, "match") {
+            pattern = Some(value);
+        } else if is(option, "count") {
+            match parse_i64(value) {
+                Some(n) if n >= 1 => count = (n as usize).min(MAX_KEYS_PAGE as usize),
+                Some(_) => return Outcome::Ready(syntax_error()),
+                None => return Outcome::Ready(not_an_integer()),
+            }
+        } else if is(option, "type") {
+            strings = is(value, "string");
+        } else {
+            return Outcome::Ready(syntax_error());
+        }
+        options = rest;
+    }
+    if !options.is_empty() {
+        return Outcome::Ready(syntax_error());
+    }
+    let after = match cursor {
+        0 => None,
+        id => match ctx.shared.cursors.resume(id) {
+            Some(key) => Some(key),
+            None => return Outcome::Ready(Value::error("ERR invalid cursor")),
+        },
+    };
+    let prefix = pattern.map_or(&b""[..], |p| glob::literal_prefix(p));
+    let page = ctx.db.store().keys(
+        prefix,
+        after.as_deref(),
+        count,
+        ctx.db.limits.max_reply_bytes,
+    );
+    let next = match (page.more, page.keys.last()) {
+        (true, Some(last)) => ctx.shared.cursors.save(last.clone()),
+        _ => 0,
+    };
+    let keys = page
+        .keys
+        .into_iter()
+        .filter(|key| strings && pattern.is_none_or(|p| glob::matches(p, key)))
+        .map(Value::Bulk)
+        .collect();
+    Outcome::Ready(Value::Array(vec![
+        Value::text(&next.to_string()),
+        Value::Array(keys),
+    ]))
+}

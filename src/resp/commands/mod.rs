@@ -1,0 +1,344 @@
+//! What each RESP command does, with Redis's reply types and error texts.
+//!
+//! [`COMMANDS`] is the table: name, arity, whether it writes, and the facts
+//! `COMMAND` and `COMMAND DOCS` report. [`execute`] checks authentication and
+//! arity, then runs the command's function, grouped by concept:
+//! [`connection`] (PING, HELLO, AUTH, CLIENT, ...), [`strings`] (GET, SET,
+//! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...) and [`server`]
+//! (INFO, CONFIG, COMMAND).
+//!
+//! Writes become native commands run through `crate::cmd`: they share the
+//! native door's limits and semantics, and are answered once durable.
+
+mod connection;
+mod keyspace;
+mod server;
+mod strings;
+
+use bytes::Bytes;
+use kvstore_client::{Command, ErrorCode, Reply};
+
+use super::codec::Value;
+use super::Shared;
+use crate::cmd::{self, Started};
+use crate::commit::PendingWrite;
+use crate::db::Db;
+
+/// One connection's state.
+pub struct Session {
+    /// `CLIENT ID`: unique among this server's connections.
+    pub id: u64,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Bytes>,
+    /// 2 or 3 (`HELLO`).
+    pub proto: u8,
+    /// Whether the client has logged in (always, without a token).
+    pub authenticated: bool,
+    /// Failed `AUTH`s on this connection: sets the pause and the close.
+    pub auth_failures: u32,
+    /// Commands refused before login.
+    pub unauthenticated_commands: u32,
+    /// Close once the replies so far are written (QUIT, too many failures).
+    pub closing: bool,
+}
+
+impl Session {
+    pub fn new(id: u64, authenticated: bool) -> Session {
+        Session {
+            id,
+            name: None,
+            proto: 2,
+            authenticated,
+            auth_failures: 0,
+            unauthenticated_commands: 0,
+            closing: false,
+        }
+    }
+}
+
+/// What a command needs from the server.
+pub struct Ctx<'a> {
+    pub db: &'a Db,
+    pub shared: &'a Shared,
+}
+
+/// A command's reply, or the promise of one.
+pub enum Outcome {
+    Ready(Value),
+    /// A write the log has; `Shape` turns its native reply into RESP.
+    Pending(PendingWrite, Shape),
+}
+
+impl Outcome {
+    /// The reply, waiting for the write to be durable if there is one.
+    pub async fn reply(self) -> Value {
+        match self {
+            Outcome::Ready(value) => value,
+            Outcome::Pending(mut pending, shape) => {
+                shape.reply(cmd::reply_for(pending.wait().await))
+            }
+        }
+    }
+}
+
+/// How a native reply reads in RESP.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// `Ok` → `+OK`.
+    Ok,
+    /// `Bool(true)` → `+OK`, `Bool(false)` → nil (SET with NX or XX).
+    OkIfStored,
+    /// `Bool` → `:1`/`:0`, `Int(n)` → `:n`.
+    Int,
+    /// `Value` → bulk string or nil.
+    Bulk,
+}
+
+impl Shape {
+    pub fn reply(self, reply: Reply) -> Value {
+        match (self, reply) {
+            (_, Reply::Error { code, message }) => error_for(code, &message),
+            (Shape::Ok, Reply::Ok) | (Shape::OkIfStored, Reply::Bool(true)) => Value::Simple("OK"),
+            (Shape::OkIfStored, Reply::Bool(false)) => Value::Nil,
+            (Shape::Int, Reply::Bool(b)) => Value::Int(i64::from(b)),
+            (Shape::Int, Reply::Int(n)) => Value::Int(n),
+            (Shape::Bulk, Reply::Value(Some(v))) => Value::Bulk(v),
+            (Shape::Bulk, Reply::Value(None)) => Value::Nil,
+            (shape, other) => Value::error(format!(
+                "ERR internal error: {other:?} does not fit a {shape:?} reply"
+            )),
+        }
+    }
+}
+
+/// A native error as Redis would word it.
+fn error_for(code: u32, message: &str) -> Value {
+    match ErrorCode::from_code(code) {
+        Some(ErrorCode::Unauthenticated) => Value::error("NOAUTH Authentication required."),
+        Some(ErrorCode::AuthFailed) => wrong_pass(),
+        Some(ErrorCode::NotAnInteger) => not_an_integer(),
+        Some(ErrorCode::Overflow) => Value::error("ERR increment or decrement would overflow"),
+        _ => Value::error(format!("ERR {message}")),
+    }
+}
+
+fn wrong_pass() -> Value {
+    Value::error("WRONGPASS invalid username-password pair or user is disabled.")
+}
+
+fn not_an_integer() -> Value {
+    Value::error("ERR value is not an integer or out of range")
+}
+
+fn syntax_error() -> Value {
+    Value::error("ERR syntax error")
+}
+
+fn ok() -> Outcome {
+    Outcome::Ready(Value::Simple("OK"))
+}
+
+/// Runs a native command; its reply is read through `shape`.
+async fn native(command: Command, shape: Shape, ctx: &Ctx<'_>) -> Outcome {
+    match cmd::start(command, ctx.db).await {
+        Started::Done(reply) => Outcome::Ready(shape.reply(reply)),
+        Started::Pending(pending) => Outcome::Pending(pending, shape),
+    }
+}
+
+/// A native read answered now.
+fn native_read(command: Command, shape: Shape, ctx: &Ctx<'_>) -> Outcome {
+    Outcome::Ready(shape.reply(cmd::read(command, ctx.db)))
+}
+
+/// One command of the table.
+pub struct Spec {
+    /// Lower case.
+    pub name: &'static str,
+    /// Redis's convention: `n` exactly `n` words (the name included), `-n`
+    /// at least `n`.
+    pub arity: i32,
+    /// Goes through the log.
+    pub write: bool,
+    /// `COMMAND` flags.
+    pub flags: &'static [&'static str],
+    /// First key, last key (-1: the last argument), step between keys.
+    pub keys: (i32, i32, i32),
+    /// `COMMAND DOCS`.
+    pub group: &'static str,
+    pub since: &'static str,
+    pub summary: &'static str,
+}
+
+const W: &[&str] = &["write"];
+const WF: &[&str] = &["write", "fast"];
+const RF: &[&str] = &["readonly", "fast"];
+const R: &[&str] = &["readonly"];
+const C: &[&str] = &["fast", "no-auth"];
+
+macro_rules! spec {
+    ($name:literal, $arity:literal, $write:literal, $flags:expr, $keys:expr, $group:literal, $since:literal, $summary:literal) => {
+        Spec {
+            name: $name,
+            arity: $arity,
+            write: $write,
+            flags: $flags,
+            keys: $keys,
+            group: $group,
+            since: $since,
+            summary: $summary,
+        }
+    };
+}
+
+/// Every command the RESP door knows.
+pub const COMMANDS: &[Spec] = &[
+    spec!("append", 3, true, WF, (1, 1, 1), "string", "2.0.0", "Appends a string to the value of a key. Creates the key if it doesn't exist."),
+    spec!("auth", -2, false, C, (0, 0, 0), "connection", "1.0.0", "Authenticates the connection."),
+    spec!("client", -2, false, &["fast"], (0, 0, 0), "connection", "2.4.0", "CLIENT ID, SETNAME, GETNAME, SETINFO."),
+    spec!("command", -1, false, &["loading", "stale"], (0, 0, 0), "server", "2.8.13", "Returns detailed information about all commands."),
+    spec!("config", -2, false, &["admin", "loading", "stale"], (0, 0, 0), "server", "2.0.0", "CONFIG GET: the values of configuration parameters."),
+    spec!("dbsize", 1, false, RF, (0, 0, 0), "server", "1.0.0", "Returns the number of keys in the database."),
+    spec!("decr", 2, true, WF, (1, 1, 1), "string", "1.0.0", "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
+    spec!("decrby", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist."),
+    spec!("del", -2, true, W, (1, -1, 1), "generic", "1.0.0", "Deletes one or more keys, atomically and as one log record."),
+    spec!("echo", 2, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the given string."),
+    spec!("exists", -2, false, RF, (1, -1, 1), "generic", "1.0.0", "Determines whether one or more keys exist."),
+    spec!("flushall", -1, true, W, (0, 0, 0), "server", "1.0.0", "Removes all keys, durably, as one log record."),
+    spec!("flushdb", -1, true, W, (0, 0, 0), "server", "1.0.0", "Removes all keys, durably, as one log record."),
+    spec!("get", 2, false, RF, (1, 1, 1), "string", "1.0.0", "Returns the string value of a key."),
+    spec!("getdel", 2, true, WF, (1, 1, 1), "string", "6.2.0", "Returns the string value of a key after deleting the key."),
+    spec!("getset", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Returns the previous string value of a key after setting it to a new value."),
+    spec!("hello", -1, false, C, (0, 0, 0), "connection", "6.0.0", "Handshakes with the server: protocol version, AUTH, SETNAME."),
+    spec!("incr", 2, true, WF, (1, 1, 1), "string", "1.0.0", "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
+    spec!("incrby", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist."),
+    spec!("info", -1, false, &["loading", "stale"], (0, 0, 0), "server", "1.0.0", "Returns information and statistics about the server."),
+    spec!("keys", 2, false, R, (0, 0, 0), "generic", "1.0.0", "Returns all key names that match a pattern (bounded by the reply limit)."),
+    spec!("mget", -2, false, RF, (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys."),
+    spec!("mset", -3, true, W, (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys, as one log record."),
+    spec!("ping", -1, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the server's liveliness response."),
+    spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key: -1 (keys never expire) or -2 (no such key)."),
+    spec!("quit", -1, false, C, (0, 0, 0), "connection", "1.0.0", "Closes the connection."),
+    spec!("scan", -2, false, R, (0, 0, 0), "generic", "2.8.0", "Iterates over the key names in the database, in key order."),
+    spec!("select", 2, false, &["loading", "stale", "fast"], (0, 0, 0), "connection", "1.0.0", "Changes the selected database: only database 0 exists."),
+    spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key (NX, XX, GET; no expiry)."),
+    spec!("setnx", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Set the string value of a key only when the key doesn't exist."),
+    spec!("strlen", 2, false, RF, (1, 1, 1), "string", "2.2.0", "Returns the length of a string value."),
+    spec!("ttl", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key: -1 (keys never expire) or -2 (no such key)."),
+    spec!("type", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Determines the type of value stored at a key: string, or none."),
+    spec!("unlink", -2, true, WF, (1, -1, 1), "generic", "4.0.0", "Deletes one or more keys, like DEL."),
+];
+
+/// The table entry for a command name, any case.
+pub fn spec(name: &[u8]) -> Option<&'static Spec> {
+    COMMANDS
+        .iter()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Whether the request goes through the log (a read waits for the writes
+/// pipelined before it).
+pub fn writes(args: &[Bytes]) -> bool {
+    args.first()
+        .and_then(|name| spec(name))
+        .is_some_and(|s| s.write)
+}
+
+/// Runs one request.
+pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
+    let Some(name) = args.first() else {
+        return Outcome::Ready(Value::error("ERR empty command"));
+    };
+    let Some(spec) = spec(name) else {
+        if !session.authenticated {
+            return connection::refuse_unauthenticated(session);
+        }
+        let mut message = format!(
+            "ERR unknown command '{}', with args beginning with: ",
+            clip(name)
+        );
+        for arg in &args[1..] {
+            message.push_str(&format!("'{}' ", clip(arg)));
+        }
+        return Outcome::Ready(Value::error(message));
+    };
+    if !session.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+        return connection::refuse_unauthenticated(session);
+    }
+    let n = args.len() as i32;
+    if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        return Outcome::Ready(Value::error(format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name
+        )));
+    }
+    let args = &args[1..];
+    match spec.name {
+        "auth" => connection::auth(args, session, ctx).await,
+        "client" => connection::client(args, session),
+        "echo" => Outcome::Ready(Value::Bulk(args[0].clone())),
+        "hello" => connection::hello(args, session, ctx).await,
+        "ping" => connection::ping(args),
+        "quit" => {
+            session.closing = true;
+            ok()
+        }
+        "select" => connection::select(args),
+        "append" => strings::append(args, ctx).await,
+        "decr" => strings::incr(&args[0], -1, ctx).await,
+        "decrby" => strings::incr_by(args, true, ctx).await,
+        "get" => native_read(
+            Command::Get {
+                key: args[0].clone(),
+            },
+            Shape::Bulk,
+            ctx,
+        ),
+        "getdel" => {
+            native(
+                Command::GetDel {
+                    key: args[0].clone(),
+                },
+                Shape::Bulk,
+                ctx,
+            )
+            .await
+        }
+        "getset" => strings::getset(args, ctx).await,
+        "incr" => strings::incr(&args[0], 1, ctx).await,
+        "incrby" => strings::incr_by(args, false, ctx).await,
+        "mget" => strings::mget(args, ctx),
+        "mset" => strings::mset(args, ctx).await,
+        "set" => strings::set(args, ctx).await,
+        "setnx" => strings::setnx(args, ctx).await,
+        "strlen" => strings::strlen(args, ctx),
+        "dbsize" => Outcome::Ready(Value::Int(ctx.db.store().len() as i64)),
+        "del" | "unlink" => keyspace::del(args, ctx).await,
+        "exists" => keyspace::exists(args, ctx),
+        "flushall" | "flushdb" => keyspace::flush(args, ctx).await,
+        "keys" => keyspace::keys(args, ctx).await,
+        "pttl" | "ttl" => keyspace::ttl(args, ctx),
+        "scan" => keyspace::scan(args, ctx),
+        "type" => keyspace::kind(args, ctx),
+        "command" => server::command(args),
+        "config" => server::config(args, ctx),
+        "info" => server::info(args, ctx),
+        other => Outcome::Ready(Value::error(format!(
+            "ERR command '{other}' is in the table but has no implementation"
+        ))),
+    }
+}
+
+/// An argument quoted in an error message: lossy text, at most 128 bytes.
+fn clip(arg: &Bytes) -> String {
+    let text = super::text(arg);
+    match text.char_indices().nth(128) {
+        Some((cut, _)) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+/// Whether `arg` is `word`, any case.
+fn is(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}

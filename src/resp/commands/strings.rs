@@ -1,0 +1,163 @@
+//! String commands: GET (in the dispatcher), SET, SETNX, GETSET, GETDEL (in
+//! the dispatcher), MSET, MGET, STRLEN, APPEND, INCR, DECR, INCRBY, DECRBY.
+
+use bytes::Bytes;
+use kvstore_client::{Command, Condition};
+
+use super::{is, native, not_an_integer, syntax_error, Ctx, Outcome, Shape};
+use crate::resp::codec::Value;
+use crate::storage::change::parse_i64;
+
+/// The most bytes of values one MGET reply may carry: it is built in memory.
+pub const MAX_MGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// SET key value [NX | XX] [GET] [KEEPTTL]; the expiry options are refused,
+/// because keys never expire.
+pub(super) async fn set(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let (key, value) = (args[0].clone(), args[1].clone());
+    let mut condition = Condition::Always;
+    let mut get = false;
+    for option in &args[2..] {
+        if is(option, "nx") && condition != Condition::Present {
+            condition = Condition::Absent;
+        } else if is(option, "xx") && condition != Condition::Absent {
+            condition = Condition::Present;
+        } else if is(option, "get") {
+            get = true;
+        } else if is(option, "keepttl") {
+            // No key has a time to live, so keeping it changes nothing.
+        } else if ["ex", "px", "exat", "pxat"].iter().any(|o| is(option, o)) {
+            return Outcome::Ready(Value::error(format!(
+                "ERR SET {} is not supported: kvstore keys do not expire",
+                super::super::text(option).to_uppercase()
+            )));
+        } else {
+            return Outcome::Ready(syntax_error());
+        }
+    }
+    if condition == Condition::Always && !get {
+        return native(Command::Set { key, value }, Shape::Ok, ctx).await;
+    }
+    let shape = if get { Shape::Bulk } else { Shape::OkIfStored };
+    native(
+        Command::SetIf {
+            key,
+            value,
+            condition,
+            get,
+        },
+        shape,
+        ctx,
+    )
+    .await
+}
+
+/// SETNX key value: `:1` if it stored.
+pub(super) async fn setnx(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let command = Command::SetIf {
+        key: args[0].clone(),
+        value: args[1].clone(),
+        condition: Condition::Absent,
+        get: false,
+    };
+    native(command, Shape::Int, ctx).await
+}
+
+/// GETSET key value: the old value.
+pub(super) async fn getset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let command = Command::SetIf {
+        key: args[0].clone(),
+        value: args[1].clone(),
+        condition: Condition::Always,
+        get: true,
+    };
+    native(command, Shape::Bulk, ctx).await
+}
+
+/// MSET key value [key value ...]: one BulkSet, one log record.
+pub(super) async fn mset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    if !args.len().is_multiple_of(2) {
+        return Outcome::Ready(Value::error(
+            "ERR wrong number of arguments for 'mset' command",
+        ));
+    }
+    let items = args
+        .chunks_exact(2)
+        .map(|pair| (pair[0].clone(), pair[1].clone()))
+        .collect();
+    native(Command::BulkSet { items }, Shape::Ok, ctx).await
+}
+
+/// MGET key [key ...]: every value from one pass over the store (each key
+/// read under its shard's lock; not one instant across shards).
+pub(super) fn mget(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let limits = &ctx.db.limits;
+    if args.len() > limits.max_bulk_items {
+        return Outcome::Ready(Value::error(format!(
+            "ERR MGET of {} keys exceeds the limit of {} keys",
+            args.len(),
+            limits.max_bulk_items
+        )));
+    }
+    let mut bytes = 0;
+    let mut values = Vec::with_capacity(args.len());
+    for key in args {
+        if key.len() > limits.max_key {
+            values.push(Value::Nil);
+            continue;
+        }
+        match ctx.db.store().get(key) {
+            Some(value) => {
+                bytes += value.len();
+                if bytes > MAX_MGET_BYTES {
+                    return Outcome::Ready(Value::error(format!(
+                        "ERR MGET reply would pass {MAX_MGET_BYTES} bytes; ask for fewer keys"
+                    )));
+                }
+                values.push(Value::Bulk(value));
+            }
+            None => values.push(Value::Nil),
+        }
+    }
+    Outcome::Ready(Value::Array(values))
+}
+
+/// STRLEN key: the value's length in bytes, 0 if missing.
+pub(super) fn strlen(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let len = ctx.db.store().get(&args[0]).map_or(0, |v| v.len());
+    Outcome::Ready(Value::Int(len as i64))
+}
+
+/// APPEND key value: the new length.
+pub(super) async fn append(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let command = Command::Append {
+        key: args[0].clone(),
+        value: args[1].clone(),
+    };
+    native(command, Shape::Int, ctx).await
+}
+
+/// INCR and DECR.
+pub(super) async fn incr(key: &Bytes, by: i64, ctx: &Ctx<'_>) -> Outcome {
+    let command = Command::Incr {
+        key: key.clone(),
+        by,
+    };
+    native(command, Shape::Int, ctx).await
+}
+
+/// INCRBY key n and DECRBY key n.
+pub(super) async fn incr_by(args: &[Bytes], negate: bool, ctx: &Ctx<'_>) -> Outcome {
+    let Some(by) = parse_i64(&args[1]) else {
+        return Outcome::Ready(not_an_integer());
+    };
+    let by = if negate {
+        match by.checked_neg() {
+            Some(by) => by,
+            None => return Outcome::Ready(Value::error("ERR decrement would overflow")),
+        }
+    } else {
+        by
+    };
+    incr(&args[0], by, ctx).await
+}
