@@ -6,7 +6,7 @@
 //! decodes the document's bytes back to the same message.
 
 use bytes::Bytes;
-use kvstore_client::{codec, Command, ErrorCode, Reply, Request, Response};
+use kvstore_client::{codec, Command, Condition, ErrorCode, Reply, Request, Response};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -56,6 +56,50 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         ("auth-request", rq(8, Command::Auth { token: b("s3cret") })),
+        (
+            "setif-request",
+            rq(
+                9,
+                Command::SetIf {
+                    key: b("k"),
+                    value: b("v"),
+                    condition: Condition::Absent,
+                    get: false,
+                },
+            ),
+        ),
+        ("getdel-request", rq(10, Command::GetDel { key: b("k") })),
+        (
+            "incr-request",
+            rq(
+                11,
+                Command::Incr {
+                    key: b("n"),
+                    by: -2,
+                },
+            ),
+        ),
+        (
+            "append-request",
+            rq(
+                12,
+                Command::Append {
+                    key: b("k"),
+                    value: b("xy"),
+                },
+            ),
+        ),
+        (
+            "deletemany-request",
+            rq(
+                13,
+                Command::DeleteMany {
+                    keys: vec![b("a"), b("b")],
+                },
+            ),
+        ),
+        ("flush-request", rq(14, Command::Flush)),
+        ("int-response", rs(11, Reply::Int(40))),
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),
         ("value-none-response", rs(2, Reply::Value(None))),

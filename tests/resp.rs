@@ -486,3 +486,277 @@ fn auth_guards_the_resp_door_with_the_same_token() {
     assert!(matches!(hello, Value::Array(_)), "{hello:?}");
     assert_eq!(c.get::<_, String>("k").unwrap(), "v");
 }
+
+/// A raw RESP connection: bytes in, bytes out, for what a client library
+/// would never send.
+fn raw(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Sends `request` and reads until the server closes the connection (or
+/// `expect` bytes have come), returning what it sent.
+fn exchange(stream: &mut std::net::TcpStream, request: &[u8], expect: usize) -> String {
+    use std::io::{Read, Write};
+    stream.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < expect {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn closed(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    matches!(stream.read(&mut [0u8; 1]), Ok(0) | Err(_))
+}
+
+#[test]
+fn inline_commands_work_as_from_telnet() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let mut s = raw(server.resp.unwrap());
+    let reply = exchange(
+        &mut s,
+        b"SET greeting \"hello world\"\r\nGET greeting\r\nPING\nEXISTS greeting nope\r\n",
+        usize::MAX.min(5 + 18 + 7 + 4),
+    );
+    assert_eq!(reply, "+OK\r\n$11\r\nhello world\r\n+PONG\r\n:1\r\n");
+}
+
+#[test]
+fn length_claims_are_refused_before_the_bytes_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let addr = server.resp.unwrap();
+    let mut bystander = connect(&server);
+    let _: () = bystander.set("k", "v").unwrap();
+    for (request, error) in [
+        // A 2 GiB bulk string: refused on its header, nothing buffered.
+        (
+            &b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2147483647\r\n"[..],
+            "invalid bulk length",
+        ),
+        (b"*99999999999\r\n", "invalid multibulk length"),
+        (b"*1\r\n:5\r\n", "expected '$'"),
+        (b"SET k \"unterminated\r\n", "unbalanced quotes"),
+    ] {
+        let mut s = raw(addr);
+        let reply = exchange(&mut s, request, usize::MAX);
+        assert!(
+            reply.starts_with("-ERR Protocol error: ") && reply.contains(error),
+            "{request:?}: {reply:?}"
+        );
+        assert!(closed(&mut s), "a protocol error closes the connection");
+    }
+    // Requests over the frame limit in total are refused too.
+    let dir2 = tempfile::tempdir().unwrap();
+    let small = start(
+        dir2.path(),
+        &[
+            "--max-frame",
+            "4096",
+            "--max-key",
+            "1024",
+            "--max-value",
+            "2048",
+        ],
+    );
+    let mut s = raw(small.resp.unwrap());
+    let mut request = b"*7\r\n$4\r\nMSET\r\n".to_vec();
+    for key in ["a", "b"] {
+        request.extend_from_slice(format!("$1\r\n{key}\r\n$2000\r\n").as_bytes());
+        request.extend(std::iter::repeat_n(b'x', 2000));
+        request.extend_from_slice(b"\r\n");
+    }
+    // The third value's header takes the request past 4,096 bytes.
+    request.extend_from_slice(b"$1\r\nc\r\n$2000\r\n");
+    let reply = exchange(&mut s, &request, usize::MAX);
+    assert!(
+        reply.contains("request of more than 4096 bytes"),
+        "{reply:?}"
+    );
+    // A value over the value limit is a bulk string over the bulk limit.
+    let mut s = raw(small.resp.unwrap());
+    let reply = exchange(
+        &mut s,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2049\r\n",
+        usize::MAX,
+    );
+    assert!(reply.contains("invalid bulk length"), "{reply:?}");
+    // Everyone else is still served.
+    assert_eq!(bystander.get::<_, String>("k").unwrap(), "v");
+}
+
+#[test]
+fn before_login_only_small_requests_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Server::command(
+        "127.0.0.1:0",
+        &dir.path().join("kv.db"),
+        &["--resp-listen", "127.0.0.1:0"],
+    );
+    command.env(kvstore::config::AUTH_TOKEN_ENV, "s3cret-token");
+    let server = Server::spawn(command, &dir.path().join("kv.db"));
+    let mut s = raw(server.resp.unwrap());
+    let reply = exchange(
+        &mut s,
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100000\r\n",
+        usize::MAX,
+    );
+    assert!(reply.contains("Protocol error"), "{reply:?}");
+    assert!(closed(&mut s));
+}
+
+#[test]
+fn one_connection_limit_covers_both_doors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--max-connections", "2"]);
+    let native = kvstore_client::BlockingClient::connect(server.addr.to_string()).unwrap();
+    native.set("k", "v").unwrap();
+    let mut first = connect(&server);
+    assert_eq!(first.get::<_, String>("k").unwrap(), "v");
+    let mut third = raw(server.resp.unwrap());
+    let reply = exchange(&mut third, b"PING\r\n", usize::MAX);
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    let info: String = cmd("INFO").arg("stats").query(&mut first).unwrap();
+    assert!(info.contains("rejected_connections:1"), "{info}");
+}
+
+#[test]
+fn writes_acknowledged_over_resp_survive_kill_9() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let stop = AtomicBool::new(false);
+    // Each writer records what the server acknowledged before it died.
+    let acked: Vec<(usize, i64)> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (server, stop) = (&server, &stop);
+                s.spawn(move || {
+                    let mut c = connect(server);
+                    let (mut sets, mut incrs) = (0, 0);
+                    // Bounded: stops at the kill, or after 20,000 writes.
+                    for i in 0..10_000 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let set: redis::RedisResult<()> = c.set(format!("w{w}:{i}"), i);
+                        if set.is_err() {
+                            break;
+                        }
+                        sets = i + 1;
+                        match c.incr::<_, _, i64>(format!("count{w}"), 1) {
+                            Ok(n) => incrs = n,
+                            Err(_) => break,
+                        }
+                    }
+                    (sets, incrs)
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let pid = server.child.id();
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        stop.store(true, Ordering::Relaxed);
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    drop(server);
+    let restarted = start(dir.path(), &[]);
+    let mut c = connect(&restarted);
+    let total: usize = acked.iter().map(|(sets, _)| sets).sum();
+    assert!(total > 0, "some writes were acknowledged before the kill");
+    for (w, (sets, incrs)) in acked.into_iter().enumerate() {
+        for i in 0..sets {
+            let value: Option<usize> = c.get(format!("w{w}:{i}")).unwrap();
+            assert_eq!(value, Some(i), "acknowledged SET w{w}:{i} was lost");
+        }
+        let count: i64 = c.get(format!("count{w}")).unwrap();
+        // The increment in flight at the kill may or may not have landed.
+        assert!(
+            count == incrs || count == incrs + 1,
+            "counter {w}: {count} after {incrs} acknowledged increments"
+        );
+    }
+}
+
+/// Runs a tool from Debian's `redis-tools` (installed by `.ci/run`).
+fn redis_tool(tool: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} ({e}): install Debian's redis-tools (.ci/run does)")
+        });
+    assert!(out.status.success(), "{tool} {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_work_against_kvstore() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let port = server.resp.unwrap().port().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", &port];
+        all.extend_from_slice(args);
+        redis_tool("redis-cli", &all)
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK\n");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world\n");
+    for i in 0..30 {
+        cli(&["SET", &format!("user:{i}"), "x"]);
+    }
+    let info = cli(&["INFO"]);
+    assert!(info.contains("db0:keys=31,"), "{info}");
+    // --scan walks the whole keyspace with SCAN.
+    let mut scanned: Vec<String> = cli(&["--scan", "--pattern", "user:*"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    scanned.sort();
+    assert_eq!(scanned.len(), 30, "{scanned:?}");
+    let first_page = cli(&["SCAN", "0", "COUNT", "5"]);
+    assert_eq!(
+        first_page.lines().count(),
+        6,
+        "a cursor and five keys: {first_page}"
+    );
+
+    // redis-benchmark: no error replies (-e prints them), both tests done.
+    let bench = redis_tool(
+        "redis-benchmark",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-c",
+            "10",
+            "-d",
+            "100",
+            "-q",
+            "-e",
+        ],
+    );
+    assert!(!bench.to_lowercase().contains("error"), "{bench}");
+    for test in ["SET:", "GET:"] {
+        assert!(bench.contains(test), "{bench}");
+    }
+}
