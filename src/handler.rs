@@ -188,7 +188,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
 /// When the loop must wake to check the timeouts, if ever. A partial frame
 /// is noticed at a check, so the read timeout closes a slow frame between one
 /// and one and a half timeouts after its first byte.
-pub(crate) fn next_check(
+fn next_check(
     timeouts: &Timeouts,
     reading: bool,
     idle: bool,

@@ -513,9 +513,15 @@ fn exchange(stream: &mut std::net::TcpStream, request: &[u8], expect: usize) -> 
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Whether the server closes the connection within the socket's 10 s read
+/// timeout (a timeout is not a close).
 fn closed(stream: &mut std::net::TcpStream) -> bool {
-    use std::io::Read;
-    matches!(stream.read(&mut [0u8; 1]), Ok(0) | Err(_))
+    use std::io::{ErrorKind, Read};
+    match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
 }
 
 #[test]
@@ -758,5 +764,31 @@ fn redis_cli_and_redis_benchmark_work_against_kvstore() {
     assert!(!bench.to_lowercase().contains("error"), "{bench}");
     for test in ["SET:", "GET:"] {
         assert!(bench.contains(test), "{bench}");
+    }
+}
+
+#[test]
+fn slow_and_silent_resp_clients_are_closed_by_the_shared_timeouts() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        dir.path(),
+        &["--read-timeout-ms", "300", "--idle-timeout-ms", "600"],
+    );
+    let addr = server.resp.unwrap();
+    // A request that never completes (slowloris) is cut after the read
+    // timeout, well before the 10 s socket timeout of `closed`.
+    let mut slow = raw(addr);
+    slow.write_all(b"*2\r\n$3\r\nGET\r\n$5\r\nhel").unwrap();
+    assert!(closed(&mut slow));
+    // A client that sends nothing is cut after the idle timeout.
+    let mut silent = raw(addr);
+    assert_eq!(exchange(&mut silent, b"PING\r\n", 7), "+PONG\r\n");
+    assert!(closed(&mut silent));
+    // A client that keeps talking stays.
+    let mut c = connect(&server);
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _: String = cmd("PING").query(&mut c).unwrap();
     }
 }

@@ -106,3 +106,42 @@ fn the_cli_speaks_tls() {
     assert_eq!(run(&["set", "k", "v"]).stdout, b"OK\n");
     assert_eq!(run(&["get", "k"]).stdout, b"v");
 }
+
+/// The RESP door speaks TLS with the same certificate: `redis-cli --tls`
+/// (Debian's redis-tools, installed by `.ci/run`) is served.
+#[test]
+fn the_resp_door_speaks_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = throwaway_certificate(dir.path());
+    let server = Server::start(
+        &dir.path().join("kvstore.db"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--resp-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let port = server.resp.unwrap().port().to_string();
+    let cli = |tls: bool, args: &[&str]| {
+        let mut command = std::process::Command::new("redis-cli");
+        command.args(["-h", "127.0.0.1", "-p", &port]);
+        if tls {
+            command.args(["--tls", "--cacert", cert.to_str().unwrap()]);
+        }
+        let out = command
+            .args(args)
+            .output()
+            .expect("run redis-cli (redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(true, &["SET", "k", "over tls"]), "OK\n");
+    assert_eq!(cli(true, &["GET", "k"]), "over tls\n");
+    assert_ne!(
+        cli(false, &["GET", "k"]),
+        "over tls\n",
+        "plain RESP is not served"
+    );
+}

@@ -81,3 +81,54 @@ fn addresses_take_an_optional_scheme() {
         );
     }
 }
+
+/// `Incr` and `Append` are resent only after errors that prove the first
+/// attempt never reached the server.
+#[test]
+fn only_requests_that_never_arrived_may_be_resent_when_not_idempotent() {
+    use kvstore_client::{Command, Condition};
+    let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    assert!(Error::Connect {
+        addr: "x:1".into(),
+        source: io()
+    }
+    .never_arrived());
+    assert!(Error::Timeout {
+        what: "connect",
+        after: Duration::from_secs(1)
+    }
+    .never_arrived());
+    assert!(server(ErrorCode::TooManyConnections).never_arrived());
+    assert!(server(ErrorCode::ShuttingDown).never_arrived());
+    assert!(!Error::ConnectionLost("reset".into()).never_arrived());
+    assert!(!Error::Timeout {
+        what: "request",
+        after: Duration::from_secs(1)
+    }
+    .never_arrived());
+
+    let key = || bytes::Bytes::from_static(b"k");
+    assert!(!Command::Incr { key: key(), by: 1 }.is_idempotent());
+    assert!(!Command::Append {
+        key: key(),
+        value: key()
+    }
+    .is_idempotent());
+    for command in [
+        Command::Set {
+            key: key(),
+            value: key(),
+        },
+        Command::SetIf {
+            key: key(),
+            value: key(),
+            condition: Condition::Absent,
+            get: false,
+        },
+        Command::GetDel { key: key() },
+        Command::DeleteMany { keys: vec![key()] },
+        Command::Flush,
+    ] {
+        assert!(command.is_idempotent(), "{command:?}");
+    }
+}

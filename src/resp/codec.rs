@@ -501,6 +501,54 @@ mod tests {
             .contains("too big inline request"));
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder, and feeding them one
+        /// byte at a time gives the same requests as feeding them at once
+        /// (up to the first protocol error).
+        #[test]
+        fn any_bytes_decode_the_same_however_they_arrive(
+            input in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'*'), proptest::strategy::Just(b'$'),
+                    proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'\n'),
+                    proptest::strategy::Just(b'"'), proptest::strategy::Just(b' '),
+                    b'0'..=b'9', proptest::arbitrary::any::<u8>(),
+                ],
+                0..200,
+            )
+        ) {
+            let whole = decode_all(&input);
+            let mut codec = RespCodec::new(LIMITS);
+            let mut buf = BytesMut::new();
+            let mut pieces = Vec::new();
+            let mut failed = None;
+            'feed: for byte in &input {
+                buf.extend_from_slice(&[*byte]);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(args)) => pieces.push(args),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break 'feed;
+                        }
+                    }
+                }
+            }
+            match (whole, failed) {
+                (Ok(requests), None) => proptest::prop_assert_eq!(requests, pieces),
+                (Err(a), Some(b)) => proptest::prop_assert_eq!(a, b),
+                (whole, failed) => proptest::prop_assert!(
+                    false,
+                    "at once: {:?}; byte by byte: {:?} then {:?}",
+                    whole,
+                    pieces,
+                    failed
+                ),
+            }
+        }
+    }
+
     #[test]
     fn replies_encode_in_both_protocol_versions() {
         let value = Value::Array(vec![

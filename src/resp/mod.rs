@@ -41,6 +41,8 @@ use commands::{Outcome, Session};
 /// Requests one connection may have read and not yet answered; past this it
 /// answers before reading more.
 const MAX_PIPELINE: usize = 1024;
+/// How often a connection that has not logged in checks its login deadline.
+const LOGIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// State shared by every RESP connection.
 pub struct Shared {
@@ -127,20 +129,26 @@ pub async fn serve(
         db: &db,
         shared: &shared,
     };
+    // The timeouts are checked on a steady tick, not on a timer re-armed per
+    // request (which cost a timer-wheel update per request): a slow request
+    // or a silent client is noticed between one timeout and one and a half.
+    let period = [timeouts.read, timeouts.idle]
+        .into_iter()
+        .flatten()
+        .map(|limit| limit / 2)
+        .chain(login_deadline.map(|_| LOGIN_CHECK))
+        .min();
+    let mut ticker = period.map(|period| {
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
     loop {
-        let wake_at = handler::next_check(
-            &timeouts,
-            true,
-            true,
-            partial_since,
-            last_heard,
-            login_deadline,
-        );
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
             first = framed.next() => Some(first),
-            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => None,
+            _ = tick(&mut ticker) => None,
         };
         let now = Instant::now();
         let partial = framed.codec().in_request() || !framed.read_buffer().is_empty();
@@ -209,6 +217,11 @@ pub async fn serve(
                     .codec_mut()
                     .set_limits(request_limits(&db, session.authenticated));
             }
+            // Only what has already arrived: polling an empty socket again
+            // would cost a system call per request.
+            if framed.read_buffer().is_empty() {
+                break;
+            }
             match framed.next().now_or_never() {
                 Some(item) => next = item,
                 None => break,
@@ -223,6 +236,16 @@ pub async fn serve(
                 .codec_mut()
                 .set_limits(request_limits(&db, session.authenticated));
         }
+    }
+}
+
+/// Waits for the next tick, or for ever without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
