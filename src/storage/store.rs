@@ -108,32 +108,17 @@ impl Store {
                 Applied::Deleted(self.shard(key).write().remove(key).is_some())
             }
             WriteOp::BulkSet { items } => {
-                let mut indexes: Vec<usize> =
-                    items.iter().map(|(k, _)| self.shard_index(k)).collect();
-                let order = indexes.clone();
-                indexes.sort_unstable();
-                indexes.dedup();
-                let mut guards: Vec<_> = indexes
-                    .iter()
-                    .map(|&i| (i, self.shards[i].write()))
-                    .collect();
-                for ((key, value), shard) in items.iter().zip(order) {
-                    let slot = indexes.binary_search(&shard).unwrap_or_default();
-                    guards[slot].1.insert(key.clone(), value.clone());
-                }
+                self.with_shards_of(items.iter().map(|(k, _)| k), |i, map| {
+                    let (key, value) = &items[i];
+                    map.insert(key.clone(), value.clone());
+                });
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
-                let mut indexes: Vec<usize> = keys.iter().map(|k| self.shard_index(k)).collect();
-                let order = indexes.clone();
-                indexes.sort_unstable();
-                indexes.dedup();
-                let mut guards: Vec<_> = indexes.iter().map(|&i| self.shards[i].write()).collect();
                 let mut removed = 0;
-                for (key, shard) in keys.iter().zip(order) {
-                    let slot = indexes.binary_search(&shard).unwrap_or_default();
-                    removed += i64::from(guards[slot].remove(key).is_some());
-                }
+                self.with_shards_of(keys.iter(), |i, map| {
+                    removed += i64::from(map.remove(&keys[i]).is_some());
+                });
                 Applied::Int(removed)
             }
             WriteOp::Clear => {
@@ -147,6 +132,25 @@ impl Store {
                 drop(old);
                 Applied::Stored
             }
+        }
+    }
+
+    /// Write-locks the shards of all `keys` at once, in shard order (so two
+    /// multi-key writes, or a multi-key write and a `Keys` page, cannot
+    /// deadlock), then calls `change(i, shard)` for the `i`-th key, in order.
+    fn with_shards_of<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k Bytes>,
+        mut change: impl FnMut(usize, &mut BTreeMap<Bytes, Bytes>),
+    ) {
+        let order: Vec<usize> = keys.map(|k| self.shard_index(k)).collect();
+        let mut indexes = order.clone();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let mut guards: Vec<_> = indexes.iter().map(|&i| self.shards[i].write()).collect();
+        for (i, shard) in order.into_iter().enumerate() {
+            let slot = indexes.binary_search(&shard).unwrap_or_default();
+            change(i, &mut guards[slot]);
         }
     }
 
