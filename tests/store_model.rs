@@ -16,6 +16,7 @@ use proptest::prelude::*;
 enum Step {
     Write(WriteOp),
     Get(Bytes),
+    GetMany(Vec<Bytes>),
     Keys {
         prefix: Bytes,
         start_after: Option<Bytes>,
@@ -46,6 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|keys| Step::Write(WriteOp::DeleteMany { keys })),
         1 => Just(Step::Write(WriteOp::Clear)),
         4 => key().prop_map(Step::Get),
+        4 => proptest::collection::vec(key(), 0..6).prop_map(Step::GetMany),
         4 => (key(), proptest::option::of(key()), 1usize..6).prop_map(|(prefix, start_after, limit)| {
             Step::Keys {
                 prefix,
@@ -225,6 +227,10 @@ proptest! {
                 Step::Get(key) => {
                     prop_assert_eq!(store.get(&key), model.get(&key).cloned());
                     prop_assert_eq!(store.contains(&key), model.contains_key(&key));
+                }
+                Step::GetMany(keys) => {
+                    let expected: Vec<_> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                    prop_assert_eq!(store.get_many(&keys), expected);
                 }
                 Step::Keys { prefix, start_after, limit } => {
                     let page = store.keys(&prefix, start_after.as_deref(), limit, usize::MAX);

@@ -81,6 +81,33 @@ impl Store {
         self.shard(key).read().get(key).cloned()
     }
 
+    /// The values of `keys`, read at one instant: the read locks of all
+    /// their shards are held together (taken in shard order, as writers take
+    /// them, so the two cannot deadlock).
+    pub fn get_many(&self, keys: &[Bytes]) -> Vec<Option<Bytes>> {
+        let (slots, shards) = self.lock_plan(keys.iter());
+        let guards: Vec<_> = shards.iter().map(|&i| self.shards[i].read()).collect();
+        keys.iter()
+            .zip(slots)
+            .map(|(key, slot)| guards[slot].get(key).cloned())
+            .collect()
+    }
+
+    /// How to lock the shards of several keys: the distinct shards in
+    /// ascending order (the one order every multi-shard lock follows), and
+    /// for each key the position of its shard in that list.
+    fn lock_plan<'k>(&self, keys: impl Iterator<Item = &'k Bytes>) -> (Vec<usize>, Vec<usize>) {
+        let of_key: Vec<usize> = keys.map(|k| self.shard_index(k)).collect();
+        let mut shards = of_key.clone();
+        shards.sort_unstable();
+        shards.dedup();
+        let slots = of_key
+            .iter()
+            .map(|s| shards.binary_search(s).unwrap_or_default())
+            .collect();
+        (slots, shards)
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         self.shard(key).read().contains_key(key)
     }
@@ -143,13 +170,9 @@ impl Store {
         keys: impl Iterator<Item = &'k Bytes>,
         mut change: impl FnMut(usize, &mut BTreeMap<Bytes, Bytes>),
     ) {
-        let order: Vec<usize> = keys.map(|k| self.shard_index(k)).collect();
-        let mut indexes = order.clone();
-        indexes.sort_unstable();
-        indexes.dedup();
-        let mut guards: Vec<_> = indexes.iter().map(|&i| self.shards[i].write()).collect();
-        for (i, shard) in order.into_iter().enumerate() {
-            let slot = indexes.binary_search(&shard).unwrap_or_default();
+        let (slots, shards) = self.lock_plan(keys);
+        let mut guards: Vec<_> = shards.iter().map(|&i| self.shards[i].write()).collect();
+        for (i, slot) in slots.into_iter().enumerate() {
             change(i, &mut guards[slot]);
         }
     }

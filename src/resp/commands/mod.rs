@@ -214,7 +214,7 @@ pub const COMMANDS: &[Spec] = &[
     spec!("incrby", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist."),
     spec!("info", -1, false, &["loading", "stale"], (0, 0, 0), "server", "1.0.0", "Returns information and statistics about the server."),
     spec!("keys", 2, false, R, (0, 0, 0), "generic", "1.0.0", "Returns all key names that match a pattern (bounded by the reply limit)."),
-    spec!("mget", -2, false, RF, (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys."),
+    spec!("mget", -2, false, RF, (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys (one instant across shards)."),
     spec!("mset", -3, true, W, (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys, as one log record."),
     spec!("ping", -1, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the server's liveliness response."),
     spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key: -1 (keys never expire) or -2 (no such key)."),
