@@ -44,13 +44,16 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
     let log = ctx.db.log();
     let n = |c: &AtomicU64| Stats::get(c);
     let l = |c: &AtomicU64| LogFigures::get(c);
+    // "server" → "# Server"
+    let mut title = section.to_string();
+    title[..1].make_ascii_uppercase();
+    let _ = write!(out, "# {title}\r\n");
     let mut line = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(out, "{name}:{value}\r\n");
     };
     match section {
         "server" => {
             let uptime = stats.started.elapsed().as_secs();
-            line("# Server", &"");
             line("redis_version", &REDIS_VERSION);
             line("kvstore_version", &env!("CARGO_PKG_VERSION"));
             line("redis_mode", &"standalone");
@@ -63,13 +66,11 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
             line("uptime_in_days", &(uptime / 86_400));
         }
         "clients" => {
-            line("# Clients", &"");
             line("connected_clients", &n(&stats.connections));
             line("maxclients", &info.max_connections);
             line("blocked_clients", &0);
         }
         "persistence" => {
-            line("# Persistence", &"");
             line("loading", &0);
             line("aof_enabled", &1);
             let status = if ctx.db.log_failed() { "err" } else { "ok" };
@@ -82,25 +83,17 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
             line("rdb_last_save_time", &l(&log.last_snapshot_unix));
         }
         "stats" => {
-            line("# Stats", &"");
             line("total_connections_received", &n(&stats.connections_total));
             line("total_commands_processed", &n(&stats.commands));
             line("rejected_connections", &n(&stats.connections_rejected));
         }
         "keyspace" => {
-            line("# Keyspace", &"");
             let keys = ctx.db.store().len();
             if keys > 0 {
                 line("db0", &format!("keys={keys},expires=0,avg_ttl=0"));
             }
         }
-        _ => {}
-    }
-    // The header line was written as "# Name:"; drop the colon.
-    if let Some(start) = out.rfind("# ") {
-        if let Some(colon) = out[start..].find(":\r\n") {
-            out.remove(start + colon);
-        }
+        _ => unreachable!("INFO asks only for the sections it lists"),
     }
 }
 
