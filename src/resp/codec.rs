@@ -362,25 +362,25 @@ impl Value {
                     .collect();
                 line(out, b'-', &clean);
             }
-            Value::Int(n) => line(out, b':', n.to_string().as_bytes()),
+            Value::Int(n) => number(out, b':', *n),
             Value::Bulk(b) => {
-                line(out, b'$', b.len().to_string().as_bytes());
+                number(out, b'$', b.len() as i64);
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
             Value::Nil if proto >= 3 => out.put_slice(b"_\r\n"),
             Value::Nil => out.put_slice(b"$-1\r\n"),
             Value::Array(items) => {
-                line(out, b'*', items.len().to_string().as_bytes());
+                number(out, b'*', items.len() as i64);
                 for item in items {
                     item.encode(proto, out);
                 }
             }
             Value::Map(pairs) => {
                 if proto >= 3 {
-                    line(out, b'%', pairs.len().to_string().as_bytes());
+                    number(out, b'%', pairs.len() as i64);
                 } else {
-                    line(out, b'*', (pairs.len() * 2).to_string().as_bytes());
+                    number(out, b'*', (pairs.len() * 2) as i64);
                 }
                 for (k, v) in pairs {
                     k.encode(proto, out);
@@ -388,7 +388,7 @@ impl Value {
                 }
             }
             Value::Verbatim(text) if proto >= 3 => {
-                line(out, b'=', (text.len() + 4).to_string().as_bytes());
+                number(out, b'=', (text.len() + 4) as i64);
                 out.put_slice(b"txt:");
                 out.put_slice(text.as_bytes());
                 out.put_slice(b"\r\n");
@@ -396,6 +396,14 @@ impl Value {
             Value::Verbatim(text) => Value::text(text).encode(proto, out),
         }
     }
+}
+
+/// `kind`, the number in decimal, CRLF; formatted straight into the buffer.
+fn number(out: &mut BytesMut, kind: u8, n: i64) {
+    use std::io::Write;
+    out.put_u8(kind);
+    let _ = write!((&mut *out).writer(), "{n}");
+    out.put_slice(b"\r\n");
 }
 
 fn line(out: &mut BytesMut, kind: u8, body: &[u8]) {

@@ -183,6 +183,9 @@ pub async fn serve(
         };
         // This request, and every one already buffered behind it.
         let mut queue: VecDeque<(u8, Outcome)> = VecDeque::new();
+        // Outcomes before this index are all ready: a long pipeline of reads
+        // does not scan the queue again for each one.
+        let mut settled = 0;
         let mut next = first;
         loop {
             match next {
@@ -202,7 +205,7 @@ pub async fn serve(
                     db.stats.command();
                     if !commands::writes(&args) {
                         // A read sees the writes sent before it.
-                        settle(&mut queue).await;
+                        settle(&mut queue, &mut settled).await;
                     }
                     let outcome = commands::execute(args, &mut session, &ctx).await;
                     queue.push_back((session.proto, outcome));
@@ -250,13 +253,15 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
 }
 
 /// Waits for every queued write's outcome, so a read after them sees them.
-async fn settle(queue: &mut VecDeque<(u8, Outcome)>) {
-    for (_, outcome) in queue.iter_mut() {
+/// `settled` is how many outcomes at the front are known to be ready.
+async fn settle(queue: &mut VecDeque<(u8, Outcome)>, settled: &mut usize) {
+    for (_, outcome) in queue.iter_mut().skip(*settled) {
         if let Outcome::Pending(..) = outcome {
             let pending = std::mem::replace(outcome, Outcome::Ready(Value::Nil));
             *outcome = Outcome::Ready(pending.reply().await);
         }
     }
+    *settled = queue.len();
 }
 
 /// Writes the replies in request order (writes once they are durable), then
