@@ -238,18 +238,24 @@ pub mod cmd {
 /// this test's own binary (it belongs to the `kvstore-client` package, so
 /// cargo gives no `CARGO_BIN_EXE_` variable for it here).
 pub fn cli_path() -> PathBuf {
+    workspace_bin("kvstore", "kvstore-client")
+}
+
+/// A binary of another package of the workspace, built by `cargo test
+/// --workspace` into the directory above this test's own.
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target directory");
-    let cli = dir.join(format!("kvstore{}", std::env::consts::EXE_SUFFIX));
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
-        cli.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p kvstore-client` first)",
-        cli.display()
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p {package}` first)",
+        path.display()
     );
-    cli
+    path
 }
 
 /// A loopback port with nothing listening on it (bound, then released).

@@ -1,0 +1,363 @@
+//! The load: `-c` connections, each sending batches of `-P` requests and
+//! reading their replies, until `-n` requests are done or `--duration` has
+//! passed. A request's latency runs from the write of its batch to the
+//! arrival of its own reply (as redis-benchmark measures it), recorded in
+//! microseconds in an HDR histogram per connection, merged at the end.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{Buf, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kvstore_client::{codec, Command, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{Args, Test};
+
+/// What one test measured.
+pub struct Outcome {
+    pub test: Test,
+    /// Requests answered (a bulkset counts once).
+    pub requests: u64,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+    /// Requests answered with an error.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// Shared by the connections of one test.
+struct Shared {
+    /// Requests handed out so far (with -n).
+    claimed: AtomicU64,
+    /// Requests answered so far (for the progress line).
+    answered: AtomicU64,
+    limit: u64,
+    deadline: Option<Instant>,
+}
+
+impl Shared {
+    /// How many requests the next batch may send; 0 when the test is over.
+    fn claim(&self, pipeline: u64) -> u64 {
+        if let Some(deadline) = self.deadline {
+            return if Instant::now() < deadline {
+                pipeline
+            } else {
+                0
+            };
+        }
+        let start = self.claimed.fetch_add(pipeline, Ordering::Relaxed);
+        self.limit.saturating_sub(start).min(pipeline)
+    }
+}
+
+/// One connection's results.
+struct Tally {
+    latency: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// Runs one test with all connections.
+pub async fn run(args: &Args, test: Test) -> anyhow::Result<Outcome> {
+    let deadline_after = args.duration();
+    // Connect everyone first, so the clock does not include connecting.
+    let mut streams = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let stream = TcpStream::connect(&args.addr)
+            .await
+            .with_context(|| format!("connect to {}", args.addr))?;
+        stream.set_nodelay(true)?;
+        streams.push(stream);
+    }
+    let shared = Arc::new(Shared {
+        claimed: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
+        limit: args.requests,
+        deadline: deadline_after.map(|d| Instant::now() + d),
+    });
+    let progress = progress_bar(args, test, deadline_after);
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, stream)| {
+            let (args, shared) = (args.clone(), shared.clone());
+            tokio::spawn(async move { connection(stream, i as u64, &args, test, &shared).await })
+        })
+        .collect();
+    let ticker = {
+        let (shared, progress) = (shared.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let done = shared.answered.load(Ordering::Relaxed);
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                match deadline_after {
+                    Some(_) => progress.set_position(started.elapsed().as_secs()),
+                    None => progress.set_position(done),
+                }
+                progress.set_message(format!("{done} requests, {rate:.0} req/s"));
+            }
+        })
+    };
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        let tally = task.await??;
+        latency.add(&tally.latency)?;
+        errors += tally.errors;
+        first_error = first_error.or(tally.first_error);
+    }
+    let elapsed = started.elapsed();
+    ticker.abort();
+    progress.finish_and_clear();
+    Ok(Outcome {
+        test,
+        requests: latency.len(),
+        elapsed,
+        latency,
+        errors,
+        first_error,
+    })
+}
+
+fn progress_bar(args: &Args, test: Test, duration: Option<Duration>) -> ProgressBar {
+    let length = duration.map_or(args.requests, |d| d.as_secs().max(1));
+    let bar = ProgressBar::new(length);
+    if args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template(&format!(
+        "{:>8} {{bar:30}} {{msg}}",
+        test.name().to_uppercase()
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// One connection's loop.
+async fn connection(
+    mut stream: TcpStream,
+    seed: u64,
+    args: &Args,
+    test: Test,
+    shared: &Shared,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally {
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        errors: 0,
+        first_error: None,
+    };
+    let mut requests = Requests {
+        rng: fastrand::Rng::with_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 1),
+        value: Bytes::from(vec![b'x'; args.size]),
+        next_id: 0,
+        args,
+    };
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut input = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let batch = shared.claim(args.pipeline as u64);
+        if batch == 0 {
+            return Ok(tally);
+        }
+        out.clear();
+        for _ in 0..batch {
+            requests.encode(test, &mut out)?;
+        }
+        let sent = Instant::now();
+        stream.write_all(&out).await?;
+        let mut answered = 0;
+        while answered < batch {
+            match reply(&input, args.resp)? {
+                Some((len, error)) => {
+                    if let Some(message) = error {
+                        tally.errors += 1;
+                        tally.first_error.get_or_insert(message);
+                    }
+                    input.advance(len);
+                    let micros = sent.elapsed().as_micros().max(1) as u64;
+                    tally.latency.saturating_record(micros);
+                    answered += 1;
+                }
+                None => {
+                    if stream.read_buf(&mut input).await? == 0 {
+                        anyhow::bail!("the server closed the connection");
+                    }
+                }
+            }
+        }
+        shared.answered.fetch_add(batch, Ordering::Relaxed);
+    }
+}
+
+/// Builds the requests of one connection.
+struct Requests<'a> {
+    rng: fastrand::Rng,
+    /// `-d` bytes, shared by every request.
+    value: Bytes,
+    next_id: u64,
+    args: &'a Args,
+}
+
+impl Requests<'_> {
+    /// A random key `key:NNNNNNNNNNNN` (16 bytes) out of `-r`.
+    fn key(&mut self) -> Bytes {
+        Bytes::from(format!("key:{:012}", self.rng.u64(0..self.args.keyspace)))
+    }
+
+    /// Appends one request of `test` to `out`.
+    fn encode(&mut self, test: Test, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        let test = match test {
+            Test::Mixed if self.rng.f64() < self.args.read_ratio => Test::Get,
+            Test::Mixed => Test::Set,
+            other => other,
+        };
+        let key = self.key();
+        let command = match test {
+            Test::Set => Command::Set {
+                key,
+                value: self.value.clone(),
+            },
+            Test::Get => Command::Get { key },
+            Test::Del => Command::Delete { key },
+            Test::Exists => Command::Exists { key },
+            Test::Bulkset | Test::Mixed => {
+                let mut items = vec![(key, self.value.clone())];
+                items.extend((1..self.args.bulk).map(|_| (self.key(), self.value.clone())));
+                Command::BulkSet { items }
+            }
+        };
+        if self.args.resp {
+            resp_request(&command, out);
+            return Ok(());
+        }
+        self.next_id += 1;
+        let start = out.len();
+        out.extend_from_slice(&[0; 4]);
+        codec::encode_into(
+            &Request {
+                id: self.next_id,
+                command,
+            },
+            out,
+        )?;
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+}
+
+/// The command as a RESP array of bulk strings.
+fn resp_request(command: &Command, out: &mut Vec<u8>) {
+    let args: Vec<&[u8]> = match command {
+        Command::Set { key, value } => vec![b"SET", key, value],
+        Command::Get { key } => vec![b"GET", key],
+        Command::Delete { key } => vec![b"DEL", key],
+        Command::Exists { key } => vec![b"EXISTS", key],
+        Command::BulkSet { items } => std::iter::once(&b"MSET"[..])
+            .chain(items.iter().flat_map(|(k, v)| [&k[..], &v[..]]))
+            .collect(),
+        other => unreachable!("the bench sends no {other:?}"),
+    };
+    let _ = write!(out, "*{}\r\n", args.len());
+    for arg in args {
+        let _ = write!(out, "${}\r\n", arg.len());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The length of the first whole reply in `input`, and its error message if
+/// it is an error; `None` if it has not all arrived.
+fn reply(input: &[u8], resp: bool) -> anyhow::Result<Option<(usize, Option<String>)>> {
+    if resp {
+        return resp_reply(input, 0);
+    }
+    let Some(len) = input.get(..4) else {
+        return Ok(None);
+    };
+    let len = 4 + u32::from_be_bytes(len.try_into()?) as usize;
+    let Some(body) = input.get(4..len) else {
+        return Ok(None);
+    };
+    // Response = id (8 bytes), then the Reply's tag; tag 4 is Error.
+    let tag = body
+        .get(8..12)
+        .map(|t| u32::from_le_bytes(t.try_into().unwrap_or_default()));
+    let error = (tag == Some(4)).then(|| {
+        codec::decode::<kvstore_client::Response>(body)
+            .map(|r| format!("{:?}", r.reply))
+            .unwrap_or_else(|e| e.to_string())
+    });
+    Ok(Some((len, error)))
+}
+
+/// A RESP reply starting at `at`: its end and its error text, if whole.
+fn resp_reply(input: &[u8], at: usize) -> anyhow::Result<Option<(usize, Option<String>)>> {
+    let Some(&kind) = input.get(at) else {
+        return Ok(None);
+    };
+    let Some(eol) = input[at..].windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let line = &input[at + 1..at + eol];
+    let after = at + eol + 2;
+    let number = || -> anyhow::Result<i64> { Ok(std::str::from_utf8(line)?.parse()?) };
+    match kind {
+        b'+' | b':' | b'_' => Ok(Some((after - at, None))),
+        b'-' => Ok(Some((
+            after - at,
+            Some(String::from_utf8_lossy(line).into_owned()),
+        ))),
+        b'$' => {
+            let n = number()?;
+            let end = if n < 0 { after } else { after + n as usize + 2 };
+            Ok((input.len() >= end).then_some((end - at, None)))
+        }
+        b'*' => {
+            let mut end = after;
+            for _ in 0..number()?.max(0) {
+                match resp_reply(input, end)? {
+                    Some((len, _)) => end += len,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((end - at, None)))
+        }
+        other => anyhow::bail!("unexpected RESP reply byte {:?}", other as char),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_replies_are_found_whole_or_not_at_all() {
+        let wire = b"+OK\r\n$3\r\nabc\r\n$-1\r\n:12\r\n-ERR no\r\n*2\r\n$1\r\na\r\n:1\r\n";
+        let mut at = 0;
+        let mut errors = Vec::new();
+        while at < wire.len() {
+            let (len, error) = resp_reply(wire, at).unwrap().unwrap();
+            errors.push(error);
+            at += len;
+        }
+        assert_eq!(at, wire.len());
+        assert_eq!(errors.iter().filter(|e| e.is_some()).count(), 1);
+        for cut in 0..wire.len() {
+            if let Some((len, _)) = resp_reply(&wire[..cut], 0).unwrap() {
+                assert!(len <= cut);
+            }
+        }
+        assert!(resp_reply(b"$5\r\nab", 0).unwrap().is_none());
+    }
+}

@@ -1,0 +1,166 @@
+//! `kvstore-bench`: a load generator in the manner of redis-benchmark.
+//!
+//! It speaks kvstore's native protocol, or with `--resp` the Redis protocol
+//! (to kvstore's `--resp-listen` port or to Redis itself), so that kvstore and
+//! Redis are measured by the same tool:
+//!
+//! ```sh
+//! kvstore-bench --addr 127.0.0.1:65433 -c 50 -n 200000 -d 100 -t set,get
+//! kvstore-bench --resp --addr 127.0.0.1:6379 --label redis -t set,get -P 16 --csv out.csv
+//! kvstore-bench --plot charts/ --csv out.csv     # after several runs into out.csv
+//! ```
+//!
+//! Modules: [`load`] (the connections and their request loops), [`report`]
+//! (the table, the CSV), [`plot`] (PNG charts from the CSV).
+
+mod load;
+mod plot;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What one test sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Test {
+    Set,
+    Get,
+    Del,
+    Exists,
+    /// `BulkSet` of `--bulk` pairs (RESP: `MSET`).
+    Bulkset,
+    /// Gets and sets on the same keys, `--read-ratio` of them gets.
+    Mixed,
+}
+
+impl Test {
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::Set => "set",
+            Test::Get => "get",
+            Test::Del => "del",
+            Test::Exists => "exists",
+            Test::Bulkset => "bulkset",
+            Test::Mixed => "mixed",
+        }
+    }
+}
+
+/// kvstore-bench: requests/s and latency percentiles of kvstore or Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kvstore-bench", version, about)]
+pub struct Args {
+    /// Server address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:65433")]
+    pub addr: String,
+    /// Concurrent connections.
+    #[arg(short = 'c', default_value_t = 50)]
+    pub connections: usize,
+    /// Requests per test, across all connections (ignored with --duration).
+    #[arg(short = 'n', default_value_t = 100_000)]
+    pub requests: u64,
+    /// Run each test for this many seconds instead of -n requests.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Value size in bytes.
+    #[arg(short = 'd', default_value_t = 100)]
+    pub size: usize,
+    /// Requests each connection sends before reading the replies.
+    #[arg(short = 'P', default_value_t = 1)]
+    pub pipeline: usize,
+    /// Key space: random keys `key:NNNNNNNNNNNN` below this.
+    #[arg(short = 'r', default_value_t = 100_000)]
+    pub keyspace: u64,
+    /// Tests to run, in order.
+    #[arg(
+        short = 't',
+        value_enum,
+        value_delimiter = ',',
+        default_value = "set,get"
+    )]
+    pub tests: Vec<Test>,
+    /// Pairs per bulkset request.
+    #[arg(long, default_value_t = 100)]
+    pub bulk: usize,
+    /// Share of gets in the mixed test.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Speak RESP (Redis's protocol) instead of kvstore's native protocol.
+    #[arg(long)]
+    pub resp: bool,
+    /// The system's name in the table, the CSV and the charts (default:
+    /// `kvstore`, or `kvstore-resp` with --resp).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Append one row per test to this CSV file (written with a header if new).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Write PNG charts of every row in --csv into this directory (with no
+    /// -t given and -n 0, only plots).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl Args {
+    pub fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| {
+            if self.resp {
+                "kvstore-resp".into()
+            } else {
+                "kvstore".into()
+            }
+        })
+    }
+
+    pub fn duration(&self) -> Option<Duration> {
+        self.duration.map(Duration::from_secs_f64)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.connections > 0, "-c must be at least 1");
+    anyhow::ensure!(args.pipeline > 0, "-P must be at least 1");
+    anyhow::ensure!(args.keyspace > 0, "-r must be at least 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.read_ratio),
+        "--read-ratio is between 0 and 1"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let plot_only = args.plot.is_some() && args.requests == 0 && args.duration.is_none();
+    if !plot_only {
+        report::header(&args);
+        for &test in &args.tests {
+            let result = runtime.block_on(load::run(&args, test))?;
+            report::row(&args, &result);
+            if let Some(path) = &args.csv {
+                report::append_csv(path, &args, &result)?;
+            }
+            anyhow::ensure!(
+                result.errors == 0,
+                "{}: the server answered {} requests with an error (first: {})",
+                test.name(),
+                result.errors,
+                result.first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if let Some(dir) = &args.plot {
+        let csv = args
+            .csv
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("--plot draws the rows of --csv FILE: give both"))?;
+        let written = plot::charts(csv, dir)?;
+        for path in written {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
