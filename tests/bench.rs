@@ -73,6 +73,35 @@ fn every_test_runs_over_both_doors_and_lands_in_the_csv() {
         other => panic!("{other:?}"),
     }
 
+    // The same workload through the RESP door, for a ratio table.
+    let mut args = vec![
+        "--addr", &resp, "--resp", "-t", "set", "--csv", csv_arg, "--label", "resp",
+    ];
+    args.extend(common_args);
+    bench(&args);
+    let markdown = dir.path().join("summary.md");
+    bench(&[
+        "-n",
+        "0",
+        "--csv",
+        csv_arg,
+        "--compare",
+        "kvstore:resp",
+        "--compare",
+        "kvstore:nobody",
+        "--markdown",
+        markdown.to_str().unwrap(),
+    ]);
+    let summary = std::fs::read_to_string(&markdown).unwrap();
+    let lines: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.starts_with("| set, 4 conn, P1"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one comparable workload:\n{summary}");
+    let ratio: f64 = lines[0].split('|').nth(4).unwrap().trim().parse().unwrap();
+    assert!(ratio > 0.0, "{summary}");
+    assert!(summary.contains("### kvstore / nobody"), "{summary}");
+
     let charts = dir.path().join("charts");
     let out = bench(&[
         "-n",

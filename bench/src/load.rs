@@ -43,17 +43,21 @@ struct Shared {
 }
 
 impl Shared {
-    /// How many requests the next batch may send; 0 when the test is over.
-    fn claim(&self, pipeline: u64) -> u64 {
-        if let Some(deadline) = self.deadline {
-            return if Instant::now() < deadline {
-                pipeline
-            } else {
-                0
-            };
+    /// The number of the next batch's first request and how many it may
+    /// send; `None` when the test is over.
+    fn claim(&self, pipeline: u64) -> Option<(u64, u64)> {
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return None;
         }
         let start = self.claimed.fetch_add(pipeline, Ordering::Relaxed);
-        self.limit.saturating_sub(start).min(pipeline)
+        let count = match self.deadline {
+            Some(_) => pipeline,
+            None => self.limit.saturating_sub(start).min(pipeline),
+        };
+        (count > 0).then_some((start, count))
     }
 }
 
@@ -160,15 +164,18 @@ async fn connection(
         rng: fastrand::Rng::with_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 1),
         value: Bytes::from(vec![b'x'; args.size]),
         next_id: 0,
+        next_key: 0,
         args,
     };
     let mut out = Vec::with_capacity(64 * 1024);
     let mut input = BytesMut::with_capacity(64 * 1024);
     loop {
-        let batch = shared.claim(args.pipeline as u64);
-        if batch == 0 {
+        let Some((first, batch)) = shared.claim(args.pipeline as u64) else {
             return Ok(tally);
-        }
+        };
+        // With --sequential, request n uses keys n·k .. n·k+k-1 (k keys per
+        // request), so a run writes each key of the key space once.
+        requests.next_key = first * requests.keys_per_request(test);
         out.clear();
         for _ in 0..batch {
             requests.encode(test, &mut out)?;
@@ -205,13 +212,30 @@ struct Requests<'a> {
     /// `-d` bytes, shared by every request.
     value: Bytes,
     next_id: u64,
+    /// With --sequential: the number of the next key.
+    next_key: u64,
     args: &'a Args,
 }
 
 impl Requests<'_> {
-    /// A random key `key:NNNNNNNNNNNN` (16 bytes) out of `-r`.
+    /// A key `key:NNNNNNNNNNNN` (16 bytes) out of `-r`: random, or the next
+    /// one with --sequential.
     fn key(&mut self) -> Bytes {
-        Bytes::from(format!("key:{:012}", self.rng.u64(0..self.args.keyspace)))
+        let n = if self.args.sequential {
+            self.next_key += 1;
+            (self.next_key - 1) % self.args.keyspace
+        } else {
+            self.rng.u64(0..self.args.keyspace)
+        };
+        Bytes::from(format!("key:{n:012}"))
+    }
+
+    /// Keys one request of `test` uses.
+    fn keys_per_request(&self, test: Test) -> u64 {
+        match test {
+            Test::Bulkset => self.args.bulk as u64,
+            _ => 1,
+        }
     }
 
     /// Appends one request of `test` to `out`.

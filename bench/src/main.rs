@@ -11,11 +11,13 @@
 //! ```
 //!
 //! Modules: [`load`] (the connections and their request loops), [`report`]
-//! (the table, the CSV), [`plot`] (PNG charts from the CSV).
+//! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
+//! Markdown table of ratios between systems, from the CSV).
 
 mod load;
 mod plot;
 mod report;
+mod summary;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,6 +86,10 @@ pub struct Args {
     /// Pairs per bulkset request.
     #[arg(long, default_value_t = 100)]
     pub bulk: usize,
+    /// Keys in order instead of at random: each key of -r once (then again
+    /// from the start), e.g. to load exactly -r keys with -t bulkset.
+    #[arg(long)]
+    pub sequential: bool,
     /// Share of gets in the mixed test.
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
@@ -97,10 +103,17 @@ pub struct Args {
     /// Append one row per test to this CSV file (written with a header if new).
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// Write PNG charts of every row in --csv into this directory (with no
-    /// -t given and -n 0, only plots).
+    /// Write PNG charts of every row in --csv into this directory (with
+    /// -n 0, nothing is measured: only the charts and --markdown are made).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// With --markdown: compare system A with system B (the --label names),
+    /// as `A:B`; repeatable.
+    #[arg(long)]
+    pub compare: Vec<String>,
+    /// Write a Markdown table of the --compare ratios of every row in --csv.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -134,8 +147,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let plot_only = args.plot.is_some() && args.requests == 0 && args.duration.is_none();
-    if !plot_only {
+    let report_only = args.requests == 0 && args.duration.is_none();
+    if !report_only {
         report::header(&args);
         for &test in &args.tests {
             let result = runtime.block_on(load::run(&args, test))?;
@@ -161,6 +174,13 @@ fn main() -> anyhow::Result<()> {
         for path in written {
             println!("wrote {}", path.display());
         }
+    }
+    if let Some(path) = &args.markdown {
+        let csv = args.csv.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("--markdown compares the rows of --csv FILE: give both")
+        })?;
+        std::fs::write(path, summary::markdown(csv, &args.compare)?)?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
