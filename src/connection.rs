@@ -135,6 +135,16 @@ impl Connection {
         self.framed.get_ref().read > self.consumed
     }
 
+    /// Whether a whole frame is already buffered (so reading it will not
+    /// wait for the client).
+    pub fn has_whole_frame(&self) -> bool {
+        let buffered = self.framed.read_buffer();
+        buffered.get(..4).is_some_and(|prefix| {
+            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            buffered.len() >= 4 + len
+        })
+    }
+
     /// Bytes of whole frames read so far: when it moves, a frame completed.
     pub fn frames_consumed(&self) -> u64 {
         self.consumed

@@ -173,7 +173,11 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                 return;
             }
         }
-        if answer_ready(&mut conn, &mut queue, &db, timeouts.write)
+        // While another whole request is already buffered, replies wait in
+        // the output buffer: a pipelined burst is answered with one write,
+        // not one per request.
+        let more_coming = reading && has_room(&queue) && conn.has_whole_frame();
+        if answer_ready(&mut conn, &mut queue, &db, timeouts.write, more_coming)
             .await
             .is_err()
         {
@@ -241,12 +245,14 @@ async fn wait_front(queue: &mut VecDeque<Slot>) {
 }
 
 /// Sends every reply at the front of the queue that is ready, in order, and
-/// starts the waiting commands whose turn has come; then flushes once.
+/// starts the waiting commands whose turn has come; then flushes once, unless
+/// `more_coming` (a whole request is already buffered: its turn comes first).
 async fn answer_ready(
     conn: &mut Connection,
     queue: &mut VecDeque<Slot>,
     db: &Db,
     write_timeout: Option<Duration>,
+    more_coming: bool,
 ) -> std::io::Result<()> {
     let mut sent = false;
     while let Some(slot) = queue.front_mut() {
@@ -291,7 +297,7 @@ async fn answer_ready(
             sent = true;
         }
     }
-    if sent {
+    if sent && !more_coming {
         stalled_at_most(write_timeout, conn.flush()).await?;
     }
     Ok(())
