@@ -57,6 +57,9 @@ enum Message {
         /// The op's share of [`MAX_QUEUED_BYTES`], given back when it is answered.
         _budget: OwnedSemaphorePermit,
     },
+    /// Several writes from one connection's pipelined burst, sent together so
+    /// that the thread does not wake for the first one alone.
+    Burst(Vec<Message>),
     /// Make everything written so far durable; answer if someone waits. The
     /// periodic ticker and the snapshot writer send these.
     Sync {
@@ -154,10 +157,31 @@ impl PendingWrite {
 impl Committer {
     /// Queues a write. Fails at once if the log has failed or is closed.
     pub async fn submit(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
+        let (message, pending) = self.prepare(change.into()).await?;
+        self.send(message).await?;
+        Ok(pending)
+    }
+
+    /// Queues several writes, in order, as one message: the thread takes
+    /// them into one batch.
+    pub async fn submit_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
+        let mut messages = Vec::with_capacity(changes.len());
+        let mut pending = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (message, write) = self.prepare(change).await?;
+            messages.push(message);
+            pending.push(write);
+        }
+        self.send(Message::Burst(messages)).await?;
+        Ok(pending)
+    }
+
+    /// A write message with its share of the byte budget. Fails at once if
+    /// the log has failed or is closed.
+    async fn prepare(&self, change: Change) -> Result<(Message, PendingWrite), Error> {
         if let Some(reason) = self.poison.get() {
             return Err(Error::StorageFailed(reason.clone()));
         }
-        let change = change.into();
         let bytes = change.approx_len().min(MAX_QUEUED_BYTES) as u32;
         let _budget = self
             .budget
@@ -166,15 +190,16 @@ impl Committer {
             .await
             .map_err(|_| Error::ShuttingDown)?;
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Message::Write {
-                change,
-                done,
-                _budget,
-            })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        Ok(PendingWrite(rx))
+        let message = Message::Write {
+            change,
+            done,
+            _budget,
+        };
+        Ok((message, PendingWrite(rx)))
+    }
+
+    async fn send(&self, message: Message) -> Result<(), Error> {
+        self.tx.send(message).await.map_err(|_| Error::ShuttingDown)
     }
 
     /// Asks for an fsync of everything written so far, without waiting (the
@@ -302,6 +327,19 @@ impl Worker {
                         break;
                     }
                     Message::Write { ref change, .. } => bytes += change.approx_len(),
+                    Message::Burst(writes) => {
+                        // A burst is never split between batches.
+                        for write in &writes {
+                            if let Message::Write { change, .. } = write {
+                                bytes += change.approx_len();
+                            }
+                        }
+                        batch.extend(writes);
+                        if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+                            next = self.rx.try_recv().ok();
+                        }
+                        continue;
+                    }
                     Message::Sync { .. } => {}
                 }
                 batch.push(message);
@@ -319,7 +357,7 @@ impl Worker {
         // and only `None` proves that nothing more can arrive.
         self.rx.close();
         while let Some(message) = self.rx.blocking_recv() {
-            fail(message, || Error::ShuttingDown);
+            fail(message, &|| Error::ShuttingDown);
         }
         if let Some(thread) = self.snapshot_thread.take() {
             let _ = thread.join();
@@ -334,7 +372,7 @@ impl Worker {
             let reason = reason.clone();
             batch
                 .drain(..)
-                .for_each(|m| fail(m, || Error::StorageFailed(reason.clone())));
+                .for_each(|m| fail(m, &|| Error::StorageFailed(reason.clone())));
             return;
         }
         buf.clear();
@@ -374,7 +412,8 @@ impl Worker {
                     sync_asked = true;
                     jobs.push(Job::Sync(done));
                 }
-                Message::Close => {}
+                // Flattened into the batch when it was gathered.
+                Message::Burst(_) | Message::Close => {}
             }
         }
         drop(view);
@@ -561,7 +600,7 @@ impl Worker {
 }
 
 /// Answers a message that will not be carried out.
-fn fail(message: Message, error: impl Fn() -> Error) {
+fn fail(message: Message, error: &dyn Fn() -> Error) {
     match message {
         Message::Write { done, .. } => {
             let _ = done.send(Err(error()));
@@ -569,6 +608,7 @@ fn fail(message: Message, error: impl Fn() -> Error) {
         Message::Sync { done: Some(done) } => {
             let _ = done.send(Err(error()));
         }
+        Message::Burst(writes) => writes.into_iter().for_each(|w| fail(w, error)),
         Message::Sync { done: None } | Message::Close => {}
     }
 }

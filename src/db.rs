@@ -56,4 +56,9 @@ impl Db {
     pub async fn write(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
         self.committer.submit(change).await
     }
+
+    /// Queues several writes as one message, so they land in one log batch.
+    pub async fn write_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
+        self.committer.submit_all(changes).await
+    }
 }

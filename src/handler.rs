@@ -45,6 +45,11 @@ enum State {
     /// and a write behind such a read waits for the read, so that every read
     /// sees exactly the writes sent before it on this connection.
     Waiting(Command),
+    /// A write read while more whole requests were already buffered: it is
+    /// queued for the log together with the writes right behind it, once the
+    /// buffer holds no more, so a pipelined burst shares one log batch
+    /// instead of waking the log writer with its first write alone.
+    Deferred(Command),
 }
 
 /// Serves one client until it leaves, breaks the protocol, or the server shuts
@@ -116,13 +121,20 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                 }
                 Incoming::Request(request) => {
                     db.stats.command();
+                    let is_write = cmd::is_write(&request.command);
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,
-                        State::Write(_) => !cmd::is_write(&request.command),
+                        State::Write(_) | State::Deferred(_) => !is_write,
                         State::Ready(_) => false,
                     });
+                    // A write behind a deferred one is deferred too: the log
+                    // must get them in request order.
+                    let burst = conn.has_whole_frame()
+                        || queue.iter().any(|s| matches!(s.state, State::Deferred(_)));
                     let state = if must_wait {
                         State::Waiting(request.command)
+                    } else if is_write && burst {
+                        State::Deferred(request.command)
                     } else {
                         start(request.command, &db).await
                     };
@@ -177,6 +189,9 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
         // the output buffer: a pipelined burst is answered with one write,
         // not one per request.
         let more_coming = reading && has_room(&queue) && conn.has_whole_frame();
+        if !more_coming {
+            start_deferred(&mut queue, &db).await;
+        }
         if answer_ready(&mut conn, &mut queue, &db, timeouts.write, more_coming)
             .await
             .is_err()
@@ -220,7 +235,7 @@ fn has_room(queue: &VecDeque<Slot>) -> bool {
     let waiting: usize = queue
         .iter()
         .map(|s| match &s.state {
-            State::Waiting(command) => cmd::size(command),
+            State::Waiting(command) | State::Deferred(command) => cmd::size(command),
             _ => 0,
         })
         .sum();
@@ -231,6 +246,32 @@ async fn start(command: Command, db: &Db) -> State {
     match cmd::start(command, db).await {
         Started::Done(reply) => State::Ready(reply),
         Started::Pending(pending) => State::Write(pending),
+    }
+}
+
+/// Queues every deferred write for the log, in order, as one message, so
+/// the burst lands in one log batch.
+async fn start_deferred(queue: &mut VecDeque<Slot>, db: &Db) {
+    let mut slots = Vec::new();
+    let mut commands = Vec::new();
+    for slot in queue.iter_mut() {
+        if let State::Deferred(_) = slot.state {
+            if let State::Deferred(command) =
+                std::mem::replace(&mut slot.state, State::Ready(Reply::Ok))
+            {
+                commands.push(command);
+                slots.push(slot);
+            }
+        }
+    }
+    if commands.is_empty() {
+        return;
+    }
+    for (slot, started) in slots.into_iter().zip(cmd::start_all(commands, db).await) {
+        slot.state = match started {
+            Started::Done(reply) => State::Ready(reply),
+            Started::Pending(pending) => State::Write(pending),
+        };
     }
 }
 
@@ -262,6 +303,8 @@ async fn answer_ready(
                 Some(outcome) => slot.state = State::Ready(cmd::reply_for(outcome)),
                 None => break,
             },
+            // Started with the rest of its burst (`start_deferred`).
+            State::Deferred(_) => break,
             State::Waiting(_) => {
                 // Everything before it is answered: start it, and if it is a
                 // write, the waiting writes right behind it too, so they share

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::{cmd, frame, Client, Server};
-use kvstore_client::{codec, ErrorCode, Reply, Request};
+use kvstore_client::{codec, Command, ErrorCode, Reply, Request};
 
 fn value(v: &[u8]) -> Reply {
     Reply::Value(Some(Bytes::copy_from_slice(v)))
@@ -137,6 +137,53 @@ fn pipelined_requests_are_answered_in_order_and_reads_see_earlier_writes() {
     for (id, reply) in expected {
         let response = c.recv().expect("response");
         assert_eq!((response.id, response.reply), (id, reply));
+    }
+}
+
+/// A burst of writes with nothing between them (handed to the log together)
+/// is logged and applied in request order: the last write to a key wins, and
+/// increments count up one by one.
+#[test]
+fn a_pipelined_burst_of_writes_keeps_request_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let mut c = server.client();
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300u64 {
+        let (command, reply) = if i % 3 == 0 {
+            let by = 1;
+            (
+                Command::Incr {
+                    key: "counter".into(),
+                    by,
+                },
+                Reply::Int((i / 3 + 1) as i64),
+            )
+        } else {
+            (cmd::set(format!("k{}", i % 5), i.to_string()), Reply::Ok)
+        };
+        let id = 1 + i;
+        let body = codec::encode(&Request { id, command }).unwrap();
+        burst.extend_from_slice(&frame(&body));
+        expected.push((id, reply));
+    }
+    c.send_raw(&burst);
+    for (id, reply) in expected {
+        let response = c.recv().expect("response");
+        assert_eq!((response.id, response.reply), (id, reply));
+    }
+    for k in 0..5u64 {
+        // The last i below 300 with i % 5 == k and i % 3 != 0.
+        let last = (0..300u64)
+            .rev()
+            .find(|i| i % 5 == k && i % 3 != 0)
+            .unwrap();
+        assert_eq!(
+            c.call(cmd::get(format!("k{k}"))),
+            value(last.to_string().as_bytes()),
+            "k{k}"
+        );
     }
 }
 

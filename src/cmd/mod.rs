@@ -85,8 +85,50 @@ pub fn size(command: &Command) -> usize {
 
 /// Starts any command: a read is answered, a write is queued.
 pub async fn start(command: Command, db: &Db) -> Started {
+    match prepare(command, db) {
+        Ok(change) => match db.write(change).await {
+            Ok(pending) => Started::Pending(pending),
+            Err(e) => Started::Done(error_reply(&e)),
+        },
+        Err(reply) => Started::Done(reply),
+    }
+}
+
+/// Starts several commands, in order, with their writes handed to the log in
+/// one message, so they share one log batch (a pipelined burst).
+pub async fn start_all(commands: Vec<Command>, db: &Db) -> Vec<Started> {
+    let prepared: Vec<Result<Change, Reply>> =
+        commands.into_iter().map(|c| prepare(c, db)).collect();
+    let changes: Vec<Change> = prepared
+        .iter()
+        .filter_map(|p| p.as_ref().ok().cloned())
+        .collect();
+    let mut pending = match db.write_all(changes).await {
+        Ok(pending) => pending.into_iter().map(Ok).collect::<Vec<_>>(),
+        Err(e) => prepared.iter().map(|_| Err(error_reply(&e))).collect(),
+    }
+    .into_iter();
+    prepared
+        .into_iter()
+        .map(|p| match p {
+            Err(reply) => Started::Done(reply),
+            Ok(_) => match pending.next() {
+                Some(Ok(write)) => Started::Pending(write),
+                Some(Err(reply)) => Started::Done(reply),
+                None => Started::Done(Reply::error(
+                    ErrorCode::StorageFailed,
+                    "the log answered fewer writes than it was given",
+                )),
+            },
+        })
+        .collect()
+}
+
+/// Checks a command's limits: `Ok` is a write's [`Change`] to log; `Err` is
+/// the reply to give at once (a read's answer, or a refused write's error).
+fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
     let limits = &db.limits;
-    let change = match command {
+    match command {
         Command::Set { key, value } => set::op(key, value, limits).map(Change::from),
         Command::Delete { key } => delete::op(key, limits).map(Change::from),
         Command::BulkSet { items } => bulk_set::op(items, limits).map(Change::from),
@@ -101,14 +143,7 @@ pub async fn start(command: Command, db: &Db) -> Started {
         Command::GetDel { key } => get_del::change(key, limits),
         Command::Incr { key, by } => incr::change(key, by, limits),
         Command::Append { key, value } => append::change(key, value, limits),
-        read => return Started::Done(self::read(read, db)),
-    };
-    match change {
-        Ok(change) => match db.write(change).await {
-            Ok(pending) => Started::Pending(pending),
-            Err(e) => Started::Done(error_reply(&e)),
-        },
-        Err(reply) => Started::Done(reply),
+        read => Err(self::read(read, db)),
     }
 }
 
