@@ -119,19 +119,24 @@ fn pipelined_requests_are_answered_in_order_and_reads_see_earlier_writes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kvstore.db"), &[]);
     let mut c = server.client();
-    let mut burst = Vec::new();
-    let mut expected = Vec::new();
+    let mut exchange = Vec::new();
     for i in 0..200u64 {
         let key = format!("k{}", i % 7);
-        for (command, reply) in [
-            (cmd::set(&key, i.to_le_bytes()), Reply::Ok),
-            (cmd::get(&key), value(&i.to_le_bytes())),
-        ] {
-            let id = 1000 + burst.len() as u64;
-            let body = codec::encode(&Request { id, command }).unwrap();
-            burst.extend_from_slice(&frame(&body));
-            expected.push((id, reply));
-        }
+        exchange.push((cmd::set(&key, i.to_le_bytes()), Reply::Ok));
+        exchange.push((cmd::get(&key), value(&i.to_le_bytes())));
+    }
+    pipeline(&mut c, exchange);
+}
+
+/// Sends every command in one write, then expects each reply, in order.
+fn pipeline(c: &mut Client, exchange: Vec<(Command, Reply)>) {
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for (i, (command, reply)) in exchange.into_iter().enumerate() {
+        let id = 1000 + i as u64;
+        let body = codec::encode(&Request { id, command }).unwrap();
+        burst.extend_from_slice(&frame(&body));
+        expected.push((id, reply));
     }
     c.send_raw(&burst);
     for (id, reply) in expected {
@@ -148,31 +153,19 @@ fn a_pipelined_burst_of_writes_keeps_request_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kvstore.db"), &[]);
     let mut c = server.client();
-    let mut burst = Vec::new();
-    let mut expected = Vec::new();
-    for i in 0..300u64 {
-        let (command, reply) = if i % 3 == 0 {
-            let by = 1;
-            (
+    let exchange = (0..300u64)
+        .map(|i| match i % 3 {
+            0 => (
                 Command::Incr {
                     key: "counter".into(),
-                    by,
+                    by: 1,
                 },
                 Reply::Int((i / 3 + 1) as i64),
-            )
-        } else {
-            (cmd::set(format!("k{}", i % 5), i.to_string()), Reply::Ok)
-        };
-        let id = 1 + i;
-        let body = codec::encode(&Request { id, command }).unwrap();
-        burst.extend_from_slice(&frame(&body));
-        expected.push((id, reply));
-    }
-    c.send_raw(&burst);
-    for (id, reply) in expected {
-        let response = c.recv().expect("response");
-        assert_eq!((response.id, response.reply), (id, reply));
-    }
+            ),
+            _ => (cmd::set(format!("k{}", i % 5), i.to_string()), Reply::Ok),
+        })
+        .collect();
+    pipeline(&mut c, exchange);
     for k in 0..5u64 {
         // The last i below 300 with i % 5 == k and i % 3 != 0.
         let last = (0..300u64)
