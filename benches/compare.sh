@@ -20,23 +20,13 @@ DURATION=${DURATION:-3}
 OUT=${OUT:-bench-results}
 BASE=${BASE_PORT:-17000}
 
-if ! command -v redis-server >/dev/null; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq redis-server redis-tools
-fi
+source benches/lib.sh
+ensure_redis
 cargo build --release --bin kvstore-server --bin kvstore-bench
 bench=target/release/kvstore-bench
 
 mkdir -p "$OUT"
 rm -f "$OUT/results.csv"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 redis() { # name port args...
   local name=$1 port=$2; shift 2
@@ -57,6 +47,8 @@ redis redis-none $((BASE + 3)) --appendonly no
 kvstore kvstore-always $((BASE + 11)) $((BASE + 21)) always
 kvstore kvstore-periodic $((BASE + 12)) $((BASE + 22)) periodic
 kvstore kvstore-never $((BASE + 13)) $((BASE + 23)) never
+# Every server answers on a RESP port (kvstore's listens on both at once).
+for port in 1 2 3 21 22 23; do wait_up $((BASE + port)); done
 
 # label address protocol-flag
 systems=(
@@ -80,11 +72,6 @@ run() { # system-line extra-args...
   local label addr proto flag=""
   read -r label addr proto <<<"$1"; shift
   [ "$proto" = resp ] && flag=--resp
-  # A server that is not up yet gets a few seconds.
-  for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null && break
-    sleep 0.1
-  done
   # shellcheck disable=SC2086
   $bench --addr "$addr" $flag --label "$label" -d 100 -r 100000 -q "$@"
 }

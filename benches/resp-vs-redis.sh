@@ -18,15 +18,9 @@ PIPELINE=${PIPELINE:-1}
 KV_PORT=${KV_PORT:-16380}
 REDIS_PORT=${REDIS_PORT:-16379}
 
+source benches/lib.sh
+ensure_redis
 cargo build --release --bin kvstore-server
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --appendonly yes \
   --appendfsync always --save "" --dir "$work" >"$work/redis.log" 2>&1 &
@@ -34,13 +28,8 @@ pids+=($!)
 target/release/kvstore-server --listen 127.0.0.1:0 --resp-listen "127.0.0.1:$KV_PORT" \
   --data "$work/kvstore.db" --sync always >"$work/kvstore.out" 2>"$work/kvstore.log" &
 pids+=($!)
-for port in "$REDIS_PORT" "$KV_PORT"; do
-  for _ in $(seq 100); do
-    redis-cli -p "$port" PING >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  redis-cli -p "$port" PING >/dev/null
-done
+wait_up "$REDIS_PORT"
+wait_up "$KV_PORT"
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "redis: $(redis-server --version | cut -d' ' -f3) appendfsync always; kvstore: --sync always"

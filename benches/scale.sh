@@ -22,20 +22,13 @@ NATIVE=${NATIVE_PORT:-17101}
 RESP=${RESP_PORT:-17102}
 REDIS=${REDIS_PORT:-17103}
 
-command -v redis-server >/dev/null || {
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq redis-server redis-tools
-}
+source benches/lib.sh
+ensure_redis
 cargo build --release --bin kvstore-server --bin kvstore-bench
 bench=target/release/kvstore-bench
 mkdir -p "$OUT"
-work=$(mktemp -d)
+# The one server running at a time (also in `pids`, for cleanup on exit).
 pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 now_ms() { date +%s%3N; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -52,24 +45,17 @@ first_answer_ms() {
   done
   echo "never" && return 1
 }
-# Waits until the server answers PING.
-wait_up() { # port
-  for _ in $(seq 2000); do
-    redis-cli -p "$1" PING >/dev/null 2>&1 && return
-    sleep 0.01
-  done
-  echo "the server on port $1 did not come up" >&2
-  return 1
-}
 start_kvstore() { # data
   target/release/kvstore-server --listen "127.0.0.1:$NATIVE" --resp-listen "127.0.0.1:$RESP" \
     --data "$1" --snapshot-after-bytes 1099511627776 >>"$work/kvstore.out" 2>>"$work/kvstore.log" &
   pid=$!
+  pids=("$pid")
 }
 stop() { # signal
   kill "-$1" "$pid"
   wait "$pid" 2>/dev/null || true
   pid=""
+  pids=()
 }
 
 kvstore_at() { # keys
@@ -116,6 +102,7 @@ redis_at() { # keys
   redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --dir "$dir" --appendonly yes \
     --appendfsync always >"$work/redis.log" 2>&1 &
   pid=$!
+  pids=("$pid")
   wait_up "$REDIS"
   t0=$(now_ms)
   $bench --resp --addr "127.0.0.1:$REDIS" -t bulkset --bulk 100 --sequential -r "$keys" \
@@ -129,6 +116,7 @@ redis_at() { # keys
   redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --dir "$dir" --appendonly yes \
     --appendfsync always >>"$work/redis.log" 2>&1 &
   pid=$!
+  pids=("$pid")
   local from_aof keys_after
   from_aof=$(first_answer_ms "$t0" "$REDIS")
   keys_after=$(redis-cli -p "$REDIS" DBSIZE)

@@ -69,6 +69,16 @@ enum Message {
     Close,
 }
 
+impl Message {
+    /// Roughly the log bytes of a write; 0 for the other messages.
+    fn approx_len(&self) -> usize {
+        match self {
+            Message::Write { change, .. } => change.approx_len(),
+            _ => 0,
+        }
+    }
+}
+
 /// A message of the batch being committed, with its write resolved.
 enum Job {
     Write {
@@ -326,23 +336,16 @@ impl Worker {
                         closing = true;
                         break;
                     }
-                    Message::Write { ref change, .. } => bytes += change.approx_len(),
+                    // A burst is never split between batches.
                     Message::Burst(writes) => {
-                        // A burst is never split between batches.
-                        for write in &writes {
-                            if let Message::Write { change, .. } = write {
-                                bytes += change.approx_len();
-                            }
-                        }
+                        bytes += writes.iter().map(Message::approx_len).sum::<usize>();
                         batch.extend(writes);
-                        if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-                            next = self.rx.try_recv().ok();
-                        }
-                        continue;
                     }
-                    Message::Sync { .. } => {}
+                    message => {
+                        bytes += message.approx_len();
+                        batch.push(message);
+                    }
                 }
-                batch.push(message);
                 if batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
                     next = self.rx.try_recv().ok();
                 }

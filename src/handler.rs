@@ -243,9 +243,15 @@ fn has_room(queue: &VecDeque<Slot>) -> bool {
 }
 
 async fn start(command: Command, db: &Db) -> State {
-    match cmd::start(command, db).await {
-        Started::Done(reply) => State::Ready(reply),
-        Started::Pending(pending) => State::Write(pending),
+    State::from(cmd::start(command, db).await)
+}
+
+impl From<Started> for State {
+    fn from(started: Started) -> State {
+        match started {
+            Started::Done(reply) => State::Ready(reply),
+            Started::Pending(pending) => State::Write(pending),
+        }
     }
 }
 
@@ -268,10 +274,7 @@ async fn start_deferred(queue: &mut VecDeque<Slot>, db: &Db) {
         return;
     }
     for (slot, started) in slots.into_iter().zip(cmd::start_all(commands, db).await) {
-        slot.state = match started {
-            Started::Done(reply) => State::Ready(reply),
-            Started::Pending(pending) => State::Write(pending),
-        };
+        slot.state = State::from(started);
     }
 }
 

@@ -209,16 +209,18 @@ pub async fn serve(
                     }
                     let outcome = commands::execute(args, &mut session, &ctx).await;
                     queue.push_back((session.proto, outcome));
+                    // A login lifts the small pre-login limit for the
+                    // requests decoded from now on.
+                    if session.authenticated != limits_for_login {
+                        limits_for_login = session.authenticated;
+                        framed
+                            .codec_mut()
+                            .set_limits(request_limits(&db, session.authenticated));
+                    }
                 }
             }
             if session.closing || queue.len() >= MAX_PIPELINE {
                 break;
-            }
-            if session.authenticated != limits_for_login {
-                limits_for_login = session.authenticated;
-                framed
-                    .codec_mut()
-                    .set_limits(request_limits(&db, session.authenticated));
             }
             // Only what has already arrived: polling an empty socket again
             // would cost a system call per request.
@@ -232,12 +234,6 @@ pub async fn serve(
         }
         if answer(&mut framed, queue, timeouts.write).await.is_err() || session.closing {
             return;
-        }
-        if session.authenticated != limits_for_login {
-            limits_for_login = session.authenticated;
-            framed
-                .codec_mut()
-                .set_limits(request_limits(&db, session.authenticated));
         }
     }
 }

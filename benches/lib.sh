@@ -1,0 +1,31 @@
+# Shared by the benchmark scripts (sourced, not run): the work directory and
+# the processes a script starts, stopped by process id when it exits; Redis
+# installed if missing; waiting for a server to answer.
+
+# Installs Debian's redis-server and redis-tools if redis-server is missing.
+ensure_redis() {
+  command -v redis-server >/dev/null && return
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq redis-server redis-tools
+}
+
+# A temporary work directory, and `pids`: every process id pushed there is
+# stopped, and the directory removed, when the script exits.
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits until the RESP server on 127.0.0.1:PORT answers PING (at most 20 s).
+wait_up() { # port
+  for _ in $(seq 2000); do
+    redis-cli -p "$1" PING >/dev/null 2>&1 && return
+    sleep 0.01
+  done
+  echo "the server on port $1 did not come up" >&2
+  return 1
+}
