@@ -77,9 +77,13 @@ fn model(ops: &[WriteOp]) -> BTreeMap<Bytes, Bytes> {
 }
 
 fn dump(store: &Store) -> BTreeMap<Bytes, Bytes> {
-    (0..store.shard_count())
-        .flat_map(|s| store.chunk(s, None, usize::MAX))
-        .collect()
+    let mut all = BTreeMap::new();
+    for shard in 0..store.shard_count() {
+        store.visit(shard, None, usize::MAX, |k, v| {
+            all.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
+        });
+    }
+    all
 }
 
 fn segment_file(data: &Path) -> PathBuf {
@@ -259,6 +263,60 @@ fn a_snapshot_loads_back_exactly() {
     let (data, expected) = snapshot_of(dir.path(), 5000);
     let recovered = storage::open(&RealFs, &data, 8).unwrap();
     assert_eq!(dump(&recovered.store), expected);
+}
+
+/// A snapshot of several blocks is decoded by several threads and its shards
+/// built from their parts; it loads back exactly, also into another shard
+/// count than it was written from.
+#[test]
+fn a_snapshot_of_many_blocks_loads_back_exactly_into_any_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, expected) = snapshot_of(dir.path(), 40_000);
+    assert!(fs::metadata(&data).unwrap().len() > 4 << 20, "want several blocks");
+    for shards in [1, 3, 64] {
+        let recovered = storage::open(&RealFs, &data, shards).unwrap();
+        assert_eq!(recovered.store.len(), expected.len());
+        assert_eq!(dump(&recovered.store), expected, "{shards} shards");
+    }
+}
+
+/// A block whose checksum is right but whose entries do not fit it (a writer
+/// bug, not disk damage) is reported at that block's offset, even though
+/// another thread decodes it while the reader has gone on.
+#[test]
+fn a_malformed_block_is_reported_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let mut file = b"KVSTSNAP".to_vec();
+    let mut header = vec![1u8];
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    header.extend_from_slice(&1u64.to_le_bytes());
+    kvstore::storage::record::append(&mut file, &header);
+    let mut good = vec![2u8];
+    good.extend_from_slice(&1u32.to_le_bytes());
+    good.extend_from_slice(&1u32.to_le_bytes());
+    good.extend_from_slice(b"kv");
+    kvstore::storage::record::append(&mut file, &good);
+    let bad_at = file.len() as u64;
+    let mut bad = vec![2u8];
+    bad.extend_from_slice(&100u32.to_le_bytes()); // a 100-byte key in 2 bytes
+    bad.extend_from_slice(&1u32.to_le_bytes());
+    bad.extend_from_slice(b"kv");
+    kvstore::storage::record::append(&mut file, &bad);
+    let mut footer = vec![3u8];
+    footer.extend_from_slice(&2u64.to_le_bytes());
+    footer.extend_from_slice(&2u64.to_le_bytes());
+    kvstore::storage::record::append(&mut file, &footer);
+    fs::write(&data, &file).unwrap();
+    match storage::open(&RealFs, &data, 4) {
+        Err(Error::Corrupt { offset, reason, .. }) => {
+            assert_eq!(offset, bad_at);
+            assert!(reason.contains("key extends past its block"), "{reason}");
+        }
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("loaded a malformed block"),
+    }
 }
 
 #[test]

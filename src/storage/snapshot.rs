@@ -26,10 +26,13 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bytes::Bytes;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use parking_lot::Mutex;
 
 use super::fs::Fs;
-use super::{record, store::Store, sync_dir};
+use super::store::{Loader, Store};
+use super::{record, sync_dir};
 use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTSNAP";
@@ -92,23 +95,33 @@ pub fn write(
 
     let (mut entries, mut blocks) = (0u64, 0u64);
     let mut block = vec![KIND_BLOCK];
+    // One lock acquisition's worth of encoded entries.
+    let mut chunk_bytes = Vec::new();
     for shard in 0..store.shard_count() {
-        let mut after: Option<Bytes> = None;
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let chunk = store.chunk(shard, after.as_ref(), CHUNK_PAIRS);
-            let Some((last, _)) = chunk.last() else { break };
-            after = Some(last.clone());
-            for (key, value) in &chunk {
-                block.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                block.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                block.extend_from_slice(key);
-                block.extend_from_slice(value);
+            // Copied out under the shard's read lock, written without it.
+            let mut chunk = Vec::with_capacity(CHUNK_PAIRS);
+            after = store.visit(shard, after.as_deref(), CHUNK_PAIRS, |key, value| {
+                let at = chunk_bytes.len();
+                chunk_bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                chunk_bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                chunk_bytes.extend_from_slice(key);
+                chunk_bytes.extend_from_slice(value);
+                chunk.push(at..chunk_bytes.len());
+            });
+            for entry in chunk {
+                block.extend_from_slice(&chunk_bytes[entry]);
                 entries += 1;
                 if block.len() >= BLOCK_BYTES {
                     emit(&mut out, &block).map_err(io)?;
                     blocks += 1;
                     block.truncate(1);
                 }
+            }
+            chunk_bytes.clear();
+            if after.is_none() {
+                break;
             }
         }
     }
@@ -161,7 +174,12 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Loads the snapshot at `path` into `store`; `Ok(None)` if there is none.
-/// Any damage stops the load with the file and the offset of the bad record.
+/// Any damage stops the load with the file and the offset of the bad record,
+/// and leaves `store` as it was.
+///
+/// This thread reads the file and checks each record's checksum; blocks go to
+/// worker threads (one per core) that decode their entries and sort them by
+/// shard; then each shard's tree is built from its sorted entries at once.
 pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
     let (file, file_len) = match fs.open_read(path) {
         Ok(f) => f,
@@ -174,11 +192,70 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
     if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
         return Err(corrupt(0, "not a kvstore snapshot (bad magic)"));
     }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    // Few blocks in flight: each is about 1 MiB.
+    let (blocks_tx, blocks_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2 * workers);
+    let blocks_rx = Mutex::new(blocks_rx);
+    let (read, decoded) = std::thread::scope(|scope| {
+        let decoders: Vec<_> = (0..workers)
+            .map(|_| scope.spawn(|| decode_blocks(&blocks_rx, store)))
+            .collect();
+        let read = read_records(&mut input, path, file_len, blocks_tx);
+        let decoded: Vec<_> = decoders
+            .into_iter()
+            .map(|d| d.join().unwrap_or(Err((0, "a decoding thread panicked"))))
+            .collect();
+        (read, decoded)
+    });
+    // A block's own damage comes before anything the reader found later.
+    let mut loaders = Vec::with_capacity(decoded.len());
+    let mut entries = 0;
+    let mut first_bad: Option<(u64, &str)> = None;
+    for result in decoded {
+        match result {
+            Ok((loader, n)) => {
+                loaders.push(loader);
+                entries += n;
+            }
+            Err(bad) => first_bad = Some(first_bad.map_or(bad, |b| b.min(bad))),
+        }
+    }
+    if let Some((offset, reason)) = first_bad {
+        return Err(corrupt(offset, reason));
+    }
+    let footer = read?;
+    if footer.entries != entries {
+        return Err(corrupt(
+            footer.offset,
+            "footer does not match the blocks read",
+        ));
+    }
+    store.finish_load(loaders, workers);
+    Ok(Some(footer.info))
+}
+
+/// What the reader found at the end of a whole snapshot.
+struct Footer {
+    info: SnapshotInfo,
+    /// The entries the footer claims (the decoders count the real ones).
+    entries: u64,
+    /// Where the footer record starts.
+    offset: u64,
+}
+
+/// Reads and checks every record of a snapshot after its magic, sending each
+/// block with its offset to the decoders.
+fn read_records(
+    input: &mut impl Read,
+    path: &Path,
+    file_len: u64,
+    blocks: SyncSender<(u64, Vec<u8>)>,
+) -> Result<Footer, Error> {
+    let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
     let mut offset = MAGIC.len() as u64;
     // The header's (next segment, next seq), once read.
     let mut resume = None;
-    let mut entries = 0u64;
-    let mut blocks = 0u64;
+    let mut sent = 0u64;
     loop {
         let mut header = [0u8; record::HEADER_LEN];
         if input.read_exact(&mut header).is_err() {
@@ -204,6 +281,11 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
         if !record::verify(header, &body) {
             return Err(corrupt(offset, "checksum mismatch"));
         }
+        let field = |at: usize| {
+            body.get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
         match (body.first(), resume) {
             (Some(&KIND_HEADER), None) => {
                 let version = body
@@ -215,40 +297,39 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
                         &format!("unsupported snapshot version {version:?}"),
                     ));
                 }
-                let field = |at: usize| {
-                    body.get(at..at + 8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_le_bytes)
-                };
                 let (Some(segment), Some(seq)) = (field(5), field(13)) else {
                     return Err(corrupt(offset, "short header"));
                 };
                 resume = Some((segment, seq));
             }
             (Some(&KIND_BLOCK), Some(_)) => {
-                entries +=
-                    load_block(&body[1..], store).map_err(|reason| corrupt(offset, reason))?;
-                blocks += 1;
+                if blocks.send((offset, body)).is_err() {
+                    // Every decoder has stopped, which only a panic does.
+                    return Err(corrupt(offset, "the decoders stopped"));
+                }
+                sent += 1;
             }
             (Some(&KIND_FOOTER), Some((next_segment, next_seq))) => {
-                let said = |i: usize| {
-                    body.get(i..i + 8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_le_bytes)
+                let (Some(entries), Some(claimed_blocks)) = (field(1), field(9)) else {
+                    return Err(corrupt(offset, "short footer"));
                 };
-                if said(1) != Some(entries) || said(9) != Some(blocks) {
+                if claimed_blocks != sent {
                     return Err(corrupt(offset, "footer does not match the blocks read"));
                 }
                 let end = body_at + len as u64;
                 if end != file_len {
                     return Err(corrupt(end, "unexpected bytes after the footer"));
                 }
-                return Ok(Some(SnapshotInfo {
-                    next_segment,
-                    next_seq,
+                return Ok(Footer {
+                    info: SnapshotInfo {
+                        next_segment,
+                        next_seq,
+                        entries,
+                        bytes: file_len,
+                    },
                     entries,
-                    bytes: file_len,
-                }));
+                    offset,
+                });
             }
             _ => return Err(corrupt(offset, "unexpected record kind")),
         }
@@ -256,7 +337,34 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
     }
 }
 
-fn load_block(mut block: &[u8], store: &Store) -> Result<u64, &'static str> {
+/// A decoder thread: takes blocks until the reader is done and sorts their
+/// entries by shard. After the first damaged block it only drains the
+/// channel (so the reader never waits on it), and reports that block.
+fn decode_blocks<'s>(
+    blocks: &Mutex<Receiver<(u64, Vec<u8>)>>,
+    store: &'s Store,
+) -> Result<(Loader<'s>, u64), (u64, &'static str)> {
+    let mut loader = store.loader();
+    let mut entries = 0;
+    let mut bad = None;
+    loop {
+        let next = blocks.lock().recv();
+        let Ok((offset, body)) = next else { break };
+        if bad.is_some() {
+            continue;
+        }
+        match decode_block(&body[1..], &mut loader) {
+            Ok(n) => entries += n,
+            Err(reason) => bad = Some((offset, reason)),
+        }
+    }
+    match bad {
+        Some(bad) => Err(bad),
+        None => Ok((loader, entries)),
+    }
+}
+
+fn decode_block(mut block: &[u8], loader: &mut Loader<'_>) -> Result<u64, &'static str> {
     let mut n = 0;
     while !block.is_empty() {
         let (lens, rest) = block.split_at_checked(8).ok_or("entry header cut short")?;
@@ -268,7 +376,7 @@ fn load_block(mut block: &[u8], store: &Store) -> Result<u64, &'static str> {
         let (value, rest) = rest
             .split_at_checked(vlen)
             .ok_or("value extends past its block")?;
-        store.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        loader.push(key, value);
         block = rest;
         n += 1;
     }

@@ -1,4 +1,5 @@
-//! The in-memory map: ordered maps cut into shards, each behind its own lock.
+//! The in-memory map: ordered sets of entries cut into shards, each behind its
+//! own lock.
 //!
 //! A key's shard is `crc32c(key) % shards` (crc32c is hardware-accelerated and
 //! already needed for the log). Readers of different shards never meet; a
@@ -6,11 +7,18 @@
 //! shard, for the length of one map operation. No lock is ever held across an
 //! `.await` or any I/O.
 //!
+//! Each key and its value live together in one heap allocation (an
+//! [`Entry`]); the B-tree holds only the 16-byte pointer to it. That is one
+//! allocation per key instead of two, and reads copy the value out under the
+//! read lock (a 100-byte copy costs about what the reference-count increment of
+//! a shared buffer did). See docs/performance.md for the memory figures.
+//!
 //! The store knows nothing of durability: the group-commit thread applies a
 //! write here only after the log says it is durable (see `crate::commit`).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::borrow::Borrow;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -18,12 +26,73 @@ use parking_lot::RwLock;
 
 use super::op::WriteOp;
 
-/// One shard: an ordered map, so `Keys` can walk a prefix in order.
+/// One key and its value in a single allocation:
+/// `key length (u32 LE) | key | value`.
+///
+/// Entries compare, and are looked up (through `Borrow<[u8]>`), by their key
+/// alone, so a shard is a `BTreeSet<Entry>` that behaves as a map from key to
+/// value.
+pub struct Entry(Box<[u8]>);
+
+/// Bytes in front of the key: its length.
+const ENTRY_HEADER: usize = 4;
+
+impl Entry {
+    pub fn new(key: &[u8], value: &[u8]) -> Entry {
+        let mut buf = Vec::with_capacity(ENTRY_HEADER + key.len() + value.len());
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        Entry(buf.into_boxed_slice())
+    }
+
+    fn key_end(&self) -> usize {
+        let b = &self.0;
+        ENTRY_HEADER + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.0[ENTRY_HEADER..self.key_end()]
+    }
+
+    pub fn value(&self) -> &[u8] {
+        &self.0[self.key_end()..]
+    }
+}
+
+impl Borrow<[u8]> for Entry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Entry) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Entry) -> Ordering {
+        self.key().cmp(other.key())
+    }
+}
+
+/// One shard: an ordered set of entries, so `Keys` can walk a prefix in order.
 /// A `parking_lot` read-write lock: many readers share a shard, the one writer
 /// takes it briefly; it never blocks an async task for long because nothing
 /// inside it awaits or does I/O. (`cargo bench --bench store`, `lock/*`: two
 /// readers on one map take 23 ms with the read-write lock, 43 ms with a mutex.)
-type Shard = RwLock<BTreeMap<Bytes, Bytes>>;
+type Map = BTreeSet<Entry>;
+type Shard = RwLock<Map>;
 
 /// The whole data set.
 pub struct Store {
@@ -62,7 +131,7 @@ impl Store {
     pub fn new(shards: usize) -> Store {
         Store {
             shards: (0..shards.max(1))
-                .map(|_| RwLock::new(BTreeMap::new()))
+                .map(|_| RwLock::new(Map::new()))
                 .collect(),
         }
     }
@@ -75,10 +144,10 @@ impl Store {
         &self.shards[self.shard_index(key)]
     }
 
-    /// The value of `key`. Cloning a `Bytes` is a reference-count increment, so
-    /// the read lock is held only for the lookup.
+    /// The value of `key`, copied out under the shard's read lock.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.shard(key).read().get(key).cloned()
+        let map = self.shard(key).read();
+        map.get(key).map(|e| Bytes::copy_from_slice(e.value()))
     }
 
     /// The values of `keys`, read at one instant: the read locks of all
@@ -89,7 +158,10 @@ impl Store {
         let guards: Vec<_> = shards.iter().map(|&i| self.shards[i].read()).collect();
         keys.iter()
             .zip(slots)
-            .map(|(key, slot)| guards[slot].get(key).cloned())
+            .map(|(key, slot)| {
+                let found = guards[slot].get(key.as_ref());
+                found.map(|e| Bytes::copy_from_slice(e.value()))
+            })
             .collect()
     }
 
@@ -109,7 +181,7 @@ impl Store {
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.shard(key).read().contains_key(key)
+        self.shard(key).read().contains(key)
     }
 
     /// Number of keys (each shard counted under its own lock, so the total is
@@ -128,23 +200,24 @@ impl Store {
     pub fn apply(&self, op: &WriteOp) -> Applied {
         match op {
             WriteOp::Set { key, value } => {
-                self.shard(key).write().insert(key.clone(), value.clone());
+                let entry = Entry::new(key, value);
+                self.shard(key).write().replace(entry);
                 Applied::Stored
             }
             WriteOp::Delete { key } => {
-                Applied::Deleted(self.shard(key).write().remove(key).is_some())
+                Applied::Deleted(self.shard(key).write().remove(key.as_ref()))
             }
             WriteOp::BulkSet { items } => {
                 self.with_shards_of(items.iter().map(|(k, _)| k), |i, map| {
                     let (key, value) = &items[i];
-                    map.insert(key.clone(), value.clone());
+                    map.replace(Entry::new(key, value));
                 });
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
                 let mut removed = 0;
                 self.with_shards_of(keys.iter(), |i, map| {
-                    removed += i64::from(map.remove(&keys[i]).is_some());
+                    removed += i64::from(map.remove(keys[i].as_ref()));
                 });
                 Applied::Int(removed)
             }
@@ -168,7 +241,7 @@ impl Store {
     fn with_shards_of<'k>(
         &self,
         keys: impl Iterator<Item = &'k Bytes>,
-        mut change: impl FnMut(usize, &mut BTreeMap<Bytes, Bytes>),
+        mut change: impl FnMut(usize, &mut Map),
     ) {
         let (slots, shards) = self.lock_plan(keys);
         let mut guards: Vec<_> = shards.iter().map(|&i| self.shards[i].write()).collect();
@@ -177,9 +250,46 @@ impl Store {
         }
     }
 
-    /// Inserts one pair while loading a snapshot.
-    pub fn insert(&self, key: Bytes, value: Bytes) {
-        self.shard(&key).write().insert(key, value);
+    /// A loader that sorts entries by shard; several can fill in parallel,
+    /// then [`Store::finish_load`] builds the shards from them.
+    pub fn loader(&self) -> Loader<'_> {
+        Loader {
+            store: self,
+            by_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds what `loaders` gathered to the shards, building each shard's tree
+    /// from sorted entries at once (far cheaper than inserting one by one),
+    /// on up to `threads` threads. A key gathered twice keeps one of its
+    /// values; callers load sets of distinct keys (a snapshot).
+    pub fn finish_load(&self, loaders: Vec<Loader<'_>>, threads: usize) {
+        let mut per_shard: Vec<Vec<Vec<Entry>>> =
+            (0..self.shards.len()).map(|_| Vec::new()).collect();
+        for loader in loaders {
+            for (shard, entries) in loader.by_shard.into_iter().enumerate() {
+                per_shard[shard].push(entries);
+            }
+        }
+        let threads = threads.clamp(1, self.shards.len());
+        let mut work: Vec<Vec<(usize, Vec<Vec<Entry>>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        for (shard, parts) in per_shard.into_iter().enumerate() {
+            work[shard % threads].push((shard, parts));
+        }
+        std::thread::scope(|scope| {
+            for share in work {
+                scope.spawn(move || {
+                    for (shard, parts) in share {
+                        // Each part is in key order already (a snapshot lists
+                        // a shard's keys in order), so the sort inside
+                        // `from_iter` only merges runs.
+                        let mut built: Map = parts.into_iter().flatten().collect();
+                        self.shards[shard].write().append(&mut built);
+                    }
+                });
+            }
+        });
     }
 
     /// Up to `limit` keys that start with `prefix` and sort after `start_after`,
@@ -206,11 +316,11 @@ impl Store {
             .iter()
             .map(|map| {
                 map.range::<[u8], _>((lower, Bound::Unbounded))
-                    .map(|(k, _)| k)
+                    .map(Entry::key)
             })
             .collect();
         // The smallest pending key of each shard, smallest first.
-        let mut heads: BinaryHeap<Reverse<(&Bytes, usize)>> = ranges
+        let mut heads: BinaryHeap<Reverse<(&[u8], usize)>> = ranges
             .iter_mut()
             .enumerate()
             .filter_map(|(i, r)| r.next().map(|k| Reverse((k, i))))
@@ -229,7 +339,7 @@ impl Store {
                 break;
             }
             bytes += encoded;
-            page.keys.push(key.clone());
+            page.keys.push(Bytes::copy_from_slice(key));
             if let Some(next) = ranges[shard].next() {
                 heads.push(Reverse((next, shard)));
             }
@@ -237,22 +347,43 @@ impl Store {
         page
     }
 
-    /// Up to `n` pairs of shard `shard` after `after`, in key order: the
-    /// snapshot writer copies the store in such short steps so that it never
-    /// holds a lock for long.
-    pub fn chunk(&self, shard: usize, after: Option<&Bytes>, n: usize) -> Vec<(Bytes, Bytes)> {
+    /// Shows `visit` up to `n` pairs of shard `shard` after `after`, in key
+    /// order, under the shard's read lock, and returns the last key shown
+    /// (`None` once the shard has no more): the snapshot writer copies the
+    /// store in such short steps so that it never holds a lock for long.
+    pub fn visit(
+        &self,
+        shard: usize,
+        after: Option<&[u8]>,
+        n: usize,
+        mut visit: impl FnMut(&[u8], &[u8]),
+    ) -> Option<Vec<u8>> {
         let map = self.shards[shard].read();
-        let lower = match after {
-            Some(k) => Bound::Excluded(k.as_ref()),
-            None => Bound::Unbounded,
-        };
-        map.range::<[u8], _>((lower, Bound::Unbounded))
-            .take(n)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut last = None;
+        for entry in map.range::<[u8], _>((lower, Bound::Unbounded)).take(n) {
+            visit(entry.key(), entry.value());
+            last = Some(entry);
+        }
+        last.map(|e| e.key().to_vec())
     }
 
     pub fn shard_count(&self) -> usize {
         self.shards.len()
+    }
+}
+
+/// Entries gathered for [`Store::finish_load`], by shard.
+pub struct Loader<'s> {
+    /// For the shard of each key.
+    store: &'s Store,
+    /// In arrival order, one list per shard.
+    by_shard: Vec<Vec<Entry>>,
+}
+
+impl Loader<'_> {
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        let shard = self.store.shard_index(key);
+        self.by_shard[shard].push(Entry::new(key, value));
     }
 }
