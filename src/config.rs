@@ -250,3 +250,43 @@ pub struct Timeouts {
     /// Replies that cannot be written for this long end the connection.
     pub write: Option<Duration>,
 }
+
+/// How often a connection that has not logged in checks its login deadline.
+const LOGIN_CHECK: Duration = Duration::from_secs(1);
+
+impl Timeouts {
+    /// The steady tick on which a connection loop checks its read and idle
+    /// timeouts (and its login deadline while `login_pending`): half the
+    /// shortest of them, so a slow frame or a silent client is noticed
+    /// between one timeout and one and a half. A timer re-armed for every
+    /// request instead cost a timer-wheel update (and clock reads) per
+    /// request.
+    pub fn ticker(&self, login_pending: bool) -> Ticker {
+        let period = [self.read, self.idle]
+            .into_iter()
+            .flatten()
+            .map(|limit| limit / 2)
+            .chain(login_pending.then_some(LOGIN_CHECK))
+            .min();
+        Ticker(period.map(|period| {
+            let start = tokio::time::Instant::now() + period;
+            let mut interval = tokio::time::interval_at(start, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        }))
+    }
+}
+
+/// See [`Timeouts::ticker`]; without any timeout it never ticks.
+pub struct Ticker(Option<tokio::time::Interval>);
+
+impl Ticker {
+    pub async fn tick(&mut self) {
+        match &mut self.0 {
+            Some(interval) => {
+                interval.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}

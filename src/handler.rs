@@ -72,16 +72,9 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
     let mut last_heard = Instant::now();
     let login_deadline = (!authenticated).then(|| Instant::now() + auth::LOGIN_TIMEOUT);
     let mut unauthenticated_commands = 0;
+    let mut ticker = timeouts.ticker(login_deadline.is_some());
     loop {
         let may_read = reading && has_room(&queue);
-        let wake_at = next_check(
-            &timeouts,
-            may_read,
-            queue.is_empty(),
-            partial_since,
-            last_heard,
-            login_deadline,
-        );
         let front_is_write = matches!(
             queue.front(),
             Some(Slot {
@@ -150,7 +143,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             _ = shutdown.cancelled(), if reading => reading = false,
             // Wakes the loop to check the timeouts: bytes that arrive inside
             // a pending read do not.
-            _ = tokio::time::sleep_until(wake_at.unwrap_or_else(Instant::now)), if wake_at.is_some() => {}
+            _ = ticker.tick(), if may_read => {}
         }
         let now = Instant::now();
         let consumed = conn.frames_consumed();
@@ -202,31 +195,6 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             return;
         }
     }
-}
-
-/// When the loop must wake to check the timeouts, if ever. A partial frame
-/// is noticed at a check, so the read timeout closes a slow frame between one
-/// and one and a half timeouts after its first byte.
-fn next_check(
-    timeouts: &Timeouts,
-    reading: bool,
-    idle: bool,
-    partial_since: Option<Instant>,
-    last_heard: Instant,
-    login_deadline: Option<Instant>,
-) -> Option<Instant> {
-    if !reading {
-        return None;
-    }
-    let read = timeouts.read.map(|limit| match partial_since {
-        Some(since) => since + limit,
-        None => Instant::now() + limit / 2,
-    });
-    let idle = timeouts
-        .idle
-        .filter(|_| idle && partial_since.is_none())
-        .map(|limit| last_heard + limit);
-    [read, idle, login_deadline].into_iter().flatten().min()
 }
 
 /// Whether the connection may read more requests: fewer than

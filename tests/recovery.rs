@@ -272,7 +272,10 @@ fn a_snapshot_loads_back_exactly() {
 fn a_snapshot_of_many_blocks_loads_back_exactly_into_any_shard_count() {
     let dir = tempfile::tempdir().unwrap();
     let (data, expected) = snapshot_of(dir.path(), 40_000);
-    assert!(fs::metadata(&data).unwrap().len() > 4 << 20, "want several blocks");
+    assert!(
+        fs::metadata(&data).unwrap().len() > 4 << 20,
+        "want several blocks"
+    );
     for shards in [1, 3, 64] {
         let recovered = storage::open(&RealFs, &data, shards).unwrap();
         assert_eq!(recovered.store.len(), expected.len());

@@ -41,8 +41,6 @@ use commands::{Outcome, Session};
 /// Requests one connection may have read and not yet answered; past this it
 /// answers before reading more.
 const MAX_PIPELINE: usize = 1024;
-/// How often a connection that has not logged in checks its login deadline.
-const LOGIN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// State shared by every RESP connection.
 pub struct Shared {
@@ -129,26 +127,13 @@ pub async fn serve(
         db: &db,
         shared: &shared,
     };
-    // The timeouts are checked on a steady tick, not on a timer re-armed per
-    // request (which cost a timer-wheel update per request): a slow request
-    // or a silent client is noticed between one timeout and one and a half.
-    let period = [timeouts.read, timeouts.idle]
-        .into_iter()
-        .flatten()
-        .map(|limit| limit / 2)
-        .chain(login_deadline.map(|_| LOGIN_CHECK))
-        .min();
-    let mut ticker = period.map(|period| {
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker
-    });
+    let mut ticker = timeouts.ticker(login_deadline.is_some());
     loop {
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
             first = framed.next() => Some(first),
-            _ = tick(&mut ticker) => None,
+            _ = ticker.tick() => None,
         };
         let now = Instant::now();
         let partial = framed.codec().in_request() || !framed.read_buffer().is_empty();
@@ -235,16 +220,6 @@ pub async fn serve(
         if answer(&mut framed, queue, timeouts.write).await.is_err() || session.closing {
             return;
         }
-    }
-}
-
-/// Waits for the next tick, or for ever without one.
-async fn tick(ticker: &mut Option<tokio::time::Interval>) {
-    match ticker {
-        Some(ticker) => {
-            ticker.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 
