@@ -85,6 +85,8 @@ run() { # system-line extra-args...
   echo "redis: $(redis-server --version)"
   echo "kvstore: $(git rev-parse --short HEAD)"
   echo "rounds: $ROUNDS, $DURATION s per measurement, 100-byte values, 100,000 random keys"
+  # The floor under a one-connection durable write, on the disk the servers use.
+  echo "fsync probe: $($bench --fsync-probe "$work")"
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt"
 
@@ -107,4 +109,23 @@ done
 $bench -n 0 --csv "$OUT/results.csv" --plot "$OUT" --markdown "$OUT/summary.md" \
   --compare kvstore-always:redis-always --compare kvstore-resp-always:redis-always \
   --compare kvstore-periodic:redis-everysec --compare kvstore-never:redis-none
+# The one-connection target: durable SET p50 against one fdatasync (the
+# probe's p50) plus one round trip (GET p50 on the same connection count).
+p50() { # system test -> mean p50 in ms over the rounds
+  awk -F, -v s="$1" -v t="$2" '$1 == s && $3 == t && $4 == 1 && $5 == 1 { n++; sum += $11 }
+    END { if (n) printf "%.3f", sum / n }' "$OUT/results.csv"
+}
+fsync_ms=$(sed -n 's/^fsync probe: .* p50 \([0-9]*\) us.*/\1/p' "$OUT/machine.txt" | awk '{printf "%.3f", $1 / 1000}')
+{
+  echo
+  echo "#### One connection, durable SET: p50 against its floor"
+  echo
+  echo "| system | SET p50 ms | fdatasync p50 ms (probe) | GET p50 ms (round trip) | floor ms | SET p50 / floor |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for s in kvstore-always kvstore-resp-always redis-always; do
+    set_ms=$(p50 "$s" set) get_ms=$(p50 "$s" get)
+    awk -v s="$s" -v a="$set_ms" -v f="$fsync_ms" -v g="$get_ms" \
+      'BEGIN { printf "| %s | %.3f | %.3f | %.3f | %.3f | %.2f |\n", s, a, f, g, f + g, a / (f + g) }'
+  done
+} >>"$OUT/summary.md"
 cat "$OUT/summary.md"

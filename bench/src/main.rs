@@ -12,10 +12,12 @@
 //!
 //! Modules: [`load`] (the connections and their request loops), [`report`]
 //! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
-//! Markdown table of ratios between systems, from the CSV).
+//! Markdown table of ratios between systems, from the CSV), [`probe`] (the
+//! disk's `fdatasync` latency, with no server).
 
 mod load;
 mod plot;
+mod probe;
 mod report;
 mod summary;
 
@@ -117,6 +119,10 @@ pub struct Args {
     /// No progress line.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Measure append + fdatasync of 128-byte records in a new file in this
+    /// directory (removed after) and print its latency; no server needed.
+    #[arg(long, value_name = "DIR")]
+    pub fsync_probe: Option<PathBuf>,
 }
 
 impl Args {
@@ -147,6 +153,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Some(dir) = &args.fsync_probe {
+        println!("{}", probe::describe(&probe::fsync_latency(dir)?));
+        return Ok(());
+    }
     let report_only = args.requests == 0 && args.duration.is_none();
     if !report_only {
         report::header(&args);

@@ -41,3 +41,23 @@ fn an_unreachable_server_is_an_error_not_a_hang() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connect to"));
 }
+
+#[test]
+fn the_fsync_probe_reports_percentiles_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(&["--fsync-probe", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("append 128 B + fdatasync, 2000 times: p50 "),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn the_fsync_probe_names_a_directory_it_cannot_use() {
+    let out = bench(&["--fsync-probe", "/nonexistent/kvstore-bench"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+}
