@@ -99,6 +99,40 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         ("flush-request", rq(14, Command::Flush)),
+        (
+            "scan-request",
+            rq(
+                15,
+                Command::Scan {
+                    prefix: b("u"),
+                    start_after: None,
+                    limit: 10,
+                    reverse: true,
+                },
+            ),
+        ),
+        (
+            "range-request",
+            rq(
+                16,
+                Command::Range {
+                    start: b("a"),
+                    end: Some(b("c")),
+                    limit: 0,
+                    reverse: false,
+                },
+            ),
+        ),
+        (
+            "pairs-response",
+            rs(
+                15,
+                Reply::Pairs {
+                    pairs: vec![(b("u1"), b("x"))],
+                    more: true,
+                },
+            ),
+        ),
         ("int-response", rs(11, Reply::Int(40))),
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),

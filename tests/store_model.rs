@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use kvstore::storage::change::{BatchView, Change, Resolved};
 use kvstore::storage::op::WriteOp;
-use kvstore::storage::store::{Applied, Store};
+use kvstore::storage::store::{Applied, Span, Store};
 use kvstore_client::Condition;
 use proptest::prelude::*;
 
@@ -20,6 +20,17 @@ enum Step {
     Keys {
         prefix: Bytes,
         start_after: Option<Bytes>,
+        limit: usize,
+    },
+    /// A Scan (`end` is `None`) or Range page of pairs.
+    Pairs {
+        /// A Scan's prefix, or a Range's start.
+        from: Bytes,
+        /// A Scan's start_after.
+        after: Option<Bytes>,
+        /// `Some` for a Range: its end (`None` inside: no end).
+        range_end: Option<Option<Bytes>>,
+        reverse: bool,
         limit: usize,
     },
 }
@@ -48,6 +59,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Write(WriteOp::Clear)),
         4 => key().prop_map(Step::Get),
         4 => proptest::collection::vec(key(), 0..6).prop_map(Step::GetMany),
+        4 => (key(), proptest::option::of(key()), proptest::option::of(proptest::option::of(key())), any::<bool>(), 1usize..6)
+            .prop_map(|(from, after, range_end, reverse, limit)| Step::Pairs { from, after, range_end, reverse, limit }),
         4 => (key(), proptest::option::of(key()), 1usize..6).prop_map(|(prefix, start_after, limit)| {
             Step::Keys {
                 prefix,
@@ -242,6 +255,30 @@ proptest! {
                     prop_assert_eq!(&page.keys[..], &all[..all.len().min(limit)]);
                     prop_assert_eq!(page.more, all.len() > limit);
                 }
+                Step::Pairs { from, after, range_end, reverse, limit } => {
+                    let span = match &range_end {
+                        None => Span::prefix(&from, after.as_deref(), reverse),
+                        Some(end) => Span::range(&from, end.as_deref(), reverse),
+                    };
+                    let (pairs, more) = store.pairs(&span, limit, usize::MAX);
+                    let wanted = |k: &Bytes| match &range_end {
+                        None => {
+                            k.starts_with(&from)
+                                && after.as_ref().is_none_or(|a| if reverse { k < a } else { k > a })
+                        }
+                        Some(end) => *k >= from && end.as_ref().is_none_or(|e| k < e),
+                    };
+                    let mut all: Vec<(Bytes, Bytes)> = model
+                        .iter()
+                        .filter(|(k, _)| wanted(k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    if reverse {
+                        all.reverse();
+                    }
+                    prop_assert_eq!(&pairs[..], &all[..all.len().min(limit)]);
+                    prop_assert_eq!(more, all.len() > limit);
+                }
             }
         }
         prop_assert_eq!(store.len(), model.len());
@@ -261,4 +298,25 @@ fn a_keys_page_stops_before_its_byte_budget() {
     let page = store.keys(b"k", None, 1000, 105);
     assert_eq!(page.keys.len(), 10, "ten 2-byte keys fit in 105 bytes");
     assert!(page.more);
+}
+
+#[test]
+fn a_pairs_page_stops_before_its_byte_budget_but_holds_one_pair() {
+    let store = Store::new(4);
+    for i in 0..100u8 {
+        store.apply(&WriteOp::Set {
+            key: Bytes::from(vec![b'k', i]),
+            value: Bytes::from(vec![i; 10]),
+        });
+    }
+    // Each pair costs 2 + 8 + 10 + 8 = 28 bytes in a reply.
+    let (pairs, more) = store.pairs(&Span::prefix(b"k", None, false), 1000, 100);
+    assert_eq!(pairs.len(), 3, "three 28-byte pairs fit in 100 bytes");
+    assert!(more);
+    let (pairs, more) = store.pairs(&Span::prefix(b"k", None, true), 1000, 1);
+    assert_eq!(
+        pairs,
+        vec![(Bytes::from(vec![b'k', 99]), Bytes::from(vec![99; 10]))]
+    );
+    assert!(more);
 }

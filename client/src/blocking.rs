@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientBuilder};
-use crate::{Command, Condition, Error, Reply};
+use crate::{Command, Condition, Error, Reply, ScanQuery};
 
 /// A blocking kvstore client with the same methods as [`Client`].
 ///
@@ -116,6 +116,26 @@ impl BlockingClient {
         }
     }
 
+    /// One page of pairs ([`Client::scan_page`]).
+    pub fn scan_page(
+        &self,
+        query: &ScanQuery,
+        limit: u32,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
+        self.runtime.block_on(self.client.scan_page(query, limit))
+    }
+
+    /// Every pair `query` selects, in its key order, fetched page by page as
+    /// the iterator advances ([`Client::scan`] says what a page guarantees).
+    pub fn scan(&self, query: ScanQuery) -> Pairs<'_> {
+        Pairs {
+            client: self,
+            query,
+            page: Vec::new().into_iter(),
+            more: true,
+        }
+    }
+
     /// Stores `value` if `condition` holds ([`Client::set_if`]).
     pub fn set_if(
         &self,
@@ -201,6 +221,45 @@ impl Iterator for Keys<'_> {
                 Ok((keys, more)) => {
                     self.more = more && !keys.is_empty();
                     self.page = keys.into_iter();
+                }
+                Err(e) => {
+                    self.more = false;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// The iterator of [`BlockingClient::scan`].
+pub struct Pairs<'a> {
+    client: &'a BlockingClient,
+    /// Asks for the page after the last pair fetched.
+    query: ScanQuery,
+    /// Pairs of the current page not yet returned.
+    page: std::vec::IntoIter<(Bytes, Bytes)>,
+    /// Whether the server said more pairs may follow.
+    more: bool,
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = Result<(Bytes, Bytes), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(pair) = self.page.next() {
+                return Some(Ok(pair));
+            }
+            if !self.more {
+                return None;
+            }
+            match self.client.scan_page(&self.query, 0) {
+                Ok((pairs, more)) => {
+                    if let Some((last, _)) = pairs.last() {
+                        self.query.advance(last);
+                    }
+                    self.more = more && !pairs.is_empty();
+                    self.page = pairs.into_iter();
                 }
                 Err(e) => {
                     self.more = false;

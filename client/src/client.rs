@@ -20,7 +20,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::{addr, Command, Condition, Error, Reply};
+use crate::{addr, Command, Condition, Error, Reply, ScanQuery};
 
 /// Default time to establish a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -401,6 +401,63 @@ impl Client {
                     let (keys, next_more) = client.keys_page(&prefix, after.as_deref(), 0).await?;
                     more = next_more && !keys.is_empty();
                     page = keys.into_iter();
+                }
+            }
+        })
+    }
+
+    /// One page of the pairs `query` selects (`limit` 0: the server's default
+    /// page), and whether more may follow. Move `query` past the page with
+    /// [`ScanQuery::advance`] to ask for the next one; [`Client::scan`] does
+    /// that for you.
+    pub async fn scan_page(
+        &self,
+        query: &ScanQuery,
+        limit: u32,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
+        match self.call(query.command(limit)).await? {
+            Reply::Pairs { pairs, more } => Ok((pairs, more)),
+            other => Err(unexpected("Pairs", &other)),
+        }
+    }
+
+    /// Every pair `query` selects, in its key order, fetched page by page as
+    /// the stream is read. Each page is one instant's view of the store;
+    /// between pages, a key present throughout is returned exactly once, and
+    /// keys written meanwhile may or may not appear.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// use futures_util::TryStreamExt;
+    /// use kvstore_client::ScanQuery;
+    /// let users: Vec<(bytes::Bytes, bytes::Bytes)> =
+    ///     client.scan(ScanQuery::prefix("user:")).try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(
+        &self,
+        query: ScanQuery,
+    ) -> impl Stream<Item = Result<(Bytes, Bytes), Error>> + Send + 'static {
+        let client = self.clone();
+        // State: the pairs of the current page not yet yielded, the query
+        // for the next page, and whether the server said more may follow.
+        let start = (Vec::new().into_iter(), query, true);
+        futures_util::stream::try_unfold(start, move |(mut page, mut query, mut more)| {
+            let client = client.clone();
+            async move {
+                loop {
+                    if let Some(pair) = page.next() {
+                        return Ok(Some((pair, (page, query, more))));
+                    }
+                    if !more {
+                        return Ok(None);
+                    }
+                    let (pairs, next_more) = client.scan_page(&query, 0).await?;
+                    if let Some((last, _)) = pairs.last() {
+                        query.advance(last);
+                    }
+                    more = next_more && !pairs.is_empty();
+                    page = pairs.into_iter();
                 }
             }
         })

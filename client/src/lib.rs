@@ -32,9 +32,11 @@ pub mod codec;
 pub mod error;
 mod mux;
 pub mod protocol;
+pub mod scan;
 mod wire_bytes;
 
 pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use protocol::{Command, Condition, ErrorCode, Reply, Request, Response};
+pub use scan::ScanQuery;

@@ -164,6 +164,43 @@ pub enum Command {
     },
     /// Tag 12. Remove every key, as one log record. Reply: `Ok`.
     Flush,
+    /// Tag 13. One page of the key-value pairs whose keys start with `prefix`,
+    /// in key order: ascending after `start_after`, or with `reverse`
+    /// descending before it. `limit` as for `Keys` (0: the default page; capped
+    /// at [`MAX_KEYS_PAGE`]); a page also stops before it passes half a frame,
+    /// and always holds at least one pair if any is left. Reply: `Pairs`; ask
+    /// for the next page with `start_after` set to the last key while `more`
+    /// is true. A page is one instant's view of the whole store.
+    Scan {
+        /// Only keys that start with these bytes (empty: all keys).
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        prefix: Bytes,
+        /// Only keys after this one (before it with `reverse`): the last key
+        /// of the previous page.
+        #[serde(deserialize_with = "wire_bytes::option")]
+        start_after: Option<Bytes>,
+        /// Pairs wanted; 0 for the server's default page.
+        limit: u32,
+        /// Descending key order.
+        reverse: bool,
+    },
+    /// Tag 14. One page of the pairs whose keys lie in the half-open range
+    /// `[start, end)` (`end: None`: no upper end), ascending, or with
+    /// `reverse` descending from the end. Limits and reply as for `Scan`. Next
+    /// page: ascending, `start` = the last key followed by one 0x00 byte (the
+    /// smallest key after it); descending, `end` = the last key.
+    Range {
+        /// The first key of the range (included).
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        start: Bytes,
+        /// The end of the range (excluded); `None` for no end.
+        #[serde(deserialize_with = "wire_bytes::option")]
+        end: Option<Bytes>,
+        /// Pairs wanted; 0 for the server's default page.
+        limit: u32,
+        /// Descending key order.
+        reverse: bool,
+    },
 }
 
 impl Command {
@@ -217,6 +254,15 @@ pub enum Reply {
     /// Tag 5. A number: a counter's new value (Incr), a length (Append), a
     /// count of keys (DeleteMany).
     Int(i64),
+    /// Tag 6. A page of key-value pairs in the order asked for (Scan,
+    /// Range); `more` is true when pairs after the last one may remain.
+    Pairs {
+        /// `(key, value)` pairs.
+        #[serde(deserialize_with = "wire_bytes::pairs")]
+        pairs: Vec<(Bytes, Bytes)>,
+        /// Whether pairs after the last one may remain.
+        more: bool,
+    },
 }
 
 impl Reply {

@@ -20,18 +20,24 @@ pub(super) fn apply(
     if let Some(after) = start_after {
         check_key(after, &db.limits)?;
     }
-    let limit = match limit {
-        0 => DEFAULT_KEYS_PAGE,
-        n => n.min(MAX_KEYS_PAGE),
-    };
     let page = db.store().keys(
         prefix,
         start_after,
-        limit as usize,
+        page_limit(limit),
         db.limits.max_reply_bytes,
     );
     Ok(Reply::Keys {
         keys: page.keys,
         more: page.more,
     })
+}
+
+/// A request's page size: `0` asks for the default page, and no page is
+/// larger than [`MAX_KEYS_PAGE`] (shared by `Keys`, `Scan` and `Range`).
+pub(super) fn page_limit(limit: u32) -> usize {
+    let limit = match limit {
+        0 => DEFAULT_KEYS_PAGE,
+        n => n.min(MAX_KEYS_PAGE),
+    };
+    limit as usize
 }

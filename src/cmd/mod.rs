@@ -1,6 +1,6 @@
 //! Commands: what each request does, one file per command.
 //!
-//! Reads ([`get`], [`exists`], [`keys`]) answer at once from the store.
+//! Reads ([`get`], [`exists`], [`keys`], [`scan`]) answer at once from the store.
 //! Writes ([`set`], [`delete`], [`bulk_set`], [`delete_many`], `Flush`) check
 //! their limits, queue a [`WriteOp`] for the group-commit thread, and answer
 //! once it is durable. Writes that read first ([`set_if`], [`get_del`],
@@ -19,6 +19,7 @@ mod get;
 mod get_del;
 mod incr;
 mod keys;
+mod scan;
 mod set;
 mod set_if;
 
@@ -55,6 +56,8 @@ pub fn is_write(command: &Command) -> bool {
         Command::Get { .. }
         | Command::Exists { .. }
         | Command::Keys { .. }
+        | Command::Scan { .. }
+        | Command::Range { .. }
         | Command::Auth { .. } => false,
     }
 }
@@ -78,7 +81,13 @@ pub fn size(command: &Command) -> usize {
             prefix,
             start_after,
             ..
+        }
+        | Command::Scan {
+            prefix,
+            start_after,
+            ..
         } => prefix.len() + start_after.as_ref().map_or(0, |a| a.len()),
+        Command::Range { start, end, .. } => start.len() + end.as_ref().map_or(0, |e| e.len()),
         Command::Auth { token } => token.len(),
     }
 }
@@ -158,6 +167,18 @@ pub fn read(command: Command, db: &Db) -> Reply {
             start_after,
             limit,
         } => keys::apply(&prefix, start_after.as_deref(), limit, db),
+        Command::Scan {
+            prefix,
+            start_after,
+            limit,
+            reverse,
+        } => scan::prefix(&prefix, start_after.as_deref(), limit, reverse, db),
+        Command::Range {
+            start,
+            end,
+            limit,
+            reverse,
+        } => scan::range(&start, end.as_deref(), limit, reverse, db),
         Command::Auth { token } => Ok(auth::apply(&token, db)),
         write => {
             debug_assert!(is_write(&write));

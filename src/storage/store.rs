@@ -17,7 +17,7 @@
 //! write here only after the log says it is durable (see `crate::commit`).
 
 use std::borrow::Borrow;
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
@@ -118,6 +118,127 @@ pub enum Applied {
 
 /// Bytes a key costs in a reply beyond its own: its u64 length prefix.
 const KEY_OVERHEAD: usize = 8;
+
+/// Which keys a page walk covers, and in which direction.
+#[derive(Debug, Clone)]
+pub struct Span {
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    /// Descending instead of ascending.
+    reverse: bool,
+}
+
+impl Span {
+    /// The keys that start with `prefix`; ascending, after `start_after`, or
+    /// with `reverse` descending, before it.
+    pub fn prefix(prefix: &[u8], start_after: Option<&[u8]>, reverse: bool) -> Span {
+        let mut span = Span {
+            lower: Bound::Included(prefix.to_vec()),
+            upper: prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded),
+            reverse,
+        };
+        if let Some(after) = start_after {
+            if !reverse && after >= prefix {
+                span.lower = Bound::Excluded(after.to_vec());
+            }
+            if reverse && below(&span.upper, after) {
+                span.upper = Bound::Excluded(after.to_vec());
+            }
+        }
+        span
+    }
+
+    /// The keys in `[start, end)` (`end` `None`: no upper end); ascending, or
+    /// with `reverse` descending from the end.
+    pub fn range(start: &[u8], end: Option<&[u8]>, reverse: bool) -> Span {
+        Span {
+            lower: Bound::Included(start.to_vec()),
+            upper: end.map_or(Bound::Unbounded, |e| Bound::Excluded(e.to_vec())),
+            reverse,
+        }
+    }
+
+    /// Whether no key can lie in the span (`BTreeSet::range` panics on such
+    /// bounds, so a walk checks first).
+    fn is_empty(&self) -> bool {
+        match (&self.lower, &self.upper) {
+            (Bound::Included(l), Bound::Included(u)) => l > u,
+            (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
+                l >= u
+            }
+            _ => false,
+        }
+    }
+
+    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+        (
+            self.lower.as_ref().map(Vec::as_slice),
+            self.upper.as_ref().map(Vec::as_slice),
+        )
+    }
+}
+
+/// Whether `key` is below `upper` (so that it tightens it).
+fn below(upper: &Bound<Vec<u8>>, key: &[u8]) -> bool {
+    match upper {
+        Bound::Excluded(u) | Bound::Included(u) => key < u.as_slice(),
+        Bound::Unbounded => true,
+    }
+}
+
+/// The smallest key above every key that starts with `prefix`, if any: the
+/// prefix with its trailing 0xff bytes dropped and its last byte incremented
+/// (none for an empty or all-0xff prefix).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let keep = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=keep].to_vec();
+    end[keep] += 1;
+    Some(end)
+}
+
+/// A shard's next entry in a page walk; the heap pops the one to take next.
+struct Head<'a> {
+    entry: &'a Entry,
+    shard: usize,
+    reverse: bool,
+}
+
+impl<'a> Head<'a> {
+    fn new(entry: &'a Entry, shard: usize, reverse: bool) -> Head<'a> {
+        Head {
+            entry,
+            shard,
+            reverse,
+        }
+    }
+}
+
+impl PartialEq for Head<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Head<'_> {}
+
+impl PartialOrd for Head<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head<'_> {
+    /// `BinaryHeap` pops the greatest: ascending walks pop the smallest key,
+    /// descending ones the largest. (Keys are distinct across shards.)
+    fn cmp(&self, other: &Self) -> Ordering {
+        let by_key = self.entry.key().cmp(other.entry.key());
+        if self.reverse {
+            by_key
+        } else {
+            by_key.reverse()
+        }
+    }
+}
 
 /// One page of keys.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -295,11 +416,6 @@ impl Store {
     /// Up to `limit` keys that start with `prefix` and sort after `start_after`,
     /// ascending, stopping early before their encoded size (each key plus its
     /// 8-byte length prefix) passes `max_bytes`.
-    ///
-    /// The read locks of all shards are held together (taken in shard order,
-    /// like a BulkSet's write locks, so the two cannot deadlock) while the
-    /// shards' ranges are merged, so a page is one instant's view of the store
-    /// and costs O(limit · log shards), not O(limit · shards).
     pub fn keys(
         &self,
         prefix: &[u8],
@@ -307,44 +423,88 @@ impl Store {
         limit: usize,
         max_bytes: usize,
     ) -> KeysPage {
-        let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
+        let span = Span::prefix(prefix, start_after, false);
+        let mut keys = Vec::new();
+        let more = self.walk(&span, limit, max_bytes, false, |e| {
+            keys.push(Bytes::copy_from_slice(e.key()))
+        });
+        KeysPage { keys, more }
+    }
+
+    /// Up to `limit` pairs whose keys lie in `span`, in its order, stopping
+    /// early before their encoded size (key, value and their two 8-byte length
+    /// prefixes) passes `max_bytes`; a page holds at least one pair. Returns
+    /// the pairs and whether more may follow.
+    pub fn pairs(
+        &self,
+        span: &Span,
+        limit: usize,
+        max_bytes: usize,
+    ) -> (Vec<(Bytes, Bytes)>, bool) {
+        let mut pairs = Vec::new();
+        let more = self.walk(span, limit, max_bytes, true, |e| {
+            pairs.push((
+                Bytes::copy_from_slice(e.key()),
+                Bytes::copy_from_slice(e.value()),
+            ))
+        });
+        (pairs, more)
+    }
+
+    /// Shows `take` the entries in `span`, in its order, until `limit` or
+    /// `max_bytes` (as [`Store::pairs`] counts them, values only if
+    /// `with_values`) would be passed; returns whether entries were left.
+    ///
+    /// The read locks of all shards are held together (taken in shard order,
+    /// like a BulkSet's write locks, so the two cannot deadlock) while the
+    /// shards' ranges are merged, so a page is one instant's view of the store
+    /// and costs O(limit · log shards), not O(limit · shards).
+    fn walk(
+        &self,
+        span: &Span,
+        limit: usize,
+        max_bytes: usize,
+        with_values: bool,
+        mut take: impl FnMut(&Entry),
+    ) -> bool {
+        if span.is_empty() {
+            return false;
+        }
         let guards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
-        let mut ranges: Vec<_> = guards
+        let mut ranges: Vec<Box<dyn Iterator<Item = &Entry>>> = guards
             .iter()
             .map(|map| {
-                map.range::<[u8], _>((lower, Bound::Unbounded))
-                    .map(Entry::key)
+                let range = map.range::<[u8], _>(span.bounds());
+                if span.reverse {
+                    Box::new(range.rev()) as Box<dyn Iterator<Item = &Entry>>
+                } else {
+                    Box::new(range)
+                }
             })
             .collect();
-        // The smallest pending key of each shard, smallest first.
-        let mut heads: BinaryHeap<Reverse<(&[u8], usize)>> = ranges
+        // The next entry of each shard, the one to take first on top.
+        let mut heads: BinaryHeap<Head<'_>> = ranges
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, r)| r.next().map(|k| Reverse((k, i))))
+            .filter_map(|(shard, r)| r.next().map(|entry| Head::new(entry, shard, span.reverse)))
             .collect();
-        let mut page = KeysPage::default();
-        let mut bytes = 0;
-        while let Some(Reverse((key, shard))) = heads.pop() {
-            if !key.starts_with(prefix) {
-                // Keys are ascending: nothing after this one has the prefix
-                // in this shard; the other shards still may.
-                continue;
+        let (mut taken, mut bytes) = (0, 0);
+        while let Some(head) = heads.pop() {
+            let mut encoded = head.entry.key().len() + KEY_OVERHEAD;
+            if with_values {
+                encoded += head.entry.value().len() + KEY_OVERHEAD;
             }
-            let encoded = key.len() + KEY_OVERHEAD;
-            if page.keys.len() == limit || (bytes > 0 && bytes + encoded > max_bytes) {
-                page.more = true;
-                break;
+            if taken == limit || (bytes > 0 && bytes + encoded > max_bytes) {
+                return true;
             }
             bytes += encoded;
-            page.keys.push(Bytes::copy_from_slice(key));
-            if let Some(next) = ranges[shard].next() {
-                heads.push(Reverse((next, shard)));
+            taken += 1;
+            take(head.entry);
+            if let Some(next) = ranges[head.shard].next() {
+                heads.push(Head::new(next, head.shard, span.reverse));
             }
         }
-        page
+        false
     }
 
     /// Shows `visit` up to `n` pairs of shard `shard` after `after`, in key

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvstore_client::{addr::DEFAULT_ADDR, Client, Error};
+use kvstore_client::{addr::DEFAULT_ADDR, Client, Error, ScanQuery};
 
 use output::Output;
 
@@ -65,9 +65,35 @@ enum Cmd {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Print the pairs whose keys start with PREFIX, in byte order, as
+    /// KEY<TAB>VALUE lines (raw bytes), or JSON with --output json.
+    Scan {
+        prefix: Option<String>,
+        #[command(flatten)]
+        walk: Walk,
+    },
+    /// Print the pairs with START <= key < END (no END: to the last key), in
+    /// byte order, as `scan` does.
+    Range {
+        start: String,
+        end: Option<String>,
+        #[command(flatten)]
+        walk: Walk,
+    },
     /// Bulk-load key/value rows from a CSV, TSV or JSON Lines file ("-" for
     /// standard input).
     Load(load::LoadArgs),
+}
+
+/// How `scan` and `range` walk their pairs.
+#[derive(Debug, clap::Args)]
+struct Walk {
+    /// Stop after this many pairs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Largest key first.
+    #[arg(long)]
+    reverse: bool,
 }
 
 /// The process exit codes.
@@ -183,6 +209,18 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Cmd::Keys { prefix, limit } => {
             list_keys(client, prefix.unwrap_or_default(), limit, out).await
         }
+        Cmd::Scan { prefix, walk } => {
+            list_pairs(
+                client,
+                ScanQuery::prefix(prefix.unwrap_or_default()),
+                walk,
+                out,
+            )
+            .await
+        }
+        Cmd::Range { start, end, walk } => {
+            list_pairs(client, ScanQuery::range(start, end), walk, out).await
+        }
         Cmd::Load(args) => return load::run(client, &args, out).await,
     };
     match result {
@@ -192,6 +230,32 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             Exit::of(&e)
         }
     }
+}
+
+async fn list_pairs(
+    client: &Client,
+    query: ScanQuery,
+    walk: Walk,
+    out: Output,
+) -> Result<(), Error> {
+    use futures_util::StreamExt;
+    let query = if walk.reverse { query.reverse() } else { query };
+    let mut pairs = std::pin::pin!(client.scan(query).take(walk.limit.unwrap_or(usize::MAX)));
+    let mut all = Vec::new();
+    while let Some(pair) = pairs.next().await {
+        let (key, value) = pair?;
+        match out {
+            Output::Text => output::write_pair(&key, &value),
+            Output::Json => all.push(serde_json::json!({
+                "key": output::json_bytes(&key),
+                "value": output::json_bytes(&value),
+            })),
+        }
+    }
+    if out == Output::Json {
+        output::print_json(&serde_json::json!({ "pairs": all }));
+    }
+    Ok(())
 }
 
 async fn list_keys(

@@ -70,6 +70,15 @@ pub fn say(line: &str) {
     let _ = stdout.write_all(b"\n");
 }
 
+/// KEY, a tab, VALUE and a newline, as raw bytes (for pair listings).
+pub fn write_pair(key: &[u8], value: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(key);
+    let _ = stdout.write_all(b"\t");
+    let _ = stdout.write_all(value);
+    let _ = stdout.write_all(b"\n");
+}
+
 /// Raw bytes and a newline (for key listings).
 pub fn write_line(bytes: &[u8]) {
     let mut stdout = std::io::stdout().lock();
