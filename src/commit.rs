@@ -102,10 +102,20 @@ pub struct Settings {
     pub fs: Arc<dyn Fs>,
 }
 
-/// What the log has done since start, for `INFO` (relaxed atomics: each
-/// figure is exact on its own).
+/// What the log has done since start, for `Stats`, `/metrics` and `INFO`
+/// (relaxed atomics: each figure is exact on its own, the set is not one
+/// instant's).
 #[derive(Default)]
 pub struct LogFigures {
+    /// Records written since the last snapshot began (what a restart would
+    /// replay on top of it).
+    pub records_since_snapshot: AtomicU64,
+    /// How long the last snapshot took to write, in milliseconds.
+    pub last_snapshot_ms: AtomicU64,
+    /// Every successful `fdatasync` of the log, in microseconds.
+    pub fsync_us: Percentiles,
+    /// Records per log batch (one write, at most one `fdatasync`).
+    pub batch_records: Percentiles,
     /// Records written to the log.
     pub records: AtomicU64,
     /// `fdatasync` calls that succeeded.
@@ -125,10 +135,40 @@ impl LogFigures {
         counter.load(Ordering::Relaxed)
     }
 
-    fn snapshot_written(&self) {
+    fn snapshot_written(&self, took: Duration) {
         self.snapshots.fetch_add(1, Ordering::Relaxed);
         self.last_snapshot_unix
             .store(crate::stats::unix_now(), Ordering::Relaxed);
+        self.last_snapshot_ms
+            .store(took.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A histogram of values since start (3 significant digits), read for
+/// percentiles. Recorded by the commit thread only; the lock is taken once
+/// per batch there and by the rare reader.
+pub struct Percentiles(parking_lot::Mutex<hdrhistogram::Histogram<u64>>);
+
+impl Default for Percentiles {
+    fn default() -> Percentiles {
+        // Auto-resizing: no value is ever out of range.
+        Percentiles(parking_lot::Mutex::new(
+            hdrhistogram::Histogram::new(3).expect("3 significant digits is a valid precision"),
+        ))
+    }
+}
+
+impl Percentiles {
+    pub fn record(&self, value: u64) {
+        self.0.lock().saturating_record(value);
+    }
+
+    /// The count, then the value at each quantile (0 while empty), then the
+    /// largest value.
+    pub fn read(&self, quantiles: &[f64]) -> (u64, Vec<u64>, u64) {
+        let h = self.0.lock();
+        let at = quantiles.iter().map(|&q| h.value_at_quantile(q)).collect();
+        (h.len(), at, h.max())
     }
 }
 
@@ -434,6 +474,10 @@ impl Worker {
                 .records
                 .fetch_add(records as u64, Ordering::Relaxed);
             self.figures
+                .records_since_snapshot
+                .fetch_add(records as u64, Ordering::Relaxed);
+            self.figures.batch_records.record(records as u64);
+            self.figures
                 .segment_bytes
                 .store(self.segment.len(), Ordering::Relaxed);
         }
@@ -446,9 +490,13 @@ impl Worker {
                 SyncMode::Never => sync_asked,
             };
         if sync_now {
+            let started = Instant::now();
             if let Err(e) = self.segment.sync_data() {
                 return self.poison_batch(jobs, batch_start, "fdatasync", e);
             }
+            self.figures
+                .fsync_us
+                .record(started.elapsed().as_micros() as u64);
             self.synced();
         }
         for job in jobs {
@@ -537,10 +585,11 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("kvstore-snapshot".into())
             .spawn(move || {
+                let started = Instant::now();
                 let result =
                     snapshot::write(&*fs, &data, &store, next, next_seq, || sync_barrier(&weak));
                 match result.and_then(|_| remove_segments_before(&*fs, &data, next)) {
-                    Ok(()) => figures.snapshot_written(),
+                    Ok(()) => figures.snapshot_written(started.elapsed()),
                     Err(e) => tracing::error!(
                         "snapshot failed, the log is kept and replayed instead: {e}"
                     ),
@@ -572,6 +621,9 @@ impl Worker {
         self.figures
             .segment_bytes
             .store(self.segment.len(), Ordering::Relaxed);
+        self.figures
+            .records_since_snapshot
+            .store(0, Ordering::Relaxed);
         Ok(next)
     }
 

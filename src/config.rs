@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_RESP_LISTEN")]
     pub resp_listen: Option<SocketAddr>,
 
+    /// Serve the server's figures in the Prometheus text format at
+    /// `http://ADDR/metrics`; off by default. No token is asked: it shows
+    /// counts and sizes, never keys or values.
+    #[arg(long, env = "KVSTORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Snapshot file; the log lives beside it in `<data>-wal/`.
     #[arg(long, env = "KVSTORE_DATA", default_value = "kvstore.db")]
     pub data: PathBuf,

@@ -87,7 +87,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
             _ = wait_front(&mut queue), if front_is_write => {}
             incoming = conn.read(), if may_read => match incoming {
                 Incoming::Request(request) if !authenticated => {
-                    db.stats.command();
+                    db.stats.native_command(&request.command);
                     let reply = match &request.command {
                         Command::Auth { token } if db.auth.check(token) => {
                             authenticated = true;
@@ -113,7 +113,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                     queue.push_back(Slot { id: request.id, state: State::Ready(reply) });
                 }
                 Incoming::Request(request) => {
-                    db.stats.command();
+                    db.stats.native_command(&request.command);
                     let is_write = cmd::is_write(&request.command);
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,
@@ -307,6 +307,7 @@ async fn answer_ready(
             state: State::Ready(reply),
         }) = queue.pop_front()
         {
+            db.stats.reply(&reply);
             stalled_at_most(write_timeout, conn.feed(&Response { id, reply })).await?;
             sent = true;
         }

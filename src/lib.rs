@@ -10,6 +10,8 @@
 //!    batch, then apply to the store and acknowledge.
 //! 6. [`storage`]: the sharded map, the log segments, snapshots, recovery.
 //!
+//! [`stats`] and [`figures`] count what happens and name the figures that
+//! `Stats` and the [`metrics`] endpoint report.
 //! [`server`] ties them together and owns start-up and shutdown;
 //! `docs/architecture.md` walks the same path with more words.
 
@@ -20,7 +22,9 @@ pub mod config;
 pub mod connection;
 pub mod db;
 pub mod error;
+pub mod figures;
 pub mod handler;
+pub mod metrics;
 pub mod resp;
 pub mod server;
 pub mod stats;

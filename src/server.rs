@@ -56,12 +56,23 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     TcpListener::from_std(socket.into()).map_err(io)
 }
 
+/// [`bind`], and the address it got (the port, when `addr` asked for 0).
+fn bind_bound(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = bind(addr)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::io(std::path::Path::new(&addr.to_string()), e))?;
+    Ok((listener, bound))
+}
+
 /// Where the server listens, once it accepts connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Listening {
     pub native: SocketAddr,
     /// The RESP listener, if `--resp-listen` was given.
     pub resp: Option<SocketAddr>,
+    /// The metrics listener, if `--metrics-listen` was given.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which protocol a listener speaks.
@@ -88,16 +99,10 @@ pub async fn run(
     // Bind first: a busy port fails the start before recovery does any work,
     // and no error path remains between starting the commit thread and
     // closing it.
-    let listener = bind(config.listen)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
-    let resp_listener = config.resp_listen.map(bind).transpose()?;
-    let resp_addr = resp_listener
-        .as_ref()
-        .map(|l| l.local_addr())
-        .transpose()
-        .map_err(|e| Error::io(std::path::Path::new("RESP listener"), e))?;
+    let (listener, addr) = bind_bound(config.listen)?;
+    let (resp_listener, resp_addr) = config.resp_listen.map(bind_bound).transpose()?.unzip();
+    let (metrics_listener, metrics_addr) =
+        config.metrics_listen.map(bind_bound).transpose()?.unzip();
     let data = config.data.clone();
     let recovered =
         tokio::task::spawn_blocking(move || storage::open(&RealFs, &data, config.shards))
@@ -132,9 +137,18 @@ pub async fn run(
     ready(Listening {
         native: addr,
         resp: resp_addr,
+        metrics: metrics_addr,
     });
 
     let tracker = TaskTracker::new();
+    if let Some(listener) = metrics_listener {
+        tracker.spawn(crate::metrics::serve(
+            listener,
+            db.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
     if config.sync == SyncMode::Periodic {
         let committer = commit.committer();
         let token = shutdown.clone();

@@ -1,10 +1,17 @@
-//! Server-wide counters, shared by both doors (native and RESP): what `INFO`
-//! reports about clients and commands. Relaxed atomics: each figure is exact
-//! on its own, the set is not one instant's snapshot.
+//! Server-wide counters, shared by both doors (native and RESP): what `Stats`,
+//! `/metrics` and `INFO` report about clients, commands and errors (see
+//! `crate::figures`). Relaxed atomics: each figure is exact on its own, the
+//! set is not one instant's snapshot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use kvstore_client::{Command, Reply};
+
+/// Slots of the per-command and per-error counters: more than any tag or
+/// code so far (a unit test checks).
+pub const SLOTS: usize = 32;
 
 pub struct Stats {
     /// For uptime.
@@ -17,6 +24,10 @@ pub struct Stats {
     pub connections_rejected: AtomicU64,
     /// Requests answered since start, both doors.
     pub commands: AtomicU64,
+    /// Native requests by command tag (tags are below [`SLOTS`]).
+    pub native_commands: [AtomicU64; SLOTS],
+    /// Native error replies by error code (codes are below [`SLOTS`]).
+    pub errors: [AtomicU64; SLOTS],
     /// The last client id handed out (RESP `CLIENT ID`).
     client_ids: AtomicU64,
 }
@@ -29,6 +40,8 @@ impl Default for Stats {
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            native_commands: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
             client_ids: AtomicU64::new(0),
         }
     }
@@ -46,8 +59,26 @@ impl Stats {
         self.client_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Counts a request of the RESP door (or one refused before login).
     pub fn command(&self) {
         self.commands.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a native request by its command.
+    pub fn native_command(&self, command: &Command) {
+        self.command();
+        if let Some(slot) = self.native_commands.get(command.tag() as usize) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a reply if it is an error.
+    pub fn reply(&self, reply: &Reply) {
+        if let Reply::Error { code, .. } = reply {
+            if let Some(slot) = self.errors.get(*code as usize) {
+                slot.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
@@ -69,4 +100,16 @@ pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_tag_and_error_code_has_a_counter() {
+        assert!(kvstore_client::protocol::COMMAND_NAMES.len() <= SLOTS);
+        let known = (1..1000).filter_map(kvstore_client::ErrorCode::from_code);
+        assert!(known.map(|c| c as usize).all(|c| c < SLOTS));
+    }
 }

@@ -123,6 +123,11 @@ fn examples() -> Vec<(&'static str, Message)> {
                 },
             ),
         ),
+        ("stats-request", rq(17, Command::Stats)),
+        (
+            "stats-response",
+            rs(17, Reply::Stats(vec![("keys".to_string(), 3)])),
+        ),
         (
             "pairs-response",
             rs(

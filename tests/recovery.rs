@@ -279,6 +279,11 @@ fn a_snapshot_of_many_blocks_loads_back_exactly_into_any_shard_count() {
     for shards in [1, 3, 64] {
         let recovered = storage::open(&RealFs, &data, shards).unwrap();
         assert_eq!(recovered.store.len(), expected.len());
+        let bytes = |f: fn(&(&Bytes, &Bytes)) -> usize| expected.iter().map(|p| f(&p) as u64).sum();
+        assert_eq!(
+            recovered.store.bytes(),
+            (bytes(|(k, _)| k.len()), bytes(|(_, v)| v.len()))
+        );
         assert_eq!(dump(&recovered.store), expected, "{shards} shards");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{cli_path, Server};
+use common::{cli_ok, Server};
 use kvstore_client::{BlockingClient, Reply, ScanQuery};
 
 fn user(i: usize) -> String {
@@ -161,17 +161,7 @@ fn pages_are_consistent_cuts_while_writers_run() {
 #[test]
 fn the_cli_prints_scans_and_ranges() {
     let (_dir, server, _client) = loaded();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(cli_path())
-            .arg("--addr")
-            .arg(server.addr.to_string())
-            .args(args)
-            .env_remove("KVSTORE_ADDR")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| cli_ok(server.addr, args);
     assert_eq!(
         cli(&["scan", "user:", "--limit", "2"]),
         "user:00000\tv0\nuser:00001\tv1\n"

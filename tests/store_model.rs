@@ -282,6 +282,9 @@ proptest! {
             }
         }
         prop_assert_eq!(store.len(), model.len());
+        let key_bytes = model.keys().map(|k| k.len() as u64).sum();
+        let value_bytes = model.values().map(|v| v.len() as u64).sum();
+        prop_assert_eq!(store.bytes(), (key_bytes, value_bytes));
     }
 }
 

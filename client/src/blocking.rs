@@ -116,6 +116,11 @@ impl BlockingClient {
         }
     }
 
+    /// The server's figures ([`Client::stats`]).
+    pub fn stats(&self) -> Result<Vec<(String, i64)>, Error> {
+        self.runtime.block_on(self.client.stats())
+    }
+
     /// One page of pairs ([`Client::scan_page`]).
     pub fn scan_page(
         &self,

@@ -406,6 +406,23 @@ impl Client {
         })
     }
 
+    /// The server's figures (keys, bytes, commands, errors, connections, the
+    /// log, fsync latency, snapshots, uptime, version) as (name, value)
+    /// pairs; names are Prometheus series (see [`Reply::Stats`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// let figures = client.stats().await?;
+    /// let keys = figures.iter().find(|(name, _)| name == "keys").map(|(_, v)| *v);
+    /// # Ok(()) }
+    /// ```
+    pub async fn stats(&self) -> Result<Vec<(String, i64)>, Error> {
+        match self.call(Command::Stats).await? {
+            Reply::Stats(figures) => Ok(figures),
+            other => Err(unexpected("Stats", &other)),
+        }
+    }
+
     /// One page of the pairs `query` selects (`limit` 0: the server's default
     /// page), and whether more may follow. Move `query` past the page with
     /// [`ScanQuery::advance`] to ask for the next one; [`Client::scan`] does

@@ -201,9 +201,60 @@ pub enum Command {
         /// Descending key order.
         reverse: bool,
     },
+    /// Tag 15. The server's figures: keys, bytes, commands and errors by
+    /// kind, connections, the log and its fsync latency, snapshots, uptime,
+    /// version. Reply: `Stats`.
+    Stats,
 }
 
+/// The names of the commands, by tag (see [`Command::name`]).
+pub const COMMAND_NAMES: [&str; 16] = [
+    "Set",
+    "Get",
+    "Delete",
+    "BulkSet",
+    "Exists",
+    "Keys",
+    "Auth",
+    "SetIf",
+    "GetDel",
+    "Incr",
+    "Append",
+    "DeleteMany",
+    "Flush",
+    "Scan",
+    "Range",
+    "Stats",
+];
+
 impl Command {
+    /// The command's tag on the wire.
+    pub fn tag(&self) -> u32 {
+        match self {
+            Command::Set { .. } => 0,
+            Command::Get { .. } => 1,
+            Command::Delete { .. } => 2,
+            Command::BulkSet { .. } => 3,
+            Command::Exists { .. } => 4,
+            Command::Keys { .. } => 5,
+            Command::Auth { .. } => 6,
+            Command::SetIf { .. } => 7,
+            Command::GetDel { .. } => 8,
+            Command::Incr { .. } => 9,
+            Command::Append { .. } => 10,
+            Command::DeleteMany { .. } => 11,
+            Command::Flush => 12,
+            Command::Scan { .. } => 13,
+            Command::Range { .. } => 14,
+            Command::Stats => 15,
+        }
+    }
+
+    /// The variant's name, as in this documentation (`"BulkSet"`).
+    pub fn name(&self) -> &'static str {
+        COMMAND_NAMES[self.tag() as usize]
+    }
+
     /// Whether sending the command twice leaves the same state as sending it
     /// once. A client may resend an idempotent command whose reply was lost;
     /// `Incr` and `Append` it may resend only when the first attempt cannot
@@ -263,6 +314,12 @@ pub enum Reply {
         /// Whether pairs after the last one may remain.
         more: bool,
     },
+    /// Tag 7. Named figures (Stats), each a signed 64-bit number. A name is
+    /// a Prometheus series without the `kvstore_` prefix, labels included,
+    /// such as `keys` or `commands_total{door="native",command="Set"}`; the
+    /// server's version is the label of `build_info{version="..."}` (value
+    /// 1). docs/operations.md lists them all.
+    Stats(#[serde(deserialize_with = "wire_bytes::figures")] Vec<(String, i64)>),
 }
 
 impl Reply {
@@ -340,5 +397,71 @@ impl ErrorCode {
             self,
             ErrorCode::TooManyConnections | ErrorCode::ShuttingDown
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One command of every variant, in tag order.
+    fn one_of_each() -> Vec<Command> {
+        let b = || Bytes::from_static(b"k");
+        vec![
+            Command::Set {
+                key: b(),
+                value: b(),
+            },
+            Command::Get { key: b() },
+            Command::Delete { key: b() },
+            Command::BulkSet { items: vec![] },
+            Command::Exists { key: b() },
+            Command::Keys {
+                prefix: b(),
+                start_after: None,
+                limit: 0,
+            },
+            Command::Auth { token: b() },
+            Command::SetIf {
+                key: b(),
+                value: b(),
+                condition: Condition::Always,
+                get: false,
+            },
+            Command::GetDel { key: b() },
+            Command::Incr { key: b(), by: 1 },
+            Command::Append {
+                key: b(),
+                value: b(),
+            },
+            Command::DeleteMany { keys: vec![] },
+            Command::Flush,
+            Command::Scan {
+                prefix: b(),
+                start_after: None,
+                limit: 0,
+                reverse: false,
+            },
+            Command::Range {
+                start: b(),
+                end: None,
+                limit: 0,
+                reverse: false,
+            },
+            Command::Stats,
+        ]
+    }
+
+    #[test]
+    fn a_commands_tag_and_name_are_the_ones_on_the_wire() {
+        let all = one_of_each();
+        assert_eq!(all.len(), COMMAND_NAMES.len());
+        for (i, command) in all.iter().enumerate() {
+            let body = crate::codec::encode(command).unwrap();
+            let wire_tag = u32::from_le_bytes(body[..4].try_into().unwrap());
+            assert_eq!(command.tag(), wire_tag, "{command:?}");
+            assert_eq!(command.tag() as usize, i);
+            assert!(format!("{command:?}").starts_with(command.name()));
+        }
     }
 }

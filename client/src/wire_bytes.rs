@@ -84,3 +84,17 @@ pub(crate) fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error
     let s: &'de str = Deserialize::deserialize(d)?;
     Ok(s.to_owned())
 }
+
+/// A string borrowed from the frame, copied once.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string(d).map(Text)
+    }
+}
+
+/// `Stats` figures: (name, value) pairs.
+pub(crate) fn figures<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, i64)>, D::Error> {
+    Seq::<(Text, i64)>::deserialize(d).map(|v| v.0.into_iter().map(|(n, x)| (n.0, x)).collect())
+}

@@ -1,5 +1,7 @@
 //! `kvstore-server`: parse flags, set up logging, run the library's server.
 
+use std::io::Write;
+
 use clap::Parser;
 use kvstore::{server, Config};
 use tokio_util::sync::CancellationToken;
@@ -24,15 +26,25 @@ fn main() -> anyhow::Result<()> {
             on_signal.cancel();
         });
         server::run(config, shutdown, |listening| {
-            // Tests and scripts read this line to learn the ports: the
-            // native address is always the fourth word.
-            match listening.resp {
-                None => println!("kvstore-server listening on {}", listening.native),
-                Some(resp) => println!(
-                    "kvstore-server listening on {} and RESP on {resp}",
+            // Tests and scripts read the first line to learn the ports: the
+            // native address is always the fourth word. Written at once, and
+            // a reader that has gone (a closed pipe) is no reason to stop.
+            let mut said = match listening.resp {
+                None => format!("kvstore-server listening on {}\n", listening.native),
+                Some(resp) => format!(
+                    "kvstore-server listening on {} and RESP on {resp}\n",
                     listening.native
                 ),
+            };
+            if let Some(metrics) = listening.metrics {
+                said.push_str(&format!(
+                    "kvstore-server metrics on http://{metrics}/metrics\n"
+                ));
             }
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout
+                .write_all(said.as_bytes())
+                .and_then(|()| stdout.flush());
         })
         .await
     })?;

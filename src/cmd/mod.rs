@@ -58,6 +58,7 @@ pub fn is_write(command: &Command) -> bool {
         | Command::Keys { .. }
         | Command::Scan { .. }
         | Command::Range { .. }
+        | Command::Stats
         | Command::Auth { .. } => false,
     }
 }
@@ -75,7 +76,7 @@ pub fn size(command: &Command) -> usize {
             key.len() + value.len()
         }
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
-        Command::Flush => 0,
+        Command::Flush | Command::Stats => 0,
         Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::Keys {
             prefix,
@@ -180,6 +181,9 @@ pub fn read(command: Command, db: &Db) -> Reply {
             reverse,
         } => scan::range(&start, end.as_deref(), limit, reverse, db),
         Command::Auth { token } => Ok(auth::apply(&token, db)),
+        Command::Stats => Ok(Reply::Stats(crate::figures::named(
+            &crate::figures::collect(db),
+        ))),
         write => {
             debug_assert!(is_write(&write));
             Err(Reply::error(

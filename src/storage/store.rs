@@ -22,6 +22,8 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
 use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
 use parking_lot::RwLock;
 
 use super::op::WriteOp;
@@ -99,6 +101,10 @@ pub struct Store {
     /// Fixed at start; a key's shard depends on the count, so it never changes
     /// while the process runs (it is not part of any file format).
     shards: Box<[Shard]>,
+    /// Bytes of all keys and of all values, for `Stats`. Changed only by the
+    /// one writer (the commit thread, or recovery), under the shard locks.
+    key_bytes: AtomicU64,
+    value_bytes: AtomicU64,
 }
 
 /// What a write did, for the reply.
@@ -254,6 +260,8 @@ impl Store {
             shards: (0..shards.max(1))
                 .map(|_| RwLock::new(Map::new()))
                 .collect(),
+            key_bytes: AtomicU64::new(0),
+            value_bytes: AtomicU64::new(0),
         }
     }
 
@@ -315,6 +323,45 @@ impl Store {
         self.len() == 0
     }
 
+    /// Bytes of all keys and of all values stored.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.key_bytes.load(AtomicOrdering::Relaxed),
+            self.value_bytes.load(AtomicOrdering::Relaxed),
+        )
+    }
+
+    /// Keeps the byte counts right as `entry` comes in or goes out.
+    fn count(&self, entry: &Entry, coming_in: bool) {
+        let (k, v) = (entry.key().len() as u64, entry.value().len() as u64);
+        if coming_in {
+            self.key_bytes.fetch_add(k, AtomicOrdering::Relaxed);
+            self.value_bytes.fetch_add(v, AtomicOrdering::Relaxed);
+        } else {
+            self.key_bytes.fetch_sub(k, AtomicOrdering::Relaxed);
+            self.value_bytes.fetch_sub(v, AtomicOrdering::Relaxed);
+        }
+    }
+
+    /// Stores `entry` in `map`, replacing (and uncounting) the old one.
+    fn put(&self, map: &mut Map, entry: Entry) {
+        self.count(&entry, true);
+        if let Some(old) = map.replace(entry) {
+            self.count(&old, false);
+        }
+    }
+
+    /// Removes `key` from `map`; whether it was there.
+    fn take(&self, map: &mut Map, key: &[u8]) -> bool {
+        match map.take(key) {
+            Some(old) => {
+                self.count(&old, false);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Applies one write. A BulkSet, DeleteMany or Clear takes the write locks
     /// of all its shards, in shard order, before it changes anything, so no
     /// reader sees half of it.
@@ -322,23 +369,23 @@ impl Store {
         match op {
             WriteOp::Set { key, value } => {
                 let entry = Entry::new(key, value);
-                self.shard(key).write().replace(entry);
+                self.put(&mut self.shard(key).write(), entry);
                 Applied::Stored
             }
             WriteOp::Delete { key } => {
-                Applied::Deleted(self.shard(key).write().remove(key.as_ref()))
+                Applied::Deleted(self.take(&mut self.shard(key).write(), key))
             }
             WriteOp::BulkSet { items } => {
                 self.with_shards_of(items.iter().map(|(k, _)| k), |i, map| {
                     let (key, value) = &items[i];
-                    map.replace(Entry::new(key, value));
+                    self.put(map, Entry::new(key, value));
                 });
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
                 let mut removed = 0;
                 self.with_shards_of(keys.iter(), |i, map| {
-                    removed += i64::from(map.remove(keys[i].as_ref()));
+                    removed += i64::from(self.take(map, &keys[i]));
                 });
                 Applied::Int(removed)
             }
@@ -349,6 +396,8 @@ impl Store {
                     .iter_mut()
                     .map(|g| std::mem::take(&mut **g))
                     .collect();
+                self.key_bytes.store(0, AtomicOrdering::Relaxed);
+                self.value_bytes.store(0, AtomicOrdering::Relaxed);
                 drop(guards);
                 drop(old);
                 Applied::Stored
@@ -383,7 +432,8 @@ impl Store {
     /// Adds what `loaders` gathered to the shards, building each shard's tree
     /// from sorted entries at once (far cheaper than inserting one by one),
     /// on up to `threads` threads. A key gathered twice keeps one of its
-    /// values; callers load sets of distinct keys (a snapshot).
+    /// values; callers load sets of distinct keys (a snapshot) into an empty
+    /// store.
     pub fn finish_load(&self, loaders: Vec<Loader<'_>>, threads: usize) {
         let mut per_shard: Vec<Vec<Vec<Entry>>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
@@ -406,6 +456,7 @@ impl Store {
                         // a shard's keys in order), so the sort inside
                         // `from_iter` only merges runs.
                         let mut built: Map = parts.into_iter().flatten().collect();
+                        built.iter().for_each(|e| self.count(e, true));
                         self.shards[shard].write().append(&mut built);
                     }
                 });

@@ -241,6 +241,19 @@ pub fn cli_path() -> PathBuf {
     workspace_bin("kvstore", "kvstore-client")
 }
 
+/// Runs the `kvstore` CLI against `addr`, requires success, returns stdout.
+pub fn cli_ok(addr: SocketAddr, args: &[&str]) -> String {
+    let out = Command::new(cli_path())
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(args)
+        .env_remove("KVSTORE_ADDR")
+        .output()
+        .expect("run kvstore");
+    assert!(out.status.success(), "kvstore {args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// A binary of another package of the workspace, built by `cargo test
 /// --workspace` into the directory above this test's own.
 pub fn workspace_bin(name: &str, package: &str) -> PathBuf {

@@ -80,6 +80,10 @@ enum Cmd {
         #[command(flatten)]
         walk: Walk,
     },
+    /// Print the server's figures (keys, bytes, commands, errors, log,
+    /// fsync latency, snapshots, uptime, version): a table, or a JSON object
+    /// with --output json.
+    Stat,
     /// Bulk-load key/value rows from a CSV, TSV or JSON Lines file ("-" for
     /// standard input).
     Load(load::LoadArgs),
@@ -221,6 +225,10 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Cmd::Range { start, end, walk } => {
             list_pairs(client, ScanQuery::range(start, end), walk, out).await
         }
+        Cmd::Stat => client
+            .stats()
+            .await
+            .map(|figures| print_stats(&figures, out)),
         Cmd::Load(args) => return load::run(client, &args, out).await,
     };
     match result {
@@ -228,6 +236,24 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Err(e) => {
             eprintln!("kvstore: {e}");
             Exit::of(&e)
+        }
+    }
+}
+
+fn print_stats(figures: &[(String, i64)], out: Output) {
+    match out {
+        Output::Text => {
+            let width = figures.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+            for (name, value) in figures {
+                output::say(&format!("{name:<width$}  {value:>14}"));
+            }
+        }
+        Output::Json => {
+            let object: serde_json::Map<String, serde_json::Value> = figures
+                .iter()
+                .map(|(n, v)| (n.clone(), serde_json::Value::from(*v)))
+                .collect();
+            output::print_json(&serde_json::Value::Object(object));
         }
     }
 }
