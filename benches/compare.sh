@@ -22,8 +22,7 @@ BASE=${BASE_PORT:-17000}
 
 source benches/lib.sh
 ensure_redis
-cargo build --release --bin kvstore-server --bin kvstore-bench
-bench=target/release/kvstore-bench
+build_release
 
 mkdir -p "$OUT"
 rm -f "$OUT/results.csv"

@@ -3,6 +3,12 @@
 # installed if missing; waiting for a server to answer.
 
 # Installs Debian's redis-server and redis-tools if redis-server is missing.
+# Builds the release server and load generator; sets $bench.
+build_release() {
+  cargo build --release --bin kvstore-server --bin kvstore-bench
+  bench=target/release/kvstore-bench
+}
+
 ensure_redis() {
   command -v redis-server >/dev/null && return
   export DEBIAN_FRONTEND=noninteractive

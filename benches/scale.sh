@@ -24,8 +24,7 @@ REDIS=${REDIS_PORT:-17103}
 
 source benches/lib.sh
 ensure_redis
-cargo build --release --bin kvstore-server --bin kvstore-bench
-bench=target/release/kvstore-bench
+build_release
 mkdir -p "$OUT"
 # The one server running at a time (also in `pids`, for cleanup on exit).
 pid=""

@@ -426,6 +426,8 @@ impl Store {
         Loader {
             store: self,
             by_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
+            key_bytes: 0,
+            value_bytes: 0,
         }
     }
 
@@ -438,6 +440,10 @@ impl Store {
         let mut per_shard: Vec<Vec<Vec<Entry>>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
         for loader in loaders {
+            self.key_bytes
+                .fetch_add(loader.key_bytes, AtomicOrdering::Relaxed);
+            self.value_bytes
+                .fetch_add(loader.value_bytes, AtomicOrdering::Relaxed);
             for (shard, entries) in loader.by_shard.into_iter().enumerate() {
                 per_shard[shard].push(entries);
             }
@@ -456,7 +462,6 @@ impl Store {
                         // a shard's keys in order), so the sort inside
                         // `from_iter` only merges runs.
                         let mut built: Map = parts.into_iter().flatten().collect();
-                        built.iter().for_each(|e| self.count(e, true));
                         self.shards[shard].write().append(&mut built);
                     }
                 });
@@ -590,10 +595,16 @@ pub struct Loader<'s> {
     store: &'s Store,
     /// In arrival order, one list per shard.
     by_shard: Vec<Vec<Entry>>,
+    /// Bytes of the keys and values pushed, counted here (on the decoding
+    /// threads) so that the load needs no second pass over the entries.
+    key_bytes: u64,
+    value_bytes: u64,
 }
 
 impl Loader<'_> {
     pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.key_bytes += key.len() as u64;
+        self.value_bytes += value.len() as u64;
         let shard = self.store.shard_index(key);
         self.by_shard[shard].push(Entry::new(key, value));
     }
