@@ -17,6 +17,9 @@
 //! retry that returns Ok proves nothing). Reads go on. A restart recovers from
 //! what is on disk.
 //!
+//! While a backup runs, every applied write is also teed to it (see
+//! `crate::backup`).
+//!
 //! When the current segment passes `--snapshot-after-bytes`, the thread syncs
 //! it, starts a new segment and hands the snapshot to a second thread, so
 //! writes keep flowing while the map is copied.
@@ -29,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::backup::Tees;
 use crate::config::SyncMode;
 use crate::error::Error;
 use crate::storage::change::{BatchView, Change, Resolved};
@@ -183,6 +187,8 @@ pub struct Committer {
     budget: Arc<Semaphore>,
     /// Updated by the commit and snapshot threads.
     figures: Arc<LogFigures>,
+    /// Running backups' tees, fed by the commit thread.
+    tees: Arc<Tees>,
 }
 
 /// A write that was queued; resolves once it is durable and applied.
@@ -267,6 +273,11 @@ impl Committer {
     pub fn figures(&self) -> &LogFigures {
         &self.figures
     }
+
+    /// The tees through which running backups see every applied write.
+    pub fn tees(&self) -> &Arc<Tees> {
+        &self.tees
+    }
 }
 
 /// The running commit thread.
@@ -286,8 +297,10 @@ impl GroupCommit {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let poison = Arc::new(OnceLock::new());
         let figures = Arc::new(LogFigures::default());
+        let tees = Arc::new(Tees::default());
         let worker = Worker {
             figures: figures.clone(),
+            tees: tees.clone(),
             rx,
             weak: tx.downgrade(),
             store,
@@ -311,6 +324,7 @@ impl GroupCommit {
                 poison,
                 budget: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
                 figures,
+                tees,
             },
             thread,
         })
@@ -357,6 +371,9 @@ struct Worker {
     snapshotting: Arc<AtomicBool>,
     snapshot_thread: Option<JoinHandle<()>>,
     figures: Arc<LogFigures>,
+    /// Every applied write goes to each running backup too; the lock is
+    /// held across a batch's apply, so a backup's marks fall between batches.
+    tees: Arc<Tees>,
 }
 
 impl Worker {
@@ -499,12 +516,17 @@ impl Worker {
                 .record(started.elapsed().as_micros() as u64);
             self.synced();
         }
+        let mut tee = self.tees.lock();
         for job in jobs {
             match job {
                 Job::Write { resolved, done, .. } => {
                     let outcome = match resolved {
-                        Resolved::Apply(op) => Ok(self.store.apply(&op)),
+                        Resolved::Apply(op) => {
+                            tee.record(&op);
+                            Ok(self.store.apply(&op))
+                        }
                         Resolved::Log(op, outcome) => {
+                            tee.record(&op);
                             self.store.apply(&op);
                             Ok(outcome)
                         }

@@ -54,6 +54,19 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_DATA", default_value = "kvstore.db")]
     pub data: PathBuf,
 
+    /// Start from this backup (a file made by `kvstore backup`): every
+    /// checksum is verified, a damaged file is refused, and its contents
+    /// become the data at --data, which must hold nothing yet; then the
+    /// server starts as usual. Drop the flag for later starts.
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
+
+    /// A directory for backups the server writes itself (`kvstore backup
+    /// --server NAME`); created if missing. Clients choose only a file name
+    /// in it. Without it, backups are streamed to clients only.
+    #[arg(long, env = "KVSTORE_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+
     /// When the log is fsynced before acknowledging a write.
     #[arg(long, env = "KVSTORE_SYNC", value_enum, default_value_t = SyncMode::Always)]
     pub sync: SyncMode,

@@ -2,9 +2,11 @@
 //! committer for writes, the limits every command checks, and the counters
 //! both doors share.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::Auth;
+use crate::backup::Tees;
 use crate::commit::{Committer, LogFigures, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
@@ -24,6 +26,9 @@ pub struct Db {
     pub auth: Arc<Auth>,
     /// Connections and commands, counted by both doors.
     pub stats: Arc<Stats>,
+    /// Where `Backup { name }` writes (`--backup-dir`); `None`: only
+    /// streamed backups.
+    pub backup_dir: Option<PathBuf>,
 }
 
 impl Db {
@@ -34,6 +39,7 @@ impl Db {
             limits,
             auth,
             stats: Arc::new(Stats::default()),
+            backup_dir: None,
         }
     }
 
@@ -49,6 +55,16 @@ impl Db {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, for a backup that outlives one call.
+    pub fn store_handle(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The tees running backups see applied writes through.
+    pub fn tees(&self) -> &Arc<Tees> {
+        self.committer.tees()
     }
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once

@@ -41,6 +41,10 @@ pub enum Error {
         code: kvstore_client::ErrorCode,
         message: String,
     },
+    /// A backup could not be made or go on (see `crate::backup`). Nothing
+    /// else is affected; the client may try again once the cause is gone.
+    #[error("backup failed: {0}")]
+    Backup(String),
     /// A flag or a combination of flags makes no sense.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -230,6 +230,28 @@ pub fn collect(db: &Db) -> Vec<Figure> {
         "How long the last snapshot took to write, milliseconds.",
         n(&log.last_snapshot_ms),
     );
+    let tees = db.tees();
+    add(
+        "backups_running",
+        vec![],
+        Gauge,
+        "Backups copying the store now (streamed or into --backup-dir).",
+        tees.running() as i64,
+    );
+    add(
+        "backups_total",
+        vec![("outcome", "ok".into())],
+        Counter,
+        "Backups since start, by outcome (a streamed one counts once its last chunk is out).",
+        n(&tees.completed),
+    );
+    add(
+        "backups_total",
+        vec![("outcome", "failed".into())],
+        Counter,
+        "Backups since start, by outcome (a streamed one counts once its last chunk is out).",
+        n(&tees.failed),
+    );
     out
 }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::cmd::{self, Started};
+use crate::cmd::{self, backup, Started};
 use crate::commit::PendingWrite;
 use crate::config::Timeouts;
 use crate::connection::{Connection, Incoming};
@@ -73,6 +73,8 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
     let login_deadline = (!authenticated).then(|| Instant::now() + auth::LOGIN_TIMEOUT);
     let mut unauthenticated_commands = 0;
     let mut ticker = timeouts.ticker(login_deadline.is_some());
+    // The backup streaming on this connection; it ends with the connection.
+    let mut backup: backup::Session = None;
     loop {
         let may_read = reading && has_room(&queue);
         let front_is_write = matches!(
@@ -129,7 +131,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                     } else if is_write && burst {
                         State::Deferred(request.command)
                     } else {
-                        start(request.command, &db).await
+                        start(request.command, &db, &mut backup).await
                     };
                     queue.push_back(Slot { id: request.id, state });
                 }
@@ -185,9 +187,16 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
         if !more_coming {
             start_deferred(&mut queue, &db).await;
         }
-        if answer_ready(&mut conn, &mut queue, &db, timeouts.write, more_coming)
-            .await
-            .is_err()
+        if answer_ready(
+            &mut conn,
+            &mut queue,
+            &db,
+            &mut backup,
+            timeouts.write,
+            more_coming,
+        )
+        .await
+        .is_err()
         {
             return;
         }
@@ -210,8 +219,14 @@ fn has_room(queue: &VecDeque<Slot>) -> bool {
     queue.len() < MAX_IN_FLIGHT && waiting < MAX_WAITING_BYTES
 }
 
-async fn start(command: Command, db: &Db) -> State {
-    State::from(cmd::start(command, db).await)
+/// Starts a command whose turn has come. Backups are served here, with the
+/// connection's backup session; everything else by [`cmd::start`].
+async fn start(command: Command, db: &Db, backup: &mut backup::Session) -> State {
+    match command {
+        Command::Backup { name } => State::Ready(backup::start(name, db, backup).await),
+        Command::BackupNext => State::Ready(backup::next(backup)),
+        command => State::from(cmd::start(command, db).await),
+    }
 }
 
 impl From<Started> for State {
@@ -263,6 +278,7 @@ async fn answer_ready(
     conn: &mut Connection,
     queue: &mut VecDeque<Slot>,
     db: &Db,
+    backup: &mut backup::Session,
     write_timeout: Option<Duration>,
     more_coming: bool,
 ) -> std::io::Result<()> {
@@ -292,7 +308,7 @@ async fn answer_ready(
                     if let State::Waiting(command) =
                         std::mem::replace(&mut slot.state, State::Ready(Reply::Ok))
                     {
-                        slot.state = start(command, db).await;
+                        slot.state = start(command, db, backup).await;
                     }
                     if !is_write {
                         break;

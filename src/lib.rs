@@ -16,6 +16,7 @@
 //! `docs/architecture.md` walks the same path with more words.
 
 pub mod auth;
+pub mod backup;
 pub mod cmd;
 pub mod commit;
 pub mod config;

@@ -103,11 +103,16 @@ pub async fn run(
     let (resp_listener, resp_addr) = config.resp_listen.map(bind_bound).transpose()?.unzip();
     let (metrics_listener, metrics_addr) =
         config.metrics_listen.map(bind_bound).transpose()?.unzip();
-    let data = config.data.clone();
-    let recovered =
-        tokio::task::spawn_blocking(move || storage::open(&RealFs, &data, config.shards))
-            .await
-            .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
+    if let Some(dir) = &config.backup_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let (data, restore) = (config.data.clone(), config.restore.clone());
+    let recovered = tokio::task::spawn_blocking(move || match restore {
+        Some(backup) => storage::restore(&RealFs, &backup, &data, config.shards),
+        None => storage::open(&RealFs, &data, config.shards),
+    })
+    .await
+    .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
     let store = recovered.store.clone();
     // Freed on a thread of its own once everything else has stopped, so that
     // a process exiting after `run` does not wait for millions of frees
@@ -127,12 +132,13 @@ pub async fn run(
     )?;
     // Held until this function returns, after the commit thread has stopped.
     let _lock = recovered.lock;
-    let db = Db::new(
+    let mut db = Db::new(
         store,
         commit.committer(),
         config.limits(),
         Arc::new(Auth::new(token)),
     );
+    db.backup_dir = config.backup_dir.clone();
     tracing::info!(%addr, resp = ?resp_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
         native: addr,

@@ -139,6 +139,29 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         ("int-response", rs(11, Reply::Int(40))),
+        ("backup-request", rq(18, Command::Backup { name: None })),
+        (
+            "backup-named-request",
+            rq(
+                19,
+                Command::Backup {
+                    name: Some("nightly".into()),
+                },
+            ),
+        ),
+        ("backup-next-request", rq(20, Command::BackupNext)),
+        ("chunk-response", rs(18, Reply::Chunk(b("KVSTSNAP")))),
+        (
+            "backup-done-response",
+            rs(
+                20,
+                Reply::BackupDone {
+                    keys: 1,
+                    ops: 1,
+                    bytes: 126,
+                },
+            ),
+        ),
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),
         ("value-none-response", rs(2, Reply::Value(None))),
@@ -213,6 +236,44 @@ fn every_documented_example_is_byte_exact() {
             }
         }
     }
+}
+
+/// The backup file of docs/protocol.md: one pair copied (`k` = `v`), then
+/// one write made during the copy (`k2` = `v2`), as the server encodes it.
+#[test]
+fn the_documented_backup_file_is_byte_exact_and_loads() {
+    use kvstore::storage::{op::WriteOp, snapshot, store::Store};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
+    let store = Store::new(1);
+    store.apply(&WriteOp::Set {
+        key: b("k"),
+        value: b("v"),
+    });
+    let mut encoder = snapshot::Encoder::new(1, 1);
+    while encoder.copy_some(&store) {}
+    encoder.push_op(&WriteOp::Set {
+        key: b("k2"),
+        value: b("v2"),
+    });
+    encoder.finish();
+    let actual = encoder.take(usize::MAX).to_vec();
+    let expected = documented(&doc, "backup-file");
+    assert_eq!(
+        hex(&actual),
+        hex(&expected),
+        "the encoder's bytes (left) differ from docs/protocol.md (right)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup");
+    std::fs::write(&path, &expected).unwrap();
+    let loaded = Store::new(4);
+    let info = snapshot::load(&kvstore::storage::fs::RealFs, &path, &loaded)
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.entries, info.ops, info.bytes), (1, 1, 126));
+    assert_eq!(loaded.get(b"k2"), Some(b("v2")));
+    assert_eq!(loaded.len(), 2);
 }
 
 fn hex(bytes: &[u8]) -> String {

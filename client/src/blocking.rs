@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientBuilder};
-use crate::{Command, Condition, Error, Reply, ScanQuery};
+use crate::{BackupSummary, Command, Condition, Error, Reply, ScanQuery};
 
 /// A blocking kvstore client with the same methods as [`Client`].
 ///
@@ -139,6 +139,23 @@ impl BlockingClient {
             page: Vec::new().into_iter(),
             more: true,
         }
+    }
+
+    /// Writes a point-in-time backup of the whole store into `out`
+    /// ([`Client::backup`]).
+    pub fn backup(&self, out: &mut impl std::io::Write) -> Result<BackupSummary, Error> {
+        let mut stream = self.runtime.block_on(self.client.backup_stream())?;
+        while let Some(chunk) = self.runtime.block_on(stream.next_chunk())? {
+            out.write_all(&chunk).map_err(Error::Output)?;
+        }
+        out.flush().map_err(Error::Output)?;
+        stream.summary()
+    }
+
+    /// Has the server write a backup into its `--backup-dir`
+    /// ([`Client::backup_on_server`]).
+    pub fn backup_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
+        self.runtime.block_on(self.client.backup_on_server(name))
     }
 
     /// Stores `value` if `condition` holds ([`Client::set_if`]).

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::{addr, Command, Condition, Error, Reply, ScanQuery};
+use crate::{addr, BackupStream, BackupSummary, Command, Condition, Error, Reply, ScanQuery};
 
 /// Default time to establish a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -600,33 +601,22 @@ impl Client {
     /// One attempt: a connection within the connect timeout, then the
     /// request (queueing, writing, answer) within the request timeout.
     async fn call_once(&self, command: Command) -> Result<Reply, Error> {
-        let options = &self.inner.options;
-        let mux = tokio::time::timeout(options.connect_timeout, self.connection())
+        let mux = self.connect_within(self.connection()).await?;
+        exchange(&mux, command, self.inner.options.request_timeout).await
+    }
+
+    /// `connect` (opening or reusing a connection), within the connect timeout.
+    async fn connect_within(
+        &self,
+        connect: impl std::future::Future<Output = Result<Mux, Error>>,
+    ) -> Result<Mux, Error> {
+        let limit = self.inner.options.connect_timeout;
+        tokio::time::timeout(limit, connect)
             .await
             .map_err(|_| Error::Timeout {
                 what: "connect",
-                after: options.connect_timeout,
-            })??;
-        let exchange = async {
-            let reply = mux.send(command).await?;
-            reply
-                .await
-                .unwrap_or_else(|_| Err(Error::ConnectionLost("the connection closed".into())))
-        };
-        match tokio::time::timeout(options.request_timeout, exchange).await {
-            Err(_) => {
-                // The server stopped answering: drop the connection so the
-                // retry starts afresh instead of queueing behind it.
-                mux.close();
-                Err(Error::Timeout {
-                    what: "request",
-                    after: options.request_timeout,
-                })
-            }
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(Reply::Error { code, message })) => Err(Error::Server { code, message }),
-            Ok(Ok(reply)) => Ok(reply),
-        }
+                after: limit,
+            })?
     }
 
     /// The next connection in turn, opened or replaced if needed.
@@ -637,20 +627,100 @@ impl Client {
         match guard.as_ref() {
             Some(mux) if mux.is_alive() => Ok(mux.clone()),
             _ => {
-                let mux = Mux::connect(
-                    &inner.addr,
-                    inner.options.connect_timeout,
-                    inner.options.max_frame,
-                    inner.tls.as_ref(),
-                )
-                .await?;
-                if let Some(token) = &inner.options.auth_token {
-                    authenticate(&mux, token.clone()).await?;
-                }
+                let mux = self.open().await?;
                 *guard = Some(mux.clone());
                 Ok(mux)
             }
         }
+    }
+
+    /// A new connection, logged in if the client has a token.
+    async fn open(&self) -> Result<Mux, Error> {
+        let inner = &self.inner;
+        let mux = Mux::connect(
+            &inner.addr,
+            inner.options.connect_timeout,
+            inner.options.max_frame,
+            inner.tls.as_ref(),
+        )
+        .await?;
+        if let Some(token) = &inner.options.auth_token {
+            authenticate(&mux, token.clone()).await?;
+        }
+        Ok(mux)
+    }
+
+    /// Streams a point-in-time copy of the whole store, made while writes
+    /// go on, on a connection of its own (a streamed backup belongs to the
+    /// connection that started it). Read it with
+    /// [`BackupStream::next_chunk`]; [`Client::backup`] writes it out for you.
+    /// Not retried: if anything fails, start again.
+    pub async fn backup_stream(&self) -> Result<BackupStream, Error> {
+        let mux = self.connect_within(self.open()).await?;
+        Ok(BackupStream::new(mux, self.inner.options.request_timeout))
+    }
+
+    /// Writes a point-in-time backup of the whole store into `out` (the
+    /// snapshot format: `kvstore-server --restore FILE` starts from it), and
+    /// returns what it holds. The backup is one instant's state: each key
+    /// has the value it had when the server finished copying.
+    ///
+    /// `out` is any `AsyncWrite`: a `tokio::fs::File`, a socket, a `Vec<u8>`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut copy = Vec::new();
+    /// let summary = client.backup(&mut copy).await?;
+    /// assert_eq!(copy.len() as u64, summary.bytes);
+    /// # Ok(()) }
+    /// ```
+    pub async fn backup<W: AsyncWrite + Unpin>(&self, out: &mut W) -> Result<BackupSummary, Error> {
+        let mut stream = self.backup_stream().await?;
+        while let Some(chunk) = stream.next_chunk().await? {
+            out.write_all(&chunk).await.map_err(Error::Output)?;
+        }
+        out.flush().await.map_err(Error::Output)?;
+        stream.summary()
+    }
+
+    /// Has the server write a backup into its `--backup-dir` under `name`
+    /// (letters, digits, `.`, `_`, `-`; an existing name is refused), and
+    /// returns what it holds.
+    pub async fn backup_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
+        let name = Some(name.into());
+        match self.call(Command::Backup { name }).await? {
+            Reply::BackupDone { keys, ops, bytes } => Ok(BackupSummary { keys, ops, bytes }),
+            other => Err(unexpected("BackupDone", &other)),
+        }
+    }
+}
+
+/// One request and its reply on `mux`, within `timeout`; an error reply
+/// becomes [`Error::Server`].
+pub(crate) async fn exchange(
+    mux: &Mux,
+    command: Command,
+    timeout: Duration,
+) -> Result<Reply, Error> {
+    let exchange = async {
+        let reply = mux.send(command).await?;
+        reply
+            .await
+            .unwrap_or_else(|_| Err(Error::ConnectionLost("the connection closed".into())))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => {
+            // The server stopped answering: drop the connection so the
+            // retry starts afresh instead of queueing behind it.
+            mux.close();
+            Err(Error::Timeout {
+                what: "request",
+                after: timeout,
+            })
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Reply::Error { code, message })) => Err(Error::Server { code, message }),
+        Ok(Ok(reply)) => Ok(reply),
     }
 }
 
@@ -730,6 +800,6 @@ fn expect_int(reply: Reply) -> Result<i64, Error> {
     }
 }
 
-fn unexpected(wanted: &str, got: &Reply) -> Error {
+pub(crate) fn unexpected(wanted: &str, got: &Reply) -> Error {
     Error::Protocol(format!("expected a {wanted} reply, got {got:?}"))
 }

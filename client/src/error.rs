@@ -61,6 +61,9 @@ pub enum Error {
     /// The address is not `host:port` or `kvstore://host:port`.
     #[error("invalid address {0:?}: expected host:port or kvstore://host:port")]
     InvalidAddress(String),
+    /// Writing a backup's bytes to their destination failed.
+    #[error("cannot write the backup: {0}")]
+    Output(#[source] std::io::Error),
     /// A value could not be converted to or from JSON (`set_json`, `get_json`).
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod backup;
 pub mod blocking;
 pub mod client;
 pub mod codec;
@@ -35,6 +36,7 @@ pub mod protocol;
 pub mod scan;
 mod wire_bytes;
 
+pub use backup::{BackupStream, BackupSummary};
 pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;

@@ -205,10 +205,28 @@ pub enum Command {
     /// kind, connections, the log and its fsync latency, snapshots, uptime,
     /// version. Reply: `Stats`.
     Stats,
+    /// Tag 16. A point-in-time copy of the whole store, made while writes go
+    /// on, in the checksummed snapshot format (docs/protocol.md, "Backup").
+    /// With `name: None` the copy streams over this connection: the reply
+    /// is the first `Chunk`, and each `BackupNext` brings the next, until
+    /// `BackupDone`; the file is the chunks' bytes in order. With
+    /// `name: Some(..)` the server writes the file into its `--backup-dir`
+    /// under that name (letters, digits, `.`, `_`, `-`; a name that exists
+    /// is refused) and replies `BackupDone`. Not idempotent. Errors:
+    /// `BackupFailed`.
+    Backup {
+        /// A file name in the server's backup directory, or `None` to stream.
+        #[serde(deserialize_with = "wire_bytes::option_string")]
+        name: Option<String>,
+    },
+    /// Tag 17. The next `Chunk` of the backup streaming on this connection,
+    /// or `BackupDone` once all of it has been sent. `BackupFailed` if no
+    /// backup is streaming here. Not idempotent (each call moves on).
+    BackupNext,
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 16] = [
+pub const COMMAND_NAMES: [&str; 18] = [
     "Set",
     "Get",
     "Delete",
@@ -225,6 +243,8 @@ pub const COMMAND_NAMES: [&str; 16] = [
     "Scan",
     "Range",
     "Stats",
+    "Backup",
+    "BackupNext",
 ];
 
 impl Command {
@@ -247,6 +267,8 @@ impl Command {
             Command::Scan { .. } => 13,
             Command::Range { .. } => 14,
             Command::Stats => 15,
+            Command::Backup { .. } => 16,
+            Command::BackupNext => 17,
         }
     }
 
@@ -255,12 +277,18 @@ impl Command {
         COMMAND_NAMES[self.tag() as usize]
     }
 
-    /// Whether sending the command twice leaves the same state as sending it
+    /// Whether sending the command twice has the effect of sending it
     /// once. A client may resend an idempotent command whose reply was lost;
-    /// `Incr` and `Append` it may resend only when the first attempt cannot
-    /// have reached the server.
+    /// `Incr`, `Append`, `Backup` and `BackupNext` it may resend only when the
+    /// first attempt cannot have reached the server.
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self, Command::Incr { .. } | Command::Append { .. })
+        !matches!(
+            self,
+            Command::Incr { .. }
+                | Command::Append { .. }
+                | Command::Backup { .. }
+                | Command::BackupNext
+        )
     }
 }
 
@@ -320,6 +348,18 @@ pub enum Reply {
     /// server's version is the label of `build_info{version="..."}` (value
     /// 1). docs/operations.md lists them all.
     Stats(#[serde(deserialize_with = "wire_bytes::figures")] Vec<(String, i64)>),
+    /// Tag 8. The next bytes of a streaming backup (at most 1 MiB).
+    Chunk(#[serde(deserialize_with = "wire_bytes::bytes")] Bytes),
+    /// Tag 9. A backup is complete: the pairs it holds, the writes made
+    /// during the copy that it replays after them, and its size in bytes.
+    BackupDone {
+        /// Key-value pairs copied.
+        keys: u64,
+        /// Writes applied during the copy, stored after the pairs.
+        ops: u64,
+        /// The file's size.
+        bytes: u64,
+    },
 }
 
 impl Reply {
@@ -364,6 +404,11 @@ pub enum ErrorCode {
     NotAnInteger = 11,
     /// `Incr` would take the value past the range of a signed 64-bit integer.
     Overflow = 12,
+    /// A backup could not be made or go on: no `--backup-dir`, a bad or
+    /// taken name, too many backups at once, more writes during the copy
+    /// than the server keeps for one, no backup streaming on the connection,
+    /// or an I/O error in the backup directory. The message says which.
+    BackupFailed = 13,
 }
 
 impl ErrorCode {
@@ -383,6 +428,7 @@ impl ErrorCode {
             AuthFailed,
             NotAnInteger,
             Overflow,
+            BackupFailed,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -449,6 +495,8 @@ mod tests {
                 reverse: false,
             },
             Command::Stats,
+            Command::Backup { name: None },
+            Command::BackupNext,
         ]
     }
 

@@ -94,6 +94,11 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
+/// An optional UTF-8 string, read like [`string`].
+pub(crate) fn option_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<Text>::deserialize(d).map(|o| o.map(|t| t.0))
+}
+
 /// `Stats` figures: (name, value) pairs.
 pub(crate) fn figures<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, i64)>, D::Error> {
     Seq::<(Text, i64)>::deserialize(d).map(|v| v.0.into_iter().map(|(n, x)| (n.0, x)).collect())

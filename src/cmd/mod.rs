@@ -1,6 +1,7 @@
 //! Commands: what each request does, one file per command.
 //!
 //! Reads ([`get`], [`exists`], [`keys`], [`scan`]) answer at once from the store.
+//! [`backup`] copies the whole store while writes go on.
 //! Writes ([`set`], [`delete`], [`bulk_set`], [`delete_many`], `Flush`) check
 //! their limits, queue a [`WriteOp`] for the group-commit thread, and answer
 //! once it is durable. Writes that read first ([`set_if`], [`get_del`],
@@ -11,6 +12,7 @@
 
 mod append;
 mod auth;
+pub mod backup;
 mod bulk_set;
 mod delete;
 mod delete_many;
@@ -59,6 +61,8 @@ pub fn is_write(command: &Command) -> bool {
         | Command::Scan { .. }
         | Command::Range { .. }
         | Command::Stats
+        | Command::Backup { .. }
+        | Command::BackupNext
         | Command::Auth { .. } => false,
     }
 }
@@ -76,7 +80,8 @@ pub fn size(command: &Command) -> usize {
             key.len() + value.len()
         }
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
-        Command::Flush | Command::Stats => 0,
+        Command::Flush | Command::Stats | Command::BackupNext => 0,
+        Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
         Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::Keys {
             prefix,
@@ -181,6 +186,12 @@ pub fn read(command: Command, db: &Db) -> Reply {
             reverse,
         } => scan::range(&start, end.as_deref(), limit, reverse, db),
         Command::Auth { token } => Ok(auth::apply(&token, db)),
+        // The connection handler serves these: a streaming backup belongs
+        // to its connection (see `backup`).
+        Command::Backup { .. } | Command::BackupNext => Err(Reply::error(
+            ErrorCode::BackupFailed,
+            "Backup is served only on a native connection",
+        )),
         Command::Stats => Ok(Reply::Stats(crate::figures::named(
             &crate::figures::collect(db),
         ))),
@@ -211,6 +222,7 @@ pub fn error_reply(e: &Error) -> Reply {
     let code = match e {
         Error::ShuttingDown => ErrorCode::ShuttingDown,
         Error::Rejected { code, .. } => *code,
+        Error::Backup(_) => ErrorCode::BackupFailed,
         _ => ErrorCode::StorageFailed,
     };
     Reply::error(code, e.to_string())

@@ -72,14 +72,20 @@ impl FileHandle for File {
     }
 }
 
+/// Creates (or truncates) a file that only its owner may read or write
+/// (mode 0600 on Unix): snapshots, log segments and backups hold every
+/// key and value.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
 impl Fs for RealFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(path)?;
-        Ok(Box::new(file))
+        Ok(Box::new(create_private(path)?))
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {

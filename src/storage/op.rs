@@ -33,6 +33,15 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// A `Set` of text, for tests.
+    #[cfg(test)]
+    pub(crate) fn set(key: &str, value: &str) -> WriteOp {
+        WriteOp::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
     /// Roughly how many bytes the op takes in the log, for batching decisions.
     pub fn approx_len(&self) -> usize {
         match self {

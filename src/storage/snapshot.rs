@@ -1,15 +1,22 @@
 //! Snapshots: the whole map in one file, `kvstore.db`, replaced atomically.
+//! Backups are the same format with the writes made during the copy at the
+//! end (see `crate::backup`).
 //!
 //! ```text
 //! snapshot = magic "KVSTSNAP" (8 bytes)
 //!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE, next seq: u64 LE }
-//!            record{ kind 2: u8, entry* }                      (blocks of ~1 MiB)
-//!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE }   (footer)
+//!            record{ kind 2: u8, entry* }                  (blocks of ~1 MiB)
+//!            record{ kind 4: u8, op* }                     (version 2; ~1 MiB each)
+//!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE, ops: u64 LE }
+//!                                                          (footer; version 1 has no `ops`)
 //! entry    = key len: u32 LE, value len: u32 LE, key, value
+//! op       = len: u32 LE, one log write (`WriteOp`, bincode as in the log)
 //! ```
 //!
 //! Records use the framing of [`super::record`], so damage is found block by
 //! block and reported with its offset; the footer makes a cut file detectable.
+//! Op records follow every block; a loader applies their writes in order
+//! after the entries. The data file's snapshots have none.
 //!
 //! A snapshot holds every write in log segments before `next segment`, and
 //! possibly some writes of later segments (the map is copied while writes go
@@ -22,31 +29,36 @@
 //! whole. A temp file a crash left behind is removed at the next start.
 
 use std::ffi::OsString;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use std::sync::mpsc::{Receiver, SyncSender};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use super::fs::Fs;
+use super::op::WriteOp;
 use super::store::{Loader, Store};
 use super::{record, sync_dir};
 use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTSNAP";
-const VERSION: u32 = 1;
+/// The version written. Version 1 (no op records, a two-field footer) is
+/// still read.
+const VERSION: u32 = 2;
 const KIND_HEADER: u8 = 1;
 const KIND_BLOCK: u8 = 2;
 const KIND_FOOTER: u8 = 3;
-/// A block is closed once its body passes this size.
+const KIND_OPS: u8 = 4;
+/// A block (or op record) is closed once its body passes this size.
 const BLOCK_BYTES: usize = 1 << 20;
 /// The longest record a reader accepts: a block closes once it passes
-/// `BLOCK_BYTES`, so it holds at most that plus one entry, and no entry can be
-/// larger than a frame.
+/// `BLOCK_BYTES`, so it holds at most that plus one entry (or op), and no
+/// entry or op can be larger than a frame.
 const MAX_RECORD: usize = BLOCK_BYTES + 16 + kvstore_client::codec::HARD_MAX_FRAME;
-/// Pairs copied out of a shard per lock acquisition while writing.
+/// Pairs copied out of a shard per lock acquisition.
 const CHUNK_PAIRS: usize = 1024;
 
 /// What a snapshot file said about itself.
@@ -57,7 +69,164 @@ pub struct SnapshotInfo {
     /// The sequence number of that segment's first record.
     pub next_seq: u64,
     pub entries: u64,
+    /// Writes applied after the entries (a backup's; 0 for the data file).
+    pub ops: u64,
     pub bytes: u64,
+}
+
+/// Encodes a store into the snapshot format a piece at a time, so that the
+/// same bytes go to a file ([`write`]) or to a client in chunks (a backup).
+///
+/// The caller copies the store with [`Encoder::copy_some`] until it says
+/// the last shard is done, adds ops if any ([`Encoder::push_op`]), then
+/// [`Encoder::finish`]es; between steps it takes the whole records encoded
+/// so far with [`Encoder::take`].
+pub struct Encoder {
+    /// Encoded bytes: whole records up to `sealed`, then the open record.
+    out: BytesMut,
+    /// Bytes of `out` that are whole records, ready to be taken.
+    sealed: usize,
+    /// The kind of the record being filled (its header starts at `sealed`).
+    open: Option<u8>,
+    /// The shard being copied.
+    shard: usize,
+    /// The last key copied from that shard: the next visit resumes after it.
+    after: Option<Vec<u8>>,
+    entries: u64,
+    blocks: u64,
+    ops: u64,
+    /// Bytes of whole records (and the magic) since the start, taken or not.
+    bytes: u64,
+}
+
+impl Encoder {
+    /// Starts a snapshot whose header names the first log segment (and its
+    /// first sequence number) that recovery must replay after it.
+    pub fn new(next_segment: u64, next_seq: u64) -> Encoder {
+        let mut encoder = Encoder {
+            out: BytesMut::with_capacity(BLOCK_BYTES + 64 * 1024),
+            sealed: 0,
+            open: None,
+            shard: 0,
+            after: None,
+            entries: 0,
+            blocks: 0,
+            ops: 0,
+            bytes: 0,
+        };
+        encoder.out.put_slice(MAGIC);
+        encoder.sealed = MAGIC.len();
+        encoder.bytes = MAGIC.len() as u64;
+        encoder.begin(KIND_HEADER);
+        encoder.out.put_u32_le(VERSION);
+        encoder.out.put_u64_le(next_segment);
+        encoder.out.put_u64_le(next_seq);
+        encoder.close();
+        encoder
+    }
+
+    /// Copies the next few pairs of `store` (one shard lock acquisition).
+    /// Returns false once every shard is copied.
+    pub fn copy_some(&mut self, store: &Store) -> bool {
+        if self.shard >= store.shard_count() {
+            self.close();
+            return false;
+        }
+        let after = self.after.take();
+        self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |key, value| {
+            self.begin(KIND_BLOCK);
+            self.out.put_u32_le(key.len() as u32);
+            self.out.put_u32_le(value.len() as u32);
+            self.out.put_slice(key);
+            self.out.put_slice(value);
+            self.entries += 1;
+            self.close_if_full();
+        });
+        if self.after.is_none() {
+            self.shard += 1;
+        }
+        true
+    }
+
+    /// Adds one write to apply after the entries (a backup's tee).
+    pub fn push_op(&mut self, op: &WriteOp) {
+        if self.open == Some(KIND_BLOCK) {
+            self.close();
+        }
+        self.begin(KIND_OPS);
+        // Encoding a WriteOp cannot fail: it has no types bincode refuses.
+        let encoded = kvstore_client::codec::encode(op).unwrap_or_default();
+        self.out.put_u32_le(encoded.len() as u32);
+        self.out.put_slice(&encoded);
+        self.ops += 1;
+        self.close_if_full();
+    }
+
+    /// Closes the last record and adds the footer: everything is now ready
+    /// to be taken.
+    pub fn finish(&mut self) {
+        self.close();
+        self.begin(KIND_FOOTER);
+        self.out.put_u64_le(self.entries);
+        self.out.put_u64_le(self.blocks);
+        self.out.put_u64_le(self.ops);
+        self.close();
+    }
+
+    /// Up to `max` bytes of the whole records encoded so far.
+    pub fn take(&mut self, max: usize) -> Bytes {
+        let n = self.sealed.min(max);
+        self.sealed -= n;
+        self.out.split_to(n).freeze()
+    }
+
+    /// Bytes ready to be taken.
+    pub fn ready(&self) -> usize {
+        self.sealed
+    }
+
+    /// Entries copied so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Ops pushed so far.
+    pub fn ops(&self) -> u64 {
+        self.ops
+    }
+
+    /// Bytes of whole records encoded so far, taken or not (the file's size
+    /// once finished).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Opens a record of `kind` unless one is open already.
+    fn begin(&mut self, kind: u8) {
+        if self.open.is_none() {
+            self.out.put_bytes(0, record::HEADER_LEN);
+            self.out.put_u8(kind);
+            self.open = Some(kind);
+        }
+    }
+
+    fn close_if_full(&mut self) {
+        if self.out.len() - self.sealed >= record::HEADER_LEN + BLOCK_BYTES {
+            self.close();
+        }
+    }
+
+    /// Seals the open record, if any.
+    fn close(&mut self) {
+        if let Some(kind) = self.open.take() {
+            record::seal(&mut self.out, self.sealed);
+            if kind == KIND_BLOCK {
+                self.blocks += 1;
+            }
+            self.bytes += (self.out.len() - self.sealed) as u64;
+            self.sealed = self.out.len();
+        }
+    }
 }
 
 /// Writes a snapshot of `store` to `path`, durably and atomically.
@@ -78,69 +247,25 @@ pub fn write(
     let tmp_path = temp_path(path);
     let io = |e| Error::io(&tmp_path, e);
     let mut file = fs.create(&tmp_path).map_err(io)?;
-    let mut out = BufWriter::with_capacity(BLOCK_BYTES + 64 * 1024, &mut file);
-    let mut bytes = MAGIC.len() as u64;
-    let mut emit = |out: &mut BufWriter<_>, body: &[u8]| -> std::io::Result<()> {
-        let mut framed = Vec::with_capacity(body.len() + record::HEADER_LEN);
-        record::append(&mut framed, body);
-        bytes += framed.len() as u64;
-        out.write_all(&framed)
-    };
-    out.write_all(MAGIC).map_err(io)?;
-    let mut header = vec![KIND_HEADER];
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&next_segment.to_le_bytes());
-    header.extend_from_slice(&next_seq.to_le_bytes());
-    emit(&mut out, &header).map_err(io)?;
-
-    let (mut entries, mut blocks) = (0u64, 0u64);
-    let mut block = vec![KIND_BLOCK];
-    // One lock acquisition's worth of encoded entries.
-    let mut chunk_bytes = Vec::new();
-    for shard in 0..store.shard_count() {
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            // Copied out under the shard's read lock, written without it.
-            let mut chunk = Vec::with_capacity(CHUNK_PAIRS);
-            after = store.visit(shard, after.as_deref(), CHUNK_PAIRS, |key, value| {
-                let at = chunk_bytes.len();
-                chunk_bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
-                chunk_bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                chunk_bytes.extend_from_slice(key);
-                chunk_bytes.extend_from_slice(value);
-                chunk.push(at..chunk_bytes.len());
-            });
-            for entry in chunk {
-                block.extend_from_slice(&chunk_bytes[entry]);
-                entries += 1;
-                if block.len() >= BLOCK_BYTES {
-                    emit(&mut out, &block).map_err(io)?;
-                    blocks += 1;
-                    block.truncate(1);
-                }
-            }
-            chunk_bytes.clear();
-            if after.is_none() {
-                break;
-            }
+    let mut encoder = Encoder::new(next_segment, next_seq);
+    loop {
+        let more = encoder.copy_some(store);
+        if encoder.ready() >= BLOCK_BYTES || !more {
+            file.write_all(&encoder.take(usize::MAX)).map_err(io)?;
+        }
+        if !more {
+            break;
         }
     }
-    if block.len() > 1 {
-        emit(&mut out, &block).map_err(io)?;
-        blocks += 1;
-    }
-    let mut footer = vec![KIND_FOOTER];
-    footer.extend_from_slice(&entries.to_le_bytes());
-    footer.extend_from_slice(&blocks.to_le_bytes());
-    emit(&mut out, &footer).map_err(io)?;
-    out.flush().map_err(io)?;
-    drop(out);
+    encoder.finish();
+    file.write_all(&encoder.take(usize::MAX)).map_err(io)?;
     file.sync_all().map_err(io)?;
     drop(file);
     before_rename()?;
     fs.rename(&tmp_path, path).map_err(|e| Error::io(path, e))?;
     // The rename is durable only once the directory is synced.
     sync_dir(fs, dir)?;
+    let (entries, bytes) = (encoder.entries(), encoder.bytes());
     tracing::info!(
         path = %path.display(),
         entries,
@@ -152,6 +277,7 @@ pub fn write(
         next_segment,
         next_seq,
         entries,
+        ops: 0,
         bytes,
     })
 }
@@ -179,7 +305,8 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 ///
 /// This thread reads the file and checks each record's checksum; blocks go to
 /// worker threads (one per core) that decode their entries and sort them by
-/// shard; then each shard's tree is built from its sorted entries at once.
+/// shard; then each shard's tree is built from its sorted entries at once;
+/// then the op records' writes, if any, are applied in order.
 pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
     let (file, file_len) = match fs.open_read(path) {
         Ok(f) => f,
@@ -231,6 +358,11 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
         ));
     }
     store.finish_load(loaders, workers);
+    // A backup's writes made during its copy, in their order: over the
+    // copied entries they give the state at the backup's end mark.
+    for op in &footer.ops {
+        store.apply(op);
+    }
     Ok(Some(footer.info))
 }
 
@@ -241,6 +373,8 @@ struct Footer {
     entries: u64,
     /// Where the footer record starts.
     offset: u64,
+    /// The writes of the op records, decoded and in order.
+    ops: Vec<WriteOp>,
 }
 
 /// Reads and checks every record of a snapshot after its magic, sending each
@@ -253,9 +387,10 @@ fn read_records(
 ) -> Result<Footer, Error> {
     let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
     let mut offset = MAGIC.len() as u64;
-    // The header's (next segment, next seq), once read.
+    // The header's (version, next segment, next seq), once read.
     let mut resume = None;
     let mut sent = 0u64;
+    let mut ops = Vec::new();
     loop {
         let mut header = [0u8; record::HEADER_LEN];
         if input.read_exact(&mut header).is_err() {
@@ -291,30 +426,38 @@ fn read_records(
                 let version = body
                     .get(1..5)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-                if version != Some(VERSION) {
+                let Some(version @ (1 | VERSION)) = version else {
                     return Err(corrupt(
                         offset,
                         &format!("unsupported snapshot version {version:?}"),
                     ));
-                }
+                };
                 let (Some(segment), Some(seq)) = (field(5), field(13)) else {
                     return Err(corrupt(offset, "short header"));
                 };
-                resume = Some((segment, seq));
+                resume = Some((version, segment, seq));
             }
-            (Some(&KIND_BLOCK), Some(_)) => {
+            // Blocks come before any op record.
+            (Some(&KIND_BLOCK), Some(_)) if ops.is_empty() => {
                 if blocks.send((offset, body)).is_err() {
                     // Every decoder has stopped, which only a panic does.
                     return Err(corrupt(offset, "the decoders stopped"));
                 }
                 sent += 1;
             }
-            (Some(&KIND_FOOTER), Some((next_segment, next_seq))) => {
+            (Some(&KIND_OPS), Some((2.., _, _))) => {
+                decode_ops(&body[1..], &mut ops).map_err(|reason| corrupt(offset, &reason))?;
+            }
+            (Some(&KIND_FOOTER), Some((version, next_segment, next_seq))) => {
                 let (Some(entries), Some(claimed_blocks)) = (field(1), field(9)) else {
                     return Err(corrupt(offset, "short footer"));
                 };
-                if claimed_blocks != sent {
-                    return Err(corrupt(offset, "footer does not match the blocks read"));
+                let claimed_ops = if version >= 2 { field(17) } else { Some(0) };
+                let Some(claimed_ops) = claimed_ops else {
+                    return Err(corrupt(offset, "short footer"));
+                };
+                if claimed_blocks != sent || claimed_ops != ops.len() as u64 {
+                    return Err(corrupt(offset, "footer does not match the records read"));
                 }
                 let end = body_at + len as u64;
                 if end != file_len {
@@ -325,16 +468,34 @@ fn read_records(
                         next_segment,
                         next_seq,
                         entries,
+                        ops: claimed_ops,
                         bytes: file_len,
                     },
                     entries,
                     offset,
+                    ops,
                 });
             }
             _ => return Err(corrupt(offset, "unexpected record kind")),
         }
         offset = body_at + len as u64;
     }
+}
+
+/// Decodes the writes of one op record's body onto `ops`.
+fn decode_ops(mut body: &[u8], ops: &mut Vec<WriteOp>) -> Result<(), String> {
+    while !body.is_empty() {
+        let (len, rest) = body.split_at_checked(4).ok_or("op length cut short")?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (op, rest) = rest
+            .split_at_checked(len)
+            .ok_or("op extends past its record")?;
+        let op =
+            kvstore_client::codec::decode(op).map_err(|e| format!("undecodable write: {e}"))?;
+        ops.push(op);
+        body = rest;
+    }
+    Ok(())
 }
 
 /// A decoder thread: takes blocks until the reader is done and sorts their
@@ -381,4 +542,107 @@ fn decode_block(mut block: &[u8], loader: &mut Loader<'_>) -> Result<u64, &'stat
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::RealFs;
+
+    fn set(key: &str, value: &str) -> WriteOp {
+        WriteOp::set(key, value)
+    }
+
+    fn load_bytes(file: &[u8]) -> Result<(Store, Option<SnapshotInfo>), Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        std::fs::write(&path, file).unwrap();
+        let store = Store::new(2);
+        let info = load(&RealFs, &path, &store)?;
+        Ok((store, info))
+    }
+
+    /// A file as a backup makes it: two pairs, then two writes.
+    fn with_ops() -> Vec<u8> {
+        let store = Store::new(2);
+        store.apply(&set("a", "copied"));
+        store.apply(&set("b", "copied"));
+        let mut encoder = Encoder::new(1, 1);
+        while encoder.copy_some(&store) {}
+        encoder.push_op(&set("a", "written later"));
+        encoder.push_op(&WriteOp::Delete {
+            key: Bytes::from_static(b"b"),
+        });
+        encoder.finish();
+        encoder.take(usize::MAX).to_vec()
+    }
+
+    #[test]
+    fn op_records_are_applied_after_the_entries_in_order() {
+        let (store, info) = load_bytes(&with_ops()).unwrap();
+        let info = info.unwrap();
+        assert_eq!((info.entries, info.ops), (2, 2));
+        assert_eq!(store.get(b"a").as_deref(), Some(&b"written later"[..]));
+        assert_eq!(store.get(b"b"), None);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn any_flipped_bit_or_cut_of_a_file_with_ops_is_refused() {
+        let file = with_ops();
+        for bit in 0..file.len() * 8 {
+            let mut bad = file.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(load_bytes(&bad).is_err(), "bit {bit} flipped");
+        }
+        for cut in 0..file.len() {
+            assert!(load_bytes(&file[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_block_after_an_op_record_is_refused() {
+        let mut file = MAGIC.to_vec();
+        let mut header = vec![KIND_HEADER];
+        header.extend_from_slice(&2u32.to_le_bytes());
+        header.extend_from_slice(&[0; 16]);
+        record::append(&mut file, &header);
+        let op = kvstore_client::codec::encode(&set("a", "1")).unwrap();
+        let mut ops = vec![KIND_OPS];
+        ops.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        ops.extend_from_slice(&op);
+        record::append(&mut file, &ops);
+        record::append(&mut file, &[KIND_BLOCK, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'v']);
+        let err = load_bytes(&file).err().expect("refused").to_string();
+        assert!(err.contains("unexpected record kind"), "{err}");
+    }
+
+    /// Files written before op records existed (version 1: no `ops` in the
+    /// footer) still load.
+    #[test]
+    fn a_version_1_snapshot_still_loads() {
+        let mut file = MAGIC.to_vec();
+        let mut header = vec![KIND_HEADER];
+        header.extend_from_slice(&1u32.to_le_bytes());
+        header.extend_from_slice(&7u64.to_le_bytes());
+        header.extend_from_slice(&70u64.to_le_bytes());
+        record::append(&mut file, &header);
+        record::append(&mut file, &[KIND_BLOCK, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'v']);
+        let mut footer = vec![KIND_FOOTER];
+        footer.extend_from_slice(&1u64.to_le_bytes());
+        footer.extend_from_slice(&1u64.to_le_bytes());
+        record::append(&mut file, &footer);
+        let (store, info) = load_bytes(&file).unwrap();
+        let info = info.unwrap();
+        assert_eq!(
+            (info.next_segment, info.next_seq, info.entries, info.ops),
+            (7, 70, 1, 0)
+        );
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
+        // An op record has no place in version 1.
+        let mut with_op = file[..file.len() - (footer.len() + record::HEADER_LEN)].to_vec();
+        record::append(&mut with_op, &[KIND_OPS]);
+        record::append(&mut with_op, &footer);
+        assert!(load_bytes(&with_op).is_err());
+    }
 }

@@ -73,11 +73,12 @@ impl Server {
 
     /// Starts the binary and expects it to refuse to start; returns its stderr.
     pub fn refuse_start(data: &Path) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_kvstore-server"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(data)
+        Server::refuse_start_with(data, &[])
+    }
+
+    /// [`Server::refuse_start`] with more flags.
+    pub fn refuse_start_with(data: &Path, extra: &[&str]) -> String {
+        let out = Server::command("127.0.0.1:0", data, extra)
             .env("RUST_LOG", "warn")
             .output()
             .expect("run kvstore-server");
@@ -243,15 +244,20 @@ pub fn cli_path() -> PathBuf {
 
 /// Runs the `kvstore` CLI against `addr`, requires success, returns stdout.
 pub fn cli_ok(addr: SocketAddr, args: &[&str]) -> String {
-    let out = Command::new(cli_path())
+    let out = cli(addr, args);
+    assert!(out.status.success(), "kvstore {args:?}: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs the `kvstore` CLI against `addr`, whatever the outcome.
+pub fn cli(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    Command::new(cli_path())
         .arg("--addr")
         .arg(addr.to_string())
         .args(args)
         .env_remove("KVSTORE_ADDR")
         .output()
-        .expect("run kvstore");
-    assert!(out.status.success(), "kvstore {args:?}: {out:?}");
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+        .expect("run kvstore")
 }
 
 /// A binary of another package of the workspace, built by `cargo test

@@ -1,8 +1,9 @@
 //! `kvstore`: the command-line client.
 //!
 //! `kvstore [--addr HOST:PORT] set KEY VALUE | get KEY | del KEY | exists KEY |
-//! keys [PREFIX] [--limit N] | load FILE`; with no command, an interactive
-//! prompt. Exit codes: 0 success, 1 not found (get) or a malformed input line
+//! keys [PREFIX] [--limit N] | scan PREFIX | range START [END] | stat |
+//! load FILE | backup FILE | backup --server NAME`; with no command, an
+//! interactive prompt. Exit codes: 0 success, 1 not found (get) or a malformed input line
 //! (load), 2 usage error, 3 server unreachable, 4 server error (including rows
 //! the server refuses during a load, such as a key over its limit).
 
@@ -10,12 +11,13 @@ mod load;
 mod output;
 mod repl;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvstore_client::{addr::DEFAULT_ADDR, Client, Error, ScanQuery};
+use kvstore_client::{addr::DEFAULT_ADDR, BackupSummary, Client, Error, ScanQuery};
 
 use output::Output;
 
@@ -87,6 +89,19 @@ enum Cmd {
     /// Bulk-load key/value rows from a CSV, TSV or JSON Lines file ("-" for
     /// standard input).
     Load(load::LoadArgs),
+    /// Back up the whole store as it is at one instant, while writes go on:
+    /// into FILE (written to FILE.tmp, synced, then renamed over FILE), or
+    /// "-" for standard output; or, with --server NAME, by the server into
+    /// its --backup-dir. `kvstore-server --restore FILE` starts from it.
+    Backup {
+        /// Where to write the backup ("-": standard output).
+        #[arg(required_unless_present = "server", conflicts_with = "server")]
+        file: Option<std::path::PathBuf>,
+        /// Have the server write it into its --backup-dir under NAME
+        /// (letters, digits, '.', '_', '-').
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
+    },
 }
 
 /// How `scan` and `range` walk their pairs.
@@ -230,6 +245,7 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             .await
             .map(|figures| print_stats(&figures, out)),
         Cmd::Load(args) => return load::run(client, &args, out).await,
+        Cmd::Backup { file, server } => backup(client, file, server, out).await,
     };
     match result {
         Ok(()) => Exit::Ok,
@@ -238,6 +254,93 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             Exit::of(&e)
         }
     }
+}
+
+/// `kvstore backup`: streams the backup into a file (durably) or standard
+/// output, or has the server write it; then says what it holds.
+async fn backup(
+    client: &Client,
+    file: Option<PathBuf>,
+    server: Option<String>,
+    out: Output,
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let (summary, place) = match (file, server) {
+        (_, Some(name)) => (client.backup_on_server(&name).await?, name),
+        (Some(path), None) if path.as_os_str() == "-" => {
+            let summary = stream_into(client, &mut std::io::stdout().lock()).await?;
+            // The data went to standard output: the summary goes to stderr.
+            eprintln!(
+                "kvstore: backup: {} keys, {} bytes",
+                summary.keys, summary.bytes
+            );
+            return Ok(());
+        }
+        (Some(path), None) => (
+            backup_to_file(client, &path).await?,
+            path.display().to_string(),
+        ),
+        (None, None) => return Err(Error::Protocol("backup needs FILE or --server NAME".into())),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    match out {
+        Output::Text => output::say(&format!(
+            "backup {place}: {} keys, {} writes made during the copy, {} bytes, {seconds:.2} s",
+            summary.keys, summary.ops, summary.bytes
+        )),
+        Output::Json => output::print_json(&serde_json::json!({
+            "backup": place,
+            "keys": summary.keys,
+            "ops": summary.ops,
+            "bytes": summary.bytes,
+            "seconds": seconds,
+        })),
+    }
+    Ok(())
+}
+
+/// Writes the backup to `path` durably: a temp file beside it, `fsync`,
+/// rename over `path`, `fsync` of the directory. An old file at `path` stays
+/// whole until the new one replaces it.
+async fn backup_to_file(client: &Client, path: &Path) -> Result<BackupSummary, Error> {
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let result = async {
+        // Only its owner may read it: a backup holds every key and value.
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp).map_err(Error::Output)?;
+        let summary = stream_into(client, &mut file).await?;
+        file.sync_all().map_err(Error::Output)?;
+        std::fs::rename(&tmp, path).map_err(Error::Output)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Error::Output)?;
+        Ok(summary)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The backup's chunks written to `out` as they arrive (plain blocking
+/// writes: this tool does nothing else meanwhile).
+async fn stream_into(client: &Client, out: &mut impl Write) -> Result<BackupSummary, Error> {
+    let mut stream = client.backup_stream().await?;
+    while let Some(chunk) = stream.next_chunk().await? {
+        out.write_all(&chunk).map_err(Error::Output)?;
+    }
+    out.flush().map_err(Error::Output)?;
+    stream.summary()
 }
 
 fn print_stats(figures: &[(String, i64)], out: Output) {

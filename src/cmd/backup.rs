@@ -1,0 +1,74 @@
+//! `Backup` and `BackupNext`: a point-in-time copy of the store, streamed
+//! over the connection or written into `--backup-dir` (see `crate::backup`).
+//!
+//! A streaming backup belongs to the connection that started it: the
+//! handler keeps it in a [`Session`] and drops it (ending its tee) when the
+//! connection ends. Starting another backup on the same connection
+//! abandons the one in progress.
+
+use kvstore_client::Reply;
+
+use super::error_reply;
+use crate::backup::{self, Backup, Summary, CHUNK_BYTES};
+use crate::db::Db;
+use crate::error::Error;
+
+/// The backup streaming on one connection, if any.
+pub type Session = Option<Backup>;
+
+/// `Backup { name }`: starts a streaming backup and answers its first
+/// chunk, or writes one into the backup directory and answers its summary.
+pub async fn start(name: Option<String>, db: &Db, session: &mut Session) -> Reply {
+    // Ends the tee of one in progress before counting running backups.
+    *session = None;
+    let result = match name {
+        None => Backup::start(db.store_handle(), db.tees()).and_then(|mut backup| {
+            let first = backup.next_chunk(CHUNK_BYTES)?;
+            *session = Some(backup);
+            Ok(Reply::Chunk(first))
+        }),
+        Some(name) => into_dir(name, db).await.map(done),
+    };
+    result.unwrap_or_else(|e| error_reply(&e))
+}
+
+/// `BackupNext`: the next chunk of this connection's backup, or its summary
+/// once every byte has been sent (the session ends then).
+pub fn next(session: &mut Session) -> Reply {
+    let Some(backup) = session else {
+        return error_reply(&Error::Backup(
+            "no backup is streaming on this connection; send Backup first".into(),
+        ));
+    };
+    match backup.next_chunk(CHUNK_BYTES) {
+        Ok(chunk) if chunk.is_empty() => {
+            let summary = backup.summary();
+            *session = None;
+            done(summary)
+        }
+        Ok(chunk) => Reply::Chunk(chunk),
+        Err(e) => {
+            *session = None;
+            error_reply(&e)
+        }
+    }
+}
+
+async fn into_dir(name: String, db: &Db) -> Result<Summary, Error> {
+    let dir = db.backup_dir.clone().ok_or_else(|| {
+        Error::Backup("the server has no backup directory (start it with --backup-dir)".into())
+    })?;
+    backup::check_name(&name)?;
+    let backup = Backup::start(db.store_handle(), db.tees())?;
+    tokio::task::spawn_blocking(move || backup::write_to_dir(backup, &dir, &name))
+        .await
+        .map_err(|e| Error::Backup(format!("the backup task failed: {e}")))?
+}
+
+fn done(summary: Summary) -> Reply {
+    Reply::BackupDone {
+        keys: summary.keys,
+        ops: summary.ops,
+        bytes: summary.bytes,
+    }
+}
