@@ -17,9 +17,9 @@
 //! Both marks fall between batches: the commit thread holds the tee list's
 //! lock while it applies a batch ([`Tees::lock`]), and a backup takes that
 //! lock to start or end its tee. A batch is therefore wholly before a mark
-//! or wholly after it. Only applied writes are teed, and the commit thread
-//! applies a write only once the log has it, so a backup never holds a write
-//! that the log could lose.
+//! or wholly after it. Only applied writes are teed, the ones readers can
+//! see: with `--sync always` every one of them is durable in the log; with
+//! `periodic` or `never` a backup, like a read, may hold writes not synced yet.
 //!
 //! A backup leaves by one of two ways: streamed over the connection that
 //! asked for it, a chunk per request (`Backup { name: None }`, then
