@@ -47,7 +47,8 @@ use crate::storage::store::Store;
 pub const MAX_TEE_BYTES: usize = 256 * 1024 * 1024;
 /// Backups running at once, streamed or written by the server.
 pub const MAX_BACKUPS: usize = 2;
-/// Bytes in one streamed chunk.
+/// Bytes in one streamed chunk (less if the server's replies must be
+/// smaller).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Longest name of a backup in `--backup-dir`.
 const MAX_NAME: usize = 128;

@@ -224,7 +224,7 @@ fn has_room(queue: &VecDeque<Slot>) -> bool {
 async fn start(command: Command, db: &Db, backup: &mut backup::Session) -> State {
     match command {
         Command::Backup { name } => State::Ready(backup::start(name, db, backup).await),
-        Command::BackupNext => State::Ready(backup::next(backup)),
+        Command::BackupNext => State::Ready(backup::next(backup, db)),
         command => State::from(cmd::start(command, db).await),
     }
 }

@@ -52,8 +52,9 @@ fn restored(dir: &Path, backup: &Path) -> (Server, BlockingClient) {
 fn loaded(dir: &Path, extra: &[&str]) -> (Server, BlockingClient) {
     let server = Server::start(&dir.join("kvstore.db"), extra);
     let client = BlockingClient::connect(server.addr.to_string()).unwrap();
-    for batch in 0..30 {
-        let items: Vec<(String, String)> = (batch * 1000..(batch + 1) * 1000)
+    // BulkSets of 100 (22 KB): they fit a server with small frames too.
+    for batch in 0..300 {
+        let items: Vec<(String, String)> = (batch * 100..(batch + 1) * 100)
             .map(|i| (format!("static:{i:05}"), format!("{i:0>200}")))
             .collect();
         client.bulk_set(items).unwrap();
@@ -313,6 +314,27 @@ fn the_server_writes_backups_only_into_its_directory_under_new_names() {
     let plain_client = BlockingClient::connect(plain.addr.to_string()).unwrap();
     let err = plain_client.backup_on_server("x").unwrap_err();
     assert!(err.to_string().contains("--backup-dir"), "{err}");
+}
+
+#[test]
+fn a_server_with_small_frames_streams_its_backup_in_chunks_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = [
+        "--max-frame",
+        "65536",
+        "--max-key",
+        "1024",
+        "--max-value",
+        "32768",
+    ];
+    let (_server, client) = loaded(dir.path(), &small);
+    let mut file = Vec::new();
+    let summary = client.backup(&mut file).unwrap();
+    assert_eq!((summary.keys, file.len() as u64), (30_002, summary.bytes));
+    let path = dir.path().join("small.backup");
+    std::fs::write(&path, &file).unwrap();
+    let (_restored, restored) = restored(dir.path(), &path);
+    assert_eq!(everything(&restored), everything(&client));
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub async fn start(name: Option<String>, db: &Db, session: &mut Session) -> Repl
     *session = None;
     let result = match name {
         None => Backup::start(db.store_handle(), db.tees()).and_then(|mut backup| {
-            let first = backup.next_chunk(CHUNK_BYTES)?;
+            let first = backup.next_chunk(chunk_bytes(db))?;
             *session = Some(backup);
             Ok(Reply::Chunk(first))
         }),
@@ -34,13 +34,13 @@ pub async fn start(name: Option<String>, db: &Db, session: &mut Session) -> Repl
 
 /// `BackupNext`: the next chunk of this connection's backup, or its summary
 /// once every byte has been sent (the session ends then).
-pub fn next(session: &mut Session) -> Reply {
+pub fn next(session: &mut Session, db: &Db) -> Reply {
     let Some(backup) = session else {
         return error_reply(&Error::Backup(
             "no backup is streaming on this connection; send Backup first".into(),
         ));
     };
-    match backup.next_chunk(CHUNK_BYTES) {
+    match backup.next_chunk(chunk_bytes(db)) {
         Ok(chunk) if chunk.is_empty() => {
             let summary = backup.summary();
             *session = None;
@@ -63,6 +63,12 @@ async fn into_dir(name: String, db: &Db) -> Result<Summary, Error> {
     tokio::task::spawn_blocking(move || backup::write_to_dir(backup, &dir, &name))
         .await
         .map_err(|e| Error::Backup(format!("the backup task failed: {e}")))?
+}
+
+/// A chunk's size: 1 MiB, or less if a reply may not be that large (a
+/// server with a small `--max-frame`).
+fn chunk_bytes(db: &Db) -> usize {
+    CHUNK_BYTES.min(db.limits.max_reply_bytes)
 }
 
 fn done(summary: Summary) -> Reply {
