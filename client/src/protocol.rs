@@ -348,7 +348,8 @@ pub enum Reply {
     /// server's version is the label of `build_info{version="..."}` (value
     /// 1). docs/operations.md lists them all.
     Stats(#[serde(deserialize_with = "wire_bytes::figures")] Vec<(String, i64)>),
-    /// Tag 8. The next bytes of a streaming backup (at most 1 MiB).
+    /// Tag 8. The next bytes of a streaming backup (at most 1 MiB, or half
+    /// the server's frame limit if that is smaller).
     Chunk(#[serde(deserialize_with = "wire_bytes::bytes")] Bytes),
     /// Tag 9. A backup is complete: the pairs it holds, the writes made
     /// during the copy that it replays after them, and its size in bytes.
