@@ -26,12 +26,14 @@
 //! `BackupNext`), or written by the server into its `--backup-dir`
 //! ([`write_to_dir`]). Neither blocks writers; a streamed backup is paced by
 //! its client, and its tee grows meanwhile, so each tee is capped at
-//! [`MAX_TEE_BYTES`] and at most [`MAX_BACKUPS`] run at once.
+//! [`MAX_TEE_BYTES`], at most [`MAX_BACKUPS`] run at once, and a streamed
+//! backup whose client has not asked for a chunk for [`IDLE_EXPIRY`] gives
+//! its place up when another backup needs it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
@@ -41,12 +43,17 @@ use crate::storage::op::WriteOp;
 use crate::storage::snapshot::Encoder;
 use crate::storage::store::Store;
 
-/// Writes one backup keeps while it copies (by their approximate log size).
-/// A backup whose copy outlasts this much writing fails instead of growing
-/// the server's memory without bound.
+/// Memory one backup's tee may hold (see [`held_bytes`]). A backup whose
+/// copy outlasts this much writing fails instead of growing the server's
+/// memory without bound.
 pub const MAX_TEE_BYTES: usize = 256 * 1024 * 1024;
 /// Backups running at once, streamed or written by the server.
 pub const MAX_BACKUPS: usize = 2;
+/// A running backup not advanced for this long is given up when another
+/// backup needs its place (a client that went quiet mid-stream).
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(60);
+/// Suffix of the temp files a backup is written to in `--backup-dir`.
+const TEMP_SUFFIX: &str = ".kvstore-tmp";
 /// Bytes in one streamed chunk (less if the server's replies must be
 /// smaller).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -58,9 +65,12 @@ const MAX_NAME: usize = 128;
 #[derive(Default)]
 pub struct Tees {
     list: Mutex<TeeList>,
+    /// The tees in the list, kept beside it so that `Stats` never waits for
+    /// the lock the commit thread holds while it applies a batch.
+    running: AtomicUsize,
     /// Backups completed since start, for `Stats`.
     pub completed: AtomicU64,
-    /// Backups that failed after they started.
+    /// Backups that failed or were abandoned after they started.
     pub failed: AtomicU64,
 }
 
@@ -75,10 +85,27 @@ struct TeeList {
 struct TeeBuffer {
     id: u64,
     ops: Vec<WriteOp>,
-    /// The ops' approximate log bytes, checked against [`MAX_TEE_BYTES`].
+    /// The ops' memory ([`held_bytes`]), checked against [`MAX_TEE_BYTES`].
     bytes: usize,
     /// The cap was passed: the ops were dropped and the backup will fail.
     overrun: bool,
+    /// When its backup last asked for more (see [`IDLE_EXPIRY`]).
+    touched: Instant,
+}
+
+/// Roughly the memory a teed write holds: the op, and per key or value its
+/// `Bytes` handle, its heap block's overhead and its bytes (keys and values
+/// decoded from a request are allocations of their own).
+fn held_bytes(op: &WriteOp) -> usize {
+    let held = |b: &Bytes| std::mem::size_of::<Bytes>() + 16 + b.len();
+    std::mem::size_of::<WriteOp>()
+        + match op {
+            WriteOp::Set { key, value } => held(key) + held(value),
+            WriteOp::Delete { key } => held(key),
+            WriteOp::BulkSet { items } => items.iter().map(|(k, v)| held(k) + held(v)).sum(),
+            WriteOp::DeleteMany { keys } => keys.iter().map(held).sum(),
+            WriteOp::Clear => 0,
+        }
 }
 
 impl Tees {
@@ -90,12 +117,19 @@ impl Tees {
 
     /// Backups running now.
     pub fn running(&self) -> usize {
-        self.list.lock().tees.len()
+        self.running.load(Ordering::Relaxed)
     }
 
-    /// The start mark: from now on every applied write is teed.
+    /// The start mark: from now on every applied write is teed. When
+    /// [`MAX_BACKUPS`] run, those idle for [`IDLE_EXPIRY`] are given up
+    /// first; if none is, the new one is refused.
     fn start(self: &Arc<Tees>) -> Result<Tee, Error> {
         let mut list = self.list.lock();
+        let now = Instant::now();
+        if list.tees.len() >= MAX_BACKUPS {
+            list.tees
+                .retain(|t| now.duration_since(t.touched) < IDLE_EXPIRY);
+        }
         if list.tees.len() >= MAX_BACKUPS {
             return Err(Error::Backup(format!(
                 "{MAX_BACKUPS} backups are running already; try again when one is done"
@@ -108,7 +142,9 @@ impl Tees {
             ops: Vec::new(),
             bytes: 0,
             overrun: false,
+            touched: now,
         });
+        self.running.store(list.tees.len(), Ordering::Relaxed);
         Ok(Tee {
             tees: self.clone(),
             id,
@@ -118,8 +154,17 @@ impl Tees {
     /// Removes a tee, returning what it caught.
     fn remove(&self, id: u64) -> Option<TeeBuffer> {
         let mut list = self.list.lock();
-        let at = list.tees.iter().position(|t| t.id == id)?;
-        Some(list.tees.swap_remove(at))
+        let at = list.tees.iter().position(|t| t.id == id);
+        let removed = at.map(|at| list.tees.swap_remove(at));
+        self.running.store(list.tees.len(), Ordering::Relaxed);
+        removed
+    }
+
+    /// Notes that a tee's backup is advancing; false if it was given up.
+    fn touch(&self, id: u64) -> bool {
+        let mut list = self.list.lock();
+        let tee = list.tees.iter_mut().find(|t| t.id == id);
+        tee.map(|t| t.touched = Instant::now()).is_some()
     }
 }
 
@@ -131,7 +176,7 @@ impl TeeGuard<'_> {
     /// runs; a clone of a `WriteOp` shares its key and value bytes.
     pub fn record(&mut self, op: &WriteOp) {
         for tee in self.0.tees.iter_mut().filter(|t| !t.overrun) {
-            tee.bytes += op.approx_len();
+            tee.bytes += held_bytes(op);
             if tee.bytes > MAX_TEE_BYTES {
                 tee.overrun = true;
                 tee.ops = Vec::new();
@@ -148,13 +193,18 @@ struct Tee {
     id: u64,
 }
 
+/// The error of a backup given up for its idle client.
+fn given_up() -> Error {
+    Error::Backup(format!(
+        "the backup was given up: no chunk was asked for in {} s while another backup waited",
+        IDLE_EXPIRY.as_secs()
+    ))
+}
+
 impl Tee {
     /// The end mark: the writes applied since the start mark, in order.
     fn end(self) -> Result<Vec<WriteOp>, Error> {
-        let buffer = self
-            .tees
-            .remove(self.id)
-            .ok_or_else(|| Error::Backup("the backup's tee is gone".into()))?;
+        let buffer = self.tees.remove(self.id).ok_or_else(given_up)?;
         if buffer.overrun {
             return Err(Error::Backup(format!(
                 "more than {} MiB were written while the backup copied the store; \
@@ -170,6 +220,13 @@ impl Tee {
 impl Drop for Tee {
     fn drop(&mut self) {
         self.tees.remove(self.id);
+    }
+}
+
+impl Drop for Backup {
+    /// A backup dropped before it settled was abandoned: counted as failed.
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
 
@@ -195,10 +252,11 @@ pub struct Backup {
     ops: Option<std::vec::IntoIter<WriteOp>>,
     /// The footer is encoded: what is left to take is all there is.
     finished: bool,
-    /// The backup failed: it is counted, and never goes on.
+    /// The backup failed: it never goes on.
     failed: bool,
-    /// The last chunk is out and the backup was counted as completed.
-    reported: bool,
+    /// Counted as completed or failed (once; dropping an unsettled backup
+    /// counts it as failed: abandoned).
+    settled: bool,
     started: Instant,
 }
 
@@ -211,12 +269,12 @@ impl Backup {
             tees: tees.clone(),
             // A backup put in place of a data file recovers like one whose
             // log starts afresh at segment 1.
-            encoder: Encoder::new(1, 1),
+            encoder: Encoder::backup(1, 1),
             tee: Some(tee),
             ops: None,
             finished: false,
             failed: false,
-            reported: false,
+            settled: false,
             started: Instant::now(),
         })
     }
@@ -226,26 +284,50 @@ impl Backup {
         if self.failed {
             return Err(Error::Backup("the backup failed earlier".into()));
         }
-        while self.encoder.ready() < max && !self.finished {
-            if let Err(e) = self.step() {
-                self.failed = true;
-                self.tees.failed.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+        let result = self.fill(max);
+        if result.is_err() {
+            self.failed = true;
+            self.settle(false);
+        }
+        result
+    }
+
+    fn fill(&mut self, max: usize) -> Result<Bytes, Error> {
+        if let Some(tee) = &self.tee {
+            if !self.tees.touch(tee.id) {
+                return Err(given_up());
             }
         }
-        let chunk = self.encoder.take(max);
-        if chunk.is_empty() && self.finished && !self.reported {
-            self.reported = true;
-            self.tees.completed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                keys = self.encoder.entries(),
-                ops = self.encoder.ops(),
-                bytes = self.encoder.bytes(),
-                ms = self.started.elapsed().as_millis() as u64,
-                "backup made"
-            );
+        while self.encoder.ready() < max && !self.finished {
+            self.step()?;
         }
-        Ok(chunk)
+        Ok(self.encoder.take(max))
+    }
+
+    /// Counts the backup as completed once its last byte has been handed
+    /// on (and, for a file, made durable).
+    pub fn succeeded(&mut self) {
+        self.settle(true);
+    }
+
+    fn settle(&mut self, ok: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        let counter = if ok {
+            &self.tees.completed
+        } else {
+            &self.tees.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            ok,
+            keys = self.encoder.entries(),
+            ops = self.encoder.ops(),
+            bytes = self.encoder.bytes(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "backup ended"
+        );
     }
 
     /// What the backup holds so far (all of it once the last chunk is out).
@@ -271,7 +353,7 @@ impl Backup {
                 }
             }
             Some(ops) => match ops.next() {
-                Some(op) => self.encoder.push_op(&op),
+                Some(op) => self.encoder.push_op(&op).map_err(Error::Backup)?,
                 None => {
                     self.encoder.finish();
                     self.finished = true;
@@ -301,27 +383,34 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Writes `backup` into `dir` under `name`, durably: a hidden temp file,
-/// `fsync`, a hard link to the final name (which fails rather than replace
-/// an existing backup), the temp file removed, the directory synced.
-/// Blocking: run it off the async workers.
+/// Writes `backup` into `dir` under `name`, durably: a hidden temp file of
+/// its own (`.NAME.PID-N.kvstore-tmp`, created new, mode 0600), `fsync`, a
+/// hard link to the final name (which fails rather than replace an existing
+/// backup), the temp file removed, the directory synced. Blocking: run it
+/// off the async workers.
 pub fn write_to_dir(mut backup: Backup, dir: &Path, name: &str) -> Result<Summary, Error> {
     use std::io::Write;
+    static TEMP_FILES: AtomicU64 = AtomicU64::new(0);
     check_name(name)?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |what: &str, e: std::io::Error| {
-        Error::Backup(format!("{what} {}: {e}", dir.join(name).display()))
-    };
-    if path.exists() {
-        return Err(Error::Backup(format!(
+    let exists = || {
+        Error::Backup(format!(
             "{} exists already; choose another name",
             path.display()
-        )));
+        ))
+    };
+    let io =
+        |what: &str, e: std::io::Error| Error::Backup(format!("{what} {}: {e}", path.display()));
+    if path.exists() {
+        return Err(exists());
     }
+    let n = TEMP_FILES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{n}{TEMP_SUFFIX}", std::process::id()));
     let written = (|| {
-        let mut file =
-            crate::storage::fs::create_private(&tmp).map_err(|e| io("cannot create", e))?;
+        let mut file = crate::storage::fs::private_options()
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io("cannot create a temp file for", e))?;
         loop {
             let chunk = backup.next_chunk(4 * CHUNK_BYTES)?;
             if chunk.is_empty() {
@@ -331,10 +420,7 @@ pub fn write_to_dir(mut backup: Backup, dir: &Path, name: &str) -> Result<Summar
         }
         file.sync_all().map_err(|e| io("cannot sync", e))?;
         std::fs::hard_link(&tmp, &path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::Backup(format!(
-                "{} exists already; choose another name",
-                path.display()
-            )),
+            std::io::ErrorKind::AlreadyExists => exists(),
             _ => io("cannot name", e),
         })
     })();
@@ -343,7 +429,24 @@ pub fn write_to_dir(mut backup: Backup, dir: &Path, name: &str) -> Result<Summar
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("cannot sync the directory of", e))?;
+    backup.succeeded();
     Ok(backup.summary())
+}
+
+/// Removes the temp files that backups cut short by a crash left in `dir`
+/// (at start, before any backup runs).
+pub fn remove_temp_files(dir: &Path) -> Result<(), Error> {
+    let io = |e| Error::io(dir, e);
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
+            tracing::info!(file = %name, "removing an unfinished backup");
+            let path = dir.join(name.as_ref());
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -498,6 +601,41 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_idle_past_the_expiry_gives_its_place_up_to_a_new_one() {
+        let store = Arc::new(Store::new(1));
+        let tees = Arc::new(Tees::default());
+        store.apply(&set("a", "1"));
+        let mut idle = Backup::start(store.clone(), &tees).unwrap();
+        let busy = Backup::start(store.clone(), &tees).unwrap();
+        // Not idle long enough: refused.
+        assert!(Backup::start(store.clone(), &tees).is_err());
+        {
+            let mut list = tees.list.lock();
+            let first = list.tees.iter_mut().find(|t| t.id == 1).unwrap();
+            first.touched -= IDLE_EXPIRY;
+        }
+        let _new = Backup::start(store, &tees).unwrap();
+        assert_eq!(tees.running(), MAX_BACKUPS);
+        let err = idle.next_chunk(CHUNK_BYTES).unwrap_err();
+        assert!(err.to_string().contains("given up"), "{err}");
+        drop((idle, busy));
+        assert_eq!(
+            tees.failed.load(Ordering::Relaxed),
+            2,
+            "given up and abandoned"
+        );
+        assert_eq!(tees.running(), 1);
+    }
+
+    #[test]
+    fn a_tee_counts_what_its_writes_hold_in_memory_not_their_log_size() {
+        let keys: Vec<Bytes> = (0..1000u32).map(|i| Bytes::from(vec![i as u8])).collect();
+        let many = WriteOp::DeleteMany { keys };
+        assert!(held_bytes(&many) >= 1000 * (std::mem::size_of::<Bytes>() + 1));
+        assert!(held_bytes(&many) > 5 * many.approx_len());
+    }
+
+    #[test]
     fn backup_names_are_plain_file_names() {
         for good in ["nightly", "2026-11-22.kvs", "a_b-c.1"] {
             assert!(check_name(good).is_ok(), "{good}");
@@ -539,5 +677,17 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("one")).unwrap(), file);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "no temp file is left behind");
+        assert_eq!(tees.completed.load(Ordering::Relaxed), 1);
+        assert_eq!(tees.failed.load(Ordering::Relaxed), 1, "the name was taken");
+
+        // What a crash mid-backup leaves is removed at the next start; other
+        // files are not.
+        let left = dir.path().join(format!(".two.77-0{TEMP_SUFFIX}"));
+        std::fs::write(&left, b"half a backup").unwrap();
+        std::fs::write(dir.path().join(".profile"), b"not ours").unwrap();
+        remove_temp_files(dir.path()).unwrap();
+        assert!(!left.exists());
+        assert!(dir.path().join(".profile").exists());
+        assert!(dir.path().join("one").exists());
     }
 }

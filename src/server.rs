@@ -105,6 +105,7 @@ pub async fn run(
         config.metrics_listen.map(bind_bound).transpose()?.unzip();
     if let Some(dir) = &config.backup_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        crate::backup::remove_temp_files(dir)?;
     }
     let (data, restore) = (config.data.clone(), config.restore.clone());
     let recovered = tokio::task::spawn_blocking(move || match restore {

@@ -250,12 +250,14 @@ fn the_documented_backup_file_is_byte_exact_and_loads() {
         key: b("k"),
         value: b("v"),
     });
-    let mut encoder = snapshot::Encoder::new(1, 1);
+    let mut encoder = snapshot::Encoder::backup(1, 1);
     while encoder.copy_some(&store) {}
-    encoder.push_op(&WriteOp::Set {
-        key: b("k2"),
-        value: b("v2"),
-    });
+    encoder
+        .push_op(&WriteOp::Set {
+            key: b("k2"),
+            value: b("v2"),
+        })
+        .unwrap();
     encoder.finish();
     let actual = encoder.take(usize::MAX).to_vec();
     let expected = documented(&doc, "backup-file");

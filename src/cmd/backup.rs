@@ -42,6 +42,7 @@ pub fn next(session: &mut Session, db: &Db) -> Reply {
     };
     match backup.next_chunk(chunk_bytes(db)) {
         Ok(chunk) if chunk.is_empty() => {
+            backup.succeeded();
             let summary = backup.summary();
             *session = None;
             done(summary)

@@ -72,20 +72,22 @@ impl FileHandle for File {
     }
 }
 
-/// Creates (or truncates) a file that only its owner may read or write
-/// (mode 0600 on Unix): snapshots, log segments and backups hold every
-/// key and value.
-pub fn create_private(path: &Path) -> io::Result<File> {
+/// Options to write a file that, if created, only its owner may read or
+/// write (mode 0600 on Unix): snapshots, log segments and backups hold
+/// every key and value.
+pub fn private_options() -> OpenOptions {
     let mut options = OpenOptions::new();
-    options.create(true).truncate(true).write(true);
+    options.write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
+    options
 }
 
 impl Fs for RealFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
-        Ok(Box::new(create_private(path)?))
+        Ok(Box::new(
+            private_options().create(true).truncate(true).open(path)?,
+        ))
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {

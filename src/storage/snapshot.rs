@@ -45,8 +45,9 @@ use super::{record, sync_dir};
 use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTSNAP";
-/// The version written. Version 1 (no op records, a two-field footer) is
-/// still read.
+/// The version of backups: op records, and their count in the footer.
+/// Snapshots of the data file are written as version 1 (no op records, a
+/// two-field footer), which older servers read too.
 const VERSION: u32 = 2;
 const KIND_HEADER: u8 = 1;
 const KIND_BLOCK: u8 = 2;
@@ -97,12 +98,24 @@ pub struct Encoder {
     ops: u64,
     /// Bytes of whole records (and the magic) since the start, taken or not.
     bytes: u64,
+    /// 1 for the data file's snapshots, 2 for backups (op records).
+    version: u32,
 }
 
 impl Encoder {
-    /// Starts a snapshot whose header names the first log segment (and its
-    /// first sequence number) that recovery must replay after it.
-    pub fn new(next_segment: u64, next_seq: u64) -> Encoder {
+    /// Starts a snapshot of the data file (version 1) whose header names the
+    /// first log segment (and its first sequence number) that recovery must
+    /// replay after it.
+    pub fn snapshot(next_segment: u64, next_seq: u64) -> Encoder {
+        Encoder::new(1, next_segment, next_seq)
+    }
+
+    /// Starts a backup (version 2: it may end with op records).
+    pub fn backup(next_segment: u64, next_seq: u64) -> Encoder {
+        Encoder::new(VERSION, next_segment, next_seq)
+    }
+
+    fn new(version: u32, next_segment: u64, next_seq: u64) -> Encoder {
         let mut encoder = Encoder {
             out: BytesMut::with_capacity(BLOCK_BYTES + 64 * 1024),
             sealed: 0,
@@ -113,12 +126,13 @@ impl Encoder {
             blocks: 0,
             ops: 0,
             bytes: 0,
+            version,
         };
         encoder.out.put_slice(MAGIC);
         encoder.sealed = MAGIC.len();
         encoder.bytes = MAGIC.len() as u64;
         encoder.begin(KIND_HEADER);
-        encoder.out.put_u32_le(VERSION);
+        encoder.out.put_u32_le(version);
         encoder.out.put_u64_le(next_segment);
         encoder.out.put_u64_le(next_seq);
         encoder.close();
@@ -149,17 +163,21 @@ impl Encoder {
     }
 
     /// Adds one write to apply after the entries (a backup's tee).
-    pub fn push_op(&mut self, op: &WriteOp) {
+    pub fn push_op(&mut self, op: &WriteOp) -> Result<(), String> {
+        if self.version < 2 {
+            return Err("a version 1 snapshot holds no writes".into());
+        }
+        let encoded = kvstore_client::codec::encode(op).map_err(|e| e.to_string())?;
+        let len = u32::try_from(encoded.len()).map_err(|_| "a write too large to back up")?;
         if self.open == Some(KIND_BLOCK) {
             self.close();
         }
         self.begin(KIND_OPS);
-        // Encoding a WriteOp cannot fail: it has no types bincode refuses.
-        let encoded = kvstore_client::codec::encode(op).unwrap_or_default();
-        self.out.put_u32_le(encoded.len() as u32);
+        self.out.put_u32_le(len);
         self.out.put_slice(&encoded);
         self.ops += 1;
         self.close_if_full();
+        Ok(())
     }
 
     /// Closes the last record and adds the footer: everything is now ready
@@ -169,7 +187,9 @@ impl Encoder {
         self.begin(KIND_FOOTER);
         self.out.put_u64_le(self.entries);
         self.out.put_u64_le(self.blocks);
-        self.out.put_u64_le(self.ops);
+        if self.version >= 2 {
+            self.out.put_u64_le(self.ops);
+        }
         self.close();
     }
 
@@ -247,7 +267,7 @@ pub fn write(
     let tmp_path = temp_path(path);
     let io = |e| Error::io(&tmp_path, e);
     let mut file = fs.create(&tmp_path).map_err(io)?;
-    let mut encoder = Encoder::new(next_segment, next_seq);
+    let mut encoder = Encoder::snapshot(next_segment, next_seq);
     loop {
         let more = encoder.copy_some(store);
         if encoder.ready() >= BLOCK_BYTES || !more {
@@ -391,6 +411,8 @@ fn read_records(
     let mut resume = None;
     let mut sent = 0u64;
     let mut ops = Vec::new();
+    // An op record was read: no block may follow.
+    let mut ops_seen = false;
     loop {
         let mut header = [0u8; record::HEADER_LEN];
         if input.read_exact(&mut header).is_err() {
@@ -438,7 +460,7 @@ fn read_records(
                 resume = Some((version, segment, seq));
             }
             // Blocks come before any op record.
-            (Some(&KIND_BLOCK), Some(_)) if ops.is_empty() => {
+            (Some(&KIND_BLOCK), Some(_)) if !ops_seen => {
                 if blocks.send((offset, body)).is_err() {
                     // Every decoder has stopped, which only a panic does.
                     return Err(corrupt(offset, "the decoders stopped"));
@@ -446,15 +468,20 @@ fn read_records(
                 sent += 1;
             }
             (Some(&KIND_OPS), Some((2.., _, _))) => {
+                ops_seen = true;
                 decode_ops(&body[1..], &mut ops).map_err(|reason| corrupt(offset, &reason))?;
             }
             (Some(&KIND_FOOTER), Some((version, next_segment, next_seq))) => {
                 let (Some(entries), Some(claimed_blocks)) = (field(1), field(9)) else {
                     return Err(corrupt(offset, "short footer"));
                 };
-                let claimed_ops = if version >= 2 { field(17) } else { Some(0) };
-                let Some(claimed_ops) = claimed_ops else {
-                    return Err(corrupt(offset, "short footer"));
+                let (claimed_ops, footer_len) = if version >= 2 {
+                    (field(17), 25)
+                } else {
+                    (Some(0), 17)
+                };
+                let Some(claimed_ops) = claimed_ops.filter(|_| body.len() == footer_len) else {
+                    return Err(corrupt(offset, "footer of the wrong length"));
                 };
                 if claimed_blocks != sent || claimed_ops != ops.len() as u64 {
                     return Err(corrupt(offset, "footer does not match the records read"));
@@ -567,12 +594,14 @@ mod tests {
         let store = Store::new(2);
         store.apply(&set("a", "copied"));
         store.apply(&set("b", "copied"));
-        let mut encoder = Encoder::new(1, 1);
+        let mut encoder = Encoder::backup(1, 1);
         while encoder.copy_some(&store) {}
-        encoder.push_op(&set("a", "written later"));
-        encoder.push_op(&WriteOp::Delete {
-            key: Bytes::from_static(b"b"),
-        });
+        encoder.push_op(&set("a", "written later")).unwrap();
+        encoder
+            .push_op(&WriteOp::Delete {
+                key: Bytes::from_static(b"b"),
+            })
+            .unwrap();
         encoder.finish();
         encoder.take(usize::MAX).to_vec()
     }
@@ -601,20 +630,40 @@ mod tests {
     }
 
     #[test]
-    fn a_block_after_an_op_record_is_refused() {
-        let mut file = MAGIC.to_vec();
-        let mut header = vec![KIND_HEADER];
-        header.extend_from_slice(&2u32.to_le_bytes());
-        header.extend_from_slice(&[0; 16]);
-        record::append(&mut file, &header);
+    fn a_block_after_an_op_record_is_refused_even_an_empty_one() {
         let op = kvstore_client::codec::encode(&set("a", "1")).unwrap();
-        let mut ops = vec![KIND_OPS];
-        ops.extend_from_slice(&(op.len() as u32).to_le_bytes());
-        ops.extend_from_slice(&op);
-        record::append(&mut file, &ops);
-        record::append(&mut file, &[KIND_BLOCK, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'v']);
-        let err = load_bytes(&file).err().expect("refused").to_string();
-        assert!(err.contains("unexpected record kind"), "{err}");
+        let mut one_op = vec![KIND_OPS];
+        one_op.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        one_op.extend_from_slice(&op);
+        for ops in [one_op, vec![KIND_OPS]] {
+            let mut file = MAGIC.to_vec();
+            let mut header = vec![KIND_HEADER];
+            header.extend_from_slice(&2u32.to_le_bytes());
+            header.extend_from_slice(&[0; 16]);
+            record::append(&mut file, &header);
+            record::append(&mut file, &ops);
+            record::append(&mut file, &[KIND_BLOCK, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'v']);
+            let err = load_bytes(&file).err().expect("refused").to_string();
+            assert!(err.contains("unexpected record kind"), "{err}");
+        }
+    }
+
+    /// The data file stays version 1, which servers from before backups
+    /// read too: a downgrade keeps working.
+    #[test]
+    fn the_data_files_snapshots_are_version_1_and_hold_no_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvstore.db");
+        let store = Store::new(2);
+        store.apply(&set("a", "1"));
+        let info = write(&RealFs, &path, &store, 3, 30, || Ok(())).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        assert_eq!(file[17..21], 1u32.to_le_bytes(), "the header's version");
+        assert_eq!(file.len() as u64, info.bytes);
+        let (loaded, loaded_info) = load_bytes(&file).unwrap();
+        assert_eq!(loaded_info, Some(info));
+        assert_eq!(loaded.get(b"a").as_deref(), Some(&b"1"[..]));
+        assert!(Encoder::snapshot(1, 1).push_op(&set("b", "2")).is_err());
     }
 
     /// Files written before op records existed (version 1: no `ops` in the

@@ -299,17 +299,20 @@ async fn backup(
     Ok(())
 }
 
-/// Writes the backup to `path` durably: a temp file beside it, `fsync`,
+/// Writes the backup to `path` durably: a temp file beside it
+/// (`FILE.PID.tmp`), `fsync`,
 /// rename over `path`, `fsync` of the directory. An old file at `path` stays
 /// whole until the new one replaces it.
 async fn backup_to_file(client: &Client, path: &Path) -> Result<BackupSummary, Error> {
+    // A temp name of this process's own, created new: two backups to the
+    // same FILE never write into one temp file.
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
     let result = async {
         // Only its owner may read it: a backup holds every key and value.
         let mut options = std::fs::OpenOptions::new();
-        options.create(true).truncate(true).write(true);
+        options.create_new(true).write(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp).map_err(Error::Output)?;
