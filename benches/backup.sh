@@ -29,7 +29,6 @@ cli=target/release/kvstore
 mkdir -p "$OUT"
 pid=""
 
-now_ms() { date +%s%3N; }
 start_server() { # data, extra flags...
   local data=$1
   shift
@@ -37,12 +36,6 @@ start_server() { # data, extra flags...
     --data "$data" "$@" >>"$work/server.out" 2>>"$work/server.log" &
   pid=$!
   pids=("$pid")
-}
-stop() {
-  kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
-  pid=""
-  pids=()
 }
 first_answer_ms() { # since
   for _ in $(seq 60000); do
@@ -85,14 +78,14 @@ busy=$(($(now_ms) - t0))
 wait "$load_pid"
 busy_ops=$(sed 's/.*"ops":\([0-9]*\).*/\1/' "$work/busy.json")
 busy_rate=$(cat "$work/busy_rate")
-stop
+stop TERM
 
 mkdir -p "$work/restored"
 t0=$(now_ms)
 start_server "$work/restored/kvstore.db" --restore "$work/idle.kvs"
 restore=$(first_answer_ms "$t0")
 restored_keys=$(redis-cli -p "$RESP" DBSIZE)
-stop
+stop TERM
 
 {
   echo "# Backup and restore"

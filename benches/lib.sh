@@ -26,6 +26,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Milliseconds since the epoch.
+now_ms() { date +%s%3N; }
+
+# Stops the one server a script runs at a time, `$pid`, with SIGNAL and
+# waits for it.
+stop() { # signal
+  kill "-$1" "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=""
+  pids=()
+}
+
 # Waits until the RESP server on 127.0.0.1:PORT answers PING (at most 20 s).
 wait_up() { # port
   for _ in $(seq 2000); do

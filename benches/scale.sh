@@ -29,7 +29,6 @@ mkdir -p "$OUT"
 # The one server running at a time (also in `pids`, for cleanup on exit).
 pid=""
 
-now_ms() { date +%s%3N; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # Waits until GET of the first key answers its value (LOADING and refused
 # connections are retried); prints the milliseconds since $1.
@@ -49,12 +48,6 @@ start_kvstore() { # data
     --data "$1" --snapshot-after-bytes 1099511627776 >>"$work/kvstore.out" 2>>"$work/kvstore.log" &
   pid=$!
   pids=("$pid")
-}
-stop() { # signal
-  kill "-$1" "$pid"
-  wait "$pid" 2>/dev/null || true
-  pid=""
-  pids=()
 }
 
 kvstore_at() { # keys
