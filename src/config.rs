@@ -44,6 +44,14 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_RESP_LISTEN")]
     pub resp_listen: Option<SocketAddr>,
 
+    /// Also serve the gRPC service `kvstore.v1.KeyValue`
+    /// (`proto/keyvalue.proto`, with reflection and health checking) on this
+    /// address, e.g. `127.0.0.1:50051`; off by default. Port 0 picks a free
+    /// port. Shares the store, log, limits, auth token (metadata
+    /// `authorization: Bearer TOKEN`), TLS and connection limit.
+    #[arg(long, env = "KVSTORE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
     /// Serve the server's figures in the Prometheus text format at
     /// `http://ADDR/metrics`; off by default. No token is asked: it shows
     /// counts and sizes, never keys or values.
@@ -178,7 +186,10 @@ impl Config {
     /// Protected mode: without a token, only loopback addresses, unless
     /// `--allow-unauthenticated` says otherwise (then it warns).
     pub fn check_protected_mode(&self, has_token: bool) -> Result<(), Error> {
-        for addr in std::iter::once(self.listen).chain(self.resp_listen) {
+        for addr in std::iter::once(self.listen)
+            .chain(self.resp_listen)
+            .chain(self.grpc_listen)
+        {
             if has_token || addr.ip().is_loopback() {
                 continue;
             }

@@ -115,14 +115,14 @@ pub fn collect(db: &Db) -> Vec<Figure> {
         "connections",
         vec![],
         Gauge,
-        "Connections being served, both doors.",
+        "Connections being served, all doors.",
         n(&stats.connections),
     );
     add(
         "connections_total",
         vec![],
         Counter,
-        "Connections accepted, both doors.",
+        "Connections accepted, all doors.",
         n(&stats.connections_total),
     );
     add(
@@ -141,20 +141,30 @@ pub fn collect(db: &Db) -> Vec<Figure> {
             n(&stats.native_commands[tag]),
         );
     }
+    for (slot, name) in crate::grpc::service::METHODS.iter().enumerate() {
+        add(
+            "commands_total",
+            vec![("door", "grpc".into()), ("command", name.to_string())],
+            Counter,
+            "Requests by door and command.",
+            n(&stats.grpc_calls[slot]),
+        );
+    }
     let native: i64 = stats.native_commands.iter().map(n).sum();
+    let grpc: i64 = stats.grpc_calls.iter().map(n).sum();
     add(
         "commands_total",
         vec![("door", "resp".into()), ("command", "all".into())],
         Counter,
         "Requests by door and command.",
-        n(&stats.commands) - native,
+        n(&stats.commands) - native - grpc,
     );
     for code in (1..crate::stats::SLOTS as u32).filter_map(ErrorCode::from_code) {
         add(
             "errors_total",
             vec![("code", format!("{code:?}"))],
             Counter,
-            "Error replies of the native door, by error code.",
+            "Error replies of the native and gRPC doors, by error code.",
             n(&stats.errors[code as usize]),
         );
     }

@@ -24,6 +24,7 @@ pub mod connection;
 pub mod db;
 pub mod error;
 pub mod figures;
+pub mod grpc;
 pub mod handler;
 pub mod metrics;
 pub mod resp;

@@ -1,9 +1,9 @@
 //! The server process: recovery, the listeners, the accept loops, shutdown.
 //!
-//! Two doors, one server: the native listener (`--listen`) and, when asked
-//! for, the Redis-protocol listener (`--resp-listen`, see `crate::resp`).
-//! They share the store and log, one connection limit, the auth token, TLS,
-//! and shutdown.
+//! Three doors, one server: the native listener (`--listen`) and, when asked
+//! for, the Redis-protocol listener (`--resp-listen`, see `crate::resp`) and
+//! the gRPC listener (`--grpc-listen`, see `crate::grpc`). They share the
+//! store and log, one connection limit, the auth token, TLS, and shutdown.
 //!
 //! Order of a clean shutdown (SIGINT or SIGTERM): stop accepting; tell every
 //! connection to stop reading and finish what it has read; wait for them, at
@@ -17,10 +17,11 @@ use std::time::Duration;
 use kvstore_client::{ErrorCode, Reply, Response};
 use socket2::{SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpConnectInfo;
 
 use crate::auth::Auth;
 use crate::commit::{GroupCommit, Settings};
@@ -28,6 +29,7 @@ use crate::config::{Config, SyncMode};
 use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::error::Error;
+use crate::grpc;
 use crate::resp::{self, ServerInfo, Shared};
 use crate::stats::Stats;
 use crate::storage::fs::RealFs;
@@ -71,6 +73,8 @@ pub struct Listening {
     pub native: SocketAddr,
     /// The RESP listener, if `--resp-listen` was given.
     pub resp: Option<SocketAddr>,
+    /// The gRPC listener, if `--grpc-listen` was given.
+    pub grpc: Option<SocketAddr>,
     /// The metrics listener, if `--metrics-listen` was given.
     pub metrics: Option<SocketAddr>,
 }
@@ -80,6 +84,8 @@ pub struct Listening {
 enum Door {
     Native,
     Resp(Arc<Shared>),
+    /// Hands each connection to the gRPC server (tonic serves it).
+    Grpc(mpsc::Sender<grpc::Conn>),
 }
 
 /// Runs the server until `shutdown` is cancelled, then shuts down cleanly.
@@ -93,7 +99,12 @@ pub async fn run(
     let token = config.auth_token()?;
     config.check_protected_mode(token.is_some())?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, &[])?),
+        _ => None,
+    };
+    // gRPC clients ask for HTTP/2 by ALPN and give up without it.
+    let grpc_tls = match (&config.tls_cert, &config.tls_key, config.grpc_listen) {
+        (Some(cert), Some(key), Some(_)) => Some(crate::tls::acceptor(cert, key, &[b"h2"])?),
         _ => None,
     };
     // Bind first: a busy port fails the start before recovery does any work,
@@ -101,6 +112,7 @@ pub async fn run(
     // closing it.
     let (listener, addr) = bind_bound(config.listen)?;
     let (resp_listener, resp_addr) = config.resp_listen.map(bind_bound).transpose()?.unzip();
+    let (grpc_listener, grpc_addr) = config.grpc_listen.map(bind_bound).transpose()?.unzip();
     let (metrics_listener, metrics_addr) =
         config.metrics_listen.map(bind_bound).transpose()?.unzip();
     if let Some(dir) = &config.backup_dir {
@@ -140,10 +152,15 @@ pub async fn run(
         Arc::new(Auth::new(token)),
     );
     db.backup_dir = config.backup_dir.clone();
-    tracing::info!(%addr, resp = ?resp_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
+    let grpc_door = grpc_listener
+        .is_some()
+        .then(|| grpc::Door::new(&db))
+        .transpose()?;
+    tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
         native: addr,
         resp: resp_addr,
+        grpc: grpc_addr,
         metrics: metrics_addr,
     });
 
@@ -180,6 +197,27 @@ pub async fn run(
         &shutdown,
         &tracker,
     );
+    let grpc = async {
+        let (Some(listener), Some(door)) = (&grpc_listener, grpc_door) else {
+            return;
+        };
+        let conns = door.conns.clone();
+        tracker.spawn(door.serve(shutdown.clone()));
+        accept_loop(
+            listener,
+            Door::Grpc(conns),
+            &db,
+            &config,
+            &permits,
+            grpc_tls,
+            &shutdown,
+            &tracker,
+        )
+        .await;
+    };
+    let native = async {
+        tokio::join!(native, grpc);
+    };
     match (&resp_listener, resp_addr) {
         (Some(resp_listener), Some(resp_addr)) => {
             let shared = Arc::new(Shared::new(ServerInfo {
@@ -207,6 +245,7 @@ pub async fn run(
     }
     drop(listener);
     drop(resp_listener);
+    drop(grpc_listener);
     drop(db);
 
     tracker.close();
@@ -256,6 +295,7 @@ async fn accept_loop(
         };
         configure(&stream);
         let permit = permits.clone().try_acquire_owned();
+        let local = stream.local_addr().ok();
         let (db, token, timeouts, tls, max_frame, door) = (
             db.clone(),
             shutdown.clone(),
@@ -276,6 +316,9 @@ async fn accept_loop(
                     match door {
                         Door::Native => refuse(Connection::new(Box::new(stream), max_frame)).await,
                         Door::Resp(_) => resp::refuse(Box::new(stream)).await,
+                        // Closed: an HTTP/2 client sees the connection fail
+                        // and may try again.
+                        Door::Grpc(_) => {}
                     }
                 }
                 return;
@@ -285,14 +328,27 @@ async fn accept_loop(
             let Some(stream) = handshake(stream, tls, timeouts.read).await else {
                 return;
             };
-            let _counted = Stats::connected(&db.stats);
+            let counted = Stats::connected(&db.stats);
             match door {
                 Door::Native => {
                     handler::serve(Connection::new(stream, max_frame), db, timeouts, token).await
                 }
                 Door::Resp(shared) => resp::serve(stream, db, shared, timeouts, token).await,
+                Door::Grpc(conns) => {
+                    let info = TcpConnectInfo {
+                        local_addr: local,
+                        remote_addr: Some(peer),
+                    };
+                    // tonic owns the connection from here; the permit and
+                    // the count go with it. Refused only once the server
+                    // is stopping.
+                    let _ = conns
+                        .send(grpc::Conn::new(stream, info, permit, counted))
+                        .await;
+                    return;
+                }
             }
-            drop(permit);
+            drop((permit, counted));
         });
     }
 }

@@ -1,4 +1,4 @@
-//! Server-wide counters, shared by both doors (native and RESP): what `Stats`,
+//! Server-wide counters, shared by the doors (native, RESP, gRPC): what `Stats`,
 //! `/metrics` and `INFO` report about clients, commands and errors (see
 //! `crate::figures`). Relaxed atomics: each figure is exact on its own, the
 //! set is not one instant's snapshot.
@@ -16,16 +16,19 @@ pub const SLOTS: usize = 32;
 pub struct Stats {
     /// For uptime.
     pub started: Instant,
-    /// Connections being served now, both doors.
+    /// Connections being served now, all doors.
     pub connections: AtomicU64,
     /// Connections accepted since start (refused ones not included).
     pub connections_total: AtomicU64,
     /// Connections refused at the connection limit.
     pub connections_rejected: AtomicU64,
-    /// Requests answered since start, both doors.
+    /// Requests answered since start, all doors.
     pub commands: AtomicU64,
     /// Native requests by command tag (tags are below [`SLOTS`]).
     pub native_commands: [AtomicU64; SLOTS],
+    /// gRPC calls by method (`crate::grpc::service::METHODS`, fewer than
+    /// [`SLOTS`]).
+    pub grpc_calls: [AtomicU64; SLOTS],
     /// Native error replies by error code (codes are below [`SLOTS`]).
     pub errors: [AtomicU64; SLOTS],
     /// The last client id handed out (RESP `CLIENT ID`).
@@ -41,6 +44,7 @@ impl Default for Stats {
             connections_rejected: AtomicU64::new(0),
             commands: AtomicU64::new(0),
             native_commands: std::array::from_fn(|_| AtomicU64::new(0)),
+            grpc_calls: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             client_ids: AtomicU64::new(0),
         }
@@ -59,7 +63,9 @@ impl Stats {
         self.client_ids.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Counts a request of the RESP door (or one refused before login).
+    /// Counts a request of the RESP door (or one refused before login); the
+    /// other doors count through [`Stats::native_command`] and
+    /// [`Stats::grpc_call`].
     pub fn command(&self) {
         self.commands.fetch_add(1, Ordering::Relaxed);
     }
@@ -68,6 +74,14 @@ impl Stats {
     pub fn native_command(&self, command: &Command) {
         self.command();
         if let Some(slot) = self.native_commands.get(command.tag() as usize) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a call of the gRPC door by its method's slot.
+    pub fn grpc_call(&self, slot: usize) {
+        self.command();
+        if let Some(slot) = self.grpc_calls.get(slot) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
     }

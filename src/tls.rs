@@ -1,4 +1,4 @@
-//! TLS for the native listener: `--tls-cert` and `--tls-key` (PEM files)
+//! TLS for every listener: `--tls-cert` and `--tls-key` (PEM files)
 //! make every connection start with a TLS handshake (rustls with the ring
 //! provider, TLS 1.2 and 1.3, no client certificates). A client that does not
 //! speak TLS fails the handshake and is disconnected.
@@ -13,8 +13,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::Error;
 
-/// Builds the acceptor from a certificate chain and a private key in PEM.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
+/// Builds the acceptor from a certificate chain and a private key in PEM,
+/// offering the application protocols `alpn` (gRPC's `h2`; none for the
+/// native and RESP doors, whose clients ask for none).
+pub fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
@@ -35,12 +37,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
             key.display()
         ))
     })?;
-    let config =
+    let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| Error::Config(format!("TLS certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Server;
+use common::{runtime, Server};
 use futures_util::TryStreamExt;
 use kvstore_client::{BlockingClient, Client, Error, ErrorCode};
 use serde::{Deserialize, Serialize};
@@ -16,14 +16,6 @@ use serde::{Deserialize, Serialize};
 struct Profile {
     name: String,
     tags: Vec<String>,
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

@@ -5,21 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{cmd, Server};
+use common::{cmd, throwaway_certificate, Server};
 use kvstore_client::{Client, Error};
-
-/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM;
-/// returns (certificate, key) paths. The certificate is its own CA.
-fn throwaway_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
 
 fn tls_server(dir: &Path) -> (Server, std::path::PathBuf) {
     let (cert, key) = throwaway_certificate(dir);

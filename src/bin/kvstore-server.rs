@@ -27,15 +27,17 @@ fn main() -> anyhow::Result<()> {
         });
         server::run(config, shutdown, |listening| {
             // Tests and scripts read the first line to learn the ports: the
-            // native address is always the fourth word. Written at once, and
-            // a reader that has gone (a closed pipe) is no reason to stop.
-            let mut said = match listening.resp {
-                None => format!("kvstore-server listening on {}\n", listening.native),
-                Some(resp) => format!(
-                    "kvstore-server listening on {} and RESP on {resp}\n",
-                    listening.native
-                ),
-            };
+            // native address is always the fourth word, and each other door
+            // follows as "and DOOR on ADDR". Written at once, and a reader
+            // that has gone (a closed pipe) is no reason to stop.
+            let mut said = format!("kvstore-server listening on {}", listening.native);
+            if let Some(resp) = listening.resp {
+                said.push_str(&format!(" and RESP on {resp}"));
+            }
+            if let Some(grpc) = listening.grpc {
+                said.push_str(&format!(" and gRPC on {grpc}"));
+            }
+            said.push('\n');
             if let Some(metrics) = listening.metrics {
                 said.push_str(&format!(
                     "kvstore-server metrics on http://{metrics}/metrics\n"

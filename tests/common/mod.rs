@@ -16,6 +16,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The RESP listener, when started with `--resp-listen`.
     pub resp: Option<SocketAddr>,
+    /// The gRPC listener, when started with `--grpc-listen`.
+    pub grpc: Option<SocketAddr>,
     pub data: PathBuf,
 }
 
@@ -56,17 +58,23 @@ impl Server {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the listening line");
-        // "kvstore-server listening on ADDR [and RESP on ADDR]"
+        // "kvstore-server listening on ADDR [and RESP on ADDR] [and gRPC on ADDR]"
         let words: Vec<&str> = line.split_whitespace().collect();
         let addr = words
             .get(3)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("server did not say where it listens: {line:?}"));
-        let resp = words.get(7).and_then(|a| a.parse().ok());
+        let door = |name: &str| {
+            words
+                .windows(3)
+                .find(|w| w[0] == name && w[1] == "on")
+                .and_then(|w| w[2].parse().ok())
+        };
         Server {
             child,
             addr,
-            resp,
+            resp: door("RESP"),
+            grpc: door("gRPC"),
             data: data.to_path_buf(),
         }
     }
@@ -281,4 +289,26 @@ pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
 pub fn unused_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A multi-threaded tokio runtime for a test's async clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM;
+/// returns (certificate, key) paths. The certificate is its own CA.
+pub fn throwaway_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }

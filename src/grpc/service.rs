@@ -1,0 +1,383 @@
+//! The `kvstore.v1.KeyValue` methods: each call becomes the native
+//! [`Command`] with the same meaning and runs through `crate::cmd`, so the
+//! limits, the log, the durability of an answered write and the errors are
+//! those of the native door. Streaming methods (`Scan`, `Range`, `Backup`)
+//! produce one message per native page or chunk, read when tonic is ready to
+//! send it, so a slow reader holds back the reading of the store instead of
+//! a queue growing in memory.
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use kvstore_client::protocol::DEFAULT_KEYS_PAGE;
+use kvstore_client::{Command, ErrorCode, Reply};
+use kvstore_proto::v1::backup_response::Item;
+use kvstore_proto::v1::key_value_server::KeyValue;
+use kvstore_proto::v1::*;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status};
+
+use crate::cmd::{self, backup, Started};
+use crate::db::Db;
+use crate::figures;
+
+/// The methods, in the order of their counters (`commands_total{door="grpc"}`).
+pub const METHODS: [&str; 10] = [
+    "Put", "Get", "Delete", "BulkPut", "Exists", "ListKeys", "Scan", "Range", "Stat", "Backup",
+];
+
+/// The trailer that carries the native error code of a failed call.
+pub const ERROR_CODE_METADATA: &str = "kvstore-error-code";
+
+/// The gRPC status for a native error: its class as a gRPC code, and the
+/// native code in the message (`KeyTooLarge (3): ...`) and in the
+/// [`ERROR_CODE_METADATA`] trailer.
+pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
+    use ErrorCode::*;
+    let class = match code {
+        Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger => {
+            Code::InvalidArgument
+        }
+        Overflow => Code::OutOfRange,
+        // The log failed (the server refuses writes until restarted; another
+        // node, or this one after a restart, can serve) or the server is
+        // going away: the call did not happen, or for a write it may have
+        // been logged without being acknowledged.
+        StorageFailed | ShuttingDown => Code::Unavailable,
+        TooManyConnections => Code::ResourceExhausted,
+        Unauthenticated | AuthFailed => Code::Unauthenticated,
+        BackupFailed => Code::FailedPrecondition,
+        // A code added to the protocol after this mapping was written.
+        _ => Code::Unknown,
+    };
+    let number = code as u32;
+    let mut metadata = MetadataMap::new();
+    metadata.insert(ERROR_CODE_METADATA, MetadataValue::from(number));
+    Status::with_metadata(class, format!("{code:?} ({number}): {message}"), metadata)
+}
+
+/// A reply of an unexpected shape: a bug, not the client's fault.
+fn unexpected(reply: &Reply) -> Status {
+    Status::internal(format!("unexpected reply from the store: {reply:?}"))
+}
+
+/// The service: a handle on the database, cloned per call.
+#[derive(Clone)]
+pub struct KeyValueService {
+    db: Db,
+}
+
+impl KeyValueService {
+    pub fn new(db: Db) -> KeyValueService {
+        KeyValueService { db }
+    }
+
+    /// Counts a call of method `name` (one of [`METHODS`]).
+    fn count(&self, name: &str) {
+        if let Some(slot) = METHODS.iter().position(|m| *m == name) {
+            self.db.stats.grpc_call(slot);
+        }
+    }
+
+    /// Runs a command to its reply: a write's once it is durable and applied.
+    async fn run(&self, method: &str, command: Command) -> Result<Reply, Status> {
+        self.count(method);
+        let reply = match cmd::start(command, &self.db).await {
+            Started::Done(reply) => reply,
+            Started::Pending(mut pending) => cmd::reply_for(pending.wait().await),
+        };
+        self.db.stats.reply(&reply);
+        into_result(reply)
+    }
+}
+
+/// A native error reply as a status; any other reply as it is.
+fn into_result(reply: Reply) -> Result<Reply, Status> {
+    match reply {
+        Reply::Error { code, message } => Err(match ErrorCode::from_code(code) {
+            Some(code) => status(code, message),
+            None => Status::unknown(format!("error {code}: {message}")),
+        }),
+        reply => Ok(reply),
+    }
+}
+
+#[tonic::async_trait]
+impl KeyValue for KeyValueService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let PutRequest { key, value } = request.into_inner();
+        match self.run("Put", Command::Set { key, value }).await? {
+            Reply::Ok => Ok(Response::new(PutResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let GetRequest { key } = request.into_inner();
+        match self.run("Get", Command::Get { key }).await? {
+            Reply::Value(value) => Ok(Response::new(GetResponse {
+                found: value.is_some(),
+                value: value.unwrap_or_default(),
+            })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let DeleteRequest { key } = request.into_inner();
+        match self.run("Delete", Command::Delete { key }).await? {
+            Reply::Bool(deleted) => Ok(Response::new(DeleteResponse { deleted })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn bulk_put(
+        &self,
+        request: Request<BulkPutRequest>,
+    ) -> Result<Response<BulkPutResponse>, Status> {
+        let items = request
+            .into_inner()
+            .pairs
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect();
+        match self.run("BulkPut", Command::BulkSet { items }).await? {
+            Reply::Ok => Ok(Response::new(BulkPutResponse {})),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn exists(
+        &self,
+        request: Request<ExistsRequest>,
+    ) -> Result<Response<ExistsResponse>, Status> {
+        let ExistsRequest { key } = request.into_inner();
+        match self.run("Exists", Command::Exists { key }).await? {
+            Reply::Bool(exists) => Ok(Response::new(ExistsResponse { exists })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<ListKeysRequest>,
+    ) -> Result<Response<ListKeysResponse>, Status> {
+        let ListKeysRequest {
+            prefix,
+            start_after,
+            limit,
+        } = request.into_inner();
+        let command = Command::Keys {
+            prefix,
+            start_after,
+            limit,
+        };
+        match self.run("ListKeys", command).await? {
+            Reply::Keys { keys, more } => Ok(Response::new(ListKeysResponse { keys, more })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    type ScanStream = BoxStream<'static, Result<ScanResponse, Status>>;
+
+    async fn scan(
+        &self,
+        request: Request<ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        let ScanRequest {
+            prefix,
+            start_after,
+            limit,
+            reverse,
+        } = request.into_inner();
+        self.count("Scan");
+        let walk = Walk::Prefix {
+            prefix,
+            start_after,
+            reverse,
+        };
+        Ok(Response::new(pages(self.db.clone(), walk, limit)))
+    }
+
+    type RangeStream = BoxStream<'static, Result<ScanResponse, Status>>;
+
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<Self::RangeStream>, Status> {
+        let RangeRequest {
+            start,
+            end,
+            limit,
+            reverse,
+        } = request.into_inner();
+        self.count("Range");
+        let walk = Walk::Range {
+            start,
+            end,
+            reverse,
+        };
+        Ok(Response::new(pages(self.db.clone(), walk, limit)))
+    }
+
+    async fn stat(&self, _request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        self.count("Stat");
+        let figures = figures::collect(&self.db)
+            .into_iter()
+            .map(|f| Figure {
+                name: f.name.to_string(),
+                labels: f
+                    .labels
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                value: f.value,
+            })
+            .collect();
+        Ok(Response::new(StatResponse { figures }))
+    }
+
+    type BackupStream = BoxStream<'static, Result<BackupResponse, Status>>;
+
+    async fn backup(
+        &self,
+        request: Request<BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let BackupRequest { name } = request.into_inner();
+        self.count("Backup");
+        let db = self.db.clone();
+        let mut session: backup::Session = None;
+        // Starts the copy (its point in time) now; with a name, writes the
+        // whole file before answering.
+        let first = backup::start(name, &db, &mut session).await;
+        db.stats.reply(&first);
+        let first = into_result(first)?;
+        let chunks = stream::unfold(Some((Some(first), session, db)), |state| async move {
+            let (first, mut session, db) = state?;
+            let reply = first.unwrap_or_else(|| {
+                let reply = backup::next(&mut session, &db);
+                db.stats.reply(&reply);
+                reply
+            });
+            let (item, more) = match into_result(reply) {
+                Ok(Reply::Chunk(chunk)) => (Ok(Item::Chunk(chunk)), true),
+                Ok(Reply::BackupDone { keys, ops, bytes }) => {
+                    (Ok(Item::Done(BackupSummary { keys, ops, bytes })), false)
+                }
+                Ok(other) => (Err(unexpected(&other)), false),
+                Err(status) => (Err(status), false),
+            };
+            let item = item.map(|item| BackupResponse { item: Some(item) });
+            Some((item, more.then_some((None, session, db))))
+        });
+        Ok(Response::new(chunks.boxed()))
+    }
+}
+
+/// Which pairs a streaming scan walks, and where its next page starts.
+enum Walk {
+    Prefix {
+        prefix: Bytes,
+        start_after: Option<Bytes>,
+        reverse: bool,
+    },
+    Range {
+        start: Bytes,
+        end: Option<Bytes>,
+        reverse: bool,
+    },
+}
+
+impl Walk {
+    /// The native command for the next page of at most `limit` pairs.
+    fn command(&self, limit: u32) -> Command {
+        match self {
+            Walk::Prefix {
+                prefix,
+                start_after,
+                reverse,
+            } => Command::Scan {
+                prefix: prefix.clone(),
+                start_after: start_after.clone(),
+                limit,
+                reverse: *reverse,
+            },
+            Walk::Range {
+                start,
+                end,
+                reverse,
+            } => Command::Range {
+                start: start.clone(),
+                end: end.clone(),
+                limit,
+                reverse: *reverse,
+            },
+        }
+    }
+
+    /// Moves past `last`, the last key of a page (as the native client does).
+    fn past(&mut self, last: &Bytes) {
+        match self {
+            Walk::Prefix { start_after, .. } => *start_after = Some(last.clone()),
+            Walk::Range {
+                start,
+                reverse: false,
+                ..
+            } => {
+                // The least key above `last`.
+                let mut next = Vec::with_capacity(last.len() + 1);
+                next.extend_from_slice(last);
+                next.push(0);
+                *start = Bytes::from(next);
+            }
+            Walk::Range {
+                end, reverse: true, ..
+            } => *end = Some(last.clone()),
+        }
+    }
+}
+
+/// The pages of a walk as a stream, each read when the previous one has
+/// been taken; `limit` pairs in all (0: no limit).
+fn pages(db: Db, walk: Walk, limit: u64) -> BoxStream<'static, Result<ScanResponse, Status>> {
+    let remaining = (limit > 0).then_some(limit);
+    stream::unfold(Some((walk, remaining)), move |state| {
+        let db = db.clone();
+        async move {
+            let (mut walk, remaining) = state?;
+            let page = remaining.map_or(DEFAULT_KEYS_PAGE as u64, |r| {
+                r.min(DEFAULT_KEYS_PAGE as u64)
+            });
+            if page == 0 {
+                return None;
+            }
+            let reply = cmd::read(walk.command(page as u32), &db);
+            db.stats.reply(&reply);
+            match into_result(reply) {
+                Ok(Reply::Pairs { pairs, more }) => {
+                    let remaining = remaining.map(|r| r - pairs.len() as u64);
+                    let next = match pairs.last() {
+                        Some((last, _)) if more => {
+                            walk.past(last);
+                            Some((walk, remaining))
+                        }
+                        _ => None,
+                    };
+                    if pairs.is_empty() {
+                        return None;
+                    }
+                    let pairs = pairs
+                        .into_iter()
+                        .map(|(key, value)| KeyValuePair { key, value })
+                        .collect();
+                    Some((Ok(ScanResponse { pairs }), next))
+                }
+                Ok(other) => Some((Err(unexpected(&other)), None)),
+                Err(status) => Some((Err(status), None)),
+            }
+        }
+    })
+    .boxed()
+}

@@ -1,0 +1,627 @@
+//! The gRPC door (`--grpc-listen`) against the real binary over TCP: every
+//! method through the generated tonic client, writes shared with the native
+//! door, a streaming scan of 100,000 keys, limits as status codes, the token,
+//! the connection limit, backup and restore, shutdown; and a client we did
+//! not write (Python grpcio, stubs generated from proto/keyvalue.proto), in
+//! the clear and over TLS, plus the README's Python example.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command as Process;
+
+use common::{cmd, runtime, throwaway_certificate, Server};
+use kvstore_client::Reply;
+use kvstore_proto::v1::key_value_client::KeyValueClient;
+use kvstore_proto::v1::*;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+fn grpc_server(dir: &Path, extra: &[&str]) -> Server {
+    let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = Server::start(&dir.join("kvstore.db"), &args);
+    assert!(
+        server.grpc.is_some(),
+        "the server did not say where gRPC is"
+    );
+    server
+}
+
+async fn client(server: &Server) -> KeyValueClient<Channel> {
+    KeyValueClient::connect(format!("http://{}", server.grpc.unwrap()))
+        .await
+        .expect("connect to the gRPC door")
+}
+
+fn pair(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> KeyValuePair {
+    KeyValuePair {
+        key: key.into().into(),
+        value: value.into().into(),
+    }
+}
+
+/// The status of a call that must fail.
+fn refused<T: std::fmt::Debug>(result: Result<T, Status>) -> Status {
+    match result {
+        Ok(answer) => panic!("the call went through: {answer:?}"),
+        Err(status) => status,
+    }
+}
+
+/// The native error code a failed call carries in its trailer.
+fn native_code(status: &Status) -> Option<u32> {
+    status
+        .metadata()
+        .get("kvstore-error-code")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn every_method_answers_and_both_doors_see_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    let mut native = server.client();
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        kv.put(PutRequest {
+            key: "greeting".into(),
+            value: "hello".into(),
+        })
+        .await
+        .unwrap();
+        // Acknowledged through gRPC, visible through the native door.
+        assert_eq!(
+            native.call(cmd::get("greeting")),
+            Reply::Value(Some("hello".into()))
+        );
+        // And the other way round.
+        native.call(cmd::set("native", "door"));
+        let got = kv
+            .get(GetRequest {
+                key: "native".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((got.found, &got.value[..]), (true, &b"door"[..]));
+        let missing = kv
+            .get(GetRequest { key: "nope".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((missing.found, missing.value.len()), (false, 0));
+
+        kv.bulk_put(BulkPutRequest {
+            pairs: (0..30)
+                .map(|i| pair(format!("user:{i:02}"), format!("v{i}")))
+                .collect(),
+        })
+        .await
+        .unwrap();
+        let exists = |key: &str| ExistsRequest {
+            key: key.as_bytes().to_vec().into(),
+        };
+        assert!(
+            kv.exists(exists("user:07"))
+                .await
+                .unwrap()
+                .into_inner()
+                .exists
+        );
+        assert!(
+            !kv.exists(exists("user:99"))
+                .await
+                .unwrap()
+                .into_inner()
+                .exists
+        );
+
+        let delete = |key: &str| DeleteRequest {
+            key: key.as_bytes().to_vec().into(),
+        };
+        assert!(
+            kv.delete(delete("user:07"))
+                .await
+                .unwrap()
+                .into_inner()
+                .deleted
+        );
+        assert!(
+            !kv.delete(delete("user:07"))
+                .await
+                .unwrap()
+                .into_inner()
+                .deleted
+        );
+        assert_eq!(native.call(cmd::exists("user:07")), Reply::Bool(false));
+
+        // ListKeys pages like the native Keys.
+        let first = kv
+            .list_keys(ListKeysRequest {
+                prefix: "user:".into(),
+                start_after: None,
+                limit: 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((first.keys.len(), first.more), (20, true));
+        let second = kv
+            .list_keys(ListKeysRequest {
+                prefix: "user:".into(),
+                start_after: first.keys.last().cloned(),
+                limit: 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((second.keys.len(), second.more), (9, false));
+        assert_eq!(&second.keys[8][..], b"user:29");
+
+        // Range: [user:10, user:15), descending, at most 3.
+        let mut range = kv
+            .range(RangeRequest {
+                start: "user:10".into(),
+                end: Some("user:15".into()),
+                limit: 3,
+                reverse: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut keys = Vec::new();
+        while let Some(page) = range.message().await.unwrap() {
+            keys.extend(page.pairs.into_iter().map(|p| p.key));
+        }
+        assert_eq!(keys, vec!["user:14", "user:13", "user:12"]);
+
+        let figures = kv.stat(StatRequest {}).await.unwrap().into_inner().figures;
+        let figure = |name: &str, labels: &[(&str, &str)]| {
+            figures
+                .iter()
+                .find(|f| {
+                    f.name == name
+                        && f.labels.len() == labels.len()
+                        && labels
+                            .iter()
+                            .all(|(k, v)| f.labels.get(*k).map(String::as_str) == Some(*v))
+                })
+                .map(|f| f.value)
+        };
+        // greeting, native, 30 users less one.
+        assert_eq!(figure("keys", &[]), Some(31));
+        let calls = |method| figure("commands_total", &[("door", "grpc"), ("command", method)]);
+        assert_eq!(calls("Put"), Some(1));
+        assert_eq!(calls("Get"), Some(2));
+        assert_eq!(calls("Delete"), Some(2));
+        assert_eq!(calls("ListKeys"), Some(2));
+        assert_eq!(calls("Stat"), Some(1));
+    });
+    // A clean stop with a gRPC connection just closed.
+    server.terminate();
+}
+
+#[test]
+fn a_streaming_scan_returns_100_000_keys_in_order_exactly_once_in_many_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        for batch in 0..10 {
+            let pairs = (batch * 10_000..(batch + 1) * 10_000)
+                .map(|i| pair(format!("scan:{i:06}"), format!("value-{i}")))
+                .collect();
+            kv.bulk_put(BulkPutRequest { pairs }).await.unwrap();
+        }
+        kv.put(PutRequest {
+            key: "scam:outside".into(),
+            value: "x".into(),
+        })
+        .await
+        .unwrap();
+        let mut stream = kv
+            .scan(ScanRequest {
+                prefix: "scan:".into(),
+                start_after: None,
+                limit: 0,
+                reverse: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut messages, mut next, mut largest) = (0, 0usize, 0usize);
+        while let Some(page) = stream.message().await.unwrap() {
+            messages += 1;
+            largest = largest.max(page.pairs.len());
+            for p in page.pairs {
+                assert_eq!(p.key, format!("scan:{next:06}").into_bytes());
+                assert_eq!(p.value, format!("value-{next}").into_bytes());
+                next += 1;
+            }
+        }
+        assert_eq!(next, 100_000, "every key exactly once, in order");
+        assert!(
+            messages >= 100,
+            "{messages} messages: pages, not one message"
+        );
+        assert!(largest <= 1_000, "a message of {largest} pairs");
+
+        // A limit counts pairs across pages; start_after and reverse work.
+        let mut stream = kv
+            .scan(ScanRequest {
+                prefix: "scan:".into(),
+                start_after: Some("scan:050000".into()),
+                limit: 2_500,
+                reverse: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut keys = Vec::new();
+        while let Some(page) = stream.message().await.unwrap() {
+            keys.extend(page.pairs.into_iter().map(|p| p.key));
+        }
+        assert_eq!(keys.len(), 2_500);
+        assert_eq!(&keys[0][..], b"scan:049999");
+        assert_eq!(&keys[2_499][..], b"scan:047500");
+    });
+}
+
+#[test]
+fn limits_are_invalid_argument_with_the_native_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(
+        dir.path(),
+        &[
+            "--max-key",
+            "100",
+            "--max-value",
+            "1000",
+            "--max-bulk-items",
+            "10",
+            "--max-frame",
+            "65536",
+        ],
+    );
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+
+        let status = refused(
+            kv.put(PutRequest {
+                key: vec![b'k'; 101].into(),
+                value: "v".into(),
+            })
+            .await,
+        );
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("KeyTooLarge (3): key of 101 bytes"),
+            "{status:?}"
+        );
+        assert_eq!(native_code(&status), Some(3));
+
+        let status = refused(
+            kv.put(PutRequest {
+                key: "k".into(),
+                value: vec![0; 1001].into(),
+            })
+            .await,
+        );
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::InvalidArgument, Some(4))
+        );
+
+        let status = refused(
+            kv.bulk_put(BulkPutRequest {
+                pairs: (0..11).map(|i| pair(format!("k{i}"), "v")).collect(),
+            })
+            .await,
+        );
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::InvalidArgument, Some(5))
+        );
+        // All or none: nothing of the refused batch is there.
+        let k0 = kv.exists(ExistsRequest { key: "k0".into() }).await.unwrap();
+        assert!(!k0.into_inner().exists);
+
+        let status = refused(
+            kv.scan(ScanRequest {
+                prefix: vec![b'p'; 101].into(),
+                start_after: None,
+                limit: 0,
+                reverse: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await,
+        );
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::InvalidArgument, Some(3))
+        );
+
+        // A message over the frame limit is refused by its length, before
+        // it is decoded.
+        let status = refused(
+            kv.bulk_put(BulkPutRequest {
+                pairs: (0..10)
+                    .map(|i| pair(format!("k{i}"), vec![0; 7_000]))
+                    .collect(),
+            })
+            .await,
+        );
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+
+        // The connection is still good after all of that.
+        kv.put(PutRequest {
+            key: "k".into(),
+            value: "fine".into(),
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn the_token_is_asked_for_in_metadata_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-long-random-token-for-tests").unwrap();
+    let server = grpc_server(dir.path(), &["--auth-token-file", token.to_str().unwrap()]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        let with = |token: Option<&str>| {
+            let mut request = Request::new(PutRequest {
+                key: "k".into(),
+                value: "v".into(),
+            });
+            if let Some(token) = token {
+                request
+                    .metadata_mut()
+                    .insert("authorization", token.parse().unwrap());
+            }
+            request
+        };
+        let status = kv.put(with(None)).await.unwrap_err();
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::Unauthenticated, Some(9))
+        );
+        let status = kv.put(with(Some("Bearer wrong"))).await.unwrap_err();
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::Unauthenticated, Some(10))
+        );
+        kv.put(with(Some("Bearer a-long-random-token-for-tests")))
+            .await
+            .unwrap();
+        // Nothing was written by the refused calls, and the right token reads.
+        let mut get = Request::new(GetRequest { key: "k".into() });
+        get.metadata_mut().insert(
+            "authorization",
+            "Bearer a-long-random-token-for-tests".parse().unwrap(),
+        );
+        assert!(kv.get(get).await.unwrap().into_inner().found);
+        let stats = server.client().call(cmd::get("k"));
+        assert!(
+            matches!(stats, Reply::Error { code: 9, .. }),
+            "native door still asks: {stats:?}"
+        );
+    });
+}
+
+#[test]
+fn grpc_connections_count_against_the_one_connection_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &["--max-connections", "1"]);
+    let mut native = server.client();
+    assert_eq!(native.call(cmd::set("k", "v")), Reply::Ok);
+    runtime().block_on(async {
+        // The native connection holds the only slot: the gRPC connection is
+        // closed at once.
+        let endpoint = Channel::from_shared(format!("http://{}", server.grpc.unwrap())).unwrap();
+        let refused = match endpoint.connect().await {
+            Err(_) => true,
+            Ok(channel) => KeyValueClient::new(channel)
+                .get(GetRequest { key: "k".into() })
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a gRPC call was served over the connection limit");
+        drop(native);
+        // Once the slot is free, gRPC is served (within a bounded wait for
+        // the server to notice the native connection closed).
+        for attempt in 0.. {
+            let served = match endpoint.connect().await {
+                Ok(channel) => KeyValueClient::new(channel)
+                    .get(GetRequest { key: "k".into() })
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            };
+            if served {
+                break;
+            }
+            assert!(attempt < 100, "gRPC never served after the slot was freed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[test]
+fn a_backup_streamed_through_grpc_restores_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let server = grpc_server(dir.path(), &["--backup-dir", backups.to_str().unwrap()]);
+    let file = dir.path().join("streamed.kvb");
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        kv.bulk_put(BulkPutRequest {
+            pairs: (0..5_000)
+                .map(|i| pair(format!("b:{i:05}"), vec![b'x'; 300]))
+                .collect(),
+        })
+        .await
+        .unwrap();
+        let mut stream = kv
+            .backup(BackupRequest { name: None })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut bytes, mut summary, mut chunks) = (Vec::new(), None, 0);
+        while let Some(message) = stream.message().await.unwrap() {
+            assert!(summary.is_none(), "nothing follows the summary");
+            match message.item.expect("an item") {
+                backup_response::Item::Chunk(chunk) => {
+                    chunks += 1;
+                    bytes.extend_from_slice(&chunk);
+                }
+                backup_response::Item::Done(done) => summary = Some(done),
+            }
+        }
+        let summary = summary.expect("a summary at the end");
+        assert_eq!((summary.keys, summary.bytes), (5_000, bytes.len() as u64));
+        assert!(chunks >= 2, "{chunks} chunks for 1.5 MB");
+        std::fs::write(&file, &bytes).unwrap();
+
+        // Into the server's backup directory, by name.
+        let mut stream = kv
+            .backup(BackupRequest {
+                name: Some("nightly".into()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let only = stream.message().await.unwrap().expect("the summary");
+        assert!(matches!(only.item, Some(backup_response::Item::Done(ref d)) if d.keys == 5_000));
+        assert!(stream.message().await.unwrap().is_none());
+        assert!(backups.join("nightly").exists());
+        // A taken name is refused with the native code.
+        let status = kv
+            .backup(BackupRequest {
+                name: Some("nightly".into()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), native_code(&status)),
+            (Code::FailedPrecondition, Some(13))
+        );
+    });
+    server.terminate();
+
+    for (name, backup) in [("streamed", file), ("named", backups.join("nightly"))] {
+        let data = dir.path().join(format!("restored-{name}.db"));
+        let restored = Server::start(&data, &["--restore", backup.to_str().unwrap()]);
+        let mut native = restored.client();
+        assert_eq!(
+            native.call(cmd::get("b:04999")),
+            Reply::Value(Some(vec![b'x'; 300].into())),
+            "{name}"
+        );
+        restored.terminate();
+    }
+}
+
+/// Runs `tests/python/grpc_client.py` with `args`; panics with its output
+/// unless every check passed.
+fn python_client(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/grpc_client.py");
+    let out = Process::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect(
+        "run python3 (CI installs grpcio, grpcio-tools, grpcio-reflection, grpcio-health-checking)",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all python checks passed"),
+        "python grpcio client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_grpcio_with_generated_stubs_uses_every_kind_of_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    python_client(&[&server.grpc.unwrap().to_string()]);
+}
+
+#[test]
+fn python_grpcio_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = throwaway_certificate(dir.path());
+    let token = dir.path().join("token");
+    std::fs::write(&token, "python-token-over-tls").unwrap();
+    let server = grpc_server(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+            "--auth-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    python_client(&[
+        &format!("localhost:{}", server.grpc.unwrap().port()),
+        "--token",
+        "python-token-over-tls",
+        "--ca",
+        cert_path.to_str().unwrap(),
+    ]);
+}
+
+/// The README's five-line Python example, run as it is written, against a
+/// server on the port it names replaced by a free one.
+#[test]
+fn the_readme_python_example_works() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```python\n")
+        .expect("a python block in the README")
+        + "```python\n".len();
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(example.contains("127.0.0.1:50051"), "{example}");
+    assert!(example.lines().count() <= 5, "{example}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    let stubs = dir.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let generated = Process::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I", proto])
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(format!("{proto}/keyvalue.proto"))
+        .status()
+        .expect("python3 -m grpc_tools.protoc");
+    assert!(generated.success());
+    let example = example.replace("127.0.0.1:50051", &server.grpc.unwrap().to_string());
+    let out = Process::new("python3")
+        .args(["-c", &example])
+        .current_dir(&stubs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b'hello'");
+}
