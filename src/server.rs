@@ -154,7 +154,7 @@ pub async fn run(
     db.backup_dir = config.backup_dir.clone();
     let grpc_door = grpc_listener
         .is_some()
-        .then(|| grpc::Door::new(&db))
+        .then(|| grpc::Door::new(&db, config.timeouts().read, shutdown.clone()))
         .transpose()?;
     tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
@@ -343,7 +343,13 @@ async fn accept_loop(
                     // the count go with it. Refused only once the server
                     // is stopping.
                     let _ = conns
-                        .send(grpc::Conn::new(stream, info, permit, counted))
+                        .send(grpc::Conn::new(
+                            stream,
+                            info,
+                            db.auth.required(),
+                            permit,
+                            counted,
+                        ))
                         .await;
                     return;
                 }

@@ -41,6 +41,16 @@ fn pair(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> KeyValuePair {
     }
 }
 
+/// A scan of every pair under `prefix`, ascending.
+fn whole_prefix(prefix: &str) -> ScanRequest {
+    ScanRequest {
+        prefix: prefix.as_bytes().to_vec().into(),
+        start_after: None,
+        limit: 0,
+        reverse: false,
+    }
+}
+
 /// The status of a call that must fail.
 fn refused<T: std::fmt::Debug>(result: Result<T, Status>) -> Status {
     match result {
@@ -223,16 +233,7 @@ fn a_streaming_scan_returns_100_000_keys_in_order_exactly_once_in_many_messages(
         })
         .await
         .unwrap();
-        let mut stream = kv
-            .scan(ScanRequest {
-                prefix: "scan:".into(),
-                start_after: None,
-                limit: 0,
-                reverse: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = kv.scan(whole_prefix("scan:")).await.unwrap().into_inner();
         let (mut messages, mut next, mut largest) = (0, 0usize, 0usize);
         while let Some(page) = stream.message().await.unwrap() {
             messages += 1;
@@ -268,6 +269,35 @@ fn a_streaming_scan_returns_100_000_keys_in_order_exactly_once_in_many_messages(
         assert_eq!(keys.len(), 2_500);
         assert_eq!(&keys[0][..], b"scan:049999");
         assert_eq!(&keys[2_499][..], b"scan:047500");
+
+        // Range over many pages, both ways: [scan:010000, scan:035000).
+        for reverse in [false, true] {
+            let mut stream = kv
+                .range(RangeRequest {
+                    start: "scan:010000".into(),
+                    end: Some("scan:035000".into()),
+                    limit: 0,
+                    reverse,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut keys = Vec::new();
+            while let Some(page) = stream.message().await.unwrap() {
+                keys.extend(page.pairs.into_iter().map(|p| p.key));
+            }
+            let mut expected: Vec<_> = (10_000..35_000)
+                .map(|i| format!("scan:{i:06}").into_bytes())
+                .collect();
+            if reverse {
+                expected.reverse();
+            }
+            assert!(
+                keys == expected,
+                "range, reverse {reverse}: {} keys",
+                keys.len()
+            );
+        }
     });
 }
 
@@ -328,6 +358,19 @@ fn limits_are_invalid_argument_with_the_native_code() {
             (status.code(), native_code(&status)),
             (Code::InvalidArgument, Some(5))
         );
+        // Counted before decoding: 30,000 empty pairs are 60 KB on the wire.
+        let status = refused(
+            kv.bulk_put(BulkPutRequest {
+                pairs: vec![KeyValuePair::default(); 30_000],
+            })
+            .await,
+        );
+        assert!(
+            status.message().starts_with(
+                "TooManyItems (5): BulkPut of 30000 pairs exceeds the limit of 10 pairs"
+            ),
+            "{status:?}"
+        );
         // All or none: nothing of the refused batch is there.
         let k0 = kv.exists(ExistsRequest { key: "k0".into() }).await.unwrap();
         assert!(!k0.into_inner().exists);
@@ -372,52 +415,192 @@ fn limits_are_invalid_argument_with_the_native_code() {
     });
 }
 
+const TOKEN: &str = "a-long-random-token-for-tests";
+
+/// A request with `authorization` metadata, if given.
+fn with_auth<T>(message: T, authorization: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+    }
+    request
+}
+
+fn token_server(dir: &Path, extra: &[&str]) -> Server {
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let mut args = vec!["--auth-token-file", token.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    grpc_server(dir, &args)
+}
+
 #[test]
 fn the_token_is_asked_for_in_metadata_and_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "a-long-random-token-for-tests").unwrap();
-    let server = grpc_server(dir.path(), &["--auth-token-file", token.to_str().unwrap()]);
+    let server = token_server(
+        dir.path(),
+        &[
+            "--max-key",
+            "100",
+            "--max-value",
+            "1000",
+            "--max-frame",
+            "4096",
+        ],
+    );
+    let bearer = format!("Bearer {TOKEN}");
     runtime().block_on(async {
         let mut kv = client(&server).await;
-        let with = |token: Option<&str>| {
-            let mut request = Request::new(PutRequest {
-                key: "k".into(),
-                value: "v".into(),
-            });
-            if let Some(token) = token {
-                request
-                    .metadata_mut()
-                    .insert("authorization", token.parse().unwrap());
-            }
-            request
+        let put = |key: &str| PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: "v".into(),
         };
-        let status = kv.put(with(None)).await.unwrap_err();
+        let status = kv.put(with_auth(put("none"), None)).await.unwrap_err();
         assert_eq!(
             (status.code(), native_code(&status)),
             (Code::Unauthenticated, Some(9))
         );
-        let status = kv.put(with(Some("Bearer wrong"))).await.unwrap_err();
+        let status = kv
+            .put(with_auth(put("wrong"), Some("Bearer wrong")))
+            .await
+            .unwrap_err();
         assert_eq!(
             (status.code(), native_code(&status)),
             (Code::Unauthenticated, Some(10))
         );
-        kv.put(with(Some("Bearer a-long-random-token-for-tests")))
+        // Refused from its headers: a message over the frame limit without
+        // the token is not read, so it is not OUT_OF_RANGE.
+        let big = PutRequest {
+            key: "big".into(),
+            value: vec![0; 100_000].into(),
+        };
+        let status = kv.put(with_auth(big, None)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+        kv.put(with_auth(put("right"), Some(&bearer)))
             .await
             .unwrap();
-        // Nothing was written by the refused calls, and the right token reads.
-        let mut get = Request::new(GetRequest { key: "k".into() });
-        get.metadata_mut().insert(
-            "authorization",
-            "Bearer a-long-random-token-for-tests".parse().unwrap(),
-        );
-        assert!(kv.get(get).await.unwrap().into_inner().found);
-        let stats = server.client().call(cmd::get("k"));
+        // The refused calls wrote nothing; the right token reads.
+        for (key, found) in [("none", false), ("wrong", false), ("right", true)] {
+            let get = GetRequest {
+                key: key.as_bytes().to_vec().into(),
+            };
+            let got = kv.get(with_auth(get, Some(&bearer))).await.unwrap();
+            assert_eq!(got.into_inner().found, found, "{key}");
+        }
+        let native = server.client().call(cmd::get("right"));
         assert!(
-            matches!(stats, Reply::Error { code: 9, .. }),
-            "native door still asks: {stats:?}"
+            matches!(native, Reply::Error { code: 9, .. }),
+            "the native door still asks: {native:?}"
+        );
+
+        // Five wrong tokens on one connection close it, as on the native
+        // door.
+        let h2 = raw_h2(&server).await;
+        for _ in 0..5 {
+            let request = http::Request::post("http://kvstore/kvstore.v1.KeyValue/Put")
+                .header("content-type", "application/grpc")
+                .header("authorization", "Bearer guess")
+                .body(())
+                .unwrap();
+            let (response, mut send) = h2
+                .clone()
+                .ready()
+                .await
+                .unwrap()
+                .send_request(request, false)
+                .unwrap();
+            send.send_data(message(0, b"").into(), true).unwrap();
+            if let Ok(response) = response.await {
+                assert_eq!(response.headers()["grpc-status"], "16");
+            }
+        }
+        let closed = async {
+            let mut ready = h2.ready().await?;
+            let request = http::Request::post("http://kvstore/kvstore.v1.KeyValue/Put")
+                .body(())
+                .unwrap();
+            let (response, _send) = ready.send_request(request, true)?;
+            response.await.map(drop)
+        };
+        assert!(
+            closed.await.is_err(),
+            "the connection is still open after 5 failures"
         );
     });
+}
+
+#[test]
+fn a_connection_that_never_logs_in_gives_its_slot_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = token_server(dir.path(), &["--max-connections", "1"]);
+    // A gRPC connection that sends nothing holds the only slot...
+    let mut silent = std::net::TcpStream::connect(server.grpc.unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let refused = server.client().recv().map(|r| r.reply);
+    assert!(
+        matches!(refused, Some(Reply::Error { code: 7, .. })),
+        "a second connection was let in: {refused:?}"
+    );
+    // ...until the login timeout (10 s) closes it.
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut sink = Vec::new();
+    use std::io::Read;
+    silent
+        .read_to_end(&mut sink)
+        .expect("closed by the server, not timed out here");
+    for attempt in 0.. {
+        let mut native = server.client();
+        native.send(kvstore_client::Command::Auth {
+            token: TOKEN.into(),
+        });
+        if matches!(native.recv(), Some(r) if r.reply == Reply::Ok) {
+            break;
+        }
+        assert!(attempt < 100, "the slot never came back");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn shutdown_does_not_wait_for_watchers_or_unfinished_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    // A grace far longer than `terminate` waits (30 s): a shutdown that
+    // waited for these calls would fail the test.
+    let server = grpc_server(dir.path(), &["--shutdown-grace-ms", "120000"]);
+    let rt = runtime();
+    let held = rt.block_on(async {
+        let mut kv = client(&server).await;
+        kv.bulk_put(BulkPutRequest {
+            pairs: (0..5_000).map(|i| pair(format!("s:{i:05}"), "v")).collect(),
+        })
+        .await
+        .unwrap();
+        let mut scan = kv.scan(whole_prefix("s:")).await.unwrap().into_inner();
+        assert!(scan.message().await.unwrap().is_some());
+        let channel = Channel::from_shared(format!("http://{}", server.grpc.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let mut watch = health
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: "kvstore.v1.KeyValue".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, 1, "SERVING");
+        (kv, scan, watch)
+    });
+    server.terminate();
+    drop(held);
 }
 
 #[test]
@@ -624,4 +807,119 @@ fn the_readme_python_example_works() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "b'hello'");
+}
+
+/// A raw HTTP/2 connection to the gRPC door, for requests no gRPC library
+/// would send.
+async fn raw_h2(server: &Server) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(server.grpc.unwrap())
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Starts a `Put` call and sends `body` (without ending the request unless
+/// `end`); returns the response future and the request's sending half.
+async fn raw_put(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    body: Vec<u8>,
+    end: bool,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let request = http::Request::post("http://kvstore/kvstore.v1.KeyValue/Put")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut ready = client.clone().ready().await.unwrap();
+    let (response, mut send) = ready.send_request(request, false).unwrap();
+    send.send_data(body.into(), end).unwrap();
+    (response, send)
+}
+
+/// The `grpc-status` of a response (in its headers or its trailers).
+async fn grpc_status(response: h2::client::ResponseFuture) -> (u32, String) {
+    let (parts, mut body) = response.await.unwrap().into_parts();
+    let headers = match parts.headers.get("grpc-status") {
+        Some(_) => parts.headers,
+        None => {
+            while body.data().await.is_some() {}
+            body.trailers().await.unwrap().expect("trailers")
+        }
+    };
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (get("grpc-status").parse().unwrap(), get("grpc-message"))
+}
+
+/// A gRPC message prefix claiming `len` bytes, then `body`.
+fn message(len: u32, body: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The server's virtual memory size in KiB (`VmSize` in /proc).
+fn vm_size_kib(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmSize:"))
+        .expect("VmSize");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_length_prefix_is_not_taken_at_its_word() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &["--read-timeout-ms", "500"]);
+    runtime().block_on(async {
+        let mut h2 = raw_h2(&server).await;
+        // A prefix that claims 15 MiB, one byte, and the end: refused as
+        // not being the message it claims.
+        let (response, _send) = raw_put(&mut h2, message(15 << 20, b"x"), true).await;
+        let (code, text) = grpc_status(response).await;
+        assert_eq!(code, Code::InvalidArgument as u32, "{text}");
+        // Two messages where a method takes one.
+        let two = [message(0, b""), message(0, b"")].concat();
+        let (response, _send) = raw_put(&mut h2, two, true).await;
+        assert_eq!(grpc_status(response).await.0, Code::InvalidArgument as u32);
+
+        // 100 calls that each claim 15 MiB and send one byte of it, left
+        // open: the server holds what arrived, not what was claimed (tonic
+        // alone would reserve 1.5 GB of address space here).
+        let before = vm_size_kib(&server);
+        let mut open = Vec::new();
+        for _ in 0..100 {
+            open.push(raw_put(&mut h2, message(15 << 20, b"x"), false).await);
+        }
+        // Every one of them is answered once the read timeout has passed.
+        let mut grown = 0;
+        for (response, _send) in open {
+            grown = grown.max(vm_size_kib(&server).saturating_sub(before));
+            let (code, text) = grpc_status(response).await;
+            assert_eq!(code, Code::DeadlineExceeded as u32, "{text}");
+        }
+        assert!(
+            grown < 512 * 1024,
+            "the server's address space grew by {grown} KiB for 100 bytes received"
+        );
+
+        // The server still serves, on this connection and on a new one.
+        let (response, _send) = raw_put(&mut h2, message(0, b""), true).await;
+        assert_eq!(grpc_status(response).await.0, Code::Ok as u32);
+        let mut kv = client(&server).await;
+        kv.put(PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+        })
+        .await
+        .unwrap();
+    });
 }

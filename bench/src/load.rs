@@ -3,6 +3,10 @@
 //! passed. A request's latency runs from the write of its batch to the
 //! arrival of its own reply (as redis-benchmark measures it), recorded in
 //! microseconds in an HDR histogram per connection, merged at the end.
+//!
+//! With `--grpc` a connection is a gRPC channel (one HTTP/2 connection) to
+//! the server's `--grpc-listen` port, and a batch is `-P` concurrent calls on
+//! it (see [`crate::grpc`]); the same requests are made as gRPC methods.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +23,14 @@ use tokio::net::TcpStream;
 
 use crate::{Args, Test};
 
+/// Where a connection's requests go.
+enum Link {
+    /// The native protocol or RESP, written by hand over the socket.
+    Tcp(TcpStream),
+    /// The gRPC service, through the generated tonic client.
+    Grpc(crate::grpc::KeyValueClient),
+}
+
 /// What one test measured.
 pub struct Outcome {
     pub test: Test,
@@ -33,11 +45,11 @@ pub struct Outcome {
 }
 
 /// Shared by the connections of one test.
-struct Shared {
+pub(crate) struct Shared {
     /// Requests handed out so far (with -n).
     claimed: AtomicU64,
     /// Requests answered so far (for the progress line).
-    answered: AtomicU64,
+    pub(crate) answered: AtomicU64,
     limit: u64,
     deadline: Option<Instant>,
 }
@@ -45,7 +57,7 @@ struct Shared {
 impl Shared {
     /// The number of the next batch's first request and how many it may
     /// send; `None` when the test is over.
-    fn claim(&self, pipeline: u64) -> Option<(u64, u64)> {
+    pub(crate) fn claim(&self, pipeline: u64) -> Option<(u64, u64)> {
         if self
             .deadline
             .is_some_and(|deadline| Instant::now() >= deadline)
@@ -62,23 +74,37 @@ impl Shared {
 }
 
 /// One connection's results.
-struct Tally {
-    latency: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
+pub(crate) struct Tally {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: u64,
+    pub(crate) first_error: Option<String>,
+}
+
+impl Tally {
+    pub(crate) fn new() -> anyhow::Result<Tally> {
+        Ok(Tally {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            errors: 0,
+            first_error: None,
+        })
+    }
 }
 
 /// Runs one test with all connections.
 pub async fn run(args: &Args, test: Test) -> anyhow::Result<Outcome> {
     let deadline_after = args.duration();
     // Connect everyone first, so the clock does not include connecting.
-    let mut streams = Vec::with_capacity(args.connections);
+    let mut links = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
+        if args.grpc {
+            links.push(Link::Grpc(crate::grpc::connect(&args.addr).await?));
+            continue;
+        }
         let stream = TcpStream::connect(&args.addr)
             .await
             .with_context(|| format!("connect to {}", args.addr))?;
         stream.set_nodelay(true)?;
-        streams.push(stream);
+        links.push(Link::Tcp(stream));
     }
     let shared = Arc::new(Shared {
         claimed: AtomicU64::new(0),
@@ -88,12 +114,20 @@ pub async fn run(args: &Args, test: Test) -> anyhow::Result<Outcome> {
     });
     let progress = progress_bar(args, test, deadline_after);
     let started = Instant::now();
-    let tasks: Vec<_> = streams
+    let tasks: Vec<_> = links
         .into_iter()
         .enumerate()
-        .map(|(i, stream)| {
+        .map(|(i, link)| {
             let (args, shared) = (args.clone(), shared.clone());
-            tokio::spawn(async move { connection(stream, i as u64, &args, test, &shared).await })
+            tokio::spawn(async move {
+                let seed = i as u64;
+                match link {
+                    Link::Tcp(stream) => connection(stream, seed, &args, test, &shared).await,
+                    Link::Grpc(client) => {
+                        crate::grpc::connection(client, seed, &args, test, &shared).await
+                    }
+                }
+            })
         })
         .collect();
     let ticker = {
@@ -155,27 +189,15 @@ async fn connection(
     test: Test,
     shared: &Shared,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally {
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        errors: 0,
-        first_error: None,
-    };
-    let mut requests = Requests {
-        rng: fastrand::Rng::with_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 1),
-        value: Bytes::from(vec![b'x'; args.size]),
-        next_id: 0,
-        next_key: 0,
-        args,
-    };
+    let mut tally = Tally::new()?;
+    let mut requests = Requests::new(seed, args);
     let mut out = Vec::with_capacity(64 * 1024);
     let mut input = BytesMut::with_capacity(64 * 1024);
     loop {
         let Some((first, batch)) = shared.claim(args.pipeline as u64) else {
             return Ok(tally);
         };
-        // With --sequential, request n uses keys n·k .. n·k+k-1 (k keys per
-        // request), so a run writes each key of the key space once.
-        requests.next_key = first * requests.keys_per_request(test);
+        requests.start_batch(first, test);
         out.clear();
         for _ in 0..batch {
             requests.encode(test, &mut out)?;
@@ -207,7 +229,7 @@ async fn connection(
 }
 
 /// Builds the requests of one connection.
-struct Requests<'a> {
+pub(crate) struct Requests<'a> {
     rng: fastrand::Rng,
     /// `-d` bytes, shared by every request.
     value: Bytes,
@@ -217,7 +239,24 @@ struct Requests<'a> {
     args: &'a Args,
 }
 
-impl Requests<'_> {
+impl<'a> Requests<'a> {
+    pub(crate) fn new(seed: u64, args: &'a Args) -> Requests<'a> {
+        Requests {
+            rng: fastrand::Rng::with_seed(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 1),
+            value: Bytes::from(vec![b'x'; args.size]),
+            next_id: 0,
+            next_key: 0,
+            args,
+        }
+    }
+
+    /// Starts a batch whose first request is number `first` of the test.
+    /// With --sequential, request n uses keys n·k .. n·k+k-1 (k keys per
+    /// request), so a run writes each key of the key space once.
+    pub(crate) fn start_batch(&mut self, first: u64, test: Test) {
+        self.next_key = first * self.keys_per_request(test);
+    }
+
     /// A key `key:NNNNNNNNNNNN` (16 bytes) out of `-r`: random, or the next
     /// one with --sequential.
     fn key(&mut self) -> Bytes {
@@ -240,26 +279,7 @@ impl Requests<'_> {
 
     /// Appends one request of `test` to `out`.
     fn encode(&mut self, test: Test, out: &mut Vec<u8>) -> anyhow::Result<()> {
-        let test = match test {
-            Test::Mixed if self.rng.f64() < self.args.read_ratio => Test::Get,
-            Test::Mixed => Test::Set,
-            other => other,
-        };
-        let key = self.key();
-        let command = match test {
-            Test::Set => Command::Set {
-                key,
-                value: self.value.clone(),
-            },
-            Test::Get => Command::Get { key },
-            Test::Del => Command::Delete { key },
-            Test::Exists => Command::Exists { key },
-            Test::Bulkset | Test::Mixed => {
-                let mut items = vec![(key, self.value.clone())];
-                items.extend((1..self.args.bulk).map(|_| (self.key(), self.value.clone())));
-                Command::BulkSet { items }
-            }
-        };
+        let command = self.command(test);
         if self.args.resp {
             resp_request(&command, out);
             return Ok(());
@@ -277,6 +297,30 @@ impl Requests<'_> {
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_be_bytes());
         Ok(())
+    }
+
+    /// The next request of `test`, as a native command.
+    pub(crate) fn command(&mut self, test: Test) -> Command {
+        let test = match test {
+            Test::Mixed if self.rng.f64() < self.args.read_ratio => Test::Get,
+            Test::Mixed => Test::Set,
+            other => other,
+        };
+        let key = self.key();
+        match test {
+            Test::Set => Command::Set {
+                key,
+                value: self.value.clone(),
+            },
+            Test::Get => Command::Get { key },
+            Test::Del => Command::Delete { key },
+            Test::Exists => Command::Exists { key },
+            Test::Bulkset | Test::Mixed => {
+                let mut items = vec![(key, self.value.clone())];
+                items.extend((1..self.args.bulk).map(|_| (self.key(), self.value.clone())));
+                Command::BulkSet { items }
+            }
+        }
     }
 }
 

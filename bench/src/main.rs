@@ -1,20 +1,24 @@
 //! `kvstore-bench`: a load generator in the manner of redis-benchmark.
 //!
 //! It speaks kvstore's native protocol, or with `--resp` the Redis protocol
-//! (to kvstore's `--resp-listen` port or to Redis itself), so that kvstore and
+//! (to kvstore's `--resp-listen` port or to Redis itself), or with `--grpc`
+//! kvstore's gRPC service (`--grpc-listen`), so that kvstore's doors and
 //! Redis are measured by the same tool:
 //!
 //! ```sh
 //! kvstore-bench --addr 127.0.0.1:65433 -c 50 -n 200000 -d 100 -t set,get
 //! kvstore-bench --resp --addr 127.0.0.1:6379 --label redis -t set,get -P 16 --csv out.csv
+//! kvstore-bench --grpc --addr 127.0.0.1:50051 -c 50 -t set,get
 //! kvstore-bench --plot charts/ --csv out.csv     # after several runs into out.csv
 //! ```
 //!
-//! Modules: [`load`] (the connections and their request loops), [`report`]
+//! Modules: [`load`] (the connections and their request loops), [`grpc`]
+//! (the gRPC connections' loop), [`report`]
 //! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
 //! Markdown table of ratios between systems, from the CSV), [`probe`] (the
 //! disk's `fdatasync` latency, with no server).
 
+mod grpc;
 mod load;
 mod plot;
 mod probe;
@@ -96,10 +100,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
     /// Speak RESP (Redis's protocol) instead of kvstore's native protocol.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "grpc")]
     pub resp: bool,
+    /// Call kvstore's gRPC service (the server's --grpc-listen address)
+    /// instead of the native protocol; -P is concurrent calls per connection.
+    #[arg(long)]
+    pub grpc: bool,
     /// The system's name in the table, the CSV and the charts (default:
-    /// `kvstore`, or `kvstore-resp` with --resp).
+    /// `kvstore`, `kvstore-resp` with --resp, `kvstore-grpc` with --grpc).
     #[arg(long)]
     pub label: Option<String>,
     /// Append one row per test to this CSV file (written with a header if new).
@@ -130,6 +138,8 @@ impl Args {
         self.label.clone().unwrap_or_else(|| {
             if self.resp {
                 "kvstore-resp".into()
+            } else if self.grpc {
+                "kvstore-grpc".into()
             } else {
                 "kvstore".into()
             }

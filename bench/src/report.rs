@@ -12,7 +12,7 @@ use crate::Args;
 pub struct Row {
     /// `--label`: the system measured.
     pub system: String,
-    /// `native` or `resp`.
+    /// `native`, `resp` or `grpc`.
     pub protocol: String,
     pub test: String,
     pub connections: usize,
@@ -37,7 +37,14 @@ impl Row {
         let seconds = outcome.elapsed.as_secs_f64();
         Row {
             system: args.label(),
-            protocol: if args.resp { "resp" } else { "native" }.into(),
+            protocol: if args.resp {
+                "resp"
+            } else if args.grpc {
+                "grpc"
+            } else {
+                "native"
+            }
+            .into(),
             test: outcome.test.name().into(),
             connections: args.connections,
             pipeline: args.pipeline,

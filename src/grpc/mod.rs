@@ -8,31 +8,41 @@
 //! gRPC clients ask for); each RPC becomes a native
 //! [`kvstore_client::Command`] run by `crate::cmd`, so a write through gRPC
 //! goes through the same group-commit log and is answered only once it is
-//! durable; the auth token is checked by [`auth`] before a request's body is
-//! read; shutdown stops accepting and lets running calls finish.
+//! durable; the auth token is checked by [`gate`] before a request's body is
+//! read, and the body is read whole (as far as it really arrives, within the
+//! limits) before tonic decodes it; shutdown stops accepting and lets
+//! running calls finish.
 //!
 //! The path of a request: [`Conn`] (a connection the accept loop handed
-//! over) → tonic (HTTP/2, message framing, the size limits) → [`auth`] →
-//! [`service`] (what each method does) → `crate::cmd` / the store.
+//! over) → tonic (HTTP/2) → [`gate`] (token, the whole request message) →
+//! tonic (decoding) → [`service`] (what each method does) → `crate::cmd` / the store.
 //! Besides `KeyValue` it serves the standard reflection service (v1 and
 //! v1alpha: `grpcurl list` needs no .proto file) and health checking
 //! (`grpc.health.v1.Health`), both without a token. `docs/grpc.md` is the
 //! user's description.
 
-pub mod auth;
+pub mod gate;
 pub mod service;
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use futures_util::StreamExt;
 
 use kvstore_proto::v1::key_value_server::KeyValueServer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::connection::Stream;
 use crate::db::Db;
@@ -44,18 +54,62 @@ use service::KeyValueService;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// A ping unanswered this long closes the connection.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Calls one connection may have open at once (HTTP/2 streams).
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// Connections accepted and handshaken but not yet taken by tonic.
+/// Calls one connection may have open at once (HTTP/2 streams): the value
+/// gRPC recommends; it bounds the requests one connection can make the
+/// server hold at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Connections accepted and handshaken but not yet taken by tonic: the
+/// accept loop waits when tonic falls this far behind.
 const QUEUE: usize = 64;
+/// The largest request health checking and reflection take: they are open
+/// to clients without the token, so they get no more than a native
+/// connection before it logs in.
+const OPEN_SERVICE_MAX_MESSAGE: usize = crate::auth::PRE_AUTH_MAX_FRAME;
+
+/// What the [`gate`] learns about a connection and the connection acts on:
+/// tonic hands it to each call in the request's extensions.
+#[derive(Default)]
+pub struct ConnState {
+    /// A call has passed the gate with the token: the login deadline is over.
+    admitted: AtomicBool,
+    /// Failed token attempts so far. Behind an async lock, so that one
+    /// connection's failures are answered one after another, each after a
+    /// longer pause, as on the native door.
+    failures: tokio::sync::Mutex<u32>,
+    /// Calls refused for carrying no token.
+    unauthenticated: AtomicU32,
+    /// The gate has decided the connection must close.
+    closing: AtomicBool,
+    /// The connection's reader, woken to notice `closing`.
+    reader: AtomicWaker,
+}
+
+impl ConnState {
+    /// Closes the connection: its next read fails and tonic drops it.
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+}
+
+/// A connection's addresses and shared state, as calls see it.
+#[derive(Clone)]
+pub struct ConnInfo {
+    /// For tonic's `remote_addr()` (logs).
+    pub tcp: TcpConnectInfo,
+    pub state: Arc<ConnState>,
+}
 
 /// A connection the accept loop has accepted (and, with TLS, handshaken),
 /// handed to tonic. It holds its place under the connection limit and in the
 /// connection count until tonic drops it.
 pub struct Conn {
     stream: Box<dyn Stream>,
-    /// For tonic's `remote_addr()` (logs).
-    info: TcpConnectInfo,
+    info: ConnInfo,
+    /// With a token configured: when the connection is closed unless a call
+    /// has passed the gate with it by then ([`crate::auth::LOGIN_TIMEOUT`]),
+    /// so connections that never log in cannot sit on connection slots.
+    login: Option<Pin<Box<Sleep>>>,
     /// The connection's slot under `--max-connections`.
     _permit: OwnedSemaphorePermit,
     /// Counts it in `connections` until it closes.
@@ -63,15 +117,21 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// `login`: whether the connection must log in (the server has a token).
     pub fn new(
         stream: Box<dyn Stream>,
-        info: TcpConnectInfo,
+        tcp: TcpConnectInfo,
+        login: bool,
         permit: OwnedSemaphorePermit,
         counted: stats::Connected,
     ) -> Conn {
         Conn {
             stream,
-            info,
+            info: ConnInfo {
+                tcp,
+                state: Arc::default(),
+            },
+            login: login.then(|| Box::pin(tokio::time::sleep(crate::auth::LOGIN_TIMEOUT))),
             _permit: permit,
             _counted: counted,
         }
@@ -79,9 +139,9 @@ impl Conn {
 }
 
 impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> ConnInfo {
         self.info.clone()
     }
 }
@@ -92,7 +152,26 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        let state = &this.info.state;
+        state.reader.register(cx.waker());
+        if state.closing.load(Ordering::Acquire) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed after too many calls without the right token",
+            )));
+        }
+        if let Some(login) = &mut this.login {
+            if state.admitted.load(Ordering::Acquire) {
+                this.login = None;
+            } else if login.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no call with the token within the login timeout",
+                )));
+            }
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -137,12 +216,19 @@ pub struct Door {
     routes: Routes,
     /// Says "serving" until shutdown starts.
     health: HealthReporter,
-    /// The auth token check in front of KeyValue.
-    auth: auth::AuthLayer,
+    /// The token check and request reading in front of KeyValue.
+    gate: gate::Gate,
 }
 
 impl Door {
-    pub fn new(db: &Db) -> Result<Door, Error> {
+    /// `read_timeout`: how long a request's message may take to arrive
+    /// (`--read-timeout-ms`); `shutdown` ends streaming calls at their next
+    /// message.
+    pub fn new(
+        db: &Db,
+        read_timeout: Option<Duration>,
+        shutdown: CancellationToken,
+    ) -> Result<Door, Error> {
         let (conns, incoming) = mpsc::channel(QUEUE);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -152,19 +238,34 @@ impl Door {
         let bad = |e| Error::Config(format!("the gRPC reflection service: {e}"));
         let (health, health_service) = tonic_health::server::health_reporter();
         let max_message = db.limits.max_frame;
-        let key_value = KeyValueServer::new(KeyValueService::new(db.clone()))
+        let key_value = KeyValueServer::new(KeyValueService::new(db.clone(), shutdown))
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(max_message);
         let routes = Routes::new(key_value)
-            .add_service(health_service)
-            .add_service(reflection().build_v1().map_err(bad)?)
-            .add_service(reflection().build_v1alpha().map_err(bad)?);
+            .add_service(health_service.max_decoding_message_size(OPEN_SERVICE_MAX_MESSAGE))
+            .add_service(
+                reflection()
+                    .build_v1()
+                    .map_err(bad)?
+                    .max_decoding_message_size(OPEN_SERVICE_MAX_MESSAGE),
+            )
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .map_err(bad)?
+                    .max_decoding_message_size(OPEN_SERVICE_MAX_MESSAGE),
+            );
         Ok(Door {
             conns,
             incoming,
             routes,
             health,
-            auth: auth::AuthLayer::new(db.auth.clone()),
+            gate: gate::Gate::new(
+                db.auth.clone(),
+                max_message,
+                db.limits.max_bulk_items,
+                read_timeout,
+            ),
         })
     }
 
@@ -172,12 +273,14 @@ impl Door {
     /// then lets the calls in progress finish (bounded by the server's
     /// shutdown grace, like the other doors).
     pub async fn serve(self, shutdown: CancellationToken) {
+        const KEY_VALUE: &str =
+            <KeyValueServer<KeyValueService> as tonic::server::NamedService>::NAME;
         let Door {
             conns,
             incoming,
             routes,
-            health,
-            auth,
+            mut health,
+            gate,
         } = self;
         // The accept loop holds its own sender; this one would keep the
         // stream of connections open after the loop has stopped.
@@ -185,22 +288,33 @@ impl Door {
         health
             .set_serving::<KeyValueServer<KeyValueService>>()
             .await;
+        // The connections, and then nothing: the stream must not end when
+        // the accept loop stops, or tonic would begin its graceful shutdown
+        // at once, without running `stopping` first.
         let incoming = futures_util::stream::unfold(incoming, |mut incoming| async move {
             let conn = incoming.recv().await?;
             Some((Ok::<_, std::io::Error>(conn), incoming))
-        });
+        })
+        .chain(futures_util::stream::pending());
         let stopping = async {
             shutdown.cancelled().await;
-            // Load balancers polling health stop sending new calls.
+            // Load balancers polling health stop sending new calls; then
+            // the statuses go, which ends the `Watch` streams, so that they
+            // do not hold the graceful shutdown up.
             health
                 .set_not_serving::<KeyValueServer<KeyValueService>>()
                 .await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            health.clear_service_status(KEY_VALUE).await;
+            health.clear_service_status("").await;
         };
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
             .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-            .layer(auth)
+            .layer(gate)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopping)
             .await;

@@ -13,6 +13,7 @@ use kvstore_client::{Command, ErrorCode, Reply};
 use kvstore_proto::v1::backup_response::Item;
 use kvstore_proto::v1::key_value_server::KeyValue;
 use kvstore_proto::v1::*;
+use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 
@@ -20,7 +21,23 @@ use crate::cmd::{self, backup, Started};
 use crate::db::Db;
 use crate::figures;
 
-/// The methods, in the order of their counters (`commands_total{door="grpc"}`).
+/// The methods, by their counters' slots.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Put,
+    Get,
+    Delete,
+    BulkPut,
+    Exists,
+    ListKeys,
+    Scan,
+    Range,
+    Stat,
+    Backup,
+}
+
+/// The methods' names, in the order of [`Method`] (the `command` label of
+/// `commands_total{door="grpc"}`).
 pub const METHODS: [&str; 10] = [
     "Put", "Get", "Delete", "BulkPut", "Exists", "ListKeys", "Scan", "Range", "Stat", "Backup",
 ];
@@ -60,26 +77,27 @@ fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("unexpected reply from the store: {reply:?}"))
 }
 
-/// The service: a handle on the database, cloned per call.
+/// The service, cloned per call.
 #[derive(Clone)]
 pub struct KeyValueService {
+    /// The store and log every door shares.
     db: Db,
+    /// Cancelled at shutdown: streaming calls end at their next message.
+    shutdown: CancellationToken,
 }
 
 impl KeyValueService {
-    pub fn new(db: Db) -> KeyValueService {
-        KeyValueService { db }
+    pub fn new(db: Db, shutdown: CancellationToken) -> KeyValueService {
+        KeyValueService { db, shutdown }
     }
 
-    /// Counts a call of method `name` (one of [`METHODS`]).
-    fn count(&self, name: &str) {
-        if let Some(slot) = METHODS.iter().position(|m| *m == name) {
-            self.db.stats.grpc_call(slot);
-        }
+    /// Counts a call of `method`.
+    fn count(&self, method: Method) {
+        self.db.stats.grpc_call(method as usize);
     }
 
     /// Runs a command to its reply: a write's once it is durable and applied.
-    async fn run(&self, method: &str, command: Command) -> Result<Reply, Status> {
+    async fn run(&self, method: Method, command: Command) -> Result<Reply, Status> {
         self.count(method);
         let reply = match cmd::start(command, &self.db).await {
             Started::Done(reply) => reply,
@@ -105,7 +123,7 @@ fn into_result(reply: Reply) -> Result<Reply, Status> {
 impl KeyValue for KeyValueService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, value } = request.into_inner();
-        match self.run("Put", Command::Set { key, value }).await? {
+        match self.run(Method::Put, Command::Set { key, value }).await? {
             Reply::Ok => Ok(Response::new(PutResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -113,7 +131,7 @@ impl KeyValue for KeyValueService {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let GetRequest { key } = request.into_inner();
-        match self.run("Get", Command::Get { key }).await? {
+        match self.run(Method::Get, Command::Get { key }).await? {
             Reply::Value(value) => Ok(Response::new(GetResponse {
                 found: value.is_some(),
                 value: value.unwrap_or_default(),
@@ -127,7 +145,7 @@ impl KeyValue for KeyValueService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let DeleteRequest { key } = request.into_inner();
-        match self.run("Delete", Command::Delete { key }).await? {
+        match self.run(Method::Delete, Command::Delete { key }).await? {
             Reply::Bool(deleted) => Ok(Response::new(DeleteResponse { deleted })),
             other => Err(unexpected(&other)),
         }
@@ -143,7 +161,10 @@ impl KeyValue for KeyValueService {
             .into_iter()
             .map(|p| (p.key, p.value))
             .collect();
-        match self.run("BulkPut", Command::BulkSet { items }).await? {
+        match self
+            .run(Method::BulkPut, Command::BulkSet { items })
+            .await?
+        {
             Reply::Ok => Ok(Response::new(BulkPutResponse {})),
             other => Err(unexpected(&other)),
         }
@@ -154,7 +175,7 @@ impl KeyValue for KeyValueService {
         request: Request<ExistsRequest>,
     ) -> Result<Response<ExistsResponse>, Status> {
         let ExistsRequest { key } = request.into_inner();
-        match self.run("Exists", Command::Exists { key }).await? {
+        match self.run(Method::Exists, Command::Exists { key }).await? {
             Reply::Bool(exists) => Ok(Response::new(ExistsResponse { exists })),
             other => Err(unexpected(&other)),
         }
@@ -174,7 +195,7 @@ impl KeyValue for KeyValueService {
             start_after,
             limit,
         };
-        match self.run("ListKeys", command).await? {
+        match self.run(Method::ListKeys, command).await? {
             Reply::Keys { keys, more } => Ok(Response::new(ListKeysResponse { keys, more })),
             other => Err(unexpected(&other)),
         }
@@ -192,13 +213,13 @@ impl KeyValue for KeyValueService {
             limit,
             reverse,
         } = request.into_inner();
-        self.count("Scan");
+        self.count(Method::Scan);
         let walk = Walk::Prefix {
             prefix,
             start_after,
             reverse,
         };
-        Ok(Response::new(pages(self.db.clone(), walk, limit)))
+        Ok(Response::new(self.pages(walk, limit)))
     }
 
     type RangeStream = BoxStream<'static, Result<ScanResponse, Status>>;
@@ -213,17 +234,17 @@ impl KeyValue for KeyValueService {
             limit,
             reverse,
         } = request.into_inner();
-        self.count("Range");
+        self.count(Method::Range);
         let walk = Walk::Range {
             start,
             end,
             reverse,
         };
-        Ok(Response::new(pages(self.db.clone(), walk, limit)))
+        Ok(Response::new(self.pages(walk, limit)))
     }
 
     async fn stat(&self, _request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
-        self.count("Stat");
+        self.count(Method::Stat);
         let figures = figures::collect(&self.db)
             .into_iter()
             .map(|f| Figure {
@@ -246,17 +267,24 @@ impl KeyValue for KeyValueService {
         request: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
         let BackupRequest { name } = request.into_inner();
-        self.count("Backup");
-        let db = self.db.clone();
+        self.count(Method::Backup);
+        let (db, shutdown) = (self.db.clone(), self.shutdown.clone());
         let mut session: backup::Session = None;
         // Starts the copy (its point in time) now; with a name, writes the
         // whole file before answering.
         let first = backup::start(name, &db, &mut session).await;
         db.stats.reply(&first);
         let first = into_result(first)?;
-        let chunks = stream::unfold(Some((Some(first), session, db)), |state| async move {
-            let (first, mut session, db) = state?;
+        let state = Some((Some(first), session, db, shutdown));
+        let chunks = stream::unfold(state, |state| async move {
+            let (first, mut session, db, shutdown) = state?;
             let reply = first.unwrap_or_else(|| {
+                if shutdown.is_cancelled() {
+                    // Dropping the session ends the backup (counted as
+                    // failed).
+                    session = None;
+                    return Reply::error(ErrorCode::ShuttingDown, "the server is shutting down");
+                }
                 let reply = backup::next(&mut session, &db);
                 db.stats.reply(&reply);
                 reply
@@ -270,21 +298,26 @@ impl KeyValue for KeyValueService {
                 Err(status) => (Err(status), false),
             };
             let item = item.map(|item| BackupResponse { item: Some(item) });
-            Some((item, more.then_some((None, session, db))))
+            Some((item, more.then_some((None, session, db, shutdown))))
         });
         Ok(Response::new(chunks.boxed()))
     }
 }
 
-/// Which pairs a streaming scan walks, and where its next page starts.
+/// Which pairs a streaming scan walks, and where its next page starts: the
+/// fields of the native `Scan` and `Range` commands, moved past each page.
+#[derive(Debug, Clone, PartialEq)]
 enum Walk {
     Prefix {
         prefix: Bytes,
+        /// The last key sent (or the caller's `start_after`).
         start_after: Option<Bytes>,
         reverse: bool,
     },
     Range {
+        /// Ascending: the least key not yet sent.
         start: Bytes,
+        /// Descending: the last key sent (exclusive), or the caller's end.
         end: Option<Bytes>,
         reverse: bool,
     },
@@ -339,45 +372,109 @@ impl Walk {
     }
 }
 
-/// The pages of a walk as a stream, each read when the previous one has
-/// been taken; `limit` pairs in all (0: no limit).
-fn pages(db: Db, walk: Walk, limit: u64) -> BoxStream<'static, Result<ScanResponse, Status>> {
-    let remaining = (limit > 0).then_some(limit);
-    stream::unfold(Some((walk, remaining)), move |state| {
-        let db = db.clone();
-        async move {
-            let (mut walk, remaining) = state?;
-            let page = remaining.map_or(DEFAULT_KEYS_PAGE as u64, |r| {
-                r.min(DEFAULT_KEYS_PAGE as u64)
-            });
-            if page == 0 {
+impl KeyValueService {
+    /// The pages of a walk as a stream, each read when the previous one has
+    /// been taken; `limit` pairs in all (0: no limit).
+    fn pages(&self, walk: Walk, limit: u64) -> BoxStream<'static, Result<ScanResponse, Status>> {
+        let (db, shutdown) = (self.db.clone(), self.shutdown.clone());
+        let remaining = (limit > 0).then_some(limit);
+        stream::unfold(Some((walk, remaining)), move |state| {
+            let (db, shutdown) = (db.clone(), shutdown.clone());
+            async move {
+                let (walk, remaining) = state?;
+                if shutdown.is_cancelled() {
+                    let status = status(ErrorCode::ShuttingDown, "the server is shutting down");
+                    return Some((Err(status), None));
+                }
+                next_page(&db, walk, remaining)
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A page of a walk, and the walk past it if more may follow.
+type Page = (Result<ScanResponse, Status>, Option<(Walk, Option<u64>)>);
+
+/// The next page of `walk` (at most `remaining` pairs), as the stream's
+/// next item; `None` when the walk is over.
+fn next_page(db: &Db, mut walk: Walk, remaining: Option<u64>) -> Option<Page> {
+    let page = remaining.map_or(DEFAULT_KEYS_PAGE as u64, |r| {
+        r.min(DEFAULT_KEYS_PAGE as u64)
+    });
+    if page == 0 {
+        return None;
+    }
+    let reply = cmd::read(walk.command(page as u32), db);
+    db.stats.reply(&reply);
+    match into_result(reply) {
+        Ok(Reply::Pairs { pairs, more }) => {
+            let remaining = remaining.map(|r| r - pairs.len() as u64);
+            let next = match pairs.last() {
+                Some((last, _)) if more => {
+                    walk.past(last);
+                    Some((walk, remaining))
+                }
+                _ => None,
+            };
+            if pairs.is_empty() {
                 return None;
             }
-            let reply = cmd::read(walk.command(page as u32), &db);
-            db.stats.reply(&reply);
-            match into_result(reply) {
-                Ok(Reply::Pairs { pairs, more }) => {
-                    let remaining = remaining.map(|r| r - pairs.len() as u64);
-                    let next = match pairs.last() {
-                        Some((last, _)) if more => {
-                            walk.past(last);
-                            Some((walk, remaining))
-                        }
-                        _ => None,
-                    };
-                    if pairs.is_empty() {
-                        return None;
-                    }
-                    let pairs = pairs
-                        .into_iter()
-                        .map(|(key, value)| KeyValuePair { key, value })
-                        .collect();
-                    Some((Ok(ScanResponse { pairs }), next))
-                }
-                Ok(other) => Some((Err(unexpected(&other)), None)),
-                Err(status) => Some((Err(status), None)),
-            }
+            let pairs = pairs
+                .into_iter()
+                .map(|(key, value)| KeyValuePair { key, value })
+                .collect();
+            Some((Ok(ScanResponse { pairs }), next))
         }
-    })
-    .boxed()
+        Ok(other) => Some((Err(unexpected(&other)), None)),
+        Err(status) => Some((Err(status), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_moves_past_the_last_key_in_its_direction() {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let mut prefix = Walk::Prefix {
+            prefix: b("u"),
+            start_after: None,
+            reverse: true,
+        };
+        prefix.past(&b("u5"));
+        assert!(matches!(prefix, Walk::Prefix { start_after: Some(ref a), .. } if a == "u5"));
+
+        let mut up = Walk::Range {
+            start: b("a"),
+            end: Some(b("m")),
+            reverse: false,
+        };
+        up.past(&b("c"));
+        // The least key above "c" is "c\0": nothing between is skipped.
+        assert_eq!(
+            up,
+            Walk::Range {
+                start: Bytes::from_static(b"c\0"),
+                end: Some(b("m")),
+                reverse: false
+            }
+        );
+
+        let mut down = Walk::Range {
+            start: b("a"),
+            end: Some(b("m")),
+            reverse: true,
+        };
+        down.past(&b("k"));
+        assert_eq!(
+            down,
+            Walk::Range {
+                start: b("a"),
+                end: Some(b("k")),
+                reverse: true
+            }
+        );
+    }
 }

@@ -1,0 +1,91 @@
+//! The gRPC load: each connection is a tonic channel to the server's
+//! `--grpc-listen` port, and each batch is `-P` concurrent calls on it, so
+//! `-c 50` is 50 clients with one call in flight each, as for the other
+//! protocols. Requests are the native ones ([`Requests::command`]) made as
+//! the `kvstore.v1.KeyValue` method of the same meaning; a call's latency
+//! runs from the start of its batch to its answer.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use futures_util::future::join_all;
+use kvstore_client::Command;
+use kvstore_proto::v1::{
+    BulkPutRequest, DeleteRequest, ExistsRequest, GetRequest, KeyValuePair, PutRequest,
+};
+use tonic::transport::Channel;
+
+use crate::load::{Requests, Shared, Tally};
+use crate::{Args, Test};
+
+pub type KeyValueClient = kvstore_proto::v1::key_value_client::KeyValueClient<Channel>;
+
+/// One HTTP/2 connection to `addr` (HOST:PORT).
+pub async fn connect(addr: &str) -> anyhow::Result<KeyValueClient> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connect to the gRPC door at {addr}"))?;
+    Ok(KeyValueClient::new(channel).max_decoding_message_size(usize::MAX))
+}
+
+/// One connection's loop.
+pub(crate) async fn connection(
+    client: KeyValueClient,
+    seed: u64,
+    args: &Args,
+    test: Test,
+    shared: &Shared,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::new()?;
+    let mut requests = Requests::new(seed, args);
+    loop {
+        let Some((first, batch)) = shared.claim(args.pipeline as u64) else {
+            return Ok(tally);
+        };
+        requests.start_batch(first, test);
+        let commands: Vec<Command> = (0..batch).map(|_| requests.command(test)).collect();
+        let sent = Instant::now();
+        let answers = join_all(commands.into_iter().map(|command| {
+            // A clone of a tonic client shares its connection.
+            let client = client.clone();
+            async move {
+                let answer = call(client, command).await;
+                (answer, sent.elapsed())
+            }
+        }))
+        .await;
+        for (answer, took) in answers {
+            if let Err(status) = answer {
+                tally.errors += 1;
+                tally
+                    .first_error
+                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
+            }
+            tally
+                .latency
+                .saturating_record(took.as_micros().max(1) as u64);
+        }
+        shared.answered.fetch_add(batch, Ordering::Relaxed);
+    }
+}
+
+/// Makes `command` as the gRPC method of the same meaning.
+async fn call(mut client: KeyValueClient, command: Command) -> Result<(), tonic::Status> {
+    match command {
+        Command::Set { key, value } => client.put(PutRequest { key, value }).await.map(drop),
+        Command::Get { key } => client.get(GetRequest { key }).await.map(drop),
+        Command::Delete { key } => client.delete(DeleteRequest { key }).await.map(drop),
+        Command::Exists { key } => client.exists(ExistsRequest { key }).await.map(drop),
+        Command::BulkSet { items } => {
+            let pairs = items
+                .into_iter()
+                .map(|(key, value)| KeyValuePair { key, value })
+                .collect();
+            client.bulk_put(BulkPutRequest { pairs }).await.map(drop)
+        }
+        other => unreachable!("the bench sends no {other:?}"),
+    }
+}
