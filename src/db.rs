@@ -1,6 +1,6 @@
 //! The database handle a connection works with: the store for reads, the
 //! committer for writes, the limits every command checks, and the counters
-//! both doors share.
+//! all doors share.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub struct Db {
     pub limits: Limits,
     /// The token check, shared by all connections.
     pub auth: Arc<Auth>,
-    /// Connections and commands, counted by both doors.
+    /// Connections and commands, counted by all doors.
     pub stats: Arc<Stats>,
     /// Where `Backup { name }` writes (`--backup-dir`); `None`: only
     /// streamed backups.

@@ -185,7 +185,7 @@ pub async fn run(
             }
         });
     }
-    // One connection limit across both doors.
+    // One connection limit across all doors.
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let native = accept_loop(
         &listener,

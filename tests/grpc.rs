@@ -923,3 +923,50 @@ fn a_length_prefix_is_not_taken_at_its_word() {
         .unwrap();
     });
 }
+
+#[test]
+fn every_put_answered_through_grpc_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    let data = server.data.clone();
+    let acknowledged = runtime().block_on(async {
+        let kv = client(&server).await;
+        // 16 concurrent writers on one channel, 200 Puts each: they share
+        // group commits.
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let mut kv = kv.clone();
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    for i in 0..200 {
+                        let key = format!("w{w}:{i}");
+                        kv.put(PutRequest {
+                            key: key.clone().into_bytes().into(),
+                            value: "durable".into(),
+                        })
+                        .await
+                        .unwrap();
+                        done.push(key);
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for writer in writers {
+            all.extend(writer.await.unwrap());
+        }
+        all
+    });
+    server.kill9();
+    let restarted = Server::start(&data, &[]);
+    let mut native = restarted.client();
+    for key in &acknowledged {
+        assert_eq!(
+            native.call(cmd::get(key)),
+            Reply::Value(Some("durable".into())),
+            "{key} was acknowledged and lost"
+        );
+    }
+    assert_eq!(acknowledged.len(), 3_200);
+}
