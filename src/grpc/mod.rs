@@ -97,6 +97,7 @@ impl ConnState {
 pub struct ConnInfo {
     /// For tonic's `remote_addr()` (logs).
     pub tcp: TcpConnectInfo,
+    /// Shared by the connection and the gate's view of each of its calls.
     pub state: Arc<ConnState>,
 }
 
