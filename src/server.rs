@@ -99,14 +99,10 @@ pub async fn run(
     let token = config.auth_token()?;
     config.check_protected_mode(token.is_some())?;
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, &[])?),
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
         _ => None,
     };
-    // gRPC clients ask for HTTP/2 by ALPN and give up without it.
-    let grpc_tls = match (&config.tls_cert, &config.tls_key, config.grpc_listen) {
-        (Some(cert), Some(key), Some(_)) => Some(crate::tls::acceptor(cert, key, &[b"h2"])?),
-        _ => None,
-    };
+    let grpc_tls = tls.as_ref().map(|tls| crate::tls::with_alpn(tls, &[b"h2"]));
     // Bind first: a busy port fails the start before recovery does any work,
     // and no error path remains between starting the commit thread and
     // closing it.
@@ -152,10 +148,14 @@ pub async fn run(
         Arc::new(Auth::new(token)),
     );
     db.backup_dir = config.backup_dir.clone();
-    let grpc_door = grpc_listener
-        .is_some()
-        .then(|| grpc::Door::new(&db, config.timeouts().read, shutdown.clone()))
-        .transpose()?;
+    let grpc_door = match grpc_listener {
+        Some(_) => Some(grpc::Door::new(
+            &db,
+            config.timeouts().read,
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
     tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
         native: addr,
@@ -198,10 +198,9 @@ pub async fn run(
         &tracker,
     );
     let grpc = async {
-        let (Some(listener), Some(door)) = (&grpc_listener, grpc_door) else {
+        let (Some(listener), Some((door, conns))) = (&grpc_listener, grpc_door) else {
             return;
         };
-        let conns = door.conns.clone();
         tracker.spawn(door.serve(shutdown.clone()));
         accept_loop(
             listener,
@@ -295,7 +294,10 @@ async fn accept_loop(
         };
         configure(&stream);
         let permit = permits.clone().try_acquire_owned();
-        let local = stream.local_addr().ok();
+        // Only tonic asks for the local address (its connect info).
+        let local = matches!(door, Door::Grpc(_))
+            .then(|| stream.local_addr().ok())
+            .flatten();
         let (db, token, timeouts, tls, max_frame, door) = (
             db.clone(),
             shutdown.clone(),

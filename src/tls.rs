@@ -13,10 +13,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::Error;
 
-/// Builds the acceptor from a certificate chain and a private key in PEM,
-/// offering the application protocols `alpn` (gRPC's `h2`; none for the
-/// native and RESP doors, whose clients ask for none).
-pub fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, Error> {
+/// Builds the acceptor from a certificate chain and a private key in PEM.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
@@ -37,13 +35,21 @@ pub fn acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, 
             key.display()
         ))
     })?;
-    let mut config =
+    let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .map_err(|e| Error::Config(format!("TLS certificate and key do not fit: {e}")))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The same certificate and settings, offering the application protocols
+/// `alpn` (gRPC clients ask for `h2` and give up without it; the native and
+/// RESP clients ask for none).
+pub fn with_alpn(acceptor: &TlsAcceptor, alpn: &[&[u8]]) -> TlsAcceptor {
+    let mut config = ServerConfig::clone(acceptor.config());
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
 }

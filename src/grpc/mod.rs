@@ -209,9 +209,7 @@ impl AsyncWrite for Conn {
 /// The gRPC door, built before the server listens (so a bad descriptor set
 /// fails the start), served by [`Door::serve`].
 pub struct Door {
-    /// Where the accept loop hands connections over.
-    pub conns: mpsc::Sender<Conn>,
-    /// What tonic takes them from.
+    /// What tonic takes connections from.
     incoming: mpsc::Receiver<Conn>,
     /// KeyValue, health and reflection.
     routes: Routes,
@@ -224,12 +222,13 @@ pub struct Door {
 impl Door {
     /// `read_timeout`: how long a request's message may take to arrive
     /// (`--read-timeout-ms`); `shutdown` ends streaming calls at their next
-    /// message.
+    /// message. Returns the door and where the accept loop hands it
+    /// connections.
     pub fn new(
         db: &Db,
         read_timeout: Option<Duration>,
         shutdown: CancellationToken,
-    ) -> Result<Door, Error> {
+    ) -> Result<(Door, mpsc::Sender<Conn>), Error> {
         let (conns, incoming) = mpsc::channel(QUEUE);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -256,8 +255,7 @@ impl Door {
                     .map_err(bad)?
                     .max_decoding_message_size(OPEN_SERVICE_MAX_MESSAGE),
             );
-        Ok(Door {
-            conns,
+        let door = Door {
             incoming,
             routes,
             health,
@@ -267,7 +265,8 @@ impl Door {
                 db.limits.max_bulk_items,
                 read_timeout,
             ),
-        })
+        };
+        Ok((door, conns))
     }
 
     /// Serves the connections the accept loop hands over until `shutdown`,
@@ -277,15 +276,11 @@ impl Door {
         const KEY_VALUE: &str =
             <KeyValueServer<KeyValueService> as tonic::server::NamedService>::NAME;
         let Door {
-            conns,
             incoming,
             routes,
             mut health,
             gate,
         } = self;
-        // The accept loop holds its own sender; this one would keep the
-        // stream of connections open after the loop has stopped.
-        drop(conns);
         health
             .set_serving::<KeyValueServer<KeyValueService>>()
             .await;
