@@ -195,6 +195,11 @@ pub struct Committer {
 pub struct PendingWrite(oneshot::Receiver<Result<Applied, Error>>);
 
 impl PendingWrite {
+    /// A write whose outcome another writer (cluster mode's batcher) sends.
+    pub(crate) fn from_receiver(rx: oneshot::Receiver<Result<Applied, Error>>) -> PendingWrite {
+        PendingWrite(rx)
+    }
+
     /// Waits for the outcome.
     pub async fn wait(&mut self) -> Result<Applied, Error> {
         (&mut self.0).await.unwrap_or(Err(Error::ShuttingDown))

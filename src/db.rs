@@ -10,17 +10,29 @@ use crate::backup::Tees;
 use crate::commit::{Committer, LogFigures, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
+use crate::raft::node::Cluster;
 use crate::stats::Stats;
 use crate::storage::change::Change;
 use crate::storage::store::Store;
 
+/// Where writes go.
+#[derive(Clone)]
+enum Writer {
+    /// Single-node mode: the group-commit thread.
+    Local(Committer),
+    /// Cluster mode (`--node-id`): proposed through Raft.
+    Cluster(Arc<Cluster>),
+}
+
 /// Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Db {
-    /// Read directly: every value in it is already durable.
+    /// Read directly: every value in it is already durable (in cluster
+    /// mode: committed by a majority).
     store: Arc<Store>,
-    /// Writes go through the group-commit thread, never straight to the store.
-    committer: Committer,
+    /// Writes go through the group-commit thread or the cluster, never
+    /// straight to the store.
+    writer: Writer,
     pub limits: Limits,
     /// The token check, shared by all connections.
     pub auth: Arc<Auth>,
@@ -35,7 +47,7 @@ impl Db {
     pub fn new(store: Arc<Store>, committer: Committer, limits: Limits, auth: Arc<Auth>) -> Db {
         Db {
             store,
-            committer,
+            writer: Writer::Local(committer),
             limits,
             auth,
             stats: Arc::new(Stats::default()),
@@ -43,14 +55,47 @@ impl Db {
         }
     }
 
-    /// What the log has done since start.
+    /// A database whose writes go through the cluster `cluster` (whose
+    /// state machine applies them to `store`).
+    pub fn clustered(
+        store: Arc<Store>,
+        cluster: Arc<Cluster>,
+        limits: Limits,
+        auth: Arc<Auth>,
+    ) -> Db {
+        Db {
+            store,
+            writer: Writer::Cluster(cluster),
+            limits,
+            auth,
+            stats: Arc::new(Stats::default()),
+            backup_dir: None,
+        }
+    }
+
+    /// The cluster this node belongs to, in cluster mode.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.writer {
+            Writer::Local(_) => None,
+            Writer::Cluster(cluster) => Some(cluster),
+        }
+    }
+
+    /// What the log has done since start (single-node mode; zeros in
+    /// cluster mode).
     pub fn log(&self) -> &LogFigures {
-        self.committer.figures()
+        match &self.writer {
+            Writer::Local(committer) => committer.figures(),
+            Writer::Cluster(cluster) => cluster.figures(),
+        }
     }
 
     /// Whether the log has failed (writes are refused until a restart).
     pub fn log_failed(&self) -> bool {
-        self.committer.is_poisoned()
+        match &self.writer {
+            Writer::Local(committer) => committer.is_poisoned(),
+            Writer::Cluster(_) => false,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -64,17 +109,29 @@ impl Db {
 
     /// The tees running backups see applied writes through.
     pub fn tees(&self) -> &Arc<Tees> {
-        self.committer.tees()
+        match &self.writer {
+            Writer::Local(committer) => committer.tees(),
+            Writer::Cluster(cluster) => cluster.tees(),
+        }
     }
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once
     /// it is durable and visible.
     pub async fn write(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
-        self.committer.submit(change).await
+        match &self.writer {
+            Writer::Local(committer) => committer.submit(change).await,
+            Writer::Cluster(cluster) => {
+                let mut pending = cluster.proposer().submit_all(vec![change.into()]).await?;
+                pending.pop().ok_or(Error::ShuttingDown)
+            }
+        }
     }
 
     /// Queues several writes as one message, so they land in one log batch.
     pub async fn write_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
-        self.committer.submit_all(changes).await
+        match &self.writer {
+            Writer::Local(committer) => committer.submit_all(changes).await,
+            Writer::Cluster(cluster) => cluster.proposer().submit_all(changes).await,
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod figures;
 pub mod grpc;
 pub mod handler;
 pub mod metrics;
+pub mod raft;
 pub mod resp;
 pub mod server;
 pub mod stats;

@@ -40,5 +40,8 @@ pub use backup::{BackupStream, BackupSummary};
 pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder};
 pub use error::Error;
-pub use protocol::{Command, Condition, ErrorCode, Reply, Request, Response};
+pub use protocol::{
+    ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, Reply, Request,
+    Response,
+};
 pub use scan::ScanQuery;

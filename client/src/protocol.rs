@@ -223,10 +223,84 @@ pub enum Command {
     /// or `BackupDone` once all of it has been sent. `BackupFailed` if no
     /// backup is streaming here. Not idempotent (each call moves on).
     BackupNext,
+    /// Tag 18. Cluster administration (servers started with `--node-id`;
+    /// others answer `ClusterFailed`). Reply: `Cluster`, this node's view.
+    Cluster(ClusterRequest),
+}
+
+/// What [`Command::Cluster`] asks (docs/replication.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterRequest {
+    /// Tag 0. Bootstraps a new cluster whose voters are this node and its
+    /// `--peers`. Only once per cluster; on any one node.
+    Init,
+    /// Tag 1. This node's view of the cluster; changes nothing.
+    Status,
+    /// Tag 2. Adds a node that receives the log without voting (on the
+    /// leader), and waits until it has caught up.
+    AddLearner {
+        /// The new node's `--node-id`.
+        id: u64,
+        /// Its native address, for clients.
+        #[serde(deserialize_with = "wire_bytes::string")]
+        addr: String,
+        /// Its raft address, for the other nodes.
+        #[serde(deserialize_with = "wire_bytes::string")]
+        raft_addr: String,
+    },
+    /// Tag 3. Makes a learner a voter (joint consensus; on the leader).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Tag 4. Removes a voter or learner from the cluster (on the leader).
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
+}
+
+/// One node's view of the cluster ([`Reply::Cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The answering node.
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    #[serde(deserialize_with = "wire_bytes::string")]
+    pub role: String,
+    /// The Raft term this node is in.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// The last index in this node's log (`None`: empty).
+    pub last_log_index: Option<u64>,
+    /// The last index applied to this node's store.
+    pub applied_index: Option<u64>,
+    /// The server's process id.
+    pub pid: u32,
+    /// The members, by id, as this node's latest membership has them.
+    pub members: Vec<ClusterMember>,
+}
+
+/// A member of the cluster in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Its `--node-id`.
+    pub id: u64,
+    /// Native address.
+    #[serde(deserialize_with = "wire_bytes::string")]
+    pub addr: String,
+    /// Raft address.
+    #[serde(deserialize_with = "wire_bytes::string")]
+    pub raft_addr: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// On the leader: the last index known replicated to it.
+    pub matched_index: Option<u64>,
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 18] = [
+pub const COMMAND_NAMES: [&str; 19] = [
     "Set",
     "Get",
     "Delete",
@@ -245,6 +319,7 @@ pub const COMMAND_NAMES: [&str; 18] = [
     "Stats",
     "Backup",
     "BackupNext",
+    "Cluster",
 ];
 
 impl Command {
@@ -269,6 +344,7 @@ impl Command {
             Command::Stats => 15,
             Command::Backup { .. } => 16,
             Command::BackupNext => 17,
+            Command::Cluster(_) => 18,
         }
     }
 
@@ -288,6 +364,7 @@ impl Command {
                 | Command::Append { .. }
                 | Command::Backup { .. }
                 | Command::BackupNext
+                | Command::Cluster(_)
         )
     }
 }
@@ -361,6 +438,8 @@ pub enum Reply {
         /// The file's size.
         bytes: u64,
     },
+    /// Tag 10. A node's view of the cluster (Cluster).
+    Cluster(ClusterStatus),
 }
 
 impl Reply {
@@ -410,6 +489,16 @@ pub enum ErrorCode {
     /// than the server keeps for one, no backup streaming on the connection,
     /// or an I/O error in the backup directory. The message says which.
     BackupFailed = 13,
+    /// Cluster mode: this node is not the leader, so it cannot take the
+    /// write (or serve a linearizable read). Nothing was done. The message
+    /// is `not the leader; leader at HOST:PORT` when the node knows the
+    /// leader (its native address), else `not the leader; no leader known
+    /// yet`. Send the request to the leader.
+    NotLeader = 14,
+    /// A cluster command could not be carried out (the server is not in
+    /// cluster mode, the cluster is already initialized, a membership change
+    /// was refused); the message says why.
+    ClusterFailed = 15,
 }
 
 impl ErrorCode {
@@ -430,6 +519,8 @@ impl ErrorCode {
             NotAnInteger,
             Overflow,
             BackupFailed,
+            NotLeader,
+            ClusterFailed,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -442,7 +533,7 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown
+            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown | ErrorCode::NotLeader
         )
     }
 }
@@ -498,6 +589,7 @@ mod tests {
             Command::Stats,
             Command::Backup { name: None },
             Command::BackupNext,
+            Command::Cluster(ClusterRequest::Status),
         ]
     }
 

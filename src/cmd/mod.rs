@@ -14,6 +14,7 @@ mod append;
 mod auth;
 pub mod backup;
 mod bulk_set;
+mod cluster;
 mod delete;
 mod delete_many;
 mod exists;
@@ -63,7 +64,8 @@ pub fn is_write(command: &Command) -> bool {
         | Command::Stats
         | Command::Backup { .. }
         | Command::BackupNext
-        | Command::Auth { .. } => false,
+        | Command::Auth { .. }
+        | Command::Cluster(_) => false,
     }
 }
 
@@ -95,11 +97,28 @@ pub fn size(command: &Command) -> usize {
         } => prefix.len() + start_after.as_ref().map_or(0, |a| a.len()),
         Command::Range { start, end, .. } => start.len() + end.as_ref().map_or(0, |e| e.len()),
         Command::Auth { token } => token.len(),
+        Command::Cluster(_) => 64,
     }
 }
 
 /// Starts any command: a read is answered, a write is queued.
+///
+/// In cluster mode a read of data first waits for [`Cluster::read_barrier`]
+/// (this node is the leader and has applied everything committed), so it is
+/// linearizable; a node that is not the leader answers `NotLeader`.
+///
+/// [`Cluster::read_barrier`]: crate::raft::node::Cluster::read_barrier
 pub async fn start(command: Command, db: &Db) -> Started {
+    if let Command::Cluster(request) = command {
+        return Started::Done(cluster::apply(request, db).await);
+    }
+    if let Some(cluster) = db.cluster() {
+        if reads_data(&command) {
+            if let Err(e) = cluster.read_barrier().await {
+                return Started::Done(error_reply(&e));
+            }
+        }
+    }
     match prepare(command, db) {
         Ok(change) => match db.write(change).await {
             Ok(pending) => Started::Pending(pending),
@@ -107,6 +126,19 @@ pub async fn start(command: Command, db: &Db) -> Started {
         },
         Err(reply) => Started::Done(reply),
     }
+}
+
+/// Whether the command reads keys or values (and so, in cluster mode, waits
+/// for the read barrier).
+fn reads_data(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Get { .. }
+            | Command::Exists { .. }
+            | Command::Keys { .. }
+            | Command::Scan { .. }
+            | Command::Range { .. }
+    )
 }
 
 /// Starts several commands, in order, with their writes handed to the log in
@@ -191,6 +223,10 @@ pub fn read(command: Command, db: &Db) -> Reply {
         Command::Backup { .. } | Command::BackupNext => Err(Reply::error(
             ErrorCode::BackupFailed,
             "Backup is served only on a native connection",
+        )),
+        Command::Cluster(_) => Err(Reply::error(
+            ErrorCode::ClusterFailed,
+            "Cluster is served only as a command of its own",
         )),
         Command::Stats => Ok(Reply::Stats(crate::figures::named(
             &crate::figures::collect(db),

@@ -16,13 +16,16 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use kvstore_client::{Condition, ErrorCode};
+use serde::{Deserialize, Serialize};
 
 use super::op::WriteOp;
 use super::store::{Applied, Store};
 use crate::error::Error;
 
-/// A write as a connection submits it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A write as a connection submits it. In cluster mode it is also what a
+/// Raft log entry holds (`crate::raft::Batch`), resolved when the entry is
+/// applied, so variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Written as it is; its outcome comes from applying it.
     Write(WriteOp),

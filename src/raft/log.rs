@@ -1,0 +1,490 @@
+//! The Raft log of one node: openraft's `RaftLogStorage` on a file of
+//! checksummed records (`storage::record`), with the single-node log's fsync
+//! rule: an append is reported done only after `fdatasync` covered it, and an
+//! `fdatasync` error is fatal (reported to openraft, which stops the node;
+//! never retried).
+//!
+//! ```text
+//! <raft dir>/raft.log: record{ bincode(Record) } ...
+//! ```
+//!
+//! Every change to the log is one appended record: an entry, a vote, a
+//! truncation (`[index, ∞)` removed, after a conflict with the leader) or a
+//! purge (`(-∞, log_id]` removed, after a snapshot). Opening the file
+//! replays them in order. A torn last record (a crash in the middle of a
+//! write) is cut off: it was never reported durable. A bad record followed by
+//! good ones is damage, and the node refuses to start.
+//!
+//! The entries not yet purged are also kept in memory, for the replication
+//! tasks that read them (at most a few thousand: openraft snapshots every
+//! `snapshot_every` entries and purges all but `keep_after_snapshot`).
+//! When the dead records (purged entries, replaced votes, truncated entries)
+//! outnumber the live ones, a purge rewrites the file with only the live ones:
+//! temp file, fsync, rename, fsync of the directory.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::TypeConfig;
+use crate::error::Error;
+use crate::storage::fs::{FileHandle, Fs};
+use crate::storage::{record, sync_dir};
+
+/// The log file's name in the raft directory.
+const FILE: &str = "raft.log";
+
+/// Rewrite the file when this many dead records have gathered (and they
+/// outnumber the live ones).
+const REWRITE_AFTER_DEAD: usize = 4096;
+
+/// Bytes of entries one read of the replication stream returns at most, so
+/// an AppendEntries message stays far below the raft port's frame limit.
+pub const MAX_READ_BYTES: usize = 32 << 20;
+
+/// One record of the log file. The variant's position is its tag: variants
+/// are only ever appended.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Entry(Entry<TypeConfig>),
+    Vote(Vote<u64>),
+    /// Entries from this index on are removed.
+    Truncate(u64),
+    /// Entries up to and including this log id are removed.
+    Purge(LogId<u64>),
+}
+
+/// What the log holds, shared between the writer and the readers.
+#[derive(Debug, Default)]
+struct Entries {
+    /// The live entries by index, with their encoded size.
+    by_index: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    /// The last removed entry (a snapshot covers it and everything before).
+    last_purged: Option<LogId<u64>>,
+}
+
+/// The log: openraft's writer handle. All writes go through `&mut self`, so
+/// they are serialized, as openraft requires.
+pub struct LogStore {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    /// Open for appending; `None` after a failed write or sync: the log is
+    /// failed and refuses everything until the process restarts.
+    /// (In a mutex only so that the store is `Sync`; `&mut self` already
+    /// serializes writes.)
+    file: Mutex<Option<Box<dyn FileHandle>>>,
+    /// Shared with [`LogReader`]s.
+    entries: Arc<RwLock<Entries>>,
+    vote: Option<Vote<u64>>,
+    /// Records in the file that no longer matter, for the rewrite decision.
+    dead: usize,
+}
+
+/// A reader of the live entries, for openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    entries: Arc<RwLock<Entries>>,
+}
+
+fn io_error(e: Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, replaying its records.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> Result<LogStore, Error> {
+        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(FILE);
+        let data = match fs.read(&path) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let mut entries = Entries::default();
+        let mut vote = None;
+        let mut dead = 0;
+        let mut offset = 0;
+        while offset < data.len() {
+            let body = match record::read(&data, offset) {
+                record::Read::Valid { body, next } => {
+                    offset = next;
+                    body
+                }
+                record::Read::Incomplete => break,
+                record::Read::Mismatch => {
+                    if Self::valid_record_after(&data, offset) {
+                        return Err(Error::corrupt(&path, offset as u64, "bad checksum"));
+                    }
+                    break;
+                }
+            };
+            let record: Record = kvstore_client::codec::decode(body)
+                .map_err(|e| Error::corrupt(&path, offset as u64, e.to_string()))?;
+            dead += entries.replay(record, body.len(), &mut vote);
+        }
+        if offset < data.len() {
+            tracing::warn!(
+                path = %path.display(),
+                offset,
+                cut = data.len() - offset,
+                "cutting a torn record off the end of the raft log (it was never reported durable)"
+            );
+            fs.truncate(&path, offset as u64)
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        let file = if data.is_empty() {
+            let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
+            sync_dir(&*fs, dir)?;
+            file
+        } else {
+            fs.append(&path).map_err(|e| Error::io(&path, e))?
+        };
+        Ok(LogStore {
+            fs,
+            dir: dir.to_path_buf(),
+            file: Mutex::new(Some(file)),
+            entries: Arc::new(RwLock::new(entries)),
+            vote,
+            dead,
+        })
+    }
+
+    /// Whether a valid record starts anywhere after `offset` (then a bad
+    /// record at `offset` is damage, not a torn tail).
+    fn valid_record_after(data: &[u8], offset: usize) -> bool {
+        (offset + 1..data.len())
+            .any(|at| matches!(record::read(&data[at..], 0), record::Read::Valid { body, .. } if kvstore_client::codec::decode::<Record>(body).is_ok()))
+    }
+
+    /// Appends `records` to the file and syncs it. On any error the log is
+    /// failed for good: the error is returned now and every later call fails.
+    fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+        let mut slot = self.file.lock();
+        let Some(file) = slot.as_mut() else {
+            return Err(std::io::Error::other(
+                "the raft log failed earlier; restart the node",
+            ));
+        };
+        let mut buf = Vec::new();
+        for record in records {
+            encode_record(&mut buf, record);
+        }
+        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        if let Err(e) = &result {
+            tracing::error!("raft log write or fdatasync failed: {e}; the log refuses everything until restart (the fsync is not retried)");
+            *slot = None;
+        }
+        result
+    }
+
+    /// Rewrites the file with only the live records, if enough are dead.
+    fn maybe_rewrite(&mut self) -> Result<(), Error> {
+        let live = self.entries.read().by_index.len() + 2;
+        if self.dead < REWRITE_AFTER_DEAD || self.dead < live {
+            return Ok(());
+        }
+        let path = self.dir.join(FILE);
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let mut buf = Vec::new();
+        {
+            let entries = self.entries.read();
+            if let Some(vote) = &self.vote {
+                encode_record(&mut buf, &Record::Vote(*vote));
+            }
+            if let Some(purged) = entries.last_purged {
+                encode_record(&mut buf, &Record::Purge(purged));
+            }
+            for (entry, _) in entries.by_index.values() {
+                encode_record(&mut buf, &Record::Entry(entry.clone()));
+            }
+        }
+        let io = |e| Error::io(&tmp, e);
+        let mut file = self.fs.create(&tmp).map_err(io)?;
+        file.write_all(&buf).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(|e| Error::io(&path, e))?;
+        sync_dir(&*self.fs, &self.dir)?;
+        *self.file.lock() = Some(self.fs.append(&path).map_err(|e| Error::io(&path, e))?);
+        self.dead = 0;
+        Ok(())
+    }
+}
+
+fn encode_record(buf: &mut Vec<u8>, record: &Record) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; record::HEADER_LEN]);
+    // Encoding into a Vec cannot fail: Record has no types bincode refuses.
+    let _ = kvstore_client::codec::encode_into(record, buf);
+    record::seal(buf, start);
+}
+
+impl Entries {
+    /// Takes in one record read back from the file; returns how many records
+    /// it made dead.
+    fn replay(&mut self, record: Record, size: usize, vote: &mut Option<Vote<u64>>) -> usize {
+        match record {
+            Record::Entry(entry) => {
+                let index = entry.log_id.index;
+                let dead = self.truncate(index);
+                self.by_index.insert(index, (entry, size));
+                dead
+            }
+            Record::Vote(v) => {
+                let dead = usize::from(vote.is_some());
+                *vote = Some(v);
+                dead
+            }
+            Record::Truncate(index) => 1 + self.truncate(index),
+            Record::Purge(log_id) => 1 + self.purge(log_id),
+        }
+    }
+
+    fn truncate(&mut self, index: u64) -> usize {
+        self.by_index.split_off(&index).len()
+    }
+
+    fn purge(&mut self, log_id: LogId<u64>) -> usize {
+        let kept = self.by_index.split_off(&(log_id.index + 1));
+        let removed = std::mem::replace(&mut self.by_index, kept).len();
+        if self.last_purged.is_none_or(|p| p.index < log_id.index) {
+            self.last_purged = Some(log_id);
+        }
+        removed
+    }
+
+    fn last_log_id(&self) -> Option<LogId<u64>> {
+        self.by_index
+            .values()
+            .next_back()
+            .map(|(e, _)| e.log_id)
+            .or(self.last_purged)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let entries = self.entries.read();
+        Ok(entries
+            .by_index
+            .range(range)
+            .map(|(_, (e, _))| e.clone())
+            .collect())
+    }
+
+    /// At least one entry, and no more than [`MAX_READ_BYTES`] of them.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let entries = self.entries.read();
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for (_, (entry, size)) in entries
+            .by_index
+            .range((Bound::Included(start), Bound::Excluded(end)))
+        {
+            if !out.is_empty() && bytes + size > MAX_READ_BYTES {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let entries = self.entries.read();
+        Ok(LogState {
+            last_purged_log_id: entries.last_purged,
+            last_log_id: entries.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            entries: self.entries.clone(),
+        }
+    }
+
+    /// Durable before it returns: a vote must never be forgotten.
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        self.write(&[Record::Vote(*vote)])
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        if self.vote.is_some() {
+            self.dead += 1;
+        }
+        self.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.vote)
+    }
+
+    /// Written and `fdatasync`ed before the callback says it is done, and
+    /// before this returns (one sync per call; openraft hands one leader
+    /// batch, or one AppendEntries message, per call).
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let records: Vec<Record> = entries.into_iter().map(Record::Entry).collect();
+        let sizes: Vec<usize> = records
+            .iter()
+            .map(|r| match r {
+                Record::Entry(e) => super::entry_size(e),
+                _ => 0,
+            })
+            .collect();
+        let result = tokio::task::block_in_place(|| self.write(&records));
+        if let Err(e) = result {
+            let reported = std::io::Error::new(e.kind(), e.to_string());
+            callback.log_io_completed(Err(reported));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        {
+            let mut shared = self.entries.write();
+            for (record, size) in records.into_iter().zip(sizes) {
+                if let Record::Entry(entry) = record {
+                    let index = entry.log_id.index;
+                    shared.by_index.insert(index, (entry, size));
+                }
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    /// Removes `[log_id.index, ∞)`; durable before it returns, so a
+    /// restarted node never brings back entries the leader overwrote.
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        tokio::task::block_in_place(|| self.write(&[Record::Truncate(log_id.index)]))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.dead += 1 + self.entries.write().truncate(log_id.index);
+        Ok(())
+    }
+
+    /// Removes `(-∞, log_id.index]`, which a durable snapshot covers;
+    /// `log_id` may lie past the last entry (after a snapshot was installed).
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        tokio::task::block_in_place(|| -> Result<(), std::io::Error> {
+            self.write(&[Record::Purge(log_id)])?;
+            self.dead += 1 + self.entries.write().purge(log_id);
+            self.maybe_rewrite().map_err(io_error)
+        })
+        .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::RealFs;
+
+    fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn open(dir: &Path) -> LogStore {
+        LogStore::open(Arc::new(RealFs), dir).unwrap()
+    }
+
+    #[test]
+    fn entries_votes_truncations_and_purges_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut log = open(dir.path());
+            let vote = Vote::new(3, 2);
+            log.save_vote(&vote).await.unwrap();
+            log.write(
+                &(0..10)
+                    .map(|i| Record::Entry(blank(1, i)))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+            for i in 0..10 {
+                log.entries.write().by_index.insert(i, (blank(1, i), 0));
+            }
+            log.truncate(blank(1, 7).log_id).await.unwrap();
+            log.purge(blank(1, 2).log_id).await.unwrap();
+            drop(log);
+
+            let mut log = open(dir.path());
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(blank(1, 2).log_id));
+            assert_eq!(state.last_log_id, Some(blank(1, 6).log_id));
+            let indexes: Vec<u64> = log
+                .try_get_log_entries(0..100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect();
+            assert_eq!(indexes, vec![3, 4, 5, 6]);
+        });
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_damage_before_good_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let mut log = open(dir.path());
+        log.write(&[Record::Entry(blank(1, 0)), Record::Entry(blank(1, 1))])
+            .unwrap();
+        drop(log);
+        let whole = std::fs::read(&path).unwrap();
+
+        std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
+        let log = open(dir.path());
+        assert_eq!(log.entries.read().by_index.len(), 1);
+        drop(log);
+
+        let mut damaged = whole.clone();
+        damaged[record::HEADER_LEN + 2] ^= 0xff;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = LogStore::open(Arc::new(RealFs), dir.path())
+            .err()
+            .expect("damage before a good record must be refused");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,183 @@
+//! Cluster mode: every write replicated through Raft (openraft 0.9), when the
+//! server runs with `--node-id`. Single-node mode does not touch this module.
+//!
+//! The write path in cluster mode:
+//!
+//! 1. A connection's write ([`Change`]) goes to the [`propose`] batcher
+//!    instead of the group-commit thread. The batcher gathers what arrives
+//!    while the previous proposal is in flight into one [`Batch`], the
+//!    group commit of cluster mode (openraft writes one log entry per
+//!    proposal).
+//! 2. openraft appends the entry to the leader's [`log`] (`fdatasync` before
+//!    it counts), sends it to the followers over the raft port ([`network`]),
+//!    and commits it once a majority has it durably in its log.
+//! 3. Every node applies committed entries to its store in the [`state`]
+//!    machine. The writes that read first (`Incr`, `SetIf`, ...) are resolved
+//!    there, against the state all earlier entries left, which is the same
+//!    on every node.
+//! 4. The leader answers each write with its outcome from the apply.
+//!
+//! Reads in cluster mode go to the leader's store after a quorum round that
+//! confirms it is still the leader (`Raft::ensure_linearizable`).
+//! `docs/replication.md` says what is promised.
+
+pub mod log;
+pub mod network;
+pub mod node;
+pub mod propose;
+pub mod state;
+
+use std::fmt;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::storage::change::Change;
+use crate::storage::store::Applied;
+
+openraft::declare_raft_types!(
+    /// The types openraft runs kvstore with.
+    pub TypeConfig:
+        D = Batch,
+        R = Outcomes,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+/// The raft handle of this node.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// A node as the cluster's membership records it: where its peers reach it
+/// and where clients do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The raft port (`--raft-listen`), for the other nodes.
+    pub raft_addr: String,
+    /// The native port (`--listen`), for clients: a "not leader" error names
+    /// it.
+    pub client_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (raft {})", self.client_addr, self.raft_addr)
+    }
+}
+
+/// One log entry's writes: what the batcher gathered for one proposal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Change>);
+
+/// The outcome of each write of a [`Batch`], in order, from its apply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Outcomes(pub Vec<Outcome>);
+
+/// What one write did, as [`Applied`] or a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Stored,
+    Deleted(bool),
+    Bool(bool),
+    Value(Option<Bytes>),
+    Int(i64),
+    /// Nothing was written: the error's code and message
+    /// (`Error::Rejected`).
+    Rejected {
+        code: u32,
+        message: String,
+    },
+}
+
+impl Outcome {
+    pub fn from_result(result: Result<Applied, Error>) -> Outcome {
+        match result {
+            Ok(Applied::Stored) => Outcome::Stored,
+            Ok(Applied::Deleted(b)) => Outcome::Deleted(b),
+            Ok(Applied::Bool(b)) => Outcome::Bool(b),
+            Ok(Applied::Value(v)) => Outcome::Value(v),
+            Ok(Applied::Int(n)) => Outcome::Int(n),
+            Err(Error::Rejected { code, message }) => Outcome::Rejected {
+                code: code as u32,
+                message,
+            },
+            Err(e) => Outcome::Rejected {
+                code: kvstore_client::ErrorCode::StorageFailed as u32,
+                message: e.to_string(),
+            },
+        }
+    }
+
+    pub fn into_result(self) -> Result<Applied, Error> {
+        match self {
+            Outcome::Stored => Ok(Applied::Stored),
+            Outcome::Deleted(b) => Ok(Applied::Deleted(b)),
+            Outcome::Bool(b) => Ok(Applied::Bool(b)),
+            Outcome::Value(v) => Ok(Applied::Value(v)),
+            Outcome::Int(n) => Ok(Applied::Int(n)),
+            Outcome::Rejected { code, message } => Err(Error::Rejected {
+                code: kvstore_client::ErrorCode::from_code(code)
+                    .unwrap_or(kvstore_client::ErrorCode::StorageFailed),
+                message,
+            }),
+        }
+    }
+}
+
+/// Roughly the bytes an entry takes on the wire, to keep replication
+/// messages under the raft port's frame limit.
+pub fn entry_size(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => {
+            64 + batch.0.iter().map(Change::approx_len).sum::<usize>()
+        }
+        _ => 256,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+    use tempfile::TempDir;
+
+    use super::log::LogStore;
+    use super::state::StateMachine;
+    use super::TypeConfig;
+    use crate::backup::Tees;
+    use crate::storage::fs::RealFs;
+    use crate::storage::store::Store;
+
+    /// A fresh log and state machine in a new temp directory.
+    struct Fresh;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Fresh {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+            let dir = tempfile::tempdir().unwrap();
+            let fs = Arc::new(RealFs);
+            let log = LogStore::open(fs.clone(), dir.path()).unwrap();
+            let machine = StateMachine::open(
+                fs,
+                dir.path(),
+                Arc::new(Store::new(4)),
+                Arc::new(Tees::default()),
+            )
+            .unwrap();
+            Ok((dir, log, machine))
+        }
+    }
+
+    /// openraft's own checks of a log and state machine implementation.
+    /// A plain test: the suite runs each case in a runtime of its own.
+    #[test]
+    fn the_log_and_state_machine_pass_openraft_s_storage_suite() {
+        Suite::test_all(Fresh).unwrap();
+    }
+}

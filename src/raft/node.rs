@@ -1,0 +1,283 @@
+//! One node of a cluster: starts openraft on the node's log and state
+//! machine, serves the raft port, and carries out what the doors ask of the
+//! cluster (writes, read barriers, `Cluster` commands).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, ErrorCode};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::log::LogStore;
+use super::network::{self, Network};
+use super::propose::{not_leader, Proposer};
+use super::state::StateMachine;
+use super::{Member, Raft};
+use crate::backup::Tees;
+use crate::commit::LogFigures;
+use crate::error::Error;
+use crate::storage::fs::Fs;
+use crate::storage::store::Store;
+
+/// What a node is started with (from `Config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub id: u64,
+    /// Where the raft log, votes and snapshots live.
+    pub dir: PathBuf,
+    /// This node's addresses.
+    pub me: Member,
+    /// The other voters of the first membership (`--peers`), for `Init`.
+    pub peers: BTreeMap<u64, Member>,
+    pub heartbeat: Duration,
+    /// The shortest election timeout; the longest is twice it.
+    pub election: Duration,
+    /// Entries between two snapshots.
+    pub snapshot_every: u64,
+    /// The largest client frame, to size the raft port's frames.
+    pub max_frame: usize,
+}
+
+/// A running node.
+pub struct Cluster {
+    settings: Settings,
+    raft: Raft,
+    proposer: Proposer,
+    /// Running backups see applied writes through these.
+    tees: Arc<Tees>,
+    /// The single-node log's figures stay zero in cluster mode (`Stats`
+    /// reads them).
+    figures: LogFigures,
+    /// Held while the node runs: a second process on the same directory is
+    /// refused.
+    _lock: parking_lot::Mutex<Box<dyn std::any::Any + Send>>,
+}
+
+fn cluster_failed(message: impl Into<String>) -> Error {
+    Error::Rejected {
+        code: ErrorCode::ClusterFailed,
+        message: message.into(),
+    }
+}
+
+fn write_failed(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
+    if let Some(forward) = e.forward_to_leader::<Member>() {
+        return not_leader(forward.leader_node.as_ref());
+    }
+    cluster_failed(e.to_string())
+}
+
+impl Cluster {
+    /// Opens the node's storage into `store` (empty), starts openraft, and
+    /// serves the raft port on `listener`.
+    pub async fn start(
+        settings: Settings,
+        fs: Arc<dyn Fs>,
+        store: Arc<Store>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<Cluster>, Error> {
+        let dir = settings.dir.clone();
+        let tees = Arc::new(Tees::default());
+        let (lock, log, machine) = {
+            let (fs, tees) = (fs.clone(), tees.clone());
+            tokio::task::spawn_blocking(move || open_storage(fs, &dir, store, tees))
+                .await
+                .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
+        };
+        let config = openraft::Config {
+            cluster_name: "kvstore".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election.as_millis() as u64,
+            election_timeout_max: 2 * settings.election.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(format!("raft settings: {e}")))?;
+        let max_frame = network::BASE_MAX_FRAME + 2 * settings.max_frame;
+        let raft = Raft::new(
+            settings.id,
+            Arc::new(config),
+            Network::new(max_frame),
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| Error::Config(format!("raft did not start: {e}")))?;
+        tracker.spawn(network::serve(
+            listener,
+            raft.clone(),
+            max_frame,
+            shutdown,
+            tracker.clone(),
+        ));
+        Ok(Arc::new(Cluster {
+            proposer: Proposer::start(raft.clone()),
+            settings,
+            raft,
+            tees,
+            figures: LogFigures::default(),
+            _lock: parking_lot::Mutex::new(lock),
+        }))
+    }
+
+    pub fn proposer(&self) -> &Proposer {
+        &self.proposer
+    }
+
+    pub fn tees(&self) -> &Arc<Tees> {
+        &self.tees
+    }
+
+    pub fn figures(&self) -> &LogFigures {
+        &self.figures
+    }
+
+    /// Waits until this node may answer a linearizable read: it is the
+    /// leader, a quorum confirmed it after the read arrived, and it has
+    /// applied everything committed before that.
+    pub async fn read_barrier(&self) -> Result<(), Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(forward.leader_node.as_ref()))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                tracing::debug!("read refused: {e}");
+                Err(not_leader(None))
+            }
+            Err(RaftError::Fatal(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Carries out a `Cluster` command.
+    pub async fn command(&self, request: ClusterRequest) -> Result<ClusterStatus, Error> {
+        match request {
+            ClusterRequest::Status => {}
+            ClusterRequest::Init => {
+                let mut members = self.settings.peers.clone();
+                members.insert(self.settings.id, self.settings.me.clone());
+                self.raft.initialize(members).await.map_err(|e| match e {
+                    RaftError::APIError(InitializeError::NotAllowed(_)) => {
+                        cluster_failed("the cluster is already initialized")
+                    }
+                    other => cluster_failed(other.to_string()),
+                })?;
+            }
+            ClusterRequest::AddLearner {
+                id,
+                addr,
+                raft_addr,
+            } => {
+                let member = Member {
+                    raft_addr,
+                    client_addr: addr,
+                };
+                self.raft
+                    .add_learner(id, member, true)
+                    .await
+                    .map_err(write_failed)?;
+            }
+            ClusterRequest::Promote { id } => {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(write_failed)?;
+            }
+            ClusterRequest::Remove { id } => {
+                let voter = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .voter_ids()
+                    .any(|v| v == id);
+                let change = if voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(write_failed)?;
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| ClusterMember {
+                id: *id,
+                addr: member.client_addr.clone(),
+                raft_addr: member.raft_addr.clone(),
+                voter: voters.contains(id),
+                matched_index: metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index),
+            })
+            .collect();
+        let role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if !voters.contains(&self.settings.id) => "learner",
+            ServerState::Follower => "follower",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            node_id: self.settings.id,
+            role: role.to_string(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|l| l.index),
+            pid: std::process::id(),
+            members,
+        }
+    }
+
+    /// Stops openraft (after the doors have closed).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft did not stop cleanly: {e}");
+        }
+    }
+}
+
+type Opened = (Box<dyn std::any::Any + Send>, LogStore, StateMachine);
+
+fn open_storage(
+    fs: Arc<dyn Fs>,
+    dir: &Path,
+    store: Arc<Store>,
+    tees: Arc<Tees>,
+) -> Result<Opened, Error> {
+    fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let lock_path = dir.join("LOCK");
+    let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => Error::Locked(dir.to_path_buf()),
+        _ => Error::io(&lock_path, e),
+    })?;
+    let log = LogStore::open(fs.clone(), dir)?;
+    let machine = StateMachine::open(fs, dir, store, tees)?;
+    Ok((lock, log, machine))
+}

@@ -1,0 +1,143 @@
+//! The group commit of cluster mode: writes gathered into one Raft proposal.
+//!
+//! openraft 0.9 writes one log entry, with its own `fdatasync` on every node,
+//! per `client_write`. One proposal per client write would make every write
+//! wait for the fsyncs of all those before it. So, as the single-node commit
+//! thread does, the batcher takes everything that queued while earlier
+//! proposals were in flight (up to [`MAX_BATCH_OPS`] writes or
+//! [`MAX_BATCH_BYTES`]) into one [`Batch`], with at most [`IN_FLIGHT`]
+//! proposals outstanding.
+//!
+//! Each write's outcome comes from the leader's apply of the entry, so it is
+//! sent only once a majority has the entry durably in its log and the leader
+//! applied it.
+
+use std::sync::Arc;
+
+use kvstore_client::ErrorCode;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{Batch, Member, Raft};
+use crate::commit::PendingWrite;
+use crate::error::Error;
+use crate::storage::change::Change;
+use crate::storage::store::Applied;
+
+/// Writes waiting for the batcher.
+const QUEUE_DEPTH: usize = 4096;
+/// The most writes in one proposal.
+const MAX_BATCH_OPS: usize = 4096;
+/// Roughly the most bytes in one proposal.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Proposals outstanding at once: the next batch gathers while these wait.
+const IN_FLIGHT: usize = 4;
+
+type Done = oneshot::Sender<Result<Applied, Error>>;
+
+/// Writes queued together (a pipelined burst stays together).
+struct Queued(Vec<(Change, Done)>);
+
+/// Hands writes to the batcher. Cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Queued>,
+}
+
+impl Proposer {
+    /// Starts the batcher for `raft`.
+    pub fn start(raft: Raft) -> Proposer {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(batcher(raft, rx));
+        Proposer { tx }
+    }
+
+    /// Queues writes, in order, as one unit.
+    pub async fn submit_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
+        let mut queued = Vec::with_capacity(changes.len());
+        let mut pending = Vec::with_capacity(changes.len());
+        for change in changes {
+            let (done, rx) = oneshot::channel();
+            queued.push((change, done));
+            pending.push(PendingWrite::from_receiver(rx));
+        }
+        self.tx
+            .send(Queued(queued))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(pending)
+    }
+}
+
+async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
+        let mut writes = first.0;
+        let mut bytes: usize = writes.iter().map(|(c, _)| c.approx_len()).sum();
+        while writes.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(q) => {
+                    let more: usize = q.0.iter().map(|(c, _)| c.approx_len()).sum();
+                    if writes.len() + q.0.len() > MAX_BATCH_OPS || bytes + more > MAX_BATCH_BYTES {
+                        carried = Some(q);
+                        break;
+                    }
+                    bytes += more;
+                    writes.extend(q.0);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (changes, done): (Vec<Change>, Vec<Done>) = writes.into_iter().unzip();
+            match raft.client_write(Batch(changes)).await {
+                Ok(response) => {
+                    for (done, outcome) in done.into_iter().zip(response.data.0) {
+                        let _ = done.send(outcome.into_result());
+                    }
+                }
+                Err(e) => {
+                    for done in done {
+                        let _ = done.send(Err(write_error(&e)));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The error every write of a failed proposal gets.
+fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
+    if let Some(forward) = e.forward_to_leader::<Member>() {
+        return not_leader(forward.leader_node.as_ref());
+    }
+    match e {
+        RaftError::Fatal(openraft::error::Fatal::Stopped) => Error::ShuttingDown,
+        other => Error::StorageFailed(format!("replication failed: {other}")),
+    }
+}
+
+/// "Not the leader", naming the leader's client address if known. Nothing
+/// was written.
+pub fn not_leader(leader: Option<&Member>) -> Error {
+    Error::Rejected {
+        code: ErrorCode::NotLeader,
+        message: match leader {
+            Some(member) => format!("not the leader; leader at {}", member.client_addr),
+            None => "not the leader; no leader known yet".to_string(),
+        },
+    }
+}

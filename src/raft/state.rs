@@ -1,0 +1,353 @@
+//! The state machine of one node: openraft's `RaftStateMachine` over the
+//! server's own [`Store`], with snapshots in the server's own snapshot format
+//! (`storage::snapshot`).
+//!
+//! ```text
+//! <raft dir>/snap-<id>.meta   bincode(SnapshotMeta), in a checksummed record
+//! <raft dir>/snap-<id>.db     the store, as `storage::snapshot` writes it
+//! ```
+//!
+//! Applying an entry does not sync anything: after a crash, openraft applies
+//! the log again from the last snapshot. So a snapshot must be durable before
+//! openraft is told about it (it then purges the log it covers): both files
+//! are written to a temp name, fsynced, renamed, and the directory fsynced,
+//! `.meta` first. At start the newest `.db` with its `.meta` is loaded;
+//! anything else is removed.
+//!
+//! While a snapshot is copied, applies wait (one lock): the copy is then
+//! exactly the state at `last_applied`. That stalls writes for the time of the
+//! copy; a large store would want the backup tee instead (see
+//! docs/replication.md).
+
+use std::ffi::OsString;
+use std::io::{Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+
+use super::{Member, Outcome, Outcomes, TypeConfig};
+use crate::backup::Tees;
+use crate::error::Error;
+use crate::storage::change::BatchView;
+use crate::storage::change::Resolved;
+use crate::storage::fs::Fs;
+use crate::storage::op::WriteOp;
+use crate::storage::store::Store;
+use crate::storage::{record, snapshot, sync_dir};
+
+/// What the state machine has taken in, guarded by the apply lock.
+#[derive(Debug, Default)]
+struct Applied {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    /// The durable snapshot, if any.
+    current: Option<SnapshotMeta<u64, Member>>,
+    /// Makes snapshot ids unique within the process.
+    built: u64,
+}
+
+/// The state machine. Cheap to clone: the snapshot builder is a clone.
+#[derive(Clone)]
+pub struct StateMachine {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    /// The store the doors read: applying an entry makes its writes visible.
+    store: Arc<Store>,
+    /// Running backups see every applied write through these.
+    tees: Arc<Tees>,
+    /// Held for each apply and for a snapshot's copy.
+    applied: Arc<Mutex<Applied>>,
+}
+
+fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+impl StateMachine {
+    /// Opens the state machine in `dir`, loading the newest snapshot into
+    /// `store` (which must be empty).
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        store: Arc<Store>,
+        tees: Arc<Tees>,
+    ) -> Result<StateMachine, Error> {
+        fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut applied = Applied::default();
+        let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
+        let mut newest: Option<(SnapshotMeta<u64, Member>, String)> = None;
+        for name in &names {
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("snap-"))
+                .and_then(|n| n.strip_suffix(".db"))
+            else {
+                continue;
+            };
+            let Some(meta) = read_meta(&*fs, &dir.join(format!("snap-{id}.meta")))? else {
+                continue;
+            };
+            if newest
+                .as_ref()
+                .is_none_or(|(m, _)| m.last_log_id < meta.last_log_id)
+            {
+                newest = Some((meta, id.to_string()));
+            }
+        }
+        if let Some((meta, id)) = newest {
+            snapshot::load(&*fs, &dir.join(format!("snap-{id}.db")), &store)?;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            applied.current = Some(meta);
+        }
+        let machine = StateMachine {
+            fs,
+            dir: dir.to_path_buf(),
+            store,
+            tees,
+            applied: Arc::new(Mutex::new(applied)),
+        };
+        machine.remove_other_snapshots(&names)?;
+        Ok(machine)
+    }
+
+    fn paths(&self, id: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("snap-{id}.meta")),
+            self.dir.join(format!("snap-{id}.db")),
+        )
+    }
+
+    /// Removes snapshot files other than the current one's, and temp files.
+    fn remove_other_snapshots(&self, names: &[OsString]) -> Result<(), Error> {
+        let keep = self
+            .applied
+            .lock()
+            .current
+            .as_ref()
+            .map(|m| m.snapshot_id.clone());
+        let mut removed = false;
+        for name in names {
+            let Some(name) = name.to_str() else { continue };
+            let Some(rest) = name.strip_prefix("snap-") else {
+                continue;
+            };
+            let id = rest
+                .trim_end_matches(".tmp")
+                .trim_end_matches(".db")
+                .trim_end_matches(".meta");
+            if Some(id) != keep.as_deref() || rest.ends_with(".tmp") {
+                let path = self.dir.join(name);
+                self.fs.remove(&path).map_err(|e| Error::io(&path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&*self.fs, &self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `meta` and then the snapshot bytes, durably, under `meta`'s id.
+    fn write_files(
+        &self,
+        meta: &SnapshotMeta<u64, Member>,
+        data: impl FnOnce(&Path) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (meta_path, db_path) = self.paths(&meta.snapshot_id);
+        let mut buf = Vec::new();
+        let body = kvstore_client::codec::encode(meta)
+            .map_err(|e| Error::corrupt(&meta_path, 0, e.to_string()))?;
+        record::append(&mut buf, &body);
+        let tmp = snapshot::temp_path(&meta_path);
+        let io = |e| Error::io(&tmp, e);
+        let mut file = self.fs.create(&tmp).map_err(io)?;
+        file.write_all(&buf).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        self.fs
+            .rename(&tmp, &meta_path)
+            .map_err(|e| Error::io(&meta_path, e))?;
+        data(&db_path)?;
+        sync_dir(&*self.fs, &self.dir)
+    }
+
+    /// Applies one entry's writes to the store, each resolved against the
+    /// state the writes before it left.
+    fn apply_batch(&self, changes: Vec<crate::storage::change::Change>) -> Outcomes {
+        let mut tee = self.tees.lock();
+        let outcomes = changes
+            .into_iter()
+            .map(|change| {
+                let resolved = change.resolve(&BatchView::new(&self.store));
+                let mut apply = |op: &WriteOp| {
+                    tee.record(op);
+                    self.store.apply(op)
+                };
+                Outcome::from_result(match resolved {
+                    Resolved::Apply(op) => Ok(apply(&op)),
+                    Resolved::Log(op, outcome) => {
+                        apply(&op);
+                        Ok(outcome)
+                    }
+                    Resolved::Answer(outcome) => outcome,
+                })
+            })
+            .collect();
+        Outcomes(outcomes)
+    }
+}
+
+fn read_meta(fs: &dyn Fs, path: &Path) -> Result<Option<SnapshotMeta<u64, Member>>, Error> {
+    let data = match fs.read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    match record::read(&data, 0) {
+        record::Read::Valid { body, .. } => kvstore_client::codec::decode(body)
+            .map(Some)
+            .map_err(|e| Error::corrupt(path, 0, e.to_string())),
+        _ => Err(Error::corrupt(path, 0, "bad snapshot meta record")),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Copies the store while applies wait; durable before it returns.
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        let (meta, bytes) = tokio::task::block_in_place(|| {
+            let mut applied = self.applied.lock();
+            applied.built += 1;
+            let last = applied.last_applied;
+            let meta = SnapshotMeta {
+                last_log_id: last,
+                last_membership: applied.membership.clone(),
+                snapshot_id: format!(
+                    "{}-{}-{}-{}",
+                    last.map_or(0, |l| l.leader_id.term),
+                    last.map_or(0, |l| l.index),
+                    std::process::id(),
+                    applied.built
+                ),
+            };
+            self.write_files(&meta, |path| {
+                snapshot::write(&*self.fs, path, &self.store, 0, 0, || Ok(())).map(|_| ())
+            })?;
+            applied.current = Some(meta.clone());
+            drop(applied);
+            let (_, db_path) = self.paths(&meta.snapshot_id);
+            let bytes = self.fs.read(&db_path).map_err(|e| Error::io(&db_path, e))?;
+            let names = self
+                .fs
+                .list(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            self.remove_other_snapshots(&names)?;
+            Ok::<_, Error>((meta, bytes))
+        })
+        .map_err(storage_io)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, Member>), StorageError<u64>> {
+        let applied = self.applied.lock();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    /// One outcome per entry; only normal entries carry writes.
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let this = self.clone();
+        let mut applied = this.applied.lock();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            out.push(match entry.payload {
+                EntryPayload::Blank => Outcomes::default(),
+                EntryPayload::Normal(batch) => this.apply_batch(batch.0),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Outcomes::default()
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> StateMachine {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    /// Makes the received snapshot durable, then replaces the store's
+    /// content with it.
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let bytes = snapshot.into_inner();
+        tokio::task::block_in_place(|| {
+            let mut applied = self.applied.lock();
+            self.write_files(meta, |path| {
+                let tmp = snapshot::temp_path(path);
+                let io = |e| Error::io(&tmp, e);
+                let mut file = self.fs.create(&tmp).map_err(io)?;
+                file.write_all(&bytes).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                drop(file);
+                self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))
+            })?;
+            let (_, db_path) = self.paths(&meta.snapshot_id);
+            self.store.apply(&WriteOp::Clear);
+            snapshot::load(&*self.fs, &db_path, &self.store)?;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+            applied.current = Some(meta.clone());
+            drop(applied);
+            let names = self
+                .fs
+                .list(&self.dir)
+                .map_err(|e| Error::io(&self.dir, e))?;
+            self.remove_other_snapshots(&names)
+        })
+        .map_err(storage_io)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let Some(meta) = self.applied.lock().current.clone() else {
+            return Ok(None);
+        };
+        let (_, db_path) = self.paths(&meta.snapshot_id);
+        let bytes = tokio::task::block_in_place(|| self.fs.read(&db_path))
+            .map_err(|e| storage_io(Error::io(&db_path, e)))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
