@@ -152,6 +152,41 @@ pub struct Config {
     /// before the log is closed anyway.
     #[arg(long, env = "KVSTORE_SHUTDOWN_GRACE_MS", default_value_t = 5000)]
     pub shutdown_grace_ms: u64,
+
+    /// Cluster mode: this node's id (a number of your choice, unique in the
+    /// cluster). Without it the server runs alone. docs/replication.md.
+    #[arg(long, env = "KVSTORE_NODE_ID", requires = "raft_listen")]
+    pub node_id: Option<u64>,
+
+    /// Cluster mode: the address the other nodes send Raft messages to. It
+    /// has no authentication: keep it on a network only the nodes reach.
+    #[arg(long, env = "KVSTORE_RAFT_LISTEN", requires = "node_id")]
+    pub raft_listen: Option<SocketAddr>,
+
+    /// Cluster mode: the other first voters, for `kvstore cluster init`, as
+    /// `ID=ADDR/RAFT_ADDR` (native address, raft address), comma-separated.
+    #[arg(
+        long,
+        env = "KVSTORE_PEERS",
+        value_delimiter = ',',
+        requires = "node_id"
+    )]
+    pub peers: Vec<String>,
+
+    /// Cluster mode: how often the leader sends heartbeats (and how long a
+    /// follower may take to answer one).
+    #[arg(long, env = "KVSTORE_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+
+    /// Cluster mode: a follower that hears no leader for between this and
+    /// twice this starts an election.
+    #[arg(long, env = "KVSTORE_RAFT_ELECTION_MS", default_value_t = 1000)]
+    pub raft_election_ms: u64,
+
+    /// Cluster mode: entries between two snapshots of the state machine
+    /// (after which the log before them is dropped).
+    #[arg(long, env = "KVSTORE_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub raft_snapshot_every: u64,
 }
 
 /// The environment variable that may hold the auth token itself.
@@ -218,12 +253,51 @@ impl Config {
                 kvstore_client::codec::HARD_MAX_FRAME
             )));
         }
+        if self.node_id.is_some() && (self.sync != SyncMode::Always || self.restore.is_some()) {
+            return Err(Error::Config(
+                "cluster mode (--node-id) always syncs its log before a write counts, and is restored by catching up from the other nodes: --sync and --restore do not apply".into(),
+            ));
+        }
+        if self.node_id.is_some() && self.raft_heartbeat_ms * 3 > self.raft_election_ms {
+            return Err(Error::Config(
+                "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),
+            ));
+        }
         if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {
             return Err(Error::Config(
                 "--shards, --max-connections and --max-bulk-items must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+
+    /// The other first voters from `--peers`: id to (native, raft) address.
+    pub fn peers(&self) -> Result<Vec<(u64, String, String)>, Error> {
+        self.peers
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|peer| {
+                let bad = || {
+                    Error::Config(format!(
+                        "--peers entry {peer:?} is not ID=ADDR/RAFT_ADDR (such as 2=10.0.0.2:65433/10.0.0.2:65533)"
+                    ))
+                };
+                let (id, addrs) = peer.trim().split_once('=').ok_or_else(bad)?;
+                let (addr, raft) = addrs.split_once('/').ok_or_else(bad)?;
+                let id = id.parse::<u64>().map_err(|_| bad())?;
+                if addr.is_empty() || raft.is_empty() {
+                    return Err(bad());
+                }
+                Ok((id, addr.to_string(), raft.to_string()))
+            })
+            .collect()
+    }
+
+    /// Where cluster mode keeps its raft log and snapshots: `DATA.raft/`.
+    pub fn raft_dir(&self) -> PathBuf {
+        let mut name = self.data.clone().into_os_string();
+        name.push(".raft");
+        PathBuf::from(name)
     }
 
     pub fn sync_interval(&self) -> Duration {

@@ -30,9 +30,11 @@ use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::error::Error;
 use crate::grpc;
+use crate::raft::{node, Member};
 use crate::resp::{self, ServerInfo, Shared};
 use crate::stats::Stats;
 use crate::storage::fs::RealFs;
+use crate::storage::store::Store;
 use crate::{handler, storage};
 
 /// Pending connections the kernel may queue before `accept`.
@@ -77,6 +79,15 @@ pub struct Listening {
     pub grpc: Option<SocketAddr>,
     /// The metrics listener, if `--metrics-listen` was given.
     pub metrics: Option<SocketAddr>,
+    /// The raft port, in cluster mode.
+    pub raft: Option<SocketAddr>,
+}
+
+/// What keeps the data: the single-node log, or the cluster.
+enum Engine {
+    /// The commit thread, and the data's lock (held until it has stopped).
+    Local(GroupCommit, Box<dyn std::any::Any + Send>),
+    Cluster(Arc<node::Cluster>),
 }
 
 /// Which protocol a listener speaks.
@@ -115,38 +126,89 @@ pub async fn run(
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         crate::backup::remove_temp_files(dir)?;
     }
-    let (data, restore) = (config.data.clone(), config.restore.clone());
-    let recovered = tokio::task::spawn_blocking(move || match restore {
-        Some(backup) => storage::restore(&RealFs, &backup, &data, config.shards),
-        None => storage::open(&RealFs, &data, config.shards),
-    })
-    .await
-    .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
-    let store = recovered.store.clone();
+    let (raft_listener, raft_addr) = config.raft_listen.map(bind_bound).transpose()?.unzip();
+    let tracker = TaskTracker::new();
     // Freed on a thread of its own once everything else has stopped, so that
     // a process exiting after `run` does not wait for millions of frees
     // (10 M keys: seconds).
-    let last_store_ref = store.clone();
-    let commit = GroupCommit::start(
-        recovered.store,
-        recovered.segment,
-        recovered.last_seq,
-        Settings {
-            sync: config.sync,
-            sync_interval: config.sync_interval(),
-            snapshot_after_bytes: config.snapshot_after_bytes,
-            data: config.data.clone(),
-            fs: Arc::new(RealFs),
-        },
-    )?;
-    // Held until this function returns, after the commit thread has stopped.
-    let _lock = recovered.lock;
-    let mut db = Db::new(
-        store,
-        commit.committer(),
-        config.limits(),
-        Arc::new(Auth::new(token)),
-    );
+    let last_store_ref;
+    let (mut db, engine) = match (config.node_id, raft_listener, raft_addr) {
+        (Some(id), Some(raft_listener), Some(raft_addr)) => {
+            let store = Arc::new(Store::new(config.shards));
+            last_store_ref = store.clone();
+            let mut peers = std::collections::BTreeMap::new();
+            for (peer, client_addr, raft_addr) in config.peers()? {
+                peers.insert(
+                    peer,
+                    Member {
+                        raft_addr,
+                        client_addr,
+                    },
+                );
+            }
+            let settings = node::Settings {
+                id,
+                dir: config.raft_dir(),
+                me: Member {
+                    raft_addr: raft_addr.to_string(),
+                    client_addr: addr.to_string(),
+                },
+                peers,
+                heartbeat: Duration::from_millis(config.raft_heartbeat_ms),
+                election: Duration::from_millis(config.raft_election_ms),
+                snapshot_every: config.raft_snapshot_every,
+                max_frame: config.max_frame,
+            };
+            let cluster = node::Cluster::start(
+                settings,
+                Arc::new(RealFs),
+                store.clone(),
+                raft_listener,
+                shutdown.clone(),
+                &tracker,
+            )
+            .await?;
+            let db = Db::clustered(
+                store,
+                cluster.clone(),
+                config.limits(),
+                Arc::new(Auth::new(token)),
+            );
+            (db, Engine::Cluster(cluster))
+        }
+        _ => {
+            let (data, restore) = (config.data.clone(), config.restore.clone());
+            let recovered = tokio::task::spawn_blocking(move || match restore {
+                Some(backup) => storage::restore(&RealFs, &backup, &data, config.shards),
+                None => storage::open(&RealFs, &data, config.shards),
+            })
+            .await
+            .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
+            let store = recovered.store.clone();
+            last_store_ref = store.clone();
+            let commit = GroupCommit::start(
+                recovered.store,
+                recovered.segment,
+                recovered.last_seq,
+                Settings {
+                    sync: config.sync,
+                    sync_interval: config.sync_interval(),
+                    snapshot_after_bytes: config.snapshot_after_bytes,
+                    data: config.data.clone(),
+                    fs: Arc::new(RealFs),
+                },
+            )?;
+            let db = Db::new(
+                store,
+                commit.committer(),
+                config.limits(),
+                Arc::new(Auth::new(token)),
+            );
+            // The lock is held until this function returns, after the commit
+            // thread has stopped.
+            (db, Engine::Local(commit, recovered.lock))
+        }
+    };
     db.backup_dir = config.backup_dir.clone();
     let grpc_door = match grpc_listener {
         Some(_) => Some(grpc::Door::new(
@@ -156,15 +218,15 @@ pub async fn run(
         )?),
         None => None,
     };
-    tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
+    tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, raft = ?raft_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
         native: addr,
         resp: resp_addr,
         grpc: grpc_addr,
         metrics: metrics_addr,
+        raft: raft_addr,
     });
 
-    let tracker = TaskTracker::new();
     if let Some(listener) = metrics_listener {
         tracker.spawn(crate::metrics::serve(
             listener,
@@ -173,7 +235,7 @@ pub async fn run(
             tracker.clone(),
         ));
     }
-    if config.sync == SyncMode::Periodic {
+    if let (SyncMode::Periodic, Engine::Local(commit, _)) = (config.sync, &engine) {
         let committer = commit.committer();
         let token = shutdown.clone();
         let interval = config.sync_interval();
@@ -256,7 +318,13 @@ pub async fn run(
             "connections still busy after the shutdown grace period; closing the log anyway"
         );
     }
-    commit.close().await?;
+    match engine {
+        Engine::Local(commit, lock) => {
+            commit.close().await?;
+            drop(lock);
+        }
+        Engine::Cluster(cluster) => cluster.shutdown().await,
+    }
     std::thread::spawn(move || drop(last_store_ref));
     tracing::info!("shut down cleanly");
     Ok(())

@@ -411,6 +411,19 @@ impl Client {
         })
     }
 
+    /// A cluster command ([`crate::ClusterRequest`]); the answering node's
+    /// view of the cluster afterwards. A server that runs alone answers
+    /// `ClusterFailed`.
+    pub async fn cluster(
+        &self,
+        request: crate::ClusterRequest,
+    ) -> Result<crate::ClusterStatus, Error> {
+        match self.call(Command::Cluster(request)).await? {
+            Reply::Cluster(status) => Ok(status),
+            other => Err(unexpected("Cluster", &other)),
+        }
+    }
+
     /// The server's figures (keys, bytes, commands, errors, connections, the
     /// log, fsync latency, snapshots, uptime, version) as (name, value)
     /// pairs; names are Prometheus series (see [`Reply::Stats`]).

@@ -37,6 +37,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(grpc) = listening.grpc {
                 said.push_str(&format!(" and gRPC on {grpc}"));
             }
+            if let Some(raft) = listening.raft {
+                said.push_str(&format!(" and raft on {raft}"));
+            }
             said.push('\n');
             if let Some(metrics) = listening.metrics {
                 said.push_str(&format!(

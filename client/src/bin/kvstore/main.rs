@@ -2,7 +2,8 @@
 //!
 //! `kvstore [--addr HOST:PORT] set KEY VALUE | get KEY | del KEY | exists KEY |
 //! keys [PREFIX] [--limit N] | scan PREFIX | range START [END] | stat |
-//! load FILE | backup FILE | backup --server NAME`; with no command, an
+//! load FILE | backup FILE | backup --server NAME |
+//! cluster init|status|add-learner|promote|remove`; with no command, an
 //! interactive prompt. Exit codes: 0 success, 1 not found (get) or a malformed input line
 //! (load), 2 usage error, 3 server unreachable, 4 server error (including rows
 //! the server refuses during a load, such as a key over its limit).
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvstore_client::{addr::DEFAULT_ADDR, BackupSummary, Client, Error, ScanQuery};
+use kvstore_client::{addr::DEFAULT_ADDR, BackupSummary, Client, ClusterRequest, Error, ScanQuery};
 
 use output::Output;
 
@@ -102,6 +103,42 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         server: Option<String>,
     },
+    /// Administer a cluster of servers started with --node-id
+    /// (docs/replication.md).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Bootstrap a new cluster: the node at --addr and its --peers become
+    /// the first voters. Once per cluster.
+    Init,
+    /// Show every node: id, address, role, term, applied index, lag behind
+    /// the leader's log, process id (a table, or JSON with --output json).
+    Status,
+    /// Add a node that receives the log without voting (ask the leader);
+    /// returns once it has caught up.
+    AddLearner {
+        /// Its --node-id.
+        id: u64,
+        /// Its native address (--listen).
+        addr: String,
+        /// Its raft address (--raft-listen).
+        raft_addr: String,
+    },
+    /// Make a learner a voter (ask the leader).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Remove a node from the cluster (ask the leader).
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
 }
 
 /// How `scan` and `range` walk their pairs.
@@ -151,30 +188,11 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Server as u8);
         }
     };
-    let mut builder = Client::builder()
-        .addr(&cli.addr)
-        .request_timeout(Duration::from_millis(cli.timeout_ms))
-        .tls(cli.tls);
-    if let Some(ca) = &cli.tls_ca {
-        builder = builder.tls_ca_file(ca);
-    }
-    let token = match &cli.auth_token_file {
-        Some(path) => match std::fs::read(path) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                eprintln!("kvstore: cannot read {}: {e}", path.display());
-                return ExitCode::from(Exit::Usage as u8);
-            }
-        },
-        None => std::env::var_os("KVSTORE_AUTH_TOKEN").map(|t| t.into_encoded_bytes()),
+    let connect = match Connect::from_cli(&cli) {
+        Ok(connect) => connect,
+        Err(exit) => return ExitCode::from(exit as u8),
     };
-    if let Some(mut token) = token {
-        while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            token.pop();
-        }
-        builder = builder.auth_token(token);
-    }
-    let client = match builder.build() {
+    let client = match connect.client(&cli.addr) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvstore: {e}");
@@ -183,11 +201,165 @@ fn main() -> ExitCode {
     };
     let exit = runtime.block_on(async {
         match cli.command {
+            Some(Cmd::Cluster { action }) => cluster(&client, &connect, action, cli.output).await,
             Some(command) => run(&client, command, cli.output).await,
             None => repl::interactive(&client, cli.output).await,
         }
     });
     ExitCode::from(exit as u8)
+}
+
+/// How to reach a server: everything but its address.
+struct Connect {
+    timeout: Duration,
+    tls: bool,
+    tls_ca: Option<PathBuf>,
+    token: Option<Vec<u8>>,
+}
+
+impl Connect {
+    fn from_cli(cli: &Cli) -> Result<Connect, Exit> {
+        let token = match &cli.auth_token_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    eprintln!("kvstore: cannot read {}: {e}", path.display());
+                    return Err(Exit::Usage);
+                }
+            },
+            None => std::env::var_os("KVSTORE_AUTH_TOKEN").map(|t| t.into_encoded_bytes()),
+        };
+        let token = token.map(|mut token| {
+            while token.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                token.pop();
+            }
+            token
+        });
+        Ok(Connect {
+            timeout: Duration::from_millis(cli.timeout_ms),
+            tls: cli.tls,
+            tls_ca: cli.tls_ca.clone(),
+            token,
+        })
+    }
+
+    /// A client of the server at `addr`.
+    fn client(&self, addr: &str) -> Result<Client, Error> {
+        let mut builder = Client::builder()
+            .addr(addr)
+            .request_timeout(self.timeout)
+            .tls(self.tls);
+        if let Some(ca) = &self.tls_ca {
+            builder = builder.tls_ca_file(ca);
+        }
+        if let Some(token) = &self.token {
+            builder = builder.auth_token(token.clone());
+        }
+        builder.build()
+    }
+}
+
+/// `kvstore cluster ...`: one cluster command, then the cluster's state as
+/// each member reports it.
+async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Output) -> Exit {
+    let request = match action {
+        ClusterCmd::Init => ClusterRequest::Init,
+        ClusterCmd::Status => ClusterRequest::Status,
+        ClusterCmd::AddLearner {
+            id,
+            addr,
+            raft_addr,
+        } => ClusterRequest::AddLearner {
+            id,
+            addr,
+            raft_addr,
+        },
+        ClusterCmd::Promote { id } => ClusterRequest::Promote { id },
+        ClusterCmd::Remove { id } => ClusterRequest::Remove { id },
+    };
+    let status = match client.cluster(request).await {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("kvstore: {e}");
+            return Exit::of(&e);
+        }
+    };
+    // Each member's own view: its role, term, applied index and pid.
+    let mut rows = Vec::new();
+    for member in &status.members {
+        let own = if member.id == status.node_id {
+            Ok(status.clone())
+        } else {
+            match connect.client(&member.addr) {
+                Ok(c) => c.cluster(ClusterRequest::Status).await,
+                Err(e) => Err(e),
+            }
+        };
+        rows.push((member.clone(), own));
+    }
+    let leader_last = rows
+        .iter()
+        .filter_map(|(_, own)| own.as_ref().ok())
+        .find(|s| s.role == "leader")
+        .and_then(|s| s.last_log_index);
+    let json_rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(member, own)| match own {
+            Ok(s) => serde_json::json!({
+                "id": member.id,
+                "addr": member.addr,
+                "raft_addr": member.raft_addr,
+                "voter": member.voter,
+                "role": s.role,
+                "term": s.term,
+                "leader": s.leader,
+                "last_log_index": s.last_log_index,
+                "applied_index": s.applied_index,
+                "lag": leader_last.map(|l| l.saturating_sub(s.applied_index.unwrap_or(0))),
+                "pid": s.pid,
+            }),
+            Err(e) => serde_json::json!({
+                "id": member.id,
+                "addr": member.addr,
+                "raft_addr": member.raft_addr,
+                "voter": member.voter,
+                "role": "unreachable",
+                "error": e.to_string(),
+            }),
+        })
+        .collect();
+    match out {
+        Output::Json => output::print_json(&serde_json::json!({
+            "node": status.node_id,
+            "leader": status.leader,
+            "nodes": json_rows,
+        })),
+        Output::Text => {
+            output::say(&format!(
+                "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>8}",
+                "id", "addr", "raft", "role", "term", "applied", "lag", "pid"
+            ));
+            for row in &json_rows {
+                let text = |k: &str| match &row[k] {
+                    serde_json::Value::Null => "-".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                output::say(&format!(
+                    "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>8}",
+                    text("id"),
+                    text("addr"),
+                    text("raft_addr"),
+                    text("role"),
+                    text("term"),
+                    text("applied_index"),
+                    text("lag"),
+                    text("pid")
+                ));
+            }
+        }
+    }
+    Exit::Ok
 }
 
 /// Runs one command and prints its result; returns the exit code.
@@ -246,6 +418,7 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             .map(|figures| print_stats(&figures, out)),
         Cmd::Load(args) => return load::run(client, &args, out).await,
         Cmd::Backup { file, server } => backup(client, file, server, out).await,
+        Cmd::Cluster { .. } => unreachable!("main runs cluster commands"),
     };
     match result {
         Ok(()) => Exit::Ok,

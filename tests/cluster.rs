@@ -1,0 +1,348 @@
+//! Cluster mode end to end: three `kvstore-server` processes on 127.0.0.1,
+//! each with its own data, replicating through Raft over their raft ports.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{cli, cmd, Server};
+use kvstore_client::{codec, ClusterRequest, ClusterStatus, ErrorCode, Reply, Request, Response};
+
+/// A node's fixed addresses: the cluster is described before it starts.
+#[derive(Clone)]
+struct Spec {
+    id: u64,
+    addr: SocketAddr,
+    raft: SocketAddr,
+}
+
+fn specs(n: u64) -> Vec<Spec> {
+    (1..=n)
+        .map(|id| Spec {
+            id,
+            addr: format!("127.0.0.1:{}", common::unused_port())
+                .parse()
+                .unwrap(),
+            raft: format!("127.0.0.1:{}", common::unused_port())
+                .parse()
+                .unwrap(),
+        })
+        .collect()
+}
+
+/// Starts node `me` of `all`, its data under `dir`.
+fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
+    let peers: Vec<String> = all
+        .iter()
+        .filter(|s| s.id != me.id)
+        .map(|s| format!("{}={}/{}", s.id, s.addr, s.raft))
+        .collect();
+    let data = dir.join(format!("node{}.db", me.id));
+    let (id, raft, peers) = (me.id.to_string(), me.raft.to_string(), peers.join(","));
+    Server::start_on(
+        &me.addr.to_string(),
+        &data,
+        &[
+            "--node-id",
+            &id,
+            "--raft-listen",
+            &raft,
+            "--peers",
+            &peers,
+            "--raft-heartbeat-ms",
+            "100",
+            "--raft-election-ms",
+            "500",
+            "--raft-snapshot-every",
+            "500",
+        ],
+    )
+}
+
+/// How a request on a fresh connection went.
+enum Sent {
+    Answered(Reply),
+    /// The node could not be reached: the request never left.
+    Unreachable,
+    /// Sent, but no answer within 5 s: it may or may not have been applied.
+    NoAnswer,
+}
+
+fn send(addr: SocketAddr, command: kvstore_client::Command) -> Sent {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return Sent::Unreachable;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = codec::encode(&Request { id: 1, command }).unwrap();
+    if stream.write_all(&common::frame(&body)).is_err() {
+        return Sent::NoAnswer;
+    }
+    let mut len = [0u8; 4];
+    if stream.read_exact(&mut len).is_err() {
+        return Sent::NoAnswer;
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    if stream.read_exact(&mut body).is_err() {
+        return Sent::NoAnswer;
+    }
+    Sent::Answered(codec::decode::<Response>(&body).unwrap().reply)
+}
+
+/// One request on a fresh connection; `None` if it got no answer.
+fn try_call(addr: SocketAddr, command: kvstore_client::Command) -> Option<Reply> {
+    match send(addr, command) {
+        Sent::Answered(reply) => Some(reply),
+        Sent::Unreachable | Sent::NoAnswer => None,
+    }
+}
+
+fn status(addr: SocketAddr) -> Option<ClusterStatus> {
+    match try_call(
+        addr,
+        kvstore_client::Command::Cluster(ClusterRequest::Status),
+    )? {
+        Reply::Cluster(status) => Some(status),
+        _ => None,
+    }
+}
+
+/// Waits (at most 20 s) until one of `nodes` says it is the leader; returns
+/// its spec.
+fn wait_for_leader(nodes: &[Spec]) -> Spec {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        for node in nodes {
+            if status(node.addr).is_some_and(|s| s.role == "leader") {
+                return node.clone();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no leader within 20 s");
+}
+
+/// Waits (at most 20 s) until every node in `nodes` has applied `index`.
+fn wait_applied(nodes: &[Spec], index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in nodes {
+        loop {
+            let applied = status(node.addr).and_then(|s| s.applied_index);
+            if applied.is_some_and(|a| a >= index) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} applied {applied:?}, wanted {index}",
+                node.id
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn is_not_leader(reply: &Reply) -> bool {
+    matches!(reply, Reply::Error { code, .. } if *code == ErrorCode::NotLeader as u32)
+}
+
+/// The leader's native address a `NotLeader` error names.
+fn named_leader(reply: &Reply) -> Option<SocketAddr> {
+    match reply {
+        Reply::Error { message, .. } => message
+            .split("leader at ")
+            .nth(1)
+            .and_then(|a| a.trim().parse().ok()),
+        _ => None,
+    }
+}
+
+fn keys_figure(addr: SocketAddr) -> Option<i64> {
+    match try_call(addr, kvstore_client::Command::Stats)? {
+        Reply::Stats(figures) => figures.iter().find(|(n, _)| n == "keys").map(|(_, v)| *v),
+        _ => None,
+    }
+}
+
+#[test]
+fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let _servers: Vec<Server> = nodes.iter().map(|n| start(n, &nodes, dir.path())).collect();
+
+    // Before `init` there is no cluster: writes are refused, nothing lost.
+    assert!(is_not_leader(
+        &try_call(nodes[0].addr, cmd::set("early", "x")).unwrap()
+    ));
+    let out = cli(nodes[0].addr, &["cluster", "init"]);
+    assert!(out.status.success(), "cluster init: {out:?}");
+    let again = cli(nodes[1].addr, &["cluster", "init"]);
+    assert!(!again.status.success(), "a second init must be refused");
+
+    let leader = wait_for_leader(&nodes);
+    let followers: Vec<Spec> = nodes
+        .iter()
+        .filter(|n| n.id != leader.id)
+        .cloned()
+        .collect();
+    for i in 0..200 {
+        let reply = try_call(leader.addr, cmd::set(format!("k{i}"), format!("v{i}"))).unwrap();
+        assert_eq!(reply, Reply::Ok, "set k{i}");
+    }
+    // Writes that read first are resolved once, at apply, on every node.
+    for _ in 0..5 {
+        try_call(leader.addr, cmd_incr("counter")).unwrap();
+    }
+    assert_eq!(
+        try_call(leader.addr, cmd::get("counter")).unwrap(),
+        Reply::Value(Some("5".into()))
+    );
+    assert_eq!(
+        try_call(leader.addr, cmd::get("k199")).unwrap(),
+        Reply::Value(Some("v199".into()))
+    );
+
+    // A follower takes no write and serves no linearizable read; it names
+    // the leader.
+    for follower in &followers {
+        for command in [cmd::set("x", "y"), cmd::get("k1")] {
+            let reply = try_call(follower.addr, command).unwrap();
+            assert!(is_not_leader(&reply), "{reply:?}");
+            assert_eq!(named_leader(&reply), Some(leader.addr), "{reply:?}");
+        }
+    }
+
+    // Every node holds every key once it has applied the leader's log.
+    let last = status(leader.addr).unwrap().last_log_index.unwrap();
+    wait_applied(&nodes, last);
+    for node in &nodes {
+        assert_eq!(keys_figure(node.addr), Some(201), "node {}", node.id);
+    }
+
+    // The CLI's status table lists the three with one leader.
+    let out = cli(nodes[2].addr, &["cluster", "status", "--output", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = table["nodes"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let leaders: Vec<_> = rows.iter().filter(|r| r["role"] == "leader").collect();
+    assert_eq!(leaders.len(), 1, "{table}");
+    assert_eq!(leaders[0]["id"], leader.id);
+    assert!(rows.iter().all(|r| r["pid"].as_u64().is_some()), "{table}");
+}
+
+fn cmd_incr(key: &str) -> kvstore_client::Command {
+    kvstore_client::Command::Incr {
+        key: key.to_string().into(),
+        by: 1,
+    }
+}
+
+/// A write sent to whichever node looks like the leader, following
+/// `NotLeader` answers; `Some(true)` acknowledged, `Some(false)` refused
+/// (nothing written), `None` unknown (no answer: may have been applied).
+fn write_anywhere(nodes: &[Spec], guess: &mut SocketAddr, key: &str, value: &str) -> Option<bool> {
+    for attempt in 0..3 * nodes.len() {
+        match send(*guess, cmd::set(key, value)) {
+            Sent::Answered(Reply::Ok) => return Some(true),
+            Sent::Answered(reply) if is_not_leader(&reply) => {
+                *guess = named_leader(&reply).unwrap_or(nodes[attempt % nodes.len()].addr);
+                if named_leader(&reply).is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Sent::Answered(other) => panic!("unexpected reply {other:?}"),
+            Sent::Unreachable => *guess = nodes[attempt % nodes.len()].addr,
+            Sent::NoAnswer => {
+                *guess = nodes[attempt % nodes.len()].addr;
+                return None;
+            }
+        }
+    }
+    Some(false)
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let mut servers: Vec<Option<Server>> = nodes
+        .iter()
+        .map(|n| Some(start(n, &nodes, dir.path())))
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+
+    let mut guess = leader.addr;
+    let mut acked = Vec::new();
+    let mut unknown = 0;
+    for i in 0..300 {
+        match write_anywhere(&nodes, &mut guess, &format!("before{i}"), "v") {
+            Some(true) => acked.push(format!("before{i}")),
+            Some(false) => {}
+            None => unknown += 1,
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        300,
+        "no fault yet: every write is acknowledged"
+    );
+
+    // kill -9 the leader, then keep writing until the new leader acknowledges.
+    let killed_at = Instant::now();
+    servers[(leader.id - 1) as usize].take().unwrap().kill9();
+    let survivors: Vec<Spec> = nodes
+        .iter()
+        .filter(|n| n.id != leader.id)
+        .cloned()
+        .collect();
+    guess = survivors[0].addr;
+    let mut first_ack = None;
+    let mut i = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.len() < 600 && Instant::now() < deadline {
+        let key = format!("after{i}");
+        i += 1;
+        match write_anywhere(&survivors, &mut guess, &key, "v") {
+            Some(true) => {
+                first_ack.get_or_insert_with(|| killed_at.elapsed());
+                acked.push(key);
+            }
+            Some(false) => std::thread::sleep(Duration::from_millis(20)),
+            None => unknown += 1,
+        }
+    }
+    let failover = first_ack.expect("no write acknowledged within 30 s of the leader's death");
+    eprintln!(
+        "failover: leader killed to first acknowledged write {} ms; {} writes acknowledged, {unknown} without answer",
+        failover.as_millis(),
+        acked.len()
+    );
+
+    // Every acknowledged write is there, through the new leader.
+    let new_leader = wait_for_leader(&survivors);
+    for key in &acked {
+        assert_eq!(
+            try_call(new_leader.addr, cmd::get(key)).unwrap(),
+            Reply::Value(Some("v".into())),
+            "acknowledged {key} was lost"
+        );
+    }
+
+    // The old leader restarts from its own data and catches up (it missed
+    // more than a snapshot's worth of log: it may get a snapshot).
+    let old = &nodes[(leader.id - 1) as usize];
+    servers[(leader.id - 1) as usize] = Some(start(old, &nodes, dir.path()));
+    let last = status(new_leader.addr).unwrap().last_log_index.unwrap();
+    wait_applied(std::slice::from_ref(old), last);
+    assert_eq!(
+        keys_figure(old.addr),
+        keys_figure(new_leader.addr),
+        "the restarted node holds what the leader holds"
+    );
+    assert!(keys_figure(old.addr).unwrap() >= acked.len() as i64);
+}
