@@ -346,3 +346,65 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
     );
     assert!(keys_figure(old.addr).unwrap() >= acked.len() as i64);
 }
+
+#[test]
+fn a_client_given_every_address_follows_the_leader_through_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let mut servers: Vec<Option<Server>> = nodes
+        .iter()
+        .map(|n| Some(start(n, &nodes, dir.path())))
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+    // The list starts with a follower: the client must move to the leader.
+    let mut order: Vec<&Spec> = nodes.iter().filter(|n| n.id != leader.id).collect();
+    order.push(&leader);
+    let all = order
+        .iter()
+        .map(|n| n.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let rt = common::runtime();
+    let client = kvstore_client::Client::connect(all.clone()).unwrap();
+    rt.block_on(async {
+        for i in 0..50 {
+            client.set(format!("a{i}"), "v").await.expect("set before");
+        }
+    });
+    assert_eq!(client.addr(), leader.addr.to_string());
+
+    servers[(leader.id - 1) as usize].take().unwrap().kill9();
+    let mut longest = Duration::ZERO;
+    rt.block_on(async {
+        for i in 0..50 {
+            let started = Instant::now();
+            client
+                .set(format!("b{i}"), "v")
+                .await
+                .expect("a write after the failover, within the retry budget");
+            longest = longest.max(started.elapsed());
+        }
+        for i in 0..50 {
+            for key in [format!("a{i}"), format!("b{i}")] {
+                assert_eq!(client.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+            }
+        }
+    });
+    eprintln!(
+        "longest write across the failover: {} ms",
+        longest.as_millis()
+    );
+    assert_ne!(client.addr(), leader.addr.to_string());
+
+    // The CLI takes the same list (the dead node first is fine).
+    let dead_first = format!("{},{}", leader.addr, all);
+    let out = std::process::Command::new(common::cli_path())
+        .args(["--addr", &dead_first, "get", "b49"])
+        .env_remove("KVSTORE_ADDR")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+}

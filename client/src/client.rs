@@ -21,7 +21,9 @@ use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
 use crate::protocol::DEFAULT_MAX_FRAME;
-use crate::{addr, BackupStream, BackupSummary, Command, Condition, Error, Reply, ScanQuery};
+use crate::{
+    addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
+};
 
 /// Default time to establish a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,6 +52,8 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_attempts: usize,
+    /// `max_attempts` was chosen (else a cluster client raises it).
+    attempts_set: bool,
     max_call_time: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
@@ -67,6 +71,7 @@ impl Default for ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            attempts_set: false,
             max_call_time: DEFAULT_MAX_CALL_TIME,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
@@ -82,6 +87,12 @@ impl Default for ClientBuilder {
 impl ClientBuilder {
     /// The server: `host:port` or `kvstore://host:port`. Without it,
     /// `KVSTORE_ADDR`, else `127.0.0.1:65433`.
+    ///
+    /// A cluster's nodes, comma-separated (`a:1,b:2,c:3`): the client talks
+    /// to one at a time, moves to the leader a `NotLeader` answer names, and
+    /// to the next address when a node cannot be reached, within the retry
+    /// budget (with several addresses, at least 10 attempts unless
+    /// [`ClientBuilder::max_attempts`] says otherwise).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
         self
@@ -103,6 +114,7 @@ impl ClientBuilder {
     /// Attempts per call, the first included (default 4; 1 turns retries off).
     pub fn max_attempts(mut self, attempts: usize) -> Self {
         self.max_attempts = attempts.max(1);
+        self.attempts_set = true;
         self
     }
 
@@ -160,19 +172,37 @@ impl ClientBuilder {
 
     /// Builds the client. Connections are opened on first use, so this does
     /// not touch the network; an unreachable server shows on the first call.
-    pub fn build(self) -> Result<Client, Error> {
-        let (addr, tls_scheme) = match &self.addr {
-            Some(a) => addr::parse_target(a)?,
-            None => addr::parse_target(&addr::from_env()?)?,
+    pub fn build(mut self) -> Result<Client, Error> {
+        let given = match &self.addr {
+            Some(a) => a.clone(),
+            None => addr::from_env()?,
         };
+        let mut addrs = Vec::new();
+        let mut tls_scheme = false;
+        for one in given.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let (addr, tls) = addr::parse_target(one)?;
+            tls_scheme |= tls;
+            addrs.push(addr);
+        }
+        let first = addrs
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::InvalidAddress(given.clone()))?;
         let tls = if self.tls || tls_scheme {
-            Some(tls_setup(&addr, self.tls_ca.as_deref())?)
+            Some(tls_setup(&first, self.tls_ca.as_deref())?)
         } else {
             None
         };
+        if addrs.len() > 1 && !self.attempts_set {
+            self.max_attempts = self.max_attempts.max(CLUSTER_MIN_ATTEMPTS);
+        }
         Ok(Client {
             inner: Arc::new(Inner {
-                addr,
+                target: std::sync::Mutex::new(Target {
+                    addr: first,
+                    epoch: 0,
+                    known: addrs,
+                }),
                 tls,
                 slots: (0..self.connections).map(|_| Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
@@ -206,13 +236,14 @@ pub struct Client {
 }
 
 struct Inner {
-    /// Normalized `host:port`.
-    addr: String,
-    /// How to speak TLS, if at all.
+    /// The server talked to now, among the cluster's known addresses.
+    target: std::sync::Mutex<Target>,
+    /// How to speak TLS, if at all (the server name is each target's host).
     tls: Option<Tls>,
-    /// One connection per slot, opened on demand and replaced when broken. A
-    /// tokio mutex: it is held across the connect.
-    slots: Vec<Mutex<Option<Mux>>>,
+    /// One connection per slot, opened on demand and replaced when broken or
+    /// when the target has moved (the epoch it was opened in). A tokio
+    /// mutex: it is held across the connect.
+    slots: Vec<Mutex<Option<(u64, Mux)>>>,
     /// Round-robin position.
     next: AtomicUsize,
     options: ClientBuilder,
@@ -229,9 +260,46 @@ impl Client {
         Client::builder().addr(addr).build()
     }
 
-    /// The `host:port` this client talks to.
-    pub fn addr(&self) -> &str {
-        &self.inner.addr
+    /// The `host:port` this client talks to now (with several addresses,
+    /// the one it last moved to).
+    pub fn addr(&self) -> String {
+        self.target().0
+    }
+
+    /// The current target and its epoch.
+    fn target(&self) -> (String, u64) {
+        let target = self.inner.target.lock().unwrap_or_else(|e| e.into_inner());
+        (target.addr.clone(), target.epoch)
+    }
+
+    /// After a failed attempt made in `epoch`: follows a `NotLeader` answer
+    /// to the leader it names, or moves to the next known address when the
+    /// node could not be reached or named no leader. Does nothing with a
+    /// single address, or if another call moved the target already.
+    fn steer(&self, error: &Error, epoch: u64) {
+        let mut target = self.inner.target.lock().unwrap_or_else(|e| e.into_inner());
+        if target.epoch != epoch {
+            return;
+        }
+        let next = match error {
+            Error::Server { code, message } if *code == ErrorCode::NotLeader as u32 => {
+                match leader_named(message) {
+                    Some(leader) => Some(leader),
+                    None => target.after_current(),
+                }
+            }
+            Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => {
+                target.after_current()
+            }
+            _ => None,
+        };
+        if let Some(next) = next.filter(|n| *n != target.addr) {
+            if !target.known.contains(&next) {
+                target.known.push(next.clone());
+            }
+            target.addr = next;
+            target.epoch += 1;
+        }
     }
 
     /// Stores `value` under `key`.
@@ -618,8 +686,16 @@ impl Client {
     /// One attempt: a connection within the connect timeout, then the
     /// request (queueing, writing, answer) within the request timeout.
     async fn call_once(&self, command: Command) -> Result<Reply, Error> {
-        let mux = self.connect_within(self.connection()).await?;
-        exchange(&mux, command, self.inner.options.request_timeout).await
+        let (_, epoch) = self.target();
+        let result = async {
+            let mux = self.connect_within(self.connection()).await?;
+            exchange(&mux, command, self.inner.options.request_timeout).await
+        }
+        .await;
+        if let Err(e) = &result {
+            self.steer(e, epoch);
+        }
+        result
     }
 
     /// `connect` (opening or reusing a connection), within the connect timeout.
@@ -641,11 +717,15 @@ impl Client {
         let inner = &self.inner;
         let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
         let mut guard = slot.lock().await;
+        let (_, epoch) = self.target();
         match guard.as_ref() {
-            Some(mux) if mux.is_alive() => Ok(mux.clone()),
+            Some((opened, mux)) if *opened == epoch && mux.is_alive() => Ok(mux.clone()),
             _ => {
+                if let Some((_, old)) = guard.take() {
+                    old.close();
+                }
                 let mux = self.open().await?;
-                *guard = Some(mux.clone());
+                *guard = Some((epoch, mux.clone()));
                 Ok(mux)
             }
         }
@@ -654,11 +734,19 @@ impl Client {
     /// A new connection, logged in if the client has a token.
     async fn open(&self) -> Result<Mux, Error> {
         let inner = &self.inner;
+        let (addr, _) = self.target();
+        let tls = match &inner.tls {
+            Some(tls) => Some(Tls {
+                connector: tls.connector.clone(),
+                server_name: server_name(&addr)?,
+            }),
+            None => None,
+        };
         let mux = Mux::connect(
-            &inner.addr,
+            &addr,
             inner.options.connect_timeout,
             inner.options.max_frame,
-            inner.tls.as_ref(),
+            tls.as_ref(),
         )
         .await?;
         if let Some(token) = &inner.options.auth_token {
@@ -772,15 +860,51 @@ fn tls_setup(addr: &str, ca: Option<&Path>) -> Result<Tls, Error> {
             .map_err(|e| Error::Tls(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let server_name = ServerName::try_from(host.to_string())
-        .map_err(|e| Error::Tls(format!("{host} is not a valid server name: {e}")))?;
     Ok(Tls {
         connector: TlsConnector::from(Arc::new(config)),
-        server_name,
+        server_name: server_name(addr)?,
     })
 }
+
+/// The name a server at `addr` must have in its certificate: its host.
+fn server_name(addr: &str) -> Result<ServerName<'static>, Error> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(format!("{host} is not a valid server name: {e}")))
+}
+
+/// The leader's address in a `NotLeader` message (`... leader at HOST:PORT`).
+fn leader_named(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("leader at ")?;
+    addr::parse_target(rest.split_whitespace().next()?)
+        .ok()
+        .map(|(a, _)| a)
+}
+
+/// Where a client of several servers talks now.
+struct Target {
+    /// The current server.
+    addr: String,
+    /// Moves each time `addr` changes: connections of older epochs are
+    /// replaced.
+    epoch: u64,
+    /// Every address given or learned from a `NotLeader` answer, in order.
+    known: Vec<String>,
+}
+
+impl Target {
+    /// The known address after the current one (wrapping), if there are
+    /// others.
+    fn after_current(&self) -> Option<String> {
+        let at = self.known.iter().position(|a| *a == self.addr)?;
+        Some(self.known[(at + 1) % self.known.len()].clone())
+    }
+}
+
+/// With several addresses, attempts per call unless set: enough backoff
+/// (50 ms doubling to 1 s) to outlast an election of a few seconds.
+const CLUSTER_MIN_ATTEMPTS: usize = 10;
 
 /// Sends `Auth` as the first request of a new connection.
 async fn authenticate(mux: &Mux, token: Bytes) -> Result<(), Error> {
