@@ -6,7 +6,10 @@
 //! decodes the document's bytes back to the same message.
 
 use bytes::Bytes;
-use kvstore_client::{codec, Command, Condition, ErrorCode, Reply, Request, Response};
+use kvstore_client::{
+    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, Reply,
+    Request, Response,
+};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -160,6 +163,32 @@ fn examples() -> Vec<(&'static str, Message)> {
                     ops: 1,
                     bytes: 126,
                 },
+            ),
+        ),
+        (
+            "cluster-status-request",
+            rq(21, Command::Cluster(ClusterRequest::Status)),
+        ),
+        (
+            "cluster-response",
+            rs(
+                21,
+                Reply::Cluster(ClusterStatus {
+                    node_id: 1,
+                    role: "leader".into(),
+                    term: 2,
+                    leader: Some(1),
+                    last_log_index: Some(5),
+                    applied_index: Some(5),
+                    pid: 4242,
+                    members: vec![ClusterMember {
+                        id: 1,
+                        addr: "a:1".into(),
+                        raft_addr: "a:2".into(),
+                        voter: true,
+                        matched_index: Some(5),
+                    }],
+                }),
             ),
         ),
         ("ok-response", rs(1, Reply::Ok)),

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# A kvstore cluster on this machine, for trying replication out.
+#
+#   scripts/local-cluster.sh start [N]   start N nodes (default 3) and init the cluster
+#   scripts/local-cluster.sh status      every node: id, address, role, term, applied, lag, pid
+#   scripts/local-cluster.sh addrs       the nodes' addresses, for --addr / KVSTORE_ADDR
+#   scripts/local-cluster.sh kill ID     kill -9 node ID (to watch a failover)
+#   scripts/local-cluster.sh stop        stop every node (SIGTERM, by process id)
+#
+# Node I listens on 127.0.0.1:(PORT+I) for clients and 127.0.0.1:(PORT+100+I)
+# for raft, keeps its data in DIR/nodeI/ and its log in DIR/nodeI/server.log.
+# `start` again restarts the nodes that are not running (a killed node
+# catches up). Settings: KVSTORE_CLUSTER_DIR (default ./local-cluster),
+# KVSTORE_CLUSTER_PORT (default 7100), KVSTORE_BIN_DIR (default
+# target/release, built if missing).
+set -euo pipefail
+
+dir=${KVSTORE_CLUSTER_DIR:-./local-cluster}
+port=${KVSTORE_CLUSTER_PORT:-7100}
+bin=${KVSTORE_BIN_DIR:-target/release}
+
+addr() { echo "127.0.0.1:$((port + $1))"; }
+raft() { echo "127.0.0.1:$((port + 100 + $1))"; }
+size() { cat "$dir/size" 2>/dev/null || echo 0; }
+
+all_addrs() {
+    local n i out=""
+    n=$(size)
+    for ((i = 1; i <= n; i++)); do out+="${out:+,}$(addr "$i")"; done
+    echo "$out"
+}
+
+# The process id of node $1 if it is running (and is a kvstore-server).
+running_pid() {
+    local pidfile="$dir/node$1/pid" pid
+    [[ -f $pidfile ]] || return 1
+    pid=$(cat "$pidfile")
+    [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q kvstore-server && echo "$pid"
+}
+
+ensure_binaries() {
+    if [[ ! -x $bin/kvstore-server || ! -x $bin/kvstore ]]; then
+        echo "building the release binaries into $bin ..." >&2
+        cargo build --release -p kvstore -p kvstore-client --bins >&2
+    fi
+}
+
+start_node() {
+    local i=$1 n=$2 peers="" j
+    for ((j = 1; j <= n; j++)); do
+        [[ $j == "$i" ]] || peers+="${peers:+,}$j=$(addr "$j")/$(raft "$j")"
+    done
+    mkdir -p "$dir/node$i"
+    # setsid: the node is not in this shell's process group, so a Ctrl-C
+    # here does not reach it; `stop` ends it by its process id.
+    setsid "$bin/kvstore-server" --node-id "$i" --listen "$(addr "$i")" \
+        --raft-listen "$(raft "$i")" --peers "$peers" \
+        --data "$dir/node$i/kvstore.db" >"$dir/node$i/server.log" 2>&1 </dev/null &
+    echo $! >"$dir/node$i/pid"
+    local waited
+    for ((waited = 0; waited < 100; waited++)); do
+        if grep -q "listening on" "$dir/node$i/server.log" 2>/dev/null; then
+            echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i"))"
+            return 0
+        fi
+        if ! running_pid "$i" >/dev/null; then break; fi
+        sleep 0.1
+    done
+    echo "node $i did not start; see $dir/node$i/server.log:" >&2
+    tail -5 "$dir/node$i/server.log" >&2
+    return 1
+}
+
+cmd_start() {
+    local n=${1:-$(size)} i
+    [[ $n -ge 1 ]] || n=3
+    if [[ $(size) -ne 0 && $(size) -ne $n ]]; then
+        echo "$dir holds a cluster of $(size) nodes; stop it and remove $dir first" >&2
+        exit 2
+    fi
+    ensure_binaries
+    mkdir -p "$dir"
+    echo "$n" >"$dir/size"
+    for ((i = 1; i <= n; i++)); do
+        if pid=$(running_pid "$i"); then
+            echo "node $i: already running (pid $pid)"
+        else
+            start_node "$i" "$n"
+        fi
+    done
+    if [[ ! -f $dir/initialized ]]; then
+        "$bin/kvstore" --addr "$(addr 1)" cluster init >/dev/null
+        touch "$dir/initialized"
+        echo "cluster initialized"
+    fi
+    echo "export KVSTORE_ADDR=$(all_addrs)"
+}
+
+cmd_stop() {
+    local n i pid waited
+    n=$(size)
+    for ((i = 1; i <= n; i++)); do
+        pid=$(running_pid "$i") || continue
+        kill -TERM "$pid"
+        for ((waited = 0; waited < 100; waited++)); do
+            running_pid "$i" >/dev/null || break
+            sleep 0.1
+        done
+        if running_pid "$i" >/dev/null; then
+            echo "node $i (pid $pid) still running after 10 s; sending SIGKILL" >&2
+            kill -KILL "$pid"
+        fi
+        rm -f "$dir/node$i/pid"
+        echo "node $i stopped"
+    done
+}
+
+cmd_kill() {
+    local i=${1:?usage: kill ID} pid
+    pid=$(running_pid "$i") || { echo "node $i is not running" >&2; exit 1; }
+    kill -KILL "$pid"
+    echo "node $i (pid $pid) killed with SIGKILL"
+}
+
+case ${1:-} in
+start) cmd_start "${2:-}" ;;
+stop) cmd_stop ;;
+status) ensure_binaries && "$bin/kvstore" --addr "$(all_addrs)" cluster status ;;
+addrs) all_addrs ;;
+kill) cmd_kill "${2:-}" ;;
+*)
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,105 @@
+//! `scripts/local-cluster.sh`: a three-node cluster started, used through
+//! the CLI, its leader killed, used again, and stopped with no process left.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn script(dir: &Path, port: u16, args: &[&str]) -> Output {
+    let bin_dir = common::cli_path().parent().unwrap().to_path_buf();
+    Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/local-cluster.sh"
+        ))
+        .args(args)
+        .env("KVSTORE_CLUSTER_DIR", dir)
+        .env("KVSTORE_CLUSTER_PORT", port.to_string())
+        .env("KVSTORE_BIN_DIR", &bin_dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("KVSTORE_ADDR")
+        .output()
+        .expect("run local-cluster.sh")
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `kvstore` CLI against every node of the cluster.
+fn kvstore(addrs: &str, args: &[&str]) -> Output {
+    Command::new(common::cli_path())
+        .arg("--addr")
+        .arg(addrs)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Whether the process runs (a zombie waiting for a parent that does not
+/// reap it, as in some containers, has stopped).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
+    // The server binary sits beside the CLI; the script uses both.
+    assert!(common::cli_path().with_file_name("kvstore-server").exists());
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    // Node I uses PORT+I and PORT+100+I.
+    let port = common::unused_port() - 1;
+    let started = ok(script(&cluster, port, &["start", "3"]));
+    assert!(started.contains("cluster initialized"), "{started}");
+    let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();
+    assert_eq!(addrs.split(',').count(), 3);
+
+    assert!(kvstore(&addrs, &["set", "greeting", "hello"])
+        .status
+        .success());
+    let status = ok(kvstore(&addrs, &["--output", "json", "cluster", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    let pids: Vec<String> = nodes.iter().map(|n| n["pid"].to_string()).collect();
+    let leader = nodes
+        .iter()
+        .find(|n| n["role"] == "leader")
+        .expect("a leader");
+    let leader_id = leader["id"].to_string();
+
+    let killed = ok(script(&cluster, port, &["kill", &leader_id]));
+    assert!(killed.contains("SIGKILL"), "{killed}");
+    let out = kvstore(&addrs, &["get", "greeting"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello",
+        "{out:?}"
+    );
+    assert!(kvstore(&addrs, &["set", "after", "failover"])
+        .status
+        .success());
+
+    // `start` brings the killed node back; `stop` ends all three.
+    let restarted = ok(script(&cluster, port, &["start"]));
+    assert!(restarted.contains("already running"), "{restarted}");
+    let table = ok(script(&cluster, port, &["status"]));
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let all_pids: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    ok(script(&cluster, port, &["stop"]));
+    for pid in pids.iter().chain(&all_pids) {
+        assert!(!alive(pid), "process {pid} still running after stop");
+    }
+}
