@@ -258,6 +258,14 @@ impl Config {
                 "cluster mode (--node-id) always syncs its log before a write counts, and is restored by catching up from the other nodes: --sync and --restore do not apply".into(),
             ));
         }
+        let unspecified = |a: Option<SocketAddr>| a.is_some_and(|a| a.ip().is_unspecified());
+        if self.node_id.is_some()
+            && (unspecified(Some(self.listen)) || unspecified(self.raft_listen))
+        {
+            return Err(Error::Config(
+                "in cluster mode --listen and --raft-listen are the addresses the other nodes and clients are told: give the node's own address, not 0.0.0.0 or ::".into(),
+            ));
+        }
         if self.node_id.is_some() && self.raft_heartbeat_ms * 3 > self.raft_election_ms {
             return Err(Error::Config(
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),

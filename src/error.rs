@@ -45,6 +45,11 @@ pub enum Error {
     /// else is affected; the client may try again once the cause is gone.
     #[error("backup failed: {0}")]
     Backup(String),
+    /// Cluster mode: a write was proposed but its outcome is not known
+    /// (leadership changed, or the node stopped, before it was committed).
+    /// It may or may not be applied; resend only an idempotent write.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// A flag or a combination of flags makes no sense.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -56,8 +56,10 @@ fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
             "100",
             "--raft-election-ms",
             "500",
+            // Small, so that a node that was down for a few hundred
+            // writes catches up from a snapshot.
             "--raft-snapshot-every",
-            "500",
+            "100",
         ],
     )
 }

@@ -89,17 +89,16 @@ impl Error {
 
     /// Whether the failed request certainly was not carried out: no
     /// connection could be made, or the server refused it before doing
-    /// anything (`TooManyConnections`, `ShuttingDown`). A lost connection or
-    /// a timeout leaves it unknown.
+    /// anything (`TooManyConnections`, `ShuttingDown`, `NotLeader`). A lost
+    /// connection, a timeout or `OutcomeUnknown` leaves it unknown.
     pub fn never_arrived(&self) -> bool {
         match self {
             Error::Connect { .. }
             | Error::Timeout {
                 what: "connect", ..
             } => true,
-            Error::Server { code, .. } => {
-                ErrorCode::from_code(*code).is_some_and(ErrorCode::is_retryable)
-            }
+            Error::Server { code, .. } => ErrorCode::from_code(*code)
+                .is_some_and(|c| c.is_retryable() && c != ErrorCode::OutcomeUnknown),
             _ => false,
         }
     }

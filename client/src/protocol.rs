@@ -499,6 +499,10 @@ pub enum ErrorCode {
     /// cluster mode, the cluster is already initialized, a membership change
     /// was refused); the message says why.
     ClusterFailed = 15,
+    /// Cluster mode: the write was proposed, but leadership changed or the
+    /// node stopped before its outcome was known. It may or may not have been
+    /// applied. Safe to resend only if the command is idempotent.
+    OutcomeUnknown = 16,
 }
 
 impl ErrorCode {
@@ -521,6 +525,7 @@ impl ErrorCode {
             BackupFailed,
             NotLeader,
             ClusterFailed,
+            OutcomeUnknown,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -533,7 +538,10 @@ impl ErrorCode {
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::TooManyConnections | ErrorCode::ShuttingDown | ErrorCode::NotLeader
+            ErrorCode::TooManyConnections
+                | ErrorCode::ShuttingDown
+                | ErrorCode::NotLeader
+                | ErrorCode::OutcomeUnknown
         )
     }
 }

@@ -259,6 +259,7 @@ pub fn error_reply(e: &Error) -> Reply {
         Error::ShuttingDown => ErrorCode::ShuttingDown,
         Error::Rejected { code, .. } => *code,
         Error::Backup(_) => ErrorCode::BackupFailed,
+        Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
         _ => ErrorCode::StorageFailed,
     };
     Reply::error(code, e.to_string())

@@ -120,10 +120,15 @@ impl LogStore {
                     offset = next;
                     body
                 }
-                record::Read::Incomplete => break,
-                record::Read::Mismatch => {
+                // A torn tail is cut off; but a bad record (or a damaged
+                // length) with good records after it is damage.
+                record::Read::Incomplete | record::Read::Mismatch => {
                     if Self::valid_record_after(&data, offset) {
-                        return Err(Error::corrupt(&path, offset as u64, "bad checksum"));
+                        return Err(Error::corrupt(
+                            &path,
+                            offset as u64,
+                            "a damaged record before good ones",
+                        ));
                     }
                     break;
                 }
@@ -213,6 +218,9 @@ impl LogStore {
         file.write_all(&buf).map_err(io)?;
         file.sync_all().map_err(io)?;
         drop(file);
+        // From here on the old handle writes to an unlinked file: drop it
+        // first, so a failure below leaves the log failed, not writing there.
+        *self.file.lock() = None;
         self.fs
             .rename(&tmp, &path)
             .map_err(|e| Error::io(&path, e))?;
@@ -338,7 +346,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Durable before it returns: a vote must never be forgotten.
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.write(&[Record::Vote(*vote)])
+        tokio::task::block_in_place(|| self.write(&[Record::Vote(*vote)]))
             .map_err(|e| StorageIOError::write_vote(&e))?;
         if self.vote.is_some() {
             self.dead += 1;
@@ -485,6 +493,16 @@ mod tests {
         let err = LogStore::open(Arc::new(RealFs), dir.path())
             .err()
             .expect("damage before a good record must be refused");
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+
+        // A damaged length that points past the end is damage too, not a
+        // torn tail: the good record after it must not be cut off.
+        let mut damaged = whole.clone();
+        damaged[2] ^= 0x40;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = LogStore::open(Arc::new(RealFs), dir.path())
+            .err()
+            .expect("a damaged length before a good record must be refused");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 }

@@ -102,6 +102,17 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
         let raft = raft.clone();
         tokio::spawn(async move {
             let (changes, done): (Vec<Change>, Vec<Done>) = writes.into_iter().unzip();
+            // "Not the leader" is answered only from this check, before
+            // anything is proposed: then nothing was done. Once proposed, a
+            // failure leaves the outcome unknown (openraft also answers
+            // ForwardToLeader for an entry a deposed leader drops, which a
+            // later leader may still commit).
+            if let Some(leader) = not_leading(&raft) {
+                for done in done {
+                    let _ = done.send(Err(not_leader(leader.as_ref())));
+                }
+                return;
+            }
             match raft.client_write(Batch(changes)).await {
                 Ok(response) => {
                     for (done, outcome) in done.into_iter().zip(response.data.0) {
@@ -119,15 +130,26 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
     }
 }
 
-/// The error every write of a failed proposal gets.
+/// The error every write of a proposal that failed gets.
 fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
-    if let Some(forward) = e.forward_to_leader::<Member>() {
-        return not_leader(forward.leader_node.as_ref());
+    Error::OutcomeUnknown(format!("the proposal failed: {e}"))
+}
+
+/// `None` if this node is the leader; else `Some` of the leader it knows.
+fn not_leading(raft: &Raft) -> Option<Option<Member>> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    if metrics.state == openraft::ServerState::Leader {
+        return None;
     }
-    match e {
-        RaftError::Fatal(openraft::error::Fatal::Stopped) => Error::ShuttingDown,
-        other => Error::StorageFailed(format!("replication failed: {other}")),
-    }
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .nodes()
+            .find(|(n, _)| **n == id)
+            .map(|(_, member)| member.clone())
+    });
+    Some(leader)
 }
 
 /// "Not the leader", naming the leader's client address if known. Nothing

@@ -19,7 +19,6 @@
 //! copy; a large store would want the backup tee instead (see
 //! docs/replication.md).
 
-use std::ffi::OsString;
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -113,7 +112,13 @@ impl StateMachine {
             tees,
             applied: Arc::new(Mutex::new(applied)),
         };
-        machine.remove_other_snapshots(&names)?;
+        let keep = machine
+            .applied
+            .lock()
+            .current
+            .as_ref()
+            .map(|m| m.snapshot_id.clone());
+        machine.remove_other_snapshots(keep.as_deref())?;
         Ok(machine)
     }
 
@@ -124,16 +129,16 @@ impl StateMachine {
         )
     }
 
-    /// Removes snapshot files other than the current one's, and temp files.
-    fn remove_other_snapshots(&self, names: &[OsString]) -> Result<(), Error> {
-        let keep = self
-            .applied
-            .lock()
-            .current
-            .as_ref()
-            .map(|m| m.snapshot_id.clone());
+    /// Removes snapshot files other than `keep`'s, and temp files. Called
+    /// with the apply lock held (or before the machine is shared), so no
+    /// build or install is writing meanwhile.
+    fn remove_other_snapshots(&self, keep: Option<&str>) -> Result<(), Error> {
+        let names = self
+            .fs
+            .list(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?;
         let mut removed = false;
-        for name in names {
+        for name in &names {
             let Some(name) = name.to_str() else { continue };
             let Some(rest) = name.strip_prefix("snap-") else {
                 continue;
@@ -142,10 +147,13 @@ impl StateMachine {
                 .trim_end_matches(".tmp")
                 .trim_end_matches(".db")
                 .trim_end_matches(".meta");
-            if Some(id) != keep.as_deref() || rest.ends_with(".tmp") {
+            if Some(id) != keep || rest.ends_with(".tmp") {
                 let path = self.dir.join(name);
-                self.fs.remove(&path).map_err(|e| Error::io(&path, e))?;
-                removed = true;
+                match self.fs.remove(&path) {
+                    Ok(()) => removed = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&path, e)),
+                }
             }
         }
         if removed {
@@ -222,6 +230,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// Copies the store while applies wait; durable before it returns.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let (meta, bytes) = tokio::task::block_in_place(|| {
+            // Held to the end: installs, reads of the current snapshot and
+            // removals of old ones wait for this one to be complete.
             let mut applied = self.applied.lock();
             applied.built += 1;
             let last = applied.last_applied;
@@ -240,14 +250,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 snapshot::write(&*self.fs, path, &self.store, 0, 0, || Ok(())).map(|_| ())
             })?;
             applied.current = Some(meta.clone());
-            drop(applied);
             let (_, db_path) = self.paths(&meta.snapshot_id);
             let bytes = self.fs.read(&db_path).map_err(|e| Error::io(&db_path, e))?;
-            let names = self
-                .fs
-                .list(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
-            self.remove_other_snapshots(&names)?;
+            self.remove_other_snapshots(Some(&meta.snapshot_id))?;
             Ok::<_, Error>((meta, bytes))
         })
         .map_err(storage_io)?;
@@ -268,26 +273,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    /// One outcome per entry; only normal entries carry writes.
+    /// One outcome per entry; only normal entries carry writes. (Off the
+    /// runtime's async threads: it may wait for a snapshot's copy.)
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError<u64>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut out = Vec::new();
-        let this = self.clone();
-        let mut applied = this.applied.lock();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            out.push(match entry.payload {
-                EntryPayload::Blank => Outcomes::default(),
-                EntryPayload::Normal(batch) => this.apply_batch(batch.0),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Outcomes::default()
-                }
-            });
-        }
+        let out = tokio::task::block_in_place(|| {
+            let mut out = Vec::new();
+            let mut applied = self.applied.lock();
+            for entry in entries {
+                applied.last_applied = Some(entry.log_id);
+                out.push(match entry.payload {
+                    EntryPayload::Blank => Outcomes::default(),
+                    EntryPayload::Normal(batch) => self.apply_batch(batch.0),
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Outcomes::default()
+                    }
+                });
+            }
+            out
+        });
         Ok(out)
     }
 
@@ -301,8 +309,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    /// Makes the received snapshot durable, then replaces the store's
-    /// content with it.
+    /// Checks the received snapshot by loading it into a scratch store,
+    /// makes it durable, then replaces the store's content with it. A bad
+    /// snapshot fails here and leaves the store and the files as they were.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
@@ -311,27 +320,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         tokio::task::block_in_place(|| {
             let mut applied = self.applied.lock();
+            let (_, db_path) = self.paths(&meta.snapshot_id);
+            let tmp = snapshot::temp_path(&db_path);
+            let io = |e| Error::io(&tmp, e);
+            let mut file = self.fs.create(&tmp).map_err(io)?;
+            file.write_all(&bytes).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            drop(file);
+            snapshot::load(&*self.fs, &tmp, &Store::new(self.store.shard_count()))?;
             self.write_files(meta, |path| {
-                let tmp = snapshot::temp_path(path);
-                let io = |e| Error::io(&tmp, e);
-                let mut file = self.fs.create(&tmp).map_err(io)?;
-                file.write_all(&bytes).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                drop(file);
                 self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))
             })?;
-            let (_, db_path) = self.paths(&meta.snapshot_id);
             self.store.apply(&WriteOp::Clear);
             snapshot::load(&*self.fs, &db_path, &self.store)?;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             applied.current = Some(meta.clone());
-            drop(applied);
-            let names = self
-                .fs
-                .list(&self.dir)
-                .map_err(|e| Error::io(&self.dir, e))?;
-            self.remove_other_snapshots(&names)
+            self.remove_other_snapshots(Some(&meta.snapshot_id))
         })
         .map_err(storage_io)
     }
@@ -339,15 +344,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let Some(meta) = self.applied.lock().current.clone() else {
-            return Ok(None);
-        };
-        let (_, db_path) = self.paths(&meta.snapshot_id);
-        let bytes = tokio::task::block_in_place(|| self.fs.read(&db_path))
-            .map_err(|e| storage_io(Error::io(&db_path, e)))?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        }))
+        tokio::task::block_in_place(|| {
+            // Under the lock: no build or install replaces the file meanwhile.
+            let applied = self.applied.lock();
+            let Some(meta) = applied.current.clone() else {
+                return Ok::<_, Error>(None);
+            };
+            let (_, db_path) = self.paths(&meta.snapshot_id);
+            let bytes = self.fs.read(&db_path).map_err(|e| Error::io(&db_path, e))?;
+            Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(bytes)),
+            }))
+        })
+        .map_err(storage_io)
     }
 }
