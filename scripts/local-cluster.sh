@@ -67,7 +67,7 @@ start_node() {
         sleep 0.1
     done
     echo "node $i did not start; see $dir/node$i/server.log:" >&2
-    tail -5 "$dir/node$i/server.log" >&2
+    grep -v '^ ' "$dir/node$i/server.log" | tail -5 >&2
     return 1
 }
 

@@ -20,15 +20,12 @@ struct Spec {
 }
 
 fn specs(n: u64) -> Vec<Spec> {
+    let base = common::free_port_base(n as u16) as u64;
     (1..=n)
         .map(|id| Spec {
             id,
-            addr: format!("127.0.0.1:{}", common::unused_port())
-                .parse()
-                .unwrap(),
-            raft: format!("127.0.0.1:{}", common::unused_port())
-                .parse()
-                .unwrap(),
+            addr: format!("127.0.0.1:{}", base + id).parse().unwrap(),
+            raft: format!("127.0.0.1:{}", base + 100 + id).parse().unwrap(),
         })
         .collect()
 }

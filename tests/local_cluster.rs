@@ -57,7 +57,7 @@ fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster");
     // Node I uses PORT+I and PORT+100+I.
-    let port = common::unused_port() - 1;
+    let port = common::free_port_base(3);
     let started = ok(script(&cluster, port, &["start", "3"]));
     assert!(started.contains("cluster initialized"), "{started}");
     let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();

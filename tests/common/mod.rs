@@ -291,6 +291,25 @@ pub fn unused_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A base port for `nodes` nodes: base+1..=base+nodes and
+/// base+101..=base+100+nodes are all free. Taken below the kernel's
+/// ephemeral range (32768 and up), so that the outgoing connections of other
+/// tests cannot take one between this check and the nodes' start.
+pub fn free_port_base(nodes: u16) -> u16 {
+    let seed =
+        std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
+    for attempt in 0..200u64 {
+        let base = 20_000 + (seed.wrapping_add(attempt * 7919) % 12_000) as u16;
+        let free = (1..=nodes)
+            .flat_map(|i| [base + i, base + 100 + i])
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free ports for {nodes} nodes");
+}
+
 /// A multi-threaded tokio runtime for a test's async clients.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
