@@ -233,6 +233,16 @@ fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
     assert!(rows.iter().all(|r| r["pid"].as_u64().is_some()), "{table}");
 }
 
+/// Three nodes started and initialized: their specs, their processes (a
+/// slot each, emptied when a test kills one) and the leader.
+fn start_cluster(dir: &Path) -> (Vec<Spec>, Vec<Option<Server>>, Spec) {
+    let nodes = specs(3);
+    let servers = nodes.iter().map(|n| Some(start(n, &nodes, dir))).collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+    (nodes, servers, leader)
+}
+
 fn cmd_incr(key: &str) -> kvstore_client::Command {
     kvstore_client::Command::Incr {
         key: key.to_string().into(),
@@ -267,13 +277,7 @@ fn write_anywhere(nodes: &[Spec], guess: &mut SocketAddr, key: &str, value: &str
 #[test]
 fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = specs(3);
-    let mut servers: Vec<Option<Server>> = nodes
-        .iter()
-        .map(|n| Some(start(n, &nodes, dir.path())))
-        .collect();
-    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
-    let leader = wait_for_leader(&nodes);
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
 
     let mut guess = leader.addr;
     let mut acked = Vec::new();
@@ -349,13 +353,7 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
 #[test]
 fn a_client_given_every_address_follows_the_leader_through_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = specs(3);
-    let mut servers: Vec<Option<Server>> = nodes
-        .iter()
-        .map(|n| Some(start(n, &nodes, dir.path())))
-        .collect();
-    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
-    let leader = wait_for_leader(&nodes);
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
     // The list starts with a follower: the client must move to the leader.
     let mut order: Vec<&Spec> = nodes.iter().filter(|n| n.id != leader.id).collect();
     order.push(&leader);

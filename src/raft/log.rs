@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::TypeConfig;
 use crate::error::Error;
 use crate::storage::fs::{FileHandle, Fs};
-use crate::storage::{record, sync_dir};
+use crate::storage::{record, sync_dir, write_synced};
 
 /// The log file's name in the raft directory.
 const FILE: &str = "raft.log";
@@ -213,11 +213,7 @@ impl LogStore {
                 encode_record(&mut buf, &Record::Entry(entry.clone()));
             }
         }
-        let io = |e| Error::io(&tmp, e);
-        let mut file = self.fs.create(&tmp).map_err(io)?;
-        file.write_all(&buf).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
+        write_synced(&*self.fs, &tmp, &buf)?;
         // From here on the old handle writes to an unlinked file: drop it
         // first, so a failure below leaves the log failed, not writing there.
         *self.file.lock() = None;

@@ -19,7 +19,7 @@
 //! copy; a large store would want the backup tee instead (see
 //! docs/replication.md).
 
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ use crate::storage::change::Resolved;
 use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
 use crate::storage::store::Store;
-use crate::storage::{record, snapshot, sync_dir};
+use crate::storage::{record, snapshot, sync_dir, write_synced};
 
 /// What the state machine has taken in, guarded by the apply lock.
 #[derive(Debug, Default)]
@@ -174,11 +174,7 @@ impl StateMachine {
             .map_err(|e| Error::corrupt(&meta_path, 0, e.to_string()))?;
         record::append(&mut buf, &body);
         let tmp = snapshot::temp_path(&meta_path);
-        let io = |e| Error::io(&tmp, e);
-        let mut file = self.fs.create(&tmp).map_err(io)?;
-        file.write_all(&buf).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
+        write_synced(&*self.fs, &tmp, &buf)?;
         self.fs
             .rename(&tmp, &meta_path)
             .map_err(|e| Error::io(&meta_path, e))?;
@@ -322,11 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut applied = self.applied.lock();
             let (_, db_path) = self.paths(&meta.snapshot_id);
             let tmp = snapshot::temp_path(&db_path);
-            let io = |e| Error::io(&tmp, e);
-            let mut file = self.fs.create(&tmp).map_err(io)?;
-            file.write_all(&bytes).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            drop(file);
+            write_synced(&*self.fs, &tmp, &bytes)?;
             snapshot::load(&*self.fs, &tmp, &Store::new(self.store.shard_count()))?;
             self.write_files(meta, |path| {
                 self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))

@@ -21,6 +21,7 @@ pub mod store;
 pub mod wal;
 
 use std::any::Any;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -33,6 +34,15 @@ use store::Store;
 /// entries in it durable.
 pub fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
     fs.sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Creates `path` holding `bytes`, synced (`fsync`) before this returns. Not
+/// yet durable by name: rename it into place and [`sync_dir`].
+pub fn write_synced(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |e| Error::io(path, e);
+    let mut file = fs.create(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 /// Opens the data at `data` like [`open`], after filling it from the backup
