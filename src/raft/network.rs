@@ -72,13 +72,19 @@ pub enum RpcReply {
 pub struct Network {
     /// Idle connections, by peer address.
     idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    /// The raft addresses this node was given for its peers (`--peers`, the
+    /// cluster file). They win over the membership's, which holds the
+    /// addresses the cluster was initialised with: each node may reach a
+    /// peer by its own route (a NAT, a proxy, the tests' link proxies).
+    dial: Arc<HashMap<u64, String>>,
     max_frame: usize,
 }
 
 impl Network {
-    pub fn new(max_frame: usize) -> Network {
+    pub fn new(max_frame: usize, dial: HashMap<u64, String>) -> Network {
         Network {
             idle: Arc::default(),
+            dial: Arc::new(dial),
             max_frame,
         }
     }
@@ -181,9 +187,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
+        let addr = self.dial.get(&target).unwrap_or(&node.raft_addr).clone();
         Peer {
             target,
-            addr: node.raft_addr.clone(),
+            addr,
             network: self.clone(),
         }
     }

@@ -108,7 +108,12 @@ impl Cluster {
         let raft = Raft::new(
             settings.id,
             Arc::new(config),
-            Network::new(max_frame),
+            Network::new(
+                max_frame,
+                (settings.peers.iter())
+                    .map(|(id, member)| (*id, member.raft_addr.clone()))
+                    .collect(),
+            ),
             log,
             machine,
         )

@@ -1,7 +1,12 @@
 //! Cluster mode end to end: three `kvstore-server` processes on 127.0.0.1,
 //! each with its own data, replicating through Raft over their raft ports.
 
+mod checker;
+#[path = "../common/mod.rs"]
 mod common;
+mod linearizability;
+mod partition;
+mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -32,10 +37,16 @@ fn specs(n: u64) -> Vec<Spec> {
 
 /// Starts node `me` of `all`, its data under `dir`.
 fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
+    start_via(me, all, dir, |peer| peer.raft)
+}
+
+/// Starts node `me` of `all`, which reaches each peer's raft port at
+/// `route(peer)` (a link proxy, in the partition tests).
+fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> SocketAddr) -> Server {
     let peers: Vec<String> = all
         .iter()
         .filter(|s| s.id != me.id)
-        .map(|s| format!("{}={}/{}", s.id, s.addr, s.raft))
+        .map(|s| format!("{}={}/{}", s.id, s.addr, route(s)))
         .collect();
     let data = dir.join(format!("node{}.db", me.id));
     let (id, raft, peers) = (me.id.to_string(), me.raft.to_string(), peers.join(","));

@@ -1,0 +1,278 @@
+//! The linearizability check: concurrent clients run `Get`, `Set` and
+//! `Delete` on a few keys of a three-node cluster while a nemesis kills nodes
+//! (`kill -9`, then restarts them) and cuts or stalls links through the link
+//! proxies. Every operation is recorded with its invocation and answer times;
+//! one whose answer never came (a timeout, a lost connection,
+//! `OutcomeUnknown`) is recorded as possibly applied at any later time. Each
+//! key's history then goes through the checker.
+//!
+//! The clients make one attempt per operation (`max_attempts(1)`), so the
+//! history shows what the cluster did. An error that proves the operation
+//! never arrived (`NotLeader`, no connection) drops it: if such an operation
+//! had been applied after all, a later read would show a value no recorded
+//! write wrote, and the check would fail.
+//!
+//! `cargo test` runs 20 seconds. The long run is
+//! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster concurrent_clients -- --nocapture`
+//! (`KVSTORE_LINEARIZABILITY_SEED` replays a fault schedule; timing still
+//! varies). Its figures are in docs/replication.md.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kvstore_client::{Client, Command, Reply};
+use proptest::prelude::RngExt;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+
+use super::checker::{self, Kind, Op, Verdict};
+use super::partition::{start_partitionable, start_proxied};
+use super::proxy::Link;
+use super::*;
+
+const CLIENTS: usize = 5;
+const KEYS: usize = 3;
+/// States the checker may explore per key before giving up (a give-up fails
+/// the test: it proves nothing).
+const BUDGET: usize = 4_000_000;
+
+/// Every operation so far: (key, operation).
+type History = Arc<Mutex<Vec<(usize, Op)>>>;
+
+fn rng(seed: u64) -> TestRng {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
+}
+
+fn value_id(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.strip_prefix('v'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a value no client wrote: {value:?}"))
+}
+
+/// One client: operations one after another until `stop`.
+async fn client_loop(
+    client: Client,
+    mut rng: TestRng,
+    epoch: Instant,
+    next_value: Arc<AtomicU64>,
+    history: History,
+    stop: Arc<AtomicBool>,
+) {
+    let now = || epoch.elapsed().as_nanos() as u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = rng.random_range(0..KEYS);
+        let name = format!("lin{key}");
+        let (command, mut kind) = match rng.random_range(0..10) {
+            0..=4 => (Command::Get { key: name.into() }, Kind::Read(None)),
+            5..=7 => {
+                let id = next_value.fetch_add(1, Ordering::Relaxed);
+                let command = Command::Set {
+                    key: name.into(),
+                    value: format!("v{id}").into(),
+                };
+                (command, Kind::Write(id))
+            }
+            _ => (Command::Delete { key: name.into() }, Kind::Delete(None)),
+        };
+        let call = now();
+        let result = client.call(command).await;
+        let ret = now();
+        let answered = match (result, &mut kind) {
+            (Ok(Reply::Value(value)), Kind::Read(seen)) => {
+                *seen = value.as_deref().map(value_id);
+                true
+            }
+            (Ok(Reply::Ok), Kind::Write(_)) => true,
+            (Ok(Reply::Bool(existed)), Kind::Delete(answer)) => {
+                *answer = Some(existed);
+                true
+            }
+            (Ok(other), _) => panic!("unexpected reply {other:?} to {kind:?}"),
+            (Err(e), _) => {
+                let never_arrived = e.never_arrived();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if never_arrived {
+                    continue;
+                }
+                false
+            }
+        };
+        let op = Op {
+            kind,
+            call,
+            ret: answered.then_some(ret),
+        };
+        history.lock().unwrap().push((key, op));
+    }
+}
+
+/// What the nemesis did.
+#[derive(Default, Debug)]
+struct Faults {
+    kills: u32,
+    isolations: u32,
+    stalls: u32,
+    cut_links: u32,
+}
+
+impl Faults {
+    fn total(&self) -> u32 {
+        self.kills + self.isolations + self.stalls + self.cut_links
+    }
+}
+
+/// The node that says it leads, if one does (by its index).
+fn leader_index(nodes: &[Spec]) -> Option<usize> {
+    nodes
+        .iter()
+        .position(|n| status(n.addr).is_some_and(|s| s.role == "leader"))
+}
+
+#[test]
+fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() {
+    let secs: u64 = std::env::var("KVSTORE_LINEARIZABILITY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("KVSTORE_LINEARIZABILITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::UNIX_EPOCH.elapsed().unwrap().as_secs());
+    eprintln!("linearizability: {secs} s, seed {seed}");
+    let mut nemesis = rng(seed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::runtime();
+    let (nodes, mut servers, links) = start_partitionable(dir.path(), &rt);
+    wait_for_leader(&nodes);
+    let all = nodes
+        .iter()
+        .map(|n| n.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let epoch = Instant::now();
+    let history: History = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_value = Arc::new(AtomicU64::new(1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let client = Client::builder()
+                .addr(all.clone())
+                .max_attempts(1)
+                .connect_timeout(Duration::from_millis(500))
+                .request_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap();
+            rt.spawn(client_loop(
+                client,
+                rng(seed ^ ((i as u64 + 1) << 32)),
+                epoch,
+                next_value.clone(),
+                history.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    // The nemesis: a fault every 1-2.5 s, lasting 1-3 s, until time is up.
+    let mut faults = Faults::default();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let pause = |rng: &mut TestRng, from: u64, to: u64| {
+        std::thread::sleep(Duration::from_millis(rng.random_range(from..to)))
+    };
+    while Instant::now() < deadline {
+        pause(&mut nemesis, 1000, 2500);
+        // Half the faults hit the leader, when there is one.
+        let victim = match leader_index(&nodes) {
+            Some(leader) if nemesis.random_bool(0.5) => leader,
+            _ => nemesis.random_range(0..nodes.len()),
+        };
+        let id = nodes[victim].id;
+        match nemesis.random_range(0..4) {
+            0 => {
+                servers[victim].take().unwrap().kill9();
+                faults.kills += 1;
+                pause(&mut nemesis, 1000, 3000);
+                servers[victim] = Some(start_proxied(&nodes[victim], &nodes, dir.path(), &links));
+            }
+            1 => {
+                links.isolate(id, Link::Down);
+                faults.isolations += 1;
+                pause(&mut nemesis, 1000, 3000);
+                links.heal();
+            }
+            2 => {
+                links.isolate(id, Link::Stalled);
+                faults.stalls += 1;
+                pause(&mut nemesis, 1000, 3000);
+                links.heal();
+            }
+            _ => {
+                let other = nodes[(victim + 1 + nemesis.random_range(0..2)) % 3].id;
+                links.set_between(id, other, Link::Down);
+                faults.cut_links += 1;
+                pause(&mut nemesis, 1000, 3000);
+                links.heal();
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for client in clients {
+            client.await.unwrap();
+        }
+    });
+
+    // Healed and whole again, the last value of every key is read once more,
+    // by a client that may retry (a read is safe to resend).
+    let reader = Client::builder().addr(all).build().unwrap();
+    for key in 0..KEYS {
+        let call = epoch.elapsed().as_nanos() as u64;
+        let value = rt
+            .block_on(reader.get(format!("lin{key}")))
+            .expect("a read after healing");
+        let op = Op {
+            kind: Kind::Read(value.as_deref().map(value_id)),
+            call,
+            ret: Some(epoch.elapsed().as_nanos() as u64),
+        };
+        history.lock().unwrap().push((key, op));
+    }
+
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    let unknown = history.iter().filter(|(_, op)| op.ret.is_none()).count();
+    let mut anomalies = Vec::new();
+    let started = Instant::now();
+    for key in 0..KEYS {
+        let ops: Vec<Op> = (history.iter())
+            .filter(|(k, _)| *k == key)
+            .map(|(_, op)| *op)
+            .collect();
+        match checker::check(&ops, BUDGET) {
+            Verdict::Linearizable => {}
+            Verdict::GaveUp => panic!("the checker gave up on key {key} ({} ops)", ops.len()),
+            Verdict::NotLinearizable { stuck } => anomalies.push((key, stuck)),
+        }
+    }
+    eprintln!(
+        "linearizability: {} operations checked ({unknown} with unknown outcome) on {KEYS} keys by {CLIENTS} clients in {secs} s; \
+         {} faults injected ({faults:?}); {} anomalies; checked in {} ms",
+        history.len(),
+        faults.total(),
+        anomalies.len(),
+        started.elapsed().as_millis()
+    );
+    assert!(faults.total() > 0, "the run was too short for any fault");
+    assert!(
+        history
+            .iter()
+            .any(|(_, op)| matches!(op.kind, Kind::Read(Some(_)))),
+        "no read saw a written value: the history tests nothing"
+    );
+    assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}");
+}
