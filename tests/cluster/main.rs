@@ -5,6 +5,7 @@ mod checker;
 #[path = "../common/mod.rs"]
 mod common;
 mod linearizability;
+mod membership;
 mod partition;
 mod proxy;
 

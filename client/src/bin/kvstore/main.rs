@@ -124,9 +124,13 @@ enum ClusterCmd {
     AddLearner {
         /// Its --node-id.
         id: u64,
-        /// Its native address (--listen).
+        /// Its native address (--listen). Its own id: as `addr` it would
+        /// take the place of the global --addr, and the CLI would ask the
+        /// learner to add itself.
+        #[arg(id = "learner_addr", value_name = "ADDR")]
         addr: String,
         /// Its raft address (--raft-listen).
+        #[arg(value_name = "RAFT_ADDR")]
         raft_addr: String,
     },
     /// Make a learner a voter (ask the leader).
