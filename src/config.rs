@@ -155,7 +155,7 @@ pub struct Config {
 
     /// Cluster mode: this node's id (a number of your choice, unique in the
     /// cluster). Without it the server runs alone. docs/replication.md.
-    #[arg(long, env = "KVSTORE_NODE_ID", requires = "raft_listen")]
+    #[arg(long, env = "KVSTORE_NODE_ID")]
     pub node_id: Option<u64>,
 
     /// Cluster mode: the address the other nodes send Raft messages to. It
@@ -172,6 +172,24 @@ pub struct Config {
         requires = "node_id"
     )]
     pub peers: Vec<String>,
+
+    /// Cluster mode: a JSON file naming the first voters, this node among
+    /// them, instead of --peers: `{"nodes": [{"id": 1, "addr":
+    /// "10.0.0.1:65433", "raft_addr": "10.0.0.1:65533"}, ...]}`. This node's
+    /// entry gives --listen and --raft-listen when they are not given (and
+    /// must match them when they are). The same file serves every node.
+    #[arg(
+        long,
+        env = "KVSTORE_CLUSTER_FILE",
+        requires = "node_id",
+        conflicts_with = "peers"
+    )]
+    pub cluster_file: Option<PathBuf>,
+
+    /// Whether --listen was left at its default, so that a cluster file may
+    /// set it (the binary fills this in from clap).
+    #[arg(skip)]
+    pub listen_defaulted: bool,
 
     /// Cluster mode: how often the leader sends heartbeats (and how long a
     /// follower may take to answer one).
@@ -239,8 +257,75 @@ impl Config {
         Ok(())
     }
 
+    /// Reads `--cluster-file`, if given, into `peers`, `listen` and
+    /// `raft_listen`.
+    pub fn load_cluster_file(&mut self) -> Result<(), Error> {
+        /// The file: every first voter.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ClusterFile {
+            nodes: Vec<FileNode>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileNode {
+            id: u64,
+            addr: SocketAddr,
+            raft_addr: SocketAddr,
+        }
+        let (Some(path), Some(me)) = (&self.cluster_file, self.node_id) else {
+            return Ok(());
+        };
+        let bad = |why: String| Error::Config(format!("cluster file {}: {why}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: ClusterFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut ids = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for node in &file.nodes {
+            if !ids.insert(node.id) {
+                return Err(bad(format!("node {} is listed twice", node.id)));
+            }
+            for addr in [node.addr, node.raft_addr] {
+                if !addrs.insert(addr) {
+                    return Err(bad(format!("address {addr} is listed twice")));
+                }
+            }
+        }
+        let own = (file.nodes.iter())
+            .find(|n| n.id == me)
+            .ok_or_else(|| bad(format!("no node {me} (this node's --node-id)")))?;
+        if self.listen_defaulted {
+            self.listen = own.addr;
+        } else if self.listen != own.addr {
+            return Err(bad(format!(
+                "node {me} has addr {}, but --listen is {}",
+                own.addr, self.listen
+            )));
+        }
+        match self.raft_listen {
+            None => self.raft_listen = Some(own.raft_addr),
+            Some(given) if given != own.raft_addr => {
+                return Err(bad(format!(
+                    "node {me} has raft_addr {}, but --raft-listen is {given}",
+                    own.raft_addr
+                )))
+            }
+            Some(_) => {}
+        }
+        self.peers = (file.nodes.iter())
+            .filter(|n| n.id != me)
+            .map(|n| format!("{}={}/{}", n.id, n.addr, n.raft_addr))
+            .collect();
+        Ok(())
+    }
+
     /// Checks the flags against each other.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.node_id.is_some() && self.raft_listen.is_none() {
+            return Err(Error::Config(
+                "--node-id needs --raft-listen (or a --cluster-file that lists the node)".into(),
+            ));
+        }
         if self.max_key + self.max_value + REPLY_OVERHEAD > self.max_frame {
             return Err(Error::Config(format!(
                 "--max-key ({}) plus --max-value ({}) must fit in --max-frame ({}) with {REPLY_OVERHEAD} bytes to spare",

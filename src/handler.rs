@@ -35,6 +35,9 @@ struct Slot {
     id: u64,
     /// How far the request has got.
     state: State,
+    /// An `Indexed` write, unwrapped so it joins log batches like any
+    /// write: its reply is wrapped with the applied index when it is sent.
+    indexed: bool,
 }
 
 enum State {
@@ -112,11 +115,21 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                             Reply::error(ErrorCode::Unauthenticated, "authenticate with Auth first")
                         }
                     };
-                    queue.push_back(Slot { id: request.id, state: State::Ready(reply) });
+                    queue.push_back(Slot {
+                        id: request.id,
+                        state: State::Ready(reply),
+                        indexed: false,
+                    });
                 }
                 Incoming::Request(request) => {
                     db.stats.native_command(&request.command);
-                    let is_write = cmd::is_write(&request.command);
+                    let (command, indexed) = match request.command {
+                        Command::Indexed { command, .. } if cmd::is_write(&command) => {
+                            (*command, true)
+                        }
+                        command => (command, false),
+                    };
+                    let is_write = cmd::is_write(&command);
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,
                         State::Write(_) | State::Deferred(_) => !is_write,
@@ -127,18 +140,26 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                     let burst = conn.has_whole_frame()
                         || queue.iter().any(|s| matches!(s.state, State::Deferred(_)));
                     let state = if must_wait {
-                        State::Waiting(request.command)
+                        State::Waiting(command)
                     } else if is_write && burst {
-                        State::Deferred(request.command)
+                        State::Deferred(command)
                     } else {
-                        start(request.command, &db, &mut backup).await
+                        start(command, &db, &mut backup).await
                     };
-                    queue.push_back(Slot { id: request.id, state });
+                    queue.push_back(Slot {
+                        id: request.id,
+                        state,
+                        indexed,
+                    });
                 }
                 Incoming::Closed => reading = false,
                 Incoming::Refused { id, reply } => {
                     tracing::debug!(?reply, "refusing a frame and closing the connection");
-                    queue.push_back(Slot { id, state: State::Ready(reply) });
+                    queue.push_back(Slot {
+                        id,
+                        state: State::Ready(reply),
+                        indexed: false,
+                    });
                     reading = false;
                 }
             },
@@ -225,6 +246,11 @@ async fn start(command: Command, db: &Db, backup: &mut backup::Session) -> State
     match command {
         Command::Backup { name } => State::Ready(backup::start(name, db, backup).await),
         Command::BackupNext => State::Ready(backup::next(backup, db)),
+        Command::Indexed {
+            after,
+            any_node,
+            command,
+        } => State::Ready(cmd::indexed::apply(after, any_node, *command, db).await),
         command => State::from(cmd::start(command, db).await),
     }
 }
@@ -321,8 +347,14 @@ async fn answer_ready(
         if let Some(Slot {
             id,
             state: State::Ready(reply),
+            indexed,
         }) = queue.pop_front()
         {
+            let reply = if indexed {
+                cmd::indexed::wrap(reply, db)
+            } else {
+                reply
+            };
             db.stats.reply(&reply);
             stalled_at_most(write_timeout, conn.feed(&Response { id, reply })).await?;
             sent = true;

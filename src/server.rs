@@ -102,10 +102,11 @@ enum Door {
 /// Runs the server until `shutdown` is cancelled, then shuts down cleanly.
 /// `ready` receives the bound addresses once the server accepts connections.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
     ready: impl FnOnce(Listening),
 ) -> Result<(), Error> {
+    config.load_cluster_file()?;
     config.validate()?;
     let token = config.auth_token()?;
     config.check_protected_mode(token.is_some())?;

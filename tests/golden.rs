@@ -170,6 +170,27 @@ fn examples() -> Vec<(&'static str, Message)> {
             rq(21, Command::Cluster(ClusterRequest::Status)),
         ),
         (
+            "indexed-request",
+            rq(
+                22,
+                Command::Indexed {
+                    after: 7,
+                    any_node: true,
+                    command: Box::new(Command::Get { key: "k".into() }),
+                },
+            ),
+        ),
+        (
+            "indexed-response",
+            rs(
+                22,
+                Reply::Indexed {
+                    index: 9,
+                    reply: Box::new(Reply::Value(Some("v1".into()))),
+                },
+            ),
+        ),
+        (
             "cluster-response",
             rs(
                 21,

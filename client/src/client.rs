@@ -1,6 +1,6 @@
 //! The async client.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,25 @@ pub struct ClientBuilder {
     auth_token: Option<Bytes>,
     tls: bool,
     tls_ca: Option<PathBuf>,
+    reads: Reads,
+}
+
+/// Which node answers a cluster client's reads, and what they promise
+/// (docs/replication.md). Writes always go to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reads {
+    /// The leader, once it has confirmed that it still leads: a read sees
+    /// every write acknowledged before it began, by any client.
+    #[default]
+    Linearizable,
+    /// The first node of the address list that answers (leader, follower
+    /// or learner), from what it has applied: it may be stale.
+    Follower,
+    /// As `Follower`, but the node first waits until it has applied every
+    /// write this client had acknowledged and every state it has read
+    /// (read-your-writes, monotonic reads). The client carries the log
+    /// index it has seen ([`Client::session_index`]).
+    Session,
 }
 
 impl Default for ClientBuilder {
@@ -80,6 +99,7 @@ impl Default for ClientBuilder {
             auth_token: None,
             tls: false,
             tls_ca: None,
+            reads: Reads::Linearizable,
         }
     }
 }
@@ -163,6 +183,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Which node answers reads (`Get`, `Exists`, `Keys`, `Scan`, `Range`)
+    /// and what they promise; [`Reads::Linearizable`] unless set. Follower
+    /// and session reads go to the first address of the list that answers,
+    /// so put the nearest node first. A server running alone answers them
+    /// as usual.
+    pub fn reads(mut self, reads: Reads) -> Self {
+        self.reads = reads;
+        self
+    }
+
     /// Connections the client spreads its calls over (default 2). Each is
     /// multiplexed: many calls share it, in flight at once.
     pub fn connections(mut self, connections: usize) -> Self {
@@ -196,6 +226,18 @@ impl ClientBuilder {
         if addrs.len() > 1 && !self.attempts_set {
             self.max_attempts = self.max_attempts.max(CLUSTER_MIN_ATTEMPTS);
         }
+        // Follower reads have a target of their own, which stays on the
+        // first address instead of following the leader.
+        let reader = match self.reads {
+            Reads::Linearizable => None,
+            Reads::Follower | Reads::Session => Some(
+                ClientBuilder {
+                    reads: Reads::Linearizable,
+                    ..self.clone()
+                }
+                .build()?,
+            ),
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 target: std::sync::Mutex::new(Target {
@@ -206,6 +248,8 @@ impl ClientBuilder {
                 tls,
                 slots: (0..self.connections).map(|_| Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
+                reader,
+                session: AtomicU64::new(0),
                 options: self,
             }),
         })
@@ -246,6 +290,11 @@ struct Inner {
     slots: Vec<Mutex<Option<(u64, Mux)>>>,
     /// Round-robin position.
     next: AtomicUsize,
+    /// With follower or session reads: the client that sends them.
+    reader: Option<Client>,
+    /// The highest log index seen in an `Indexed` reply (session reads
+    /// wait for it).
+    session: AtomicU64,
     options: ClientBuilder,
 }
 
@@ -289,6 +338,9 @@ impl Client {
                 }
             }
             Error::Connect { .. } | Error::ConnectionLost(_) | Error::Timeout { .. } => {
+                target.after_current()
+            }
+            Error::Server { code, .. } if *code == ErrorCode::Lagging as u32 => {
                 target.after_current()
             }
             _ => None,
@@ -663,6 +715,56 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn call(&self, command: Command) -> Result<Reply, Error> {
+        let reads = self.inner.options.reads;
+        let indexed = |after, any_node, command| Command::Indexed {
+            after,
+            any_node,
+            command: Box::new(command),
+        };
+        match (&self.inner.reader, reads) {
+            (Some(reader), _) if command.is_data_read() => {
+                let after = match reads {
+                    Reads::Session => self.session_index(),
+                    _ => 0,
+                };
+                let reply = reader.call_once_more(indexed(after, true, command)).await?;
+                self.unwrap_indexed(reply)
+            }
+            (_, Reads::Session) if command.is_data_write() => {
+                let reply = self.call_once_more(indexed(0, false, command)).await?;
+                self.unwrap_indexed(reply)
+            }
+            _ => self.call_once_more(command).await,
+        }
+    }
+
+    /// The highest log index this client has seen in a reply: a session
+    /// read waits until its node has applied it. Hand it to another client
+    /// ([`Client::observe_index`]) to carry the session over.
+    pub fn session_index(&self) -> u64 {
+        self.inner.session.load(Ordering::Relaxed)
+    }
+
+    /// Makes this client's session reads see at least log index `index`
+    /// (from another client's [`Client::session_index`]).
+    pub fn observe_index(&self, index: u64) {
+        self.inner.session.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// The inner reply of an `Indexed` reply, its index noted.
+    fn unwrap_indexed(&self, reply: Reply) -> Result<Reply, Error> {
+        match reply {
+            Reply::Indexed { index, reply } => {
+                self.observe_index(index);
+                Ok(*reply)
+            }
+            other => Err(unexpected("Indexed", &other)),
+        }
+    }
+
+    /// [`Client::call`] without the choice of reads: the command as given,
+    /// with timeouts and retries.
+    async fn call_once_more(&self, command: Command) -> Result<Reply, Error> {
         let options = &self.inner.options;
         let policy = ExponentialBuilder::default()
             .with_min_delay(options.min_backoff)

@@ -226,6 +226,27 @@ pub enum Command {
     /// Tag 18. Cluster administration (servers started with `--node-id`;
     /// others answer `ClusterFailed`). Reply: `Cluster`, this node's view.
     Cluster(ClusterRequest),
+    /// Tag 19. `command` (a data command, not itself `Indexed`) with the
+    /// log index that goes with it, for follower reads and session
+    /// guarantees (docs/replication.md). Reply: `Indexed`, with `command`'s
+    /// reply and the index this node had applied when it answered.
+    ///
+    /// A read with `any_node` is answered by whichever node gets it, from
+    /// what that node has applied, once it has applied index `after`
+    /// (waiting up to 2 s, else `Lagging`): it may be stale, but never older
+    /// than `after`. Without `any_node` it is a linearizable read (leader
+    /// only). A write goes through the leader as usual; `after` and
+    /// `any_node` do not apply to it. A server running alone answers with
+    /// index 0.
+    Indexed {
+        /// The log index the answering node must have applied first.
+        after: u64,
+        /// Whether a follower or learner may answer a read.
+        any_node: bool,
+        /// The command itself.
+        #[serde(deserialize_with = "wire_bytes::inner_command")]
+        command: Box<Command>,
+    },
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).
@@ -300,7 +321,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 19] = [
+pub const COMMAND_NAMES: [&str; 20] = [
     "Set",
     "Get",
     "Delete",
@@ -320,6 +341,7 @@ pub const COMMAND_NAMES: [&str; 19] = [
     "Backup",
     "BackupNext",
     "Cluster",
+    "Indexed",
 ];
 
 impl Command {
@@ -345,6 +367,7 @@ impl Command {
             Command::Backup { .. } => 16,
             Command::BackupNext => 17,
             Command::Cluster(_) => 18,
+            Command::Indexed { .. } => 19,
         }
     }
 
@@ -353,19 +376,62 @@ impl Command {
         COMMAND_NAMES[self.tag() as usize]
     }
 
+    /// Whether the command reads data: what a cluster's read barrier, and
+    /// follower and session reads, cover.
+    pub fn is_data_read(&self) -> bool {
+        matches!(
+            self,
+            Command::Get { .. }
+                | Command::Exists { .. }
+                | Command::Keys { .. }
+                | Command::Scan { .. }
+                | Command::Range { .. }
+        )
+    }
+
+    /// Whether the command changes data (and so goes through the log). An
+    /// `Indexed` command is not: its inner command may be.
+    pub fn is_data_write(&self) -> bool {
+        match self {
+            Command::Set { .. }
+            | Command::Delete { .. }
+            | Command::BulkSet { .. }
+            | Command::SetIf { .. }
+            | Command::GetDel { .. }
+            | Command::Incr { .. }
+            | Command::Append { .. }
+            | Command::DeleteMany { .. }
+            | Command::Flush => true,
+            Command::Get { .. }
+            | Command::Exists { .. }
+            | Command::Keys { .. }
+            | Command::Scan { .. }
+            | Command::Range { .. }
+            | Command::Stats
+            | Command::Backup { .. }
+            | Command::BackupNext
+            | Command::Auth { .. }
+            | Command::Cluster(_)
+            | Command::Indexed { .. } => false,
+        }
+    }
+
     /// Whether sending the command twice has the effect of sending it
     /// once. A client may resend an idempotent command whose reply was lost;
     /// `Incr`, `Append`, `Backup` and `BackupNext` it may resend only when the
     /// first attempt cannot have reached the server.
     pub fn is_idempotent(&self) -> bool {
-        !matches!(
-            self,
-            Command::Incr { .. }
-                | Command::Append { .. }
-                | Command::Backup { .. }
-                | Command::BackupNext
-                | Command::Cluster(_)
-        )
+        match self {
+            Command::Indexed { command, .. } => command.is_idempotent(),
+            _ => !matches!(
+                self,
+                Command::Incr { .. }
+                    | Command::Append { .. }
+                    | Command::Backup { .. }
+                    | Command::BackupNext
+                    | Command::Cluster(_)
+            ),
+        }
     }
 }
 
@@ -440,6 +506,17 @@ pub enum Reply {
     },
     /// Tag 10. A node's view of the cluster (Cluster).
     Cluster(ClusterStatus),
+    /// Tag 11. The reply to an `Indexed` command: the inner command's reply
+    /// and the log index the node had applied when it answered (0 when the
+    /// server runs alone).
+    Indexed {
+        /// Applied log index: a later `Indexed` read with `after` at least
+        /// this sees everything this reply reflects.
+        index: u64,
+        /// The inner command's reply.
+        #[serde(deserialize_with = "wire_bytes::inner_reply")]
+        reply: Box<Reply>,
+    },
 }
 
 impl Reply {
@@ -503,6 +580,10 @@ pub enum ErrorCode {
     /// node stopped before its outcome was known. It may or may not have been
     /// applied. Safe to resend only if the command is idempotent.
     OutcomeUnknown = 16,
+    /// Cluster mode: an `Indexed` read's node had not applied the index it
+    /// asked for within 2 s (it is behind, or cut off from the leader).
+    /// Nothing was done; ask another node.
+    Lagging = 17,
 }
 
 impl ErrorCode {
@@ -526,6 +607,7 @@ impl ErrorCode {
             NotLeader,
             ClusterFailed,
             OutcomeUnknown,
+            Lagging,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -542,6 +624,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::NotLeader
                 | ErrorCode::OutcomeUnknown
+                | ErrorCode::Lagging
         )
     }
 }
@@ -598,7 +681,39 @@ mod tests {
             Command::Backup { name: None },
             Command::BackupNext,
             Command::Cluster(ClusterRequest::Status),
+            Command::Indexed {
+                after: 0,
+                any_node: false,
+                command: Box::new(Command::Get { key: b() }),
+            },
         ]
+    }
+
+    #[test]
+    fn an_indexed_command_inside_an_indexed_command_is_refused_when_decoded() {
+        let get = Command::Get { key: "k".into() };
+        let wrap = |command| Command::Indexed {
+            after: 1,
+            any_node: true,
+            command: Box::new(command),
+        };
+        let once = crate::codec::encode(&wrap(get.clone())).unwrap();
+        assert_eq!(
+            crate::codec::decode::<Command>(&once).unwrap(),
+            wrap(get.clone())
+        );
+        let twice = crate::codec::encode(&wrap(wrap(get.clone()))).unwrap();
+        assert!(crate::codec::decode::<Command>(&twice).is_err());
+        // Deep nesting is refused at the second level, without recursing.
+        let mut deep = Vec::new();
+        for _ in 0..1_000_000 {
+            deep.extend_from_slice(&19u32.to_le_bytes());
+            deep.extend_from_slice(&[0; 8]);
+            deep.push(1);
+        }
+        assert!(crate::codec::decode::<Command>(&deep).is_err());
+        // A decode that failed does not leave the guard set.
+        assert_eq!(crate::codec::decode::<Command>(&once).unwrap(), wrap(get));
     }
 
     #[test]

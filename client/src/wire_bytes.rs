@@ -103,3 +103,30 @@ pub(crate) fn option_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<St
 pub(crate) fn figures<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, i64)>, D::Error> {
     Seq::<(Text, i64)>::deserialize(d).map(|v| v.0.into_iter().map(|(n, x)| (n.0, x)).collect())
 }
+
+thread_local! {
+    /// Whether this thread is inside the `command` of an `Indexed` command
+    /// or the `reply` of an `Indexed` reply being decoded.
+    static IN_INDEXED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Decodes `T` inside an `Indexed` wrapper, refusing a second wrapper inside
+/// it: nesting them would make the decoder recurse as deep as a frame allows.
+fn one_level<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Box<T>, D::Error> {
+    if IN_INDEXED.with(|inside| inside.replace(true)) {
+        return Err(serde::de::Error::custom("Indexed inside Indexed"));
+    }
+    let decoded = T::deserialize(d);
+    IN_INDEXED.with(|inside| inside.set(false));
+    decoded.map(Box::new)
+}
+
+pub(crate) fn inner_command<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Box<crate::Command>, D::Error> {
+    one_level(d)
+}
+
+pub(crate) fn inner_reply<'de, D: Deserializer<'de>>(d: D) -> Result<Box<crate::Reply>, D::Error> {
+    one_level(d)
+}

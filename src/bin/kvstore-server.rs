@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use kvstore::{server, Config};
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = Config::parse();
+    let matches = Config::command().get_matches();
+    let mut config = Config::from_arg_matches(&matches)?;
+    config.listen_defaulted =
+        matches.value_source("listen") == Some(clap::parser::ValueSource::DefaultValue);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

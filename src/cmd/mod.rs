@@ -21,6 +21,7 @@ mod exists;
 mod get;
 mod get_del;
 mod incr;
+pub mod indexed;
 mod keys;
 mod scan;
 mod set;
@@ -46,27 +47,7 @@ pub enum Started {
 
 /// Whether the command changes data (and so goes through the log).
 pub fn is_write(command: &Command) -> bool {
-    match command {
-        Command::Set { .. }
-        | Command::Delete { .. }
-        | Command::BulkSet { .. }
-        | Command::SetIf { .. }
-        | Command::GetDel { .. }
-        | Command::Incr { .. }
-        | Command::Append { .. }
-        | Command::DeleteMany { .. }
-        | Command::Flush => true,
-        Command::Get { .. }
-        | Command::Exists { .. }
-        | Command::Keys { .. }
-        | Command::Scan { .. }
-        | Command::Range { .. }
-        | Command::Stats
-        | Command::Backup { .. }
-        | Command::BackupNext
-        | Command::Auth { .. }
-        | Command::Cluster(_) => false,
-    }
+    command.is_data_write()
 }
 
 /// Roughly the bytes a command holds in memory.
@@ -98,6 +79,7 @@ pub fn size(command: &Command) -> usize {
         Command::Range { start, end, .. } => start.len() + end.as_ref().map_or(0, |e| e.len()),
         Command::Auth { token } => token.len(),
         Command::Cluster(_) => 64,
+        Command::Indexed { command, .. } => 16 + size(command),
     }
 }
 
@@ -131,14 +113,16 @@ pub async fn start(command: Command, db: &Db) -> Started {
 /// Whether the command reads keys or values (and so, in cluster mode, waits
 /// for the read barrier).
 fn reads_data(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Get { .. }
-            | Command::Exists { .. }
-            | Command::Keys { .. }
-            | Command::Scan { .. }
-            | Command::Range { .. }
-    )
+    command.is_data_read()
+}
+
+/// Answers a read from this node's store as it is, with no read barrier
+/// (follower reads: see [`indexed`]).
+fn read_here(command: Command, db: &Db) -> Reply {
+    match prepare(command, db) {
+        Err(reply) => reply,
+        Ok(_) => Reply::error(ErrorCode::Malformed, "a write was routed as a read"),
+    }
 }
 
 /// Starts several commands, in order, with their writes handed to the log in
@@ -228,6 +212,11 @@ pub fn read(command: Command, db: &Db) -> Reply {
             ErrorCode::ClusterFailed,
             "Cluster is served only as a command of its own",
         )),
+        // The connection handler unwraps it (see `indexed`).
+        Command::Indexed { .. } => Err(Reply::error(
+            ErrorCode::Malformed,
+            "Indexed is served only on a native connection",
+        )),
         Command::Stats => Ok(Reply::Stats(crate::figures::named(
             &crate::figures::collect(db),
         ))),
@@ -255,14 +244,18 @@ pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
 
 /// The wire error for a server error.
 pub fn error_reply(e: &Error) -> Reply {
-    let code = match e {
+    Reply::error(error_code(e), e.to_string())
+}
+
+/// The wire error code for a server error.
+pub fn error_code(e: &Error) -> ErrorCode {
+    match e {
         Error::ShuttingDown => ErrorCode::ShuttingDown,
         Error::Rejected { code, .. } => *code,
         Error::Backup(_) => ErrorCode::BackupFailed,
         Error::OutcomeUnknown(_) => ErrorCode::OutcomeUnknown,
         _ => ErrorCode::StorageFailed,
-    };
-    Reply::error(code, e.to_string())
+    }
 }
 
 /// Refuses a count or size over its limit: "`what` of `n` `unit` exceeds the

@@ -62,7 +62,12 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
         StorageFailed | ShuttingDown => Code::Unavailable,
         TooManyConnections => Code::ResourceExhausted,
         Unauthenticated | AuthFailed => Code::Unauthenticated,
-        BackupFailed => Code::FailedPrecondition,
+        BackupFailed | ClusterFailed => Code::FailedPrecondition,
+        // Cluster mode: this node cannot serve it, another can; nothing
+        // was done.
+        NotLeader | Lagging => Code::Unavailable,
+        // Cluster mode: a write whose outcome is not known.
+        OutcomeUnknown => Code::Unknown,
         // A code added to the protocol after this mapping was written.
         _ => Code::Unknown,
     };
@@ -385,6 +390,12 @@ impl KeyValueService {
                 if shutdown.is_cancelled() {
                     let status = status(ErrorCode::ShuttingDown, "the server is shutting down");
                     return Some((Err(status), None));
+                }
+                // Cluster mode: each page is a linearizable read.
+                if let Some(cluster) = db.cluster() {
+                    if let Err(e) = cluster.read_barrier().await {
+                        return Some((Err(status(cmd::error_code(&e), e)), None));
+                    }
                 }
                 next_page(&db, walk, remaining)
             }

@@ -148,6 +148,33 @@ impl Cluster {
         &self.figures
     }
 
+    /// The last log index this node has applied (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        (self.raft.metrics().borrow().last_applied).map_or(0, |log_id| log_id.index)
+    }
+
+    /// Waits (at most `limit`) until this node has applied log index
+    /// `index`: a follower read of a session that has seen `index` then sees
+    /// everything it saw. `Lagging` if it does not get there in time.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> Result<(), Error> {
+        if self.applied_index() >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(limit))
+            .applied_index_at_least(Some(index), "follower read")
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Rejected {
+                code: ErrorCode::Lagging,
+                message: format!(
+                    "node {} has applied index {}, not {index} ({e}); ask another node",
+                    self.settings.id,
+                    self.applied_index()
+                ),
+            })
+    }
+
     /// Waits until this node may answer a linearizable read: it is the
     /// leader, a quorum confirmed it after the read arrived, and it has
     /// applied everything committed before that.

@@ -256,7 +256,21 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         match checker::check(&ops, BUDGET) {
             Verdict::Linearizable => {}
             Verdict::GaveUp => panic!("the checker gave up on key {key} ({} ops)", ops.len()),
-            Verdict::NotLinearizable { stuck } => anomalies.push((key, stuck)),
+            Verdict::NotLinearizable { stuck } => {
+                // The whole history of the key, to study: one operation a
+                // line, in invocation order.
+                let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                    .join(format!("linearizability-{seed}-key{key}.txt"));
+                let mut sorted = ops.clone();
+                sorted.sort_by_key(|op| op.call);
+                let lines: Vec<String> = sorted.iter().map(|op| format!("{op:?}")).collect();
+                std::fs::write(&path, lines.join("\n")).unwrap();
+                eprintln!(
+                    "key {key}: not linearizable near {stuck:?}; history in {}",
+                    path.display()
+                );
+                anomalies.push((key, stuck))
+            }
         }
     }
     eprintln!(

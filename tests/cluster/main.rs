@@ -2,12 +2,14 @@
 //! each with its own data, replicating through Raft over their raft ports.
 
 mod checker;
+mod cluster_file;
 #[path = "../common/mod.rs"]
 mod common;
 mod linearizability;
 mod membership;
 mod partition;
 mod proxy;
+mod reads;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -69,6 +71,9 @@ fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> Socke
             // writes catches up from a snapshot.
             "--raft-snapshot-every",
             "100",
+            // The Redis door too, to check its reads in cluster mode.
+            "--resp-listen",
+            "127.0.0.1:0",
         ],
     )
 }
@@ -182,7 +187,7 @@ fn keys_figure(addr: SocketAddr) -> Option<i64> {
 fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = specs(3);
-    let _servers: Vec<Server> = nodes.iter().map(|n| start(n, &nodes, dir.path())).collect();
+    let servers: Vec<Server> = nodes.iter().map(|n| start(n, &nodes, dir.path())).collect();
 
     // Before `init` there is no cluster: writes are refused, nothing lost.
     assert!(is_not_leader(
@@ -224,6 +229,28 @@ fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
             assert!(is_not_leader(&reply), "{reply:?}");
             assert_eq!(named_leader(&reply), Some(leader.addr), "{reply:?}");
         }
+    }
+
+    // The Redis door's reads are linearizable too: the leader answers, a
+    // follower refuses.
+    let resp = |node: &Spec| {
+        let addr = servers[(node.id - 1) as usize].resp.unwrap();
+        redis::Client::open(format!("redis://{addr}/"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    };
+    let value: Option<String> = redis::cmd("GET")
+        .arg("k7")
+        .query(&mut resp(&leader))
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("v7"));
+    for follower in &followers {
+        let refused = redis::cmd("GET")
+            .arg("k7")
+            .query::<Option<String>>(&mut resp(follower))
+            .unwrap_err();
+        assert!(refused.to_string().contains("not the leader"), "{refused}");
     }
 
     // Every node holds every key once it has applied the leader's log.

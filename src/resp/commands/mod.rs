@@ -272,6 +272,14 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             spec.name
         )));
     }
+    // Cluster mode: a read of data is linearizable, as on the native door.
+    if spec.flags.contains(&"readonly") {
+        if let Some(cluster) = ctx.db.cluster() {
+            if let Err(e) = cluster.read_barrier().await {
+                return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
+            }
+        }
+    }
     let args = &args[1..];
     match spec.name {
         "auth" => connection::auth(args, session, ctx).await,

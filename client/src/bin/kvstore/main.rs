@@ -18,7 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kvstore_client::{addr::DEFAULT_ADDR, BackupSummary, Client, ClusterRequest, Error, ScanQuery};
+use kvstore_client::{
+    addr::DEFAULT_ADDR, BackupSummary, Client, ClusterRequest, Error, Reads, ScanQuery,
+};
 
 use output::Output;
 
@@ -47,8 +49,20 @@ struct Cli {
     /// Time allowed for each request, in milliseconds.
     #[arg(long, default_value_t = 5000, global = true)]
     timeout_ms: u64,
+    /// Cluster mode: which node answers reads. linearizable: the leader,
+    /// current; follower: the first address that answers, maybe stale.
+    #[arg(long, value_enum, env = "KVSTORE_READS", default_value_t = ReadsArg::Linearizable, global = true)]
+    reads: ReadsArg,
     #[command(subcommand)]
     command: Option<Cmd>,
+}
+
+/// `--reads`: [`Reads`] as the command line spells it. A session (the
+/// third mode) spans one process here, so the CLI offers the two others.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReadsArg {
+    Linearizable,
+    Follower,
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +230,7 @@ fn main() -> ExitCode {
 /// How to reach a server: everything but its address.
 struct Connect {
     timeout: Duration,
+    reads: Reads,
     tls: bool,
     tls_ca: Option<PathBuf>,
     token: Option<Vec<u8>>,
@@ -241,6 +256,10 @@ impl Connect {
         });
         Ok(Connect {
             timeout: Duration::from_millis(cli.timeout_ms),
+            reads: match cli.reads {
+                ReadsArg::Linearizable => Reads::Linearizable,
+                ReadsArg::Follower => Reads::Follower,
+            },
             tls: cli.tls,
             tls_ca: cli.tls_ca.clone(),
             token,
@@ -252,6 +271,7 @@ impl Connect {
         let mut builder = Client::builder()
             .addr(addr)
             .request_timeout(self.timeout)
+            .reads(self.reads)
             .tls(self.tls);
         if let Some(ca) = &self.tls_ca {
             builder = builder.tls_ca_file(ca);

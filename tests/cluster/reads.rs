@@ -1,0 +1,93 @@
+//! Follower reads and session guarantees: a follower cut off from the leader
+//! answers follower reads with what it has (stale), while a session read
+//! waits for the client's own writes and moves on to a node that has them.
+
+use kvstore_client::{Client, Reads};
+
+use super::partition::start_partitionable;
+use super::proxy::Link;
+use super::*;
+
+#[test]
+fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::runtime();
+    let (nodes, _servers, links) = start_partitionable(dir.path(), &rt);
+    let leader = wait_for_leader(&nodes);
+    let follower = nodes.iter().find(|n| n.id != leader.id).unwrap().clone();
+    // The follower first: reads go there while it answers.
+    let list = std::iter::once(&follower)
+        .chain(nodes.iter().filter(|n| n.id != follower.id))
+        .map(|n| n.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = |reads| {
+        Client::builder()
+            .addr(list.clone())
+            .reads(reads)
+            .build()
+            .unwrap()
+    };
+    let (stale, session) = (client(Reads::Follower), client(Reads::Session));
+
+    rt.block_on(async {
+        session.set("k", "1").await.unwrap();
+        let first = session.session_index();
+        assert!(first > 0, "a session write reports its log index");
+        // The follower has applied it (the session read waits until it has).
+        assert_eq!(session.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            session.addr(),
+            leader.addr.to_string(),
+            "writes follow the leader"
+        );
+        assert_eq!(stale.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
+    });
+
+    // Cut off from the leader, the follower applies nothing new.
+    links.set_between(leader.id, follower.id, Link::Down);
+    rt.block_on(async {
+        session.set("k", "2").await.unwrap();
+        // A follower read gets what the follower holds: the old value.
+        assert_eq!(stale.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
+        // A session read must see the session's write: the follower cannot
+        // get there (Lagging), so the client asks the next node.
+        assert_eq!(session.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+    });
+
+    // Healed, the follower catches up and its follower reads with it.
+    links.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let caught_up = Client::builder()
+        .addr(follower.addr.to_string())
+        .reads(Reads::Follower)
+        .build()
+        .unwrap();
+    loop {
+        let value = rt.block_on(caught_up.get("k")).unwrap();
+        if value.as_deref() == Some(&b"2"[..]) {
+            break;
+        }
+        assert_eq!(value.as_deref(), Some(&b"1"[..]), "no value but 1 or 2");
+        assert!(Instant::now() < deadline, "the follower did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_server_running_alone_answers_session_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("alone.db"), &[]);
+    let rt = common::runtime();
+    let client = Client::builder()
+        .addr(server.addr.to_string())
+        .reads(Reads::Session)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        client.set("k", "v").await.unwrap();
+        assert_eq!(client.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(client.delete("k").await.unwrap());
+        assert_eq!(client.session_index(), 0, "no log index without a cluster");
+    });
+}
