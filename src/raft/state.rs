@@ -306,7 +306,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     /// Checks the received snapshot by loading it into a scratch store,
-    /// makes it durable, then replaces the store's content with it. A bad
+    /// makes it durable, then swaps the scratch store in. A bad
     /// snapshot fails here and leaves the store and the files as they were.
     async fn install_snapshot(
         &mut self,
@@ -319,12 +319,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (_, db_path) = self.paths(&meta.snapshot_id);
             let tmp = snapshot::temp_path(&db_path);
             write_synced(&*self.fs, &tmp, &bytes)?;
-            snapshot::load(&*self.fs, &tmp, &Store::new(self.store.shard_count()))?;
+            let received = Store::new(self.store.shard_count());
+            snapshot::load(&*self.fs, &tmp, &received)?;
             self.write_files(meta, |path| {
                 self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))
             })?;
-            self.store.apply(&WriteOp::Clear);
-            snapshot::load(&*self.fs, &db_path, &self.store)?;
+            // In one step: a follower read never sees the store half
+            // replaced, or empty.
+            self.store.replace_with(received);
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             applied.current = Some(meta.clone());

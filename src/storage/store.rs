@@ -405,6 +405,32 @@ impl Store {
         }
     }
 
+    /// Replaces the whole content with `other`'s (built with the same shard
+    /// count), all shards at once: every write lock is taken, in shard
+    /// order, before any shard changes, so a reader sees each key either as
+    /// it was or as it is in `other`, never missing in between (a snapshot
+    /// install on a node that serves follower reads).
+    pub fn replace_with(&self, other: Store) {
+        assert_eq!(self.shards.len(), other.shards.len(), "shard counts differ");
+        let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
+        // Dropped after the locks, so readers wait only for the swap.
+        let old: Vec<Map> = guards
+            .iter_mut()
+            .zip(other.shards.into_vec())
+            .map(|(guard, new)| std::mem::replace(&mut **guard, new.into_inner()))
+            .collect();
+        self.key_bytes.store(
+            other.key_bytes.load(AtomicOrdering::Relaxed),
+            AtomicOrdering::Relaxed,
+        );
+        self.value_bytes.store(
+            other.value_bytes.load(AtomicOrdering::Relaxed),
+            AtomicOrdering::Relaxed,
+        );
+        drop(guards);
+        drop(old);
+    }
+
     /// Write-locks the shards of all `keys` at once, in shard order (so two
     /// multi-key writes, or a multi-key write and a `Keys` page, cannot
     /// deadlock), then calls `change(i, shard)` for the `i`-th key, in order.
@@ -607,5 +633,54 @@ impl Loader<'_> {
         self.value_bytes += value.len() as u64;
         let shard = self.store.shard_index(key);
         self.by_shard[shard].push(Entry::new(key, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_of(pairs: &[(&str, &str)]) -> Store {
+        let store = Store::new(4);
+        for (key, value) in pairs {
+            store.apply(&WriteOp::Set {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+            });
+        }
+        store
+    }
+
+    #[test]
+    fn replace_with_swaps_every_key_and_the_byte_counts() {
+        let store = store_of(&[("a", "1"), ("b", "2")]);
+        store.replace_with(store_of(&[("b", "22"), ("c", "333")]));
+        assert_eq!(store.get(b"a"), None);
+        assert_eq!(store.get(b"b").as_deref(), Some(&b"22"[..]));
+        assert_eq!(store.get(b"c").as_deref(), Some(&b"333"[..]));
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.bytes(), (2, 5));
+    }
+
+    #[test]
+    fn a_key_in_both_stores_is_never_missing_while_they_are_swapped() {
+        let store = std::sync::Arc::new(store_of(&[("k", "old")]));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(store.get(b"k").is_some(), "k was missing mid-swap");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..2000 {
+            store.replace_with(store_of(&[("k", if i % 2 == 0 { "new" } else { "old" })]));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
     }
 }
