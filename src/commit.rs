@@ -192,25 +192,42 @@ pub struct Committer {
 }
 
 /// A write that was queued; resolves once it is durable and applied.
-pub struct PendingWrite(oneshot::Receiver<Result<Applied, Error>>);
+pub struct PendingWrite {
+    rx: oneshot::Receiver<Result<Applied, Error>>,
+    /// Cluster mode: the write may have been proposed, so an outcome that
+    /// never comes is unknown, not "shutting down" (which tells clients
+    /// nothing was done).
+    proposed: bool,
+}
 
 impl PendingWrite {
     /// A write whose outcome another writer (cluster mode's batcher) sends.
     pub(crate) fn from_receiver(rx: oneshot::Receiver<Result<Applied, Error>>) -> PendingWrite {
-        PendingWrite(rx)
+        PendingWrite { rx, proposed: true }
+    }
+
+    /// What a sender that went away without an outcome means.
+    fn lost(&self) -> Error {
+        match self.proposed {
+            true => Error::OutcomeUnknown("the write's outcome was lost".into()),
+            false => Error::ShuttingDown,
+        }
     }
 
     /// Waits for the outcome.
     pub async fn wait(&mut self) -> Result<Applied, Error> {
-        (&mut self.0).await.unwrap_or(Err(Error::ShuttingDown))
+        match (&mut self.rx).await {
+            Ok(result) => result,
+            Err(_) => Err(self.lost()),
+        }
     }
 
     /// The outcome if it is already there.
     pub fn try_take(&mut self) -> Option<Result<Applied, Error>> {
-        match self.0.try_recv() {
+        match self.rx.try_recv() {
             Ok(result) => Some(result),
             Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::ShuttingDown)),
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(self.lost())),
         }
     }
 }
@@ -256,7 +273,13 @@ impl Committer {
             done,
             _budget,
         };
-        Ok((message, PendingWrite(rx)))
+        Ok((
+            message,
+            PendingWrite {
+                rx,
+                proposed: false,
+            },
+        ))
     }
 
     async fn send(&self, message: Message) -> Result<(), Error> {

@@ -89,7 +89,8 @@ impl Error {
 
     /// Whether the failed request certainly was not carried out: no
     /// connection could be made, or the server refused it before doing
-    /// anything (`TooManyConnections`, `ShuttingDown`, `NotLeader`). A lost
+    /// anything (`TooManyConnections`, `ShuttingDown`, `NotLeader`,
+    /// `Lagging`). A lost
     /// connection, a timeout or `OutcomeUnknown` leaves it unknown.
     pub fn never_arrived(&self) -> bool {
         match self {
@@ -97,8 +98,17 @@ impl Error {
             | Error::Timeout {
                 what: "connect", ..
             } => true,
-            Error::Server { code, .. } => ErrorCode::from_code(*code)
-                .is_some_and(|c| c.is_retryable() && c != ErrorCode::OutcomeUnknown),
+            // Listed one by one: a retryable code added later is not
+            // "never arrived" until someone decides it is.
+            Error::Server { code, .. } => matches!(
+                ErrorCode::from_code(*code),
+                Some(
+                    ErrorCode::TooManyConnections
+                        | ErrorCode::ShuttingDown
+                        | ErrorCode::NotLeader
+                        | ErrorCode::Lagging
+                )
+            ),
             _ => false,
         }
     }

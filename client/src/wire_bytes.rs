@@ -113,12 +113,18 @@ thread_local! {
 /// Decodes `T` inside an `Indexed` wrapper, refusing a second wrapper inside
 /// it: nesting them would make the decoder recurse as deep as a frame allows.
 fn one_level<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Box<T>, D::Error> {
+    /// Leaves the wrapper on drop, even if decoding unwinds.
+    struct Inside;
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            IN_INDEXED.with(|inside| inside.set(false));
+        }
+    }
     if IN_INDEXED.with(|inside| inside.replace(true)) {
         return Err(serde::de::Error::custom("Indexed inside Indexed"));
     }
-    let decoded = T::deserialize(d);
-    IN_INDEXED.with(|inside| inside.set(false));
-    decoded.map(Box::new)
+    let _inside = Inside;
+    T::deserialize(d).map(Box::new)
 }
 
 pub(crate) fn inner_command<'de, D: Deserializer<'de>>(

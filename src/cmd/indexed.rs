@@ -11,8 +11,14 @@
 //!
 //! A write inside `Indexed` is unwrapped by the connection handler, so it
 //! joins the log batches like any write, and its reply is wrapped when it is
-//! sent (`wrap`): the index applied then covers the write, which was applied
-//! before it was acknowledged.
+//! sent (`wrap`): the index then covers the write, which was applied before
+//! it was acknowledged.
+//!
+//! The index a reply carries is the state machine's `store_index`, set
+//! before an entry changes the store, not openraft's applied index, which is
+//! published later: a reply must never carry an index below what it
+//! reflects. A follower read waits on the applied index, which is the
+//! conservative side.
 
 use std::time::Duration;
 
@@ -23,18 +29,20 @@ use crate::db::Db;
 /// How long a follower read waits for its node to apply `after`.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
-/// The index this node has applied (0 for a server running alone).
-pub fn applied_index(db: &Db) -> u64 {
-    db.cluster().map_or(0, |cluster| cluster.applied_index())
+/// An index covering what the store holds now (0 for a server running
+/// alone): taken after the read, or after the write was applied, it covers
+/// what the reply reflects (`Cluster::reply_index`).
+pub fn reply_index(db: &Db) -> u64 {
+    db.cluster().map_or(0, |cluster| cluster.reply_index())
 }
 
-/// `reply` with the index applied now; errors go back unwrapped, so that
+/// `reply` with the index that covers it; errors go back unwrapped, so that
 /// clients classify them as usual.
 pub fn wrap(reply: Reply, db: &Db) -> Reply {
     match reply {
         Reply::Error { .. } => reply,
         reply => Reply::Indexed {
-            index: applied_index(db),
+            index: reply_index(db),
             reply: Box::new(reply),
         },
     }

@@ -51,6 +51,8 @@ pub struct Cluster {
     proposer: Proposer,
     /// Running backups see applied writes through these.
     tees: Arc<Tees>,
+    /// The state machine's `store_index`: the index replies report.
+    store_index: Arc<std::sync::atomic::AtomicU64>,
     /// The single-node log's figures stay zero in cluster mode (`Stats`
     /// reads them).
     figures: LogFigures,
@@ -92,6 +94,7 @@ impl Cluster {
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
         };
+        let store_index = machine.store_index();
         let config = openraft::Config {
             cluster_name: "kvstore".into(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
@@ -127,6 +130,7 @@ impl Cluster {
             tracker.clone(),
         ));
         Ok(Arc::new(Cluster {
+            store_index,
             proposer: Proposer::start(raft.clone()),
             settings,
             raft,
@@ -148,7 +152,15 @@ impl Cluster {
         &self.figures
     }
 
-    /// The last log index this node has applied (0 before any).
+    /// An index that covers every write the store may hold now, for a
+    /// reply to carry: read it after reading the store (and for a write's
+    /// reply, after the write was applied). It may run ahead of
+    /// [`Cluster::applied_index`] while an entry is being applied.
+    pub fn reply_index(&self) -> u64 {
+        self.store_index.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The last log index this node has applied in full (0 before any).
     pub fn applied_index(&self) -> u64 {
         (self.raft.metrics().borrow().last_applied).map_or(0, |log_id| log_id.index)
     }

@@ -15,7 +15,6 @@
 use std::sync::Arc;
 
 use kvstore_client::ErrorCode;
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Batch, Member, Raft};
@@ -113,15 +112,29 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
                 }
                 return;
             }
-            match raft.client_write(Batch(changes)).await {
+            // openraft 0.9 does not always answer a proposal its leader
+            // lost: a deposed leader that catches up from a snapshot keeps
+            // the callers of its uncommitted entries waiting for good. So a
+            // proposal also ends when this node stops leading the term it
+            // was made in, with its outcome unknown, and its permit is freed.
+            let term = raft.metrics().borrow().current_term;
+            let result = tokio::select! {
+                result = raft.client_write(Batch(changes)) => {
+                    result.map_err(|e| format!("the proposal failed: {e}"))
+                }
+                () = deposed(&raft, term) => Err(format!(
+                    "this node stopped leading term {term} before the write was committed"
+                )),
+            };
+            match result {
                 Ok(response) => {
                     for (done, outcome) in done.into_iter().zip(response.data.0) {
                         let _ = done.send(outcome.into_result());
                     }
                 }
-                Err(e) => {
+                Err(why) => {
                     for done in done {
-                        let _ = done.send(Err(write_error(&e)));
+                        let _ = done.send(Err(Error::OutcomeUnknown(why.clone())));
                     }
                 }
             }
@@ -130,9 +143,20 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
     }
 }
 
-/// The error every write of a proposal that failed gets.
-fn write_error(e: &RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
-    Error::OutcomeUnknown(format!("the proposal failed: {e}"))
+/// Returns once `raft` is no longer the leader of `term` (or has stopped).
+async fn deposed(raft: &Raft, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let now = metrics.borrow_and_update();
+            if now.current_term != term || now.state != openraft::ServerState::Leader {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// `None` if this node is the leader; else `Some` of the leader it knows.

@@ -21,6 +21,7 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -62,6 +63,12 @@ pub struct StateMachine {
     tees: Arc<Tees>,
     /// Held for each apply and for a snapshot's copy.
     applied: Arc<Mutex<Applied>>,
+    /// The index of the newest entry (or snapshot) whose writes may be in
+    /// the store: set before it changes the store, so a reader that loads
+    /// it after reading the store gets an index that covers what it read.
+    /// openraft's metrics publish the applied index later than that, so
+    /// replies carry this one (session reads, `cmd::indexed`).
+    store_index: Arc<AtomicU64>,
 }
 
 fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -105,12 +112,14 @@ impl StateMachine {
             applied.membership = meta.last_membership.clone();
             applied.current = Some(meta);
         }
+        let store_index = applied.last_applied.map_or(0, |id| id.index);
         let machine = StateMachine {
             fs,
             dir: dir.to_path_buf(),
             store,
             tees,
             applied: Arc::new(Mutex::new(applied)),
+            store_index: Arc::new(AtomicU64::new(store_index)),
         };
         let keep = machine
             .applied
@@ -120,6 +129,11 @@ impl StateMachine {
             .map(|m| m.snapshot_id.clone());
         machine.remove_other_snapshots(keep.as_deref())?;
         Ok(machine)
+    }
+
+    /// See the `store_index` field; shared with the node.
+    pub fn store_index(&self) -> Arc<AtomicU64> {
+        self.store_index.clone()
     }
 
     fn paths(&self, id: &str) -> (PathBuf, PathBuf) {
@@ -280,6 +294,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut out = Vec::new();
             let mut applied = self.applied.lock();
             for entry in entries {
+                self.store_index
+                    .fetch_max(entry.log_id.index, Ordering::Release);
                 applied.last_applied = Some(entry.log_id);
                 out.push(match entry.payload {
                     EntryPayload::Blank => Outcomes::default(),
@@ -326,6 +342,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
             // In one step: a follower read never sees the store half
             // replaced, or empty.
+            if let Some(last) = meta.last_log_id {
+                self.store_index.fetch_max(last.index, Ordering::Release);
+            }
             self.store.replace_with(received);
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();

@@ -31,13 +31,21 @@ use super::proxy::Link;
 use super::*;
 
 const CLIENTS: usize = 5;
+/// Keys in use at a time, all clients sharing them.
 const KEYS: usize = 3;
+/// Every this long the clients move on to fresh keys. An operation whose
+/// outcome is unknown stays pending to the end of its key's history, and
+/// the search cost grows with the operations it may fall between: short
+/// histories keep the check fast however long the run (the "independent
+/// keys" of Jepsen). 5 s spans a fault and the election after it.
+const GENERATION: Duration = Duration::from_secs(5);
 /// States the checker may explore per key before giving up (a give-up fails
 /// the test: it proves nothing).
 const BUDGET: usize = 4_000_000;
 
-/// Every operation so far: (key, operation).
-type History = Arc<Mutex<Vec<(usize, Op)>>>;
+/// Every operation so far: (key, operation, the node asked and the error
+/// if any, to study a failure).
+type History = Arc<Mutex<Vec<(usize, Op, String)>>>;
 
 fn rng(seed: u64) -> TestRng {
     let mut bytes = [0u8; 32];
@@ -64,7 +72,8 @@ async fn client_loop(
 ) {
     let now = || epoch.elapsed().as_nanos() as u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = rng.random_range(0..KEYS);
+        let generation = (epoch.elapsed().as_millis() / GENERATION.as_millis()) as usize;
+        let key = generation * KEYS + rng.random_range(0..KEYS);
         let name = format!("lin{key}");
         let (command, mut kind) = match rng.random_range(0..10) {
             0..=4 => (Command::Get { key: name.into() }, Kind::Read(None)),
@@ -78,9 +87,14 @@ async fn client_loop(
             }
             _ => (Command::Delete { key: name.into() }, Kind::Delete(None)),
         };
+        let node = client.addr();
         let call = now();
         let result = client.call(command).await;
         let ret = now();
+        let note = match &result {
+            Ok(_) => node,
+            Err(e) => format!("{node}: {e}"),
+        };
         let answered = match (result, &mut kind) {
             (Ok(Reply::Value(value)), Kind::Read(seen)) => {
                 *seen = value.as_deref().map(value_id);
@@ -106,7 +120,7 @@ async fn client_loop(
             call,
             ret: answered.then_some(ret),
         };
-        history.lock().unwrap().push((key, op));
+        history.lock().unwrap().push((key, op, note));
     }
 }
 
@@ -231,7 +245,11 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
     // Healed and whole again, the last value of every key is read once more,
     // by a client that may retry (a read is safe to resend).
     let reader = Client::builder().addr(all).build().unwrap();
-    for key in 0..KEYS {
+    let keys = (history.lock().unwrap().iter())
+        .map(|(k, _, _)| *k + 1)
+        .max()
+        .unwrap_or(0);
+    for key in 0..keys {
         let call = epoch.elapsed().as_nanos() as u64;
         let value = rt
             .block_on(reader.get(format!("lin{key}")))
@@ -241,19 +259,19 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
             call,
             ret: Some(epoch.elapsed().as_nanos() as u64),
         };
-        history.lock().unwrap().push((key, op));
+        history.lock().unwrap().push((key, op, "final read".into()));
     }
 
     let history = std::mem::take(&mut *history.lock().unwrap());
-    let unknown = history.iter().filter(|(_, op)| op.ret.is_none()).count();
+    let unknown = history.iter().filter(|(_, op, _)| op.ret.is_none()).count();
     let mut anomalies = Vec::new();
     let started = Instant::now();
-    for key in 0..KEYS {
-        let ops: Vec<Op> = (history.iter())
-            .filter(|(k, _)| *k == key)
-            .map(|(_, op)| *op)
-            .collect();
-        match checker::check(&ops, BUDGET) {
+    let mut by_key: Vec<Vec<Op>> = vec![Vec::new(); keys];
+    for (key, op, _) in &history {
+        by_key[*key].push(*op);
+    }
+    for (key, ops) in by_key.iter().enumerate() {
+        match checker::check(ops, BUDGET) {
             Verdict::Linearizable => {}
             Verdict::GaveUp => panic!("the checker gave up on key {key} ({} ops)", ops.len()),
             Verdict::NotLinearizable { stuck } => {
@@ -261,9 +279,11 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
                 // line, in invocation order.
                 let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
                     .join(format!("linearizability-{seed}-key{key}.txt"));
-                let mut sorted = ops.clone();
-                sorted.sort_by_key(|op| op.call);
-                let lines: Vec<String> = sorted.iter().map(|op| format!("{op:?}")).collect();
+                let mut sorted: Vec<_> = (history.iter()).filter(|(k, _, _)| *k == key).collect();
+                sorted.sort_by_key(|(_, op, _)| op.call);
+                let lines: Vec<String> = (sorted.iter())
+                    .map(|(_, op, note)| format!("{op:?} {note}"))
+                    .collect();
                 std::fs::write(&path, lines.join("\n")).unwrap();
                 eprintln!(
                     "key {key}: not linearizable near {stuck:?}; history in {}",
@@ -274,7 +294,7 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         }
     }
     eprintln!(
-        "linearizability: {} operations checked ({unknown} with unknown outcome) on {KEYS} keys by {CLIENTS} clients in {secs} s; \
+        "linearizability: {} operations checked ({unknown} with unknown outcome) on {keys} keys ({KEYS} at a time) by {CLIENTS} clients in {secs} s; \
          {} faults injected ({faults:?}); {} anomalies; checked in {} ms",
         history.len(),
         faults.total(),
@@ -285,7 +305,7 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
     assert!(
         history
             .iter()
-            .any(|(_, op)| matches!(op.kind, Kind::Read(Some(_)))),
+            .any(|(_, op, _)| matches!(op.kind, Kind::Read(Some(_)))),
         "no read saw a written value: the history tests nothing"
     );
     assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}");
