@@ -351,8 +351,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// The vote as saved, but never *committed* (granted by a quorum):
+    /// openraft 0.9 restores a node whose saved vote is a committed one for
+    /// itself as the leader at once, and such a restored leader answers
+    /// linearizable reads from its state machine as it restarted (the
+    /// newest snapshot) before it has learned the commit index and applied
+    /// the log after it (kvstore does not save the commit index). Restarted
+    /// with the vote uncommitted, it comes back as a follower and must win
+    /// a new term, whose first entry every read then waits for. Raft itself
+    /// never keeps leadership across a restart; the term and whom it voted
+    /// for, which safety needs, are kept.
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        Ok(self.vote)
+        Ok(self
+            .vote
+            .map(|vote| Vote::new(vote.leader_id.term, vote.leader_id.node_id)))
     }
 
     /// Written and `fdatasync`ed before the callback says it is done, and

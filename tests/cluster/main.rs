@@ -444,3 +444,50 @@ fn a_client_given_every_address_follows_the_leader_through_a_failover() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
 }
+
+#[test]
+fn a_leader_restarted_at_once_serves_no_read_older_than_its_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
+    // 150 writes to one key: with a snapshot every 100 entries, the newest
+    // snapshot holds an old value of it.
+    for i in 1..=150 {
+        let reply = try_call(leader.addr, cmd::set("k", format!("v{i}")));
+        assert_eq!(reply, Some(Reply::Ok), "set v{i}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Then entries that take a while to apply again, and the last value.
+    for b in 0..40 {
+        let items = (0..2000)
+            .map(|i| (format!("bulk{b}-{i}").into(), "x".into()))
+            .collect();
+        let reply = try_call(leader.addr, kvstore_client::Command::BulkSet { items });
+        assert_eq!(reply, Some(Reply::Ok), "bulk {b}");
+    }
+    assert_eq!(
+        try_call(leader.addr, cmd::set("k", "v250")),
+        Some(Reply::Ok)
+    );
+    // kill -9 and restart at once, before the others elect a leader: the
+    // node must not take up its old leadership and answer from its
+    // snapshot before it has applied its log again.
+    let slot = (leader.id - 1) as usize;
+    servers[slot].take().unwrap().kill9();
+    servers[slot] = Some(start(&leader, &nodes, dir.path()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answers = 0;
+    while Instant::now() < deadline {
+        for node in &nodes {
+            if let Some(Reply::Value(value)) = try_call(node.addr, cmd::get("k")) {
+                assert_eq!(
+                    value.as_deref(),
+                    Some(&b"v250"[..]),
+                    "node {} read",
+                    node.id
+                );
+                answers += 1;
+            }
+        }
+    }
+    assert!(answers > 0, "no node answered a read within 5 s");
+}

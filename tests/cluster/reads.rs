@@ -54,6 +54,22 @@ fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
         // get there (Lagging), so the client asks the next node.
         assert_eq!(session.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
     });
+    // The CLI's --reads follower reads the follower's copy; by default it
+    // reads through the leader.
+    let cli_get = |extra: &[&str]| {
+        let out = std::process::Command::new(common::cli_path())
+            .args(["--addr", &list])
+            .args(extra)
+            .args(["get", "k"])
+            .env_remove("KVSTORE_ADDR")
+            .env_remove("KVSTORE_READS")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(cli_get(&["--reads", "follower"]), "1");
+    assert_eq!(cli_get(&[]), "2");
 
     // Healed, the follower catches up and its follower reads with it.
     links.heal();
