@@ -48,9 +48,14 @@ const FILE: &str = "raft.log";
 /// outnumber the live ones).
 const REWRITE_AFTER_DEAD: usize = 4096;
 
-/// Bytes of entries one read of the replication stream returns at most, so
-/// an AppendEntries message stays far below the raft port's frame limit.
-pub const MAX_READ_BYTES: usize = 32 << 20;
+/// Bytes of entries one read of the replication stream returns at most
+/// (always at least one entry). openraft 0.9 gives an AppendEntries the
+/// heartbeat interval (100 ms by default) to be sent, decoded, appended and
+/// synced by the follower, and fails it after that: a new leader probing a
+/// follower with megabytes of entries it already has timed out again and
+/// again on the 2-core VM's debug build (a restarted leader took 38 s to
+/// commit its first entry). A megabyte goes through in a few milliseconds.
+pub const MAX_READ_BYTES: usize = 1 << 20;
 
 /// One record of the log file. The variant's position is its tag: variants
 /// are only ever appended.

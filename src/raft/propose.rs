@@ -27,8 +27,11 @@ use crate::storage::store::Applied;
 const QUEUE_DEPTH: usize = 4096;
 /// The most writes in one proposal.
 const MAX_BATCH_OPS: usize = 4096;
-/// Roughly the most bytes in one proposal.
-const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Roughly the most bytes in one proposal: one log entry, which a follower
+/// must receive and sync within a heartbeat interval (see
+/// `log::MAX_READ_BYTES`). A single larger write (a big `BulkSet`) is still
+/// one entry of its own.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals outstanding at once: the next batch gathers while these wait.
 const IN_FLIGHT: usize = 4;
 

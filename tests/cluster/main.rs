@@ -474,9 +474,15 @@ fn a_leader_restarted_at_once_serves_no_read_older_than_its_last_write() {
     let slot = (leader.id - 1) as usize;
     servers[slot].take().unwrap().kill9();
     servers[slot] = Some(start(&leader, &nodes, dir.path()));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // The first answers are the ones at risk: read until there are 20 (a
+    // busy machine may take seconds to elect and apply the log again).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut answers = 0;
-    while Instant::now() < deadline {
+    while answers < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{answers} reads answered in 60 s"
+        );
         for node in &nodes {
             if let Some(Reply::Value(value)) = try_call(node.addr, cmd::get("k")) {
                 assert_eq!(
@@ -489,5 +495,4 @@ fn a_leader_restarted_at_once_serves_no_read_older_than_its_last_write() {
             }
         }
     }
-    assert!(answers > 0, "no node answered a read within 5 s");
 }

@@ -48,7 +48,11 @@ impl Server {
     /// waits for the line that says where it listens.
     pub fn spawn(mut command: Command, data: &Path) -> Server {
         let mut child = command
-            .env("RUST_LOG", "warn")
+            // KVSTORE_TEST_LOG: the servers' RUST_LOG, to study a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("KVSTORE_TEST_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
