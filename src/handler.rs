@@ -40,6 +40,17 @@ struct Slot {
     indexed: bool,
 }
 
+impl Slot {
+    /// A request answered at once.
+    fn ready(id: u64, reply: Reply) -> Slot {
+        Slot {
+            id,
+            state: State::Ready(reply),
+            indexed: false,
+        }
+    }
+}
+
 enum State {
     Ready(Reply),
     /// Queued for the log; resolves once durable and applied.
@@ -115,21 +126,17 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                             Reply::error(ErrorCode::Unauthenticated, "authenticate with Auth first")
                         }
                     };
-                    queue.push_back(Slot {
-                        id: request.id,
-                        state: State::Ready(reply),
-                        indexed: false,
-                    });
+                    queue.push_back(Slot::ready(request.id, reply));
                 }
                 Incoming::Request(request) => {
                     db.stats.native_command(&request.command);
                     let (command, indexed) = match request.command {
-                        Command::Indexed { command, .. } if cmd::is_write(&command) => {
+                        Command::Indexed { command, .. } if command.is_data_write() => {
                             (*command, true)
                         }
                         command => (command, false),
                     };
-                    let is_write = cmd::is_write(&command);
+                    let is_write = command.is_data_write();
                     let must_wait = queue.iter().any(|s| match s.state {
                         State::Waiting(_) => true,
                         State::Write(_) | State::Deferred(_) => !is_write,
@@ -155,11 +162,7 @@ pub async fn serve(mut conn: Connection, db: Db, timeouts: Timeouts, shutdown: C
                 Incoming::Closed => reading = false,
                 Incoming::Refused { id, reply } => {
                     tracing::debug!(?reply, "refusing a frame and closing the connection");
-                    queue.push_back(Slot {
-                        id,
-                        state: State::Ready(reply),
-                        indexed: false,
-                    });
+                    queue.push_back(Slot::ready(id, reply));
                     reading = false;
                 }
             },
@@ -325,7 +328,7 @@ async fn answer_ready(
                 let mut i = 0;
                 while let Some(slot) = queue.get_mut(i) {
                     let is_write = match &slot.state {
-                        State::Waiting(command) => cmd::is_write(command),
+                        State::Waiting(command) => command.is_data_write(),
                         _ => break,
                     };
                     if i > 0 && !is_write {

@@ -229,7 +229,7 @@ pub enum Command {
     /// Tag 19. `command` (a data command, not itself `Indexed`) with the
     /// log index that goes with it, for follower reads and session
     /// guarantees (docs/replication.md). Reply: `Indexed`, with `command`'s
-    /// reply and the index this node had applied when it answered.
+    /// reply and the newest log index whose writes that reply may reflect.
     ///
     /// A read with `any_node` is answered by whichever node gets it, from
     /// what that node has applied, once it has applied index `after`
@@ -507,11 +507,11 @@ pub enum Reply {
     /// Tag 10. A node's view of the cluster (Cluster).
     Cluster(ClusterStatus),
     /// Tag 11. The reply to an `Indexed` command: the inner command's reply
-    /// and the log index the node had applied when it answered (0 when the
+    /// and the newest log index whose writes it may reflect (0 when the
     /// server runs alone).
     Indexed {
-        /// Applied log index: a later `Indexed` read with `after` at least
-        /// this sees everything this reply reflects.
+        /// A later `Indexed` read with `after` at least this sees everything
+        /// this reply reflects.
         index: u64,
         /// The inner command's reply.
         #[serde(deserialize_with = "wire_bytes::inner_reply")]

@@ -29,36 +29,22 @@ use crate::db::Db;
 /// How long a follower read waits for its node to apply `after`.
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
-/// An index covering what the store holds now (0 for a server running
-/// alone): taken after the read, or after the write was applied, it covers
-/// what the reply reflects (`Cluster::reply_index`).
-pub fn reply_index(db: &Db) -> u64 {
-    db.cluster().map_or(0, |cluster| cluster.reply_index())
-}
-
-/// `reply` with the index that covers it; errors go back unwrapped, so that
-/// clients classify them as usual.
+/// `reply` with the index that covers it: taken after the read, or after
+/// the write was applied (`Cluster::reply_index`; 0 for a server running
+/// alone). Errors go back unwrapped, so that clients classify them as usual.
 pub fn wrap(reply: Reply, db: &Db) -> Reply {
     match reply {
         Reply::Error { .. } => reply,
         reply => Reply::Indexed {
-            index: reply_index(db),
+            index: db.cluster().map_or(0, |cluster| cluster.reply_index()),
             reply: Box::new(reply),
         },
     }
 }
 
-/// Answers an `Indexed` read (or, from another path than the connection
-/// handler, a write).
+/// Answers an `Indexed` read (the connection handler has taken writes out).
 pub async fn apply(after: u64, any_node: bool, command: Command, db: &Db) -> Reply {
-    if super::is_write(&command) {
-        let reply = match super::start(command, db).await {
-            super::Started::Done(reply) => reply,
-            super::Started::Pending(mut pending) => super::reply_for(pending.wait().await),
-        };
-        return wrap(reply, db);
-    }
-    if !super::reads_data(&command) {
+    if !command.is_data_read() {
         return Reply::error(
             ErrorCode::Malformed,
             format!(
@@ -72,7 +58,7 @@ pub async fn apply(after: u64, any_node: bool, command: Command, db: &Db) -> Rep
             if let Err(e) = cluster.wait_applied(after, MAX_WAIT).await {
                 return super::error_reply(&e);
             }
-            super::read_here(command, db)
+            super::read(command, db)
         }
         _ => match super::start(command, db).await {
             super::Started::Done(reply) => reply,

@@ -45,11 +45,6 @@ pub enum Started {
     Pending(PendingWrite),
 }
 
-/// Whether the command changes data (and so goes through the log).
-pub fn is_write(command: &Command) -> bool {
-    command.is_data_write()
-}
-
 /// Roughly the bytes a command holds in memory.
 pub fn size(command: &Command) -> usize {
     match command {
@@ -95,7 +90,7 @@ pub async fn start(command: Command, db: &Db) -> Started {
         return Started::Done(cluster::apply(request, db).await);
     }
     if let Some(cluster) = db.cluster() {
-        if reads_data(&command) {
+        if command.is_data_read() {
             if let Err(e) = cluster.read_barrier().await {
                 return Started::Done(error_reply(&e));
             }
@@ -107,21 +102,6 @@ pub async fn start(command: Command, db: &Db) -> Started {
             Err(e) => Started::Done(error_reply(&e)),
         },
         Err(reply) => Started::Done(reply),
-    }
-}
-
-/// Whether the command reads keys or values (and so, in cluster mode, waits
-/// for the read barrier).
-fn reads_data(command: &Command) -> bool {
-    command.is_data_read()
-}
-
-/// Answers a read from this node's store as it is, with no read barrier
-/// (follower reads: see [`indexed`]).
-fn read_here(command: Command, db: &Db) -> Reply {
-    match prepare(command, db) {
-        Err(reply) => reply,
-        Ok(_) => Reply::error(ErrorCode::Malformed, "a write was routed as a read"),
     }
 }
 
@@ -221,7 +201,7 @@ pub fn read(command: Command, db: &Db) -> Reply {
             &crate::figures::collect(db),
         ))),
         write => {
-            debug_assert!(is_write(&write));
+            debug_assert!(write.is_data_write());
             Err(Reply::error(
                 ErrorCode::Malformed,
                 "a write was routed as a read",

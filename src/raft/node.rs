@@ -161,7 +161,7 @@ impl Cluster {
     }
 
     /// The last log index this node has applied in full (0 before any).
-    pub fn applied_index(&self) -> u64 {
+    fn applied_index(&self) -> u64 {
         (self.raft.metrics().borrow().last_applied).map_or(0, |log_id| log_id.index)
     }
 

@@ -109,18 +109,20 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
             // failure leaves the outcome unknown (openraft also answers
             // ForwardToLeader for an entry a deposed leader drops, which a
             // later leader may still commit).
-            if let Some(leader) = not_leading(&raft) {
-                for done in done {
-                    let _ = done.send(Err(not_leader(leader.as_ref())));
+            let term = match leading(&raft) {
+                Ok(term) => term,
+                Err(leader) => {
+                    for done in done {
+                        let _ = done.send(Err(not_leader(leader.as_ref())));
+                    }
+                    return;
                 }
-                return;
-            }
+            };
             // openraft 0.9 does not always answer a proposal its leader
             // lost: a deposed leader that catches up from a snapshot keeps
             // the callers of its uncommitted entries waiting for good. So a
             // proposal also ends when this node stops leading the term it
             // was made in, with its outcome unknown, and its permit is freed.
-            let term = raft.metrics().borrow().current_term;
             let result = tokio::select! {
                 result = raft.client_write(Batch(changes)) => {
                     result.map_err(|e| format!("the proposal failed: {e}"))
@@ -162,12 +164,12 @@ async fn deposed(raft: &Raft, term: u64) {
     }
 }
 
-/// `None` if this node is the leader; else `Some` of the leader it knows.
-fn not_leading(raft: &Raft) -> Option<Option<Member>> {
+/// The term this node leads; else the leader it knows, if any.
+fn leading(raft: &Raft) -> Result<u64, Option<Member>> {
     let metrics = raft.metrics();
     let metrics = metrics.borrow();
     if metrics.state == openraft::ServerState::Leader {
-        return None;
+        return Ok(metrics.current_term);
     }
     let leader = metrics.current_leader.and_then(|id| {
         metrics
@@ -176,7 +178,7 @@ fn not_leading(raft: &Raft) -> Option<Option<Member>> {
             .find(|(n, _)| **n == id)
             .map(|(_, member)| member.clone())
     });
-    Some(leader)
+    Err(leader)
 }
 
 /// "Not the leader", naming the leader's client address if known. Nothing

@@ -390,16 +390,7 @@ impl Store {
                 Applied::Int(removed)
             }
             WriteOp::Clear => {
-                let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
-                // Dropped after the locks, so readers wait only for the unlink.
-                let old: Vec<_> = guards
-                    .iter_mut()
-                    .map(|g| std::mem::take(&mut **g))
-                    .collect();
-                self.key_bytes.store(0, AtomicOrdering::Relaxed);
-                self.value_bytes.store(0, AtomicOrdering::Relaxed);
-                drop(guards);
-                drop(old);
+                self.swap_all((0..self.shards.len()).map(|_| Map::new()), (0, 0));
                 Applied::Stored
             }
         }
@@ -412,21 +403,23 @@ impl Store {
     /// install on a node that serves follower reads).
     pub fn replace_with(&self, other: Store) {
         assert_eq!(self.shards.len(), other.shards.len(), "shard counts differ");
+        let bytes = other.bytes();
+        let maps = other.shards.into_vec().into_iter().map(RwLock::into_inner);
+        self.swap_all(maps, bytes);
+    }
+
+    /// Puts `maps` (one per shard, in order) in place of the shards' maps,
+    /// with every write lock held for the whole swap, and sets the byte
+    /// counts (keys, values).
+    fn swap_all(&self, maps: impl Iterator<Item = Map>, (keys, values): (u64, u64)) {
         let mut guards: Vec<_> = self.shards.iter().map(|s| s.write()).collect();
         // Dropped after the locks, so readers wait only for the swap.
-        let old: Vec<Map> = guards
-            .iter_mut()
-            .zip(other.shards.into_vec())
-            .map(|(guard, new)| std::mem::replace(&mut **guard, new.into_inner()))
+        let old: Vec<Map> = (guards.iter_mut())
+            .zip(maps)
+            .map(|(guard, new)| std::mem::replace(&mut **guard, new))
             .collect();
-        self.key_bytes.store(
-            other.key_bytes.load(AtomicOrdering::Relaxed),
-            AtomicOrdering::Relaxed,
-        );
-        self.value_bytes.store(
-            other.value_bytes.load(AtomicOrdering::Relaxed),
-            AtomicOrdering::Relaxed,
-        );
+        self.key_bytes.store(keys, AtomicOrdering::Relaxed);
+        self.value_bytes.store(values, AtomicOrdering::Relaxed);
         drop(guards);
         drop(old);
     }

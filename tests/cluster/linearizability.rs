@@ -139,13 +139,6 @@ impl Faults {
     }
 }
 
-/// The node that says it leads, if one does (by its index).
-fn leader_index(nodes: &[Spec]) -> Option<usize> {
-    nodes
-        .iter()
-        .position(|n| status(n.addr).is_some_and(|s| s.role == "leader"))
-}
-
 #[test]
 fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() {
     let secs: u64 = std::env::var("KVSTORE_LINEARIZABILITY_SECS")

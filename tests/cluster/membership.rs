@@ -9,19 +9,11 @@ use kvstore_client::Client;
 
 use super::*;
 
-/// The CLI against every address in `nodes`; panics if it fails.
+/// `kvstore cluster ARGS` against every address in `nodes`; panics if it
+/// fails.
 fn cluster_cli(nodes: &[Spec], args: &[&str]) -> String {
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let out = std::process::Command::new(common::cli_path())
-        .arg("--addr")
-        .arg(addrs.join(","))
-        .arg("cluster")
-        .args(args)
-        .env_remove("KVSTORE_ADDR")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "kvstore cluster {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
+    common::cli_ok(addrs.join(","), &[&["cluster"], args].concat())
 }
 
 /// The voters and learners `node` sees.

@@ -57,16 +57,8 @@ fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
     // The CLI's --reads follower reads the follower's copy; by default it
     // reads through the leader.
     let cli_get = |extra: &[&str]| {
-        let out = std::process::Command::new(common::cli_path())
-            .args(["--addr", &list])
-            .args(extra)
-            .args(["get", "k"])
-            .env_remove("KVSTORE_ADDR")
-            .env_remove("KVSTORE_READS")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        let out = common::cli_ok(&list, &[extra, &["get", "k"]].concat());
+        out.trim().to_string()
     };
     assert_eq!(cli_get(&["--reads", "follower"]), "1");
     assert_eq!(cli_get(&[]), "2");

@@ -255,19 +255,21 @@ pub fn cli_path() -> PathBuf {
 }
 
 /// Runs the `kvstore` CLI against `addr`, requires success, returns stdout.
-pub fn cli_ok(addr: SocketAddr, args: &[&str]) -> String {
+pub fn cli_ok(addr: impl std::fmt::Display, args: &[&str]) -> String {
     let out = cli(addr, args);
     assert!(out.status.success(), "kvstore {args:?}: {out:?}");
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
-/// Runs the `kvstore` CLI against `addr`, whatever the outcome.
-pub fn cli(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+/// Runs the `kvstore` CLI against `addr` (one address, or a cluster's list),
+/// whatever the outcome.
+pub fn cli(addr: impl std::fmt::Display, args: &[&str]) -> std::process::Output {
     Command::new(cli_path())
         .arg("--addr")
         .arg(addr.to_string())
         .args(args)
         .env_remove("KVSTORE_ADDR")
+        .env_remove("KVSTORE_READS")
         .output()
         .expect("run kvstore")
 }

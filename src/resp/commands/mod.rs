@@ -273,8 +273,8 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         )));
     }
     // Cluster mode: a read of data is linearizable, as on the native door.
-    if spec.flags.contains(&"readonly") {
-        if let Some(cluster) = ctx.db.cluster() {
+    if let Some(cluster) = ctx.db.cluster() {
+        if spec.flags.contains(&"readonly") {
             if let Err(e) = cluster.read_barrier().await {
                 return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
             }
