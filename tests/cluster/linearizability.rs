@@ -156,11 +156,7 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
     let rt = common::runtime();
     let (nodes, mut servers, links) = start_partitionable(dir.path(), &rt);
     wait_for_leader(&nodes);
-    let all = nodes
-        .iter()
-        .map(|n| n.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = addr_list(&nodes);
 
     let epoch = Instant::now();
     let history: History = Arc::default();

@@ -38,6 +38,15 @@ fn specs(n: u64) -> Vec<Spec> {
         .collect()
 }
 
+/// The nodes' client addresses, comma-separated, in order: what `--addr`
+/// and `Client::connect` take for a cluster.
+fn addr_list<'a>(nodes: impl IntoIterator<Item = &'a Spec>) -> String {
+    (nodes.into_iter())
+        .map(|n| n.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Starts node `me` of `all`, its data under `dir`.
 fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
     start_via(me, all, dir, |peer| peer.raft)
@@ -401,11 +410,7 @@ fn a_client_given_every_address_follows_the_leader_through_a_failover() {
     // The list starts with a follower: the client must move to the leader.
     let mut order: Vec<&Spec> = nodes.iter().filter(|n| n.id != leader.id).collect();
     order.push(&leader);
-    let all = order
-        .iter()
-        .map(|n| n.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = addr_list(order);
 
     let rt = common::runtime();
     let client = kvstore_client::Client::connect(all.clone()).unwrap();

@@ -12,8 +12,7 @@ use super::*;
 /// `kvstore cluster ARGS` against every address in `nodes`; panics if it
 /// fails.
 fn cluster_cli(nodes: &[Spec], args: &[&str]) -> String {
-    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    common::cli_ok(addrs.join(","), &[&["cluster"], args].concat())
+    common::cli_ok(addr_list(nodes), &[&["cluster"], args].concat())
 }
 
 /// The voters and learners `node` sees.
@@ -44,9 +43,7 @@ fn a_node_joins_and_the_leader_leaves_under_load_with_no_acknowledged_write_lost
 
     // Two clients write distinct keys the whole time, with the library's
     // retries (several addresses: it follows the leader).
-    let all = (nodes.iter().map(|n| n.addr.to_string()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let all = addr_list(&nodes);
     let rt = common::runtime();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -16,11 +16,8 @@ fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
     let leader = wait_for_leader(&nodes);
     let follower = nodes.iter().find(|n| n.id != leader.id).unwrap().clone();
     // The follower first: reads go there while it answers.
-    let list = std::iter::once(&follower)
-        .chain(nodes.iter().filter(|n| n.id != follower.id))
-        .map(|n| n.addr.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let list =
+        addr_list(std::iter::once(&follower).chain(nodes.iter().filter(|n| n.id != follower.id)));
     let client = |reads| {
         Client::builder()
             .addr(list.clone())
