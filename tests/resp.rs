@@ -370,6 +370,37 @@ fn hello_3_switches_to_resp3() {
     assert!(bad.unwrap_err().to_string().contains("NOPROTO"));
 }
 
+/// A key over the key limit is refused the same way by every read, as the
+/// native `Get` refuses it: the reads go through one place (`cmd`).
+#[test]
+fn every_read_refuses_a_key_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--max-key", "16"]);
+    let mut c = connect(&server);
+    let long = "k".repeat(17);
+    let _: () = c.set("short", "v").unwrap();
+    for (name, args) in [
+        ("GET", vec![long.as_str()]),
+        ("STRLEN", vec![long.as_str()]),
+        ("EXISTS", vec!["short", long.as_str()]),
+        ("TYPE", vec![long.as_str()]),
+        ("TTL", vec![long.as_str()]),
+        ("PTTL", vec![long.as_str()]),
+        ("MGET", vec!["short", long.as_str()]),
+        ("KEYS", vec![&format!("{long}*")]),
+        ("SCAN", vec!["0", "MATCH", &format!("{long}*")]),
+    ] {
+        let err = cmd(name).arg(&args).query::<Value>(&mut c).expect_err(name);
+        assert!(
+            err.to_string()
+                .contains("key of 17 bytes exceeds the limit of 16 bytes"),
+            "{name}: {err}"
+        );
+    }
+    // Keys within the limit are still served.
+    assert_eq!(c.strlen::<_, i64>("short").unwrap(), 1);
+}
+
 #[test]
 fn a_pipeline_reads_its_own_writes_in_order() {
     let dir = tempfile::tempdir().unwrap();

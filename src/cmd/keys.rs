@@ -8,7 +8,9 @@ use kvstore_client::protocol::{DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE};
 use kvstore_client::Reply;
 
 use super::check_key;
+use crate::config::Limits;
 use crate::db::Db;
+use crate::storage::store::KeysPage;
 
 pub(super) fn apply(
     prefix: &[u8],
@@ -16,20 +18,47 @@ pub(super) fn apply(
     limit: u32,
     db: &Db,
 ) -> Result<Reply, Reply> {
-    check_key(prefix, &db.limits)?;
-    if let Some(after) = start_after {
-        check_key(after, &db.limits)?;
-    }
-    let page = db.store().keys(
+    let page = page(
         prefix,
         start_after,
         page_limit(limit),
         db.limits.max_reply_bytes,
-    );
+        db,
+    )?;
     Ok(Reply::Keys {
         keys: page.keys,
         more: page.more,
     })
+}
+
+/// At most `limit` keys that start with `prefix`, after `start_after`, in
+/// ascending order, stopping before they pass `max_bytes` (RESP `KEYS` and
+/// `SCAN` set their own page sizes).
+pub fn page(
+    prefix: &[u8],
+    start_after: Option<&[u8]>,
+    limit: usize,
+    max_bytes: usize,
+    db: &Db,
+) -> Result<KeysPage, Reply> {
+    check_walk(prefix, start_after, &db.limits)?;
+    Ok(db.store().keys(prefix, start_after, limit, max_bytes))
+}
+
+/// Refuses a walk by prefix whose prefix or resume key is over the key limit
+/// (shared by `Keys` and `Scan`).
+pub(super) fn check_walk(
+    prefix: &[u8],
+    start_after: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<(), Reply> {
+    check_key(prefix, limits)?;
+    start_after.map_or(Ok(()), |after| check_key(after, limits))
+}
+
+/// How many keys there are (RESP `DBSIZE`).
+pub fn count(db: &Db) -> usize {
+    db.store().len()
 }
 
 /// A request's page size: `0` asks for the default page, and no page is

@@ -1,6 +1,8 @@
 //! Commands: what each request does, one file per command.
 //!
-//! Reads ([`get`], [`exists`], [`keys`], [`scan`]) answer at once from the store.
+//! Reads ([`get`], [`get_many`], [`exists`], [`keys`], [`scan`]) answer at
+//! once from the store, after [`read_barrier`]; this is the only code that
+//! reads data, for every door, so key checks are the same on all of them.
 //! [`backup`] copies the whole store while writes go on.
 //! Writes ([`set`], [`delete`], [`bulk_set`], [`delete_many`], `Flush`) check
 //! their limits, queue a [`WriteOp`] for the group-commit thread, and answer
@@ -17,12 +19,13 @@ mod bulk_set;
 mod cluster;
 mod delete;
 mod delete_many;
-mod exists;
-mod get;
+pub mod exists;
+pub mod get;
 mod get_del;
+pub mod get_many;
 mod incr;
 pub mod indexed;
-mod keys;
+pub mod keys;
 mod scan;
 mod set;
 mod set_if;
@@ -89,11 +92,9 @@ pub async fn start(command: Command, db: &Db) -> Started {
     if let Command::Cluster(request) = command {
         return Started::Done(cluster::apply(request, db).await);
     }
-    if let Some(cluster) = db.cluster() {
-        if command.is_data_read() {
-            if let Err(e) = cluster.read_barrier().await {
-                return Started::Done(error_reply(&e));
-            }
+    if command.is_data_read() {
+        if let Err(e) = read_barrier(db).await {
+            return Started::Done(error_reply(&e));
         }
     }
     match prepare(command, db) {
@@ -102,6 +103,18 @@ pub async fn start(command: Command, db: &Db) -> Started {
             Err(e) => Started::Done(error_reply(&e)),
         },
         Err(reply) => Started::Done(reply),
+    }
+}
+
+/// Waits until this node may answer a linearizable read of data: in
+/// cluster mode, [`Cluster::read_barrier`]; at once on a single node. Every
+/// door's reads of data pass here before they read.
+///
+/// [`Cluster::read_barrier`]: crate::raft::node::Cluster::read_barrier
+pub async fn read_barrier(db: &Db) -> Result<(), Error> {
+    match db.cluster() {
+        Some(cluster) => cluster.read_barrier().await,
+        None => Ok(()),
     }
 }
 

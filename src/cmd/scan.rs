@@ -8,7 +8,7 @@
 use kvstore_client::Reply;
 
 use super::check_key;
-use super::keys::page_limit;
+use super::keys::{check_walk, page_limit};
 use crate::db::Db;
 use crate::storage::store::Span;
 
@@ -19,10 +19,7 @@ pub(super) fn prefix(
     reverse: bool,
     db: &Db,
 ) -> Result<Reply, Reply> {
-    check_key(prefix, &db.limits)?;
-    if let Some(after) = start_after {
-        check_key(after, &db.limits)?;
-    }
+    check_walk(prefix, start_after, &db.limits)?;
     Ok(page(&Span::prefix(prefix, start_after, reverse), limit, db))
 }
 

@@ -392,10 +392,8 @@ impl KeyValueService {
                     return Some((Err(status), None));
                 }
                 // Cluster mode: each page is a linearizable read.
-                if let Some(cluster) = db.cluster() {
-                    if let Err(e) = cluster.read_barrier().await {
-                        return Some((Err(status(cmd::error_code(&e), e)), None));
-                    }
+                if let Err(e) = cmd::read_barrier(&db).await {
+                    return Some((Err(status(cmd::error_code(&e), e)), None));
                 }
                 next_page(&db, walk, remaining)
             }

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use kvstore_client::protocol::MAX_KEYS_PAGE;
 use kvstore_client::Command;
 
-use super::{is, native, not_an_integer, syntax_error, Ctx, Outcome, Shape};
+use super::{is, native, not_an_integer, refused, syntax_error, Ctx, Outcome, Shape};
+use crate::cmd;
 use crate::resp::codec::Value;
 use crate::resp::glob;
 use crate::storage::change::parse_i64;
@@ -23,29 +24,28 @@ pub(super) async fn del(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 
 /// EXISTS key [key ...]: how many of them exist (a repeated key counts again).
 pub(super) fn exists(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    let store = ctx.db.store();
-    let n = args.iter().filter(|key| store.contains(key)).count();
-    Outcome::Ready(Value::Int(n as i64))
+    match cmd::exists::count(args, ctx.db) {
+        Ok(n) => Outcome::Ready(Value::Int(n as i64)),
+        Err(reply) => refused(reply),
+    }
 }
 
 /// TYPE key: `string` or `none`.
 pub(super) fn kind(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    let kind = if ctx.db.store().contains(&args[0]) {
-        "string"
-    } else {
-        "none"
-    };
-    Outcome::Ready(Value::Simple(kind))
+    match cmd::exists::count(&args[..1], ctx.db) {
+        Ok(1) => Outcome::Ready(Value::Simple("string")),
+        Ok(_) => Outcome::Ready(Value::Simple("none")),
+        Err(reply) => refused(reply),
+    }
 }
 
 /// TTL and PTTL: -1 for an existing key (keys never expire), -2 otherwise.
 pub(super) fn ttl(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    let ttl = if ctx.db.store().contains(&args[0]) {
-        -1
-    } else {
-        -2
-    };
-    Outcome::Ready(Value::Int(ttl))
+    match cmd::exists::count(&args[..1], ctx.db) {
+        Ok(1) => Outcome::Ready(Value::Int(-1)),
+        Ok(_) => Outcome::Ready(Value::Int(-2)),
+        Err(reply) => refused(reply),
+    }
 }
 
 /// FLUSHDB / FLUSHALL [ASYNC | SYNC]: one Clear record, durable before the
@@ -70,10 +70,16 @@ pub(super) async fn keys(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     let mut bytes = 0;
     let mut after: Option<Bytes> = None;
     loop {
-        let page =
-            ctx.db
-                .store()
-                .keys(prefix, after.as_deref(), MAX_KEYS_PAGE as usize, usize::MAX);
+        let page = match cmd::keys::page(
+            prefix,
+            after.as_deref(),
+            MAX_KEYS_PAGE as usize,
+            usize::MAX,
+            ctx.db,
+        ) {
+            Ok(page) => page,
+            Err(reply) => return refused(reply),
+        };
         for key in &page.keys {
             if glob::matches(pattern, key) {
                 bytes += key.len() + 16;
@@ -137,12 +143,16 @@ pub(super) fn scan(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         },
     };
     let prefix = pattern.map_or(&b""[..], |p| glob::literal_prefix(p));
-    let page = ctx.db.store().keys(
+    let page = match cmd::keys::page(
         prefix,
         after.as_deref(),
         count,
         ctx.db.limits.max_reply_bytes,
-    );
+        ctx.db,
+    ) {
+        Ok(page) => page,
+        Err(reply) => return refused(reply),
+    };
     let next = match (page.more, page.keys.last()) {
         (true, Some(last)) => ctx.shared.cursors.save(last.clone()),
         _ => 0,

@@ -122,6 +122,14 @@ fn error_for(code: u32, message: &str) -> Value {
     }
 }
 
+/// A read that `cmd` refused (a key over the limit, too many keys).
+fn refused(reply: Reply) -> Outcome {
+    Outcome::Ready(match reply {
+        Reply::Error { code, message } => error_for(code, &message),
+        other => Value::error(format!("ERR internal error: {other:?} is not a refusal")),
+    })
+}
+
 fn wrong_pass() -> Value {
     Value::error("WRONGPASS invalid username-password pair or user is disabled.")
 }
@@ -273,11 +281,9 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         )));
     }
     // Cluster mode: a read of data is linearizable, as on the native door.
-    if let Some(cluster) = ctx.db.cluster() {
-        if spec.flags.contains(&"readonly") {
-            if let Err(e) = cluster.read_barrier().await {
-                return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
-            }
+    if spec.flags.contains(&"readonly") {
+        if let Err(e) = cmd::read_barrier(ctx.db).await {
+            return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
     }
     let args = &args[1..];
@@ -320,7 +326,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "set" => strings::set(args, ctx).await,
         "setnx" => strings::setnx(args, ctx).await,
         "strlen" => strings::strlen(args, ctx),
-        "dbsize" => Outcome::Ready(Value::Int(ctx.db.store().len() as i64)),
+        "dbsize" => Outcome::Ready(Value::Int(cmd::keys::count(ctx.db) as i64)),
         "del" | "unlink" => keyspace::del(args, ctx).await,
         "exists" => keyspace::exists(args, ctx),
         "flushall" | "flushdb" => keyspace::flush(args, ctx).await,

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use bytes::Bytes;
 
 use super::{is, Ctx, Outcome, Spec, COMMANDS};
+use crate::cmd;
 use crate::commit::LogFigures;
 use crate::config::SyncMode;
 use crate::resp::codec::Value;
@@ -88,7 +89,7 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
             line("rejected_connections", &n(&stats.connections_rejected));
         }
         "keyspace" => {
-            let keys = ctx.db.store().len();
+            let keys = cmd::keys::count(ctx.db);
             if keys > 0 {
                 line("db0", &format!("keys={keys},expires=0,avg_ttl=0"));
             }

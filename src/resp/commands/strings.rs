@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use kvstore_client::{Command, Condition};
 
-use super::{is, native, not_an_integer, syntax_error, Ctx, Outcome, Shape};
+use super::{is, native, not_an_integer, refused, syntax_error, Ctx, Outcome, Shape};
+use crate::cmd;
 use crate::resp::codec::Value;
 use crate::storage::change::parse_i64;
 
@@ -91,18 +92,14 @@ pub(super) async fn mset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 /// MGET key [key ...]: every value at one instant, as in Redis (the store
 /// holds the read locks of the keys' shards together).
 pub(super) fn mget(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    let limits = &ctx.db.limits;
-    if args.len() > limits.max_bulk_items {
-        return Outcome::Ready(Value::error(format!(
-            "ERR MGET of {} keys exceeds the limit of {} keys",
-            args.len(),
-            limits.max_bulk_items
-        )));
-    }
+    let found = match cmd::get_many::apply(args, ctx.db) {
+        Ok(found) => found,
+        Err(reply) => return refused(reply),
+    };
     let mut bytes = 0;
-    let mut values = Vec::with_capacity(args.len());
-    for found in ctx.db.store().get_many(args) {
-        match found {
+    let mut values = Vec::with_capacity(found.len());
+    for value in found {
+        match value {
             Some(value) => {
                 bytes += value.len();
                 if bytes > MAX_MGET_BYTES {
@@ -120,8 +117,10 @@ pub(super) fn mget(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 
 /// STRLEN key: the value's length in bytes, 0 if missing.
 pub(super) fn strlen(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    let len = ctx.db.store().get(&args[0]).map_or(0, |v| v.len());
-    Outcome::Ready(Value::Int(len as i64))
+    match cmd::get::value(&args[0], ctx.db) {
+        Ok(value) => Outcome::Ready(Value::Int(value.map_or(0, |v| v.len()) as i64)),
+        Err(reply) => refused(reply),
+    }
 }
 
 /// APPEND key value: the new length.
