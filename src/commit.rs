@@ -505,14 +505,19 @@ impl Worker {
             }
         }
         drop(view);
+        // From the write on, the batch may be on disk: a panic must not
+        // answer its writes as never arrived.
+        let mut jobs = Unanswered {
+            jobs: jobs.into(),
+            poison: self.poison.clone(),
+        };
         let batch_start = self.segment.len();
         if !buf.is_empty() {
             if let Err(e) = self.segment.append(buf) {
-                return self.poison_batch(jobs, batch_start, "write", e);
+                return self.poison_batch(jobs.take(), batch_start, "write", e);
             }
             self.dirty = true;
-            let records = jobs
-                .iter()
+            let records = (jobs.jobs.iter())
                 .filter(|j| matches!(j, Job::Write { resolved, .. } if resolved.op().is_some()))
                 .count();
             self.figures
@@ -537,7 +542,7 @@ impl Worker {
         if sync_now {
             let started = Instant::now();
             if let Err(e) = self.segment.sync_data() {
-                return self.poison_batch(jobs, batch_start, "fdatasync", e);
+                return self.poison_batch(jobs.take(), batch_start, "fdatasync", e);
             }
             self.figures
                 .fsync_us
@@ -545,27 +550,29 @@ impl Worker {
             self.synced();
         }
         let mut tee = self.tees.lock();
-        for job in jobs {
-            match job {
-                Job::Write { resolved, done, .. } => {
-                    let outcome = match resolved {
-                        Resolved::Apply(op) => {
-                            tee.record(&op);
-                            Ok(self.store.apply(&op))
-                        }
-                        Resolved::Log(op, outcome) => {
-                            tee.record(&op);
-                            self.store.apply(&op);
-                            Ok(outcome)
-                        }
-                        Resolved::Answer(outcome) => outcome,
+        // Each job leaves the guard only once it is applied.
+        while let Some(job) = jobs.jobs.front() {
+            let applied = match job {
+                Job::Write { resolved, .. } => resolved.op().map(|op| {
+                    tee.record(op);
+                    self.store.apply(op)
+                }),
+                Job::Sync(_) => None,
+            };
+            match jobs.jobs.pop_front() {
+                Some(Job::Write { resolved, done, .. }) => {
+                    let outcome = match (resolved, applied) {
+                        (Resolved::Apply(_), Some(applied)) => Ok(applied),
+                        (Resolved::Log(_, outcome), _) => Ok(outcome),
+                        (Resolved::Answer(outcome), _) => outcome,
+                        (Resolved::Apply(_), None) => unreachable!("an Apply has an op"),
                     };
                     let _ = done.send(outcome);
                 }
-                Job::Sync(Some(done)) => {
+                Some(Job::Sync(Some(done))) => {
                     let _ = done.send(Ok(()));
                 }
-                Job::Sync(None) => {}
+                Some(Job::Sync(None)) | None => {}
             }
         }
     }
@@ -592,17 +599,8 @@ impl Worker {
             );
         }
         let _ = self.poison.set(reason.clone());
-        for job in jobs {
-            match job {
-                Job::Write { done, .. } => {
-                    let _ = done.send(Err(Error::StorageFailed(reason.clone())));
-                }
-                Job::Sync(Some(done)) => {
-                    let _ = done.send(Err(Error::StorageFailed(reason.clone())));
-                }
-                Job::Sync(None) => {}
-            }
-        }
+        let failed = || Error::StorageFailed(reason.clone());
+        fail_jobs(jobs, &failed, &failed);
     }
 
     /// Starts a snapshot if the segment is past the threshold and none runs.
@@ -704,6 +702,59 @@ impl Worker {
     }
 }
 
+/// The jobs of a batch whose records may be on disk, until each is
+/// answered. If the commit thread panics meanwhile, dropping this poisons
+/// the log and answers every job left with `OutcomeUnknown`: the write may
+/// be durable and come back at the next start, so "shutting down" (never
+/// arrived) would be a lie.
+struct Unanswered {
+    jobs: std::collections::VecDeque<Job>,
+    poison: Arc<OnceLock<String>>,
+}
+
+impl Unanswered {
+    /// The jobs, for a path that answers them all itself.
+    fn take(&mut self) -> Vec<Job> {
+        self.jobs.drain(..).collect()
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let reason = "the commit thread panicked while its batch was being logged or applied";
+        tracing::error!("{reason}; refusing all writes until restart");
+        let _ = self.poison.set(reason.to_string());
+        fail_jobs(
+            self.jobs.drain(..),
+            &|| Error::OutcomeUnknown(reason.into()),
+            &|| Error::StorageFailed(reason.into()),
+        );
+    }
+}
+
+/// Answers jobs that were not carried out: writes with `write()`, syncs
+/// with `sync()`.
+fn fail_jobs(
+    jobs: impl IntoIterator<Item = Job>,
+    write: &dyn Fn() -> Error,
+    sync: &dyn Fn() -> Error,
+) {
+    for job in jobs {
+        match job {
+            Job::Write { done, .. } => {
+                let _ = done.send(Err(write()));
+            }
+            Job::Sync(Some(done)) => {
+                let _ = done.send(Err(sync()));
+            }
+            Job::Sync(None) => {}
+        }
+    }
+}
+
 /// Answers a message that will not be carried out.
 fn fail(message: Message, error: &dyn Fn() -> Error) {
     match message {
@@ -752,6 +803,40 @@ mod tests {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::from_static(b"v"),
         }
+    }
+
+    /// A panic while a batch is logged or applied leaves its writes'
+    /// outcome unknown (their records may be durable) and poisons the log.
+    #[test]
+    fn a_panic_mid_batch_answers_outcome_unknown_and_poisons() {
+        let poison = Arc::new(OnceLock::new());
+        let budget = Arc::new(Semaphore::new(1));
+        let (done, mut write) = oneshot::channel();
+        let (sync_done, mut sync) = oneshot::channel();
+        let jobs = Unanswered {
+            jobs: vec![
+                Job::Write {
+                    resolved: Resolved::Apply(set("a")),
+                    done,
+                    _budget: budget.clone().try_acquire_owned().unwrap(),
+                },
+                Job::Sync(Some(sync_done)),
+            ]
+            .into(),
+            poison: poison.clone(),
+        };
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _jobs = jobs;
+            panic!("a bug in apply");
+        }));
+        assert!(panicked.is_err());
+        assert!(
+            matches!(write.try_recv(), Ok(Err(Error::OutcomeUnknown(_)))),
+            "a write that may be durable is not answered as never arrived"
+        );
+        assert!(matches!(sync.try_recv(), Ok(Err(Error::StorageFailed(_)))));
+        assert!(poison.get().is_some(), "the log refuses writes after it");
+        assert_eq!(budget.available_permits(), 1, "the budget is given back");
     }
 
     /// `/dev/full` fails every write with ENOSPC: the batch fails, the store
