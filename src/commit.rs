@@ -30,14 +30,16 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::backup::Tees;
 use crate::config::SyncMode;
 use crate::error::Error;
+use crate::log::{Done, Log, Queued};
 use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::store::{Applied, Store};
+use crate::storage::store::Store;
 use crate::storage::{snapshot, wal};
 
 /// Writes waiting for the commit thread. Past this, senders wait: a full
@@ -47,20 +49,11 @@ const QUEUE_DEPTH: usize = 4096;
 const MAX_BATCH_OPS: usize = 4096;
 /// A batch stops collecting once its writes pass this many bytes.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes of writes queued or in a batch, across all connections. The queue's
-/// depth counts writes, this counts their size: 4,096 queued writes of 16 MiB
-/// would otherwise be 64 GiB.
-const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
 
 /// What the commit thread is asked to do.
 enum Message {
     /// Resolve, log, sync, apply, then answer.
-    Write {
-        change: Change,
-        done: oneshot::Sender<Result<Applied, Error>>,
-        /// The op's share of [`MAX_QUEUED_BYTES`], given back when it is answered.
-        _budget: OwnedSemaphorePermit,
-    },
+    Write(Queued),
     /// Several writes from one connection's pipelined burst, sent together so
     /// that the thread does not wake for the first one alone.
     Burst(Vec<Message>),
@@ -77,7 +70,7 @@ impl Message {
     /// Roughly the log bytes of a write; 0 for the other messages.
     fn approx_len(&self) -> usize {
         match self {
-            Message::Write { change, .. } => change.approx_len(),
+            Message::Write(write) => write.change.approx_len(),
             _ => 0,
         }
     }
@@ -87,7 +80,7 @@ impl Message {
 enum Job {
     Write {
         resolved: Resolved,
-        done: oneshot::Sender<Result<Applied, Error>>,
+        done: Done,
         /// Held until the job is answered, like the message's.
         _budget: OwnedSemaphorePermit,
     },
@@ -176,148 +169,26 @@ impl Percentiles {
     }
 }
 
-/// The handle connections use to submit writes. Cheap to clone.
-#[derive(Clone)]
-pub struct Committer {
+/// The running commit thread: the single-node [`Log`].
+pub struct GroupCommit {
     tx: mpsc::Sender<Message>,
     /// Set once, with the reason, when the log fails; checked before queueing
     /// so writes after a failure are refused at once.
     poison: Arc<OnceLock<String>>,
-    /// [`MAX_QUEUED_BYTES`] as permits of one byte each.
+    /// See [`Log::budget`].
     budget: Arc<Semaphore>,
     /// Updated by the commit and snapshot threads.
     figures: Arc<LogFigures>,
-    /// Running backups' tees, fed by the commit thread.
-    tees: Arc<Tees>,
-}
-
-/// A write that was queued; resolves once it is durable and applied.
-pub struct PendingWrite {
-    rx: oneshot::Receiver<Result<Applied, Error>>,
-    /// Cluster mode: the write may have been proposed, so an outcome that
-    /// never comes is unknown, not "shutting down" (which tells clients
-    /// nothing was done).
-    proposed: bool,
-}
-
-impl PendingWrite {
-    /// A write whose outcome another writer (cluster mode's batcher) sends.
-    pub(crate) fn from_receiver(rx: oneshot::Receiver<Result<Applied, Error>>) -> PendingWrite {
-        PendingWrite { rx, proposed: true }
-    }
-
-    /// What a sender that went away without an outcome means.
-    fn lost(&self) -> Error {
-        match self.proposed {
-            true => Error::OutcomeUnknown("the write's outcome was lost".into()),
-            false => Error::ShuttingDown,
-        }
-    }
-
-    /// Waits for the outcome.
-    pub async fn wait(&mut self) -> Result<Applied, Error> {
-        match (&mut self.rx).await {
-            Ok(result) => result,
-            Err(_) => Err(self.lost()),
-        }
-    }
-
-    /// The outcome if it is already there.
-    pub fn try_take(&mut self) -> Option<Result<Applied, Error>> {
-        match self.rx.try_recv() {
-            Ok(result) => Some(result),
-            Err(oneshot::error::TryRecvError::Empty) => None,
-            Err(oneshot::error::TryRecvError::Closed) => Some(Err(self.lost())),
-        }
-    }
-}
-
-impl Committer {
-    /// Queues a write. Fails at once if the log has failed or is closed.
-    pub async fn submit(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
-        let (message, pending) = self.prepare(change.into()).await?;
-        self.send(message).await?;
-        Ok(pending)
-    }
-
-    /// Queues several writes, in order, as one message: the thread takes
-    /// them into one batch.
-    pub async fn submit_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
-        let mut messages = Vec::with_capacity(changes.len());
-        let mut pending = Vec::with_capacity(changes.len());
-        for change in changes {
-            let (message, write) = self.prepare(change).await?;
-            messages.push(message);
-            pending.push(write);
-        }
-        self.send(Message::Burst(messages)).await?;
-        Ok(pending)
-    }
-
-    /// A write message with its share of the byte budget. Fails at once if
-    /// the log has failed or is closed.
-    async fn prepare(&self, change: Change) -> Result<(Message, PendingWrite), Error> {
-        if let Some(reason) = self.poison.get() {
-            return Err(Error::StorageFailed(reason.clone()));
-        }
-        let bytes = change.approx_len().min(MAX_QUEUED_BYTES) as u32;
-        let _budget = self
-            .budget
-            .clone()
-            .acquire_many_owned(bytes)
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
-        let (done, rx) = oneshot::channel();
-        let message = Message::Write {
-            change,
-            done,
-            _budget,
-        };
-        Ok((
-            message,
-            PendingWrite {
-                rx,
-                proposed: false,
-            },
-        ))
-    }
-
-    async fn send(&self, message: Message) -> Result<(), Error> {
-        self.tx.send(message).await.map_err(|_| Error::ShuttingDown)
-    }
-
-    /// Asks for an fsync of everything written so far, without waiting (the
-    /// `--sync periodic` ticker). Skipped if the queue is full: the thread is
-    /// busy and syncs on its own clock.
-    pub fn request_sync(&self) {
-        let _ = self.tx.try_send(Message::Sync { done: None });
-    }
-
-    /// Whether the log has failed.
-    pub fn is_poisoned(&self) -> bool {
-        self.poison.get().is_some()
-    }
-
-    pub fn figures(&self) -> &LogFigures {
-        &self.figures
-    }
-
-    /// The tees through which running backups see every applied write.
-    pub fn tees(&self) -> &Arc<Tees> {
-        &self.tees
-    }
-}
-
-/// The running commit thread.
-pub struct GroupCommit {
-    committer: Committer,
-    thread: JoinHandle<Result<(), Error>>,
+    /// Taken by [`Log::close`].
+    thread: parking_lot::Mutex<Option<JoinHandle<Result<(), Error>>>>,
 }
 
 impl GroupCommit {
-    /// Starts the commit thread on a recovered log.
+    /// Starts the commit thread on a recovered log. Every write it applies
+    /// to `store` also goes to the running backups' `tees`.
     pub fn start(
         store: Arc<Store>,
+        tees: Arc<Tees>,
         segment: wal::Segment,
         last_seq: u64,
         settings: Settings,
@@ -325,10 +196,9 @@ impl GroupCommit {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let poison = Arc::new(OnceLock::new());
         let figures = Arc::new(LogFigures::default());
-        let tees = Arc::new(Tees::default());
         let worker = Worker {
             figures: figures.clone(),
-            tees: tees.clone(),
+            tees,
             rx,
             weak: tx.downgrade(),
             store,
@@ -347,32 +217,59 @@ impl GroupCommit {
             .spawn(move || worker.run())
             .map_err(|e| Error::io(&PathBuf::from("<commit thread>"), e))?;
         Ok(GroupCommit {
-            committer: Committer {
-                tx,
-                poison,
-                budget: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
-                figures,
-                tees,
-            },
-            thread,
+            tx,
+            poison,
+            budget: crate::log::budget(),
+            figures,
+            thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
-    pub fn committer(&self) -> Committer {
-        self.committer.clone()
+    /// Asks for an fsync of everything written so far, without waiting (the
+    /// `--sync periodic` ticker). Skipped if the queue is full: the thread is
+    /// busy and syncs on its own clock.
+    pub fn request_sync(&self) {
+        let _ = self.tx.try_send(Message::Sync { done: None });
+    }
+}
+
+impl Log for GroupCommit {
+    fn queue(&self, writes: Vec<Queued>) -> BoxFuture<'_, Result<(), Error>> {
+        let burst = Message::Burst(writes.into_iter().map(Message::Write).collect());
+        Box::pin(async move { self.tx.send(burst).await.map_err(|_| Error::ShuttingDown) })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.poison.get().cloned()
+    }
+
+    fn figures(&self) -> Option<&LogFigures> {
+        Some(&self.figures)
+    }
+
+    fn budget(&self) -> &Arc<Semaphore> {
+        &self.budget
+    }
+
+    fn lost_may_apply(&self) -> bool {
+        false
     }
 
     /// Stops the thread after the writes already queued, waits for a running
     /// snapshot, and writes a final snapshot so the next start has no log to
     /// replay. Writes still queued behind the close are refused with
     /// "shutting down" (their clients were not acknowledged).
-    pub async fn close(self) -> Result<(), Error> {
-        let _ = self.committer.tx.send(Message::Close).await;
-        drop(self.committer);
-        tokio::task::spawn_blocking(move || self.thread.join())
-            .await
-            .map_err(|e| Error::Config(format!("commit thread join failed: {e}")))?
-            .unwrap_or_else(|_| Err(Error::StorageFailed("the commit thread panicked".into())))
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let _ = self.tx.send(Message::Close).await;
+            let Some(thread) = self.thread.lock().take() else {
+                return Ok(());
+            };
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| Error::Config(format!("commit thread join failed: {e}")))?
+                .unwrap_or_else(|_| Err(Error::StorageFailed("the commit thread panicked".into())))
+        })
     }
 }
 
@@ -468,16 +365,16 @@ impl Worker {
         // Only a batch with a write that reads first pays for the overlay.
         let mut view = batch
             .iter()
-            .any(|m| matches!(m, Message::Write { change, .. } if change.reads()))
+            .any(|m| matches!(m, Message::Write(w) if w.change.reads()))
             .then(|| BatchView::new(&self.store));
         let mut jobs = Vec::with_capacity(batch.len());
         for message in batch.drain(..) {
             match message {
-                Message::Write {
+                Message::Write(Queued {
                     change,
                     done,
-                    _budget,
-                } => {
+                    budget: _budget,
+                }) => {
                     let resolved = match (&view, change) {
                         (_, Change::Write(op)) => Resolved::Apply(op),
                         (Some(view), change) => change.resolve(view),
@@ -514,7 +411,7 @@ impl Worker {
         let batch_start = self.segment.len();
         if !buf.is_empty() {
             if let Err(e) = self.segment.append(buf) {
-                return self.poison_batch(jobs.take(), batch_start, "write", e);
+                return self.poison_batch(&mut jobs, batch_start, "write", e);
             }
             self.dirty = true;
             let records = (jobs.jobs.iter())
@@ -542,7 +439,7 @@ impl Worker {
         if sync_now {
             let started = Instant::now();
             if let Err(e) = self.segment.sync_data() {
-                return self.poison_batch(jobs.take(), batch_start, "fdatasync", e);
+                return self.poison_batch(&mut jobs, batch_start, "fdatasync", e);
             }
             self.figures
                 .fsync_us
@@ -588,7 +485,13 @@ impl Worker {
     /// Fails the batch, poisons the log, and cuts the batch's bytes off the
     /// segment so that a restart does not bring back writes whose clients
     /// were told they failed.
-    fn poison_batch(&mut self, jobs: Vec<Job>, batch_start: u64, what: &str, e: std::io::Error) {
+    fn poison_batch(
+        &mut self,
+        jobs: &mut Unanswered,
+        batch_start: u64,
+        what: &str,
+        e: std::io::Error,
+    ) {
         let reason = format!("log {what} failed on segment {}: {e}", self.segment.id());
         tracing::error!(
             "{reason}; refusing all writes until restart (the fsync is not retried: after a failure the kernel may have dropped the data)"
@@ -600,7 +503,7 @@ impl Worker {
         }
         let _ = self.poison.set(reason.clone());
         let failed = || Error::StorageFailed(reason.clone());
-        fail_jobs(jobs, &failed, &failed);
+        fail_jobs(jobs.take(), &failed, &failed);
     }
 
     /// Starts a snapshot if the segment is past the threshold and none runs.
@@ -758,8 +661,8 @@ fn fail_jobs(
 /// Answers a message that will not be carried out.
 fn fail(message: Message, error: &dyn Fn() -> Error) {
     match message {
-        Message::Write { done, .. } => {
-            let _ = done.send(Err(error()));
+        Message::Write(write) => {
+            let _ = write.done.send(Err(error()));
         }
         Message::Sync { done: Some(done) } => {
             let _ = done.send(Err(error()));
@@ -853,6 +756,7 @@ mod tests {
         let store = Arc::new(Store::new(4));
         let commit = GroupCommit::start(
             store.clone(),
+            Arc::default(),
             wal::Segment::over(full, 1),
             0,
             Settings {
@@ -864,18 +768,17 @@ mod tests {
             },
         )
         .unwrap();
-        let committer = commit.committer();
-        let outcome = committer.submit(set("a")).await.unwrap().wait().await;
+        let outcome = commit.submit(set("a").into()).await.unwrap().wait().await;
         assert!(
             matches!(outcome, Err(Error::StorageFailed(_))),
             "{outcome:?}"
         );
-        assert!(committer.is_poisoned());
+        assert!(commit.failure().is_some());
         assert!(
             store.get(b"a").is_none(),
             "a failed write must not become visible"
         );
-        let refused = committer.submit(set("b")).await.err();
+        let refused = commit.submit(set("b").into()).await.err();
         assert!(
             matches!(refused, Some(Error::StorageFailed(_))),
             "{refused:?}"

@@ -1,5 +1,5 @@
 //! The database handle a connection works with: the store for reads, the
-//! committer for writes, the limits every command checks, and the counters
+//! log for writes, the limits every command checks, and the counters
 //! all doors share.
 
 use std::path::PathBuf;
@@ -7,22 +7,13 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::backup::Tees;
-use crate::commit::{Committer, LogFigures, PendingWrite};
 use crate::config::Limits;
 use crate::error::Error;
+use crate::log::{Log, PendingWrite};
 use crate::raft::node::Cluster;
 use crate::stats::Stats;
 use crate::storage::change::Change;
 use crate::storage::store::Store;
-
-/// Where writes go.
-#[derive(Clone)]
-enum Writer {
-    /// Single-node mode: the group-commit thread.
-    Local(Committer),
-    /// Cluster mode (`--node-id`): proposed through Raft.
-    Cluster(Arc<Cluster>),
-}
 
 /// Cheap to clone: one per connection.
 #[derive(Clone)]
@@ -30,9 +21,14 @@ pub struct Db {
     /// Read directly: every value in it is already durable (in cluster
     /// mode: committed by a majority).
     store: Arc<Store>,
-    /// Writes go through the group-commit thread or the cluster, never
-    /// straight to the store.
-    writer: Writer,
+    /// Writes go through the log (the group-commit thread or the cluster),
+    /// never straight to the store.
+    log: Arc<dyn Log>,
+    /// The node's cluster, in cluster mode: its read barrier and `Cluster`
+    /// commands.
+    cluster: Option<Arc<Cluster>>,
+    /// Running backups see every write applied to the store through these.
+    tees: Arc<Tees>,
     pub limits: Limits,
     /// The token check, shared by all connections.
     pub auth: Arc<Auth>,
@@ -44,28 +40,20 @@ pub struct Db {
 }
 
 impl Db {
-    pub fn new(store: Arc<Store>, committer: Committer, limits: Limits, auth: Arc<Auth>) -> Db {
-        Db {
-            store,
-            writer: Writer::Local(committer),
-            limits,
-            auth,
-            stats: Arc::new(Stats::default()),
-            backup_dir: None,
-        }
-    }
-
-    /// A database whose writes go through the cluster `cluster` (whose
-    /// state machine applies them to `store`).
-    pub fn clustered(
+    /// A database whose writes go through `log`, which applies them to
+    /// `store` and to `tees`.
+    pub fn new(
         store: Arc<Store>,
-        cluster: Arc<Cluster>,
+        log: Arc<dyn Log>,
+        tees: Arc<Tees>,
         limits: Limits,
         auth: Arc<Auth>,
     ) -> Db {
         Db {
             store,
-            writer: Writer::Cluster(cluster),
+            log,
+            cluster: None,
+            tees,
             limits,
             auth,
             stats: Arc::new(Stats::default()),
@@ -73,29 +61,27 @@ impl Db {
         }
     }
 
+    /// The same database, as a node of `cluster` (whose log it must be).
+    pub fn in_cluster(self, cluster: Arc<Cluster>) -> Db {
+        Db {
+            cluster: Some(cluster),
+            ..self
+        }
+    }
+
     /// The cluster this node belongs to, in cluster mode.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        match &self.writer {
-            Writer::Local(_) => None,
-            Writer::Cluster(cluster) => Some(cluster),
-        }
+        self.cluster.as_ref()
     }
 
-    /// What the log has done since start (single-node mode; zeros in
-    /// cluster mode).
-    pub fn log(&self) -> &LogFigures {
-        match &self.writer {
-            Writer::Local(committer) => committer.figures(),
-            Writer::Cluster(cluster) => cluster.figures(),
-        }
+    /// The write side.
+    pub fn log(&self) -> &dyn Log {
+        &*self.log
     }
 
-    /// Whether the log has failed (writes are refused until a restart).
-    pub fn log_failed(&self) -> bool {
-        match &self.writer {
-            Writer::Local(committer) => committer.is_poisoned(),
-            Writer::Cluster(_) => false,
-        }
+    /// The write side, for shutdown to close once every connection is gone.
+    pub fn log_handle(&self) -> Arc<dyn Log> {
+        self.log.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -109,29 +95,17 @@ impl Db {
 
     /// The tees running backups see applied writes through.
     pub fn tees(&self) -> &Arc<Tees> {
-        match &self.writer {
-            Writer::Local(committer) => committer.tees(),
-            Writer::Cluster(cluster) => cluster.tees(),
-        }
+        &self.tees
     }
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once
     /// it is durable and visible.
     pub async fn write(&self, change: impl Into<Change>) -> Result<PendingWrite, Error> {
-        match &self.writer {
-            Writer::Local(committer) => committer.submit(change).await,
-            Writer::Cluster(cluster) => {
-                let mut pending = cluster.proposer().submit_all(vec![change.into()]).await?;
-                pending.pop().ok_or(Error::ShuttingDown)
-            }
-        }
+        self.log.submit(change.into()).await
     }
 
     /// Queues several writes as one message, so they land in one log batch.
     pub async fn write_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
-        match &self.writer {
-            Writer::Local(committer) => committer.submit_all(changes).await,
-            Writer::Cluster(cluster) => cluster.proposer().submit_all(changes).await,
-        }
+        self.log.submit_all(changes).await
     }
 }

@@ -78,7 +78,6 @@ pub fn collect(db: &Db) -> Vec<Figure> {
     };
     use Kind::{Counter, Gauge};
     let stats = &db.stats;
-    let log: &LogFigures = db.log();
     let store = db.store();
     let (key_bytes, value_bytes) = store.bytes();
 
@@ -169,77 +168,16 @@ pub fn collect(db: &Db) -> Vec<Figure> {
         );
     }
     add(
-        "log_records_total",
-        vec![],
-        Counter,
-        "Records written to the log.",
-        n(&log.records),
-    );
-    add(
-        "log_records_since_snapshot",
-        vec![],
-        Gauge,
-        "Log records written since the last snapshot began (replayed by a restart).",
-        n(&log.records_since_snapshot),
-    );
-    add(
-        "log_segment_bytes",
-        vec![],
-        Gauge,
-        "Bytes in the current log segment (written since the last snapshot began).",
-        n(&log.segment_bytes),
-    );
-    add(
         "log_failed",
         vec![],
         Gauge,
         "1 once a log write or fdatasync has failed (writes refused until restart).",
-        i64::from(db.log_failed()),
+        i64::from(db.log().failure().is_some()),
     );
-    add(
-        "fsyncs_total",
-        vec![],
-        Counter,
-        "Successful fdatasync calls on the log.",
-        n(&log.syncs),
-    );
-    percentiles(
-        &mut add,
-        [
-            "fsync_latency_us",
-            "fsync_latency_us_max",
-            "fsync_latency_us_count",
-        ],
-        "fdatasync latency of the log, microseconds, since start.",
-        &log.fsync_us,
-    );
-    percentiles(
-        &mut add,
-        ["batch_records", "batch_records_max", "batch_records_count"],
-        "Records per group-commit batch, since start.",
-        &log.batch_records,
-    );
-    add(
-        "snapshots_total",
-        vec![],
-        Counter,
-        "Snapshots written since start.",
-        n(&log.snapshots),
-    );
-    add(
-        "last_snapshot_unix_seconds",
-        vec![],
-        Gauge,
-        "When the last snapshot was written (0: none since start).",
-        n(&log.last_snapshot_unix),
-    );
-    add(
-        "last_snapshot_duration_ms",
-        vec![],
-        Gauge,
-        "How long the last snapshot took to write, milliseconds.",
-        n(&log.last_snapshot_ms),
-    );
+    // The single-node log's own figures; cluster mode's are openraft's.
+    if let Some(log) = db.log().figures() {
+        log_figures(&mut add, log);
+    }
     let tees = db.tees();
     add(
         "backups_running",
@@ -267,6 +205,79 @@ pub fn collect(db: &Db) -> Vec<Figure> {
 
 /// A summary in the Prometheus manner: one series per quantile under the
 /// first name, then the largest value and the count under the other two.
+/// The figures of the single-node log (`crate::commit`).
+fn log_figures(
+    add: &mut impl FnMut(&'static str, Vec<(&'static str, String)>, Kind, &'static str, i64),
+    log: &LogFigures,
+) {
+    use Kind::{Counter, Gauge};
+    add(
+        "log_records_total",
+        vec![],
+        Counter,
+        "Records written to the log.",
+        n(&log.records),
+    );
+    add(
+        "log_records_since_snapshot",
+        vec![],
+        Gauge,
+        "Log records written since the last snapshot began (replayed by a restart).",
+        n(&log.records_since_snapshot),
+    );
+    add(
+        "log_segment_bytes",
+        vec![],
+        Gauge,
+        "Bytes in the current log segment (written since the last snapshot began).",
+        n(&log.segment_bytes),
+    );
+    add(
+        "fsyncs_total",
+        vec![],
+        Counter,
+        "Successful fdatasync calls on the log.",
+        n(&log.syncs),
+    );
+    percentiles(
+        add,
+        [
+            "fsync_latency_us",
+            "fsync_latency_us_max",
+            "fsync_latency_us_count",
+        ],
+        "fdatasync latency of the log, microseconds, since start.",
+        &log.fsync_us,
+    );
+    percentiles(
+        add,
+        ["batch_records", "batch_records_max", "batch_records_count"],
+        "Records per group-commit batch, since start.",
+        &log.batch_records,
+    );
+    add(
+        "snapshots_total",
+        vec![],
+        Counter,
+        "Snapshots written since start.",
+        n(&log.snapshots),
+    );
+    add(
+        "last_snapshot_unix_seconds",
+        vec![],
+        Gauge,
+        "When the last snapshot was written (0: none since start).",
+        n(&log.last_snapshot_unix),
+    );
+    add(
+        "last_snapshot_duration_ms",
+        vec![],
+        Gauge,
+        "How long the last snapshot took to write, milliseconds.",
+        n(&log.last_snapshot_ms),
+    );
+}
+
 fn percentiles(
     add: &mut impl FnMut(&'static str, Vec<(&'static str, String)>, Kind, &'static str, i64),
     [name, max_name, count_name]: [&'static str; 3],

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth;
 use crate::cmd::{self, backup, Started};
-use crate::commit::PendingWrite;
 use crate::config::Timeouts;
 use crate::connection::{Connection, Incoming};
 use crate::db::Db;
+use crate::log::PendingWrite;
 
 /// Requests one connection may have in flight; past this the handler stops
 /// reading until replies go out (TCP backpressure does the rest).

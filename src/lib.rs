@@ -5,9 +5,11 @@
 //! 1. [`connection`]: frames off the socket, decoded into `Request`s.
 //! 2. [`handler`]: one connection's loop; pipelining, replies in order.
 //! 3. [`cmd`]: what each command does, one file per command.
-//! 4. [`db`]: reads go to the store, writes to the group commit.
-//! 5. [`commit`]: the log writer thread: one `write` + one `fdatasync` per
-//!    batch, then apply to the store and acknowledge.
+//! 4. [`db`]: reads go to the store, writes to the [`log`].
+//! 5. [`log`]: the write side's seam, with the queued-bytes budget;
+//!    [`commit`] implements it on one node (the log writer thread: one
+//!    `write` + one `fdatasync` per batch, then apply to the store and
+//!    acknowledge), [`raft`] in cluster mode.
 //! 6. [`storage`]: the sharded map, the log segments, snapshots, recovery.
 //!
 //! [`stats`] and [`figures`] count what happens and name the figures that
@@ -26,6 +28,7 @@ pub mod error;
 pub mod figures;
 pub mod grpc;
 pub mod handler;
+pub mod log;
 pub mod metrics;
 pub mod raft;
 pub mod resp;

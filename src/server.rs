@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpConnectInfo;
 
 use crate::auth::Auth;
+use crate::backup::Tees;
 use crate::commit::{GroupCommit, Settings};
 use crate::config::{Config, SyncMode};
 use crate::connection::{Connection, Stream};
@@ -83,13 +84,6 @@ pub struct Listening {
     pub raft: Option<SocketAddr>,
 }
 
-/// What keeps the data: the single-node log, or the cluster.
-enum Engine {
-    /// The commit thread, and the data's lock (held until it has stopped).
-    Local(GroupCommit, Box<dyn std::any::Any + Send>),
-    Cluster(Arc<node::Cluster>),
-}
-
 /// Which protocol a listener speaks.
 #[derive(Clone)]
 enum Door {
@@ -133,7 +127,10 @@ pub async fn run(
     // a process exiting after `run` does not wait for millions of frees
     // (10 M keys: seconds).
     let last_store_ref;
-    let (mut db, engine) = match (config.node_id, raft_listener, raft_addr) {
+    let tees = Arc::new(Tees::default());
+    let auth = Arc::new(Auth::new(token));
+    // The data's lock (single node) is held until the log has closed.
+    let (mut db, _data_lock) = match (config.node_id, raft_listener, raft_addr) {
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
             let store = Arc::new(Store::new(config.shards));
             last_store_ref = store.clone();
@@ -164,18 +161,14 @@ pub async fn run(
                 settings,
                 Arc::new(RealFs),
                 store.clone(),
+                tees.clone(),
                 raft_listener,
                 shutdown.clone(),
                 &tracker,
             )
             .await?;
-            let db = Db::clustered(
-                store,
-                cluster.clone(),
-                config.limits(),
-                Arc::new(Auth::new(token)),
-            );
-            (db, Engine::Cluster(cluster))
+            let db = Db::new(store, cluster.clone(), tees, config.limits(), auth);
+            (db.in_cluster(cluster), None)
         }
         _ => {
             let (data, restore) = (config.data.clone(), config.restore.clone());
@@ -189,6 +182,7 @@ pub async fn run(
             last_store_ref = store.clone();
             let commit = GroupCommit::start(
                 recovered.store,
+                tees.clone(),
                 recovered.segment,
                 recovered.last_seq,
                 Settings {
@@ -199,15 +193,12 @@ pub async fn run(
                     fs: Arc::new(RealFs),
                 },
             )?;
-            let db = Db::new(
-                store,
-                commit.committer(),
-                config.limits(),
-                Arc::new(Auth::new(token)),
-            );
-            // The lock is held until this function returns, after the commit
-            // thread has stopped.
-            (db, Engine::Local(commit, recovered.lock))
+            let commit = Arc::new(commit);
+            if config.sync == SyncMode::Periodic {
+                spawn_sync_ticker(commit.clone(), config.sync_interval(), &shutdown, &tracker);
+            }
+            let db = Db::new(store, commit, tees, config.limits(), auth);
+            (db, Some(recovered.lock))
         }
     };
     db.backup_dir = config.backup_dir.clone();
@@ -235,18 +226,6 @@ pub async fn run(
             shutdown.clone(),
             tracker.clone(),
         ));
-    }
-    if let (SyncMode::Periodic, Engine::Local(commit, _)) = (config.sync, &engine) {
-        let committer = commit.committer();
-        let token = shutdown.clone();
-        let interval = config.sync_interval();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while token.run_until_cancelled(tick.tick()).await.is_some() {
-                committer.request_sync();
-            }
-        });
     }
     // One connection limit across all doors.
     let permits = Arc::new(Semaphore::new(config.max_connections));
@@ -308,6 +287,7 @@ pub async fn run(
     drop(listener);
     drop(resp_listener);
     drop(grpc_listener);
+    let log = db.log_handle();
     drop(db);
 
     tracker.close();
@@ -319,16 +299,27 @@ pub async fn run(
             "connections still busy after the shutdown grace period; closing the log anyway"
         );
     }
-    match engine {
-        Engine::Local(commit, lock) => {
-            commit.close().await?;
-            drop(lock);
-        }
-        Engine::Cluster(cluster) => cluster.shutdown().await,
-    }
+    log.close().await?;
     std::thread::spawn(move || drop(last_store_ref));
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// `--sync periodic`: asks the commit thread for an fsync every `interval`.
+fn spawn_sync_ticker(
+    commit: Arc<GroupCommit>,
+    interval: Duration,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while token.run_until_cancelled(tick.tick()).await.is_some() {
+            commit.request_sync();
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

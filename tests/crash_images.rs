@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvstore::commit::{GroupCommit, Settings};
+use kvstore::log::Log;
 use kvstore::storage::fs::Fs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::simfs::{Faults, Rng, SimFs};
@@ -136,6 +137,7 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
         let recovered = storage::open(&sim, &data_path(), 4).unwrap();
         let commit = GroupCommit::start(
             recovered.store,
+            Arc::default(),
             recovered.segment,
             recovered.last_seq,
             Settings {
@@ -148,9 +150,10 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
             },
         )
         .unwrap();
+        let commit = Arc::new(commit);
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let committer = commit.committer();
+                let committer = commit.clone();
                 let ledgers = ledgers.clone();
                 tokio::spawn(async move {
                     let mut rng = Rng::new(seed ^ ((w as u64 + 1) * 7919));
@@ -184,7 +187,7 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
                             }
                         };
                         ledgers[w].lock().unwrap().in_flight = effects.clone();
-                        let outcome = committer.submit(op).await.unwrap().wait().await;
+                        let outcome = committer.submit(op.into()).await.unwrap().wait().await;
                         outcome.expect("the simulated disk never fails a write");
                         let mut ledger = ledgers[w].lock().unwrap();
                         ledger.acked.extend(effects);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvstore::commit::{GroupCommit, Settings};
+use kvstore::log::Log;
 use kvstore::storage::fs::Fs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::simfs::{Faults, SimFs};
@@ -30,6 +31,7 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one() {
         let recovered = storage::open(&sim, &data, 4).unwrap();
         let commit = GroupCommit::start(
             recovered.store.clone(),
+            Arc::default(),
             recovered.segment,
             recovered.last_seq,
             Settings {
@@ -41,7 +43,7 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one() {
             },
         )
         .unwrap();
-        let committer = commit.committer();
+        let committer = &commit;
         let mut acked = Vec::new();
         let mut refused = None;
         for i in 0..100 {
@@ -49,7 +51,7 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one() {
                 key: Bytes::from(format!("k{i}")),
                 value: Bytes::from(vec![b'v'; 300]),
             };
-            match committer.submit(op).await.unwrap().wait().await {
+            match committer.submit(op.into()).await.unwrap().wait().await {
                 Ok(_) => acked.push(i),
                 Err(e) => {
                     refused = Some((i, e));
@@ -67,9 +69,12 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one() {
             "a refused write is not visible"
         );
         let later = committer
-            .submit(WriteOp::Delete {
-                key: Bytes::from("k0"),
-            })
+            .submit(
+                WriteOp::Delete {
+                    key: Bytes::from("k0"),
+                }
+                .into(),
+            )
             .await;
         assert!(
             matches!(later, Err(Error::StorageFailed(_))),

@@ -32,10 +32,10 @@ mod set_if;
 
 use kvstore_client::{Command, ErrorCode, Reply};
 
-use crate::commit::PendingWrite;
 use crate::config::Limits;
 use crate::db::Db;
 use crate::error::Error;
+use crate::log::PendingWrite;
 use crate::storage::change::Change;
 use crate::storage::op::WriteOp;
 use crate::storage::store::Applied;

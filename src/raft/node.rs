@@ -22,8 +22,10 @@ use super::{Member, Raft};
 use crate::backup::Tees;
 use crate::commit::LogFigures;
 use crate::error::Error;
+use crate::log::{Log, Queued};
 use crate::storage::fs::Fs;
 use crate::storage::store::Store;
+use futures_util::future::BoxFuture;
 
 /// What a node is started with (from `Config`).
 #[derive(Debug, Clone)]
@@ -49,13 +51,10 @@ pub struct Cluster {
     settings: Settings,
     raft: Raft,
     proposer: Proposer,
-    /// Running backups see applied writes through these.
-    tees: Arc<Tees>,
+    /// See [`Log::budget`].
+    budget: Arc<tokio::sync::Semaphore>,
     /// The state machine's `store_index`: the index replies report.
     store_index: Arc<std::sync::atomic::AtomicU64>,
-    /// The single-node log's figures stay zero in cluster mode (`Stats`
-    /// reads them).
-    figures: LogFigures,
     /// Held while the node runs: a second process on the same directory is
     /// refused.
     _lock: parking_lot::Mutex<Box<dyn std::any::Any + Send>>,
@@ -77,19 +76,20 @@ fn write_failed(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
 
 impl Cluster {
     /// Opens the node's storage into `store` (empty), starts openraft, and
-    /// serves the raft port on `listener`.
+    /// serves the raft port on `listener`. Every write applied to `store`
+    /// also goes to the running backups' `tees`.
     pub async fn start(
         settings: Settings,
         fs: Arc<dyn Fs>,
         store: Arc<Store>,
+        tees: Arc<Tees>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Arc<Cluster>, Error> {
         let dir = settings.dir.clone();
-        let tees = Arc::new(Tees::default());
         let (lock, log, machine) = {
-            let (fs, tees) = (fs.clone(), tees.clone());
+            let fs = fs.clone();
             tokio::task::spawn_blocking(move || open_storage(fs, &dir, store, tees))
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
@@ -132,24 +132,11 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             store_index,
             proposer: Proposer::start(raft.clone()),
+            budget: crate::log::budget(),
             settings,
             raft,
-            tees,
-            figures: LogFigures::default(),
             _lock: parking_lot::Mutex::new(lock),
         }))
-    }
-
-    pub fn proposer(&self) -> &Proposer {
-        &self.proposer
-    }
-
-    pub fn tees(&self) -> &Arc<Tees> {
-        &self.tees
-    }
-
-    pub fn figures(&self) -> &LogFigures {
-        &self.figures
     }
 
     /// An index that covers every write the store may hold now, for a
@@ -304,6 +291,39 @@ impl Cluster {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft did not stop cleanly: {e}");
         }
+    }
+}
+
+/// Cluster mode's write side: writes are proposed through Raft in batches
+/// (see `propose`).
+impl Log for Cluster {
+    fn queue(&self, writes: Vec<Queued>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.proposer.queue(writes))
+    }
+
+    /// A failed raft log stops openraft, which then answers every write
+    /// with an error of its own; nothing is refused up front.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
+    fn figures(&self) -> Option<&LogFigures> {
+        None
+    }
+
+    fn budget(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.budget
+    }
+
+    fn lost_may_apply(&self) -> bool {
+        true
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.shutdown().await;
+            Ok(())
+        })
     }
 }
 

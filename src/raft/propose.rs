@@ -15,13 +15,12 @@
 use std::sync::Arc;
 
 use kvstore_client::ErrorCode;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use super::{Batch, Member, Raft};
-use crate::commit::PendingWrite;
 use crate::error::Error;
+use crate::log::Queued;
 use crate::storage::change::Change;
-use crate::storage::store::Applied;
 
 /// Writes waiting for the batcher.
 const QUEUE_DEPTH: usize = 4096;
@@ -35,15 +34,13 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Proposals outstanding at once: the next batch gathers while these wait.
 const IN_FLIGHT: usize = 4;
 
-type Done = oneshot::Sender<Result<Applied, Error>>;
-
 /// Writes queued together (a pipelined burst stays together).
-struct Queued(Vec<(Change, Done)>);
+struct Burst(Vec<Queued>);
 
 /// Hands writes to the batcher. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Burst>,
 }
 
 impl Proposer {
@@ -54,26 +51,19 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Queues writes, in order, as one unit.
-    pub async fn submit_all(&self, changes: Vec<Change>) -> Result<Vec<PendingWrite>, Error> {
-        let mut queued = Vec::with_capacity(changes.len());
-        let mut pending = Vec::with_capacity(changes.len());
-        for change in changes {
-            let (done, rx) = oneshot::channel();
-            queued.push((change, done));
-            pending.push(PendingWrite::from_receiver(rx));
-        }
+    /// Queues writes, in order, as one unit. Each keeps its share of the
+    /// byte budget until it is answered.
+    pub async fn queue(&self, writes: Vec<Queued>) -> Result<(), Error> {
         self.tx
-            .send(Queued(queued))
+            .send(Burst(writes))
             .await
-            .map_err(|_| Error::ShuttingDown)?;
-        Ok(pending)
+            .map_err(|_| Error::ShuttingDown)
     }
 }
 
-async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
+async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Burst>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carried: Option<Queued> = None;
+    let mut carried: Option<Burst> = None;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -86,11 +76,11 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
             },
         };
         let mut writes = first.0;
-        let mut bytes: usize = writes.iter().map(|(c, _)| c.approx_len()).sum();
+        let mut bytes: usize = writes.iter().map(|w| w.change.approx_len()).sum();
         while writes.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(q) => {
-                    let more: usize = q.0.iter().map(|(c, _)| c.approx_len()).sum();
+                    let more: usize = q.0.iter().map(|w| w.change.approx_len()).sum();
                     if writes.len() + q.0.len() > MAX_BATCH_OPS || bytes + more > MAX_BATCH_BYTES {
                         carried = Some(q);
                         break;
@@ -103,7 +93,11 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
         }
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (changes, done): (Vec<Change>, Vec<Done>) = writes.into_iter().unzip();
+            // The budget permits stay with `done` until each is answered.
+            let (changes, done): (Vec<Change>, Vec<_>) = writes
+                .into_iter()
+                .map(|w| (w.change, (w.done, w.budget)))
+                .unzip();
             // "Not the leader" is answered only from this check, before
             // anything is proposed: then nothing was done. Once proposed, a
             // failure leaves the outcome unknown (openraft also answers
@@ -112,7 +106,7 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
             let term = match leading(&raft) {
                 Ok(term) => term,
                 Err(leader) => {
-                    for done in done {
+                    for (done, _budget) in done {
                         let _ = done.send(Err(not_leader(leader.as_ref())));
                     }
                     return;
@@ -133,12 +127,12 @@ async fn batcher(raft: Raft, mut rx: mpsc::Receiver<Queued>) {
             };
             match result {
                 Ok(response) => {
-                    for (done, outcome) in done.into_iter().zip(response.data.0) {
+                    for ((done, _budget), outcome) in done.into_iter().zip(response.data.0) {
                         let _ = done.send(outcome.into_result());
                     }
                 }
                 Err(why) => {
-                    for done in done {
+                    for (done, _budget) in done {
                         let _ = done.send(Err(Error::OutcomeUnknown(why.clone())));
                     }
                 }

@@ -21,8 +21,8 @@ use kvstore_client::{Command, ErrorCode, Reply};
 use super::codec::Value;
 use super::Shared;
 use crate::cmd::{self, Started};
-use crate::commit::PendingWrite;
 use crate::db::Db;
+use crate::log::PendingWrite;
 
 /// One connection's state.
 pub struct Session {

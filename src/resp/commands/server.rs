@@ -42,9 +42,7 @@ pub(super) fn info(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
     let info = &ctx.shared.info;
     let stats = &ctx.db.stats;
-    let log = ctx.db.log();
     let n = |c: &AtomicU64| Stats::get(c);
-    let l = |c: &AtomicU64| LogFigures::get(c);
     // "server" → "# Server"
     let mut title = section.to_string();
     title[..1].make_ascii_uppercase();
@@ -74,14 +72,19 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
         "persistence" => {
             line("loading", &0);
             line("aof_enabled", &1);
-            let status = if ctx.db.log_failed() { "err" } else { "ok" };
+            let log = ctx.db.log();
+            let status = if log.failure().is_some() { "err" } else { "ok" };
             line("aof_last_write_status", &status);
             line("kvstore_sync", &sync_name(info.sync));
-            line("kvstore_log_records", &l(&log.records));
-            line("kvstore_log_fsyncs", &l(&log.syncs));
-            line("kvstore_log_segment_bytes", &l(&log.segment_bytes));
-            line("kvstore_snapshots", &l(&log.snapshots));
-            line("rdb_last_save_time", &l(&log.last_snapshot_unix));
+            // The single-node log's own figures (none in cluster mode).
+            if let Some(log) = log.figures() {
+                let l = |c: &AtomicU64| LogFigures::get(c);
+                line("kvstore_log_records", &l(&log.records));
+                line("kvstore_log_fsyncs", &l(&log.syncs));
+                line("kvstore_log_segment_bytes", &l(&log.segment_bytes));
+                line("kvstore_snapshots", &l(&log.snapshots));
+                line("rdb_last_save_time", &l(&log.last_snapshot_unix));
+            }
         }
         "stats" => {
             line("total_connections_received", &n(&stats.connections_total));
