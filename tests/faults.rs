@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -120,8 +121,18 @@ fn an_fdatasync_eio_fails_the_batch_fences_writes_and_keeps_reads() {
     );
 }
 
-/// Starts the server with a file size limit of `limit` bytes.
+/// Starts the server with a file size limit of `limit` bytes. Its stderr is
+/// a file already past the limit, as when the server's log file is on the
+/// disk that filled up: every log line fails with EFBIG too, and the server
+/// must carry on without it.
 fn start_with_file_limit(data: &Path, limit: u64) -> Server {
+    let stderr = data.with_extension("stderr");
+    std::fs::write(&stderr, vec![b'.'; limit as usize + 1]).unwrap();
+    let stderr = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&stderr)
+        .unwrap();
+    let fd = stderr.as_raw_fd();
     let mut command = Server::command("127.0.0.1:0", data, &[]);
     // SAFETY: between fork and exec only async-signal-safe calls are made.
     unsafe {
@@ -131,13 +142,15 @@ fn start_with_file_limit(data: &Path, limit: u64) -> Server {
                 rlim_cur: limit,
                 rlim_max: limit,
             };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) != 0 || libc::dup2(fd, 2) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    Server::spawn(command, data)
+    let server = Server::spawn(command, data);
+    drop(stderr);
+    server
 }
 
 /// Sets 1,000-byte values until the server refuses one. Returns the indexes
