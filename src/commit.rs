@@ -5,7 +5,7 @@
 //! resolves the writes that read first into plain `WriteOp`s (see
 //! `crate::storage::change`), encodes them as log records, issues one `write` and, with `--sync always`,
 //! one `fdatasync` for the whole batch. Only when that returns Ok does it apply
-//! the batch to the [`Store`], in log order, and acknowledge each write. So:
+//! the batch to the engine (`crate::engine::Engine::apply`), in log order, and acknowledge each write. So:
 //!
 //! - an acknowledged write is in the log and was covered by an `fdatasync`;
 //! - no reader sees a write before it is durable;
@@ -33,13 +33,13 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::backup::Tees;
 use crate::config::SyncMode;
+use crate::engine::memory::Memory;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::{Done, Log, Queued};
 use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::store::Store;
 use crate::storage::{snapshot, wal};
 
 /// Writes waiting for the commit thread. Past this, senders wait: a full
@@ -184,11 +184,9 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the commit thread on a recovered log. Every write it applies
-    /// to `store` also goes to the running backups' `tees`.
+    /// Starts the commit thread on a recovered log, applying to `engine`.
     pub fn start(
-        store: Arc<Store>,
-        tees: Arc<Tees>,
+        engine: Arc<Memory>,
         segment: wal::Segment,
         last_seq: u64,
         settings: Settings,
@@ -198,10 +196,9 @@ impl GroupCommit {
         let figures = Arc::new(LogFigures::default());
         let worker = Worker {
             figures: figures.clone(),
-            tees,
             rx,
             weak: tx.downgrade(),
-            store,
+            engine,
             segment,
             seq: last_seq,
             durable: last_seq,
@@ -279,7 +276,9 @@ struct Worker {
     /// For the snapshot thread's sync barrier; weak so that it never keeps
     /// the channel open by itself.
     weak: mpsc::WeakSender<Message>,
-    store: Arc<Store>,
+    /// What batches are resolved against and applied to; its map is what
+    /// the snapshot thread copies.
+    engine: Arc<Memory>,
     segment: wal::Segment,
     /// The sequence number of the last record written.
     seq: u64,
@@ -296,9 +295,6 @@ struct Worker {
     snapshotting: Arc<AtomicBool>,
     snapshot_thread: Option<JoinHandle<()>>,
     figures: Arc<LogFigures>,
-    /// Every applied write goes to each running backup too; the lock is
-    /// held across a batch's apply, so a backup's marks fall between batches.
-    tees: Arc<Tees>,
 }
 
 impl Worker {
@@ -366,7 +362,7 @@ impl Worker {
         let mut view = batch
             .iter()
             .any(|m| matches!(m, Message::Write(w) if w.change.reads()))
-            .then(|| BatchView::new(&self.store));
+            .then(|| BatchView::new(&*self.engine));
         let mut jobs = Vec::with_capacity(batch.len());
         for message in batch.drain(..) {
             match message {
@@ -446,32 +442,42 @@ impl Worker {
                 .record(started.elapsed().as_micros() as u64);
             self.synced();
         }
-        let mut tee = self.tees.lock();
-        // Each job leaves the guard only once it is applied.
-        while let Some(job) = jobs.jobs.front() {
-            let applied = match job {
-                Job::Write { resolved, .. } => resolved.op().map(|op| {
-                    tee.record(op);
-                    self.store.apply(op)
-                }),
+        let resolved: Vec<&Resolved> = (jobs.jobs.iter())
+            .filter_map(|job| match job {
+                Job::Write { resolved, .. } => Some(resolved),
                 Job::Sync(_) => None,
-            };
-            match jobs.jobs.pop_front() {
-                Some(Job::Write { resolved, done, .. }) => {
-                    let outcome = match (resolved, applied) {
-                        (Resolved::Apply(_), Some(applied)) => Ok(applied),
-                        (Resolved::Log(_, outcome), _) => Ok(outcome),
-                        (Resolved::Answer(outcome), _) => outcome,
-                        (Resolved::Apply(_), None) => unreachable!("an Apply has an op"),
-                    };
-                    let _ = done.send(outcome);
+            })
+            .collect();
+        let applied = match self.engine.apply_resolved(&resolved, self.seq) {
+            Ok(applied) => applied,
+            Err(e) => return self.fail_durable_batch(&mut jobs, e),
+        };
+        let mut applied = applied.into_iter();
+        for job in jobs.take() {
+            match job {
+                Job::Write { resolved, done, .. } => {
+                    let _ = done.send(resolved.outcome(applied.next().flatten()));
                 }
-                Some(Job::Sync(Some(done))) => {
+                Job::Sync(Some(done)) => {
                     let _ = done.send(Ok(()));
                 }
-                Some(Job::Sync(None)) | None => {}
+                Job::Sync(None) => {}
             }
         }
+    }
+
+    /// The engine could not apply a batch the log holds durably: the log
+    /// is poisoned, and the batch's writes are answered `OutcomeUnknown`
+    /// (a restart replays them).
+    fn fail_durable_batch(&mut self, jobs: &mut Unanswered, e: Error) {
+        let reason = format!("applying a durable batch failed: {e}");
+        tracing::error!("{reason}; refusing all writes until restart");
+        let _ = self.poison.set(reason.clone());
+        fail_jobs(
+            jobs.take(),
+            &|| Error::OutcomeUnknown(reason.clone()),
+            &|| Error::StorageFailed(reason.clone()),
+        );
     }
 
     /// Records that everything written so far is durable.
@@ -527,7 +533,7 @@ impl Worker {
             }
         };
         self.snapshotting.store(true, Ordering::Release);
-        let store = self.store.clone();
+        let store = self.engine.store().clone();
         let data = self.settings.data.clone();
         let fs = self.settings.fs.clone();
         let weak = self.weak.clone();
@@ -596,7 +602,7 @@ impl Worker {
         snapshot::write(
             &*fs,
             &self.settings.data,
-            &self.store,
+            self.engine.store(),
             next,
             next_seq,
             || Ok(()),
@@ -753,10 +759,9 @@ mod tests {
                 .open("/dev/full")
                 .unwrap(),
         );
-        let store = Arc::new(Store::new(4));
+        let store = Arc::new(crate::storage::store::Store::new(4));
         let commit = GroupCommit::start(
-            store.clone(),
-            Arc::default(),
+            Arc::new(Memory::new(store.clone(), Arc::default())),
             wal::Segment::over(full, 1),
             0,
             Settings {

@@ -6,29 +6,28 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::auth::Auth;
-use crate::backup::Tees;
+use crate::backup::{Backup, Tees};
 use crate::config::Limits;
+use crate::engine::memory::Memory;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::{Log, PendingWrite};
 use crate::raft::node::Cluster;
 use crate::stats::Stats;
 use crate::storage::change::Change;
-use crate::storage::store::Store;
 
 /// Cheap to clone: one per connection.
 #[derive(Clone)]
 pub struct Db {
     /// Read directly: every value in it is already durable (in cluster
     /// mode: committed by a majority).
-    store: Arc<Store>,
+    engine: Arc<Memory>,
     /// Writes go through the log (the group-commit thread or the cluster),
     /// never straight to the store.
     log: Arc<dyn Log>,
     /// The node's cluster, in cluster mode: its read barrier and `Cluster`
     /// commands.
     cluster: Option<Arc<Cluster>>,
-    /// Running backups see every write applied to the store through these.
-    tees: Arc<Tees>,
     pub limits: Limits,
     /// The token check, shared by all connections.
     pub auth: Arc<Auth>,
@@ -41,19 +40,12 @@ pub struct Db {
 
 impl Db {
     /// A database whose writes go through `log`, which applies them to
-    /// `store` and to `tees`.
-    pub fn new(
-        store: Arc<Store>,
-        log: Arc<dyn Log>,
-        tees: Arc<Tees>,
-        limits: Limits,
-        auth: Arc<Auth>,
-    ) -> Db {
+    /// `engine`.
+    pub fn new(engine: Arc<Memory>, log: Arc<dyn Log>, limits: Limits, auth: Arc<Auth>) -> Db {
         Db {
-            store,
+            engine,
             log,
             cluster: None,
-            tees,
             limits,
             auth,
             stats: Arc::new(Stats::default()),
@@ -84,18 +76,20 @@ impl Db {
         self.log.clone()
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The applied state, for `cmd/` to read.
+    pub fn engine(&self) -> &dyn Engine {
+        &*self.engine
     }
 
-    /// The store, for a backup that outlives one call.
-    pub fn store_handle(&self) -> Arc<Store> {
-        self.store.clone()
+    /// Starts a backup: the engine's state at one instant, copied while
+    /// writes go on.
+    pub fn start_backup(&self) -> Result<Backup, Error> {
+        Backup::start(self.engine.store().clone(), self.engine.tees())
     }
 
     /// The tees running backups see applied writes through.
     pub fn tees(&self) -> &Arc<Tees> {
-        &self.tees
+        self.engine.tees()
     }
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once

@@ -78,8 +78,8 @@ pub fn collect(db: &Db) -> Vec<Figure> {
     };
     use Kind::{Counter, Gauge};
     let stats = &db.stats;
-    let store = db.store();
-    let (key_bytes, value_bytes) = store.bytes();
+    let engine = db.engine();
+    let (key_bytes, value_bytes) = engine.bytes();
 
     add(
         "build_info",
@@ -95,7 +95,7 @@ pub fn collect(db: &Db) -> Vec<Figure> {
         "Seconds since the server started.",
         stats.started.elapsed().as_secs() as i64,
     );
-    add("keys", vec![], Gauge, "Keys stored.", store.len() as i64);
+    add("keys", vec![], Gauge, "Keys stored.", engine.len() as i64);
     add(
         "key_bytes",
         vec![],

@@ -5,12 +5,14 @@
 //! 1. [`connection`]: frames off the socket, decoded into `Request`s.
 //! 2. [`handler`]: one connection's loop; pipelining, replies in order.
 //! 3. [`cmd`]: what each command does, one file per command.
-//! 4. [`db`]: reads go to the store, writes to the [`log`].
+//! 4. [`db`]: reads go to the [`engine`], writes to the [`log`].
 //! 5. [`log`]: the write side's seam, with the queued-bytes budget;
 //!    [`commit`] implements it on one node (the log writer thread: one
 //!    `write` + one `fdatasync` per batch, then apply to the store and
 //!    acknowledge), [`raft`] in cluster mode.
-//! 6. [`storage`]: the sharded map, the log segments, snapshots, recovery.
+//! 6. [`engine`]: the applied state behind one trait (today the memory
+//!    engine); [`storage`]: the sharded map, the log segments, snapshots,
+//!    recovery.
 //!
 //! [`stats`] and [`figures`] count what happens and name the figures that
 //! `Stats` and the [`metrics`] endpoint report.
@@ -24,6 +26,7 @@ pub mod commit;
 pub mod config;
 pub mod connection;
 pub mod db;
+pub mod engine;
 pub mod error;
 pub mod figures;
 pub mod grpc;

@@ -29,6 +29,7 @@ use crate::commit::{GroupCommit, Settings};
 use crate::config::{Config, SyncMode};
 use crate::connection::{Connection, Stream};
 use crate::db::Db;
+use crate::engine::memory::Memory;
 use crate::error::Error;
 use crate::grpc;
 use crate::raft::{node, Member};
@@ -134,6 +135,7 @@ pub async fn run(
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
             let store = Arc::new(Store::new(config.shards));
             last_store_ref = store.clone();
+            let engine = Arc::new(Memory::new(store, tees));
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
                 peers.insert(
@@ -160,14 +162,13 @@ pub async fn run(
             let cluster = node::Cluster::start(
                 settings,
                 Arc::new(RealFs),
-                store.clone(),
-                tees.clone(),
+                engine.clone(),
                 raft_listener,
                 shutdown.clone(),
                 &tracker,
             )
             .await?;
-            let db = Db::new(store, cluster.clone(), tees, config.limits(), auth);
+            let db = Db::new(engine, cluster.clone(), config.limits(), auth);
             (db.in_cluster(cluster), None)
         }
         _ => {
@@ -178,11 +179,10 @@ pub async fn run(
             })
             .await
             .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
-            let store = recovered.store.clone();
-            last_store_ref = store.clone();
+            last_store_ref = recovered.store.clone();
+            let engine = Arc::new(Memory::new(recovered.store, tees));
             let commit = GroupCommit::start(
-                recovered.store,
-                tees.clone(),
+                engine.clone(),
                 recovered.segment,
                 recovered.last_seq,
                 Settings {
@@ -197,7 +197,7 @@ pub async fn run(
             if config.sync == SyncMode::Periodic {
                 spawn_sync_ticker(commit.clone(), config.sync_interval(), &shutdown, &tracker);
             }
-            let db = Db::new(store, commit, tees, config.limits(), auth);
+            let db = Db::new(engine, commit, config.limits(), auth);
             (db, Some(recovered.lock))
         }
     };

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvstore::commit::{GroupCommit, Settings};
+use kvstore::engine::memory::Memory;
 use kvstore::log::Log;
 use kvstore::storage::fs::Fs;
 use kvstore::storage::op::WriteOp;
@@ -136,8 +137,7 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
     runtime.block_on(async {
         let recovered = storage::open(&sim, &data_path(), 4).unwrap();
         let commit = GroupCommit::start(
-            recovered.store,
-            Arc::default(),
+            Arc::new(Memory::new(recovered.store, Arc::default())),
             recovered.segment,
             recovered.last_seq,
             Settings {

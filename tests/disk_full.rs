@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kvstore::commit::{GroupCommit, Settings};
+use kvstore::engine::memory::Memory;
 use kvstore::log::Log;
 use kvstore::storage::fs::Fs;
 use kvstore::storage::op::WriteOp;
@@ -30,8 +31,7 @@ fn a_full_disk_refuses_writes_and_keeps_every_acknowledged_one() {
     let (acked, refused) = runtime.block_on(async {
         let recovered = storage::open(&sim, &data, 4).unwrap();
         let commit = GroupCommit::start(
-            recovered.store.clone(),
-            Arc::default(),
+            Arc::new(Memory::new(recovered.store.clone(), Arc::default())),
             recovered.segment,
             recovered.last_seq,
             Settings {

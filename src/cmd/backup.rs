@@ -22,7 +22,7 @@ pub async fn start(name: Option<String>, db: &Db, session: &mut Session) -> Repl
     // Ends the tee of one in progress before counting running backups.
     *session = None;
     let result = match name {
-        None => Backup::start(db.store_handle(), db.tees()).and_then(|mut backup| {
+        None => db.start_backup().and_then(|mut backup| {
             let first = backup.next_chunk(chunk_bytes(db))?;
             *session = Some(backup);
             Ok(Reply::Chunk(first))
@@ -60,7 +60,7 @@ async fn into_dir(name: String, db: &Db) -> Result<Summary, Error> {
         Error::Backup("the server has no backup directory (start it with --backup-dir)".into())
     })?;
     backup::check_name(&name)?;
-    let backup = Backup::start(db.store_handle(), db.tees())?;
+    let backup = db.start_backup()?;
     tokio::task::spawn_blocking(move || backup::write_to_dir(backup, &dir, &name))
         .await
         .map_err(|e| Error::Backup(format!("the backup task failed: {e}")))?

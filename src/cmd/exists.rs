@@ -3,12 +3,13 @@
 use bytes::Bytes;
 use kvstore_client::Reply;
 
-use super::check_key;
+use super::{check_key, error_reply};
 use crate::db::Db;
 
 pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
     check_key(key, &db.limits)?;
-    Ok(Reply::Bool(db.store().contains(key)))
+    let found = db.engine().contains(key).map_err(|e| error_reply(&e))?;
+    Ok(Reply::Bool(found))
 }
 
 /// How many of `keys` have a value (a repeated key counts again: RESP
@@ -17,6 +18,9 @@ pub fn count(keys: &[Bytes], db: &Db) -> Result<usize, Reply> {
     for key in keys {
         check_key(key, &db.limits)?;
     }
-    let store = db.store();
-    Ok(keys.iter().filter(|key| store.contains(key)).count())
+    let mut n = 0;
+    for key in keys {
+        n += usize::from(db.engine().contains(key).map_err(|e| error_reply(&e))?);
+    }
+    Ok(n)
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use kvstore_client::Reply;
 
-use super::check_key;
+use super::{check_key, error_reply};
 use crate::db::Db;
 
 pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
@@ -13,5 +13,5 @@ pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
 /// The value of `key`, or the refusal of a key over the limit.
 pub fn value(key: &[u8], db: &Db) -> Result<Option<Bytes>, Reply> {
     check_key(key, &db.limits)?;
-    Ok(db.store().get(key))
+    db.engine().get(key).map_err(|e| error_reply(&e))
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use kvstore_client::{ErrorCode, Reply};
 
-use super::{check_key, check_limit};
+use super::{check_key, check_limit, error_reply};
 use crate::db::Db;
 
 /// One value (or none) per key, in order; refused whole if there are more
@@ -20,5 +20,5 @@ pub fn apply(keys: &[Bytes], db: &Db) -> Result<Vec<Option<Bytes>>, Reply> {
     for key in keys {
         check_key(key, &db.limits)?;
     }
-    Ok(db.store().get_many(keys))
+    db.engine().get_many(keys).map_err(|e| error_reply(&e))
 }

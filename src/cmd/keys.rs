@@ -7,7 +7,7 @@
 use kvstore_client::protocol::{DEFAULT_KEYS_PAGE, MAX_KEYS_PAGE};
 use kvstore_client::Reply;
 
-use super::check_key;
+use super::{check_key, error_reply};
 use crate::config::Limits;
 use crate::db::Db;
 use crate::storage::store::KeysPage;
@@ -42,7 +42,9 @@ pub fn page(
     db: &Db,
 ) -> Result<KeysPage, Reply> {
     check_walk(prefix, start_after, &db.limits)?;
-    Ok(db.store().keys(prefix, start_after, limit, max_bytes))
+    (db.engine())
+        .keys(prefix, start_after, limit, max_bytes)
+        .map_err(|e| error_reply(&e))
 }
 
 /// Refuses a walk by prefix whose prefix or resume key is over the key limit
@@ -57,8 +59,8 @@ pub(super) fn check_walk(
 }
 
 /// How many keys there are (RESP `DBSIZE`).
-pub fn count(db: &Db) -> usize {
-    db.store().len()
+pub fn count(db: &Db) -> u64 {
+    db.engine().len()
 }
 
 /// A request's page size: `0` asks for the default page, and no page is

@@ -7,10 +7,10 @@
 
 use kvstore_client::Reply;
 
-use super::check_key;
 use super::keys::{check_walk, page_limit};
+use super::{check_key, error_reply};
 use crate::db::Db;
-use crate::storage::store::Span;
+use crate::engine::Span;
 
 pub(super) fn prefix(
     prefix: &[u8],
@@ -20,7 +20,7 @@ pub(super) fn prefix(
     db: &Db,
 ) -> Result<Reply, Reply> {
     check_walk(prefix, start_after, &db.limits)?;
-    Ok(page(&Span::prefix(prefix, start_after, reverse), limit, db))
+    page(&Span::prefix(prefix, start_after, reverse), limit, db)
 }
 
 pub(super) fn range(
@@ -36,12 +36,12 @@ pub(super) fn range(
     if let Some(end) = end {
         check_key(end, &db.limits)?;
     }
-    Ok(page(&Span::range(start, end, reverse), limit, db))
+    page(&Span::range(start, end, reverse), limit, db)
 }
 
-fn page(span: &Span, limit: u32, db: &Db) -> Reply {
-    let (pairs, more) = db
-        .store()
-        .pairs(span, page_limit(limit), db.limits.max_reply_bytes);
-    Reply::Pairs { pairs, more }
+fn page(span: &Span, limit: u32, db: &Db) -> Result<Reply, Reply> {
+    let (pairs, more) = (db.engine())
+        .pairs(span, page_limit(limit), db.limits.max_reply_bytes)
+        .map_err(|e| error_reply(&e))?;
+    Ok(Reply::Pairs { pairs, more })
 }

@@ -151,7 +151,7 @@ mod tests {
     use super::log::LogStore;
     use super::state::StateMachine;
     use super::TypeConfig;
-    use crate::backup::Tees;
+    use crate::engine::memory::Memory;
     use crate::storage::fs::RealFs;
     use crate::storage::store::Store;
 
@@ -163,13 +163,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let fs = Arc::new(RealFs);
             let log = LogStore::open(fs.clone(), dir.path()).unwrap();
-            let machine = StateMachine::open(
-                fs,
-                dir.path(),
-                Arc::new(Store::new(4)),
-                Arc::new(Tees::default()),
-            )
-            .unwrap();
+            let engine = Memory::new(Arc::new(Store::new(4)), Arc::default());
+            let machine = StateMachine::open(fs, dir.path(), Arc::new(engine)).unwrap();
             Ok((dir, log, machine))
         }
     }

@@ -19,12 +19,11 @@ use super::network::{self, Network};
 use super::propose::{not_leader, Proposer};
 use super::state::StateMachine;
 use super::{Member, Raft};
-use crate::backup::Tees;
 use crate::commit::LogFigures;
+use crate::engine::memory::Memory;
 use crate::error::Error;
 use crate::log::{Log, Queued};
 use crate::storage::fs::Fs;
-use crate::storage::store::Store;
 use futures_util::future::BoxFuture;
 
 /// What a node is started with (from `Config`).
@@ -75,14 +74,12 @@ fn write_failed(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
 }
 
 impl Cluster {
-    /// Opens the node's storage into `store` (empty), starts openraft, and
-    /// serves the raft port on `listener`. Every write applied to `store`
-    /// also goes to the running backups' `tees`.
+    /// Opens the node's storage into `engine` (empty), starts openraft, and
+    /// serves the raft port on `listener`.
     pub async fn start(
         settings: Settings,
         fs: Arc<dyn Fs>,
-        store: Arc<Store>,
-        tees: Arc<Tees>,
+        engine: Arc<Memory>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -90,7 +87,7 @@ impl Cluster {
         let dir = settings.dir.clone();
         let (lock, log, machine) = {
             let fs = fs.clone();
-            tokio::task::spawn_blocking(move || open_storage(fs, &dir, store, tees))
+            tokio::task::spawn_blocking(move || open_storage(fs, &dir, engine))
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
         };
@@ -329,12 +326,7 @@ impl Log for Cluster {
 
 type Opened = (Box<dyn std::any::Any + Send>, LogStore, StateMachine);
 
-fn open_storage(
-    fs: Arc<dyn Fs>,
-    dir: &Path,
-    store: Arc<Store>,
-    tees: Arc<Tees>,
-) -> Result<Opened, Error> {
+fn open_storage(fs: Arc<dyn Fs>, dir: &Path, engine: Arc<Memory>) -> Result<Opened, Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join("LOCK");
     let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {
@@ -342,6 +334,6 @@ fn open_storage(
         _ => Error::io(&lock_path, e),
     })?;
     let log = LogStore::open(fs.clone(), dir)?;
-    let machine = StateMachine::open(fs, dir, store, tees)?;
+    let machine = StateMachine::open(fs, dir, engine)?;
     Ok((lock, log, machine))
 }

@@ -1,5 +1,5 @@
 //! The state machine of one node: openraft's `RaftStateMachine` over the
-//! server's own [`Store`], with snapshots in the server's own snapshot format
+//! server's memory engine (`crate::engine::memory`), with snapshots in the server's own snapshot format
 //! (`storage::snapshot`).
 //!
 //! ```text
@@ -32,12 +32,11 @@ use openraft::{
 use parking_lot::Mutex;
 
 use super::{Member, Outcome, Outcomes, TypeConfig};
-use crate::backup::Tees;
+use crate::engine::memory::Memory;
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::storage::change::BatchView;
-use crate::storage::change::Resolved;
+use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::op::WriteOp;
 use crate::storage::store::Store;
 use crate::storage::{record, snapshot, sync_dir, write_synced};
 
@@ -57,10 +56,9 @@ struct Applied {
 pub struct StateMachine {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    /// The store the doors read: applying an entry makes its writes visible.
-    store: Arc<Store>,
-    /// Running backups see every applied write through these.
-    tees: Arc<Tees>,
+    /// The engine the doors read: applying an entry makes its writes
+    /// visible.
+    engine: Arc<Memory>,
     /// Held for each apply and for a snapshot's copy.
     applied: Arc<Mutex<Applied>>,
     /// The index of the newest entry (or snapshot) whose writes may be in
@@ -77,13 +75,8 @@ fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
 
 impl StateMachine {
     /// Opens the state machine in `dir`, loading the newest snapshot into
-    /// `store` (which must be empty).
-    pub fn open(
-        fs: Arc<dyn Fs>,
-        dir: &Path,
-        store: Arc<Store>,
-        tees: Arc<Tees>,
-    ) -> Result<StateMachine, Error> {
+    /// `engine` (which must be empty).
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, engine: Arc<Memory>) -> Result<StateMachine, Error> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut applied = Applied::default();
         let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
@@ -107,7 +100,7 @@ impl StateMachine {
             }
         }
         if let Some((meta, id)) = newest {
-            snapshot::load(&*fs, &dir.join(format!("snap-{id}.db")), &store)?;
+            snapshot::load(&*fs, &dir.join(format!("snap-{id}.db")), engine.store())?;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             applied.current = Some(meta);
@@ -116,8 +109,7 @@ impl StateMachine {
         let machine = StateMachine {
             fs,
             dir: dir.to_path_buf(),
-            store,
-            tees,
+            engine,
             applied: Arc::new(Mutex::new(applied)),
             store_index: Arc::new(AtomicU64::new(store_index)),
         };
@@ -196,29 +188,32 @@ impl StateMachine {
         sync_dir(&*self.fs, &self.dir)
     }
 
-    /// Applies one entry's writes to the store, each resolved against the
-    /// state the writes before it left.
-    fn apply_batch(&self, changes: Vec<crate::storage::change::Change>) -> Outcomes {
-        let mut tee = self.tees.lock();
-        let outcomes = changes
+    /// Applies one entry's writes at its `index`: each resolved against the
+    /// state the writes before it leave (an overlay, as the commit thread
+    /// resolves a batch), then all applied to the engine as one batch.
+    fn apply_batch(&self, changes: Vec<Change>, index: u64) -> Result<Outcomes, Error> {
+        let mut view = BatchView::new(&*self.engine);
+        let resolved: Vec<Resolved> = changes
             .into_iter()
             .map(|change| {
-                let resolved = change.resolve(&BatchView::new(&self.store));
-                let mut apply = |op: &WriteOp| {
-                    tee.record(op);
-                    self.store.apply(op)
-                };
-                Outcome::from_result(match resolved {
-                    Resolved::Apply(op) => Ok(apply(&op)),
-                    Resolved::Log(op, outcome) => {
-                        apply(&op);
-                        Ok(outcome)
-                    }
-                    Resolved::Answer(outcome) => outcome,
-                })
+                let resolved = change.resolve(&view);
+                if let Some(op) = resolved.op() {
+                    view.record(op);
+                }
+                resolved
             })
             .collect();
-        Outcomes(outcomes)
+        drop(view);
+        let applied = self
+            .engine
+            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), index)?;
+        Ok(Outcomes(
+            resolved
+                .into_iter()
+                .zip(applied)
+                .map(|(resolved, applied)| Outcome::from_result(resolved.outcome(applied)))
+                .collect(),
+        ))
     }
 }
 
@@ -257,7 +252,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 ),
             };
             self.write_files(&meta, |path| {
-                snapshot::write(&*self.fs, path, &self.store, 0, 0, || Ok(())).map(|_| ())
+                snapshot::write(&*self.fs, path, self.engine.store(), 0, 0, || Ok(())).map(|_| ())
             })?;
             applied.current = Some(meta.clone());
             let (_, db_path) = self.paths(&meta.snapshot_id);
@@ -290,7 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let out = tokio::task::block_in_place(|| {
+        tokio::task::block_in_place(|| {
             let mut out = Vec::new();
             let mut applied = self.applied.lock();
             for entry in entries {
@@ -299,16 +294,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 applied.last_applied = Some(entry.log_id);
                 out.push(match entry.payload {
                     EntryPayload::Blank => Outcomes::default(),
-                    EntryPayload::Normal(batch) => self.apply_batch(batch.0),
+                    EntryPayload::Normal(batch) => self.apply_batch(batch.0, entry.log_id.index)?,
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Outcomes::default()
                     }
                 });
             }
-            out
-        });
-        Ok(out)
+            Ok::<_, Error>(out)
+        })
+        .map_err(storage_io)
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachine {
@@ -335,7 +330,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (_, db_path) = self.paths(&meta.snapshot_id);
             let tmp = snapshot::temp_path(&db_path);
             write_synced(&*self.fs, &tmp, &bytes)?;
-            let received = Store::new(self.store.shard_count());
+            let received = Store::new(self.engine.store().shard_count());
             snapshot::load(&*self.fs, &tmp, &received)?;
             self.write_files(meta, |path| {
                 self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -345,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if let Some(last) = meta.last_log_id {
                 self.store_index.fetch_max(last.index, Ordering::Release);
             }
-            self.store.replace_with(received);
+            self.engine.store().replace_with(received);
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             applied.current = Some(meta.clone());

@@ -19,7 +19,8 @@ use kvstore_client::{Condition, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use super::op::WriteOp;
-use super::store::{Applied, Store};
+use super::store::Applied;
+use crate::engine::Engine;
 use crate::error::Error;
 
 /// A write as a connection submits it. In cluster mode it is also what a
@@ -76,6 +77,19 @@ impl Resolved {
             Resolved::Answer(_) => None,
         }
     }
+
+    /// The write's outcome, given what applying its op returned (`None`
+    /// for a change that logged nothing).
+    pub fn outcome(self, applied: Option<Applied>) -> Result<Applied, Error> {
+        match (self, applied) {
+            (Resolved::Apply(_), Some(applied)) => Ok(applied),
+            (Resolved::Log(_, outcome), _) => Ok(outcome),
+            (Resolved::Answer(outcome), _) => outcome,
+            (Resolved::Apply(_), None) => Err(Error::StorageFailed(
+                "a write was answered without being applied".into(),
+            )),
+        }
+    }
 }
 
 impl Change {
@@ -96,9 +110,15 @@ impl Change {
     }
 
     /// Decides what to log and answer. `view` sees the writes resolved before
-    /// this one; it is needed only for a change that [`Change::reads`].
+    /// this one; it is needed only for a change that [`Change::reads`]. A
+    /// read that fails is the change's answer.
     pub fn resolve(self, view: &BatchView) -> Resolved {
-        match self {
+        self.resolve_reading(view)
+            .unwrap_or_else(|e| Resolved::Answer(Err(e)))
+    }
+
+    fn resolve_reading(self, view: &BatchView) -> Result<Resolved, Error> {
+        Ok(match self {
             Change::Write(op) => Resolved::Apply(op),
             Change::SetIf {
                 key,
@@ -106,7 +126,7 @@ impl Change {
                 condition,
                 get,
             } => {
-                let old = view.get(&key);
+                let old = view.get(&key)?;
                 let holds = match condition {
                     Condition::Always => true,
                     Condition::Absent => old.is_none(),
@@ -123,20 +143,20 @@ impl Change {
                     Resolved::Answer(Ok(outcome))
                 }
             }
-            Change::GetDel { key } => match view.get(&key) {
+            Change::GetDel { key } => match view.get(&key)? {
                 Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
                 None => Resolved::Answer(Ok(Applied::Value(None))),
             },
             Change::Incr { key, by } => {
-                let current = match view.get(&key) {
+                let current = match view.get(&key)? {
                     None => 0,
                     Some(value) => match parse_i64(&value) {
                         Some(n) => n,
                         None => {
-                            return Resolved::Answer(Err(Error::Rejected {
+                            return Ok(Resolved::Answer(Err(Error::Rejected {
                                 code: ErrorCode::NotAnInteger,
                                 message: "value is not an integer or out of range".into(),
-                            }))
+                            })))
                         }
                     },
                 };
@@ -159,15 +179,15 @@ impl Change {
                 value,
                 max_value,
             } => {
-                let old = view.get(&key).unwrap_or_default();
+                let old = view.get(&key)?.unwrap_or_default();
                 let len = old.len() + value.len();
                 if len > max_value {
-                    return Resolved::Answer(Err(Error::Rejected {
+                    return Ok(Resolved::Answer(Err(Error::Rejected {
                         code: ErrorCode::ValueTooLarge,
                         message: format!(
                             "value of {len} bytes after APPEND exceeds the limit of {max_value} bytes"
                         ),
-                    }));
+                    })));
                 }
                 let mut joined = BytesMut::with_capacity(len);
                 joined.extend_from_slice(&old);
@@ -180,7 +200,7 @@ impl Change {
                     Applied::Int(len as i64),
                 )
             }
-        }
+        })
     }
 }
 
@@ -188,7 +208,7 @@ impl Change {
 /// the previous batches (the commit thread applies a batch before it starts
 /// the next), the overlay the writes earlier in this one.
 pub struct BatchView<'a> {
-    store: &'a Store,
+    engine: &'a dyn Engine,
     /// Keys written earlier in the batch, with their value after those
     /// writes (`None`: removed).
     overlay: HashMap<Bytes, Option<Bytes>>,
@@ -197,20 +217,20 @@ pub struct BatchView<'a> {
 }
 
 impl<'a> BatchView<'a> {
-    pub fn new(store: &'a Store) -> BatchView<'a> {
+    pub fn new(engine: &'a dyn Engine) -> BatchView<'a> {
         BatchView {
-            store,
+            engine,
             overlay: HashMap::new(),
             cleared: false,
         }
     }
 
     /// The value of `key` after everything resolved so far.
-    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
         match self.overlay.get(key) {
-            Some(value) => value.clone(),
-            None if self.cleared => None,
-            None => self.store.get(key),
+            Some(value) => Ok(value.clone()),
+            None if self.cleared => Ok(None),
+            None => self.engine.get(key),
         }
     }
 
@@ -259,7 +279,11 @@ pub fn parse_i64(bytes: &[u8]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::engine::memory::Memory;
+    use crate::storage::store::Store;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -294,12 +318,13 @@ mod tests {
 
     #[test]
     fn a_batch_sees_its_own_earlier_writes() {
-        let store = Store::new(4);
+        let store = Arc::new(Store::new(4));
         store.apply(&WriteOp::Set {
             key: b("n"),
             value: b("10"),
         });
-        let mut view = BatchView::new(&store);
+        let engine = Memory::new(store.clone(), Arc::default());
+        let mut view = BatchView::new(&engine);
         let resolved = Change::Incr { key: b("n"), by: 5 }.resolve(&view);
         assert!(matches!(&resolved, Resolved::Log(_, Applied::Int(15))));
         view.record(resolved.op().unwrap());
@@ -320,7 +345,7 @@ mod tests {
 
     #[test]
     fn refused_changes_log_nothing() {
-        let store = Store::new(1);
+        let store = Arc::new(Store::new(1));
         store.apply(&WriteOp::Set {
             key: b("s"),
             value: b("abc"),
@@ -329,7 +354,8 @@ mod tests {
             key: b("max"),
             value: Bytes::from(i64::MAX.to_string()),
         });
-        let view = BatchView::new(&store);
+        let engine = Memory::new(store, Arc::default());
+        let view = BatchView::new(&engine);
         for (change, code) in [
             (Change::Incr { key: b("s"), by: 1 }, ErrorCode::NotAnInteger),
             (

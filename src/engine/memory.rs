@@ -1,0 +1,95 @@
+//! The memory engine: the sharded ordered map of `crate::storage::store`,
+//! with every applied write also sent to the running backups' tees.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Applied, Engine, KeysPage, PairsPage, Span};
+use crate::backup::Tees;
+use crate::error::Error;
+use crate::storage::op::WriteOp;
+use crate::storage::store::Store;
+
+pub struct Memory {
+    store: Arc<Store>,
+    /// Running backups see every applied write through these; the lock is
+    /// held across a batch's apply, so a backup's marks fall between batches.
+    tees: Arc<Tees>,
+    /// See [`Engine::applied`].
+    applied: AtomicU64,
+}
+
+impl Memory {
+    pub fn new(store: Arc<Store>, tees: Arc<Tees>) -> Memory {
+        Memory {
+            store,
+            tees,
+            applied: AtomicU64::new(0),
+        }
+    }
+
+    /// The map itself, for what is not an engine operation yet: the
+    /// snapshot file, backups, Raft snapshots.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn tees(&self) -> &Arc<Tees> {
+        &self.tees
+    }
+}
+
+impl Engine for Memory {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        Ok(self.store.get(key))
+    }
+
+    fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
+        Ok(self.store.get_many(keys))
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.store.contains(key))
+    }
+
+    fn keys(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<KeysPage, Error> {
+        Ok(self.store.keys(prefix, start_after, limit, max_bytes))
+    }
+
+    fn pairs(&self, span: &Span, limit: usize, max_bytes: usize) -> Result<PairsPage, Error> {
+        Ok(self.store.pairs(span, limit, max_bytes))
+    }
+
+    fn len(&self) -> u64 {
+        self.store.len() as u64
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        self.store.bytes()
+    }
+
+    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error> {
+        let mut tee = self.tees.lock();
+        let applied = ops
+            .iter()
+            .map(|op| {
+                tee.record(op);
+                self.store.apply(op)
+            })
+            .collect();
+        self.applied.store(position, Ordering::Release);
+        Ok(applied)
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,95 @@
+//! The storage engine seam: the applied state every read sees.
+//!
+//! An [`Engine`] holds what the log has made durable and applied: point
+//! reads, ordered pages of keys or pairs (one instant's view each, in
+//! either direction), and the one `apply` both write paths use (the
+//! single-node commit thread and the Raft state machine), which takes a
+//! durable batch of resolved writes with the log position it came from.
+//! Nothing else reads or changes the data: `cmd/` reads through `Db`,
+//! writes come from a `crate::log::Log`.
+//!
+//! [`memory::Memory`] is today's engine: the sharded in-memory map, made
+//! durable by the log and snapshot files. Its snapshot file, recovery and
+//! backups still use the map itself (`Memory::store`); they become engine
+//! operations when a second engine needs them.
+
+pub mod memory;
+
+use bytes::Bytes;
+
+use crate::error::Error;
+use crate::storage::change::Resolved;
+use crate::storage::op::WriteOp;
+pub use crate::storage::store::{Applied, KeysPage, Span};
+
+/// A page of key-value pairs, and whether more may follow.
+pub type PairsPage = (Vec<(Bytes, Bytes)>, bool);
+
+/// The applied state. Reads may fail (a disk engine's I/O); the memory
+/// engine's never do.
+pub trait Engine: Send + Sync {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error>;
+
+    /// The values of `keys`, read at one instant.
+    fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error>;
+
+    /// Whether `key` has a value.
+    fn contains(&self, key: &[u8]) -> Result<bool, Error>;
+
+    /// Up to `limit` keys that start with `prefix` and sort after
+    /// `start_after`, ascending, stopping before their encoded size (each key
+    /// plus an 8-byte length) passes `max_bytes`.
+    fn keys(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<KeysPage, Error>;
+
+    /// Up to `limit` pairs whose keys lie in `span`, in its order, stopping
+    /// before their encoded size (key, value and two 8-byte lengths) passes
+    /// `max_bytes`; a page holds at least one pair.
+    fn pairs(&self, span: &Span, limit: usize, max_bytes: usize) -> Result<PairsPage, Error>;
+
+    /// How many keys there are (not one instant's count while writes run).
+    fn len(&self) -> u64;
+
+    /// Whether there are no keys.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of all keys and of all values.
+    fn bytes(&self) -> (u64, u64);
+
+    /// Applies a durable batch of writes, in order, and returns what each
+    /// did. `position` is the log position the batch ends at (the single
+    /// node's record sequence number, or the Raft log index); positions only
+    /// grow. Each write is atomic for readers; the batch as a whole need
+    /// not be. A failure leaves the engine unusable for writes: the caller
+    /// poisons its log (the batch is durable, and a restart replays it).
+    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error>;
+
+    /// The position of the last batch applied (0: none since start, or what
+    /// the engine kept from before).
+    fn applied(&self) -> u64;
+
+    /// Applies the ops of resolved writes as one batch (see
+    /// [`Engine::apply`]) and returns, for each write, what its op did
+    /// (`None`: it logged nothing). The one apply of both write paths; each
+    /// write's answer is then [`Resolved::outcome`].
+    fn apply_resolved(
+        &self,
+        resolved: &[&Resolved],
+        position: u64,
+    ) -> Result<Vec<Option<Applied>>, Error> {
+        let ops: Vec<&WriteOp> = resolved.iter().filter_map(|r| r.op()).collect();
+        let mut applied = self.apply(&ops, position)?.into_iter();
+        Ok(resolved
+            .iter()
+            .map(|r| r.op().and_then(|_| applied.next()))
+            .collect())
+    }
+}

@@ -1,0 +1,405 @@
+//! The engine suite: every storage engine, through one macro
+//! ([`engine_suite!`]), against a `BTreeMap` model. Any sequence of writes
+//! and reads gives the same answers (point reads, pages of keys and pairs
+//! both ways with random bounds over keys with 0x00 and 0xff bytes,
+//! batches, `Clear`, the applied position); writes that read first,
+//! resolved in batches the way the commit thread does it, give the answers
+//! of running them one by one; pages stop at their byte budget.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kvstore::engine::memory::Memory;
+use kvstore::engine::{Applied, Engine, Span};
+use kvstore::storage::change::{BatchView, Change};
+use kvstore::storage::op::WriteOp;
+use kvstore::storage::store::Store;
+use kvstore_client::Condition;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+/// Runs the suite against the engines `new(shards)` makes, in a module
+/// named `$engine`.
+macro_rules! engine_suite {
+    ($engine:ident, $new:expr) => {
+        mod $engine {
+            use super::*;
+
+            fn new(shards: usize) -> Box<dyn Engine> {
+                #[allow(clippy::redundant_closure_call)]
+                ($new)(shards)
+            }
+
+            proptest! {
+                #[test]
+                fn behaves_like_a_btreemap(
+                    shards in 1usize..9,
+                    steps in proptest::collection::vec(step(), 1..120),
+                ) {
+                    super::behaves_like_a_btreemap(&*new(shards), steps)?;
+                }
+
+                #[test]
+                fn batched_changes_answer_like_sequential_ones(
+                    batches in proptest::collection::vec(
+                        proptest::collection::vec(change(), 1..10),
+                        1..12,
+                    )
+                ) {
+                    super::batched_changes_answer_like_sequential_ones(&*new(4), batches)?;
+                }
+            }
+
+            #[test]
+            fn a_keys_page_stops_before_its_byte_budget() {
+                super::a_keys_page_stops_before_its_byte_budget(&*new(4));
+            }
+
+            #[test]
+            fn a_pairs_page_stops_before_its_byte_budget_but_holds_one_pair() {
+                super::a_pairs_page_stops_before_its_byte_budget_but_holds_one_pair(&*new(4));
+            }
+        }
+    };
+}
+
+engine_suite!(memory, |shards| Box::new(Memory::new(
+    Arc::new(Store::new(shards)),
+    Arc::default()
+)));
+
+/// Applies one write as a batch of its own at `position`.
+fn apply(engine: &dyn Engine, op: &WriteOp, position: u64) -> Applied {
+    let mut applied = engine.apply(&[op], position).expect("apply");
+    assert_eq!(applied.len(), 1);
+    applied.remove(0)
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write(WriteOp),
+    Get(Bytes),
+    GetMany(Vec<Bytes>),
+    Keys {
+        prefix: Bytes,
+        start_after: Option<Bytes>,
+        limit: usize,
+    },
+    /// A Scan (`end` is `None`) or Range page of pairs.
+    Pairs {
+        /// A Scan's prefix, or a Range's start.
+        from: Bytes,
+        /// A Scan's start_after.
+        after: Option<Bytes>,
+        /// `Some` for a Range: its end (`None` inside: no end).
+        range_end: Option<Option<Bytes>>,
+        reverse: bool,
+        limit: usize,
+    },
+}
+
+/// Keys from a small alphabet so that writes collide and prefixes match.
+fn key() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(
+        prop_oneof![Just(b'a'), Just(b'b'), Just(0u8), Just(0xffu8)],
+        0..4,
+    )
+    .prop_map(Bytes::from)
+}
+
+fn value() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..8).prop_map(Bytes::from)
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (key(), value()).prop_map(|(key, value)| Step::Write(WriteOp::Set { key, value })),
+        4 => key().prop_map(|key| Step::Write(WriteOp::Delete { key })),
+        4 => proptest::collection::vec((key(), value()), 0..6)
+            .prop_map(|items| Step::Write(WriteOp::BulkSet { items })),
+        4 => proptest::collection::vec(key(), 0..6)
+            .prop_map(|keys| Step::Write(WriteOp::DeleteMany { keys })),
+        1 => Just(Step::Write(WriteOp::Clear)),
+        4 => key().prop_map(Step::Get),
+        4 => proptest::collection::vec(key(), 0..6).prop_map(Step::GetMany),
+        4 => (key(), proptest::option::of(key()), proptest::option::of(proptest::option::of(key())), any::<bool>(), 1usize..6)
+            .prop_map(|(from, after, range_end, reverse, limit)| Step::Pairs { from, after, range_end, reverse, limit }),
+        4 => (key(), proptest::option::of(key()), 1usize..6).prop_map(|(prefix, start_after, limit)| {
+            Step::Keys {
+                prefix,
+                start_after,
+                limit,
+            }
+        }),
+    ]
+}
+
+fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, op: &WriteOp) -> Applied {
+    match op {
+        WriteOp::Set { key, value } => {
+            model.insert(key.clone(), value.clone());
+            Applied::Stored
+        }
+        WriteOp::Delete { key } => Applied::Deleted(model.remove(key).is_some()),
+        WriteOp::BulkSet { items } => {
+            for (k, v) in items {
+                model.insert(k.clone(), v.clone());
+            }
+            Applied::Stored
+        }
+        WriteOp::DeleteMany { keys } => Applied::Int(
+            keys.iter()
+                .map(|k| i64::from(model.remove(k).is_some()))
+                .sum(),
+        ),
+        WriteOp::Clear => {
+            model.clear();
+            Applied::Stored
+        }
+    }
+}
+
+fn condition() -> impl Strategy<Value = Condition> {
+    prop_oneof![
+        Just(Condition::Always),
+        Just(Condition::Absent),
+        Just(Condition::Present)
+    ]
+}
+
+/// Values that are sometimes counters, sometimes not.
+fn counter_value() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        (-3i64..3).prop_map(|n| Bytes::from(n.to_string())),
+        Just(Bytes::from(i64::MAX.to_string())),
+        value(),
+    ]
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        4 => (key(), counter_value()).prop_map(|(key, value)| Change::Write(WriteOp::Set { key, value })),
+        4 => key().prop_map(|key| Change::Write(WriteOp::Delete { key })),
+        1 => Just(Change::Write(WriteOp::Clear)),
+        4 => (key(), value(), condition(), any::<bool>()).prop_map(|(key, value, condition, get)| {
+            Change::SetIf { key, value, condition, get }
+        }),
+        4 => key().prop_map(|key| Change::GetDel { key }),
+        4 => (key(), prop_oneof![Just(1i64), Just(-1), Just(i64::MAX)]).prop_map(|(key, by)| Change::Incr { key, by }),
+        4 => (key(), value()).prop_map(|(key, value)| Change::Append { key, value, max_value: 12 }),
+    ]
+}
+
+/// What a change answers when run alone against the model: `Err` carries the
+/// refusal's code.
+fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<Applied, u32> {
+    match change {
+        Change::Write(op) => Ok(model_apply(model, op)),
+        Change::SetIf {
+            key,
+            value,
+            condition,
+            get,
+        } => {
+            let old = model.get(key).cloned();
+            let holds = match condition {
+                Condition::Always => true,
+                Condition::Absent => old.is_none(),
+                Condition::Present => old.is_some(),
+            };
+            if holds {
+                model.insert(key.clone(), value.clone());
+            }
+            Ok(if *get {
+                Applied::Value(old)
+            } else {
+                Applied::Bool(holds)
+            })
+        }
+        Change::GetDel { key } => Ok(Applied::Value(model.remove(key))),
+        Change::Incr { key, by } => {
+            let current = match model.get(key) {
+                None => 0,
+                // Canonical decimal: it reads back as the same text.
+                Some(v) => std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s))
+                    .ok_or(kvstore_client::ErrorCode::NotAnInteger as u32)?,
+            };
+            let n = current
+                .checked_add(*by)
+                .ok_or(kvstore_client::ErrorCode::Overflow as u32)?;
+            model.insert(key.clone(), Bytes::from(n.to_string()));
+            Ok(Applied::Int(n))
+        }
+        Change::Append {
+            key,
+            value,
+            max_value,
+        } => {
+            let mut joined = model.get(key).map(|v| v.to_vec()).unwrap_or_default();
+            joined.extend_from_slice(value);
+            if joined.len() > *max_value {
+                return Err(kvstore_client::ErrorCode::ValueTooLarge as u32);
+            }
+            let len = joined.len() as i64;
+            model.insert(key.clone(), Bytes::from(joined));
+            Ok(Applied::Int(len))
+        }
+    }
+}
+
+/// Batches resolved against the engine plus an overlay, then applied (as
+/// the commit thread does), answer like the changes run one at a time.
+fn batched_changes_answer_like_sequential_ones(
+    engine: &dyn Engine,
+    batches: Vec<Vec<Change>>,
+) -> Result<(), TestCaseError> {
+    let mut model = BTreeMap::new();
+    for (position, batch) in (1..).zip(batches) {
+        let mut view = BatchView::new(engine);
+        let mut resolved = Vec::new();
+        let mut expected = Vec::new();
+        for change in batch {
+            expected.push(model_change(&mut model, &change));
+            let r = change.resolve(&view);
+            if let Some(op) = r.op() {
+                view.record(op);
+            }
+            resolved.push(r);
+        }
+        drop(view);
+        let applied = engine
+            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), position)
+            .expect("apply");
+        for ((r, applied), expected) in resolved.into_iter().zip(applied).zip(expected) {
+            let got = match r.outcome(applied) {
+                Ok(outcome) => Ok(outcome),
+                Err(kvstore::Error::Rejected { code, .. }) => Err(code as u32),
+                Err(e) => panic!("unexpected error {e}"),
+            };
+            prop_assert_eq!(got, expected);
+        }
+        prop_assert_eq!(engine.applied(), position);
+    }
+    let all = engine.keys(b"", None, usize::MAX, usize::MAX).unwrap().keys;
+    prop_assert_eq!(all.len(), model.len());
+    for key in all {
+        prop_assert_eq!(engine.get(&key).unwrap(), model.get(&key).cloned());
+    }
+    Ok(())
+}
+
+/// Any sequence of steps answers as the model does; the applied position
+/// is the last batch's.
+fn behaves_like_a_btreemap(engine: &dyn Engine, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut model = BTreeMap::new();
+    let mut position = 0;
+    for step in steps {
+        match step {
+            Step::Write(op) => {
+                position += 1 + op.approx_len() as u64 % 3;
+                prop_assert_eq!(apply(engine, &op, position), model_apply(&mut model, &op));
+                prop_assert_eq!(engine.applied(), position);
+            }
+            Step::Get(key) => {
+                prop_assert_eq!(engine.get(&key).unwrap(), model.get(&key).cloned());
+                prop_assert_eq!(engine.contains(&key).unwrap(), model.contains_key(&key));
+            }
+            Step::GetMany(keys) => {
+                let expected: Vec<_> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                prop_assert_eq!(engine.get_many(&keys).unwrap(), expected);
+            }
+            Step::Keys {
+                prefix,
+                start_after,
+                limit,
+            } => {
+                let page = engine
+                    .keys(&prefix, start_after.as_deref(), limit, usize::MAX)
+                    .unwrap();
+                let all: Vec<Bytes> = model
+                    .keys()
+                    .filter(|k| {
+                        k.starts_with(&prefix) && start_after.as_ref().is_none_or(|a| *k > a)
+                    })
+                    .cloned()
+                    .collect();
+                prop_assert_eq!(&page.keys[..], &all[..all.len().min(limit)]);
+                prop_assert_eq!(page.more, all.len() > limit);
+            }
+            Step::Pairs {
+                from,
+                after,
+                range_end,
+                reverse,
+                limit,
+            } => {
+                let span = match &range_end {
+                    None => Span::prefix(&from, after.as_deref(), reverse),
+                    Some(end) => Span::range(&from, end.as_deref(), reverse),
+                };
+                let (pairs, more) = engine.pairs(&span, limit, usize::MAX).unwrap();
+                let wanted = |k: &Bytes| match &range_end {
+                    None => {
+                        k.starts_with(&from)
+                            && after
+                                .as_ref()
+                                .is_none_or(|a| if reverse { k < a } else { k > a })
+                    }
+                    Some(end) => *k >= from && end.as_ref().is_none_or(|e| k < e),
+                };
+                let mut all: Vec<(Bytes, Bytes)> = model
+                    .iter()
+                    .filter(|(k, _)| wanted(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if reverse {
+                    all.reverse();
+                }
+                prop_assert_eq!(&pairs[..], &all[..all.len().min(limit)]);
+                prop_assert_eq!(more, all.len() > limit);
+            }
+        }
+    }
+    prop_assert_eq!(engine.len(), model.len() as u64);
+    let key_bytes = model.keys().map(|k| k.len() as u64).sum();
+    let value_bytes = model.values().map(|v| v.len() as u64).sum();
+    prop_assert_eq!(engine.bytes(), (key_bytes, value_bytes));
+    Ok(())
+}
+
+fn a_keys_page_stops_before_its_byte_budget(engine: &dyn Engine) {
+    for i in 0..100u8 {
+        let op = WriteOp::Set {
+            key: Bytes::from(vec![b'k', i]),
+            value: Bytes::new(),
+        };
+        apply(engine, &op, u64::from(i) + 1);
+    }
+    // Each 2-byte key costs 10 bytes in a reply (with its length prefix).
+    let page = engine.keys(b"k", None, 1000, 105).unwrap();
+    assert_eq!(page.keys.len(), 10, "ten 2-byte keys fit in 105 bytes");
+    assert!(page.more);
+}
+
+fn a_pairs_page_stops_before_its_byte_budget_but_holds_one_pair(engine: &dyn Engine) {
+    for i in 0..100u8 {
+        let op = WriteOp::Set {
+            key: Bytes::from(vec![b'k', i]),
+            value: Bytes::from(vec![i; 10]),
+        };
+        apply(engine, &op, u64::from(i) + 1);
+    }
+    // Each pair costs 2 + 8 + 10 + 8 = 28 bytes in a reply.
+    let (pairs, more) = (engine.pairs(&Span::prefix(b"k", None, false), 1000, 100)).unwrap();
+    assert_eq!(pairs.len(), 3, "three 28-byte pairs fit in 100 bytes");
+    assert!(more);
+    let (pairs, more) = (engine.pairs(&Span::prefix(b"k", None, true), 1000, 1)).unwrap();
+    assert_eq!(
+        pairs,
+        vec![(Bytes::from(vec![b'k', 99]), Bytes::from(vec![99; 10]))]
+    );
+    assert!(more);
+}
