@@ -125,6 +125,39 @@ pub enum Applied {
 /// Bytes a key costs in a reply beyond its own: its u64 length prefix.
 const KEY_OVERHEAD: usize = 8;
 
+/// How much a page may still take: at most `limit` entries, and no entry
+/// that would take the encoded size past `max_bytes` unless the page is
+/// still empty (a page holds at least one entry).
+pub struct PageBudget {
+    limit: usize,
+    max_bytes: usize,
+    taken: usize,
+    bytes: usize,
+}
+
+impl PageBudget {
+    pub fn new(limit: usize, max_bytes: usize) -> PageBudget {
+        PageBudget {
+            limit,
+            max_bytes,
+            taken: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether the page takes an entry of this key and (with `value`) value
+    /// length; `false` means the page is full and more entries are left.
+    pub fn take(&mut self, key: usize, value: Option<usize>) -> bool {
+        let encoded = key + KEY_OVERHEAD + value.map_or(0, |v| v + KEY_OVERHEAD);
+        if self.taken == self.limit || (self.bytes > 0 && self.bytes + encoded > self.max_bytes) {
+            return false;
+        }
+        self.bytes += encoded;
+        self.taken += 1;
+        true
+    }
+}
+
 /// Which keys a page walk covers, and in which direction.
 #[derive(Debug, Clone)]
 pub struct Span {
@@ -166,7 +199,7 @@ impl Span {
 
     /// Whether no key can lie in the span (`BTreeSet::range` panics on such
     /// bounds, so a walk checks first).
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         match (&self.lower, &self.upper) {
             (Bound::Included(l), Bound::Included(u)) => l > u,
             (Bound::Included(l) | Bound::Excluded(l), Bound::Included(u) | Bound::Excluded(u)) => {
@@ -176,7 +209,12 @@ impl Span {
         }
     }
 
-    fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    /// Whether the walk goes down from the upper end.
+    pub fn reverse(&self) -> bool {
+        self.reverse
+    }
+
+    pub fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
         (
             self.lower.as_ref().map(Vec::as_slice),
             self.upper.as_ref().map(Vec::as_slice),
@@ -563,17 +601,12 @@ impl Store {
             .enumerate()
             .filter_map(|(shard, r)| r.next().map(|entry| Head::new(entry, shard, span.reverse)))
             .collect();
-        let (mut taken, mut bytes) = (0, 0);
+        let mut budget = PageBudget::new(limit, max_bytes);
         while let Some(head) = heads.pop() {
-            let mut encoded = head.entry.key().len() + KEY_OVERHEAD;
-            if with_values {
-                encoded += head.entry.value().len() + KEY_OVERHEAD;
-            }
-            if taken == limit || (bytes > 0 && bytes + encoded > max_bytes) {
+            let value = with_values.then(|| head.entry.value().len());
+            if !budget.take(head.entry.key().len(), value) {
                 return true;
             }
-            bytes += encoded;
-            taken += 1;
             take(head.entry);
             if let Some(next) = ranges[head.shard].next() {
                 heads.push(Head::new(next, head.shard, span.reverse));
