@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kvstore::engine::disk::Disk;
 use kvstore::engine::memory::Memory;
 use kvstore::engine::{Applied, Engine, Span};
 use kvstore::storage::change::{BatchView, Change};
@@ -19,6 +20,19 @@ use kvstore_client::Condition;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+/// An engine under test, with the directory it lives in.
+struct Fixture {
+    engine: Box<dyn Engine>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = dyn Engine;
+    fn deref(&self) -> &(dyn Engine + 'static) {
+        &*self.engine
+    }
+}
+
 /// Runs the suite against the engines `new(shards)` makes, in a module
 /// named `$engine`.
 macro_rules! engine_suite {
@@ -26,7 +40,7 @@ macro_rules! engine_suite {
         mod $engine {
             use super::*;
 
-            fn new(shards: usize) -> Box<dyn Engine> {
+            fn new(shards: usize) -> Fixture {
                 #[allow(clippy::redundant_closure_call)]
                 ($new)(shards)
             }
@@ -64,10 +78,19 @@ macro_rules! engine_suite {
     };
 }
 
-engine_suite!(memory, |shards| Box::new(Memory::new(
-    Arc::new(Store::new(shards)),
-    Arc::default()
-)));
+engine_suite!(memory, |shards| Fixture {
+    engine: Box::new(Memory::new(Arc::new(Store::new(shards)), Arc::default())),
+    _dir: None,
+});
+
+engine_suite!(disk, |_shards| {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Disk::open(&dir.path().join("data.fjall"), 1 << 20).unwrap();
+    Fixture {
+        engine: Box::new(engine),
+        _dir: Some(dir),
+    }
+});
 
 /// Applies one write as a batch of its own at `position`.
 fn apply(engine: &dyn Engine, op: &WriteOp, position: u64) -> Applied {

@@ -13,6 +13,7 @@
 //! backups still use the map itself (`Memory::store`); they become engine
 //! operations when a second engine needs them.
 
+pub mod disk;
 pub mod memory;
 
 use bytes::Bytes;

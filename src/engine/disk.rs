@@ -1,0 +1,458 @@
+//! The disk engine: the applied state in fjall, a log-structured merge tree
+//! on disk, so the data may be larger than memory.
+//!
+//! kvstore's own log stays the durability point: a write is acknowledged
+//! after the `fdatasync` of its log record, and its batch goes into fjall
+//! afterwards without a sync of fjall's journal. Each batch is one atomic
+//! fjall batch holding the data, the batch's log position and the key and
+//! byte counts, so they never disagree.
+//!
+//! [`Disk::checkpoint`] makes fjall durable (`persist`) and only then
+//! records the position it covers as the *checkpoint*; the log before it may
+//! then be dropped. A restart replays kvstore's log from the checkpoint, not
+//! from the last position fjall kept: fjall's journal after a crash may have
+//! lost a batch in the middle silently (fjall issue #311), and replaying
+//! every batch since the last durable checkpoint puts back whatever it lost
+//! (each write is idempotent).
+//!
+//! fjall refuses an empty key, which kvstore allows, so every key is stored
+//! behind one tag byte ([`TAG`]); with it a key may have at most
+//! [`MAX_KEY`] bytes (fjall's limit is 65,535).
+//!
+//! fjall gives every item of a batch one sequence number, so a batch may
+//! name a key only once: [`Disk::apply`] folds the batch's writes into one
+//! final state per key first. `Clear` removes every key in the same batch
+//! (fjall has no range delete, and its `clear` would not be atomic with the
+//! rest of the batch).
+//!
+//! ```text
+//! <data>.fjall/            the fjall database
+//!   keyspace "data"        TAG key → value
+//!   keyspace "meta"        "applied", "checkpoint", "keys", "key_bytes",
+//!                          "value_bytes" → u64 big-endian
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use parking_lot::Mutex;
+
+use super::{Applied, Engine, KeysPage, PairsPage, Span};
+use crate::error::Error;
+use crate::storage::op::WriteOp;
+use crate::storage::store::PageBudget;
+
+/// The byte before every stored key (see the module's doc).
+const TAG: u8 = 0;
+/// The longest key the engine stores.
+pub const MAX_KEY: usize = u16::MAX as usize - 1;
+
+const APPLIED: &str = "applied";
+const CHECKPOINT: &str = "checkpoint";
+const KEYS: &str = "keys";
+const KEY_BYTES: &str = "key_bytes";
+const VALUE_BYTES: &str = "value_bytes";
+
+/// Keys and bytes stored, kept exact by every batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    keys: u64,
+    key_bytes: u64,
+    value_bytes: u64,
+}
+
+impl Counts {
+    /// Accounts for `key` going from a value of `old` bytes to `new` bytes
+    /// (`None`: absent).
+    fn change(&mut self, key: &[u8], old: Option<u64>, new: Option<u64>) {
+        if let Some(old) = old {
+            self.keys -= 1;
+            self.key_bytes -= key.len() as u64;
+            self.value_bytes -= old;
+        }
+        if let Some(new) = new {
+            self.keys += 1;
+            self.key_bytes += key.len() as u64;
+            self.value_bytes += new;
+        }
+    }
+}
+
+pub struct Disk {
+    path: PathBuf,
+    db: Database,
+    data: Keyspace,
+    meta: Keyspace,
+    /// Taken by `apply` (one writer at a time; the counts follow the data).
+    counts: Mutex<Counts>,
+    /// The last position applied (also in "meta", in the same batch).
+    applied: AtomicU64,
+    /// The last durable checkpoint: where a restart's replay starts.
+    checkpoint: AtomicU64,
+}
+
+/// A fjall error, naming the database.
+fn failed(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::StorageFailed(format!("disk engine at {}: {e}", path.display()))
+}
+
+impl Disk {
+    /// Opens (or creates) the engine's database at `path`, with a block
+    /// cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Disk, Error> {
+        let fail = |e: fjall::Error| failed(path, e);
+        let db = Database::builder(path)
+            .cache_size(cache_bytes)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(fail)?;
+        let data = db
+            .keyspace("data", KeyspaceCreateOptions::default)
+            .map_err(fail)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(fail)?;
+        let read = |name: &str| -> Result<u64, Error> {
+            Ok(match meta.get(name).map_err(fail)? {
+                Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    failed(path, format!("meta {name:?} is {} bytes, not 8", v.len()))
+                })?),
+                None => 0,
+            })
+        };
+        let counts = Counts {
+            keys: read(KEYS)?,
+            key_bytes: read(KEY_BYTES)?,
+            value_bytes: read(VALUE_BYTES)?,
+        };
+        Ok(Disk {
+            applied: AtomicU64::new(read(APPLIED)?),
+            checkpoint: AtomicU64::new(read(CHECKPOINT)?),
+            counts: Mutex::new(counts),
+            path: path.to_path_buf(),
+            db,
+            data,
+            meta,
+        })
+    }
+
+    /// The position of the last durable checkpoint (0: none): a restart
+    /// replays the log after it.
+    pub fn checkpointed(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Makes everything applied so far durable, then records the position
+    /// it covers as the checkpoint, durably; returns that position. The log
+    /// up to it is no longer needed.
+    pub fn checkpoint(&self) -> Result<u64, Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        // Batches applied after this load are persisted too; the checkpoint
+        // claims only what was applied before it.
+        let position = self.applied.load(Ordering::Acquire);
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        let mut batch = self.db.batch().durability(None);
+        batch.insert(&self.meta, CHECKPOINT, position.to_be_bytes());
+        batch.commit().map_err(fail)?;
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        self.checkpoint.store(position, Ordering::Release);
+        Ok(position)
+    }
+
+    /// The value length of `key` as the batch so far leaves it.
+    fn len_in(&self, folded: &Folded, key: &[u8]) -> Result<Option<u64>, Error> {
+        match folded.keys.get(key) {
+            Some(value) => Ok(value.as_ref().map(|v| v.len() as u64)),
+            None if folded.cleared => Ok(None),
+            None => (self.data.size_of(stored(key)))
+                .map(|n| n.map(u64::from))
+                .map_err(|e| failed(&self.path, e)),
+        }
+    }
+
+    /// Takes one write into the batch's folded state.
+    fn fold(&self, folded: &mut Folded, op: &WriteOp) -> Result<Applied, Error> {
+        Ok(match op {
+            WriteOp::Set { key, value } => {
+                self.put(folded, key, Some(value))?;
+                Applied::Stored
+            }
+            WriteOp::Delete { key } => Applied::Deleted(self.put(folded, key, None)?),
+            WriteOp::BulkSet { items } => {
+                for (key, value) in items {
+                    self.put(folded, key, Some(value))?;
+                }
+                Applied::Stored
+            }
+            WriteOp::DeleteMany { keys } => {
+                let mut removed = 0;
+                for key in keys {
+                    removed += i64::from(self.put(folded, key, None)?);
+                }
+                Applied::Int(removed)
+            }
+            WriteOp::Clear => {
+                folded.keys.clear();
+                folded.cleared = true;
+                folded.counts = Counts::default();
+                Applied::Stored
+            }
+        })
+    }
+
+    /// Sets `key` to `value` (`None`: removes it) in the folded state;
+    /// whether it had a value.
+    fn put(&self, folded: &mut Folded, key: &Bytes, value: Option<&Bytes>) -> Result<bool, Error> {
+        if key.len() > MAX_KEY {
+            return Err(failed(
+                &self.path,
+                format!(
+                    "a key of {} bytes is over the engine's {MAX_KEY}",
+                    key.len()
+                ),
+            ));
+        }
+        let old = self.len_in(folded, key)?;
+        let new = value.map(|v| v.len() as u64);
+        folded.counts.change(key, old, new);
+        folded.keys.insert(key.clone(), value.cloned());
+        Ok(old.is_some())
+    }
+
+    /// Writes the folded state as one fjall batch at `position`.
+    fn commit(&self, folded: Folded, position: u64) -> Result<(), Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        let mut batch = self.db.batch().durability(None);
+        if folded.cleared {
+            // Every stored key the batch does not set again goes.
+            for item in self.db.snapshot().iter(&self.data) {
+                let key = item.key().map_err(fail)?;
+                if !folded.keys.contains_key(&key[1..]) {
+                    batch.remove(&self.data, key);
+                }
+            }
+        }
+        for (key, value) in folded.keys {
+            match value {
+                Some(value) => batch.insert(&self.data, stored(&key), value.as_ref()),
+                None => batch.remove(&self.data, stored(&key)),
+            }
+        }
+        let counts = folded.counts;
+        for (name, n) in [
+            (APPLIED, position),
+            (KEYS, counts.keys),
+            (KEY_BYTES, counts.key_bytes),
+            (VALUE_BYTES, counts.value_bytes),
+        ] {
+            batch.insert(&self.meta, name, n.to_be_bytes());
+        }
+        batch.commit().map_err(fail)
+    }
+}
+
+/// A batch's writes folded into one final state per key.
+struct Folded {
+    /// Keys written, with their value after the batch (`None`: removed).
+    keys: BTreeMap<Bytes, Option<Bytes>>,
+    /// A `Clear` in the batch: keys not in `keys` are gone.
+    cleared: bool,
+    /// The counts after the batch.
+    counts: Counts,
+}
+
+/// A fjall value as `Bytes`.
+fn bytes(slice: fjall::Slice) -> Bytes {
+    Bytes::copy_from_slice(&slice)
+}
+
+/// `key` as it is stored: behind [`TAG`].
+fn stored(key: &[u8]) -> Vec<u8> {
+    let mut tagged = Vec::with_capacity(key.len() + 1);
+    tagged.push(TAG);
+    tagged.extend_from_slice(key);
+    tagged
+}
+
+/// A stored key as kvstore's.
+fn unstored(key: fjall::Slice) -> Bytes {
+    Bytes::copy_from_slice(key.get(1..).unwrap_or_default())
+}
+
+/// A bound on kvstore's keys as a bound on stored keys.
+fn stored_bound(bound: Bound<&[u8]>, lower: bool) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(stored(key)),
+        Bound::Excluded(key) => Bound::Excluded(stored(key)),
+        // Every stored key starts with TAG (and "meta" is another keyspace).
+        Bound::Unbounded if lower => Bound::Included(vec![TAG]),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl Engine for Disk {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        (self.data.get(stored(key)))
+            .map(|v| v.map(bytes))
+            .map_err(|e| failed(&self.path, e))
+    }
+
+    fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
+        let snapshot = self.db.snapshot();
+        keys.iter()
+            .map(|key| {
+                (snapshot.get(&self.data, stored(key)))
+                    .map(|v| v.map(bytes))
+                    .map_err(|e| failed(&self.path, e))
+            })
+            .collect()
+    }
+
+    fn contains(&self, key: &[u8]) -> Result<bool, Error> {
+        (self.data.contains_key(stored(key))).map_err(|e| failed(&self.path, e))
+    }
+
+    fn keys(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<KeysPage, Error> {
+        let span = Span::prefix(prefix, start_after, false);
+        let mut page = KeysPage::default();
+        let mut budget = PageBudget::new(limit, max_bytes);
+        for item in self.walk(&span) {
+            let key = item.key().map_err(|e| failed(&self.path, e))?;
+            if !budget.take(key.len() - 1, None) {
+                page.more = true;
+                break;
+            }
+            page.keys.push(unstored(key));
+        }
+        Ok(page)
+    }
+
+    fn pairs(&self, span: &Span, limit: usize, max_bytes: usize) -> Result<PairsPage, Error> {
+        let mut pairs = Vec::new();
+        let mut budget = PageBudget::new(limit, max_bytes);
+        for item in self.walk(span) {
+            let (key, value) = item.into_inner().map_err(|e| failed(&self.path, e))?;
+            if !budget.take(key.len() - 1, Some(value.len())) {
+                return Ok((pairs, true));
+            }
+            pairs.push((unstored(key), bytes(value)));
+        }
+        Ok((pairs, false))
+    }
+
+    fn len(&self) -> u64 {
+        self.counts.lock().keys
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        let counts = self.counts.lock();
+        (counts.key_bytes, counts.value_bytes)
+    }
+
+    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error> {
+        let mut counts = self.counts.lock();
+        let mut folded = Folded {
+            keys: BTreeMap::new(),
+            cleared: false,
+            counts: *counts,
+        };
+        let applied = (ops.iter())
+            .map(|op| self.fold(&mut folded, op))
+            .collect::<Result<Vec<_>, _>>()?;
+        let after = folded.counts;
+        self.commit(folded, position)?;
+        *counts = after;
+        self.applied.store(position, Ordering::Release);
+        Ok(applied)
+    }
+
+    fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+}
+
+impl Disk {
+    /// The entries of `span`, in its order, from one snapshot.
+    fn walk(&self, span: &Span) -> Box<dyn Iterator<Item = fjall::Guard>> {
+        if span.is_empty() {
+            return Box::new(std::iter::empty());
+        }
+        let (lower, upper) = span.bounds();
+        let bounds = (stored_bound(lower, true), stored_bound(upper, false));
+        let range = (self.db.snapshot()).range::<Vec<u8>, _>(&self.data, bounds);
+        if span.reverse() {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, value: &str) -> WriteOp {
+        WriteOp::Set {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_reopened_engine_has_its_data_counts_and_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.fjall");
+        {
+            let disk = Disk::open(&path, 1 << 20).unwrap();
+            disk.apply(&[&set("a", "1"), &set("", "empty key")], 7)
+                .unwrap();
+            assert_eq!(disk.checkpoint().unwrap(), 7);
+            disk.apply(&[&set("b", "22")], 9).unwrap();
+            // Dropped without a checkpoint: fjall keeps what it journaled.
+        }
+        let disk = Disk::open(&path, 1 << 20).unwrap();
+        assert_eq!(disk.checkpointed(), 7, "replay starts at the checkpoint");
+        assert_eq!(disk.get(b"").unwrap().as_deref(), Some(&b"empty key"[..]));
+        assert_eq!(disk.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+        // The batch after the checkpoint may or may not have been kept, but
+        // its data and its position move together.
+        let applied = disk.applied();
+        assert!(applied == 7 || applied == 9, "{applied}");
+        assert_eq!(disk.get(b"b").unwrap().is_some(), applied == 9);
+        let keys = disk.keys(b"", None, 10, usize::MAX).unwrap().keys;
+        assert_eq!(keys.len() as u64, disk.len());
+        let key_bytes = keys.iter().map(|k| k.len() as u64).sum::<u64>();
+        assert_eq!(disk.bytes().0, key_bytes);
+    }
+
+    #[test]
+    fn a_key_over_the_engine_limit_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(&dir.path().join("data.fjall"), 1 << 20).unwrap();
+        let long = WriteOp::Set {
+            key: Bytes::from(vec![b'k'; MAX_KEY + 1]),
+            value: Bytes::new(),
+        };
+        assert!(matches!(
+            disk.apply(&[&long], 1),
+            Err(Error::StorageFailed(_))
+        ));
+        let longest = WriteOp::Set {
+            key: Bytes::from(vec![b'k'; MAX_KEY]),
+            value: Bytes::new(),
+        };
+        disk.apply(&[&longest], 2).unwrap();
+        assert_eq!(disk.len(), 1);
+    }
+}
