@@ -34,13 +34,12 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SyncMode;
-use crate::engine::memory::Memory;
-use crate::engine::Engine;
+use crate::engine::{Checkpoint, Engine};
 use crate::error::Error;
 use crate::log::{Done, Log, Queued};
 use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::{snapshot, wal};
+use crate::storage::wal;
 
 /// Writes waiting for the commit thread. Past this, senders wait: a full
 /// queue slows clients down instead of growing memory.
@@ -186,7 +185,7 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the commit thread on a recovered log, applying to `engine`.
     pub fn start(
-        engine: Arc<Memory>,
+        engine: Arc<dyn Engine>,
         segment: wal::Segment,
         last_seq: u64,
         settings: Settings,
@@ -276,9 +275,9 @@ struct Worker {
     /// For the snapshot thread's sync barrier; weak so that it never keeps
     /// the channel open by itself.
     weak: mpsc::WeakSender<Message>,
-    /// What batches are resolved against and applied to; its map is what
-    /// the snapshot thread copies.
-    engine: Arc<Memory>,
+    /// What batches are resolved against and applied to, and what the
+    /// snapshot thread checkpoints.
+    engine: Arc<dyn Engine>,
     segment: wal::Segment,
     /// The sequence number of the last record written.
     seq: u64,
@@ -533,7 +532,7 @@ impl Worker {
             }
         };
         self.snapshotting.store(true, Ordering::Release);
-        let store = self.engine.store().clone();
+        let engine = self.engine.clone();
         let data = self.settings.data.clone();
         let fs = self.settings.fs.clone();
         let weak = self.weak.clone();
@@ -543,8 +542,13 @@ impl Worker {
             .name("kvstore-snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let result =
-                    snapshot::write(&*fs, &data, &store, next, next_seq, || sync_barrier(&weak));
+                let result = engine.checkpoint(&Checkpoint {
+                    fs: &*fs,
+                    data: &data,
+                    next_segment: next,
+                    next_seq,
+                    barrier: &|| sync_barrier(&weak),
+                });
                 match result.and_then(|_| remove_segments_before(&*fs, &data, next)) {
                     Ok(()) => figures.snapshot_written(started.elapsed()),
                     Err(e) => tracing::error!(
@@ -599,14 +603,13 @@ impl Worker {
             return Ok(());
         }
         let (next, next_seq) = self.rotate()?;
-        snapshot::write(
-            &*fs,
-            &self.settings.data,
-            self.engine.store(),
-            next,
+        self.engine.checkpoint(&Checkpoint {
+            fs: &*fs,
+            data: &self.settings.data,
+            next_segment: next,
             next_seq,
-            || Ok(()),
-        )?;
+            barrier: &|| Ok(()),
+        })?;
         remove_segments_before(&*fs, &self.settings.data, next)
     }
 }
@@ -761,7 +764,10 @@ mod tests {
         );
         let store = Arc::new(crate::storage::store::Store::new(4));
         let commit = GroupCommit::start(
-            Arc::new(Memory::new(store.clone(), Arc::default())),
+            Arc::new(crate::engine::memory::Memory::new(
+                store.clone(),
+                Arc::default(),
+            )),
             wal::Segment::over(full, 1),
             0,
             Settings {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::backup::{Backup, Tees};
 use crate::config::Limits;
-use crate::engine::memory::Memory;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::{Log, PendingWrite};
@@ -21,7 +20,9 @@ use crate::storage::change::Change;
 pub struct Db {
     /// Read directly: every value in it is already durable (in cluster
     /// mode: committed by a majority).
-    engine: Arc<Memory>,
+    engine: Arc<dyn Engine>,
+    /// Running backups' tees and counters (the engine feeds the tees).
+    tees: Arc<Tees>,
     /// Writes go through the log (the group-commit thread or the cluster),
     /// never straight to the store.
     log: Arc<dyn Log>,
@@ -40,10 +41,17 @@ pub struct Db {
 
 impl Db {
     /// A database whose writes go through `log`, which applies them to
-    /// `engine`.
-    pub fn new(engine: Arc<Memory>, log: Arc<dyn Log>, limits: Limits, auth: Arc<Auth>) -> Db {
+    /// `engine` (which sends them on to `tees`).
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        tees: Arc<Tees>,
+        log: Arc<dyn Log>,
+        limits: Limits,
+        auth: Arc<Auth>,
+    ) -> Db {
         Db {
             engine,
+            tees,
             log,
             cluster: None,
             limits,
@@ -84,12 +92,12 @@ impl Db {
     /// Starts a backup: the engine's state at one instant, copied while
     /// writes go on.
     pub fn start_backup(&self) -> Result<Backup, Error> {
-        Backup::start(self.engine.store().clone(), self.engine.tees())
+        self.engine.backup()
     }
 
     /// The tees running backups see applied writes through.
     pub fn tees(&self) -> &Arc<Tees> {
-        self.engine.tees()
+        &self.tees
     }
 
     /// Queues a write for the log; the returned [`PendingWrite`] resolves once

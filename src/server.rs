@@ -135,7 +135,7 @@ pub async fn run(
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
             let store = Arc::new(Store::new(config.shards));
             last_store_ref = store.clone();
-            let engine = Arc::new(Memory::new(store, tees));
+            let engine = Arc::new(Memory::new(store, tees.clone()));
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
                 peers.insert(
@@ -168,7 +168,7 @@ pub async fn run(
                 &tracker,
             )
             .await?;
-            let db = Db::new(engine, cluster.clone(), config.limits(), auth);
+            let db = Db::new(engine, tees, cluster.clone(), config.limits(), auth);
             (db.in_cluster(cluster), None)
         }
         _ => {
@@ -180,7 +180,7 @@ pub async fn run(
             .await
             .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
             last_store_ref = recovered.store.clone();
-            let engine = Arc::new(Memory::new(recovered.store, tees));
+            let engine = Arc::new(Memory::new(recovered.store, tees.clone()));
             let commit = GroupCommit::start(
                 engine.clone(),
                 recovered.segment,
@@ -197,7 +197,7 @@ pub async fn run(
             if config.sync == SyncMode::Periodic {
                 spawn_sync_ticker(commit.clone(), config.sync_interval(), &shutdown, &tracker);
             }
-            let db = Db::new(engine, commit, config.limits(), auth);
+            let db = Db::new(engine, tees, commit, config.limits(), auth);
             (db, Some(recovered.lock))
         }
     };

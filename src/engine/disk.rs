@@ -7,10 +7,11 @@
 //! fjall batch holding the data, the batch's log position and the key and
 //! byte counts, so they never disagree.
 //!
-//! [`Disk::checkpoint`] makes fjall durable (`persist`) and only then
-//! records the position it covers as the *checkpoint*; the log before it may
-//! then be dropped. A restart replays kvstore's log from the checkpoint, not
-//! from the last position fjall kept: fjall's journal after a crash may have
+//! A checkpoint ([`Engine::checkpoint`]) makes fjall durable (`persist`)
+//! and only then records, durably, the log segment and sequence number a
+//! restart replays from ([`Disk::replay_from`]); the log before them may
+//! then be dropped. A restart replays kvstore's log from there, not from the
+//! last position fjall kept: fjall's journal after a crash may have
 //! lost a batch in the middle silently (fjall issue #311), and replaying
 //! every batch since the last durable checkpoint puts back whatever it lost
 //! (each write is idempotent).
@@ -28,7 +29,8 @@
 //! ```text
 //! <data>.fjall/            the fjall database
 //!   keyspace "data"        TAG key → value
-//!   keyspace "meta"        "applied", "checkpoint", "keys", "key_bytes",
+//!   keyspace "meta"        "applied", "checkpoint", "replay_segment",
+//!                          "replay_seq", "keys", "key_bytes",
 //!                          "value_bytes" → u64 big-endian
 //! ```
 
@@ -41,7 +43,8 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
-use super::{Applied, Engine, KeysPage, PairsPage, Span};
+use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
+use crate::backup::Backup;
 use crate::error::Error;
 use crate::storage::op::WriteOp;
 use crate::storage::store::PageBudget;
@@ -53,6 +56,8 @@ pub const MAX_KEY: usize = u16::MAX as usize - 1;
 
 const APPLIED: &str = "applied";
 const CHECKPOINT: &str = "checkpoint";
+const REPLAY_SEGMENT: &str = "replay_segment";
+const REPLAY_SEQ: &str = "replay_seq";
 const KEYS: &str = "keys";
 const KEY_BYTES: &str = "key_bytes";
 const VALUE_BYTES: &str = "value_bytes";
@@ -91,8 +96,10 @@ pub struct Disk {
     counts: Mutex<Counts>,
     /// The last position applied (also in "meta", in the same batch).
     applied: AtomicU64,
-    /// The last durable checkpoint: where a restart's replay starts.
+    /// The position of the last durable checkpoint.
     checkpoint: AtomicU64,
+    /// The log segment and sequence number a restart replays from.
+    replay_from: Mutex<(u64, u64)>,
 }
 
 /// A fjall error, naming the database.
@@ -129,9 +136,11 @@ impl Disk {
             key_bytes: read(KEY_BYTES)?,
             value_bytes: read(VALUE_BYTES)?,
         };
+        let replay_from = (read(REPLAY_SEGMENT)?.max(1), read(REPLAY_SEQ)?.max(1));
         Ok(Disk {
             applied: AtomicU64::new(read(APPLIED)?),
             checkpoint: AtomicU64::new(read(CHECKPOINT)?),
+            replay_from: Mutex::new(replay_from),
             counts: Mutex::new(counts),
             path: path.to_path_buf(),
             db,
@@ -140,27 +149,16 @@ impl Disk {
         })
     }
 
-    /// The position of the last durable checkpoint (0: none): a restart
-    /// replays the log after it.
+    /// The position the last durable checkpoint covers (0: none).
     pub fn checkpointed(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
     }
 
-    /// Makes everything applied so far durable, then records the position
-    /// it covers as the checkpoint, durably; returns that position. The log
-    /// up to it is no longer needed.
-    pub fn checkpoint(&self) -> Result<u64, Error> {
-        let fail = |e: fjall::Error| failed(&self.path, e);
-        // Batches applied after this load are persisted too; the checkpoint
-        // claims only what was applied before it.
-        let position = self.applied.load(Ordering::Acquire);
-        self.db.persist(PersistMode::SyncData).map_err(fail)?;
-        let mut batch = self.db.batch().durability(None);
-        batch.insert(&self.meta, CHECKPOINT, position.to_be_bytes());
-        batch.commit().map_err(fail)?;
-        self.db.persist(PersistMode::SyncData).map_err(fail)?;
-        self.checkpoint.store(position, Ordering::Release);
-        Ok(position)
+    /// The log segment and the sequence number of its first record that a
+    /// restart replays from: every record before them is in fjall durably.
+    /// (1, 1) before the first checkpoint.
+    pub fn replay_from(&self) -> (u64, u64) {
+        *self.replay_from.lock()
     }
 
     /// The value length of `key` as the batch so far leaves it.
@@ -379,6 +377,35 @@ impl Engine for Disk {
     fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }
+
+    /// Persists fjall, then records where a restart replays from, and
+    /// persists that. Every record before `at.next_segment` was applied
+    /// before this was called, so the first persist covers it; writes
+    /// applied meanwhile are covered too and replayed again (idempotent).
+    fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        let position = self.applied.load(Ordering::Acquire);
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        let mut batch = self.db.batch().durability(None);
+        for (name, n) in [
+            (CHECKPOINT, position),
+            (REPLAY_SEGMENT, at.next_segment),
+            (REPLAY_SEQ, at.next_seq),
+        ] {
+            batch.insert(&self.meta, name, n.to_be_bytes());
+        }
+        batch.commit().map_err(fail)?;
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        self.checkpoint.store(position, Ordering::Release);
+        *self.replay_from.lock() = (at.next_segment, at.next_seq);
+        Ok(())
+    }
+
+    fn backup(&self) -> Result<Backup, Error> {
+        Err(Error::Backup(
+            "backups of the disk engine are not built yet".into(),
+        ))
+    }
 }
 
 impl Disk {
@@ -417,12 +444,24 @@ mod tests {
             let disk = Disk::open(&path, 1 << 20).unwrap();
             disk.apply(&[&set("a", "1"), &set("", "empty key")], 7)
                 .unwrap();
-            assert_eq!(disk.checkpoint().unwrap(), 7);
+            let checkpoint = Checkpoint {
+                fs: &crate::storage::fs::RealFs,
+                data: &path,
+                next_segment: 3,
+                next_seq: 8,
+                barrier: &|| Ok(()),
+            };
+            disk.checkpoint(&checkpoint).unwrap();
             disk.apply(&[&set("b", "22")], 9).unwrap();
             // Dropped without a checkpoint: fjall keeps what it journaled.
         }
         let disk = Disk::open(&path, 1 << 20).unwrap();
-        assert_eq!(disk.checkpointed(), 7, "replay starts at the checkpoint");
+        assert_eq!(disk.checkpointed(), 7);
+        assert_eq!(
+            disk.replay_from(),
+            (3, 8),
+            "replay starts at the checkpoint"
+        );
         assert_eq!(disk.get(b"").unwrap().as_deref(), Some(&b"empty key"[..]));
         assert_eq!(disk.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
         // The batch after the checkpoint may or may not have been kept, but

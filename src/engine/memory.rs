@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Applied, Engine, KeysPage, PairsPage, Span};
-use crate::backup::Tees;
+use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
+use crate::backup::{Backup, Tees};
 use crate::error::Error;
 use crate::storage::op::WriteOp;
+use crate::storage::snapshot;
 use crate::storage::store::Store;
 
 pub struct Memory {
@@ -30,14 +31,10 @@ impl Memory {
         }
     }
 
-    /// The map itself, for what is not an engine operation yet: the
-    /// snapshot file, backups, Raft snapshots.
+    /// The map itself, for what is not an engine operation yet: recovery
+    /// and Raft snapshots.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-
-    pub fn tees(&self) -> &Arc<Tees> {
-        &self.tees
     }
 }
 
@@ -91,5 +88,24 @@ impl Engine for Memory {
 
     fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
+    }
+
+    /// The snapshot file: a fuzzy copy of the map, made durable and renamed
+    /// into place after the barrier (see `crate::storage::snapshot`).
+    fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error> {
+        let data = at.data;
+        snapshot::write(
+            at.fs,
+            data,
+            &self.store,
+            at.next_segment,
+            at.next_seq,
+            || (at.barrier)(),
+        )?;
+        Ok(())
+    }
+
+    fn backup(&self) -> Result<Backup, Error> {
+        Backup::start(self.store.clone(), &self.tees)
     }
 }

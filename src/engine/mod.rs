@@ -16,15 +16,34 @@
 pub mod disk;
 pub mod memory;
 
+use std::path::Path;
+
 use bytes::Bytes;
 
+use crate::backup::Backup;
 use crate::error::Error;
 use crate::storage::change::Resolved;
+use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
 pub use crate::storage::store::{Applied, KeysPage, Span};
 
 /// A page of key-value pairs, and whether more may follow.
 pub type PairsPage = (Vec<(Bytes, Bytes)>, bool);
+
+/// What a checkpoint must cover: every record before the log segment
+/// `next_segment` (whose first record is `next_seq`) has been applied, and
+/// once the checkpoint returns those segments may be removed.
+pub struct Checkpoint<'a> {
+    pub fs: &'a dyn Fs,
+    /// The data path (`--data`).
+    pub data: &'a Path,
+    pub next_segment: u64,
+    pub next_seq: u64,
+    /// Waits until every write applied so far is durable in the log (see
+    /// `crate::commit`); called before a checkpoint that may hold writes
+    /// applied after the rotation is made the one a restart starts from.
+    pub barrier: &'a dyn Fn() -> Result<(), Error>,
+}
 
 /// The applied state. Reads may fail (a disk engine's I/O); the memory
 /// engine's never do.
@@ -76,6 +95,14 @@ pub trait Engine: Send + Sync {
     /// The position of the last batch applied (0: none since start, or what
     /// the engine kept from before).
     fn applied(&self) -> u64;
+
+    /// Makes the state durable as far as `at` asks (the memory engine writes
+    /// its snapshot file, the disk engine persists its tree), so that a
+    /// restart needs the log from `at.next_segment` on only.
+    fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error>;
+
+    /// Starts a backup: the state at one instant, copied while writes go on.
+    fn backup(&self) -> Result<Backup, Error>;
 
     /// Applies the ops of resolved writes as one batch (see
     /// [`Engine::apply`]) and returns, for each write, what its op did
