@@ -30,6 +30,29 @@ pub enum SyncMode {
     Never,
 }
 
+/// Which storage engine holds the applied state (`crate::engine`). The
+/// choice is recorded in the data directory: a later start with the other
+/// engine is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// Every key and value in memory; the log and snapshot files on disk.
+    Memory,
+    /// The data on disk (fjall, in `<data>-fjall/`), cached in memory
+    /// (`--cache-mb`): for data larger than memory. Keys are at most
+    /// 65,534 bytes.
+    Disk,
+}
+
+impl EngineKind {
+    /// The name recorded in the data directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Memory => "memory",
+            EngineKind::Disk => "disk",
+        }
+    }
+}
+
 /// kvstore-server: a durable key-value server.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kvstore-server", version, about)]
@@ -74,6 +97,16 @@ pub struct Config {
     /// in it. Without it, backups are streamed to clients only.
     #[arg(long, env = "KVSTORE_BACKUP_DIR")]
     pub backup_dir: Option<PathBuf>,
+
+    /// The storage engine: `memory` (everything in RAM) or `disk` (data
+    /// larger than memory). Recorded with the data; a later start must name
+    /// the same one. Single-node mode only, for now.
+    #[arg(long, env = "KVSTORE_ENGINE", value_enum, default_value_t = EngineKind::Memory)]
+    pub engine: EngineKind,
+
+    /// With `--engine disk`: the block cache, in MiB.
+    #[arg(long, env = "KVSTORE_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
 
     /// When the log is fsynced before acknowledging a write.
     #[arg(long, env = "KVSTORE_SYNC", value_enum, default_value_t = SyncMode::Always)]
@@ -356,6 +389,11 @@ impl Config {
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),
             ));
         }
+        if self.engine == EngineKind::Disk && (self.node_id.is_some() || self.restore.is_some()) {
+            return Err(Error::Config(
+                "--engine disk runs on a single node and starts empty or from its own data, for now: cluster mode (--node-id) and --restore need --engine memory".into(),
+            ));
+        }
         if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {
             return Err(Error::Config(
                 "--shards, --max-connections and --max-bulk-items must be at least 1".into(),
@@ -412,9 +450,16 @@ impl Config {
     }
 
     /// The limits every command checks.
+    /// The request limits. With the disk engine a key may not be longer
+    /// than the engine stores (65,534 bytes): a larger `--max-key`, such as
+    /// the default 65,536, is lowered to that.
     pub fn limits(&self) -> Limits {
+        let max_key = match self.engine {
+            EngineKind::Memory => self.max_key,
+            EngineKind::Disk => self.max_key.min(crate::engine::disk::MAX_KEY),
+        };
         Limits {
-            max_key: self.max_key,
+            max_key,
             max_value: self.max_value,
             max_bulk_items: self.max_bulk_items,
             max_reply_bytes: self.max_frame / 2,

@@ -26,10 +26,11 @@ use tonic::transport::server::TcpConnectInfo;
 use crate::auth::Auth;
 use crate::backup::Tees;
 use crate::commit::{GroupCommit, Settings};
-use crate::config::{Config, SyncMode};
+use crate::config::{Config, EngineKind, SyncMode};
 use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::engine::memory::Memory;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::grpc;
 use crate::raft::{node, Member};
@@ -37,6 +38,7 @@ use crate::resp::{self, ServerInfo, Shared};
 use crate::stats::Stats;
 use crate::storage::fs::RealFs;
 use crate::storage::store::Store;
+use crate::storage::wal;
 use crate::{handler, storage};
 
 /// Pending connections the kernel may queue before `accept`.
@@ -134,7 +136,7 @@ pub async fn run(
     let (mut db, _data_lock) = match (config.node_id, raft_listener, raft_addr) {
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
             let store = Arc::new(Store::new(config.shards));
-            last_store_ref = store.clone();
+            last_store_ref = Some(store.clone());
             let engine = Arc::new(Memory::new(store, tees.clone()));
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
@@ -172,17 +174,10 @@ pub async fn run(
             (db.in_cluster(cluster), None)
         }
         _ => {
-            let (data, restore) = (config.data.clone(), config.restore.clone());
-            let recovered = tokio::task::spawn_blocking(move || match restore {
-                Some(backup) => storage::restore(&RealFs, &backup, &data, config.shards),
-                None => storage::open(&RealFs, &data, config.shards),
-            })
-            .await
-            .map_err(|e| Error::Config(format!("recovery task failed: {e}")))??;
-            last_store_ref = recovered.store.clone();
-            let engine = Arc::new(Memory::new(recovered.store, tees.clone()));
+            let recovered = open_single(&config, &tees).await?;
+            last_store_ref = recovered.store;
             let commit = GroupCommit::start(
-                engine.clone(),
+                recovered.engine.clone(),
                 recovered.segment,
                 recovered.last_seq,
                 Settings {
@@ -197,7 +192,7 @@ pub async fn run(
             if config.sync == SyncMode::Periodic {
                 spawn_sync_ticker(commit.clone(), config.sync_interval(), &shutdown, &tracker);
             }
-            let db = Db::new(engine, tees, commit, config.limits(), auth);
+            let db = Db::new(recovered.engine, tees, commit, config.limits(), auth);
             (db, Some(recovered.lock))
         }
     };
@@ -210,7 +205,7 @@ pub async fn run(
         )?),
         None => None,
     };
-    tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, raft = ?raft_addr, data = %config.data.display(), sync = ?config.sync, "kvstore-server listening");
+    tracing::info!(%addr, resp = ?resp_addr, grpc = ?grpc_addr, raft = ?raft_addr, data = %config.data.display(), engine = config.engine.name(), sync = ?config.sync, "kvstore-server listening");
     ready(Listening {
         native: addr,
         resp: resp_addr,
@@ -303,6 +298,49 @@ pub async fn run(
     std::thread::spawn(move || drop(last_store_ref));
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// A single node's engine, recovered from its data, and its log.
+struct Opened {
+    engine: Arc<dyn Engine>,
+    /// The memory engine's map (freed on a thread of its own at exit).
+    store: Option<Arc<Store>>,
+    segment: wal::Segment,
+    last_seq: u64,
+    /// The data's lock, held until the log has closed.
+    lock: Box<dyn std::any::Any + Send>,
+}
+
+/// Recovers a single node's data with the engine `--engine` names (from
+/// `--restore`'s backup first, with the memory engine).
+async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error> {
+    let (data, restore, shards) = (config.data.clone(), config.restore.clone(), config.shards);
+    let (kind, cache_bytes, tees) = (config.engine, config.cache_mb << 20, tees.clone());
+    tokio::task::spawn_blocking(move || {
+        if kind == EngineKind::Disk {
+            let r = storage::open_disk(&RealFs, &data, cache_bytes)?;
+            return Ok(Opened {
+                engine: r.engine,
+                store: None,
+                segment: r.segment,
+                last_seq: r.last_seq,
+                lock: r.lock,
+            });
+        }
+        let r = match restore {
+            Some(backup) => storage::restore(&RealFs, &backup, &data, shards)?,
+            None => storage::open(&RealFs, &data, shards)?,
+        };
+        Ok(Opened {
+            engine: Arc::new(Memory::new(r.store.clone(), tees)),
+            store: Some(r.store),
+            segment: r.segment,
+            last_seq: r.last_seq,
+            lock: r.lock,
+        })
+    })
+    .await
+    .map_err(|e| Error::Config(format!("recovery task failed: {e}")))?
 }
 
 /// `--sync periodic`: asks the commit thread for an fsync every `interval`.

@@ -7,6 +7,10 @@
 //! - `kvstore.db-wal/NNNNNNNNNNNNNNNNNNNN.wal`: log segments, oldest first.
 //! - `kvstore.db-wal/LOCK`: held (flock) while a server uses the data, so two
 //!   servers never write the same log.
+//! - `kvstore.db-wal/ENGINE`: the engine the data belongs to (`memory` or
+//!   `disk`); data from before the file existed is the memory engine's.
+//! - `kvstore.db-fjall/`: the disk engine's database (`--engine disk`; no
+//!   snapshot file then).
 //!
 //! Nothing here is async: these are blocking file operations, run at start or
 //! on the group-commit and snapshot threads, never on the tokio workers.
@@ -25,6 +29,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::EngineKind;
+use crate::engine::disk::Disk;
+use crate::engine::Engine;
 use crate::error::Error;
 use fs::Fs;
 use snapshot::SnapshotInfo;
@@ -97,9 +104,10 @@ pub struct Recovered {
     pub lock: Box<dyn Any + Send>,
 }
 
-/// Opens the data at `data`: takes its lock, loads the snapshot, replays the
-/// log after it, and drops files a finished snapshot made obsolete.
-pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error> {
+/// Takes the lock on the data at `data` (creating its log directory if
+/// need be) and checks that the data belongs to `engine`, recording that
+/// it does if the data is new.
+fn lock_data(fs: &dyn Fs, data: &Path, engine: EngineKind) -> Result<Box<dyn Any + Send>, Error> {
     let dir = wal::dir_for(data);
     if !fs.exists(&dir) {
         fs.create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -110,6 +118,42 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
         std::io::ErrorKind::WouldBlock => Error::Locked(data.to_path_buf()),
         _ => Error::io(&lock_path, e),
     })?;
+    let marker = dir.join("ENGINE");
+    let recorded = match fs.read(&marker) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&marker, e)),
+    };
+    // No name: data made before the file existed, if any, is the memory
+    // engine's.
+    let made_by = match recorded.as_str() {
+        "" if fs.exists(data) || !wal::list_segments(fs, &dir)?.is_empty() => Some("memory"),
+        "" => None,
+        name => Some(name),
+    };
+    if let Some(name) = made_by.filter(|&name| name != engine.name()) {
+        return Err(Error::Config(format!(
+            "the data at {} belongs to the {name} engine: start with --engine {name}, or move the data away to start afresh with --engine {}",
+            data.display(),
+            engine.name()
+        )));
+    }
+    if recorded.is_empty() {
+        // By rename, so that a crash leaves the whole name or none.
+        let tmp = dir.join("ENGINE.tmp");
+        write_synced(fs, &tmp, format!("{}\n", engine.name()).as_bytes())?;
+        fs.rename(&tmp, &marker)
+            .map_err(|e| Error::io(&marker, e))?;
+        sync_dir(fs, &dir)?;
+    }
+    Ok(lock)
+}
+
+/// Opens the data at `data`: takes its lock, loads the snapshot, replays the
+/// log after it, and drops files a finished snapshot made obsolete.
+pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error> {
+    let dir = wal::dir_for(data);
+    let lock = lock_data(fs, data, EngineKind::Memory)?;
     let tmp = snapshot::temp_path(data);
     if fs.exists(&tmp) {
         tracing::info!(path = %tmp.display(), "removing an unfinished snapshot");
@@ -138,14 +182,7 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
     let mut replay = wal::replay(fs, &dir, first, first_seq, |op| {
         store.apply(&op);
     })?;
-    // The records just replayed may have come from the page cache of a
-    // process that died before syncing them: make them durable before new
-    // records claim (in their `durable` field) that they are.
-    let newest = dir.join(format!("{:020}.wal", replay.segment.id()));
-    replay
-        .segment
-        .sync_data()
-        .map_err(|e| Error::io(&newest, e))?;
+    sync_replayed(&dir, &mut replay)?;
     tracing::info!(
         data = %data.display(),
         snapshot_entries = snapshot.map(|s| s.entries),
@@ -161,4 +198,94 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
         replayed: replay.records,
         lock,
     })
+}
+
+/// Syncs the newest log segment after a replay: the records just replayed
+/// may have come from the page cache of a process that died before syncing
+/// them, so they are made durable before new records claim (in their
+/// `durable` field) that they are.
+fn sync_replayed(dir: &Path, replay: &mut wal::Replayed) -> Result<(), Error> {
+    let newest = dir.join(format!("{:020}.wal", replay.segment.id()));
+    (replay.segment.sync_data()).map_err(|e| Error::io(&newest, e))
+}
+
+/// Everything recovery found for the disk engine.
+pub struct DiskRecovered {
+    pub engine: Arc<Disk>,
+    /// The log segment to append to, after its last valid record.
+    pub segment: wal::Segment,
+    /// The last sequence number in the log (0 if it is empty).
+    pub last_seq: u64,
+    /// Log records replayed into the engine.
+    pub replayed: u64,
+    /// Held for as long as the server runs: the lock on the data.
+    pub lock: Box<dyn Any + Send>,
+}
+
+/// Log records applied to the disk engine per batch while replaying.
+const REPLAY_BATCH: usize = 1024;
+
+/// Opens the disk engine's data at `data` (its database in
+/// `<data>-fjall/`, with a block cache of `cache_bytes`): takes the lock,
+/// opens the database, and replays the log from the engine's last
+/// checkpoint (records it already holds are applied again: each is
+/// idempotent).
+pub fn open_disk(fs: &dyn Fs, data: &Path, cache_bytes: u64) -> Result<DiskRecovered, Error> {
+    let dir = wal::dir_for(data);
+    let lock = lock_data(fs, data, EngineKind::Disk)?;
+    let engine = Arc::new(Disk::open(&disk_dir_for(data), cache_bytes)?);
+    let (first, first_seq) = engine.replay_from();
+    let segments = wal::list_segments(fs, &dir)?;
+    if let Some(&oldest) = segments.first().filter(|&&oldest| oldest > first) {
+        return Err(Error::corrupt(
+            &dir,
+            0,
+            format!("the disk engine replays from log segment {first}, but the log starts at segment {oldest}: writes between would be lost"),
+        ));
+    }
+    for &old in segments.iter().filter(|&&id| id < first) {
+        wal::remove_segment(fs, &dir, old)?;
+    }
+    let mut batch = Vec::with_capacity(REPLAY_BATCH);
+    let mut next_seq = first_seq;
+    let mut failed = None;
+    let mut flush = |batch: &mut Vec<op::WriteOp>, next_seq: u64| {
+        if failed.is_none() && !batch.is_empty() {
+            let ops: Vec<&op::WriteOp> = batch.iter().collect();
+            failed = engine.apply(&ops, next_seq - 1).err();
+        }
+        batch.clear();
+    };
+    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| {
+        batch.push(op);
+        next_seq += 1;
+        if batch.len() == REPLAY_BATCH {
+            flush(&mut batch, next_seq);
+        }
+    })?;
+    flush(&mut batch, next_seq);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    sync_replayed(&dir, &mut replay)?;
+    tracing::info!(
+        data = %data.display(),
+        log_records = replay.records,
+        keys = engine.len(),
+        "recovered (disk engine)"
+    );
+    Ok(DiskRecovered {
+        engine,
+        segment: replay.segment,
+        last_seq: replay.last_seq.unwrap_or(0),
+        replayed: replay.records,
+        lock,
+    })
+}
+
+/// The disk engine's database directory for the data path `data`.
+pub fn disk_dir_for(data: &Path) -> std::path::PathBuf {
+    let mut name = data.as_os_str().to_os_string();
+    name.push("-fjall");
+    name.into()
 }

@@ -60,6 +60,9 @@ pub struct Args {
     /// Seed of the random choices (default: from the clock; printed).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The server's storage engine (`--engine`).
+    #[arg(long, value_enum, default_value_t = kvstore::config::EngineKind::Memory)]
+    pub engine: kvstore::config::EngineKind,
 }
 
 /// What one writer knows.
@@ -184,7 +187,7 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
             totals.kills_mid_rotation += 1;
         }
         let spawned = Instant::now();
-        let (mut child, addr) = start_server(&server, &dir, args.snapshot_after_bytes)?;
+        let (mut child, addr) = start_server(&server, &dir, args)?;
         let client = Client::builder().addr(addr.to_string()).build()?;
         // The first answered request ends the restart.
         runtime.block_on(client.exists("probe"))?;
@@ -245,7 +248,7 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
         }
     }
     // A last restart to check the writes of the final cycle.
-    let (mut child, addr) = start_server(&server, &dir, args.snapshot_after_bytes)?;
+    let (mut child, addr) = start_server(&server, &dir, args)?;
     let client = Client::builder().addr(addr.to_string()).build()?;
     let found = runtime.block_on(verify(&client, &mut ledgers, args, &mut totals))?;
     let _ = child.kill();
@@ -276,13 +279,14 @@ pub fn run(args: &Args) -> anyhow::Result<Totals> {
 fn start_server(
     server: &PathBuf,
     dir: &std::path::Path,
-    snapshot_after: u64,
+    args: &Args,
 ) -> anyhow::Result<(Child, SocketAddr)> {
     let mut child = Command::new(server)
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(dir.join("kvstore.db"))
         .arg("--snapshot-after-bytes")
-        .arg(snapshot_after.to_string())
+        .arg(args.snapshot_after_bytes.to_string())
+        .args(["--engine", args.engine.name()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
