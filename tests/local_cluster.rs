@@ -50,6 +50,16 @@ fn alive(pid: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Stops the script's nodes when the test ends, also when it fails half-way
+/// (a failed `start` had left the nodes that did start running).
+struct StopOnDrop<'a>(&'a Path, u16);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        script(self.0, self.1, &["stop"]);
+    }
+}
+
 #[test]
 fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
     // The server binary sits beside the CLI; the script uses both.
@@ -58,6 +68,7 @@ fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
     let cluster = dir.path().join("cluster");
     // Node I uses PORT+I and PORT+100+I.
     let port = common::free_port_base(3);
+    let _stop = StopOnDrop(&cluster, port);
     let started = ok(script(&cluster, port, &["start", "3"]));
     assert!(started.contains("cluster initialized"), "{started}");
     let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();
