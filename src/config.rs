@@ -81,7 +81,8 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Snapshot file; the log lives beside it in `<data>-wal/`.
+    /// Snapshot file (memory engine); the log lives beside it in
+    /// `<data>-wal/`, the disk engine's tree in `<data>-fjall/`.
     #[arg(long, env = "KVSTORE_DATA", default_value = "kvstore.db")]
     pub data: PathBuf,
 
