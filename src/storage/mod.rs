@@ -216,8 +216,6 @@ pub struct DiskRecovered {
     pub segment: wal::Segment,
     /// The last sequence number in the log (0 if it is empty).
     pub last_seq: u64,
-    /// Log records replayed into the engine.
-    pub replayed: u64,
     /// Held for as long as the server runs: the lock on the data.
     pub lock: Box<dyn Any + Send>,
 }
@@ -278,7 +276,6 @@ pub fn open_disk(fs: &dyn Fs, data: &Path, cache_bytes: u64) -> Result<DiskRecov
         engine,
         segment: replay.segment,
         last_seq: replay.last_seq.unwrap_or(0),
-        replayed: replay.records,
         lock,
     })
 }
