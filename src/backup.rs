@@ -1,9 +1,12 @@
 //! Online backup: a copy of the whole store as it was at one instant, made
-//! while writes go on, in the snapshot format (`crate::storage::snapshot`).
+//! while writes go on, in the snapshot format (`crate::storage::snapshot`),
+//! whichever engine made it.
 //!
-//! The store is copied like a snapshot, shard by shard, a few pairs per lock
-//! acquisition, so different keys are copied at different moments. To turn
-//! that fuzzy copy into one instant's state, the commit thread *tees* every
+//! The engine gives the copy a [`View`]. The disk engine's is one instant's
+//! (a fjall snapshot), so its backups are that instant and need nothing
+//! more. The memory engine's map is copied like a snapshot, shard by
+//! shard, a few pairs per lock acquisition, so different keys are copied
+//! at different moments. To turn that fuzzy copy into one instant's state, the commit thread *tees* every
 //! write it applies from the backup's start mark until its end mark (the
 //! moment the copy is done), and the backup ends with those writes, in
 //! order, as op records. Loading the file applies them over the copied
@@ -85,6 +88,8 @@ struct TeeList {
 struct TeeBuffer {
     id: u64,
     ops: Vec<WriteOp>,
+    /// Whether it takes writes at all.
+    records: bool,
     /// The ops' memory ([`held_bytes`]), checked against [`MAX_TEE_BYTES`].
     bytes: usize,
     /// The cap was passed: the ops were dropped and the backup will fail.
@@ -120,10 +125,11 @@ impl Tees {
         self.running.load(Ordering::Relaxed)
     }
 
-    /// The start mark: from now on every applied write is teed. When
-    /// [`MAX_BACKUPS`] run, those idle for [`IDLE_EXPIRY`] are given up
-    /// first; if none is, the new one is refused.
-    fn start(self: &Arc<Tees>) -> Result<Tee, Error> {
+    /// The start mark: from now on every applied write is teed (if
+    /// `records`; a copy of one instant needs no writes, only the place).
+    /// When [`MAX_BACKUPS`] run, those idle for [`IDLE_EXPIRY`] are given
+    /// up first; if none is, the new one is refused.
+    fn start(self: &Arc<Tees>, records: bool) -> Result<Tee, Error> {
         let mut list = self.list.lock();
         let now = Instant::now();
         if list.tees.len() >= MAX_BACKUPS {
@@ -140,6 +146,7 @@ impl Tees {
         list.tees.push(TeeBuffer {
             id,
             ops: Vec::new(),
+            records,
             bytes: 0,
             overrun: false,
             touched: now,
@@ -175,7 +182,7 @@ impl TeeGuard<'_> {
     /// Tees one applied write to every running backup. Cheap when none
     /// runs; a clone of a `WriteOp` shares its key and value bytes.
     pub fn record(&mut self, op: &WriteOp) {
-        for tee in self.0.tees.iter_mut().filter(|t| !t.overrun) {
+        for tee in (self.0.tees.iter_mut()).filter(|t| t.records && !t.overrun) {
             tee.bytes += held_bytes(op);
             if tee.bytes > MAX_TEE_BYTES {
                 tee.overrun = true;
@@ -241,9 +248,31 @@ pub struct Summary {
     pub bytes: u64,
 }
 
+/// What a backup copies the pairs from: an engine's state.
+pub trait View: Send {
+    /// Encodes the next few pairs; false once every pair is encoded.
+    fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error>;
+
+    /// Whether the copy is fuzzy (different keys copied at different
+    /// moments), so that the backup must end with the writes applied
+    /// during it; false for one instant's view.
+    fn fuzzy(&self) -> bool;
+}
+
+/// The memory engine's map, copied a few pairs per shard lock.
+impl View for Arc<Store> {
+    fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error> {
+        Ok(encoder.copy_some(self))
+    }
+
+    fn fuzzy(&self) -> bool {
+        true
+    }
+}
+
 /// A backup in progress: produces the file's bytes a piece at a time.
 pub struct Backup {
-    store: Arc<Store>,
+    view: Box<dyn View>,
     tees: Arc<Tees>,
     encoder: Encoder,
     /// Registered until the copy is done.
@@ -261,11 +290,12 @@ pub struct Backup {
 }
 
 impl Backup {
-    /// The start mark. Fails if [`MAX_BACKUPS`] are running.
-    pub fn start(store: Arc<Store>, tees: &Arc<Tees>) -> Result<Backup, Error> {
-        let tee = tees.start()?;
+    /// The start mark: copies `view`, with the writes applied meanwhile
+    /// if it is fuzzy. Fails if [`MAX_BACKUPS`] are running.
+    pub fn start(view: Box<dyn View>, tees: &Arc<Tees>) -> Result<Backup, Error> {
+        let tee = tees.start(view.fuzzy())?;
         Ok(Backup {
-            store,
+            view,
             tees: tees.clone(),
             // A backup put in place of a data file recovers like one whose
             // log starts afresh at segment 1.
@@ -344,7 +374,7 @@ impl Backup {
     fn step(&mut self) -> Result<(), Error> {
         match &mut self.ops {
             None => {
-                if !self.encoder.copy_some(&self.store) {
+                if !self.view.copy_some(&mut self.encoder)? {
                     let tee = self
                         .tee
                         .take()
@@ -506,7 +536,7 @@ mod tests {
         for i in 0..20_000 {
             store.apply(&set(&format!("k{i:05}"), &before));
         }
-        let backup = Backup::start(store.clone(), &tees).unwrap();
+        let backup = Backup::start(Box::new(store.clone()), &tees).unwrap();
         let mut at_end_mark = None;
         let file = file_of(backup, 64 * 1024, |i| {
             if tees.running() == 0 && at_end_mark.is_none() {
@@ -543,7 +573,7 @@ mod tests {
         for i in 0..5_000 {
             store.apply(&set(&format!("k{i}"), &value));
         }
-        let mut backup = Backup::start(store.clone(), &tees).unwrap();
+        let mut backup = Backup::start(Box::new(store.clone()), &tees).unwrap();
         // The first block is copied; four are still to come.
         let mut file = backup.next_chunk(1024).unwrap().to_vec();
         assert_eq!(tees.running(), 1);
@@ -560,7 +590,7 @@ mod tests {
         let store = Arc::new(Store::new(1));
         let tees = Arc::new(Tees::default());
         store.apply(&set("a", "1"));
-        let mut backup = Backup::start(store.clone(), &tees).unwrap();
+        let mut backup = Backup::start(Box::new(store.clone()), &tees).unwrap();
         let big = WriteOp::Set {
             key: Bytes::from_static(b"big"),
             value: Bytes::from(vec![0u8; MAX_TEE_BYTES / 4]),
@@ -592,12 +622,12 @@ mod tests {
         let store = Arc::new(Store::new(1));
         let tees = Arc::new(Tees::default());
         let running: Vec<_> = (0..MAX_BACKUPS)
-            .map(|_| Backup::start(store.clone(), &tees).unwrap())
+            .map(|_| Backup::start(Box::new(store.clone()), &tees).unwrap())
             .collect();
-        assert!(Backup::start(store.clone(), &tees).is_err());
+        assert!(Backup::start(Box::new(store.clone()), &tees).is_err());
         drop(running);
         assert_eq!(tees.running(), 0);
-        assert!(Backup::start(store, &tees).is_ok());
+        assert!(Backup::start(Box::new(store), &tees).is_ok());
     }
 
     #[test]
@@ -605,16 +635,16 @@ mod tests {
         let store = Arc::new(Store::new(1));
         let tees = Arc::new(Tees::default());
         store.apply(&set("a", "1"));
-        let mut idle = Backup::start(store.clone(), &tees).unwrap();
-        let busy = Backup::start(store.clone(), &tees).unwrap();
+        let mut idle = Backup::start(Box::new(store.clone()), &tees).unwrap();
+        let busy = Backup::start(Box::new(store.clone()), &tees).unwrap();
         // Not idle long enough: refused.
-        assert!(Backup::start(store.clone(), &tees).is_err());
+        assert!(Backup::start(Box::new(store.clone()), &tees).is_err());
         {
             let mut list = tees.list.lock();
             let first = list.tees.iter_mut().find(|t| t.id == 1).unwrap();
             first.touched -= IDLE_EXPIRY;
         }
-        let _new = Backup::start(store, &tees).unwrap();
+        let _new = Backup::start(Box::new(store), &tees).unwrap();
         assert_eq!(tees.running(), MAX_BACKUPS);
         let err = idle.next_chunk(CHUNK_BYTES).unwrap_err();
         assert!(err.to_string().contains("given up"), "{err}");
@@ -662,7 +692,7 @@ mod tests {
         let tees = Arc::new(Tees::default());
         store.apply(&set("a", "1"));
         let summary = write_to_dir(
-            Backup::start(store.clone(), &tees).unwrap(),
+            Backup::start(Box::new(store.clone()), &tees).unwrap(),
             dir.path(),
             "one",
         )
@@ -672,7 +702,11 @@ mod tests {
         assert_eq!(file.len() as u64, summary.bytes);
         assert_eq!(everything(&load(&file).0), everything(&store));
         store.apply(&set("b", "2"));
-        let again = write_to_dir(Backup::start(store, &tees).unwrap(), dir.path(), "one");
+        let again = write_to_dir(
+            Backup::start(Box::new(store), &tees).unwrap(),
+            dir.path(),
+            "one",
+        );
         assert!(again.unwrap_err().to_string().contains("exists already"));
         assert_eq!(std::fs::read(dir.path().join("one")).unwrap(), file);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

@@ -92,7 +92,7 @@ impl Db {
     /// Starts a backup: the engine's state at one instant, copied while
     /// writes go on.
     pub fn start_backup(&self) -> Result<Backup, Error> {
-        self.engine.backup()
+        Backup::start(self.engine.view()?, &self.tees)
     }
 
     /// The tees running backups see applied writes through.

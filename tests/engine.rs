@@ -10,11 +10,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kvstore::backup::{Backup, Tees};
 use kvstore::engine::disk::Disk;
 use kvstore::engine::memory::Memory;
 use kvstore::engine::{Applied, Engine, Span};
 use kvstore::storage::change::{BatchView, Change};
+use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
+use kvstore::storage::snapshot;
 use kvstore::storage::store::Store;
 use kvstore_client::Condition;
 use proptest::prelude::*;
@@ -23,6 +26,8 @@ use proptest::test_runner::TestCaseError;
 /// An engine under test, with the directory it lives in.
 struct Fixture {
     engine: Box<dyn Engine>,
+    /// The tees the engine feeds, for its backups.
+    tees: Arc<Tees>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -66,6 +71,11 @@ macro_rules! engine_suite {
             }
 
             #[test]
+            fn a_backup_copied_while_writes_go_on_is_one_instants_state() {
+                super::a_backup_copied_while_writes_go_on_is_one_instants_state(&new(4));
+            }
+
+            #[test]
             fn a_keys_page_stops_before_its_byte_budget() {
                 super::a_keys_page_stops_before_its_byte_budget(&*new(4));
             }
@@ -78,9 +88,13 @@ macro_rules! engine_suite {
     };
 }
 
-engine_suite!(memory, |shards| Fixture {
-    engine: Box::new(Memory::new(Arc::new(Store::new(shards)), Arc::default())),
-    _dir: None,
+engine_suite!(memory, |shards| {
+    let tees = Arc::new(Tees::default());
+    Fixture {
+        engine: Box::new(Memory::new(Arc::new(Store::new(shards)), tees.clone())),
+        tees,
+        _dir: None,
+    }
 });
 
 engine_suite!(disk, |_shards| {
@@ -88,6 +102,7 @@ engine_suite!(disk, |_shards| {
     let engine = Disk::open(&dir.path().join("data.fjall"), 1 << 20).unwrap();
     Fixture {
         engine: Box::new(engine),
+        tees: Arc::default(),
         _dir: Some(dir),
     }
 });
@@ -425,4 +440,60 @@ fn a_pairs_page_stops_before_its_byte_budget_but_holds_one_pair(engine: &dyn Eng
         vec![(Bytes::from(vec![b'k', 99]), Bytes::from(vec![99; 10]))]
     );
     assert!(more);
+}
+
+/// The key of the `i`th pair of the backup test.
+fn numbered(i: usize) -> Bytes {
+    Bytes::from(format!("k{i:05}"))
+}
+
+/// A backup whose chunks are taken while writes land, on keys it has
+/// copied and keys it has not, holds the state at one instant: the model's
+/// after some prefix of the writes, never a mix.
+fn a_backup_copied_while_writes_go_on_is_one_instants_state(fixture: &Fixture) {
+    const KEYS: usize = 3000;
+    // Values of 2 KiB, so that the copy closes blocks, and so yields
+    // chunks, several times.
+    let value = |n: usize| Bytes::from(format!("v{n}:{}", "x".repeat(2048)));
+    let items = (0..KEYS).map(|i| (numbered(i), value(0))).collect();
+    let mut model = BTreeMap::new();
+    let write = |op: WriteOp, position: u64, model: &mut BTreeMap<Bytes, Bytes>| {
+        apply(&**fixture, &op, position);
+        model_apply(model, &op);
+        model.clone()
+    };
+    let mut states = vec![write(WriteOp::BulkSet { items }, 1, &mut model)];
+    let view = fixture.view().unwrap();
+    let mut backup = Backup::start(view, &fixture.tees).unwrap();
+    let mut file = Vec::new();
+    for n in 1.. {
+        let chunk = backup.next_chunk(8 * 1024).unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        file.extend_from_slice(&chunk);
+        // An early key and a late one, changed together.
+        let items = vec![
+            (numbered(n * 7 % KEYS), value(n)),
+            (numbered(KEYS - 1 - n % KEYS), value(n)),
+        ];
+        states.push(write(WriteOp::BulkSet { items }, n as u64 + 1, &mut model));
+    }
+    backup.succeeded();
+    assert!(states.len() > 3, "the copy took several chunks");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup");
+    std::fs::write(&path, &file).unwrap();
+    let store = Store::new(2);
+    snapshot::load(&RealFs, &path, &store).unwrap().unwrap();
+    let span = Span::prefix(b"", None, false);
+    let loaded: BTreeMap<Bytes, Bytes> = store
+        .pairs(&span, usize::MAX, usize::MAX)
+        .0
+        .into_iter()
+        .collect();
+    assert!(
+        states.contains(&loaded),
+        "the backup is no state the writes went through"
+    );
 }

@@ -44,9 +44,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::Mutex;
 
 use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
-use crate::backup::Backup;
+use crate::backup::View;
 use crate::error::Error;
 use crate::storage::op::WriteOp;
+use crate::storage::snapshot::{Encoder, CHUNK_PAIRS};
 use crate::storage::store::PageBudget;
 
 /// The byte before every stored key (see the module's doc).
@@ -409,10 +410,53 @@ impl Engine for Disk {
         Ok(())
     }
 
-    fn backup(&self) -> Result<Backup, Error> {
-        Err(Error::Backup(
-            "backups of the disk engine are not built yet".into(),
-        ))
+    /// A fjall snapshot: every batch is wholly in it or wholly after it.
+    fn view(&self) -> Result<Box<dyn View>, Error> {
+        Ok(Box::new(DiskView {
+            snapshot: self.db.snapshot(),
+            data: self.data.clone(),
+            path: self.path.clone(),
+            after: None,
+            done: false,
+        }))
+    }
+}
+
+/// One instant's pairs, copied in key order a chunk at a time. The snapshot
+/// keeps the versions it sees from compaction until the copy is dropped.
+struct DiskView {
+    snapshot: fjall::Snapshot,
+    data: Keyspace,
+    path: PathBuf,
+    /// The last stored key copied: the next chunk starts after it.
+    after: Option<fjall::Slice>,
+    done: bool,
+}
+
+impl View for DiskView {
+    fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error> {
+        if self.done {
+            return Ok(false);
+        }
+        let lower = match self.after.take() {
+            Some(key) => Bound::Excluded(key.to_vec()),
+            None => Bound::Included(vec![TAG]),
+        };
+        let range = (self.snapshot).range::<Vec<u8>, _>(&self.data, (lower, Bound::Unbounded));
+        let mut taken = 0;
+        for item in range.take(CHUNK_PAIRS) {
+            let (key, value) = item.into_inner().map_err(|e| failed(&self.path, e))?;
+            encoder.push_entry(&key[1..], &value);
+            self.after = Some(key);
+            taken += 1;
+        }
+        // A short chunk was the last.
+        self.done = taken < CHUNK_PAIRS;
+        Ok(!self.done)
+    }
+
+    fn fuzzy(&self) -> bool {
+        false
     }
 }
 

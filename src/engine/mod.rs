@@ -8,10 +8,10 @@
 //! Nothing else reads or changes the data: `cmd/` reads through `Db`,
 //! writes come from a `crate::log::Log`.
 //!
-//! [`memory::Memory`] is today's engine: the sharded in-memory map, made
-//! durable by the log and snapshot files. Its snapshot file, recovery and
-//! backups still use the map itself (`Memory::store`); they become engine
-//! operations when a second engine needs them.
+//! [`memory::Memory`] is the sharded in-memory map, made durable by the log
+//! and snapshot files; its recovery and the Raft snapshots still use the
+//! map itself (`Memory::store`). [`disk::Disk`] keeps the data in fjall.
+//! Backups copy either through [`Engine::view`].
 
 pub mod disk;
 pub mod memory;
@@ -20,7 +20,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::backup::Backup;
+use crate::backup::View;
 use crate::error::Error;
 use crate::storage::change::Resolved;
 use crate::storage::fs::Fs;
@@ -101,8 +101,10 @@ pub trait Engine: Send + Sync {
     /// restart needs the log from `at.next_segment` on only.
     fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error>;
 
-    /// Starts a backup: the state at one instant, copied while writes go on.
-    fn backup(&self) -> Result<Backup, Error>;
+    /// The state for a backup to copy while writes go on: one instant's
+    /// view, or a fuzzy copy that the backup's tee makes exact (see
+    /// `crate::backup`).
+    fn view(&self) -> Result<Box<dyn View>, Error>;
 
     /// Applies the ops of resolved writes as one batch (see
     /// [`Engine::apply`]) and returns, for each write, what its op did

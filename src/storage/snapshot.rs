@@ -60,7 +60,7 @@ const BLOCK_BYTES: usize = 1 << 20;
 /// entry or op can be larger than a frame.
 const MAX_RECORD: usize = BLOCK_BYTES + 16 + kvstore_client::codec::HARD_MAX_FRAME;
 /// Pairs copied out of a shard per lock acquisition.
-const CHUNK_PAIRS: usize = 1024;
+pub const CHUNK_PAIRS: usize = 1024;
 
 /// What a snapshot file said about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,18 +148,24 @@ impl Encoder {
         }
         let after = self.after.take();
         self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |key, value| {
-            self.begin(KIND_BLOCK);
-            self.out.put_u32_le(key.len() as u32);
-            self.out.put_u32_le(value.len() as u32);
-            self.out.put_slice(key);
-            self.out.put_slice(value);
-            self.entries += 1;
-            self.close_if_full();
+            self.push_entry(key, value)
         });
         if self.after.is_none() {
             self.shard += 1;
         }
         true
+    }
+
+    /// Adds one pair (a copy that is not [`Encoder::copy_some`]'s); every
+    /// pair comes before the first op.
+    pub fn push_entry(&mut self, key: &[u8], value: &[u8]) {
+        self.begin(KIND_BLOCK);
+        self.out.put_u32_le(key.len() as u32);
+        self.out.put_u32_le(value.len() as u32);
+        self.out.put_slice(key);
+        self.out.put_slice(value);
+        self.entries += 1;
+        self.close_if_full();
     }
 
     /// Adds one write to apply after the entries (a backup's tee).
