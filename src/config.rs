@@ -390,9 +390,9 @@ impl Config {
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),
             ));
         }
-        if self.engine == EngineKind::Disk && (self.node_id.is_some() || self.restore.is_some()) {
+        if self.engine == EngineKind::Disk && self.node_id.is_some() {
             return Err(Error::Config(
-                "--engine disk runs on a single node and starts empty or from its own data, for now: cluster mode (--node-id) and --restore need --engine memory".into(),
+                "--engine disk runs on a single node, for now: cluster mode (--node-id) needs --engine memory".into(),
             ));
         }
         if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {

@@ -312,13 +312,13 @@ struct Opened {
 }
 
 /// Recovers a single node's data with the engine `--engine` names (from
-/// `--restore`'s backup first, with the memory engine).
+/// `--restore`'s backup first).
 async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error> {
     let (data, restore, shards) = (config.data.clone(), config.restore.clone(), config.shards);
     let (kind, cache_bytes, tees) = (config.engine, config.cache_mb << 20, tees.clone());
     tokio::task::spawn_blocking(move || {
         if kind == EngineKind::Disk {
-            let r = storage::open_disk(&RealFs, &data, cache_bytes)?;
+            let r = storage::open_disk(&RealFs, &data, cache_bytes, restore.as_deref())?;
             return Ok(Opened {
                 engine: r.engine,
                 store: None,

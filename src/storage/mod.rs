@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use crate::config::EngineKind;
 use crate::engine::disk::Disk;
-use crate::engine::Engine;
+use crate::engine::{Checkpoint, Engine};
 use crate::error::Error;
 use fs::Fs;
 use snapshot::SnapshotInfo;
@@ -63,10 +63,7 @@ pub fn restore(fs: &dyn Fs, backup: &Path, data: &Path, shards: usize) -> Result
     let started = std::time::Instant::now();
     let mut recovered = open(fs, data, shards)?;
     if recovered.snapshot.is_some() || recovered.last_seq > 0 || !recovered.store.is_empty() {
-        return Err(Error::Config(format!(
-            "--restore: {} already holds data; restore only into an empty data path (move the old data away, or drop --restore to start from it)",
-            data.display()
-        )));
+        return Err(not_empty(data));
     }
     let loaded = snapshot::load(fs, backup, &recovered.store)?
         .ok_or_else(|| Error::io(backup, std::io::ErrorKind::NotFound.into()))?;
@@ -87,6 +84,14 @@ pub fn restore(fs: &dyn Fs, backup: &Path, data: &Path, shards: usize) -> Result
     );
     recovered.snapshot = Some(written);
     Ok(recovered)
+}
+
+/// `--restore`'s error for data that is not empty.
+fn not_empty(data: &Path) -> Error {
+    Error::Config(format!(
+        "--restore: {} already holds data; restore only into an empty data path (move the old data away, or drop --restore to start from it)",
+        data.display()
+    ))
 }
 
 /// Everything recovery found.
@@ -225,12 +230,20 @@ const REPLAY_BATCH: usize = 1024;
 
 /// Opens the disk engine's data at `data` (its database in
 /// `<data>-fjall/`, with a block cache of `cache_bytes`): takes the lock,
-/// opens the database, and replays the log from the engine's last
-/// checkpoint (records it already holds are applied again: each is
-/// idempotent).
-pub fn open_disk(fs: &dyn Fs, data: &Path, cache_bytes: u64) -> Result<DiskRecovered, Error> {
+/// fills the data from the backup `restore` if given, opens the database,
+/// and replays the log from the engine's last checkpoint (records it
+/// already holds are applied again: each is idempotent).
+pub fn open_disk(
+    fs: &dyn Fs,
+    data: &Path,
+    cache_bytes: u64,
+    restore: Option<&Path>,
+) -> Result<DiskRecovered, Error> {
     let dir = wal::dir_for(data);
     let lock = lock_data(fs, data, EngineKind::Disk)?;
+    if let Some(backup) = restore {
+        restore_disk(fs, backup, data, cache_bytes)?;
+    }
     let engine = Arc::new(Disk::open(&disk_dir_for(data), cache_bytes)?);
     let (first, first_seq) = engine.replay_from();
     let segments = wal::list_segments(fs, &dir)?;
@@ -278,6 +291,66 @@ pub fn open_disk(fs: &dyn Fs, data: &Path, cache_bytes: u64) -> Result<DiskRecov
         last_seq: replay.last_seq.unwrap_or(0),
         lock,
     })
+}
+
+/// Fills the disk engine's database for `data` from the backup (or
+/// snapshot) at `backup`, as [`restore`] does for the memory engine. The
+/// backup is loaded into a directory beside the database's, checkpointed,
+/// and only then renamed into place (and the directory synced): a damaged
+/// backup, or a crash midway, leaves no data behind. The data must hold
+/// nothing yet: no database and no log.
+fn restore_disk(fs: &dyn Fs, backup: &Path, data: &Path, cache_bytes: u64) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let target = disk_dir_for(data);
+    if fs.exists(&target) || !wal::list_segments(fs, &wal::dir_for(data))?.is_empty() {
+        return Err(not_empty(data));
+    }
+    let mut name = target.as_os_str().to_os_string();
+    name.push(".restoring");
+    let staging = std::path::PathBuf::from(name);
+    let remove = || match std::fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&staging, e)),
+        _ => Ok(()),
+    };
+    // An earlier restore's, cut short.
+    remove()?;
+    let loaded = load_staging(fs, backup, data, &staging, cache_bytes);
+    let Ok(info) = loaded else {
+        remove()?;
+        return loaded.map(|_| ());
+    };
+    fs.rename(&staging, &target)
+        .map_err(|e| Error::io(&target, e))?;
+    sync_dir(fs, snapshot::parent_dir(data))?;
+    tracing::info!(
+        backup = %backup.display(),
+        keys = info.entries,
+        ops_replayed = info.ops,
+        ms = started.elapsed().as_millis() as u64,
+        "restored (disk engine)"
+    );
+    Ok(())
+}
+
+/// Loads the backup at `backup` into a new database at `staging` and makes
+/// it durable, with the log to replay after it starting afresh.
+fn load_staging(
+    fs: &dyn Fs,
+    backup: &Path,
+    data: &Path,
+    staging: &Path,
+    cache_bytes: u64,
+) -> Result<SnapshotInfo, Error> {
+    let engine = Disk::open(staging, cache_bytes)?;
+    let info = snapshot::load_into(fs, backup, &engine)?;
+    engine.checkpoint(&Checkpoint {
+        fs,
+        data,
+        next_segment: 1,
+        next_seq: 1,
+        barrier: &|| Ok(()),
+    })?;
+    Ok(info)
 }
 
 /// The disk engine's database directory for the data path `data`.

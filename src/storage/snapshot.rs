@@ -42,6 +42,7 @@ use super::fs::Fs;
 use super::op::WriteOp;
 use super::store::{Loader, Store};
 use super::{record, sync_dir};
+use crate::engine::Engine;
 use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTSNAP";
@@ -334,17 +335,10 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
 /// shard; then each shard's tree is built from its sorted entries at once;
 /// then the op records' writes, if any, are applied in order.
 pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotInfo>, Error> {
-    let (file, file_len) = match fs.open_read(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(path, e)),
+    let Some((mut input, file_len)) = open(fs, path)? else {
+        return Ok(None);
     };
-    let mut input = BufReader::with_capacity(BLOCK_BYTES, file);
     let corrupt = |offset: u64, reason: &str| Error::corrupt(path, offset, reason);
-    let mut magic = [0u8; 8];
-    if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
-        return Err(corrupt(0, "not a kvstore snapshot (bad magic)"));
-    }
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     // Few blocks in flight: each is about 1 MiB.
     let (blocks_tx, blocks_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2 * workers);
@@ -390,6 +384,87 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
         store.apply(op);
     }
     Ok(Some(footer.info))
+}
+
+/// Opens the snapshot at `path` and reads its magic; `Ok(None)` if there
+/// is none. Returns the reader, after the magic, and the file's length.
+fn open(fs: &dyn Fs, path: &Path) -> Result<Option<(impl Read + Send, u64)>, Error> {
+    let (file, file_len) = match fs.open_read(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut input = BufReader::with_capacity(BLOCK_BYTES, file);
+    let mut magic = [0u8; 8];
+    if input.read_exact(&mut magic).is_err() || &magic != MAGIC {
+        return Err(Error::corrupt(
+            path,
+            0,
+            "not a kvstore snapshot (bad magic)",
+        ));
+    }
+    Ok(Some((input, file_len)))
+}
+
+/// Loads the snapshot or backup at `path` into `engine`, one batch per
+/// block (a `BulkSet` at position 0), then its ops as one more batch; a
+/// few blocks are in memory at a time, whatever the file's size. Damage
+/// stops the load with the file and the offset of the bad record, but what
+/// came before it stays applied: load into an engine that can be thrown
+/// away. The memory engine's [`load`] is faster: it builds the map at once.
+pub fn load_into(fs: &dyn Fs, path: &Path, engine: &dyn Engine) -> Result<SnapshotInfo, Error> {
+    let (mut input, file_len) =
+        open(fs, path)?.ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
+    let (blocks_tx, blocks_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2);
+    let (read, applied) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_records(&mut input, path, file_len, blocks_tx));
+        let applied = apply_blocks(path, blocks_rx, engine);
+        let read =
+            (reader.join()).unwrap_or_else(|_| Err(Error::corrupt(path, 0, "the reader panicked")));
+        (read, applied)
+    });
+    // A block's own damage comes before anything the reader found later.
+    let entries = applied?;
+    let footer = read?;
+    if footer.entries != entries {
+        return Err(Error::corrupt(
+            path,
+            footer.offset,
+            "footer does not match the blocks read",
+        ));
+    }
+    let ops: Vec<&WriteOp> = footer.ops.iter().collect();
+    engine.apply(&ops, 0)?;
+    Ok(footer.info)
+}
+
+/// Applies each block's entries to `engine` as one `BulkSet`; the entries
+/// applied. After the first error it only drains the channel, so the
+/// reader never waits on it.
+fn apply_blocks(
+    path: &Path,
+    blocks: Receiver<(u64, Vec<u8>)>,
+    engine: &dyn Engine,
+) -> Result<u64, Error> {
+    let mut entries = 0;
+    let mut failed = None;
+    for (offset, body) in blocks {
+        if failed.is_some() {
+            continue;
+        }
+        let mut items = Vec::new();
+        let decoded = decode_block(&body[1..], |key, value| {
+            items.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)))
+        });
+        let applied = decoded
+            .map_err(|reason| Error::corrupt(path, offset, reason))
+            .and_then(|n| {
+                entries += n;
+                engine.apply(&[&WriteOp::BulkSet { items }], 0)
+            });
+        failed = applied.err();
+    }
+    failed.map_or(Ok(entries), Err)
 }
 
 /// What the reader found at the end of a whole snapshot.
@@ -547,7 +622,7 @@ fn decode_blocks<'s>(
         if bad.is_some() {
             continue;
         }
-        match decode_block(&body[1..], &mut loader) {
+        match decode_block(&body[1..], |key, value| loader.push(key, value)) {
             Ok(n) => entries += n,
             Err(reason) => bad = Some((offset, reason)),
         }
@@ -558,7 +633,8 @@ fn decode_blocks<'s>(
     }
 }
 
-fn decode_block(mut block: &[u8], loader: &mut Loader<'_>) -> Result<u64, &'static str> {
+/// Hands each entry of a block's body to `push`; how many there were.
+fn decode_block(mut block: &[u8], mut push: impl FnMut(&[u8], &[u8])) -> Result<u64, &'static str> {
     let mut n = 0;
     while !block.is_empty() {
         let (lens, rest) = block.split_at_checked(8).ok_or("entry header cut short")?;
@@ -570,7 +646,7 @@ fn decode_block(mut block: &[u8], loader: &mut Loader<'_>) -> Result<u64, &'stat
         let (value, rest) = rest
             .split_at_checked(vlen)
             .ok_or("value extends past its block")?;
-        loader.push(key, value);
+        push(key, value);
         block = rest;
         n += 1;
     }
