@@ -28,7 +28,6 @@ pub mod propose;
 pub mod state;
 
 use std::fmt;
-use std::io::Cursor;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -45,7 +44,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );

@@ -5,7 +5,12 @@
 //! ```text
 //! <raft dir>/snap-<id>.meta   bincode(SnapshotMeta), in a checksummed record
 //! <raft dir>/snap-<id>.db     the store, as `storage::snapshot` writes it
+//! <raft dir>/receiving.snap   a snapshot arriving from the leader
 //! ```
+//!
+//! Snapshots travel as files (openraft's `SnapshotData` is a file): the
+//! leader sends chunks read from its `.db` file, a follower writes them into
+//! `receiving.snap`, so neither side holds a whole snapshot in memory.
 //!
 //! Applying an entry does not sync anything: after a crash, openraft applies
 //! the log again from the last snapshot. So a snapshot must be durable before
@@ -19,7 +24,6 @@
 //! copy; a large store would want the backup tee instead (see
 //! docs/replication.md).
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use parking_lot::Mutex;
+use tokio::io::AsyncSeekExt;
 
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::memory::Memory;
@@ -120,12 +125,26 @@ impl StateMachine {
             .as_ref()
             .map(|m| m.snapshot_id.clone());
         machine.remove_other_snapshots(keep.as_deref())?;
+        // A snapshot whose arrival a crash cut short.
+        let receiving = machine.receiving();
+        match machine.fs.remove(&receiving) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&receiving, e));
+            }
+            _ => {}
+        }
         Ok(machine)
     }
 
     /// See the `store_index` field; shared with the node.
     pub fn store_index(&self) -> Arc<AtomicU64> {
         self.store_index.clone()
+    }
+
+    /// Where a snapshot from the leader is written as it arrives (not named
+    /// `snap-*`, so a build's clean-up never removes it).
+    fn receiving(&self) -> PathBuf {
+        self.dir.join("receiving.snap")
     }
 
     fn paths(&self, id: &str) -> (PathBuf, PathBuf) {
@@ -217,6 +236,22 @@ impl StateMachine {
     }
 }
 
+/// Whether `file` is the file named `path`.
+async fn is_file_at(file: &tokio::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata().await, tokio::fs::metadata(path).await) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// A snapshot's file, opened to be sent in chunks. A newer snapshot may
+/// remove its name meanwhile; the open file stays readable.
+fn open_file(path: &Path) -> Result<Box<tokio::fs::File>, Error> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(Box::new(tokio::fs::File::from_std(file)))
+}
+
 fn read_meta(fs: &dyn Fs, path: &Path) -> Result<Option<SnapshotMeta<u64, Member>>, Error> {
     let data = match fs.read(path) {
         Ok(data) => data,
@@ -234,7 +269,7 @@ fn read_meta(fs: &dyn Fs, path: &Path) -> Result<Option<SnapshotMeta<u64, Member
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     /// Copies the store while applies wait; durable before it returns.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (meta, bytes) = tokio::task::block_in_place(|| {
+        let (meta, snapshot) = tokio::task::block_in_place(|| {
             // Held to the end: installs, reads of the current snapshot and
             // removals of old ones wait for this one to be complete.
             let mut applied = self.applied.lock();
@@ -256,15 +291,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             })?;
             applied.current = Some(meta.clone());
             let (_, db_path) = self.paths(&meta.snapshot_id);
-            let bytes = self.fs.read(&db_path).map_err(|e| Error::io(&db_path, e))?;
+            let file = open_file(&db_path)?;
             self.remove_other_snapshots(Some(&meta.snapshot_id))?;
-            Ok::<_, Error>((meta, bytes))
+            Ok::<_, Error>((meta, file))
         })
         .map_err(storage_io)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(bytes)),
-        })
+        Ok(Snapshot { meta, snapshot })
     }
 }
 
@@ -310,30 +342,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
+    /// A new, empty `receiving.snap` (one arrives at a time).
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let path = self.receiving();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| storage_io(Error::io(&path, e)))?;
+        Ok(Box::new(file))
     }
 
-    /// Checks the received snapshot by loading it into a scratch store,
-    /// makes it durable, then swaps the scratch store in. A bad
-    /// snapshot fails here and leaves the store and the files as they were.
+    /// Makes the received file durable, checks it by loading it into a
+    /// scratch store, renames it into place, then swaps the scratch store
+    /// in. A bad snapshot fails here and leaves the store and the files as
+    /// they were.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot.into_inner();
+        let received_path = self.receiving();
+        if !is_file_at(&snapshot, &received_path).await {
+            // Data that did not arrive through `begin_receiving_snapshot`.
+            let mut copy = self.begin_receiving_snapshot().await?;
+            let copied = async {
+                snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+                tokio::io::copy(&mut snapshot, &mut copy).await
+            };
+            (copied.await).map_err(|e| storage_io(Error::io(&received_path, e)))?;
+            snapshot = copy;
+        }
+        let synced = snapshot.sync_all().await;
+        synced.map_err(|e| storage_io(Error::io(&received_path, e)))?;
+        drop(snapshot);
         tokio::task::block_in_place(|| {
             let mut applied = self.applied.lock();
-            let (_, db_path) = self.paths(&meta.snapshot_id);
-            let tmp = snapshot::temp_path(&db_path);
-            write_synced(&*self.fs, &tmp, &bytes)?;
             let received = Store::new(self.engine.store().shard_count());
-            snapshot::load(&*self.fs, &tmp, &received)?;
+            snapshot::load(&*self.fs, &received_path, &received)?
+                .ok_or_else(|| Error::io(&received_path, std::io::ErrorKind::NotFound.into()))?;
             self.write_files(meta, |path| {
-                self.fs.rename(&tmp, path).map_err(|e| Error::io(path, e))
+                (self.fs.rename(&received_path, path)).map_err(|e| Error::io(path, e))
             })?;
             // In one step: a follower read never sees the store half
             // replaced, or empty.
@@ -359,11 +413,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Ok::<_, Error>(None);
             };
             let (_, db_path) = self.paths(&meta.snapshot_id);
-            let bytes = self.fs.read(&db_path).map_err(|e| Error::io(&db_path, e))?;
-            Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(bytes)),
-            }))
+            let snapshot = open_file(&db_path)?;
+            Ok(Some(Snapshot { meta, snapshot }))
         })
         .map_err(storage_io)
     }
