@@ -165,8 +165,10 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
         fs.remove(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
 
+    let started = std::time::Instant::now();
     let store = Arc::new(Store::new(shards));
     let snapshot = snapshot::load(fs, data, &store)?;
+    let snapshot_ms = started.elapsed().as_millis() as u64;
     let segments = wal::list_segments(fs, &dir)?;
     let (first, first_seq) = match snapshot {
         Some(info) => (info.next_segment, info.next_seq),
@@ -191,7 +193,9 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
     tracing::info!(
         data = %data.display(),
         snapshot_entries = snapshot.map(|s| s.entries),
+        snapshot_ms,
         log_records = replay.records,
+        log_ms = started.elapsed().as_millis() as u64 - snapshot_ms,
         keys = store.len(),
         "recovered"
     );
