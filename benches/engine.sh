@@ -3,6 +3,7 @@
 #
 #   bash benches/engine.sh                   # 40,000,000 keys (about 5 GB), as issue 19 asks
 #   KEYS=2000000 bash benches/engine.sh      # a shorter run
+#   KEYS=0 bash benches/engine.sh            # only the rounds on SMALL_KEYS
 #
 # Runs as root (a cgroup v1 memory group). For --engine disk (--sync always):
 #  1. loads KEYS keys (16-byte keys, 100-byte values) through BulkSets of 100
@@ -13,9 +14,9 @@
 #  2. random GETs over the whole key space at 50 connections for DURATION s;
 #  3. restart to the first answered GET after SIGTERM and after SIGKILL;
 #  4. a prefix scan of 100,000 pairs through the CLI (pairs/s).
-# Then, on SMALL_KEYS (1,000,000) keys that fit in memory, both engines in
-# turn: SET at 50 connections for DURATION s (the disk/memory ratio), the
-# same scan, and the memory engine's restarts. Writes bench-results/engine.md.
+# Then, on SMALL_KEYS (1,000,000) keys that fit in memory, ROUNDS (3) times,
+# both engines in turn: SET at 50 connections for DURATION s (the
+# disk/memory ratio), the same scan, and the restarts. Writes bench-results/engine.md.
 # Everything it starts it stops by process id; the cgroup is removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ SMALL=${SMALL_KEYS:-1000000}
 MEM_LIMIT_MB=${MEM_LIMIT_MB:-512}
 CACHE_MB=${CACHE_MB:-64}
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-bench-results}
 NATIVE=${NATIVE_PORT:-17111}
 RESP=${RESP_PORT:-17112}
@@ -102,39 +104,46 @@ report() { echo "$*" | tee -a "$OUT/engine.md"; }
   echo
 } >"$OUT/engine.md"
 
-data="$work/disk/kvstore.db"
-mkdir -p "$(dirname "$data")"
-start disk "$data" "$cgroup"
-wait_up "$RESP"
-t0=$(now_ms)
-load "$KEYS"
-ms=$(($(now_ms) - t0))
-if ! kill -0 "$pid" 2>/dev/null; then
-  report "- the server died during the load in a $MEM_LIMIT_MB MiB memory cgroup (failcnt $(cat "$cgroup/memory.failcnt"))"
-  exit 1
-fi
-tree=$(du -sb "$data-fjall" | cut -f1)
-log=$(du -sb "$data-wal" | cut -f1)
-# failcnt counts the times the cgroup reached its limit and reclaimed (page
-# cache included); a kill would have ended the server.
-report "- load of $KEYS keys in a $MEM_LIMIT_MB MiB memory cgroup: $((KEYS * 1000 / ms)) keys/s; peak RSS $(($(hwm_kib "$pid") / 1024)) MiB; not killed (limit reached $(cat "$cgroup/memory.failcnt") times)"
-report "- on disk right after the load: the tree $((tree / 1000000)) MB and the log $((log / 1000000)) MB, for $((KEYS * 116 / 1000000)) MB of keys and values (the tree alone: $(awk "BEGIN {printf \"%.2f\", $tree / ($KEYS * 116)}")x)"
-report "- random GET over $KEYS keys, 50 connections: $(measure get "$KEYS" disk-get)"
-report "- prefix scan: $(scan_pairs_per_s)"
-restarts disk "$data"
-report "- restart at $KEYS keys: $restarted"
-stop TERM
-
-for engine in memory disk; do
-  data="$work/small-$engine/kvstore.db"
+# The disk engine at KEYS keys, in the memory cgroup.
+big() {
+  data="$work/disk/kvstore.db"
   mkdir -p "$(dirname "$data")"
-  start "$engine" "$data"
+  start disk "$data" "$cgroup"
   wait_up "$RESP"
-  load "$SMALL"
-  set_rate=$(measure set "$SMALL" "$engine-set")
-  scan=$(scan_pairs_per_s)
-  restarts "$engine" "$data"
-  report "- $engine engine, $SMALL keys: SET at 50 connections $set_rate; scan $scan; restart $restarted"
+  t0=$(now_ms)
+  load "$KEYS"
+  ms=$(($(now_ms) - t0))
+  if ! kill -0 "$pid" 2>/dev/null; then
+    report "- the server died during the load in a $MEM_LIMIT_MB MiB memory cgroup (failcnt $(cat "$cgroup/memory.failcnt"))"
+    exit 1
+  fi
+  tree=$(du -sb "$data-fjall" | cut -f1)
+  log=$(du -sb "$data-wal" | cut -f1)
+  # failcnt counts the times the cgroup reached its limit and reclaimed (page
+  # cache included); a kill would have ended the server.
+  report "- load of $KEYS keys in a $MEM_LIMIT_MB MiB memory cgroup: $((KEYS * 1000 / ms)) keys/s; peak RSS $(($(hwm_kib "$pid") / 1024)) MiB; not killed (limit reached $(cat "$cgroup/memory.failcnt") times)"
+  report "- on disk right after the load: the tree $((tree / 1000000)) MB and the log $((log / 1000000)) MB, for $((KEYS * 116 / 1000000)) MB of keys and values (the tree alone: $(awk "BEGIN {printf \"%.2f\", $tree / ($KEYS * 116)}")x)"
+  report "- random GET over $KEYS keys, 50 connections: $(measure get "$KEYS" disk-get)"
+  report "- prefix scan: $(scan_pairs_per_s)"
+  restarts disk "$data"
+  report "- restart at $KEYS keys: $restarted"
   stop TERM
+}
+if [ "$KEYS" -gt 0 ]; then big; fi
+
+for round in $(seq "$ROUNDS"); do
+  for engine in memory disk; do
+    data="$work/small-$round-$engine/kvstore.db"
+    mkdir -p "$(dirname "$data")"
+    start "$engine" "$data"
+    wait_up "$RESP"
+    load "$SMALL"
+    set_rate=$(measure set "$SMALL" "$engine-set")
+    scan=$(scan_pairs_per_s)
+    restarts "$engine" "$data"
+    report "- round $round, $engine engine, $SMALL keys: SET at 50 connections $set_rate; scan $scan; restart $restarted"
+    stop TERM
+    rm -rf "$(dirname "$data")"
+  done
 done
 cat "$OUT/engine.md"
