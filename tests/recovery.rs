@@ -1,11 +1,14 @@
 //! Recovery from the files on disk: a torn tail is cut back to the longest
 //! valid prefix; damage anywhere else stops the start with file and offset.
+//! The log tests run for both engines: the log is shared, the engine it is
+//! replayed into is not.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use kvstore::engine::{Engine, Span};
 use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::store::Store;
@@ -86,6 +89,31 @@ fn dump(store: &Store) -> BTreeMap<Bytes, Bytes> {
     all
 }
 
+/// The engine a start replays the log into.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Memory,
+    Disk,
+}
+const ENGINES: [Kind; 2] = [Kind::Memory, Kind::Disk];
+
+/// Starts `engine` on `data`: every pair it then holds, and the last
+/// sequence number in the log. The data's lock is released on return.
+fn recover(engine: Kind, data: &Path) -> Result<(BTreeMap<Bytes, Bytes>, u64), Error> {
+    match engine {
+        Kind::Memory => storage::open(&RealFs, data, 4).map(|r| (dump(&r.store), r.last_seq)),
+        Kind::Disk => {
+            // A log with no engine named belongs to the memory engine.
+            fs::write(wal::dir_for(data).join("ENGINE"), "disk\n").unwrap();
+            storage::open_disk(&RealFs, data, 1 << 20, None).map(|r| {
+                let everything = Span::prefix(b"", None, false);
+                let pairs = r.engine.pairs(&everything, usize::MAX, usize::MAX);
+                (pairs.unwrap().0.into_iter().collect(), r.last_seq)
+            })
+        }
+    }
+}
+
 fn segment_file(data: &Path) -> PathBuf {
     wal::dir_for(data).join(format!("{:020}.wal", 1))
 }
@@ -109,23 +137,22 @@ fn a_log_cut_at_any_byte_of_its_last_records_recovers_the_longest_valid_prefix()
     // Every cut from the start of the third-last record to the end.
     let from = offsets[ops.len() - 3];
     let end = *offsets.last().unwrap();
-    for cut in from..=end {
+    for (cut, engine) in (from..=end).flat_map(|cut| ENGINES.map(|e| (cut, e))) {
         let (_keep, copy) = damaged_copy(&data, |log| log.truncate(cut as usize));
-        let recovered =
-            storage::open(&RealFs, &copy, 4).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let (pairs, last_seq) =
+            recover(engine, &copy).unwrap_or_else(|e| panic!("{engine:?}, cut at {cut}: {e}"));
         let whole = offsets.iter().filter(|&&o| o <= cut).count() - 1;
-        assert_eq!(dump(&recovered.store), model(&ops[..whole]), "cut at {cut}");
-        assert_eq!(recovered.last_seq, whole as u64, "cut at {cut}");
+        assert_eq!(pairs, model(&ops[..whole]), "{engine:?}, cut at {cut}");
+        assert_eq!(last_seq, whole as u64, "{engine:?}, cut at {cut}");
         // The torn bytes are gone from the file: the next append follows the prefix.
         assert_eq!(
             fs::metadata(segment_file(&copy)).unwrap().len(),
             offsets[whole],
-            "cut at {cut}"
+            "{engine:?}, cut at {cut}"
         );
-        drop(recovered);
         // And a second start finds a clean log.
-        let again = storage::open(&RealFs, &copy, 4).unwrap();
-        assert_eq!(dump(&again.store), model(&ops[..whole]));
+        let (again, _) = recover(engine, &copy).unwrap();
+        assert_eq!(again, model(&ops[..whole]), "{engine:?}, cut at {cut}");
     }
 }
 
@@ -136,16 +163,16 @@ fn a_flipped_bit_in_the_middle_of_the_log_refuses_the_start_with_the_offset() {
     let (data, offsets) = write_log(dir.path(), &ops);
     // Every bit of the second record (records follow it, so it is not a tail).
     let (start, end) = (offsets[1], offsets[2]);
-    for byte in start..end {
+    for (byte, engine) in (start..end).flat_map(|byte| ENGINES.map(|e| (byte, e))) {
         for bit in 0..8 {
             let (_keep, copy) = damaged_copy(&data, |log| log[byte as usize] ^= 1 << bit);
-            match storage::open(&RealFs, &copy, 4) {
+            match recover(engine, &copy) {
                 Err(Error::Corrupt { path, offset, .. }) => {
                     assert_eq!(path, segment_file(&copy));
-                    assert_eq!(offset, start, "byte {byte} bit {bit}");
+                    assert_eq!(offset, start, "{engine:?}, byte {byte} bit {bit}");
                 }
-                Err(other) => panic!("byte {byte} bit {bit}: wrong error {other}"),
-                Ok(_) => panic!("byte {byte} bit {bit}: started on a damaged log"),
+                Err(other) => panic!("{engine:?}, byte {byte} bit {bit}: wrong error {other}"),
+                Ok(_) => panic!("{engine:?}, byte {byte} bit {bit}: started on a damaged log"),
             }
         }
     }
@@ -159,13 +186,15 @@ fn a_hole_in_an_unsynced_batch_is_a_torn_tail_not_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let ops = ops();
     let (data, offsets) = write_log_with(dir.path(), &ops, |_| 0);
-    let (_keep, copy) = damaged_copy(&data, |log| {
-        log[offsets[1] as usize..offsets[3] as usize].fill(0);
-    });
-    let recovered = storage::open(&RealFs, &copy, 4).unwrap();
-    assert_eq!(dump(&recovered.store), model(&ops[..1]));
-    assert_eq!(recovered.last_seq, 1);
-    assert_eq!(fs::metadata(segment_file(&copy)).unwrap().len(), offsets[1]);
+    for engine in ENGINES {
+        let (_keep, copy) = damaged_copy(&data, |log| {
+            log[offsets[1] as usize..offsets[3] as usize].fill(0);
+        });
+        let (pairs, last_seq) = recover(engine, &copy).unwrap();
+        assert_eq!(pairs, model(&ops[..1]), "{engine:?}");
+        assert_eq!(last_seq, 1, "{engine:?}");
+        assert_eq!(fs::metadata(segment_file(&copy)).unwrap().len(), offsets[1]);
+    }
 }
 
 /// The same hole, when a later record says the damaged ones were already
@@ -175,16 +204,18 @@ fn a_hole_before_a_record_written_after_it_was_synced_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let ops = ops();
     let (data, offsets) = write_log_with(dir.path(), &ops, |seq| if seq == 5 { 4 } else { 0 });
-    let (_keep, copy) = damaged_copy(&data, |log| {
-        log[offsets[1] as usize..offsets[3] as usize].fill(0);
-    });
-    match storage::open(&RealFs, &copy, 4) {
-        Err(Error::Corrupt { offset, reason, .. }) => {
-            assert_eq!(offset, offsets[1]);
-            assert!(reason.contains("durable"), "{reason}");
+    for engine in ENGINES {
+        let (_keep, copy) = damaged_copy(&data, |log| {
+            log[offsets[1] as usize..offsets[3] as usize].fill(0);
+        });
+        match recover(engine, &copy) {
+            Err(Error::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, offsets[1], "{engine:?}");
+                assert!(reason.contains("durable"), "{engine:?}: {reason}");
+            }
+            Err(other) => panic!("{engine:?}: wrong error {other}"),
+            Ok(_) => panic!("{engine:?}: started on a log that lost synced records"),
         }
-        Err(other) => panic!("wrong error {other}"),
-        Ok(_) => panic!("started on a log that lost synced records"),
     }
 }
 
@@ -210,23 +241,28 @@ fn a_record_forged_inside_a_value_is_no_witness() {
     // One unsynced batch (durable 0 everywhere), torn by a hole before the
     // value that holds the forgery.
     let (data, offsets) = write_log_with(dir.path(), &ops, |_| 0);
-    let (_keep, copy) = damaged_copy(&data, |log| {
-        log[offsets[2] as usize..offsets[3] as usize].fill(0)
-    });
-    let recovered = storage::open(&RealFs, &copy, 4).expect("a torn tail, not corruption");
-    assert_eq!(dump(&recovered.store), model(&ops[..2]));
+    for engine in ENGINES {
+        let (_keep, copy) = damaged_copy(&data, |log| {
+            log[offsets[2] as usize..offsets[3] as usize].fill(0)
+        });
+        let (pairs, _) = recover(engine, &copy).expect("a torn tail, not corruption");
+        assert_eq!(pairs, model(&ops[..2]), "{engine:?}");
+    }
 }
 
 #[test]
 fn a_damaged_segment_header_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
-    for byte in [0usize, 7, 8, 12, 20, 27, 35] {
+    for (byte, engine) in [0usize, 7, 8, 12, 20, 27, 35]
+        .into_iter()
+        .flat_map(|byte| ENGINES.map(|e| (byte, e)))
+    {
         let (_keep, copy) = damaged_copy(&data, |log| log[byte] ^= 0x10);
-        let err = storage::open(&RealFs, &copy, 4).err().expect("refused");
+        let err = recover(engine, &copy).expect_err("refused");
         assert!(
             matches!(err, Error::Corrupt { offset: 0, .. }),
-            "byte {byte}: {err}"
+            "{engine:?}, byte {byte}: {err}"
         );
     }
 }
@@ -235,13 +271,15 @@ fn a_damaged_segment_header_refuses_the_start() {
 fn the_error_message_names_the_file_and_the_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (data, offsets) = write_log(dir.path(), &ops());
-    let (_keep, copy) = damaged_copy(&data, |log| log[offsets[1] as usize + 10] ^= 1);
-    let message = storage::open(&RealFs, &copy, 4).err().unwrap().to_string();
-    assert!(message.contains("00000000000000000001.wal"), "{message}");
-    assert!(
-        message.contains(&format!("offset {}", offsets[1])),
-        "{message}"
-    );
+    for engine in ENGINES {
+        let (_keep, copy) = damaged_copy(&data, |log| log[offsets[1] as usize + 10] ^= 1);
+        let message = recover(engine, &copy).err().unwrap().to_string();
+        assert!(message.contains("00000000000000000001.wal"), "{message}");
+        assert!(
+            message.contains(&format!("offset {}", offsets[1])),
+            "{message}"
+        );
+    }
 }
 
 fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
@@ -365,6 +403,10 @@ fn a_missing_snapshot_is_noticed_when_the_log_does_not_start_at_the_beginning() 
     wal::Segment::create(&RealFs, &wal_dir, 3, 100).unwrap();
     let err = storage::open(&RealFs, &data, 4).err().expect("refused");
     assert!(err.to_string().contains("snapshot is missing"), "{err}");
+    // The disk engine, which has no checkpoint and so replays from segment 1.
+    let err = recover(Kind::Disk, &data).expect_err("refused");
+    let message = err.to_string();
+    assert!(message.contains("the log starts at segment 3"), "{message}");
 }
 
 #[test]
@@ -372,8 +414,13 @@ fn a_missing_segment_between_others_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _) = write_log(dir.path(), &ops());
     wal::Segment::create(&RealFs, &wal::dir_for(&data), 3, 6).unwrap();
-    let err = storage::open(&RealFs, &data, 4).err().expect("refused");
-    assert!(err.to_string().contains("segment 2 is missing"), "{err}");
+    for engine in ENGINES {
+        let err = recover(engine, &data).expect_err("refused");
+        assert!(
+            err.to_string().contains("segment 2 is missing"),
+            "{engine:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -424,6 +471,11 @@ fn a_segment_that_does_not_continue_the_sequence_refuses_the_start() {
     let (data, _) = write_log(dir.path(), &ops());
     // Segment 2 claims to start at 9, but segment 1 ended at 5.
     wal::Segment::create(&RealFs, &wal::dir_for(&data), 2, 9).unwrap();
-    let err = storage::open(&RealFs, &data, 4).err().expect("refused");
-    assert!(err.to_string().contains("sequence number"), "{err}");
+    for engine in ENGINES {
+        let err = recover(engine, &data).expect_err("refused");
+        assert!(
+            err.to_string().contains("sequence number"),
+            "{engine:?}: {err}"
+        );
+    }
 }
