@@ -29,6 +29,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use crate::config::EngineKind;
 use crate::engine::disk::Disk;
 use crate::engine::{Checkpoint, Engine};
@@ -186,9 +188,9 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
     for &old in segments.iter().filter(|&&id| id < first) {
         wal::remove_segment(fs, &dir, old)?;
     }
-    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| {
-        store.apply(&op);
-    })?;
+    let mut sorted = SortedReplay::new(&store);
+    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| sorted.push(op))?;
+    sorted.flush();
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
         data = %data.display(),
@@ -207,6 +209,77 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
         replayed: replay.records,
         lock,
     })
+}
+
+/// Bytes of keys and values a replay into the memory engine holds before
+/// it applies them (the default `--snapshot-after-bytes` of log fits).
+const REPLAY_SORT_BYTES: usize = 256 << 20;
+
+/// Replays log records into the memory engine's map in shard and key order
+/// rather than log order: inserts that walk each shard's tree in order miss
+/// the cache far less than inserts at random keys (at 10 M keys, 64 MB of
+/// log replays in half the time; docs/perf/restart.md). Each write is split
+/// into one write per key; a key's writes keep their log order (the sort is
+/// stable), and writes to different keys commute. A `Clear` applies what
+/// came before it first. Nothing reads the map until recovery is done.
+struct SortedReplay<'s> {
+    store: &'s Store,
+    /// Each key written, with its value (`None`: deleted), in log order.
+    pending: Vec<(Bytes, Option<Bytes>)>,
+    bytes: usize,
+}
+
+impl<'s> SortedReplay<'s> {
+    fn new(store: &'s Store) -> SortedReplay<'s> {
+        SortedReplay {
+            store,
+            pending: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn push(&mut self, op: op::WriteOp) {
+        match op {
+            op::WriteOp::Set { key, value } => self.hold(key, Some(value)),
+            op::WriteOp::Delete { key } => self.hold(key, None),
+            op::WriteOp::BulkSet { items } => {
+                for (key, value) in items {
+                    self.hold(key, Some(value));
+                }
+            }
+            op::WriteOp::DeleteMany { keys } => {
+                for key in keys {
+                    self.hold(key, None);
+                }
+            }
+            op::WriteOp::Clear => {
+                self.flush();
+                self.store.apply(&op::WriteOp::Clear);
+            }
+        }
+    }
+
+    fn hold(&mut self, key: Bytes, value: Option<Bytes>) {
+        self.bytes += key.len() + value.as_ref().map_or(0, Bytes::len);
+        self.pending.push((key, value));
+        if self.bytes >= REPLAY_SORT_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Applies what is held, in shard and key order.
+    fn flush(&mut self) {
+        let store = self.store;
+        self.pending
+            .sort_by_cached_key(|(key, _)| (store.shard_index(key), key.clone()));
+        for (key, value) in self.pending.drain(..) {
+            store.apply(&match value {
+                Some(value) => op::WriteOp::Set { key, value },
+                None => op::WriteOp::Delete { key },
+            });
+        }
+        self.bytes = 0;
+    }
 }
 
 /// Syncs the newest log segment after a replay: the records just replayed
@@ -362,4 +435,51 @@ pub fn disk_dir_for(data: &Path) -> std::path::PathBuf {
     let mut name = data.as_os_str().to_os_string();
     name.push("-fjall");
     name.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use op::WriteOp;
+
+    /// Every kind of write, to few keys, many times each: replayed sorted,
+    /// the map ends as replaying in log order leaves it.
+    #[test]
+    fn a_sorted_replay_ends_where_the_log_order_does() {
+        let key = |i: u64| Bytes::from(format!("k{}", i % 7));
+        let value = |i: u64| Bytes::from(i.to_string());
+        let ops: Vec<WriteOp> = (1..3000u64)
+            .map(|i| match i % 11 {
+                // Written once, before a Clear: it must be gone.
+                _ if i == 500 => WriteOp::Set {
+                    key: Bytes::from("before the clear"),
+                    value: value(i),
+                },
+                0 => WriteOp::Delete { key: key(i) },
+                1 => WriteOp::BulkSet {
+                    items: vec![(key(i), value(i)), (key(i + 1), value(i))],
+                },
+                2 => WriteOp::DeleteMany {
+                    keys: vec![key(i + 2), key(i + 3)],
+                },
+                _ if i % 997 == 0 => WriteOp::Clear,
+                _ => WriteOp::Set {
+                    key: key(i),
+                    value: value(i),
+                },
+            })
+            .collect();
+        let in_order = Store::new(3);
+        ops.iter().for_each(|op| {
+            in_order.apply(op);
+        });
+        let sorted = Store::new(3);
+        let mut replay = SortedReplay::new(&sorted);
+        ops.into_iter().for_each(|op| replay.push(op));
+        replay.flush();
+        let everything = store::Span::prefix(b"", None, false);
+        let pairs = |store: &Store| store.pairs(&everything, usize::MAX, usize::MAX).0;
+        assert_eq!(pairs(&sorted), pairs(&in_order));
+        assert_eq!(sorted.bytes(), in_order.bytes());
+    }
 }

@@ -303,7 +303,7 @@ impl Store {
         }
     }
 
-    fn shard_index(&self, key: &[u8]) -> usize {
+    pub fn shard_index(&self, key: &[u8]) -> usize {
         crc32c::crc32c(key) as usize % self.shards.len()
     }
 
