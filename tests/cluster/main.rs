@@ -500,3 +500,35 @@ fn a_leader_restarted_at_once_serves_no_read_older_than_its_last_write() {
         }
     }
 }
+
+/// A backup streamed from the leader while it replicates holds what it
+/// acknowledged, and restores into a single server of either engine.
+#[test]
+fn a_backup_of_the_leader_restores_into_a_single_server_of_either_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    for batch in 0..20 {
+        let items: Vec<_> = (0..50)
+            .map(|i| (format!("k{:04}", batch * 50 + i), format!("v{batch}")))
+            .collect();
+        client.bulk_set(items).unwrap();
+    }
+    client.delete("k0007").unwrap();
+    let scan = |client: &kvstore_client::BlockingClient| {
+        (client.scan(kvstore_client::ScanQuery::prefix("")))
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let before = scan(&client);
+    assert_eq!(before.len(), 999);
+    let path = dir.path().join("cluster.backup");
+    let said = common::cli_ok(leader.addr, &["backup", path.to_str().unwrap()]);
+    assert!(said.contains("999 keys"), "{said}");
+    for (name, engine) in [("memory.db", "memory"), ("disk.db", "disk")] {
+        let restore = ["--engine", engine, "--restore", path.to_str().unwrap()];
+        let single = Server::start(&dir.path().join(name), &restore);
+        let restored = kvstore_client::BlockingClient::connect(single.addr.to_string()).unwrap();
+        assert_eq!(scan(&restored), before, "restored with the {engine} engine");
+    }
+}
