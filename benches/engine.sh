@@ -13,7 +13,9 @@
 #     and value bytes (space amplification);
 #  2. random GETs over the whole key space at 50 connections for DURATION s;
 #  3. restart to the first answered GET after SIGTERM and after SIGKILL;
-#  4. a prefix scan of 100,000 pairs through the CLI (pairs/s).
+#  4. a prefix scan of 100,000 pairs through the CLI (pairs/s);
+#  5. a backup streamed to a file, and its restore into a new data path
+#     (time, peak RSS, keys), in the cgroup too.
 # Then, on SMALL_KEYS (1,000,000) keys that fit in memory, ROUNDS (3) times,
 # both engines in turn: SET at 50 connections for DURATION s (the
 # disk/memory ratio), the same scan, and the restarts. Writes bench-results/engine.md.
@@ -53,9 +55,9 @@ first_answer_ms() { # since
   done
   echo never
 }
-start() { # engine data [cgroup]
+start() { # engine data [cgroup [more server flags...]]
   target/release/kvstore-server --listen "127.0.0.1:$NATIVE" --resp-listen "127.0.0.1:$RESP" \
-    --engine "$1" --cache-mb "$CACHE_MB" --data "$2" >>"$work/server.out" 2>>"$work/server.log" &
+    --engine "$1" --cache-mb "$CACHE_MB" --data "$2" "${@:4}" >>"$work/server.out" 2>>"$work/server.log" &
   pid=$!
   pids=("$pid")
   if [ -n "${3:-}" ]; then echo "$pid" >"$3/cgroup.procs"; fi
@@ -128,6 +130,33 @@ big() {
   restarts disk "$data"
   report "- restart at $KEYS keys: $restarted"
   stop TERM
+  backup_and_restore
+}
+
+# A backup of the whole tree streamed to a file, then a restore of it into
+# a new data path, the server in the memory cgroup both times.
+backup_and_restore() {
+  local backup="$work/backup.kvs" restored="$work/restored/kvstore.db" t0 ms
+  start disk "$data" "$cgroup"
+  wait_up "$RESP"
+  echo 5 >"/proc/$pid/clear_refs" # resets the peak RSS
+  t0=$(now_ms)
+  $cli --addr "127.0.0.1:$NATIVE" backup "$backup" >/dev/null
+  ms=$(($(now_ms) - t0))
+  report "- a backup streamed to a file: $ms ms, $(($(stat -c %s "$backup") / 1000000)) MB; peak RSS meanwhile $(($(hwm_kib "$pid") / 1024)) MiB"
+  stop TERM
+  rm -rf "$data" "$data-wal" "$data-fjall"
+  mkdir -p "$(dirname "$restored")"
+  t0=$(now_ms)
+  start disk "$restored" "$cgroup" --restore "$backup"
+  ms=$(first_answer_ms "$t0")
+  if ! kill -0 "$pid" 2>/dev/null; then
+    report "- the server died restoring in a $MEM_LIMIT_MB MiB memory cgroup"
+    exit 1
+  fi
+  report "- its restore into a new data path: first answer after $ms ms ($((KEYS * 1000 / (ms + 1))) keys/s), $(redis-cli -p "$RESP" DBSIZE) keys; peak RSS $(($(hwm_kib "$pid") / 1024)) MiB"
+  stop TERM
+  rm -rf "$backup" "$(dirname "$restored")"
 }
 if [ "$KEYS" -gt 0 ]; then big; fi
 
