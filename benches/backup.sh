@@ -37,16 +37,6 @@ start_server() { # data, extra flags...
   pid=$!
   pids=("$pid")
 }
-first_answer_ms() { # since
-  for _ in $(seq 60000); do
-    if [ -n "$(redis-cli -p "$RESP" GET key:000000000000 2>/dev/null)" ]; then
-      echo $(($(now_ms) - $1))
-      return
-    fi
-    sleep 0.005
-  done
-  echo "never" && return 1
-}
 set_rate() { # seconds: SET requests/s on 16 connections
   $bench --addr "127.0.0.1:$NATIVE" -t set -c 16 -r "$KEYS" --duration "$1" -q |
     awk '$1 == "set" {print $3}'
@@ -83,7 +73,7 @@ stop TERM
 mkdir -p "$work/restored"
 t0=$(now_ms)
 start_server "$work/restored/kvstore.db" --restore "$work/idle.kvs"
-restore=$(first_answer_ms "$t0")
+restore=$(first_answer_ms "$t0" "$RESP")
 restored_keys=$(redis-cli -p "$RESP" DBSIZE)
 stop TERM
 

@@ -44,17 +44,6 @@ echo $((MEM_LIMIT_MB << 20)) >"$cgroup/memory.limit_in_bytes"
 trap 'cleanup; rmdir "$cgroup" 2>/dev/null || true' EXIT
 
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
-value=$(printf 'x%.0s' $(seq 100))
-first_answer_ms() { # since
-  for _ in $(seq 60000); do
-    if [ "$(redis-cli -p "$RESP" GET key:000000000000 2>/dev/null)" = "$value" ]; then
-      echo $(($(now_ms) - $1))
-      return
-    fi
-    sleep 0.005
-  done
-  echo never
-}
 start() { # engine data [cgroup [more server flags...]]
   target/release/kvstore-server --listen "127.0.0.1:$NATIVE" --resp-listen "127.0.0.1:$RESP" \
     --engine "$1" --cache-mb "$CACHE_MB" --data "$2" "${@:4}" >>"$work/server.out" 2>>"$work/server.log" &
@@ -89,11 +78,11 @@ restarts() { # engine data
   stop TERM
   t0=$(now_ms)
   start "$1" "$2"
-  term=$(first_answer_ms "$t0")
+  term=$(first_answer_ms "$t0" "$RESP")
   stop KILL
   t0=$(now_ms)
   start "$1" "$2"
-  kill=$(first_answer_ms "$t0")
+  kill=$(first_answer_ms "$t0" "$RESP")
   restarted="after SIGTERM $term ms, after kill -9 $kill ms"
 }
 
@@ -149,7 +138,7 @@ backup_and_restore() {
   mkdir -p "$(dirname "$restored")"
   t0=$(now_ms)
   start disk "$restored" "$cgroup" --restore "$backup"
-  ms=$(first_answer_ms "$t0")
+  ms=$(first_answer_ms "$t0" "$RESP")
   if ! kill -0 "$pid" 2>/dev/null; then
     report "- the server died restoring in a $MEM_LIMIT_MB MiB memory cgroup"
     exit 1

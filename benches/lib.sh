@@ -47,3 +47,20 @@ wait_up() { # port
   echo "the server on port $1 did not come up" >&2
   return 1
 }
+
+# Prints the milliseconds from $1 until GET key:000000000000 on the RESP
+# port $2 answers the 100-byte value kvstore-bench loads (refused
+# connections are retried); "never", and failure, after about 5 minutes.
+first_answer_ms() { # since port
+  local value
+  value=$(printf 'x%.0s' $(seq 100))
+  for _ in $(seq 60000); do
+    if [ "$(redis-cli -p "$2" GET key:000000000000 2>/dev/null)" = "$value" ]; then
+      echo $(($(now_ms) - $1))
+      return
+    fi
+    sleep 0.005
+  done
+  echo never
+  return 1
+}

@@ -29,19 +29,8 @@ source benches/lib.sh
 build_release
 mkdir -p "$OUT"
 pid=""
-value=$(printf 'x%.0s' $(seq 100))
 data="$work/kvstore.db"
 
-first_answer_ms() { # since
-  for _ in $(seq 60000); do
-    if [ "$(redis-cli -p "$RESP" GET key:000000000000 2>/dev/null)" = "$value" ]; then
-      echo $(($(now_ms) - $1))
-      return
-    fi
-    sleep 0.005
-  done
-  echo never
-}
 start() {
   "$SERVER" --listen "127.0.0.1:$NATIVE" --resp-listen "127.0.0.1:$RESP" \
     --data "$data" >>"$work/server.out" 2>>"$work/server.log" &
@@ -53,7 +42,7 @@ restart() {
   local t0
   t0=$(now_ms)
   start
-  took=$(first_answer_ms "$t0")
+  took=$(first_answer_ms "$t0" "$RESP")
 }
 log_bytes() { du -sb "$data-wal" | cut -f1; }
 

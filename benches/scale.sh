@@ -30,19 +30,6 @@ mkdir -p "$OUT"
 pid=""
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# Waits until GET of the first key answers its value (LOADING and refused
-# connections are retried); prints the milliseconds since $1.
-first_answer_ms() {
-  local since=$1 port=$2
-  for _ in $(seq 60000); do
-    if [ "$(redis-cli -p "$port" GET key:000000000000 2>/dev/null)" = "$(printf 'x%.0s' $(seq 100))" ]; then
-      echo $(($(now_ms) - since))
-      return
-    fi
-    sleep 0.005
-  done
-  echo "never" && return 1
-}
 start_kvstore() { # data
   target/release/kvstore-server --listen "127.0.0.1:$NATIVE" --resp-listen "127.0.0.1:$RESP" \
     --data "$1" --snapshot-after-bytes 1099511627776 >>"$work/kvstore.out" 2>>"$work/kvstore.log" &
