@@ -259,8 +259,9 @@ pub trait View: Send {
     fn fuzzy(&self) -> bool;
 }
 
-/// The memory engine's map, copied a few pairs per shard lock.
-impl View for Arc<Store> {
+/// The memory engine's map (an `Arc<Store>`, or a `&Store`), copied a few
+/// pairs per shard lock.
+impl<S: std::ops::Deref<Target = Store> + Send> View for S {
     fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error> {
         Ok(encoder.copy_some(self))
     }

@@ -291,7 +291,7 @@ fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
             value: b(vec![i as u8; (i % 300) as usize]),
         });
     }
-    snapshot::write(&RealFs, &data, &store, 1, 1, || Ok(())).unwrap();
+    snapshot::write(&RealFs, &data, &mut &store, 1, 1, || Ok(())).unwrap();
     (data, dump(&store))
 }
 
@@ -449,7 +449,7 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     ops[..2].iter().for_each(|op| {
         store.apply(op);
     });
-    snapshot::write(&RealFs, &data, &store, 2, 3, || Ok(())).unwrap();
+    snapshot::write(&RealFs, &data, &mut &store, 2, 3, || Ok(())).unwrap();
     let wal_dir = wal::dir_for(&data);
     let mut second = wal::Segment::create(&RealFs, &wal_dir, 2, 3).unwrap();
     let mut buf = Vec::new();

@@ -97,7 +97,7 @@ impl Engine for Memory {
         snapshot::write(
             at.fs,
             data,
-            &self.store,
+            &mut &*self.store,
             at.next_segment,
             at.next_seq,
             || (at.barrier)(),

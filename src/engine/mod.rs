@@ -9,9 +9,10 @@
 //! writes come from a `crate::log::Log`.
 //!
 //! [`memory::Memory`] is the sharded in-memory map, made durable by the log
-//! and snapshot files; its recovery and the Raft snapshots still use the
-//! map itself (`Memory::store`). [`disk::Disk`] keeps the data in fjall.
-//! Backups copy either through [`Engine::view`].
+//! and snapshot files; its recovery and the install of a Raft snapshot
+//! still use the map itself (`Memory::store`). [`disk::Disk`] keeps the
+//! data in fjall. Backups, snapshot files and Raft snapshots copy an engine
+//! through [`Engine::view`].
 
 pub mod disk;
 pub mod memory;

@@ -286,8 +286,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     applied.built
                 ),
             };
+            // The memory engine's view is a fuzzy copy: exact here because
+            // applies wait for the apply lock held meanwhile.
+            let mut view = self.engine.view()?;
             self.write_files(&meta, |path| {
-                snapshot::write(&*self.fs, path, self.engine.store(), 0, 0, || Ok(())).map(|_| ())
+                snapshot::write(&*self.fs, path, &mut *view, 0, 0, || Ok(())).map(|_| ())
             })?;
             applied.current = Some(meta.clone());
             let (_, db_path) = self.paths(&meta.snapshot_id);

@@ -72,7 +72,7 @@ pub fn restore(fs: &dyn Fs, backup: &Path, data: &Path, shards: usize) -> Result
     let written = snapshot::write(
         fs,
         data,
-        &recovered.store,
+        &mut &*recovered.store,
         recovered.segment.id(),
         recovered.last_seq + 1,
         || Ok(()),

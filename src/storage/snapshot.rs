@@ -42,6 +42,7 @@ use super::fs::Fs;
 use super::op::WriteOp;
 use super::store::{Loader, Store};
 use super::{record, sync_dir};
+use crate::backup::View;
 use crate::engine::Engine;
 use crate::error::Error;
 
@@ -256,7 +257,8 @@ impl Encoder {
     }
 }
 
-/// Writes a snapshot of `store` to `path`, durably and atomically.
+/// Writes a snapshot of what `view` copies to `path`, durably and
+/// atomically.
 ///
 /// `before_rename` runs after the new file is synced and before it replaces
 /// the old one; the caller uses it to make every write the copy may contain
@@ -264,7 +266,7 @@ impl Encoder {
 pub fn write(
     fs: &dyn Fs,
     path: &Path,
-    store: &Store,
+    view: &mut dyn View,
     next_segment: u64,
     next_seq: u64,
     before_rename: impl FnOnce() -> Result<(), Error>,
@@ -276,7 +278,7 @@ pub fn write(
     let mut file = fs.create(&tmp_path).map_err(io)?;
     let mut encoder = Encoder::snapshot(next_segment, next_seq);
     loop {
-        let more = encoder.copy_some(store);
+        let more = view.copy_some(&mut encoder)?;
         if encoder.ready() >= BLOCK_BYTES || !more {
             file.write_all(&encoder.take(usize::MAX)).map_err(io)?;
         }
@@ -738,7 +740,7 @@ mod tests {
         let path = dir.path().join("kvstore.db");
         let store = Store::new(2);
         store.apply(&set("a", "1"));
-        let info = write(&RealFs, &path, &store, 3, 30, || Ok(())).unwrap();
+        let info = write(&RealFs, &path, &mut &store, 3, 30, || Ok(())).unwrap();
         let file = std::fs::read(&path).unwrap();
         assert_eq!(file[17..21], 1u32.to_le_bytes(), "the header's version");
         assert_eq!(file.len() as u64, info.bytes);
