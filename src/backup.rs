@@ -6,16 +6,17 @@
 //! (a fjall snapshot), so its backups are that instant and need nothing
 //! more. The memory engine's map is copied like a snapshot, shard by
 //! shard, a few pairs per lock acquisition, so different keys are copied
-//! at different moments. To turn that fuzzy copy into one instant's state, the commit thread *tees* every
-//! write it applies from the backup's start mark until its end mark (the
-//! moment the copy is done), and the backup ends with those writes, in
-//! order, as op records. Loading the file applies them over the copied
-//! pairs, which gives every key the value it had at the end mark: a key not
-//! written between the marks was copied with that value; a key written
-//! between them ends with its last write (writes are absolute and
-//! idempotent, so it does not matter whether the copy saw an earlier one); a
-//! `Clear` empties everything before it. It is the argument that makes
-//! recovery's replay of the log over a fuzzy snapshot exact.
+//! at different moments. To turn that fuzzy copy into one instant's state,
+//! the commit thread *tees* every write it applies from the backup's start
+//! mark until its end mark (the moment the copy is done), and the backup
+//! ends with those writes, in order, as op records. Loading the file
+//! applies them over the copied pairs, which gives every key the value it
+//! had at the end mark: a key not written between the marks was copied with
+//! that value; a key written between them ends with its last write (writes
+//! are absolute and idempotent, so it does not matter whether the copy saw
+//! an earlier one); a `Clear` empties everything before it. It is the
+//! argument that makes recovery's replay of the log over a fuzzy snapshot
+//! exact.
 //!
 //! Both marks fall between batches: the commit thread holds the tee list's
 //! lock while it applies a batch ([`Tees::lock`]), and a backup takes that

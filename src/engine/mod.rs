@@ -102,9 +102,10 @@ pub trait Engine: Send + Sync {
     /// restart needs the log from `at.next_segment` on only.
     fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error>;
 
-    /// The state for a backup to copy while writes go on: one instant's
-    /// view, or a fuzzy copy that the backup's tee makes exact (see
-    /// `crate::backup`).
+    /// The state for a copy made while writes go on (a backup, a snapshot
+    /// file, a Raft snapshot): one instant's view, or a fuzzy copy that a
+    /// backup's tee, the log replayed after it, or the apply lock makes
+    /// exact (see `crate::backup`).
     fn view(&self) -> Result<Box<dyn View>, Error>;
 
     /// Applies the ops of resolved writes as one batch (see
