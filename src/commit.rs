@@ -447,7 +447,7 @@ impl Worker {
                 Job::Sync(_) => None,
             })
             .collect();
-        let applied = match self.engine.apply_resolved(&resolved, self.seq) {
+        let applied = match self.engine.apply_resolved(&resolved, self.seq, None) {
             Ok(applied) => applied,
             Err(e) => return self.fail_durable_batch(&mut jobs, e),
         };

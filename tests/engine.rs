@@ -309,7 +309,7 @@ fn batched_changes_answer_like_sequential_ones(
         }
         drop(view);
         let applied = engine
-            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), position)
+            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), position, None)
             .expect("apply");
         for ((r, applied), expected) in resolved.into_iter().zip(applied).zip(expected) {
             let got = match r.outcome(applied) {

@@ -26,12 +26,22 @@
 //! (fjall has no range delete, and its `clear` would not be atomic with the
 //! rest of the batch).
 //!
+//! In cluster mode the Raft state machine keeps its applied log id and
+//! membership with each batch ([`Engine::apply_noted`]): Raft entries are
+//! not idempotent, so after a restart the state machine must know exactly
+//! which entries the data holds. A Raft snapshot's install
+//! ([`Engine::replace`]) loads into a new data keyspace (a new
+//! generation), then one batch makes it the current one, and the old one is
+//! dropped: a crash at any point leaves the old state or the new.
+//!
 //! ```text
-//! <data>.fjall/            the fjall database
-//!   keyspace "data"        TAG key → value
+//! <data>-fjall/            the fjall database (cluster mode: <data>.raft/fjall/)
+//!   keyspace "data"        TAG key → value (generation N > 0: "data-N")
 //!   keyspace "meta"        "applied", "checkpoint", "replay_segment",
 //!                          "replay_seq", "keys", "key_bytes",
-//!                          "value_bytes" → u64 big-endian
+//!                          "value_bytes", "generation" → u64 big-endian;
+//!                          "note" → the Raft state machine's note
+//!   keyspace "staging-N"   generation N's counts while it is loaded
 //! ```
 
 use std::collections::BTreeMap;
@@ -41,13 +51,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
 use crate::backup::View;
 use crate::error::Error;
+use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
-use crate::storage::snapshot::{Encoder, CHUNK_PAIRS};
+use crate::storage::snapshot::{load_into, Encoder, CHUNK_PAIRS};
 use crate::storage::store::PageBudget;
 
 /// The byte before every stored key (see the module's doc).
@@ -62,6 +73,16 @@ const REPLAY_SEQ: &str = "replay_seq";
 const KEYS: &str = "keys";
 const KEY_BYTES: &str = "key_bytes";
 const VALUE_BYTES: &str = "value_bytes";
+const GENERATION: &str = "generation";
+const NOTE: &str = "note";
+
+/// The data keyspace of `generation`.
+fn data_name(generation: u64) -> String {
+    match generation {
+        0 => "data".into(),
+        n => format!("data-{n}"),
+    }
+}
 
 /// Keys and bytes stored, kept exact by every batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,8 +112,11 @@ impl Counts {
 pub struct Disk {
     path: PathBuf,
     db: Database,
-    data: Keyspace,
+    /// The current generation's data: replaced, under the write lock, when
+    /// a Raft snapshot is installed.
+    data: RwLock<Keyspace>,
     meta: Keyspace,
+    generation: AtomicU64,
     /// Taken by `apply` (one writer at a time; the counts follow the data).
     counts: Mutex<Counts>,
     /// The last position applied (also in "meta", in the same batch).
@@ -118,20 +142,22 @@ impl Disk {
             .manual_journal_persist(true)
             .open()
             .map_err(fail)?;
-        let data = db
-            .keyspace("data", KeyspaceCreateOptions::default)
-            .map_err(fail)?;
         let meta = db
             .keyspace("meta", KeyspaceCreateOptions::default)
             .map_err(fail)?;
-        let read = |name: &str| -> Result<u64, Error> {
-            Ok(match meta.get(name).map_err(fail)? {
-                Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                    failed(path, format!("meta {name:?} is {} bytes, not 8", v.len()))
-                })?),
-                None => 0,
-            })
-        };
+        let generation = read_u64(path, &meta, GENERATION)?;
+        let disk = Disk::with(path, db, &data_name(generation), meta)?;
+        disk.drop_keyspaces_but_current()?;
+        Ok(disk)
+    }
+
+    /// The engine over the keyspaces `data` and `meta` of `db`.
+    fn with(path: &Path, db: Database, data: &str, meta: Keyspace) -> Result<Disk, Error> {
+        let fail = |e: fjall::Error| failed(path, e);
+        let data = db
+            .keyspace(data, KeyspaceCreateOptions::default)
+            .map_err(fail)?;
+        let read = |name: &str| read_u64(path, &meta, name);
         let counts = Counts {
             keys: read(KEYS)?,
             key_bytes: read(KEY_BYTES)?,
@@ -141,13 +167,34 @@ impl Disk {
         Ok(Disk {
             applied: AtomicU64::new(read(APPLIED)?),
             checkpoint: AtomicU64::new(read(CHECKPOINT)?),
+            generation: AtomicU64::new(read(GENERATION)?),
             replay_from: Mutex::new(replay_from),
             counts: Mutex::new(counts),
             path: path.to_path_buf(),
             db,
-            data,
+            data: RwLock::new(data),
             meta,
         })
+    }
+
+    /// Drops the keyspaces of an install that a crash or an error cut short
+    /// (and the generation an install replaced).
+    fn drop_keyspaces_but_current(&self) -> Result<(), Error> {
+        let current = data_name(self.generation.load(Ordering::Acquire));
+        for name in self.db.list_keyspace_names() {
+            if *name != *"meta" && *name != *current.as_str() {
+                self.drop_keyspace(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_keyspace(&self, name: &str) -> Result<(), Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        let keyspace = (self.db)
+            .keyspace(name, KeyspaceCreateOptions::default)
+            .map_err(fail)?;
+        self.db.delete_keyspace(keyspace).map_err(fail)
     }
 
     /// The position the last durable checkpoint covers (0: none).
@@ -162,12 +209,17 @@ impl Disk {
         *self.replay_from.lock()
     }
 
+    /// The current generation's data keyspace.
+    fn data(&self) -> Keyspace {
+        self.data.read().clone()
+    }
+
     /// The value length of `key` as the batch so far leaves it.
     fn len_in(&self, folded: &Folded, key: &[u8]) -> Result<Option<u64>, Error> {
         match folded.keys.get(key) {
             Some(value) => Ok(value.as_ref().map(|v| v.len() as u64)),
             None if folded.cleared => Ok(None),
-            None => (self.data.size_of(stored(key)))
+            None => (self.data.read().size_of(stored(key)))
                 .map(|n| n.map(u64::from))
                 .map_err(|e| failed(&self.path, e)),
         }
@@ -222,24 +274,29 @@ impl Disk {
         Ok(old.is_some())
     }
 
-    /// Writes the folded state as one fjall batch at `position`.
-    fn commit(&self, folded: Folded, position: u64) -> Result<(), Error> {
+    /// Writes the folded state as one fjall batch at `position`, with
+    /// `note` if any.
+    fn commit(&self, folded: Folded, position: u64, note: Option<&[u8]>) -> Result<(), Error> {
         let fail = |e: fjall::Error| failed(&self.path, e);
+        let data = self.data();
         let mut batch = self.db.batch().durability(None);
         if folded.cleared {
             // Every stored key the batch does not set again goes.
-            for item in self.db.snapshot().iter(&self.data) {
+            for item in self.db.snapshot().iter(&data) {
                 let key = item.key().map_err(fail)?;
                 if !folded.keys.contains_key(&key[1..]) {
-                    batch.remove(&self.data, key);
+                    batch.remove(&data, key);
                 }
             }
         }
         for (key, value) in folded.keys {
             match value {
-                Some(value) => batch.insert(&self.data, stored(&key), value.as_ref()),
-                None => batch.remove(&self.data, stored(&key)),
+                Some(value) => batch.insert(&data, stored(&key), value.as_ref()),
+                None => batch.remove(&data, stored(&key)),
             }
+        }
+        if let Some(note) = note {
+            batch.insert(&self.meta, NOTE, note);
         }
         let counts = folded.counts;
         for (name, n) in [
@@ -252,6 +309,18 @@ impl Disk {
         }
         batch.commit().map_err(fail)
     }
+}
+
+/// The u64 `name` of `meta` (0 if absent).
+fn read_u64(path: &Path, meta: &Keyspace, name: &str) -> Result<u64, Error> {
+    Ok(match meta.get(name).map_err(|e| failed(path, e))? {
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| failed(path, format!("meta {name:?} is {} bytes, not 8", v.len())))?,
+        ),
+        None => 0,
+    })
 }
 
 /// A batch's writes folded into one final state per key.
@@ -295,16 +364,16 @@ fn stored_bound(bound: Bound<&[u8]>, lower: bool) -> Bound<Vec<u8>> {
 
 impl Engine for Disk {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        (self.data.get(stored(key)))
+        (self.data.read().get(stored(key)))
             .map(|v| v.map(bytes))
             .map_err(|e| failed(&self.path, e))
     }
 
     fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
-        let snapshot = self.db.snapshot();
+        let (snapshot, data) = (self.db.snapshot(), self.data());
         keys.iter()
             .map(|key| {
-                (snapshot.get(&self.data, stored(key)))
+                (snapshot.get(&data, stored(key)))
                     .map(|v| v.map(bytes))
                     .map_err(|e| failed(&self.path, e))
             })
@@ -312,7 +381,7 @@ impl Engine for Disk {
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, Error> {
-        (self.data.contains_key(stored(key))).map_err(|e| failed(&self.path, e))
+        (self.data.read().contains_key(stored(key))).map_err(|e| failed(&self.path, e))
     }
 
     fn keys(
@@ -359,20 +428,75 @@ impl Engine for Disk {
     }
 
     fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error> {
-        let mut counts = self.counts.lock();
-        let mut folded = Folded {
-            keys: BTreeMap::new(),
-            cleared: false,
-            counts: *counts,
+        self.apply_with(ops, position, None)
+    }
+
+    fn apply_noted(
+        &self,
+        ops: &[&WriteOp],
+        position: u64,
+        note: &[u8],
+    ) -> Result<Vec<Applied>, Error> {
+        self.apply_with(ops, position, Some(note))
+    }
+
+    fn note(&self) -> Result<Option<Bytes>, Error> {
+        (self.meta.get(NOTE))
+            .map(|v| v.map(bytes))
+            .map_err(|e| failed(&self.path, e))
+    }
+
+    /// Loads generation N+1 next to the current one (with its own counts
+    /// in "staging-N+1"), makes it durable, then switches to it in one
+    /// batch and drops the old one.
+    fn replace(
+        &self,
+        fs: &dyn Fs,
+        snapshot: &Path,
+        position: u64,
+        note: &[u8],
+    ) -> Result<(), Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        let next = self.generation.load(Ordering::Acquire) + 1;
+        let staging_name = format!("staging-{next}");
+        let staging = (self.db)
+            .keyspace(&staging_name, KeyspaceCreateOptions::default)
+            .map_err(fail)?;
+        let loaded = Disk::with(&self.path, self.db.clone(), &data_name(next), staging)
+            .and_then(|staging| load_into(fs, snapshot, &staging).map(|_| staging));
+        let staging = match loaded {
+            Ok(staging) => staging,
+            Err(e) => {
+                self.drop_keyspaces_but_current()?;
+                return Err(e);
+            }
         };
-        let applied = (ops.iter())
-            .map(|op| self.fold(&mut folded, op))
-            .collect::<Result<Vec<_>, _>>()?;
-        let after = folded.counts;
-        self.commit(folded, position)?;
-        *counts = after;
+        let mut counts = self.counts.lock();
+        let loaded = *staging.counts.lock();
+        let mut batch = self.db.batch().durability(None);
+        for (name, n) in [
+            (GENERATION, next),
+            (APPLIED, position),
+            (KEYS, loaded.keys),
+            (KEY_BYTES, loaded.key_bytes),
+            (VALUE_BYTES, loaded.value_bytes),
+        ] {
+            batch.insert(&self.meta, name, n.to_be_bytes());
+        }
+        batch.insert(&self.meta, NOTE, note);
+        batch.commit().map_err(fail)?;
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        *self.data.write() = staging.data();
+        *counts = loaded;
+        self.generation.store(next, Ordering::Release);
         self.applied.store(position, Ordering::Release);
-        Ok(applied)
+        drop(counts);
+        drop(staging);
+        self.drop_keyspaces_but_current()
+    }
+
+    fn persist(&self) -> Result<(), Error> {
+        self.persist_and_flush()
     }
 
     fn applied(&self) -> u64 {
@@ -386,15 +510,7 @@ impl Engine for Disk {
     fn checkpoint(&self, at: &Checkpoint) -> Result<(), Error> {
         let fail = |e: fjall::Error| failed(&self.path, e);
         let position = self.applied.load(Ordering::Acquire);
-        self.db.persist(PersistMode::SyncData).map_err(fail)?;
-        // Writes the memtables out as tables, so fjall's journals up to here
-        // can go: a restart replays fjall's journal into memory (about 2 s
-        // per million 100-byte writes here) and would otherwise grow with
-        // the data written since the last flush. A hidden fjall API, hence
-        // the exact version pin.
-        for keyspace in [&self.data, &self.meta] {
-            keyspace.rotate_memtable_and_wait().map_err(fail)?;
-        }
+        self.persist_and_flush()?;
         let mut batch = self.db.batch().durability(None);
         for (name, n) in [
             (CHECKPOINT, position),
@@ -414,7 +530,7 @@ impl Engine for Disk {
     fn view(&self) -> Result<Box<dyn View>, Error> {
         Ok(Box::new(DiskView {
             snapshot: self.db.snapshot(),
-            data: self.data.clone(),
+            data: self.data(),
             path: self.path.clone(),
             after: None,
             done: false,
@@ -461,6 +577,49 @@ impl View for DiskView {
 }
 
 impl Disk {
+    /// [`Engine::apply`], keeping `note` with the batch if there is one.
+    fn apply_with(
+        &self,
+        ops: &[&WriteOp],
+        position: u64,
+        note: Option<&[u8]>,
+    ) -> Result<Vec<Applied>, Error> {
+        let mut counts = self.counts.lock();
+        let mut folded = Folded {
+            keys: BTreeMap::new(),
+            cleared: false,
+            counts: *counts,
+        };
+        let applied = (ops.iter())
+            .map(|op| self.fold(&mut folded, op))
+            .collect::<Result<Vec<_>, _>>()?;
+        let after = folded.counts;
+        self.commit(folded, position, note)?;
+        if note.is_some() {
+            // Durable before the next batch is written: a crash can then
+            // cut only the last batch, never one in the middle.
+            (self.db.persist(PersistMode::SyncData)).map_err(|e| failed(&self.path, e))?;
+        }
+        *counts = after;
+        self.applied.store(position, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Makes everything applied durable, then writes the memtables out as
+    /// tables, so fjall's journals up to here can go: a restart replays
+    /// fjall's journal into memory (about 2 s per million 100-byte writes
+    /// here) and would otherwise grow with the data written since the last
+    /// flush. (`rotate_memtable_and_wait` is a hidden fjall API, hence the
+    /// exact version pin.)
+    fn persist_and_flush(&self) -> Result<(), Error> {
+        let fail = |e: fjall::Error| failed(&self.path, e);
+        self.db.persist(PersistMode::SyncData).map_err(fail)?;
+        for keyspace in [&self.data(), &self.meta] {
+            keyspace.rotate_memtable_and_wait().map_err(fail)?;
+        }
+        Ok(())
+    }
+
     /// The entries of `span`, in its order, from one snapshot.
     fn walk(&self, span: &Span) -> Box<dyn Iterator<Item = fjall::Guard>> {
         if span.is_empty() {
@@ -468,7 +627,7 @@ impl Disk {
         }
         let (lower, upper) = span.bounds();
         let bounds = (stored_bound(lower, true), stored_bound(upper, false));
-        let range = (self.db.snapshot()).range::<Vec<u8>, _>(&self.data, bounds);
+        let range = (self.db.snapshot()).range::<Vec<u8>, _>(&*self.data.read(), bounds);
         if span.reverse() {
             Box::new(range.rev())
         } else {
@@ -480,6 +639,9 @@ impl Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::fs::RealFs;
+    use crate::storage::snapshot;
+    use crate::storage::store::Store;
 
     fn set(key: &str, value: &str) -> WriteOp {
         WriteOp::Set {
@@ -525,6 +687,51 @@ mod tests {
         assert_eq!(keys.len() as u64, disk.len());
         let key_bytes = keys.iter().map(|k| k.len() as u64).sum::<u64>();
         assert_eq!(disk.bytes().0, key_bytes);
+    }
+
+    fn keyspaces(disk: &Disk) -> Vec<String> {
+        let mut names: Vec<String> = (disk.db.list_keyspace_names().iter())
+            .map(|n| n.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_replace_is_all_or_nothing_and_outlives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.fjall");
+        {
+            let disk = Disk::open(&path, 1 << 20).unwrap();
+            disk.apply_noted(&[&set("old", "1")], 3, b"three").unwrap();
+            let snapshot = dir.path().join("snapshot");
+            let store = Store::new(1);
+            store.apply(&set("new", "22"));
+            snapshot::write(&RealFs, &snapshot, &mut &store, 0, 0, || Ok(())).unwrap();
+            // Cut in its footer: the block before it loads, then the load fails.
+            let damaged = dir.path().join("damaged");
+            let bytes = std::fs::read(&snapshot).unwrap();
+            std::fs::write(&damaged, &bytes[..bytes.len() - 3]).unwrap();
+            assert!(disk.replace(&RealFs, &damaged, 9, b"nine").is_err());
+            assert_eq!(disk.get(b"new").unwrap(), None);
+            assert_eq!(disk.get(b"old").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(keyspaces(&disk), ["data", "meta"]);
+            assert_eq!(disk.note().unwrap().as_deref(), Some(&b"three"[..]));
+
+            disk.replace(&RealFs, &snapshot, 9, b"nine").unwrap();
+            assert_eq!(disk.get(b"old").unwrap(), None);
+            assert_eq!((disk.len(), disk.bytes()), (1, (3, 2)));
+            // Writes after the install go to the new generation.
+            disk.apply_noted(&[&set("after", "3")], 10, b"ten").unwrap();
+        }
+        let disk = Disk::open(&path, 1 << 20).unwrap();
+        assert_eq!(keyspaces(&disk), ["data-1", "meta"]);
+        assert_eq!(disk.get(b"new").unwrap().as_deref(), Some(&b"22"[..]));
+        assert_eq!(disk.get(b"old").unwrap(), None);
+        assert_eq!(disk.len(), 2);
+        // A noted batch is durable once applied.
+        assert_eq!(disk.applied(), 10);
+        assert_eq!(disk.note().unwrap().as_deref(), Some(&b"ten"[..]));
     }
 
     #[test]

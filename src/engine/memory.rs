@@ -1,6 +1,7 @@
 //! The memory engine: the sharded ordered map of `crate::storage::store`,
 //! with every applied write also sent to the running backups' tees.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
 use crate::backup::{Tees, View};
 use crate::error::Error;
+use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
 use crate::storage::snapshot;
 use crate::storage::store::Store;
@@ -84,6 +86,17 @@ impl Engine for Memory {
             .collect();
         self.applied.store(position, Ordering::Release);
         Ok(applied)
+    }
+
+    /// Loads into a map of its own (a running backup's tee sees none of
+    /// it), then swaps every shard's map at once.
+    fn replace(&self, fs: &dyn Fs, path: &Path, position: u64, _note: &[u8]) -> Result<(), Error> {
+        let loaded = Store::new(self.store.shard_count());
+        snapshot::load(fs, path, &loaded)?
+            .ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
+        self.store.replace_with(loaded);
+        self.applied.store(position, Ordering::Release);
+        Ok(())
     }
 
     fn applied(&self) -> u64 {

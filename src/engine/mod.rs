@@ -93,6 +93,47 @@ pub trait Engine: Send + Sync {
     /// poisons its log (the batch is durable, and a restart replays it).
     fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error>;
 
+    /// Applies like [`Engine::apply`], and keeps `note` (what the Raft
+    /// state machine must find after a restart: its applied log id and
+    /// membership) in the same atomic step, for [`Engine::note`]; the batch
+    /// is durable when this returns. An engine whose data does not outlive
+    /// the process ignores the note.
+    fn apply_noted(
+        &self,
+        ops: &[&WriteOp],
+        position: u64,
+        _note: &[u8],
+    ) -> Result<Vec<Applied>, Error> {
+        self.apply(ops, position)
+    }
+
+    /// The note kept with the last batch applied with one, if the engine
+    /// kept its data from before the process started (the memory engine
+    /// keeps none: `None`).
+    fn note(&self) -> Result<Option<Bytes>, Error> {
+        Ok(None)
+    }
+
+    /// Replaces the whole state by the snapshot file at `snapshot` (a Raft
+    /// snapshot's install), with `note` at `position`. Readers see the old
+    /// state or the new, never a mix; a damaged file leaves the old state.
+    /// With an engine whose data outlives the process the new state is
+    /// durable when this returns.
+    fn replace(
+        &self,
+        fs: &dyn Fs,
+        snapshot: &Path,
+        position: u64,
+        note: &[u8],
+    ) -> Result<(), Error>;
+
+    /// Makes every batch applied so far durable in the engine itself, if
+    /// its data outlives the process (the memory engine's durability is the
+    /// log and the snapshot files: nothing to do).
+    fn persist(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// The position of the last batch applied (0: none since start, or what
     /// the engine kept from before).
     fn applied(&self) -> u64;
@@ -112,13 +153,19 @@ pub trait Engine: Send + Sync {
     /// [`Engine::apply`]) and returns, for each write, what its op did
     /// (`None`: it logged nothing). The one apply of both write paths; each
     /// write's answer is then [`Resolved::outcome`].
+    /// `note`, if any, is kept as [`Engine::apply_noted`] keeps it.
     fn apply_resolved(
         &self,
         resolved: &[&Resolved],
         position: u64,
+        note: Option<&[u8]>,
     ) -> Result<Vec<Option<Applied>>, Error> {
         let ops: Vec<&WriteOp> = resolved.iter().filter_map(|r| r.op()).collect();
-        let mut applied = self.apply(&ops, position)?.into_iter();
+        let applied = match note {
+            Some(note) => self.apply_noted(&ops, position, note)?,
+            None => self.apply(&ops, position)?,
+        };
+        let mut applied = applied.into_iter();
         Ok(resolved
             .iter()
             .map(|r| r.op().and_then(|_| applied.next()))

@@ -223,9 +223,9 @@ impl StateMachine {
             })
             .collect();
         drop(view);
-        let applied = self
-            .engine
-            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), index)?;
+        let applied =
+            self.engine
+                .apply_resolved(&resolved.iter().collect::<Vec<_>>(), index, None)?;
         Ok(Outcomes(
             resolved
                 .into_iter()
