@@ -30,14 +30,16 @@ pub enum SyncMode {
     Never,
 }
 
-/// Which storage engine holds the applied state (`crate::engine`). The
-/// choice is recorded in the data directory: a later start with the other
-/// engine is refused.
+/// Which storage engine holds the applied state (`crate::engine`). On a
+/// single node the choice is recorded in the data directory: a later start
+/// with the other engine is refused. A cluster node may change engines: it
+/// rebuilds from its newest snapshot and its raft log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
     /// Every key and value in memory; the log and snapshot files on disk.
     Memory,
-    /// The data on disk (fjall, in `<data>-fjall/`), cached in memory
+    /// The data on disk (fjall, in `<data>-fjall/`; in cluster mode
+    /// `<data>.raft/fjall/`), cached in memory
     /// (`--cache-mb`): for data larger than memory. Keys are at most
     /// 65,534 bytes.
     Disk,
@@ -100,8 +102,8 @@ pub struct Config {
     pub backup_dir: Option<PathBuf>,
 
     /// The storage engine: `memory` (everything in RAM) or `disk` (data
-    /// larger than memory). Recorded with the data; a later start must name
-    /// the same one. Single-node mode only, for now.
+    /// larger than memory). Recorded with a single node's data; a later
+    /// start must name the same one.
     #[arg(long, env = "KVSTORE_ENGINE", value_enum, default_value_t = EngineKind::Memory)]
     pub engine: EngineKind,
 
@@ -388,11 +390,6 @@ impl Config {
         if self.node_id.is_some() && self.raft_heartbeat_ms * 3 > self.raft_election_ms {
             return Err(Error::Config(
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),
-            ));
-        }
-        if self.engine == EngineKind::Disk && self.node_id.is_some() {
-            return Err(Error::Config(
-                "--engine disk runs on a single node, for now: cluster mode (--node-id) needs --engine memory".into(),
             ));
         }
         if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {

@@ -135,9 +135,8 @@ pub async fn run(
     // The data's lock (single node) is held until the log has closed.
     let (mut db, _data_lock) = match (config.node_id, raft_listener, raft_addr) {
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
-            let store = Arc::new(Store::new(config.shards));
-            last_store_ref = Some(store.clone());
-            let engine = Arc::new(Memory::new(store, tees.clone()));
+            let (engine, store) = open_cluster_engine(&config, &tees).await?;
+            last_store_ref = store;
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
                 peers.insert(
@@ -341,6 +340,26 @@ async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error>
     })
     .await
     .map_err(|e| Error::Config(format!("recovery task failed: {e}")))?
+}
+
+/// A cluster node's engine: an empty memory engine (the state machine
+/// loads its snapshot), or the disk engine kept in the raft directory, with
+/// the memory engine's map (freed on a thread of its own at exit).
+async fn open_cluster_engine(
+    config: &Config,
+    tees: &Arc<Tees>,
+) -> Result<(Arc<dyn Engine>, Option<Arc<Store>>), Error> {
+    if config.engine == EngineKind::Memory {
+        let store = Arc::new(Store::new(config.shards));
+        let engine = Arc::new(Memory::new(store.clone(), tees.clone()));
+        return Ok((engine, Some(store)));
+    }
+    let (path, cache_bytes) = (config.raft_dir().join("fjall"), config.cache_mb << 20);
+    let disk =
+        tokio::task::spawn_blocking(move || crate::engine::disk::Disk::open(&path, cache_bytes))
+            .await
+            .map_err(|e| Error::Config(format!("engine task failed: {e}")))??;
+    Ok((Arc::new(disk), None))
 }
 
 /// `--sync periodic`: asks the commit thread for an fsync every `interval`.

@@ -33,8 +33,7 @@ impl Memory {
         }
     }
 
-    /// The map itself, for what is not an engine operation yet: recovery
-    /// and Raft snapshots.
+    /// The map itself, for what is not an engine operation yet: recovery.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }

@@ -9,10 +9,11 @@
 //! writes come from a `crate::log::Log`.
 //!
 //! [`memory::Memory`] is the sharded in-memory map, made durable by the log
-//! and snapshot files; its recovery and the install of a Raft snapshot
-//! still use the map itself (`Memory::store`). [`disk::Disk`] keeps the
-//! data in fjall. Backups, snapshot files and Raft snapshots copy an engine
-//! through [`Engine::view`].
+//! and snapshot files; its recovery still uses the map itself
+//! (`Memory::store`). [`disk::Disk`] keeps the data in fjall, and with it
+//! what the Raft state machine notes ([`Engine::apply_noted`]). Backups,
+//! snapshot files and Raft snapshots copy an engine through
+//! [`Engine::view`].
 
 pub mod disk;
 pub mod memory;

@@ -150,20 +150,26 @@ mod tests {
     use super::log::LogStore;
     use super::state::StateMachine;
     use super::TypeConfig;
+    use crate::engine::disk::Disk;
     use crate::engine::memory::Memory;
+    use crate::engine::Engine;
     use crate::storage::fs::RealFs;
     use crate::storage::store::Store;
 
-    /// A fresh log and state machine in a new temp directory.
-    struct Fresh;
+    /// A fresh log and state machine, over the memory engine or the disk
+    /// engine (`true`), in a new temp directory.
+    struct Fresh(bool);
 
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Fresh {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().unwrap();
             let fs = Arc::new(RealFs);
             let log = LogStore::open(fs.clone(), dir.path()).unwrap();
-            let engine = Memory::new(Arc::new(Store::new(4)), Arc::default());
-            let machine = StateMachine::open(fs, dir.path(), Arc::new(engine)).unwrap();
+            let engine: Arc<dyn Engine> = match self.0 {
+                true => Arc::new(Disk::open(&dir.path().join("fjall"), 1 << 20).unwrap()),
+                false => Arc::new(Memory::new(Arc::new(Store::new(4)), Arc::default())),
+            };
+            let machine = StateMachine::open(fs, dir.path(), engine).unwrap();
             Ok((dir, log, machine))
         }
     }
@@ -172,6 +178,11 @@ mod tests {
     /// A plain test: the suite runs each case in a runtime of its own.
     #[test]
     fn the_log_and_state_machine_pass_openraft_s_storage_suite() {
-        Suite::test_all(Fresh).unwrap();
+        Suite::test_all(Fresh(false)).unwrap();
+    }
+
+    #[test]
+    fn the_state_machine_over_the_disk_engine_passes_it_too() {
+        Suite::test_all(Fresh(true)).unwrap();
     }
 }

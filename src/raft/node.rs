@@ -20,7 +20,7 @@ use super::propose::{not_leader, Proposer};
 use super::state::StateMachine;
 use super::{Member, Raft};
 use crate::commit::LogFigures;
-use crate::engine::memory::Memory;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::{Log, Queued};
 use crate::storage::fs::Fs;
@@ -74,12 +74,12 @@ fn write_failed(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
 }
 
 impl Cluster {
-    /// Opens the node's storage into `engine` (empty), starts openraft, and
-    /// serves the raft port on `listener`.
+    /// Opens the node's storage over `engine` (a memory engine empty),
+    /// starts openraft, and serves the raft port on `listener`.
     pub async fn start(
         settings: Settings,
         fs: Arc<dyn Fs>,
-        engine: Arc<Memory>,
+        engine: Arc<dyn Engine>,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -326,7 +326,7 @@ impl Log for Cluster {
 
 type Opened = (Box<dyn std::any::Any + Send>, LogStore, StateMachine);
 
-fn open_storage(fs: Arc<dyn Fs>, dir: &Path, engine: Arc<Memory>) -> Result<Opened, Error> {
+fn open_storage(fs: Arc<dyn Fs>, dir: &Path, engine: Arc<dyn Engine>) -> Result<Opened, Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let lock_path = dir.join("LOCK");
     let lock = fs.lock(&lock_path).map_err(|e| match e.kind() {

@@ -1,6 +1,6 @@
 //! The state machine of one node: openraft's `RaftStateMachine` over the
-//! server's memory engine (`crate::engine::memory`), with snapshots in the server's own snapshot format
-//! (`storage::snapshot`).
+//! server's engine (`crate::engine`), with snapshots in the server's own
+//! snapshot format (`storage::snapshot`).
 //!
 //! ```text
 //! <raft dir>/snap-<id>.meta   bincode(SnapshotMeta), in a checksummed record
@@ -13,16 +13,23 @@
 //! `receiving.snap`, so neither side holds a whole snapshot in memory.
 //!
 //! Applying an entry does not sync anything: after a crash, openraft applies
-//! the log again from the last snapshot. So a snapshot must be durable before
-//! openraft is told about it (it then purges the log it covers): both files
-//! are written to a temp name, fsynced, renamed, and the directory fsynced,
-//! `.meta` first. At start the newest `.db` with its `.meta` is loaded;
-//! anything else is removed.
+//! the log again from what the state machine says it has applied. The
+//! memory engine keeps nothing, so that is the last snapshot: at start the
+//! newest `.db` with its `.meta` is loaded. The disk engine keeps its data,
+//! and with each entry's writes, in the same atomic step, a [`Note`] of the
+//! applied log id and membership (Raft entries are not idempotent: the
+//! state machine must know exactly which ones the data holds); it loads a
+//! snapshot only if the snapshot is newer than its note.
 //!
-//! While a snapshot is copied, applies wait (one lock): the copy is then
-//! exactly the state at `last_applied`. That stalls writes for the time of the
-//! copy; a large store would want the backup tee instead (see
-//! docs/replication.md).
+//! So a snapshot must be durable before openraft is told about it (it then
+//! purges the log it covers): the engine is persisted, and both files are
+//! written to a temp name, fsynced, renamed, and the directory fsynced,
+//! `.meta` first. Other snapshot files are removed.
+//!
+//! While the memory engine is copied, applies wait (one lock): the copy is
+//! then exactly the state at `last_applied`. That stalls writes for the time
+//! of the copy (see docs/replication.md). The disk engine's view is one
+//! instant's, so applies go on while it is copied.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,16 +41,29 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::{Member, Outcome, Outcomes, TypeConfig};
-use crate::engine::memory::Memory;
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::storage::change::{BatchView, Change, Resolved};
+use crate::storage::change::{BatchView, Resolved};
 use crate::storage::fs::Fs;
-use crate::storage::store::Store;
 use crate::storage::{record, snapshot, sync_dir, write_synced};
+
+/// What an engine that keeps its data keeps with each entry's writes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Note {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+}
+
+impl Note {
+    fn encode(&self) -> Result<Vec<u8>, Error> {
+        kvstore_client::codec::encode(self)
+            .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))
+    }
+}
 
 /// What the state machine has taken in, guarded by the apply lock.
 #[derive(Debug, Default)]
@@ -63,9 +83,13 @@ pub struct StateMachine {
     dir: PathBuf,
     /// The engine the doors read: applying an entry makes its writes
     /// visible.
-    engine: Arc<Memory>,
-    /// Held for each apply and for a snapshot's copy.
+    engine: Arc<dyn Engine>,
+    /// Held for each apply, and for a copy of the memory engine.
     applied: Arc<Mutex<Applied>>,
+    /// Held while a snapshot's files are written or replaced, so that a
+    /// build and an install never remove each other's files. Taken before
+    /// `applied`, never after.
+    files: Arc<Mutex<()>>,
     /// The index of the newest entry (or snapshot) whose writes may be in
     /// the store: set before it changes the store, so a reader that loads
     /// it after reading the store gets an index that covers what it read.
@@ -79,35 +103,29 @@ fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
 }
 
 impl StateMachine {
-    /// Opens the state machine in `dir`, loading the newest snapshot into
-    /// `engine` (which must be empty).
-    pub fn open(fs: Arc<dyn Fs>, dir: &Path, engine: Arc<Memory>) -> Result<StateMachine, Error> {
+    /// Opens the state machine in `dir` over `engine`: what the engine
+    /// kept (its note), or the newest snapshot if that is newer (the memory
+    /// engine keeps nothing).
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        engine: Arc<dyn Engine>,
+    ) -> Result<StateMachine, Error> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut applied = Applied::default();
-        let names = fs.list(dir).map_err(|e| Error::io(dir, e))?;
-        let mut newest: Option<(SnapshotMeta<u64, Member>, String)> = None;
-        for name in &names {
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("snap-"))
-                .and_then(|n| n.strip_suffix(".db"))
-            else {
-                continue;
-            };
-            let Some(meta) = read_meta(&*fs, &dir.join(format!("snap-{id}.meta")))? else {
-                continue;
-            };
-            if newest
-                .as_ref()
-                .is_none_or(|(m, _)| m.last_log_id < meta.last_log_id)
-            {
-                newest = Some((meta, id.to_string()));
-            }
+        if let Some(note) = engine.note()? {
+            let note: Note = kvstore_client::codec::decode(&note)
+                .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))?;
+            applied.last_applied = note.last_applied;
+            applied.membership = note.membership;
         }
-        if let Some((meta, id)) = newest {
-            snapshot::load(&*fs, &dir.join(format!("snap-{id}.db")), engine.store())?;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
+        if let Some((meta, id)) = newest_snapshot(&*fs, dir)? {
+            if meta.last_log_id > applied.last_applied {
+                let path = dir.join(format!("snap-{id}.db"));
+                load_snapshot(&*fs, &*engine, &path, &meta)?;
+                applied.last_applied = meta.last_log_id;
+                applied.membership = meta.last_membership.clone();
+            }
             applied.current = Some(meta);
         }
         let store_index = applied.last_applied.map_or(0, |id| id.index);
@@ -116,6 +134,7 @@ impl StateMachine {
             dir: dir.to_path_buf(),
             engine,
             applied: Arc::new(Mutex::new(applied)),
+            files: Arc::default(),
             store_index: Arc::new(AtomicU64::new(store_index)),
         };
         let keep = machine
@@ -207,33 +226,104 @@ impl StateMachine {
         sync_dir(&*self.fs, &self.dir)
     }
 
-    /// Applies one entry's writes at its `index`: each resolved against the
-    /// state the writes before it leave (an overlay, as the commit thread
-    /// resolves a batch), then all applied to the engine as one batch.
-    fn apply_batch(&self, changes: Vec<Change>, index: u64) -> Result<Outcomes, Error> {
+    /// Applies `entries` as one batch, noted with the last one's log id:
+    /// each write resolved against the state the writes before it leave
+    /// (an overlay, as the commit thread resolves a batch). One batch, so
+    /// the engine holds all of them or none, and the note says which (a
+    /// batch per entry, unsynced, could lose one in the middle of fjall's
+    /// journal: its issue #311). One outcome per entry; only normal
+    /// entries carry writes.
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<Vec<Outcomes>, Error> {
+        let mut applied = self.applied.lock();
         let mut view = BatchView::new(&*self.engine);
-        let resolved: Vec<Resolved> = changes
-            .into_iter()
-            .map(|change| {
-                let resolved = change.resolve(&view);
-                if let Some(op) = resolved.op() {
-                    view.record(op);
+        let mut resolved: Vec<Vec<Resolved>> = Vec::new();
+        for entry in entries {
+            self.store_index
+                .fetch_max(entry.log_id.index, Ordering::Release);
+            applied.last_applied = Some(entry.log_id);
+            let changes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(batch) => batch.0,
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    Vec::new()
                 }
-                resolved
-            })
-            .collect();
+            };
+            resolved.push(
+                (changes.into_iter())
+                    .map(|change| {
+                        let resolved = change.resolve(&view);
+                        if let Some(op) = resolved.op() {
+                            view.record(op);
+                        }
+                        resolved
+                    })
+                    .collect(),
+            );
+        }
         drop(view);
-        let applied =
-            self.engine
-                .apply_resolved(&resolved.iter().collect::<Vec<_>>(), index, None)?;
-        Ok(Outcomes(
-            resolved
-                .into_iter()
-                .zip(applied)
-                .map(|(resolved, applied)| Outcome::from_result(resolved.outcome(applied)))
-                .collect(),
-        ))
+        let Some(last) = applied.last_applied.filter(|_| !resolved.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let note = Note {
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
+        };
+        let all: Vec<&Resolved> = resolved.iter().flatten().collect();
+        let mut done = (self.engine)
+            .apply_resolved(&all, last.index, Some(&note.encode()?))?
+            .into_iter();
+        let outcome = |r: Resolved, applied| Outcome::from_result(r.outcome(applied));
+        Ok((resolved.into_iter())
+            .map(|entry| {
+                Outcomes(
+                    (entry.into_iter())
+                        .map(|r| outcome(r, done.next().flatten()))
+                        .collect(),
+                )
+            })
+            .collect())
     }
+}
+
+type Meta = SnapshotMeta<u64, Member>;
+
+/// The newest snapshot in `dir`: its meta and its id.
+fn newest_snapshot(fs: &dyn Fs, dir: &Path) -> Result<Option<(Meta, String)>, Error> {
+    let mut newest: Option<(Meta, String)> = None;
+    for name in &fs.list(dir).map_err(|e| Error::io(dir, e))? {
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("snap-"))
+            .and_then(|n| n.strip_suffix(".db"))
+        else {
+            continue;
+        };
+        let Some(meta) = read_meta(fs, &dir.join(format!("snap-{id}.meta")))? else {
+            continue;
+        };
+        if newest
+            .as_ref()
+            .is_none_or(|(m, _)| m.last_log_id < meta.last_log_id)
+        {
+            newest = Some((meta, id.to_string()));
+        }
+    }
+    Ok(newest)
+}
+
+/// Replaces `engine`'s state by the snapshot file at `path`, described by
+/// `meta`.
+fn load_snapshot(fs: &dyn Fs, engine: &dyn Engine, path: &Path, meta: &Meta) -> Result<(), Error> {
+    let note = Note {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+    };
+    let index = meta.last_log_id.map_or(0, |id| id.index);
+    engine.replace(fs, path, index, &note.encode()?)
 }
 
 /// Whether `file` is the file named `path`.
@@ -266,40 +356,83 @@ fn read_meta(fs: &dyn Fs, path: &Path) -> Result<Option<SnapshotMeta<u64, Member
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    /// Copies the store while applies wait; durable before it returns.
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (meta, snapshot) = tokio::task::block_in_place(|| {
-            // Held to the end: installs, reads of the current snapshot and
-            // removals of old ones wait for this one to be complete.
-            let mut applied = self.applied.lock();
-            applied.built += 1;
-            let last = applied.last_applied;
-            let meta = SnapshotMeta {
-                last_log_id: last,
-                last_membership: applied.membership.clone(),
-                snapshot_id: format!(
-                    "{}-{}-{}-{}",
-                    last.map_or(0, |l| l.leader_id.term),
-                    last.map_or(0, |l| l.index),
-                    std::process::id(),
-                    applied.built
-                ),
-            };
-            // The memory engine's view is a fuzzy copy: exact here because
-            // applies wait for the apply lock held meanwhile.
-            let mut view = self.engine.view()?;
-            self.write_files(&meta, |path| {
-                snapshot::write(&*self.fs, path, &mut *view, 0, 0, || Ok(())).map(|_| ())
-            })?;
+impl StateMachine {
+    /// Builds a snapshot of the state at `last_applied`, durable before it
+    /// returns (see the module's doc).
+    fn build(&self) -> Result<Snapshot<TypeConfig>, Error> {
+        let _files = self.files.lock();
+        let mut applied = self.applied.lock();
+        applied.built += 1;
+        let last = applied.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: applied.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index),
+                std::process::id(),
+                applied.built
+            ),
+        };
+        let mut view = self.engine.view()?;
+        // A fuzzy copy (the memory engine's) is exact only while applies
+        // wait; one instant's view needs no lock.
+        let held = if view.fuzzy() {
+            Some(applied)
+        } else {
+            drop(applied);
+            None
+        };
+        // The engine holds at least what the view holds from here on, so
+        // openraft may purge the log the snapshot covers.
+        self.engine.persist()?;
+        self.write_files(&meta, |path| {
+            snapshot::write(&*self.fs, path, &mut *view, 0, 0, || Ok(())).map(|_| ())
+        })?;
+        let (_, db_path) = self.paths(&meta.snapshot_id);
+        let file = open_file(&db_path)?;
+        let mut applied = held.unwrap_or_else(|| self.applied.lock());
+        // An install (newer, or a snapshot openraft already has) may have
+        // come in while the view was copied.
+        let newer = (applied.current.as_ref()).is_none_or(|c| c.last_log_id < meta.last_log_id);
+        if newer {
             applied.current = Some(meta.clone());
-            let (_, db_path) = self.paths(&meta.snapshot_id);
-            let file = open_file(&db_path)?;
-            self.remove_other_snapshots(Some(&meta.snapshot_id))?;
-            Ok::<_, Error>((meta, file))
+        }
+        let keep = applied.current.as_ref().map(|c| c.snapshot_id.clone());
+        // Our files go too if they are not the newest; the open file stays
+        // readable.
+        self.remove_other_snapshots(keep.as_deref())?;
+        Ok(Snapshot {
+            meta,
+            snapshot: file,
         })
-        .map_err(storage_io)?;
-        Ok(Snapshot { meta, snapshot })
+    }
+
+    /// Loads the received snapshot at `received` into the engine (readers
+    /// see it whole or not at all), then renames it into place.
+    fn install(&self, meta: &SnapshotMeta<u64, Member>, received: &Path) -> Result<(), Error> {
+        let _files = self.files.lock();
+        let mut applied = self.applied.lock();
+        // Before readers may see the new state (an index that covers what
+        // they read); a failed install stops the node.
+        if let Some(last) = meta.last_log_id {
+            self.store_index.fetch_max(last.index, Ordering::Release);
+        }
+        load_snapshot(&*self.fs, &*self.engine, received, meta)?;
+        self.write_files(meta, |path| {
+            (self.fs.rename(received, path)).map_err(|e| Error::io(path, e))
+        })?;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        applied.current = Some(meta.clone());
+        self.remove_other_snapshots(Some(&meta.snapshot_id))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        tokio::task::block_in_place(|| self.build()).map_err(storage_io)
     }
 }
 
@@ -320,25 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        tokio::task::block_in_place(|| {
-            let mut out = Vec::new();
-            let mut applied = self.applied.lock();
-            for entry in entries {
-                self.store_index
-                    .fetch_max(entry.log_id.index, Ordering::Release);
-                applied.last_applied = Some(entry.log_id);
-                out.push(match entry.payload {
-                    EntryPayload::Blank => Outcomes::default(),
-                    EntryPayload::Normal(batch) => self.apply_batch(batch.0, entry.log_id.index)?,
-                    EntryPayload::Membership(membership) => {
-                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        Outcomes::default()
-                    }
-                });
-            }
-            Ok::<_, Error>(out)
-        })
-        .map_err(storage_io)
+        tokio::task::block_in_place(|| self.apply_entries(entries)).map_err(storage_io)
     }
 
     async fn get_snapshot_builder(&mut self) -> StateMachine {
@@ -361,10 +476,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(file))
     }
 
-    /// Makes the received file durable, checks it by loading it into a
-    /// scratch store, renames it into place, then swaps the scratch store
-    /// in. A bad snapshot fails here and leaves the store and the files as
-    /// they were.
+    /// Makes the received file durable, loads it into the engine, and
+    /// renames it into place. A bad snapshot fails the load and leaves the
+    /// engine and the files as they were.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, Member>,
@@ -384,26 +498,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let synced = snapshot.sync_all().await;
         synced.map_err(|e| storage_io(Error::io(&received_path, e)))?;
         drop(snapshot);
-        tokio::task::block_in_place(|| {
-            let mut applied = self.applied.lock();
-            let received = Store::new(self.engine.store().shard_count());
-            snapshot::load(&*self.fs, &received_path, &received)?
-                .ok_or_else(|| Error::io(&received_path, std::io::ErrorKind::NotFound.into()))?;
-            self.write_files(meta, |path| {
-                (self.fs.rename(&received_path, path)).map_err(|e| Error::io(path, e))
-            })?;
-            // In one step: a follower read never sees the store half
-            // replaced, or empty.
-            if let Some(last) = meta.last_log_id {
-                self.store_index.fetch_max(last.index, Ordering::Release);
-            }
-            self.engine.store().replace_with(received);
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-            applied.current = Some(meta.clone());
-            self.remove_other_snapshots(Some(&meta.snapshot_id))
-        })
-        .map_err(storage_io)
+        tokio::task::block_in_place(|| self.install(meta, &received_path)).map_err(storage_io)
     }
 
     async fn get_current_snapshot(
@@ -420,5 +515,137 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(Some(Snapshot { meta, snapshot }))
         })
         .map_err(storage_io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::engine::disk::Disk;
+    use crate::engine::memory::Memory;
+    use crate::raft::Batch;
+    use crate::storage::change::Change;
+    use crate::storage::fs::RealFs;
+    use crate::storage::op::WriteOp;
+    use crate::storage::store::Store;
+
+    fn disk(dir: &Path) -> Arc<dyn Engine> {
+        Arc::new(Disk::open(&dir.join("fjall"), 1 << 20).unwrap())
+    }
+
+    fn memory() -> Arc<dyn Engine> {
+        Arc::new(Memory::new(Arc::new(Store::new(4)), Arc::default()))
+    }
+
+    fn open(dir: &Path, engine: Arc<dyn Engine>) -> StateMachine {
+        StateMachine::open(Arc::new(RealFs), dir, engine).unwrap()
+    }
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64, changes: Vec<Change>) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(Batch(changes)),
+        }
+    }
+
+    fn incr(key: &'static str) -> Change {
+        Change::Incr {
+            key: Bytes::from_static(key.as_bytes()),
+            by: 1,
+        }
+    }
+
+    fn set(key: &'static str, value: &'static str) -> Change {
+        Change::Write(WriteOp::Set {
+            key: Bytes::from_static(key.as_bytes()),
+            value: Bytes::from_static(value.as_bytes()),
+        })
+    }
+
+    fn get(machine: &StateMachine, key: &str) -> Option<String> {
+        let value = machine.engine.get(key.as_bytes()).unwrap();
+        value.map(|v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    fn last_applied(machine: &StateMachine) -> Option<u64> {
+        machine.applied.lock().last_applied.map(|id| id.index)
+    }
+
+    #[test]
+    fn the_disk_engine_keeps_each_entry_applied_exactly_once_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let members = Membership::<u64, Member>::new(vec![[1].into()], None);
+        {
+            let machine = open(dir.path(), disk(dir.path()));
+            let entries = vec![
+                entry(1, vec![incr("n")]),
+                Entry {
+                    log_id: log_id(2),
+                    payload: EntryPayload::Membership(members.clone()),
+                },
+                entry(3, vec![incr("n"), incr("n")]),
+            ];
+            machine.apply_entries(entries).unwrap();
+        }
+        let machine = open(dir.path(), disk(dir.path()));
+        // openraft applies again only what follows this: `Incr` is not
+        // idempotent, so the note must be exactly the data's.
+        assert_eq!(last_applied(&machine), Some(3));
+        assert_eq!(get(&machine, "n").as_deref(), Some("3"));
+        let membership = machine.applied.lock().membership.clone();
+        assert_eq!(membership.log_id(), &Some(log_id(2)));
+        assert_eq!(membership.membership(), &members);
+    }
+
+    #[test]
+    fn a_snapshot_newer_than_the_disk_engine_s_note_is_loaded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let machine = open(dir.path(), memory());
+            let entries = vec![entry(1, vec![set("a", "1")]), entry(2, vec![incr("n")])];
+            machine.apply_entries(entries).unwrap();
+            machine.build().unwrap();
+        }
+        // A node that ran with the memory engine restarts with the disk
+        // engine: it starts from the snapshot, which it now keeps.
+        for _ in 0..2 {
+            let machine = open(dir.path(), disk(dir.path()));
+            assert_eq!(last_applied(&machine), Some(2));
+            assert_eq!(get(&machine, "a").as_deref(), Some("1"));
+            assert_eq!(get(&machine, "n").as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_disk_engine_s_data_whole_and_for_good() {
+        let (leader_dir, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = open(leader_dir.path(), memory());
+        let entries = vec![entry(1, vec![set("x", "1")]), entry(2, vec![set("y", "2")])];
+        leader.apply_entries(entries).unwrap();
+        let built = leader.build().unwrap();
+        {
+            let machine = open(dir.path(), disk(dir.path()));
+            machine
+                .apply_entries(vec![entry(1, vec![set("z", "9")])])
+                .unwrap();
+            let received = machine.receiving();
+            std::fs::copy(leader.paths(&built.meta.snapshot_id).1, &received).unwrap();
+            machine.install(&built.meta, &received).unwrap();
+            assert_eq!(get(&machine, "z"), None);
+            assert_eq!(get(&machine, "y").as_deref(), Some("2"));
+            assert_eq!(machine.engine.len(), 2);
+        }
+        let machine = open(dir.path(), disk(dir.path()));
+        assert_eq!(last_applied(&machine), Some(2));
+        assert_eq!(get(&machine, "x").as_deref(), Some("1"));
+        assert_eq!(get(&machine, "z"), None);
+        assert_eq!(machine.engine.len(), 2);
     }
 }

@@ -47,6 +47,15 @@ fn addr_list<'a>(nodes: impl IntoIterator<Item = &'a Spec>) -> String {
         .join(",")
 }
 
+/// The engine node `id` runs: the disk engine on odd ids, the memory engine
+/// on even ones, so that every test runs both (and a leader of either kind
+/// feeds followers of both); `KVSTORE_TEST_ENGINE=memory|disk` gives every
+/// node the one named.
+fn engine_of(id: u64) -> String {
+    let mixed = if id % 2 == 1 { "disk" } else { "memory" };
+    std::env::var("KVSTORE_TEST_ENGINE").unwrap_or_else(|_| mixed.into())
+}
+
 /// Starts node `me` of `all`, its data under `dir`.
 fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
     start_via(me, all, dir, |peer| peer.raft)
@@ -62,6 +71,7 @@ fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> Socke
         .collect();
     let data = dir.join(format!("node{}.db", me.id));
     let (id, raft, peers) = (me.id.to_string(), me.raft.to_string(), peers.join(","));
+    let engine = engine_of(me.id);
     Server::start_on(
         &me.addr.to_string(),
         &data,
@@ -83,6 +93,8 @@ fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> Socke
             // The Redis door too, to check its reads in cluster mode.
             "--resp-listen",
             "127.0.0.1:0",
+            "--engine",
+            &engine,
         ],
     )
 }
@@ -389,10 +401,13 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
         );
     }
 
-    // The old leader restarts from its own data and catches up (it missed
-    // more than a snapshot's worth of log: it may get a snapshot).
+    // The old leader restarts from its own data and catches up: it missed
+    // 300 entries, and the leader keeps 100 after each snapshot, so it gets
+    // a snapshot.
     let old = &nodes[(leader.id - 1) as usize];
-    servers[(leader.id - 1) as usize] = Some(start(old, &nodes, dir.path()));
+    let restarted = start(old, &nodes, dir.path());
+    let restarted_pid = restarted.child.id();
+    servers[(leader.id - 1) as usize] = Some(restarted);
     let last = status(new_leader.addr).unwrap().last_log_index.unwrap();
     wait_applied(std::slice::from_ref(old), last);
     assert_eq!(
@@ -401,6 +416,24 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
         "the restarted node holds what the leader holds"
     );
     assert!(keys_figure(old.addr).unwrap() >= acked.len() as i64);
+    let installed = snapshot_pids(&dir.path().join(format!("node{}.db.raft", old.id)));
+    assert!(
+        installed.iter().any(|&pid| pid != restarted_pid),
+        "the restarted node ({} engine) caught up without a snapshot from the leader: {installed:?}",
+        engine_of(old.id)
+    );
+}
+
+/// The processes that built the snapshots in a node's raft directory
+/// (a snapshot's id ends with its builder's process id and a count).
+fn snapshot_pids(raft_dir: &Path) -> Vec<u32> {
+    let names = std::fs::read_dir(raft_dir).unwrap();
+    (names.map(|entry| entry.unwrap().file_name().into_string().unwrap()))
+        .filter_map(|name| {
+            let id = name.strip_prefix("snap-")?.strip_suffix(".meta")?;
+            id.rsplit('-').nth(1)?.parse().ok()
+        })
+        .collect()
 }
 
 #[test]
