@@ -7,7 +7,8 @@
 #
 # In each round: one release kvstore-server --sync always alone, then a
 # 3-node cluster (scripts/local-cluster.sh, all three on this machine, each
-# fsyncing its own log), both loaded by kvstore-bench -t set -c $CLIENTS
+# fsyncing its own log) on the memory engine, then one on the disk engine
+# (cluster3-disk), all loaded by kvstore-bench -t set -c $CLIENTS
 # -d 100 -r 100000 against the single server and against the cluster's
 # leader. All nodes share the machine's cores and disk: a real cluster has
 # a machine per node and a network between them. Writes
@@ -47,18 +48,22 @@ for round in $(seq "$ROUNDS"); do
     --duration "$DURATION" -q --label "single-r$round" --csv "$csv" >/dev/null
   stop TERM
 
-  cluster start 3 >/dev/null
-  leader=""
-  for _ in $(seq 100); do
-    leader=$(target/release/kvstore --addr "$(cluster addrs)" --output json cluster status |
-      python3 -c 'import json,sys; print(next((n["addr"] for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"), ""))')
-    [ -n "$leader" ] && break
-    sleep 0.1
+  for engine in memory disk; do
+    rm -rf "$work/cluster"
+    KVSTORE_ENGINE=$engine cluster start 3 >/dev/null
+    leader=""
+    for _ in $(seq 100); do
+      leader=$(target/release/kvstore --addr "$(cluster addrs)" --output json cluster status |
+        python3 -c 'import json,sys; print(next((n["addr"] for n in json.load(sys.stdin)["nodes"] if n.get("role") == "leader"), ""))')
+      [ -n "$leader" ] && break
+      sleep 0.1
+    done
+    [ -n "$leader" ] || { echo "the cluster elected no leader" >&2; exit 1; }
+    label=cluster3; [ "$engine" = disk ] && label=cluster3-disk
+    $bench --addr "$leader" -t set -c "$CLIENTS" -d 100 -r 100000 \
+      --duration "$DURATION" -q --label "$label-r$round" --csv "$csv" >/dev/null
+    cluster stop >/dev/null
   done
-  [ -n "$leader" ] || { echo "the cluster elected no leader" >&2; exit 1; }
-  $bench --addr "$leader" -t set -c "$CLIENTS" -d 100 -r 100000 \
-    --duration "$DURATION" -q --label "cluster3-r$round" --csv "$csv" >/dev/null
-  cluster stop >/dev/null
 done
 
 echo "-t set -c $CLIENTS -d 100, $ROUNDS rounds of $DURATION s; $(nproc) cores; all nodes on this machine"
