@@ -45,6 +45,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +149,13 @@ impl Disk {
         let generation = read_u64(path, &meta, GENERATION)?;
         let disk = Disk::with(path, db, &data_name(generation), meta)?;
         disk.drop_keyspaces_but_current()?;
+        // fjall made the database's directory, but does not sync the one
+        // that names it.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| Error::io(parent, e))?;
         Ok(disk)
     }
 
@@ -471,6 +479,9 @@ impl Engine for Disk {
                 return Err(e);
             }
         };
+        // The new generation's tables, named durably before it is made
+        // the current one.
+        self.sync_dirs()?;
         let mut counts = self.counts.lock();
         let loaded = *staging.counts.lock();
         let mut batch = self.db.batch().durability(None);
@@ -616,6 +627,26 @@ impl Disk {
         self.db.persist(PersistMode::SyncData).map_err(fail)?;
         for keyspace in [&self.data(), &self.meta] {
             keyspace.rotate_memtable_and_wait().map_err(fail)?;
+        }
+        self.sync_dirs()
+    }
+
+    /// Fsyncs every directory of the database. fjall syncs the files it
+    /// writes but not always the directories that name them (a new
+    /// `tables/` directory, the rename of a keyspace's `current`), which a
+    /// power cut can then lose on a file system that does not order its
+    /// metadata (tests/power_cut); kvstore's log is dropped only after this.
+    fn sync_dirs(&self) -> Result<(), Error> {
+        let mut dirs = vec![self.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let io = |e| Error::io(&dir, e);
+            for entry in std::fs::read_dir(&dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                if entry.file_type().map_err(io)?.is_dir() {
+                    dirs.push(entry.path());
+                }
+            }
+            File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         Ok(())
     }
