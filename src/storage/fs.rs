@@ -24,6 +24,9 @@ pub trait FileHandle: Write + Send {
     /// `ftruncate` to `len` bytes, not synced: drops what a failed write or
     /// sync left after `len`, so it is not read back later.
     fn truncate_to(&mut self, len: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` (`pwrite`), growing the file if
+    /// needed; the file position is not used.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
 }
 
 /// A file system, as the storage layer uses it.
@@ -32,6 +35,10 @@ pub trait Fs: Send + Sync {
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
     /// Opens an existing file to write at its end.
     fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
+    /// Opens an existing file to write at chosen offsets
+    /// ([`FileHandle::write_all_at`]; not in append mode, where Linux's
+    /// `pwrite` ignores the offset).
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
     /// The whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// A file to read as a stream, and its length; `NotFound` if absent.
@@ -70,6 +77,9 @@ impl FileHandle for File {
     fn truncate_to(&mut self, len: u64) -> io::Result<()> {
         self.set_len(len)
     }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(self, buf, offset)
+    }
 }
 
 /// Options to write a file that, if created, only its owner may read or
@@ -92,6 +102,10 @@ impl Fs for RealFs {
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
         Ok(Box::new(OpenOptions::new().append(true).open(path)?))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
+        Ok(Box::new(OpenOptions::new().write(true).open(path)?))
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

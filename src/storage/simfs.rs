@@ -6,8 +6,9 @@
 //! rename, a removal) is durable only once its directory is synced. A
 //! [`SimFs::crash_image`] is a new disk holding only what was durable, or, with
 //! a random source, one of the states a real disk may be left in: some of the
-//! unsynced appends reached the platter (a prefix of them, possibly with a
-//! hole where pages were written out of order), and each directory shows
+//! unsynced writes reached the platter (a prefix of the bytes from the first
+//! one that changed, possibly with a hole where pages were written out of
+//! order), and each directory shows
 //! either its durable entries or its latest ones.
 //!
 //! [`Faults`] make the disk lie, to check that the crash tests notice: syncs
@@ -56,6 +57,16 @@ struct Inode {
     data: Vec<u8>,
     /// What the last file sync made durable.
     durable: Vec<u8>,
+}
+
+impl Inode {
+    /// The durable bytes of `range`, zeros past the durable end: what a
+    /// page of it holds if an unsynced write to it never reached the disk.
+    fn durable_or_zero(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        range
+            .map(|i| self.durable.get(i).copied().unwrap_or(0))
+            .collect()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -204,16 +215,18 @@ impl Frozen<'_> {
             let file = &state.inodes[inode];
             let mut data = file.durable.clone();
             if let Some(rng) = rng.as_mut() {
-                if file.data.starts_with(&file.durable) {
-                    // Some of the unsynced appends reached the disk.
-                    let extra = &file.data[file.durable.len()..];
-                    let kept = rng.below(extra.len() + 1);
-                    data.extend_from_slice(&extra[..kept]);
+                if file.data.len() >= file.durable.len() {
+                    // Some of the unsynced writes reached the disk: a prefix
+                    // of the bytes from the first one that changed.
+                    let from = first_difference(&file.durable, &file.data);
+                    let kept = rng.below(file.data.len() - from + 1);
+                    data = file.data[..from + kept].to_vec();
+                    data.extend_from_slice(file.durable.get(from + kept..).unwrap_or_default());
                     if kept > 0 && rng.below(3) == 0 {
                         // A page in the middle of them did not.
-                        let start = file.durable.len() + rng.below(kept);
-                        let end = (start + 1 + rng.below(4096)).min(data.len());
-                        data[start..end].fill(0);
+                        let start = from + rng.below(kept);
+                        let end = (start + 1 + rng.below(4096)).min(from + kept);
+                        data[start..end].copy_from_slice(&file.durable_or_zero(start..end));
                     }
                 } else if rng.below(2) == 1 {
                     data = file.data.clone();
@@ -235,15 +248,30 @@ impl Frozen<'_> {
     }
 }
 
-/// A handle on one simulated file: writes append to it.
+/// Where `a` and `b` first differ (or the shorter one's length), compared
+/// a page at a time first: the crash tests run in debug builds.
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    let same_pages = (a.chunks(4096).zip(b.chunks(4096)))
+        .take_while(|(x, y)| x == y)
+        .count();
+    let from = (same_pages * 4096).min(a.len()).min(b.len());
+    let rest = (a[from..].iter().zip(&b[from..])).position(|(x, y)| x != y);
+    rest.map_or(a.len().min(b.len()), |i| from + i)
+}
+
+/// A handle on one simulated file: writes append to it, or go at an offset.
 struct SimFile {
     fs: SimFs,
     inode: usize,
 }
 
-impl Write for SimFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+impl SimFile {
+    /// Writes at `offset` (the end if `None`) as much of `buf` as the disk
+    /// has room for; ENOSPC if none fits.
+    fn write_at(&mut self, buf: &[u8], offset: Option<usize>) -> io::Result<usize> {
         let mut state = self.fs.state();
+        let len = state.inodes[self.inode].data.len();
+        let offset = offset.unwrap_or(len);
         let room = match self.fs.faults.capacity {
             Some(capacity) => {
                 let used: usize = state
@@ -255,12 +283,28 @@ impl Write for SimFile {
             }
             None => usize::MAX,
         };
-        if room == 0 && !buf.is_empty() {
+        let n = (len.saturating_add(room))
+            .saturating_sub(offset)
+            .min(buf.len());
+        if n == 0 && !buf.is_empty() {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
         }
-        let n = buf.len().min(room);
-        state.inodes[self.inode].data.extend_from_slice(&buf[..n]);
+        let data = &mut state.inodes[self.inode].data;
+        if data.len() < offset {
+            data.resize(offset, 0);
+        }
+        // Overwrite what is there, append the rest (a copy, not a loop:
+        // the crash tests run in debug builds).
+        let inside = (data.len() - offset).min(n);
+        data[offset..offset + inside].copy_from_slice(&buf[..inside]);
+        data.extend_from_slice(&buf[inside..n]);
         Ok(n)
+    }
+}
+
+impl Write for SimFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_at(buf, None)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -273,7 +317,11 @@ impl FileHandle for SimFile {
         if !self.fs.faults.noop_file_sync {
             let mut state = self.fs.state();
             let file = &mut state.inodes[self.inode];
-            file.durable = file.data.clone();
+            // Only the changed bytes are copied: a log segment is mostly
+            // the zeros it wrote ahead.
+            let from = first_difference(&file.durable, &file.data);
+            file.durable.truncate(from);
+            file.durable.extend_from_slice(&file.data[from..]);
         }
         Ok(())
     }
@@ -284,6 +332,13 @@ impl FileHandle for SimFile {
         self.fs.state().inodes[self.inode]
             .data
             .truncate(len as usize);
+        Ok(())
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            done += self.write_at(&buf[done..], Some(offset as usize + done))?;
+        }
         Ok(())
     }
 }
@@ -301,6 +356,10 @@ impl Fs for SimFs {
             fs: self.clone(),
             inode,
         }))
+    }
+
+    fn open_write(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
+        self.append(path)
     }
 
     fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
