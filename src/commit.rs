@@ -572,7 +572,8 @@ impl Worker {
     /// lets recovery treat damage anywhere but the newest tail as corruption.
     fn rotate(&mut self) -> Result<(u64, u64), Error> {
         let dir = wal::dir_for(&self.settings.data);
-        if self.dirty {
+        let trimmed = self.segment.trim().map_err(|e| Error::io(&dir, e))?;
+        if self.dirty || trimmed {
             self.segment.sync_data().map_err(|e| Error::io(&dir, e))?;
             self.dirty = false;
             self.last_sync = Instant::now();

@@ -118,6 +118,13 @@ fn segment_file(data: &Path) -> PathBuf {
     wal::dir_for(data).join(format!("{:020}.wal", 1))
 }
 
+/// Cuts the zeros segment 1 wrote ahead, as a rotation does before the next
+/// segment is created (only the newest segment may end in them).
+fn rotated(data: &Path, offsets: &[u64]) {
+    let file = fs::OpenOptions::new().write(true).open(segment_file(data));
+    file.unwrap().set_len(*offsets.last().unwrap()).unwrap();
+}
+
 /// A copy of the data with the log cut or changed by `damage`.
 fn damaged_copy(data: &Path, damage: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -153,6 +160,25 @@ fn a_log_cut_at_any_byte_of_its_last_records_recovers_the_longest_valid_prefix()
         // And a second start finds a clean log.
         let (again, _) = recover(engine, &copy).unwrap();
         assert_eq!(again, model(&ops[..whole]), "{engine:?}, cut at {cut}");
+    }
+}
+
+/// A segment writes zeros ahead of its records (cheaper syncs): they are
+/// the end of the log, not a torn tail, and a start cuts them off.
+#[test]
+fn the_zeros_written_ahead_of_the_records_end_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = ops();
+    let (data, offsets) = write_log(dir.path(), &ops);
+    let end = *offsets.last().unwrap();
+    let file_len = fs::metadata(segment_file(&data)).unwrap().len();
+    assert!(file_len > end, "the segment has zeros ahead of its records");
+    for engine in ENGINES {
+        let (_keep, copy) = damaged_copy(&data, |_| {});
+        let (pairs, last_seq) = recover(engine, &copy).unwrap();
+        assert_eq!(pairs, model(&ops), "{engine:?}");
+        assert_eq!(last_seq, ops.len() as u64, "{engine:?}");
+        assert_eq!(fs::metadata(segment_file(&copy)).unwrap().len(), end);
     }
 }
 
@@ -427,7 +453,8 @@ fn a_missing_segment_between_others_refuses_the_start() {
 fn a_segment_whose_header_was_torn_at_creation_is_started_again() {
     let dir = tempfile::tempdir().unwrap();
     let ops = ops();
-    let (data, _) = write_log(dir.path(), &ops);
+    let (data, offsets) = write_log(dir.path(), &ops);
+    rotated(&data, &offsets);
     let wal_dir = wal::dir_for(&data);
     wal::Segment::create(&RealFs, &wal_dir, 2, ops.len() as u64 + 1).unwrap();
     let second = wal_dir.join(format!("{:020}.wal", 2));
@@ -468,7 +495,8 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
 #[test]
 fn a_segment_that_does_not_continue_the_sequence_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, _) = write_log(dir.path(), &ops());
+    let (data, offsets) = write_log(dir.path(), &ops());
+    rotated(&data, &offsets);
     // Segment 2 claims to start at 9, but segment 1 ended at 5.
     wal::Segment::create(&RealFs, &wal::dir_for(&data), 2, 9).unwrap();
     for engine in ENGINES {

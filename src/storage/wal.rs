@@ -38,6 +38,10 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 24;
 /// A record's body before its op: seq and durable.
 const RECORD_PREFIX: usize = 16;
+/// A segment grows by writing this many zero bytes ahead of its records,
+/// so that most `fdatasync`s overwrite blocks the file already has and
+/// need no journal commit of a new size (see docs/durability.md).
+const ZEROED_AHEAD: u64 = 1024 * 1024;
 
 /// The log directory that belongs to a data file.
 pub fn dir_for(data: &Path) -> PathBuf {
@@ -105,8 +109,12 @@ pub struct Segment {
     file: Box<dyn FileHandle>,
     /// Its number; the next segment is `id + 1`.
     id: u64,
-    /// Bytes in the file, to decide when to rotate and snapshot.
+    /// Bytes of header and records, to decide when to rotate and snapshot.
     len: u64,
+    /// Bytes in the file: `len`, then zeros written ahead.
+    allocated: u64,
+    /// Whether to write zeros ahead (until the disk had no room for them).
+    zero_ahead: bool,
     /// Seeds the checksums of this segment's records; random and never sent
     /// anywhere, so a client cannot forge a record inside a value.
     salt: u32,
@@ -145,6 +153,8 @@ impl Segment {
             file,
             id,
             len: header.len() as u64,
+            allocated: header.len() as u64,
+            zero_ahead: true,
             salt,
         })
     }
@@ -153,11 +163,13 @@ impl Segment {
     /// checked them and cut anything after).
     fn open(fs: &dyn Fs, dir: &Path, id: u64, len: u64, salt: u32) -> Result<Segment, Error> {
         let path = segment_path(dir, id);
-        let file = fs.append(&path).map_err(|e| Error::io(&path, e))?;
+        let file = fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Segment {
             file,
             id,
             len,
+            allocated: len,
+            zero_ahead: true,
             salt,
         })
     }
@@ -169,6 +181,8 @@ impl Segment {
             file,
             id,
             len: HEADER_LEN as u64,
+            allocated: HEADER_LEN as u64,
+            zero_ahead: true,
             salt: 0,
         }
     }
@@ -190,11 +204,56 @@ impl Segment {
         self.len <= HEADER_LEN as u64
     }
 
-    /// Writes `bytes` at the end. Not durable until [`Segment::sync_data`].
+    /// Writes `bytes` after the last record, first writing zeros ahead if
+    /// they would pass the end of the file. Not durable until
+    /// [`Segment::sync_data`].
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.len += bytes.len() as u64;
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated && self.zero_ahead {
+            self.write_zeros(end + ZEROED_AHEAD)?;
+        }
+        self.file.write_all_at(bytes, self.len)?;
+        self.len = end;
+        self.allocated = self.allocated.max(end);
         Ok(())
+    }
+
+    /// Writes zeros up to `allocated`. The zeros only make later syncs
+    /// cheaper: if the disk has no room for them they are cut off again and
+    /// this segment grows without them from then on.
+    fn write_zeros(&mut self, allocated: u64) -> std::io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut written = Ok(());
+        for at in (self.allocated..allocated).step_by(ZEROS.len()) {
+            let len = (allocated - at).min(ZEROS.len() as u64) as usize;
+            written = self.file.write_all_at(&ZEROS[..len], at);
+            if written.is_err() {
+                break;
+            }
+        }
+        match written {
+            Ok(()) => self.allocated = allocated,
+            Err(e) => {
+                tracing::debug!(
+                    "no room to write zeros ahead of the log ({e}); growing it without"
+                );
+                self.file.truncate_to(self.allocated)?;
+                self.zero_ahead = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros written ahead off the file, before the segment is
+    /// synced for the last time (only the newest segment may end in them);
+    /// says whether there were any.
+    pub fn trim(&mut self) -> std::io::Result<bool> {
+        if self.allocated == self.len {
+            return Ok(false);
+        }
+        self.file.truncate_to(self.len)?;
+        self.allocated = self.len;
+        Ok(true)
     }
 
     /// Cuts the segment back to `len` bytes after a failed append or sync, so
@@ -204,6 +263,7 @@ impl Segment {
     pub fn discard_from(&mut self, len: u64) -> std::io::Result<()> {
         self.file.truncate_to(len)?;
         self.len = len;
+        self.allocated = len;
         Ok(())
     }
 
@@ -281,6 +341,13 @@ pub fn replay(
         };
         let mut offset = HEADER_LEN;
         while offset < data.len() {
+            // The zeros the newest segment writes ahead of its records (no
+            // record has length 0, so this scans only the end).
+            if is_newest && all_zero(&data[offset..]) {
+                fs.truncate(&path, offset as u64)
+                    .map_err(|e| Error::io(&path, e))?;
+                break;
+            }
             match record::read_with(&data, offset, salt) {
                 record::Read::Valid { body, next } => {
                     let (seq, _, op) = parse_body(body)
@@ -333,6 +400,13 @@ pub fn replay(
         last_seq: last_seq(next_seq),
         records,
     })
+}
+
+/// Whether `bytes` are all zero (compared a page at a time: fast in debug
+/// builds too, where the crash tests run).
+fn all_zero(bytes: &[u8]) -> bool {
+    const PAGE: [u8; 4096] = [0; 4096];
+    bytes.chunks(PAGE.len()).all(|c| c == &PAGE[..c.len()])
 }
 
 /// Whether the magic and the header record are intact (if they are, a wrong
