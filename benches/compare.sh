@@ -114,7 +114,7 @@ p50() { # system test -> mean p50 in ms over the rounds
   awk -F, -v s="$1" -v t="$2" '$1 == s && $3 == t && $4 == 1 && $5 == 1 { n++; sum += $11 }
     END { if (n) printf "%.3f", sum / n }' "$OUT/results.csv"
 }
-fsync_ms=$(sed -n 's/^fsync probe: .* p50 \([0-9]*\) us.*/\1/p' "$OUT/machine.txt" | awk '{printf "%.3f", $1 / 1000}')
+fsync_ms=$(sed -n 's/^fsync probe: [^,]*, [0-9]* times: p50 \([0-9]*\) us.*/\1/p' "$OUT/machine.txt" | awk '{printf "%.3f", $1 / 1000}')
 {
   echo
   echo "#### One connection, durable SET: p50 against its floor"
