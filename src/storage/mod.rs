@@ -15,6 +15,7 @@
 //! Nothing here is async: these are blocking file operations, run at start or
 //! on the group-commit and snapshot threads, never on the tokio workers.
 
+pub mod appender;
 pub mod change;
 pub mod fs;
 pub mod op;

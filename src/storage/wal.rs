@@ -27,7 +27,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::fs::{FileHandle, Fs};
+use super::appender::{all_zero, Appender};
+use super::fs::Fs;
 use super::op::WriteOp;
 use super::{record, sync_dir};
 use crate::error::Error;
@@ -38,10 +39,6 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = MAGIC.len() + record::HEADER_LEN + 24;
 /// A record's body before its op: seq and durable.
 const RECORD_PREFIX: usize = 16;
-/// A segment grows by writing this many zero bytes ahead of its records,
-/// so that most `fdatasync`s overwrite blocks the file already has and
-/// need no journal commit of a new size (see docs/durability.md).
-const ZEROED_AHEAD: u64 = 1024 * 1024;
 
 /// The log directory that belongs to a data file.
 pub fn dir_for(data: &Path) -> PathBuf {
@@ -105,16 +102,10 @@ fn random_salt(id: u64) -> u32 {
 
 /// The segment being appended to. Only the group-commit thread owns one.
 pub struct Segment {
-    /// Opened for writing at the end of the valid data.
-    file: Box<dyn FileHandle>,
+    /// Written after the valid data, with zeros ahead.
+    file: Appender,
     /// Its number; the next segment is `id + 1`.
     id: u64,
-    /// Bytes of header and records, to decide when to rotate and snapshot.
-    len: u64,
-    /// Bytes in the file: `len`, then zeros written ahead.
-    allocated: u64,
-    /// Whether to write zeros ahead (until the disk had no room for them).
-    zero_ahead: bool,
     /// Seeds the checksums of this segment's records; random and never sent
     /// anywhere, so a client cannot forge a record inside a value.
     salt: u32,
@@ -150,11 +141,8 @@ impl Segment {
         file.sync_data().map_err(|e| Error::io(&path, e))?;
         sync_dir(fs, dir)?;
         Ok(Segment {
-            file,
+            file: Appender::new(file, header.len() as u64),
             id,
-            len: header.len() as u64,
-            allocated: header.len() as u64,
-            zero_ahead: true,
             salt,
         })
     }
@@ -165,24 +153,18 @@ impl Segment {
         let path = segment_path(dir, id);
         let file = fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Segment {
-            file,
+            file: Appender::new(file, len),
             id,
-            len,
-            allocated: len,
-            zero_ahead: true,
             salt,
         })
     }
 
     /// A segment over any open file, for tests that inject failing files.
     #[cfg(test)]
-    pub(crate) fn over(file: Box<dyn FileHandle>, id: u64) -> Segment {
+    pub(crate) fn over(file: Box<dyn super::fs::FileHandle>, id: u64) -> Segment {
         Segment {
-            file,
+            file: Appender::new(file, HEADER_LEN as u64),
             id,
-            len: HEADER_LEN as u64,
-            allocated: HEADER_LEN as u64,
-            zero_ahead: true,
             salt: 0,
         }
     }
@@ -197,63 +179,24 @@ impl Segment {
     }
 
     pub fn len(&self) -> u64 {
-        self.len
+        self.file.data_len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len <= HEADER_LEN as u64
+        self.len() <= HEADER_LEN as u64
     }
 
-    /// Writes `bytes` after the last record, first writing zeros ahead if
-    /// they would pass the end of the file. Not durable until
-    /// [`Segment::sync_data`].
+    /// Writes `bytes` after the last record (see [`Appender::append`]).
+    /// Not durable until [`Segment::sync_data`].
     pub fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let end = self.len + bytes.len() as u64;
-        if end > self.allocated && self.zero_ahead {
-            self.write_zeros(end + ZEROED_AHEAD)?;
-        }
-        self.file.write_all_at(bytes, self.len)?;
-        self.len = end;
-        self.allocated = self.allocated.max(end);
-        Ok(())
-    }
-
-    /// Writes zeros up to `allocated`. The zeros only make later syncs
-    /// cheaper: if the disk has no room for them they are cut off again and
-    /// this segment grows without them from then on.
-    fn write_zeros(&mut self, allocated: u64) -> std::io::Result<()> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let mut written = Ok(());
-        for at in (self.allocated..allocated).step_by(ZEROS.len()) {
-            let len = (allocated - at).min(ZEROS.len() as u64) as usize;
-            written = self.file.write_all_at(&ZEROS[..len], at);
-            if written.is_err() {
-                break;
-            }
-        }
-        match written {
-            Ok(()) => self.allocated = allocated,
-            Err(e) => {
-                tracing::debug!(
-                    "no room to write zeros ahead of the log ({e}); growing it without"
-                );
-                self.file.truncate_to(self.allocated)?;
-                self.zero_ahead = false;
-            }
-        }
-        Ok(())
+        self.file.append(bytes)
     }
 
     /// Cuts the zeros written ahead off the file, before the segment is
     /// synced for the last time (only the newest segment may end in them);
     /// says whether there were any.
     pub fn trim(&mut self) -> std::io::Result<bool> {
-        if self.allocated == self.len {
-            return Ok(false);
-        }
-        self.file.truncate_to(self.len)?;
-        self.allocated = self.len;
-        Ok(true)
+        self.file.trim()
     }
 
     /// Cuts the segment back to `len` bytes after a failed append or sync, so
@@ -261,10 +204,7 @@ impl Segment {
     /// clients were told they failed). Not synced, and not a retry of the
     /// sync: the log stays poisoned.
     pub fn discard_from(&mut self, len: u64) -> std::io::Result<()> {
-        self.file.truncate_to(len)?;
-        self.len = len;
-        self.allocated = len;
-        Ok(())
+        self.file.discard_from(len)
     }
 
     /// `fdatasync`: everything appended so far is durable when this returns Ok.
@@ -400,13 +340,6 @@ pub fn replay(
         last_seq: last_seq(next_seq),
         records,
     })
-}
-
-/// Whether `bytes` are all zero (compared a page at a time: fast in debug
-/// builds too, where the crash tests run).
-fn all_zero(bytes: &[u8]) -> bool {
-    const PAGE: [u8; 4096] = [0; 4096];
-    bytes.chunks(PAGE.len()).all(|c| c == &PAGE[..c.len()])
 }
 
 /// Whether the magic and the header record are intact (if they are, a wrong
