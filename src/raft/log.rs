@@ -24,7 +24,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::Write;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
 use crate::error::Error;
-use crate::storage::fs::{FileHandle, Fs};
+use crate::storage::appender::{all_zero, Appender};
+use crate::storage::fs::Fs;
 use crate::storage::{record, sync_dir, write_synced};
 
 /// The log file's name in the raft directory.
@@ -83,11 +83,12 @@ struct Entries {
 pub struct LogStore {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    /// Open for appending; `None` after a failed write or sync: the log is
-    /// failed and refuses everything until the process restarts.
+    /// Open for appending, with zeros written ahead (see
+    /// `crate::storage::appender`); `None` after a failed write or sync: the
+    /// log is failed and refuses everything until the process restarts.
     /// (In a mutex only so that the store is `Sync`; `&mut self` already
     /// serializes writes.)
-    file: Mutex<Option<Box<dyn FileHandle>>>,
+    file: Mutex<Option<Appender>>,
     /// Shared with [`LogReader`]s.
     entries: Arc<RwLock<Entries>>,
     vote: Option<Vote<u64>>,
@@ -120,6 +121,11 @@ impl LogStore {
         let mut dead = 0;
         let mut offset = 0;
         while offset < data.len() {
+            // The zeros written ahead of the records (no record has
+            // length 0, so this scans only the end).
+            if all_zero(&data[offset..]) {
+                break;
+            }
             let body = match record::read(&data, offset) {
                 record::Read::Valid { body, next } => {
                     offset = next;
@@ -143,12 +149,14 @@ impl LogStore {
             dead += entries.replay(record, body.len(), &mut vote);
         }
         if offset < data.len() {
-            tracing::warn!(
-                path = %path.display(),
-                offset,
-                cut = data.len() - offset,
-                "cutting a torn record off the end of the raft log (it was never reported durable)"
-            );
+            if !all_zero(&data[offset..]) {
+                tracing::warn!(
+                    path = %path.display(),
+                    offset,
+                    cut = data.len() - offset,
+                    "cutting a torn record off the end of the raft log (it was never reported durable)"
+                );
+            }
             fs.truncate(&path, offset as u64)
                 .map_err(|e| Error::io(&path, e))?;
         }
@@ -157,8 +165,9 @@ impl LogStore {
             sync_dir(&*fs, dir)?;
             file
         } else {
-            fs.append(&path).map_err(|e| Error::io(&path, e))?
+            fs.open_write(&path).map_err(|e| Error::io(&path, e))?
         };
+        let file = Appender::new(file, offset.min(data.len()) as u64);
         Ok(LogStore {
             fs,
             dir: dir.to_path_buf(),
@@ -189,7 +198,7 @@ impl LogStore {
         for record in records {
             encode_record(&mut buf, record);
         }
-        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        let result = file.append(&buf).and_then(|_| file.sync_data());
         if let Err(e) = &result {
             tracing::error!("raft log write or fdatasync failed: {e}; the log refuses everything until restart (the fsync is not retried)");
             *slot = None;
@@ -226,7 +235,8 @@ impl LogStore {
             .rename(&tmp, &path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(&*self.fs, &self.dir)?;
-        *self.file.lock() = Some(self.fs.append(&path).map_err(|e| Error::io(&path, e))?);
+        let file = self.fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
+        *self.file.lock() = Some(Appender::new(file, buf.len() as u64));
         self.dead = 0;
         Ok(())
     }
@@ -485,15 +495,37 @@ mod tests {
         });
     }
 
+    /// A log in `dir` holding two entries; the bytes of their records in
+    /// its file (zeros follow them).
+    fn two_entries(dir: &Path) -> usize {
+        let mut log = open(dir);
+        log.write(&[Record::Entry(blank(1, 0)), Record::Entry(blank(1, 1))])
+            .unwrap();
+        let records = log.file.lock().as_ref().map(|f| f.data_len());
+        records.unwrap() as usize
+    }
+
+    #[test]
+    fn the_zeros_written_ahead_end_the_log_and_are_cut_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let records = two_entries(dir.path());
+        assert!(std::fs::metadata(&path).unwrap().len() as usize > records);
+        let mut log = open(dir.path());
+        assert_eq!(log.entries.read().by_index.len(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, records);
+        // Appends go on after the records, not after the zeros.
+        log.write(&[Record::Entry(blank(1, 2))]).unwrap();
+        drop(log);
+        assert_eq!(open(dir.path()).entries.read().by_index.len(), 3);
+    }
+
     #[test]
     fn a_torn_last_record_is_cut_off_and_damage_before_good_records_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
-        let mut log = open(dir.path());
-        log.write(&[Record::Entry(blank(1, 0)), Record::Entry(blank(1, 1))])
-            .unwrap();
-        drop(log);
-        let whole = std::fs::read(&path).unwrap();
+        let records = two_entries(dir.path());
+        let whole = std::fs::read(&path).unwrap()[..records].to_vec();
 
         std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();
         let log = open(dir.path());
