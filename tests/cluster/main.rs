@@ -361,6 +361,7 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
     );
 
     // kill -9 the leader, then keep writing until the new leader acknowledges.
+    let old_last = status(leader.addr).and_then(|s| s.last_log_index).unwrap();
     let killed_at = Instant::now();
     servers[(leader.id - 1) as usize].take().unwrap().kill9();
     let survivors: Vec<Spec> = nodes
@@ -403,7 +404,10 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
 
     // The old leader restarts from its own data and catches up: it missed
     // 300 entries, and the leader keeps 100 after each snapshot, so it gets
-    // a snapshot.
+    // a snapshot once the new leader has one 100 past what the old holds
+    // (on a loaded machine the snapshot may lag behind the writes).
+    let new_leader_dir = dir.path().join(format!("node{}.db.raft", new_leader.id));
+    wait_for_snapshot(&new_leader_dir, old_last + 101);
     let old = &nodes[(leader.id - 1) as usize];
     let restarted = start(old, &nodes, dir.path());
     let restarted_pid = restarted.child.id();
@@ -416,24 +420,40 @@ fn killing_the_leader_loses_no_acknowledged_write_and_the_old_leader_catches_up(
         "the restarted node holds what the leader holds"
     );
     assert!(keys_figure(old.addr).unwrap() >= acked.len() as i64);
-    let installed = snapshot_pids(&dir.path().join(format!("node{}.db.raft", old.id)));
+    let installed = snapshots(&dir.path().join(format!("node{}.db.raft", old.id)));
     assert!(
-        installed.iter().any(|&pid| pid != restarted_pid),
+        installed.iter().any(|&(_, pid)| pid != restarted_pid),
         "the restarted node ({} engine) caught up without a snapshot from the leader: {installed:?}",
         engine_of(old.id)
     );
 }
 
-/// The processes that built the snapshots in a node's raft directory
-/// (a snapshot's id ends with its builder's process id and a count).
-fn snapshot_pids(raft_dir: &Path) -> Vec<u32> {
+/// The snapshots in a node's raft directory: the index each covers and the
+/// process id of the server that built it (from `snap-TERM-INDEX-PID-N`).
+fn snapshots(raft_dir: &Path) -> Vec<(u64, u32)> {
     let names = std::fs::read_dir(raft_dir).unwrap();
     (names.map(|entry| entry.unwrap().file_name().into_string().unwrap()))
         .filter_map(|name| {
             let id = name.strip_prefix("snap-")?.strip_suffix(".meta")?;
-            id.rsplit('-').nth(1)?.parse().ok()
+            let mut fields = id.rsplit('-').skip(1);
+            let pid = fields.next()?.parse().ok()?;
+            Some((fields.next()?.parse().ok()?, pid))
         })
         .collect()
+}
+
+/// Waits until a snapshot covering `index` is in `raft_dir`.
+fn wait_for_snapshot(raft_dir: &Path, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !snapshots(raft_dir).iter().any(|&(i, _)| i >= index) {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot covering {index} in {}: {:?}",
+            raft_dir.display(),
+            snapshots(raft_dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
