@@ -33,8 +33,6 @@ pub trait FileHandle: Write + Send {
 pub trait Fs: Send + Sync {
     /// Creates `path` (truncating it if it exists) for writing.
     fn create(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
-    /// Opens an existing file to write at its end.
-    fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>>;
     /// Opens an existing file to write at chosen offsets
     /// ([`FileHandle::write_all_at`]; not in append mode, where Linux's
     /// `pwrite` ignores the offset).
@@ -98,10 +96,6 @@ impl Fs for RealFs {
         Ok(Box::new(
             private_options().create(true).truncate(true).open(path)?,
         ))
-    }
-
-    fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
-        Ok(Box::new(OpenOptions::new().append(true).open(path)?))
     }
 
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {

@@ -359,10 +359,6 @@ impl Fs for SimFs {
     }
 
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
-        self.append(path)
-    }
-
-    fn append(&self, path: &Path) -> io::Result<Box<dyn FileHandle>> {
         let inode = *self
             .state()
             .names
