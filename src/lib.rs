@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod raft;
 pub mod resp;
 pub mod server;
+pub mod session;
 pub mod stats;
 pub mod storage;
 pub mod tls;

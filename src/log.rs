@@ -143,37 +143,47 @@ impl PendingWrite {
     }
 }
 
+/// A log for tests that holds each message it is given, unanswered, until
+/// told to answer.
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use bytes::Bytes;
+pub(crate) mod testing {
     use parking_lot::Mutex;
-    use tokio::time::timeout;
 
     use super::*;
 
-    /// A log that holds what it is given until told to answer, with a
-    /// budget of 100 bytes and an optional failure.
-    struct Held {
-        writes: Mutex<Vec<Queued>>,
-        budget: Arc<Semaphore>,
+    pub(crate) struct Held {
+        /// Each `queue` call's writes, in order.
+        pub messages: Mutex<Vec<Vec<Queued>>>,
+        pub budget: Arc<Semaphore>,
         failure: Option<String>,
     }
 
     impl Held {
-        fn new(failure: Option<&str>) -> Held {
+        /// A log with `budget` bytes of room that fails with `failure`.
+        pub fn new(budget: usize, failure: Option<&str>) -> Held {
             Held {
-                writes: Mutex::default(),
-                budget: Arc::new(Semaphore::new(100)),
+                messages: Mutex::default(),
+                budget: Arc::new(Semaphore::new(budget)),
                 failure: failure.map(String::from),
+            }
+        }
+
+        /// How many writes each message held.
+        pub fn sizes(&self) -> Vec<usize> {
+            self.messages.lock().iter().map(Vec::len).collect()
+        }
+
+        /// Answers every write of message `n` as stored.
+        pub fn answer(&self, n: usize) {
+            for queued in std::mem::take(&mut self.messages.lock()[n]) {
+                let _ = queued.done.send(Ok(Applied::Stored));
             }
         }
     }
 
     impl Log for Held {
         fn queue(&self, writes: Vec<Queued>) -> BoxFuture<'_, Result<(), Error>> {
-            self.writes.lock().extend(writes);
+            self.messages.lock().push(writes);
             Box::pin(async { Ok(()) })
         }
         fn failure(&self) -> Option<String> {
@@ -192,6 +202,17 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::time::timeout;
+
+    use super::testing::Held;
+    use super::*;
 
     /// About 70 bytes of budget.
     fn change() -> Change {
@@ -205,7 +226,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_waits_for_room_until_an_earlier_one_is_answered() {
-        let log = Held::new(None);
+        let log = Held::new(100, None);
         let _first = log.submit(change()).await.unwrap();
         let second = log.submit(change());
         tokio::pin!(second);
@@ -214,21 +235,21 @@ mod tests {
             "the budget has no room for a second write"
         );
         // Answering (dropping) the first gives its bytes back.
-        log.writes.lock().clear();
+        log.messages.lock().clear();
         let mut second = timeout(Duration::from_secs(10), second)
             .await
             .expect("room once the first is answered")
             .unwrap();
-        log.writes.lock().clear();
+        log.messages.lock().clear();
         assert!(matches!(second.wait().await, Err(Error::ShuttingDown)));
     }
 
     #[tokio::test]
     async fn a_failed_log_refuses_writes_before_queueing_them() {
-        let log = Held::new(Some("fdatasync failed"));
+        let log = Held::new(100, Some("fdatasync failed"));
         let refused = log.submit_all(vec![change(), change()]).await.err();
         assert!(matches!(refused, Some(Error::StorageFailed(m)) if m == "fdatasync failed"));
-        assert!(log.writes.lock().is_empty());
+        assert!(log.messages.lock().is_empty());
         assert_eq!(log.budget.available_permits(), 100);
     }
 }

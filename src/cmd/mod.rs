@@ -121,6 +121,9 @@ pub async fn read_barrier(db: &Db) -> Result<(), Error> {
 /// Starts several commands, in order, with their writes handed to the log in
 /// one message, so they share one log batch (a pipelined burst).
 pub async fn start_all(commands: Vec<Command>, db: &Db) -> Vec<Started> {
+    if commands.is_empty() {
+        return Vec::new();
+    }
     let prepared: Vec<Result<Change, Reply>> =
         commands.into_iter().map(|c| prepare(c, db)).collect();
     let changes: Vec<Change> = prepared
@@ -139,13 +142,19 @@ pub async fn start_all(commands: Vec<Command>, db: &Db) -> Vec<Started> {
             Ok(_) => match pending.next() {
                 Some(Ok(write)) => Started::Pending(write),
                 Some(Err(reply)) => Started::Done(reply),
-                None => Started::Done(Reply::error(
-                    ErrorCode::StorageFailed,
-                    "the log answered fewer writes than it was given",
-                )),
+                None => Started::Done(lost_write()),
             },
         })
         .collect()
+}
+
+/// The reply for a write the log did not answer (a broken invariant, not
+/// a client's error).
+pub fn lost_write() -> Reply {
+    Reply::error(
+        ErrorCode::StorageFailed,
+        "the log answered fewer writes than it was given",
+    )
 }
 
 /// Checks a command's limits: `Ok` is a write's [`Change`] to log; `Err` is

@@ -6,12 +6,12 @@
 //! headers, before its message is read: as on the native door, a client
 //! without the token cannot make the server take in a large request. A
 //! missing token is refused at once; a wrong one only after the same
-//! throttle as a failed native `Auth` (`crate::auth`): one connection's
+//! throttle as a failed native `Auth` (`crate::session::login`): one connection's
 //! failures are answered one after another with a doubling pause, and the
-//! connection is closed after [`auth::MAX_FAILURES`] of them, or after
-//! [`auth::MAX_UNAUTHENTICATED_COMMANDS`] calls without a token, so guessing
+//! connection is closed after [`crate::auth::MAX_FAILURES`] of them, or after
+//! [`crate::auth::MAX_UNAUTHENTICATED_COMMANDS`] calls without a token, so guessing
 //! is no faster through this door. A connection that has had no call pass
-//! with the token within [`auth::LOGIN_TIMEOUT`] is closed (`super::Conn`).
+//! with the token within [`crate::auth::LOGIN_TIMEOUT`] is closed (`super::Conn`).
 //! Health checking and reflection need no token: they show the service's
 //! state and schema, never data.
 //!
@@ -40,7 +40,8 @@ use tonic::Status;
 
 use super::service::status;
 use super::ConnInfo;
-use crate::auth::{self, Auth};
+use crate::auth::Auth;
+use crate::session::login::Attempt;
 
 /// The path prefix of the calls the gate guards.
 const GUARDED: &str = "/kvstore.v1.KeyValue/";
@@ -161,8 +162,7 @@ impl Gate {
         match presented(&self.auth, request.headers()) {
             Presented::Passed => conn.admitted.store(true, Ordering::Release),
             Presented::Missing => {
-                let refused = conn.unauthenticated.fetch_add(1, Ordering::AcqRel) + 1;
-                if refused >= auth::MAX_UNAUTHENTICATED_COMMANDS {
+                if conn.login.lock().await.refuse() {
                     conn.close();
                 }
                 return Err(status(
@@ -171,10 +171,8 @@ impl Gate {
                 ));
             }
             Presented::Wrong => {
-                let mut failures = conn.failures.lock().await;
-                *failures += 1;
-                self.auth.throttle_failure(*failures).await;
-                if *failures >= auth::MAX_FAILURES {
+                let mut login = conn.login.lock().await;
+                if let Attempt::Failed { close: true } = login.attempt(&self.auth, false).await {
                     conn.close();
                 }
                 return Err(status(ErrorCode::AuthFailed, "wrong token"));

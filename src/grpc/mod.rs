@@ -26,7 +26,7 @@ pub mod service;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,6 +47,7 @@ use tonic_health::ServingStatus;
 use crate::connection::Stream;
 use crate::db::Db;
 use crate::error::Error;
+use crate::session::login::Login;
 use crate::stats;
 use service::KeyValueService;
 
@@ -72,12 +73,10 @@ const OPEN_SERVICE_MAX_MESSAGE: usize = crate::auth::PRE_AUTH_MAX_FRAME;
 pub struct ConnState {
     /// A call has passed the gate with the token: the login deadline is over.
     admitted: AtomicBool,
-    /// Failed token attempts so far. Behind an async lock, so that one
-    /// connection's failures are answered one after another, each after a
-    /// longer pause, as on the native door.
-    failures: tokio::sync::Mutex<u32>,
-    /// Calls refused for carrying no token.
-    unauthenticated: AtomicU32,
+    /// Failed token attempts and calls refused without a token, counted as
+    /// on every door. Behind an async lock, so that one connection's failures
+    /// are answered one after another, each after a longer pause.
+    login: tokio::sync::Mutex<Login>,
     /// The gate has decided the connection must close.
     closing: AtomicBool,
     /// The connection's reader, woken to notice `closing`.

@@ -10,8 +10,9 @@
 //! have the same semantics; the rest (MGET, KEYS, SCAN, INFO, ...) read the
 //! store directly.
 //!
-//! The path of a request: [`codec`] (bytes to arguments) → [`serve`] (this
-//! connection's loop: pipelining, order of replies, timeouts) →
+//! The path of a request: [`codec`] (bytes to arguments) → `crate::session`
+//! (the loop every door shares: login, pipelining, order of replies,
+//! timeouts) →
 //! [`commands`] (what each command does) → `crate::cmd` / the store.
 //! `docs/resp.md` lists the commands and where they differ from Redis.
 
@@ -20,27 +21,24 @@ pub mod commands;
 pub mod cursor;
 pub mod glob;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::time::Instant;
+use kvstore_client::Reply;
 use tokio_util::codec::{Encoder, Framed};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth;
 use crate::config::{SyncMode, Timeouts};
 use crate::connection::Stream;
 use crate::db::Db;
-use crate::{auth, handler};
+use crate::session::login::Login;
+use crate::session::{self, Door, Incoming, Step};
 use codec::{DecodeError, RequestLimits, RespCodec, Value};
-use commands::{Outcome, Session};
-
-/// Requests one connection may have read and not yet answered; past this it
-/// answers before reading more.
-const MAX_PIPELINE: usize = 1024;
+use commands::{Outcome, Session, Shape};
 
 /// State shared by every RESP connection.
 pub struct Shared {
@@ -90,7 +88,7 @@ fn request_limits(db: &Db, authenticated: bool) -> RequestLimits {
 
 /// A reply with the protocol version it is to be written in (a pipelined
 /// `HELLO 3` changes the version for the replies after its own).
-struct Versioned(u8, Value);
+pub struct Versioned(u8, Value);
 
 impl Encoder<Versioned> for RespCodec {
     type Error = std::io::Error;
@@ -101,8 +99,7 @@ impl Encoder<Versioned> for RespCodec {
     }
 }
 
-/// Serves one RESP client until it leaves, sends `QUIT`, breaks the
-/// protocol, times out, or the server shuts down.
+/// Serves one RESP client (see [`session::serve`]).
 pub async fn serve(
     stream: Box<dyn Stream>,
     db: Db,
@@ -110,143 +107,134 @@ pub async fn serve(
     timeouts: Timeouts,
     shutdown: CancellationToken,
 ) {
-    let mut session = Session::new(db.stats.next_client_id(), !db.auth.required());
-    let mut framed = Framed::new(
-        stream,
-        RespCodec::new(request_limits(&db, session.authenticated)),
-    );
-    let mut limits_for_login = session.authenticated;
-    let login_deadline = (!session.authenticated).then(|| Instant::now() + auth::LOGIN_TIMEOUT);
-    // As in the native handler: when the request now arriving began to
-    // arrive, how many requests had been decoded then, and when the client
-    // last sent anything.
-    let mut partial_since: Option<Instant> = None;
-    let mut decoded_mark = 0;
-    let mut last_heard = Instant::now();
-    let ctx = commands::Ctx {
-        db: &db,
-        shared: &shared,
+    let session = Session::new(db.stats.next_client_id(), Login::new(&db.auth));
+    let logged_in = session.login.authenticated();
+    let door = Resp {
+        framed: Framed::new(stream, RespCodec::new(request_limits(&db, logged_in))),
+        db: db.clone(),
+        shared,
+        session,
+        limits_for_login: logged_in,
+        peeked: None,
     };
-    let mut ticker = timeouts.ticker(login_deadline.is_some());
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            first = framed.next() => Some(first),
-            _ = ticker.tick() => None,
-        };
-        let now = Instant::now();
-        let partial = framed.codec().in_request() || !framed.read_buffer().is_empty();
-        let decoded = framed.codec().requests_decoded();
-        if !partial {
-            partial_since = None;
-        } else if partial_since.is_none() || decoded != decoded_mark {
-            partial_since = Some(now);
-        }
-        decoded_mark = decoded;
-        if partial || first.is_some() {
-            last_heard = now;
-        }
-        let Some(first) = first else {
-            if let (Some(limit), Some(since)) = (timeouts.read, partial_since) {
-                if now >= since + limit {
-                    tracing::debug!("a RESP request took longer than the read timeout; closing");
-                    return;
-                }
+    session::serve(door, db, timeouts, shutdown).await
+}
+
+/// What reading the codec gave: a request, a protocol error, or the end.
+type Decoded = Option<Result<Vec<Bytes>, DecodeError>>;
+
+/// One RESP connection.
+struct Resp {
+    framed: Framed<Box<dyn Stream>, RespCodec>,
+    db: Db,
+    shared: Arc<Shared>,
+    session: Session,
+    /// The login state the codec's limits were set for.
+    limits_for_login: bool,
+    /// A request decoded early, to learn whether a whole one was buffered.
+    peeked: Option<Decoded>,
+}
+
+impl Resp {
+    fn incoming(&mut self, decoded: Decoded) -> Incoming<Vec<Bytes>, Versioned> {
+        match decoded {
+            None | Some(Err(DecodeError::Io(_))) => Incoming::Closed,
+            Some(Err(DecodeError::Protocol(message))) => {
+                tracing::debug!(%message, "RESP protocol error; closing");
+                let reply = Value::error(format!("ERR Protocol error: {message}"));
+                Incoming::Refused(Versioned(self.session.proto, reply))
             }
-            if let Some(limit) = timeouts.idle {
-                if partial_since.is_none() && now >= last_heard + limit {
-                    tracing::debug!("idle timeout; closing");
-                    return;
-                }
+            Some(Ok(args)) => {
+                self.db.stats.command();
+                Incoming::Request(args)
             }
-            if login_deadline.is_some_and(|deadline| !session.authenticated && now >= deadline) {
-                tracing::debug!("no login within the login timeout; closing");
-                return;
-            }
-            continue;
-        };
-        // This request, and every one already buffered behind it.
-        let mut queue: VecDeque<(u8, Outcome)> = VecDeque::new();
-        // Outcomes before this index are all ready: a long pipeline of reads
-        // does not scan the queue again for each one.
-        let mut settled = 0;
-        let mut next = first;
-        loop {
-            match next {
-                None => {
-                    session.closing = true;
-                    break;
-                }
-                Some(Err(DecodeError::Protocol(message))) => {
-                    tracing::debug!(%message, "RESP protocol error; closing");
-                    let reply = Value::error(format!("ERR Protocol error: {message}"));
-                    queue.push_back((session.proto, Outcome::Ready(reply)));
-                    session.closing = true;
-                    break;
-                }
-                Some(Err(DecodeError::Io(_))) => return,
-                Some(Ok(args)) => {
-                    db.stats.command();
-                    if !commands::writes(&args) {
-                        // A read sees the writes sent before it.
-                        settle(&mut queue, &mut settled).await;
-                    }
-                    let outcome = commands::execute(args, &mut session, &ctx).await;
-                    queue.push_back((session.proto, outcome));
-                    // A login lifts the small pre-login limit for the
-                    // requests decoded from now on.
-                    if session.authenticated != limits_for_login {
-                        limits_for_login = session.authenticated;
-                        framed
-                            .codec_mut()
-                            .set_limits(request_limits(&db, session.authenticated));
-                    }
-                }
-            }
-            if session.closing || queue.len() >= MAX_PIPELINE {
-                break;
-            }
-            // Only what has already arrived: polling an empty socket again
-            // would cost a system call per request.
-            if framed.read_buffer().is_empty() {
-                break;
-            }
-            match framed.next().now_or_never() {
-                Some(item) => next = item,
-                None => break,
-            }
-        }
-        if answer(&mut framed, queue, timeouts.write).await.is_err() || session.closing {
-            return;
         }
     }
 }
 
-/// Waits for every queued write's outcome, so a read after them sees them.
-/// `settled` is how many outcomes at the front are known to be ready.
-async fn settle(queue: &mut VecDeque<(u8, Outcome)>, settled: &mut usize) {
-    for (_, outcome) in queue.iter_mut().skip(*settled) {
-        if let Outcome::Pending(..) = outcome {
-            let pending = std::mem::replace(outcome, Outcome::Ready(Value::Nil));
-            *outcome = Outcome::Ready(pending.reply().await);
+impl Door for Resp {
+    type Request = Vec<Bytes>;
+    type Reply = Versioned;
+    /// The protocol version when the write ran, and its reply's shape.
+    type Tag = (u8, Shape);
+
+    async fn read(&mut self) -> Incoming<Vec<Bytes>, Versioned> {
+        let decoded = match self.peeked.take() {
+            Some(decoded) => decoded,
+            None => self.framed.next().await,
+        };
+        self.incoming(decoded)
+    }
+
+    fn whole_buffered(&mut self) -> bool {
+        if self.peeked.is_some() {
+            return true;
+        }
+        // Only what has already arrived: polling an empty socket again
+        // would cost a system call per request.
+        if self.framed.read_buffer().is_empty() {
+            return false;
+        }
+        self.peeked = self.framed.next().now_or_never();
+        self.peeked.is_some()
+    }
+
+    fn partial(&self) -> bool {
+        self.framed.codec().in_request() || !self.framed.read_buffer().is_empty()
+    }
+
+    fn completed(&self) -> u64 {
+        self.framed.codec().requests_decoded()
+    }
+
+    fn is_write(&self, args: &Vec<Bytes>) -> bool {
+        self.session.login.authenticated() && commands::writes(args)
+    }
+
+    fn size(args: &Vec<Bytes>) -> usize {
+        args.iter().map(Bytes::len).sum()
+    }
+
+    async fn start(&mut self, args: Vec<Bytes>) -> Step<Self> {
+        let ctx = commands::Ctx {
+            db: &self.db,
+            shared: &self.shared,
+        };
+        let outcome = commands::execute(args, &mut self.session, &ctx).await;
+        // A login lifts the small pre-login limit for the requests decoded
+        // from now on.
+        let logged_in = self.session.login.authenticated();
+        if logged_in != self.limits_for_login {
+            self.limits_for_login = logged_in;
+            let limits = request_limits(&self.db, logged_in);
+            self.framed.codec_mut().set_limits(limits);
+        }
+        let proto = self.session.proto;
+        match outcome {
+            Outcome::Ready(value) => Step::Answer(Versioned(proto, value)),
+            Outcome::Write(command, shape) => Step::Write(command, (proto, shape)),
         }
     }
-    *settled = queue.len();
-}
 
-/// Writes the replies in request order (writes once they are durable), then
-/// flushes once.
-async fn answer(
-    framed: &mut Framed<Box<dyn Stream>, RespCodec>,
-    queue: VecDeque<(u8, Outcome)>,
-    write_timeout: Option<std::time::Duration>,
-) -> std::io::Result<()> {
-    for (proto, outcome) in queue {
-        let value = outcome.reply().await;
-        handler::stalled_at_most(write_timeout, framed.feed(Versioned(proto, value))).await?;
+    fn finish(&self, (proto, shape): (u8, Shape), reply: Reply) -> Versioned {
+        Versioned(proto, shape.reply(reply))
     }
-    handler::stalled_at_most(write_timeout, SinkExt::<Versioned>::flush(framed)).await
+
+    async fn feed(&mut self, reply: Versioned) -> std::io::Result<()> {
+        self.framed.feed(reply).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        SinkExt::<Versioned>::flush(&mut self.framed).await
+    }
+
+    fn logged_in(&self) -> bool {
+        self.session.login.authenticated()
+    }
+
+    fn closing(&self) -> bool {
+        self.session.closing
+    }
 }
 
 /// Tells a RESP client over the connection limit why it is being closed.

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 
 use super::{is, ok, syntax_error, wrong_pass, Ctx, Outcome, Session};
-use crate::auth;
 use crate::resp::codec::Value;
+use crate::session::login::Attempt;
 
 /// PING [message]
 pub(super) fn ping(args: &[Bytes]) -> Outcome {
@@ -30,10 +30,7 @@ pub(super) fn select(args: &[Bytes]) -> Outcome {
 /// Answers a command sent before login, and closes the connection after too
 /// many (as the native door does).
 pub(super) fn refuse_unauthenticated(session: &mut Session) -> Outcome {
-    session.unauthenticated_commands += 1;
-    if session.unauthenticated_commands >= auth::MAX_UNAUTHENTICATED_COMMANDS {
-        session.closing = true;
-    }
+    session.closing |= session.login.refuse();
     Outcome::Ready(Value::error("NOAUTH Authentication required."))
 }
 
@@ -45,16 +42,14 @@ async fn login(
     session: &mut Session,
     ctx: &Ctx<'_>,
 ) -> Result<(), Value> {
-    if user == b"default" && ctx.db.auth.check(password) {
-        session.authenticated = true;
-        return Ok(());
+    let passed = user == b"default" && ctx.db.auth.check(password);
+    match session.login.attempt(&ctx.db.auth, passed).await {
+        Attempt::Passed => Ok(()),
+        Attempt::Failed { close } => {
+            session.closing |= close;
+            Err(wrong_pass())
+        }
     }
-    session.auth_failures += 1;
-    ctx.db.auth.throttle_failure(session.auth_failures).await;
-    if session.auth_failures >= auth::MAX_FAILURES {
-        session.closing = true;
-    }
-    Err(wrong_pass())
 }
 
 /// AUTH [username] password
@@ -121,7 +116,7 @@ pub(super) async fn hello(args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) 
             }
         }
     }
-    if !session.authenticated {
+    if !session.login.authenticated() {
         return Outcome::Ready(Value::error(
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         ));

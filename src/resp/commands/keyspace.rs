@@ -12,14 +12,14 @@ use crate::resp::glob;
 use crate::storage::change::parse_i64;
 
 /// DEL key [key ...]: one key is a Delete, several one DeleteMany record.
-pub(super) async fn del(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn del(args: &[Bytes]) -> Outcome {
     let command = match args {
         [key] => Command::Delete { key: key.clone() },
         keys => Command::DeleteMany {
             keys: keys.to_vec(),
         },
     };
-    native(command, Shape::Int, ctx).await
+    native(command, Shape::Int)
 }
 
 /// EXISTS key [key ...]: how many of them exist (a repeated key counts again).
@@ -50,13 +50,13 @@ pub(super) fn ttl(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 
 /// FLUSHDB / FLUSHALL [ASYNC | SYNC]: one Clear record, durable before the
 /// reply either way.
-pub(super) async fn flush(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn flush(args: &[Bytes]) -> Outcome {
     match args {
         [] => {}
         [mode] if is(mode, "async") || is(mode, "sync") => {}
         _ => return Outcome::Ready(syntax_error()),
     }
-    native(Command::Flush, Shape::Ok, ctx).await
+    native(Command::Flush, Shape::Ok)
 }
 
 /// KEYS pattern: every matching key, as long as the reply stays within the

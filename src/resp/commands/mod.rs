@@ -20,9 +20,9 @@ use kvstore_client::{Command, ErrorCode, Reply};
 
 use super::codec::Value;
 use super::Shared;
-use crate::cmd::{self, Started};
+use crate::cmd;
 use crate::db::Db;
-use crate::log::PendingWrite;
+use crate::session::login::Login;
 
 /// One connection's state.
 pub struct Session {
@@ -32,25 +32,19 @@ pub struct Session {
     pub name: Option<Bytes>,
     /// 2 or 3 (`HELLO`).
     pub proto: u8,
-    /// Whether the client has logged in (always, without a token).
-    pub authenticated: bool,
-    /// Failed `AUTH`s on this connection: sets the pause and the close.
-    pub auth_failures: u32,
-    /// Commands refused before login.
-    pub unauthenticated_commands: u32,
+    /// Logged in yet (always, without a token); failed attempts.
+    pub login: Login,
     /// Close once the replies so far are written (QUIT, too many failures).
     pub closing: bool,
 }
 
 impl Session {
-    pub fn new(id: u64, authenticated: bool) -> Session {
+    pub fn new(id: u64, login: Login) -> Session {
         Session {
             id,
             name: None,
             proto: 2,
-            authenticated,
-            auth_failures: 0,
-            unauthenticated_commands: 0,
+            login,
             closing: false,
         }
     }
@@ -62,23 +56,12 @@ pub struct Ctx<'a> {
     pub shared: &'a Shared,
 }
 
-/// A command's reply, or the promise of one.
+/// A command's reply, or the write to log for it.
 pub enum Outcome {
     Ready(Value),
-    /// A write the log has; `Shape` turns its native reply into RESP.
-    Pending(PendingWrite, Shape),
-}
-
-impl Outcome {
-    /// The reply, waiting for the write to be durable if there is one.
-    pub async fn reply(self) -> Value {
-        match self {
-            Outcome::Ready(value) => value,
-            Outcome::Pending(mut pending, shape) => {
-                shape.reply(cmd::reply_for(pending.wait().await))
-            }
-        }
-    }
+    /// A native write for the log (the session hands it over, with the rest
+    /// of its pipeline); `Shape` turns its native reply into RESP.
+    Write(Command, Shape),
 }
 
 /// How a native reply reads in RESP.
@@ -146,12 +129,9 @@ fn ok() -> Outcome {
     Outcome::Ready(Value::Simple("OK"))
 }
 
-/// Runs a native command; its reply is read through `shape`.
-async fn native(command: Command, shape: Shape, ctx: &Ctx<'_>) -> Outcome {
-    match cmd::start(command, ctx.db).await {
-        Started::Done(reply) => Outcome::Ready(shape.reply(reply)),
-        Started::Pending(pending) => Outcome::Pending(pending, shape),
-    }
+/// A native write; its reply is read through `shape`.
+fn native(command: Command, shape: Shape) -> Outcome {
+    Outcome::Write(command, shape)
 }
 
 /// A native read answered now.
@@ -258,7 +238,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         return Outcome::Ready(Value::error("ERR empty command"));
     };
     let Some(spec) = spec(name) else {
-        if !session.authenticated {
+        if !session.login.authenticated() {
             return connection::refuse_unauthenticated(session);
         }
         let mut message = format!(
@@ -270,7 +250,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         }
         return Outcome::Ready(Value::error(message));
     };
-    if !session.authenticated && !matches!(spec.name, "auth" | "hello" | "quit") {
+    if !session.login.authenticated() && !matches!(spec.name, "auth" | "hello" | "quit") {
         return connection::refuse_unauthenticated(session);
     }
     let n = args.len() as i32;
@@ -298,9 +278,9 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             ok()
         }
         "select" => connection::select(args),
-        "append" => strings::append(args, ctx).await,
-        "decr" => strings::incr(&args[0], -1, ctx).await,
-        "decrby" => strings::incr_by(args, true, ctx).await,
+        "append" => strings::append(args),
+        "decr" => strings::incr(&args[0], -1),
+        "decrby" => strings::incr_by(args, true),
         "get" => native_read(
             Command::Get {
                 key: args[0].clone(),
@@ -308,28 +288,24 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             Shape::Bulk,
             ctx,
         ),
-        "getdel" => {
-            native(
-                Command::GetDel {
-                    key: args[0].clone(),
-                },
-                Shape::Bulk,
-                ctx,
-            )
-            .await
-        }
-        "getset" => strings::getset(args, ctx).await,
-        "incr" => strings::incr(&args[0], 1, ctx).await,
-        "incrby" => strings::incr_by(args, false, ctx).await,
+        "getdel" => native(
+            Command::GetDel {
+                key: args[0].clone(),
+            },
+            Shape::Bulk,
+        ),
+        "getset" => strings::getset(args),
+        "incr" => strings::incr(&args[0], 1),
+        "incrby" => strings::incr_by(args, false),
         "mget" => strings::mget(args, ctx),
-        "mset" => strings::mset(args, ctx).await,
-        "set" => strings::set(args, ctx).await,
-        "setnx" => strings::setnx(args, ctx).await,
+        "mset" => strings::mset(args),
+        "set" => strings::set(args),
+        "setnx" => strings::setnx(args),
         "strlen" => strings::strlen(args, ctx),
         "dbsize" => Outcome::Ready(Value::Int(cmd::keys::count(ctx.db) as i64)),
-        "del" | "unlink" => keyspace::del(args, ctx).await,
+        "del" | "unlink" => keyspace::del(args),
         "exists" => keyspace::exists(args, ctx),
-        "flushall" | "flushdb" => keyspace::flush(args, ctx).await,
+        "flushall" | "flushdb" => keyspace::flush(args),
         "keys" => keyspace::keys(args, ctx).await,
         "pttl" | "ttl" => keyspace::ttl(args, ctx),
         "scan" => keyspace::scan(args, ctx),

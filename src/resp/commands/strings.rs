@@ -14,7 +14,7 @@ pub const MAX_MGET_BYTES: usize = 64 * 1024 * 1024;
 
 /// SET key value [NX | XX] [GET] [KEEPTTL]; the expiry options are refused,
 /// because keys never expire.
-pub(super) async fn set(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn set(args: &[Bytes]) -> Outcome {
     let (key, value) = (args[0].clone(), args[1].clone());
     let mut condition = Condition::Always;
     let mut get = false;
@@ -37,7 +37,7 @@ pub(super) async fn set(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         }
     }
     if condition == Condition::Always && !get {
-        return native(Command::Set { key, value }, Shape::Ok, ctx).await;
+        return native(Command::Set { key, value }, Shape::Ok);
     }
     let shape = if get { Shape::Bulk } else { Shape::OkIfStored };
     native(
@@ -48,35 +48,33 @@ pub(super) async fn set(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
             get,
         },
         shape,
-        ctx,
     )
-    .await
 }
 
 /// SETNX key value: `:1` if it stored.
-pub(super) async fn setnx(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn setnx(args: &[Bytes]) -> Outcome {
     let command = Command::SetIf {
         key: args[0].clone(),
         value: args[1].clone(),
         condition: Condition::Absent,
         get: false,
     };
-    native(command, Shape::Int, ctx).await
+    native(command, Shape::Int)
 }
 
 /// GETSET key value: the old value.
-pub(super) async fn getset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn getset(args: &[Bytes]) -> Outcome {
     let command = Command::SetIf {
         key: args[0].clone(),
         value: args[1].clone(),
         condition: Condition::Always,
         get: true,
     };
-    native(command, Shape::Bulk, ctx).await
+    native(command, Shape::Bulk)
 }
 
 /// MSET key value [key value ...]: one BulkSet, one log record.
-pub(super) async fn mset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn mset(args: &[Bytes]) -> Outcome {
     if !args.len().is_multiple_of(2) {
         return Outcome::Ready(Value::error(
             "ERR wrong number of arguments for 'mset' command",
@@ -86,7 +84,7 @@ pub(super) async fn mset(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         .chunks_exact(2)
         .map(|pair| (pair[0].clone(), pair[1].clone()))
         .collect();
-    native(Command::BulkSet { items }, Shape::Ok, ctx).await
+    native(Command::BulkSet { items }, Shape::Ok)
 }
 
 /// MGET key [key ...]: every value at one instant, as in Redis (the store
@@ -124,25 +122,25 @@ pub(super) fn strlen(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 }
 
 /// APPEND key value: the new length.
-pub(super) async fn append(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn append(args: &[Bytes]) -> Outcome {
     let command = Command::Append {
         key: args[0].clone(),
         value: args[1].clone(),
     };
-    native(command, Shape::Int, ctx).await
+    native(command, Shape::Int)
 }
 
 /// INCR and DECR.
-pub(super) async fn incr(key: &Bytes, by: i64, ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn incr(key: &Bytes, by: i64) -> Outcome {
     let command = Command::Incr {
         key: key.clone(),
         by,
     };
-    native(command, Shape::Int, ctx).await
+    native(command, Shape::Int)
 }
 
 /// INCRBY key n and DECRBY key n.
-pub(super) async fn incr_by(args: &[Bytes], negate: bool, ctx: &Ctx<'_>) -> Outcome {
+pub(super) fn incr_by(args: &[Bytes], negate: bool) -> Outcome {
     let Some(by) = parse_i64(&args[1]) else {
         return Outcome::Ready(not_an_integer());
     };
@@ -154,5 +152,5 @@ pub(super) async fn incr_by(args: &[Bytes], negate: bool, ctx: &Ctx<'_>) -> Outc
     } else {
         by
     };
-    incr(&args[0], by, ctx).await
+    incr(&args[0], by)
 }
