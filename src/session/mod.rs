@@ -16,6 +16,7 @@ mod tests;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use kvstore_client::{Command, Reply};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +89,10 @@ pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: C
     let mut reading = true;
     let mut clock = Clock::new(timeouts, Instant::now(), door.logged_in());
     let mut ticker = timeouts.ticker(!door.logged_in());
+    // One future for the whole connection: a new one per turn registered
+    // with, and left, the token's waiter list at every request.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let may_read = reading && pipeline.has_room();
         tokio::select! {
@@ -104,7 +109,7 @@ pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: C
                     reading = false;
                 }
             },
-            _ = shutdown.cancelled(), if reading => reading = false,
+            _ = &mut cancelled, if reading => reading = false,
             // Wakes the loop to check the timeouts: bytes that arrive inside
             // a pending read do not.
             _ = ticker.tick(), if may_read => {}
@@ -172,6 +177,12 @@ pub(crate) async fn stalled_at_most(
     limit: Option<Duration>,
     write: impl Future<Output = std::io::Result<()>>,
 ) -> std::io::Result<()> {
+    let mut write = std::pin::pin!(write);
+    // Nearly every write finds room at once: no clock read and no timer
+    // for it.
+    if let Some(result) = write.as_mut().now_or_never() {
+        return result;
+    }
     match limit {
         None => write.await,
         Some(limit) => tokio::time::timeout(limit, write)
