@@ -232,9 +232,11 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_RAFT_HEARTBEAT_MS", default_value_t = 100)]
     pub raft_heartbeat_ms: u64,
 
-    /// Cluster mode: a follower that hears no leader for between this and
-    /// twice this starts an election.
-    #[arg(long, env = "KVSTORE_RAFT_ELECTION_MS", default_value_t = 1000)]
+    /// Cluster mode: the shortest election timeout (the longest is 1.5
+    /// times it). A follower that has heard a leader stands for election
+    /// after the leader lease (the longest timeout) plus a random timeout:
+    /// 1.25 to 1.5 s after the last heartbeat with the default.
+    #[arg(long, env = "KVSTORE_RAFT_ELECTION_MS", default_value_t = 500)]
     pub raft_election_ms: u64,
 
     /// Cluster mode: entries between two snapshots of the state machine

@@ -111,8 +111,10 @@ impl ClientBuilder {
     /// A cluster's nodes, comma-separated (`a:1,b:2,c:3`): the client talks
     /// to one at a time, moves to the leader a `NotLeader` answer names, and
     /// to the next address when a node cannot be reached, within the retry
-    /// budget (with several addresses, at least 10 attempts unless
-    /// [`ClientBuilder::max_attempts`] says otherwise).
+    /// budget (with several addresses, at least 60 attempts unless
+    /// [`ClientBuilder::max_attempts`] says otherwise, no pause before an
+    /// address not tried since the last pause, and pauses of at most
+    /// 200 ms).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
         self
@@ -176,7 +178,7 @@ impl ClientBuilder {
 
     /// First and largest pause between attempts (defaults 50 ms and 1 s);
     /// pauses double between them, with jitter (which may add up to the
-    /// pause again).
+    /// pause again). With several addresses no pause exceeds 200 ms.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
@@ -774,9 +776,27 @@ impl Client {
         // An `Incr` or `Append` whose reply was lost may have been applied:
         // it is resent only after errors that prove it never arrived.
         let idempotent = command.is_idempotent();
-        let attempts = (|| self.call_once(command.clone()))
-            .retry(policy)
-            .when(|e| e.is_retryable() && (idempotent || e.never_arrived()));
+        let several = self.inner.target.lock().map_or(1, |t| t.known.len()) > 1;
+        // The addresses tried since the last pause.
+        let tried = std::sync::Mutex::new(Vec::new());
+        let attempts = (|| {
+            let (addr, _) = self.target();
+            if let Ok(mut tried) = tried.lock() {
+                tried.push(addr);
+            }
+            self.call_once(command.clone())
+        })
+        .retry(policy)
+        .when(|e| e.is_retryable() && (idempotent || e.never_arrived()))
+        .adjust(|_, pause| {
+            let mut tried = tried.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = !tried.contains(&self.target().0);
+            let pause = pause_before_retry(several, fresh, pause);
+            if pause != Some(Duration::ZERO) {
+                tried.clear();
+            }
+            pause
+        });
         tokio::time::timeout(options.max_call_time, attempts)
             .await
             .unwrap_or(Err(Error::Timeout {
@@ -1004,9 +1024,28 @@ impl Target {
     }
 }
 
-/// With several addresses, attempts per call unless set: enough backoff
-/// (50 ms doubling to 1 s) to outlast an election of a few seconds.
-const CLUSTER_MIN_ATTEMPTS: usize = 10;
+/// With several addresses, attempts per call unless set: enough pauses
+/// (50 ms doubling to [`CLUSTER_MAX_PAUSE`]) to outlast an election of a
+/// few seconds.
+const CLUSTER_MIN_ATTEMPTS: usize = 60;
+
+/// With several addresses, the longest pause between attempts: a new
+/// leader is found within a pause of being elected (a pause of up to 1 s
+/// cost the CLI up to 2 s after the election in benches/failover.sh).
+const CLUSTER_MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// The pause before the next attempt, given the backoff's `pause`. With
+/// several addresses: none when the failed attempt moved the client to an
+/// address not tried since the last pause (a dead node or a `NotLeader`
+/// naming the leader must not cost a pause while other addresses remain),
+/// and at most [`CLUSTER_MAX_PAUSE`] otherwise.
+fn pause_before_retry(several: bool, fresh: bool, pause: Option<Duration>) -> Option<Duration> {
+    match (several, pause) {
+        (true, Some(_)) if fresh => Some(Duration::ZERO),
+        (true, Some(pause)) => Some(pause.min(CLUSTER_MAX_PAUSE)),
+        (_, pause) => pause,
+    }
+}
 
 /// Sends `Auth` as the first request of a new connection.
 async fn authenticate(mux: &Mux, token: Bytes) -> Result<(), Error> {
@@ -1056,4 +1095,41 @@ fn expect_int(reply: Reply) -> Result<i64, Error> {
 
 pub(crate) fn unexpected(wanted: &str, got: &Reply) -> Error {
     Error::Protocol(format!("expected a {wanted} reply, got {got:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_cluster_client_moves_on_at_once_and_pauses_briefly() {
+        // Moved to an address not tried since the last pause: no pause.
+        assert_eq!(
+            pause_before_retry(true, true, Some(MS * 800)),
+            Some(Duration::ZERO)
+        );
+        // Every address tried: the backoff's pause, capped.
+        assert_eq!(
+            pause_before_retry(true, false, Some(MS * 50)),
+            Some(MS * 50)
+        );
+        assert_eq!(
+            pause_before_retry(true, false, Some(MS * 800)),
+            Some(CLUSTER_MAX_PAUSE)
+        );
+        // The budget is spent: no more attempts, whatever else holds.
+        assert_eq!(pause_before_retry(true, true, None), None);
+    }
+
+    #[test]
+    fn a_single_server_client_keeps_the_full_backoff() {
+        for fresh in [false, true] {
+            assert_eq!(
+                pause_before_retry(false, fresh, Some(MS * 800)),
+                Some(MS * 800)
+            );
+        }
+    }
 }

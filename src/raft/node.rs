@@ -37,7 +37,7 @@ pub struct Settings {
     /// The other voters of the first membership (`--peers`), for `Init`.
     pub peers: BTreeMap<u64, Member>,
     pub heartbeat: Duration,
-    /// The shortest election timeout; the longest is twice it.
+    /// The shortest election timeout; the longest is 1.5 times it.
     pub election: Duration,
     /// Entries between two snapshots.
     pub snapshot_every: u64,
@@ -96,7 +96,10 @@ impl Cluster {
             cluster_name: "kvstore".into(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
             election_timeout_min: settings.election.as_millis() as u64,
-            election_timeout_max: 2 * settings.election.as_millis() as u64,
+            // openraft 0.9 makes a follower that knew a leader wait this
+            // (the leader lease) on top of its random timeout: 1.5x, not 2x,
+            // keeps the wait short and the random range wide enough.
+            election_timeout_max: settings.election.as_millis() as u64 * 3 / 2,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
