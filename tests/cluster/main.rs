@@ -282,6 +282,22 @@ fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
     // Every node holds every key once it has applied the leader's log.
     let last = status(leader.addr).unwrap().last_log_index.unwrap();
     wait_applied(&nodes, last);
+
+    // After READONLY a follower's RESP connection reads this node's own
+    // state (applied above); READWRITE makes it refuse again.
+    for follower in &followers {
+        let mut conn = resp(follower);
+        let get = |conn: &mut redis::Connection| {
+            redis::cmd("GET").arg("k7").query::<Option<String>>(conn)
+        };
+        let ok: String = redis::cmd("READONLY").query(&mut conn).unwrap();
+        assert_eq!(ok, "OK");
+        assert_eq!(get(&mut conn).unwrap().as_deref(), Some("v7"));
+        let ok: String = redis::cmd("READWRITE").query(&mut conn).unwrap();
+        assert_eq!(ok, "OK");
+        let refused = get(&mut conn).unwrap_err();
+        assert!(refused.to_string().contains("not the leader"), "{refused}");
+    }
     for node in &nodes {
         assert_eq!(keys_figure(node.addr), Some(201), "node {}", node.id);
     }

@@ -36,6 +36,9 @@ pub struct Session {
     pub login: Login,
     /// Close once the replies so far are written (QUIT, too many failures).
     pub closing: bool,
+    /// `READONLY`: reads are served from this node's applied state, without
+    /// the cluster's read barrier (a follower answers, maybe stale).
+    pub readonly: bool,
 }
 
 impl Session {
@@ -46,6 +49,7 @@ impl Session {
             proto: 2,
             login,
             closing: false,
+            readonly: false,
         }
     }
 }
@@ -207,6 +211,8 @@ pub const COMMANDS: &[Spec] = &[
     spec!("ping", -1, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the server's liveliness response."),
     spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key: -1 (keys never expire) or -2 (no such key)."),
     spec!("quit", -1, false, C, (0, 0, 0), "connection", "1.0.0", "Closes the connection."),
+    spec!("readonly", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Lets this connection's reads be served by this node even when it is a follower (they may be stale)."),
+    spec!("readwrite", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Ends READONLY: reads are linearizable again (a follower refuses them)."),
     spec!("scan", -2, false, R, (0, 0, 0), "generic", "2.8.0", "Iterates over the key names in the database, in key order."),
     spec!("select", 2, false, &["loading", "stale", "fast"], (0, 0, 0), "connection", "1.0.0", "Changes the selected database: only database 0 exists."),
     spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key (NX, XX, GET; no expiry)."),
@@ -260,8 +266,9 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             spec.name
         )));
     }
-    // Cluster mode: a read of data is linearizable, as on the native door.
-    if spec.flags.contains(&"readonly") {
+    // Cluster mode: a read of data is linearizable, as on the native door,
+    // unless the connection asked for this node's own state (READONLY).
+    if spec.flags.contains(&"readonly") && !session.readonly {
         if let Err(e) = cmd::read_barrier(ctx.db).await {
             return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
@@ -275,6 +282,10 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "ping" => connection::ping(args),
         "quit" => {
             session.closing = true;
+            ok()
+        }
+        "readonly" | "readwrite" => {
+            session.readonly = spec.name == "readonly";
             ok()
         }
         "select" => connection::select(args),
