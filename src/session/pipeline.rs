@@ -21,7 +21,9 @@ use kvstore_client::{Command, Reply};
 use super::{Door, Step};
 use crate::cmd::{self, Started};
 use crate::db::Db;
+use crate::error::Error;
 use crate::log::PendingWrite;
+use crate::storage::store::Applied;
 
 /// Requests one connection may have in flight.
 pub const MAX_IN_FLIGHT: usize = 1024;
@@ -41,8 +43,6 @@ enum State<D: Door> {
     Waiting(D::Request),
     /// A write held back to join the burst behind it in one log message.
     Deferred(Command, D::Tag),
-    /// Only while a state is being replaced in place.
-    Taken,
 }
 
 /// The requests of one connection, in order.
@@ -141,32 +141,46 @@ impl<D: Door> Pipeline<D> {
         if self.deferred == 0 {
             return;
         }
-        let mut commands = Vec::with_capacity(self.deferred);
-        let mut positions = Vec::with_capacity(self.deferred);
-        for (i, state) in self.queue.iter_mut().enumerate() {
-            if let State::Deferred(command, _) = state {
-                self.waiting_bytes -= cmd::size(command);
-                commands.push(std::mem::replace(command, Command::Flush));
-                positions.push(i);
-            }
-        }
         self.deferred = 0;
-        let outcomes = cmd::start_all(commands, db).await;
-        for (i, outcome) in positions.into_iter().zip(outcomes) {
-            let state = &mut self.queue[i];
-            if let State::Deferred(_, tag) = std::mem::replace(state, State::Taken) {
-                *state = started(outcome, tag);
-            }
-        }
+        // In order: a state kept as it is, or the tag of a deferred write
+        // whose command is in `commands`.
+        let mut commands = Vec::new();
+        let turns: Vec<Result<State<D>, D::Tag>> = (self.queue.drain(..))
+            .map(|state| match state {
+                State::Deferred(command, tag) => {
+                    self.waiting_bytes -= cmd::size(&command);
+                    commands.push(command);
+                    Err(tag)
+                }
+                other => Ok(other),
+            })
+            .collect();
+        let mut outcomes = cmd::start_all(commands, db).await.into_iter();
+        self.queue = turns
+            .into_iter()
+            .map(|turn| match turn {
+                Ok(state) => state,
+                Err(tag) => {
+                    let outcome = outcomes.next();
+                    started(outcome.unwrap_or(Started::Done(cmd::lost_write())), tag)
+                }
+            })
+            .collect();
     }
 
     /// Waits until the write at the front has its outcome (cancel-safe).
     pub async fn wait_front(&mut self) {
         if let Some(State::Write(pending, _)) = self.queue.front_mut() {
-            let reply = cmd::reply_for(pending.wait().await);
-            if let Some(State::Write(_, tag)) = self.queue.pop_front() {
-                self.queue.push_front(State::Done(reply, tag));
-            }
+            let outcome = pending.wait().await;
+            self.settle_front(outcome);
+        }
+    }
+
+    /// Turns the write at the front into its outcome.
+    fn settle_front(&mut self, outcome: Result<Applied, Error>) {
+        if let Some(State::Write(_, tag)) = self.queue.pop_front() {
+            let reply = cmd::reply_for(outcome);
+            self.queue.push_front(State::Done(reply, tag));
         }
     }
 
@@ -177,18 +191,12 @@ impl<D: Door> Pipeline<D> {
             match self.queue.front_mut()? {
                 State::Ready(_) | State::Done(..) => break,
                 State::Write(pending, _) => match pending.try_take() {
-                    Some(outcome) => {
-                        let reply = cmd::reply_for(outcome);
-                        if let Some(State::Write(_, tag)) = self.queue.pop_front() {
-                            self.queue.push_front(State::Done(reply, tag));
-                        }
-                    }
+                    Some(outcome) => self.settle_front(outcome),
                     None => return None,
                 },
                 // Started with the rest of its burst (`start_deferred`).
                 State::Deferred(..) => return None,
                 State::Waiting(_) => self.start_waiting(door, db).await,
-                State::Taken => unreachable!("replaced before the queue is read again"),
             }
         }
         match self.queue.pop_front()? {
@@ -199,13 +207,10 @@ impl<D: Door> Pipeline<D> {
     }
 
     /// Everything before the first waiting request is answered: starts it,
-    /// and if it is a write, the waiting writes right behind it too (as one
-    /// burst). A read behind them waits again.
+    /// and if it is a write, the waiting writes right behind it too, handed
+    /// to the log as one burst. A read behind them waits again.
     async fn start_waiting(&mut self, door: &mut D, db: &Db) {
-        // In order: a reply known at once, or the tag of a write whose
-        // command is in `commands`.
-        let mut turns: Vec<Result<D::Reply, D::Tag>> = Vec::new();
-        let mut commands = Vec::new();
+        let mut turns = Vec::new();
         while let Some(State::Waiting(request)) = self.queue.front() {
             let is_write = door.is_write(request);
             if !turns.is_empty() && !is_write {
@@ -216,31 +221,24 @@ impl<D: Door> Pipeline<D> {
             };
             self.waiting -= 1;
             self.waiting_bytes -= D::size(&request);
-            match door.start(request).await {
-                Step::Answer(reply) => turns.push(Ok(reply)),
+            turns.push(match door.start(request).await {
+                Step::Answer(reply) => State::Ready(reply),
                 Step::Write(command, tag) => {
-                    commands.push(command);
-                    turns.push(Err(tag));
+                    self.deferred += 1;
+                    self.waiting_bytes += cmd::size(&command);
+                    State::Deferred(command, tag)
                 }
-            }
+            });
             if !is_write {
                 break;
             }
         }
-        let mut outcomes = cmd::start_all(commands, db).await.into_iter();
-        let states: Vec<State<D>> = turns
-            .into_iter()
-            .map(|turn| match turn {
-                Ok(reply) => State::Ready(reply),
-                Err(tag) => match outcomes.next() {
-                    Some(outcome) => started(outcome, tag),
-                    None => State::Done(cmd::lost_write(), tag),
-                },
-            })
-            .collect();
-        for state in states.into_iter().rev() {
+        // Nothing after a waiting request is ever deferred, so the burst
+        // is exactly these writes.
+        for state in turns.into_iter().rev() {
             self.queue.push_front(state);
         }
+        self.start_deferred(db).await;
     }
 }
 
