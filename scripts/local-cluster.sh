@@ -38,6 +38,13 @@ running_pid() {
     [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q kvstore-server && echo "$pid"
 }
 
+# Whether process $1 exists and has not exited (a zombie has).
+alive() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ ${stat##*) } != Z* ]]
+}
+
 ensure_binaries() {
     if [[ ! -x $bin/kvstore-server || ! -x $bin/kvstore ]]; then
         echo "building the release binaries into $bin ..." >&2
@@ -63,7 +70,9 @@ start_node() {
             echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i"))"
             return 0
         fi
-        if ! running_pid "$i" >/dev/null; then break; fi
+        # Not running_pid: until setsid has exec'd the server, the process
+        # is still a shell.
+        if ! alive "$(cat "$dir/node$i/pid")"; then break; fi
         sleep 0.1
     done
     echo "node $i did not start; see $dir/node$i/server.log:" >&2
