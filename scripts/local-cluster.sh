@@ -12,7 +12,9 @@
 # `start` again restarts the nodes that are not running (a killed node
 # catches up). Settings: KVSTORE_CLUSTER_DIR (default ./local-cluster),
 # KVSTORE_CLUSTER_PORT (default 7100), KVSTORE_BIN_DIR (default
-# target/release, built if missing).
+# target/release, built if missing), KVSTORE_CLUSTER_TLS=1 (mutual TLS on
+# the raft ports, with a CA and node certificates made by openssl in
+# DIR/certs/; a cluster started so keeps it on restarts).
 set -euo pipefail
 
 dir=${KVSTORE_CLUSTER_DIR:-./local-cluster}
@@ -52,22 +54,44 @@ ensure_binaries() {
     fi
 }
 
+# A CA and a certificate per node (naming it node-I), for the raft ports.
+make_certs() {
+    local n=$1 i c=$dir/certs
+    mkdir -p "$c"
+    if [[ ! -f $c/ca.pem ]]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=kvstore local cluster CA" -keyout "$c/ca.key" -out "$c/ca.pem" 2>/dev/null
+    fi
+    for ((i = 1; i <= n; i++)); do
+        [[ -f $c/node$i.pem ]] && continue
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=node-$i" \
+            -keyout "$c/node$i.key" -out "$c/node$i.csr" 2>/dev/null
+        openssl x509 -req -in "$c/node$i.csr" -CA "$c/ca.pem" -CAkey "$c/ca.key" \
+            -CAcreateserial -days 3650 -out "$c/node$i.pem" 2>/dev/null \
+            -extfile <(printf 'subjectAltName=DNS:node-%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$i")
+    done
+}
+
 start_node() {
     local i=$1 n=$2 peers="" j
     for ((j = 1; j <= n; j++)); do
         [[ $j == "$i" ]] || peers+="${peers:+,}$j=$(addr "$j")/$(raft "$j")"
     done
+    local c=$dir/certs tls=()
+    if [[ -f $c/node$i.pem ]]; then
+        tls=(--raft-tls-cert "$c/node$i.pem" --raft-tls-key "$c/node$i.key" --raft-tls-ca "$c/ca.pem")
+    fi
     mkdir -p "$dir/node$i"
     # setsid: the node is not in this shell's process group, so a Ctrl-C
     # here does not reach it; `stop` ends it by its process id.
     setsid "$bin/kvstore-server" --node-id "$i" --listen "$(addr "$i")" \
-        --raft-listen "$(raft "$i")" --peers "$peers" \
+        --raft-listen "$(raft "$i")" --peers "$peers" "${tls[@]}" \
         --data "$dir/node$i/kvstore.db" >"$dir/node$i/server.log" 2>&1 </dev/null &
     echo $! >"$dir/node$i/pid"
     local waited
     for ((waited = 0; waited < 100; waited++)); do
         if grep -q "listening on" "$dir/node$i/server.log" 2>/dev/null; then
-            echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i"))"
+            echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i")${tls[0]:+, TLS})"
             return 0
         fi
         # Not running_pid: until setsid has exec'd the server, the process
@@ -90,6 +114,7 @@ cmd_start() {
     ensure_binaries
     mkdir -p "$dir"
     echo "$n" >"$dir/size"
+    if [[ ${KVSTORE_CLUSTER_TLS:-0} == 1 ]]; then make_certs "$n"; fi
     for ((i = 1; i <= n; i++)); do
         if pid=$(running_pid "$i"); then
             echo "node $i: already running (pid $pid)"
@@ -138,7 +163,7 @@ status) ensure_binaries && "$bin/kvstore" --addr "$(all_addrs)" cluster status ;
 addrs) all_addrs ;;
 kill) cmd_kill "${2:-}" ;;
 *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

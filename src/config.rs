@@ -194,10 +194,34 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_NODE_ID")]
     pub node_id: Option<u64>,
 
-    /// Cluster mode: the address the other nodes send Raft messages to. It
-    /// has no authentication: keep it on a network only the nodes reach.
+    /// Cluster mode: the address the other nodes send Raft messages to.
+    /// Without --raft-tls-cert it has no authentication, and must be a
+    /// loopback address unless --allow-insecure-raft.
     #[arg(long, env = "KVSTORE_RAFT_LISTEN", requires = "node_id")]
     pub raft_listen: Option<SocketAddr>,
+
+    /// Cluster mode: mutual TLS on the raft port with this node's
+    /// certificate (PEM), signed by --raft-tls-ca and naming the node as the
+    /// DNS name `node-ID`. Needs --raft-tls-key and --raft-tls-ca.
+    #[arg(
+        long,
+        env = "KVSTORE_RAFT_TLS_CERT",
+        requires_all = ["node_id", "raft_tls_key", "raft_tls_ca"]
+    )]
+    pub raft_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --raft-tls-cert.
+    #[arg(long, env = "KVSTORE_RAFT_TLS_KEY", requires = "raft_tls_cert")]
+    pub raft_tls_key: Option<PathBuf>,
+
+    /// The cluster's CA (PEM): a peer must present a certificate it signed.
+    #[arg(long, env = "KVSTORE_RAFT_TLS_CA", requires = "raft_tls_cert")]
+    pub raft_tls_ca: Option<PathBuf>,
+
+    /// Serve the raft port on a non-loopback address without
+    /// --raft-tls-cert: anyone who reaches it can rewrite the data.
+    #[arg(long, env = "KVSTORE_ALLOW_INSECURE_RAFT")]
+    pub allow_insecure_raft: bool,
 
     /// Cluster mode: the other first voters, for `kvstore cluster init`, as
     /// `ID=ADDR/RAFT_ADDR` (native address, raft address), comma-separated.
@@ -295,6 +319,35 @@ impl Config {
         Ok(())
     }
 
+    /// The raft port's protected mode: a non-loopback raft address needs
+    /// peer authentication (mutual TLS) or `--allow-insecure-raft`.
+    fn check_raft_protected(&self) -> Result<(), Error> {
+        let Some(addr) = self.raft_listen else {
+            return Ok(());
+        };
+        if addr.ip().is_loopback() || self.raft_tls_cert.is_some() {
+            return Ok(());
+        }
+        if !self.allow_insecure_raft {
+            return Err(Error::Config(format!(
+                "refusing to serve the raft port on {addr} without peer authentication: give \
+                 --raft-tls-cert, --raft-tls-key and --raft-tls-ca (docs/security.md), or pass \
+                 --allow-insecure-raft if only the cluster's nodes can reach that address"
+            )));
+        }
+        tracing::warn!(raft_listen = %addr, "raft port on a non-loopback address without TLS: anyone who can reach it can rewrite the data");
+        Ok(())
+    }
+
+    /// The raft port's TLS files, when given.
+    pub fn raft_tls(&self) -> Option<crate::raft::peer_tls::PeerTlsFiles> {
+        Some(crate::raft::peer_tls::PeerTlsFiles {
+            cert: self.raft_tls_cert.clone()?,
+            key: self.raft_tls_key.clone()?,
+            ca: self.raft_tls_ca.clone()?,
+        })
+    }
+
     /// Reads `--cluster-file`, if given, into `peers`, `listen` and
     /// `raft_listen`.
     pub fn load_cluster_file(&mut self) -> Result<(), Error> {
@@ -389,6 +442,7 @@ impl Config {
                 "in cluster mode --listen and --raft-listen are the addresses the other nodes and clients are told: give the node's own address, not 0.0.0.0 or ::".into(),
             ));
         }
+        self.check_raft_protected()?;
         if self.node_id.is_some() && self.raft_heartbeat_ms * 3 > self.raft_election_ms {
             return Err(Error::Config(
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),

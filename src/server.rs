@@ -159,6 +159,7 @@ pub async fn run(
                 election: Duration::from_millis(config.raft_election_ms),
                 snapshot_every: config.raft_snapshot_every,
                 max_frame: config.max_frame,
+                tls: config.raft_tls(),
             };
             let cluster = node::Cluster::start(
                 settings,

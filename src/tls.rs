@@ -15,34 +15,48 @@ use crate::error::Error;
 
 /// Builds the acceptor from a certificate chain and a private key in PEM.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+    let (certs, key) = (certificates(cert)?, private_key(key)?);
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Config(format!("TLS certificate and key do not fit: {e}")))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The one crypto provider every TLS configuration uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates of a PEM file, at least one.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect())
         .map_err(|e| {
             Error::Config(format!(
                 "cannot read certificates from {}: {e}",
-                cert.display()
+                path.display()
             ))
         })?;
     if certs.is_empty() {
         return Err(Error::Config(format!(
             "no certificate in {}",
-            cert.display()
+            path.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
         Error::Config(format!(
             "cannot read a private key from {}: {e}",
-            key.display()
+            path.display()
         ))
-    })?;
-    let config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS: {e}")))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| Error::Config(format!("TLS certificate and key do not fit: {e}")))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    })
 }
 
 /// The same certificate and settings, offering the application protocols

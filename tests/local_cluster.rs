@@ -7,6 +7,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn script(dir: &Path, port: u16, args: &[&str]) -> Output {
+    script_with(dir, port, args, false)
+}
+
+/// The script, with `KVSTORE_CLUSTER_TLS=1` when `tls`.
+fn script_with(dir: &Path, port: u16, args: &[&str], tls: bool) -> Output {
     let bin_dir = common::cli_path().parent().unwrap().to_path_buf();
     Command::new("bash")
         .arg(concat!(
@@ -18,6 +23,7 @@ fn script(dir: &Path, port: u16, args: &[&str]) -> Output {
         .env("KVSTORE_CLUSTER_PORT", port.to_string())
         .env("KVSTORE_BIN_DIR", &bin_dir)
         .env("RUST_LOG", "warn")
+        .env("KVSTORE_CLUSTER_TLS", if tls { "1" } else { "0" })
         .env_remove("KVSTORE_ADDR")
         .output()
         .expect("run local-cluster.sh")
@@ -62,6 +68,15 @@ impl Drop for StopOnDrop<'_> {
 
 #[test]
 fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
+    survives_its_leader_and_stops_cleanly(false);
+}
+
+#[test]
+fn the_local_cluster_script_runs_the_raft_ports_over_mutual_tls() {
+    survives_its_leader_and_stops_cleanly(true);
+}
+
+fn survives_its_leader_and_stops_cleanly(tls: bool) {
     // The server binary sits beside the CLI; the script uses both.
     assert!(common::cli_path().with_file_name("kvstore-server").exists());
     let dir = tempfile::tempdir().unwrap();
@@ -69,8 +84,9 @@ fn the_local_cluster_script_survives_its_leader_and_stops_cleanly() {
     // Node I uses PORT+I and PORT+100+I.
     let port = common::free_port_base(3);
     let _stop = StopOnDrop(&cluster, port);
-    let started = ok(script(&cluster, port, &["start", "3"]));
+    let started = ok(script_with(&cluster, port, &["start", "3"], tls));
     assert!(started.contains("cluster initialized"), "{started}");
+    assert_eq!(started.matches(", TLS)").count(), if tls { 3 } else { 0 });
     let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();
     assert_eq!(addrs.split(',').count(), 3);
 

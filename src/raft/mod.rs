@@ -24,6 +24,7 @@
 pub mod log;
 pub mod network;
 pub mod node;
+pub mod peer_tls;
 pub mod propose;
 pub mod state;
 

@@ -13,8 +13,10 @@
 //! ([`serve`]) answers each connection's messages in order by handing them to
 //! the local [`Raft`].
 //!
-//! The raft port has no authentication: bind it to an address only the
-//! cluster's nodes can reach (docs/replication.md).
+//! With `--raft-tls-*` every connection is mutual TLS and carries messages
+//! from one authenticated member only ([`PeerTls`]). Without, the raft port
+//! has no authentication: a node refuses to start on a non-loopback raft
+//! address that way unless told `--allow-insecure-raft` (docs/security.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,11 +33,14 @@ use openraft::raft::{
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::peer_tls::PeerTls;
 use super::{Member, Raft, TypeConfig};
 
 /// The largest raft message: far above one AppendEntries of
@@ -49,7 +54,8 @@ const IDLE_PER_PEER: usize = 4;
 /// How long dialing a peer may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+type Conn =
+    Framed<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, LengthDelimitedCodec>;
 
 /// A message to a peer's raft port.
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +63,18 @@ pub enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+impl Rpc {
+    /// The node that sent it: the leader or the candidate its vote names.
+    pub fn sender(&self) -> Option<u64> {
+        let vote = match self {
+            Rpc::Append(rpc) => &rpc.vote,
+            Rpc::Vote(rpc) => &rpc.vote,
+            Rpc::Snapshot(rpc) => &rpc.vote,
+        };
+        vote.leader_id().voted_for()
+    }
 }
 
 /// The answer to an [`Rpc`], with the peer's raft error if it refused it.
@@ -77,14 +95,17 @@ pub struct Network {
     /// addresses the cluster was initialised with: each node may reach a
     /// peer by its own route (a NAT, a proxy, the tests' link proxies).
     dial: Arc<HashMap<u64, String>>,
+    /// Mutual TLS with every peer, when configured.
+    tls: Option<Arc<PeerTls>>,
     max_frame: usize,
 }
 
 impl Network {
-    pub fn new(max_frame: usize, dial: HashMap<u64, String>) -> Network {
+    pub fn new(max_frame: usize, dial: HashMap<u64, String>, tls: Option<Arc<PeerTls>>) -> Network {
         Network {
             idle: Arc::default(),
             dial: Arc::new(dial),
+            tls,
             max_frame,
         }
     }
@@ -138,8 +159,16 @@ impl Peer {
                     })?
                     .map_err(Failed::Unreachable)?;
                 let _ = stream.set_nodelay(true);
+                let io = match &self.network.tls {
+                    None => Either::Left(stream),
+                    Some(tls) => Either::Right(
+                        tls.connect(stream, self.target)
+                            .await
+                            .map_err(Failed::Unreachable)?,
+                    ),
+                };
                 Framed::new(
-                    stream,
+                    io,
                     kvstore_client::codec::frame_codec(self.network.max_frame),
                 )
             }
@@ -240,10 +269,12 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// Answers raft messages on `listener` until `shutdown`.
+/// Answers raft messages on `listener` until `shutdown`; with `tls`, only
+/// from peers that authenticate as members ([`PeerTls`]).
 pub async fn serve(
     listener: TcpListener,
     raft: Raft,
+    tls: Option<Arc<PeerTls>>,
     max_frame: usize,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -262,46 +293,92 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let raft = raft.clone();
-        let shutdown = shutdown.clone();
+        let (raft, tls, shutdown) = (raft.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let mut conn = Framed::new(stream, kvstore_client::codec::frame_codec(max_frame));
-            loop {
-                let frame = tokio::select! {
-                    frame = conn.next() => frame,
-                    _ = shutdown.cancelled() => return,
-                };
-                let frame = match frame {
-                    Some(Ok(frame)) => frame,
-                    Some(Err(e)) => {
-                        tracing::debug!(%peer, "raft connection ended: {e}");
-                        return;
-                    }
-                    None => return,
-                };
-                let rpc = match kvstore_client::codec::decode::<Rpc>(&frame) {
-                    Ok(rpc) => rpc,
+            let (io, sender) = match tls {
+                None => (Either::Left(stream), None),
+                Some(tls) => match authenticate(&tls, stream, &raft).await {
+                    Ok((stream, id)) => (Either::Right(stream), Some(id)),
                     Err(e) => {
-                        tracing::warn!(%peer, "undecodable raft message, closing: {e}");
+                        tracing::warn!(%peer, "raft peer refused: {e}");
                         return;
                     }
-                };
-                let reply = match rpc {
-                    Rpc::Append(rpc) => RpcReply::Append(raft.append_entries(rpc).await),
-                    Rpc::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
-                    Rpc::Snapshot(rpc) => RpcReply::Snapshot(raft.install_snapshot(rpc).await),
-                };
-                let body = match kvstore_client::codec::encode(&reply) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        tracing::error!("raft reply did not encode: {e}");
-                        return;
-                    }
-                };
-                if conn.send(bytes::Bytes::from(body)).await.is_err() {
-                    return;
-                }
-            }
+                },
+            };
+            let conn = Framed::new(io, kvstore_client::codec::frame_codec(max_frame));
+            answer(conn, peer, sender, raft, shutdown).await;
         });
+    }
+}
+
+/// The TLS handshake of an accepted connection, and the check that the
+/// peer it names is a member (any node, before this one has a membership:
+/// it is waiting to be added).
+async fn authenticate(
+    tls: &PeerTls,
+    stream: TcpStream,
+    raft: &Raft,
+) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, u64)> {
+    let (stream, id) = tls.accept(stream).await?;
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let known = members.is_empty() || members.contains(&id);
+    if !known {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("node {id} is not a member of the cluster"),
+        ));
+    }
+    Ok((stream, id))
+}
+
+/// Answers one connection's messages in order, from node `sender` only
+/// when the connection authenticated it.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Framed<S, LengthDelimitedCodec>,
+    peer: std::net::SocketAddr,
+    sender: Option<u64>,
+    raft: Raft,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            frame = conn.next() => frame,
+            _ = shutdown.cancelled() => return,
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::debug!(%peer, "raft connection ended: {e}");
+                return;
+            }
+            None => return,
+        };
+        let rpc = match kvstore_client::codec::decode::<Rpc>(&frame) {
+            Ok(rpc) => rpc,
+            Err(e) => {
+                tracing::warn!(%peer, "undecodable raft message, closing: {e}");
+                return;
+            }
+        };
+        if sender.is_some() && rpc.sender() != sender {
+            tracing::warn!(%peer, ?sender, claimed = ?rpc.sender(), "raft message from a node other than the one its certificate names, closing");
+            return;
+        }
+        let reply = match rpc {
+            Rpc::Append(rpc) => RpcReply::Append(raft.append_entries(rpc).await),
+            Rpc::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
+            Rpc::Snapshot(rpc) => RpcReply::Snapshot(raft.install_snapshot(rpc).await),
+        };
+        let body = match kvstore_client::codec::encode(&reply) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!("raft reply did not encode: {e}");
+                return;
+            }
+        };
+        if conn.send(bytes::Bytes::from(body)).await.is_err() {
+            return;
+        }
     }
 }

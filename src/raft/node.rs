@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::log::LogStore;
 use super::network::{self, Network};
+use super::peer_tls::{PeerTls, PeerTlsFiles};
 use super::propose::{not_leader, Proposer};
 use super::state::StateMachine;
 use super::{Member, Raft};
@@ -43,6 +44,8 @@ pub struct Settings {
     pub snapshot_every: u64,
     /// The largest client frame, to size the raft port's frames.
     pub max_frame: usize,
+    /// Mutual TLS on the raft port (`--raft-tls-*`).
+    pub tls: Option<PeerTlsFiles>,
 }
 
 /// A running node.
@@ -108,6 +111,9 @@ impl Cluster {
         .validate()
         .map_err(|e| Error::Config(format!("raft settings: {e}")))?;
         let max_frame = network::BASE_MAX_FRAME + 2 * settings.max_frame;
+        let tls = (settings.tls.as_ref())
+            .map(|files| PeerTls::load(files, settings.id).map(Arc::new))
+            .transpose()?;
         let raft = Raft::new(
             settings.id,
             Arc::new(config),
@@ -116,6 +122,7 @@ impl Cluster {
                 (settings.peers.iter())
                     .map(|(id, member)| (*id, member.raft_addr.clone()))
                     .collect(),
+                tls.clone(),
             ),
             log,
             machine,
@@ -125,6 +132,7 @@ impl Cluster {
         tracker.spawn(network::serve(
             listener,
             raft.clone(),
+            tls,
             max_frame,
             shutdown,
             tracker.clone(),

@@ -8,6 +8,7 @@ mod common;
 mod linearizability;
 mod membership;
 mod partition;
+mod peer_tls;
 mod proxy;
 mod reads;
 
@@ -64,6 +65,17 @@ fn start(me: &Spec, all: &[Spec], dir: &Path) -> Server {
 /// Starts node `me` of `all`, which reaches each peer's raft port at
 /// `route(peer)` (a link proxy, in the partition tests).
 fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> SocketAddr) -> Server {
+    start_with(me, all, dir, route, &[])
+}
+
+/// Starts node `me` of `all` with `extra` arguments.
+fn start_with(
+    me: &Spec,
+    all: &[Spec],
+    dir: &Path,
+    route: impl Fn(&Spec) -> SocketAddr,
+    extra: &[&str],
+) -> Server {
     let peers: Vec<String> = all
         .iter()
         .filter(|s| s.id != me.id)
@@ -72,31 +84,29 @@ fn start_via(me: &Spec, all: &[Spec], dir: &Path, route: impl Fn(&Spec) -> Socke
     let data = dir.join(format!("node{}.db", me.id));
     let (id, raft, peers) = (me.id.to_string(), me.raft.to_string(), peers.join(","));
     let engine = engine_of(me.id);
-    Server::start_on(
-        &me.addr.to_string(),
-        &data,
-        &[
-            "--node-id",
-            &id,
-            "--raft-listen",
-            &raft,
-            "--peers",
-            &peers,
-            "--raft-heartbeat-ms",
-            "100",
-            "--raft-election-ms",
-            "500",
-            // Small, so that a node that was down for a few hundred
-            // writes catches up from a snapshot.
-            "--raft-snapshot-every",
-            "100",
-            // The Redis door too, to check its reads in cluster mode.
-            "--resp-listen",
-            "127.0.0.1:0",
-            "--engine",
-            &engine,
-        ],
-    )
+    let mut args = vec![
+        "--node-id",
+        &id,
+        "--raft-listen",
+        &raft,
+        "--peers",
+        &peers,
+        "--raft-heartbeat-ms",
+        "100",
+        "--raft-election-ms",
+        "500",
+        // Small, so that a node that was down for a few hundred
+        // writes catches up from a snapshot.
+        "--raft-snapshot-every",
+        "100",
+        // The Redis door too, to check its reads in cluster mode.
+        "--resp-listen",
+        "127.0.0.1:0",
+        "--engine",
+        &engine,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_on(&me.addr.to_string(), &data, &args)
 }
 
 /// How a request on a fresh connection went.
