@@ -45,6 +45,73 @@ pub const METHODS: [&str; 10] = [
 /// The trailer that carries the native error code of a failed call.
 pub const ERROR_CODE_METADATA: &str = "kvstore-error-code";
 
+/// Request metadata, cluster mode: `follower` serves the call's reads from
+/// this node's applied state (maybe stale) instead of the leader's.
+pub const READ_METADATA: &str = "kvstore-read";
+
+/// Request metadata, cluster mode: a follower read waits until this node
+/// has applied this log index (a session token from `INDEX_METADATA`).
+pub const AFTER_INDEX_METADATA: &str = "kvstore-after-index";
+
+/// Response metadata of a unary call in cluster mode: the log index its
+/// answer reflects, to send back as `AFTER_INDEX_METADATA`.
+pub const INDEX_METADATA: &str = "kvstore-index";
+
+/// How a call's reads are served, from its metadata.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Reads {
+    follower: bool,
+    after: u64,
+}
+
+impl Reads {
+    fn of(metadata: &MetadataMap) -> Result<Reads, Status> {
+        let text = |name| {
+            (metadata.get(name))
+                .map(|v| v.to_str().map_err(|_| bad_metadata(name)))
+                .transpose()
+        };
+        let follower = match text(READ_METADATA)? {
+            None | Some("leader") => false,
+            Some("follower") => true,
+            Some(_) => return Err(bad_metadata(READ_METADATA)),
+        };
+        let after = match text(AFTER_INDEX_METADATA)? {
+            None => 0,
+            Some(n) => n.parse().map_err(|_| bad_metadata(AFTER_INDEX_METADATA))?,
+        };
+        Ok(Reads { follower, after })
+    }
+
+    /// Waits until this node may serve the read: the leader's barrier, or
+    /// for a follower read the session's index.
+    async fn ready(&self, db: &Db) -> Result<(), crate::error::Error> {
+        match db.cluster() {
+            Some(cluster) if self.follower => {
+                cluster
+                    .wait_applied(self.after, cmd::indexed::MAX_WAIT)
+                    .await
+            }
+            _ => cmd::read_barrier(db).await,
+        }
+    }
+}
+
+fn bad_metadata(name: &str) -> Status {
+    Status::invalid_argument(format!(
+        "metadata {name}: {READ_METADATA} takes leader or follower, {AFTER_INDEX_METADATA} a log index"
+    ))
+}
+
+/// A unary answer, with the log index it reflects in cluster mode.
+fn respond<T>(body: T, index: Option<u64>) -> Response<T> {
+    let mut response = Response::new(body);
+    if let Some(index) = index {
+        (response.metadata_mut()).insert(INDEX_METADATA, MetadataValue::from(index));
+    }
+    response
+}
+
 /// The gRPC status for a native error: its class as a gRPC code, and the
 /// native code in the message (`KeyTooLarge (3): ...`) and in the
 /// [`ERROR_CODE_METADATA`] trailer.
@@ -101,15 +168,31 @@ impl KeyValueService {
         self.db.stats.grpc_call(method as usize);
     }
 
-    /// Runs a command to its reply: a write's once it is durable and applied.
-    async fn run(&self, method: Method, command: Command) -> Result<Reply, Status> {
+    /// Runs a command to its reply (a write's once it is durable and
+    /// applied), a read as `metadata` asks; with the log index the reply
+    /// reflects, in cluster mode.
+    async fn run(
+        &self,
+        method: Method,
+        metadata: &MetadataMap,
+        command: Command,
+    ) -> Result<(Reply, Option<u64>), Status> {
         self.count(method);
-        let reply = match cmd::start(command, &self.db).await {
-            Started::Done(reply) => reply,
-            Started::Pending(mut pending) => cmd::reply_for(pending.wait().await),
+        let db = &self.db;
+        let reply = if command.is_data_read() {
+            match Reads::of(metadata)?.ready(db).await {
+                Ok(()) => cmd::read(command, db),
+                Err(e) => cmd::error_reply(&e),
+            }
+        } else {
+            match cmd::start(command, db).await {
+                Started::Done(reply) => reply,
+                Started::Pending(mut pending) => cmd::reply_for(pending.wait().await),
+            }
         };
-        self.db.stats.reply(&reply);
-        into_result(reply)
+        db.stats.reply(&reply);
+        let index = db.cluster().map(|cluster| cluster.reply_index());
+        Ok((into_result(reply)?, index))
     }
 }
 
@@ -127,21 +210,26 @@ fn into_result(reply: Reply) -> Result<Reply, Status> {
 #[tonic::async_trait]
 impl KeyValue for KeyValueService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let PutRequest { key, value } = request.into_inner();
-        match self.run(Method::Put, Command::Set { key, value }).await? {
-            Reply::Ok => Ok(Response::new(PutResponse {})),
-            other => Err(unexpected(&other)),
+        let (metadata, _, PutRequest { key, value }) = request.into_parts();
+        let command = Command::Set { key, value };
+        match self.run(Method::Put, &metadata, command).await? {
+            (Reply::Ok, index) => Ok(respond(PutResponse {}, index)),
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let GetRequest { key } = request.into_inner();
-        match self.run(Method::Get, Command::Get { key }).await? {
-            Reply::Value(value) => Ok(Response::new(GetResponse {
-                found: value.is_some(),
-                value: value.unwrap_or_default(),
-            })),
-            other => Err(unexpected(&other)),
+        let (metadata, _, GetRequest { key }) = request.into_parts();
+        match self
+            .run(Method::Get, &metadata, Command::Get { key })
+            .await?
+        {
+            (Reply::Value(value), index) => {
+                let found = value.is_some();
+                let value = value.unwrap_or_default();
+                Ok(respond(GetResponse { found, value }, index))
+            }
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -149,10 +237,13 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let DeleteRequest { key } = request.into_inner();
-        match self.run(Method::Delete, Command::Delete { key }).await? {
-            Reply::Bool(deleted) => Ok(Response::new(DeleteResponse { deleted })),
-            other => Err(unexpected(&other)),
+        let (metadata, _, DeleteRequest { key }) = request.into_parts();
+        match self
+            .run(Method::Delete, &metadata, Command::Delete { key })
+            .await?
+        {
+            (Reply::Bool(deleted), index) => Ok(respond(DeleteResponse { deleted }, index)),
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -160,18 +251,12 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<BulkPutRequest>,
     ) -> Result<Response<BulkPutResponse>, Status> {
-        let items = request
-            .into_inner()
-            .pairs
-            .into_iter()
-            .map(|p| (p.key, p.value))
-            .collect();
-        match self
-            .run(Method::BulkPut, Command::BulkSet { items })
-            .await?
-        {
-            Reply::Ok => Ok(Response::new(BulkPutResponse {})),
-            other => Err(unexpected(&other)),
+        let (metadata, _, body) = request.into_parts();
+        let items = body.pairs.into_iter().map(|p| (p.key, p.value)).collect();
+        let command = Command::BulkSet { items };
+        match self.run(Method::BulkPut, &metadata, command).await? {
+            (Reply::Ok, index) => Ok(respond(BulkPutResponse {}, index)),
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -179,10 +264,13 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<ExistsRequest>,
     ) -> Result<Response<ExistsResponse>, Status> {
-        let ExistsRequest { key } = request.into_inner();
-        match self.run(Method::Exists, Command::Exists { key }).await? {
-            Reply::Bool(exists) => Ok(Response::new(ExistsResponse { exists })),
-            other => Err(unexpected(&other)),
+        let (metadata, _, ExistsRequest { key }) = request.into_parts();
+        match self
+            .run(Method::Exists, &metadata, Command::Exists { key })
+            .await?
+        {
+            (Reply::Bool(exists), index) => Ok(respond(ExistsResponse { exists }, index)),
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -190,19 +278,22 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<ListKeysRequest>,
     ) -> Result<Response<ListKeysResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
         let ListKeysRequest {
             prefix,
             start_after,
             limit,
-        } = request.into_inner();
+        } = body;
         let command = Command::Keys {
             prefix,
             start_after,
             limit,
         };
-        match self.run(Method::ListKeys, command).await? {
-            Reply::Keys { keys, more } => Ok(Response::new(ListKeysResponse { keys, more })),
-            other => Err(unexpected(&other)),
+        match self.run(Method::ListKeys, &metadata, command).await? {
+            (Reply::Keys { keys, more }, index) => {
+                Ok(respond(ListKeysResponse { keys, more }, index))
+            }
+            (other, _) => Err(unexpected(&other)),
         }
     }
 
@@ -212,6 +303,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<ScanRequest>,
     ) -> Result<Response<Self::ScanStream>, Status> {
+        let reads = Reads::of(request.metadata())?;
         let ScanRequest {
             prefix,
             start_after,
@@ -224,7 +316,7 @@ impl KeyValue for KeyValueService {
             start_after,
             reverse,
         };
-        Ok(Response::new(self.pages(walk, limit)))
+        Ok(Response::new(self.pages(walk, limit, reads)))
     }
 
     type RangeStream = BoxStream<'static, Result<ScanResponse, Status>>;
@@ -233,6 +325,7 @@ impl KeyValue for KeyValueService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<Self::RangeStream>, Status> {
+        let reads = Reads::of(request.metadata())?;
         let RangeRequest {
             start,
             end,
@@ -245,7 +338,7 @@ impl KeyValue for KeyValueService {
             end,
             reverse,
         };
-        Ok(Response::new(self.pages(walk, limit)))
+        Ok(Response::new(self.pages(walk, limit, reads)))
     }
 
     async fn stat(&self, _request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
@@ -380,7 +473,12 @@ impl Walk {
 impl KeyValueService {
     /// The pages of a walk as a stream, each read when the previous one has
     /// been taken; `limit` pairs in all (0: no limit).
-    fn pages(&self, walk: Walk, limit: u64) -> BoxStream<'static, Result<ScanResponse, Status>> {
+    fn pages(
+        &self,
+        walk: Walk,
+        limit: u64,
+        reads: Reads,
+    ) -> BoxStream<'static, Result<ScanResponse, Status>> {
         let (db, shutdown) = (self.db.clone(), self.shutdown.clone());
         let remaining = (limit > 0).then_some(limit);
         stream::unfold(Some((walk, remaining)), move |state| {
@@ -391,8 +489,9 @@ impl KeyValueService {
                     let status = status(ErrorCode::ShuttingDown, "the server is shutting down");
                     return Some((Err(status), None));
                 }
-                // Cluster mode: each page is a linearizable read.
-                if let Err(e) = cmd::read_barrier(&db).await {
+                // Cluster mode: each page is a linearizable read, or a
+                // follower read of this node's state.
+                if let Err(e) = reads.ready(&db).await {
                     return Some((Err(status(cmd::error_code(&e), e)), None));
                 }
                 next_page(&db, walk, remaining)

@@ -96,3 +96,70 @@ fn a_server_running_alone_answers_session_reads_and_writes() {
         assert_eq!(client.session_index(), 0, "no log index without a cluster");
     });
 }
+
+#[test]
+fn grpc_reads_go_to_a_follower_when_asked_and_carry_the_session_index() {
+    use kvstore_proto::v1::key_value_client::KeyValueClient;
+    use kvstore_proto::v1::{GetRequest, PutRequest};
+    use tonic::metadata::MetadataValue;
+
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let grpc = ["--grpc-listen", "127.0.0.1:0"];
+    let servers: Vec<Server> = (nodes.iter())
+        .map(|n| start_with(n, &nodes, dir.path(), |peer| peer.raft, &grpc))
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+    let url = |id: u64| {
+        let server = &servers[nodes.iter().position(|n| n.id == id).unwrap()];
+        format!("http://{}", server.grpc.unwrap())
+    };
+    let follower = nodes.iter().find(|n| n.id != leader.id).unwrap().id;
+    let index_of = |metadata: &tonic::metadata::MetadataMap| -> u64 {
+        let index = metadata.get("kvstore-index").expect("an index");
+        index.to_str().unwrap().parse().unwrap()
+    };
+    let get = |headers: &[(&'static str, String)]| {
+        let mut request = tonic::Request::new(GetRequest { key: "g".into() });
+        for (name, value) in headers {
+            let value: MetadataValue<_> = value.parse().unwrap();
+            request.metadata_mut().insert(*name, value);
+        }
+        request
+    };
+    common::runtime().block_on(async {
+        let mut lead = KeyValueClient::connect(url(leader.id)).await.unwrap();
+        let put = PutRequest {
+            key: "g".into(),
+            value: "1".into(),
+        };
+        let written = index_of(lead.put(put).await.unwrap().metadata());
+        assert!(written > 0);
+
+        let mut other = KeyValueClient::connect(url(follower)).await.unwrap();
+        // Without the header a read takes the leader's path: refused here.
+        let refused = other.get(get(&[])).await.unwrap_err();
+        assert!(refused.message().contains("NotLeader"), "{refused:?}");
+        // As a follower read after the write's index: the write is there.
+        let session = [
+            ("kvstore-read", "follower".to_string()),
+            ("kvstore-after-index", written.to_string()),
+        ];
+        let read = other.get(get(&session)).await.unwrap();
+        assert!(index_of(read.metadata()) >= written);
+        assert_eq!(read.into_inner().value, "1");
+        // An index no node has reached: Lagging, after the wait.
+        let ahead = [
+            ("kvstore-read", "follower".to_string()),
+            ("kvstore-after-index", (written + 1_000_000).to_string()),
+        ];
+        let lagging = other.get(get(&ahead)).await.unwrap_err();
+        assert!(lagging.message().contains("Lagging"), "{lagging:?}");
+        let bad = other
+            .get(get(&[("kvstore-read", "sideways".to_string())]))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    });
+}
