@@ -117,6 +117,34 @@ fn a_server_that_never_answers_times_out_after_bounded_retries() {
     );
 }
 
+/// A write whose first attempt got no answer (it may have been carried out)
+/// and whose last could not connect: the call's outcome is unknown, not
+/// "never arrived".
+#[test]
+fn a_call_whose_earlier_attempt_may_have_landed_reports_an_unknown_outcome() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held = listener.accept();
+        drop(listener);
+        std::thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let client = Client::builder()
+        .addr(addr.to_string())
+        .request_timeout(Duration::from_millis(200))
+        .max_attempts(2)
+        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let error = runtime().block_on(client.set("k", "v")).unwrap_err();
+    assert!(!error.never_arrived(), "{error}");
+    assert!(
+        matches!(&error, Error::Server { code, .. } if *code == kvstore_client::ErrorCode::OutcomeUnknown as u32),
+        "{error}"
+    );
+}
+
 #[test]
 fn an_unreachable_server_is_a_connect_error() {
     let client = Client::builder()

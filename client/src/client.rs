@@ -779,6 +779,8 @@ impl Client {
         let several = self.inner.target.lock().map_or(1, |t| t.known.len()) > 1;
         // The addresses tried since the last pause.
         let tried = std::sync::Mutex::new(Vec::new());
+        // An attempt failed in a way that leaves it maybe carried out.
+        let maybe_done = std::sync::atomic::AtomicBool::new(false);
         let attempts = (|| {
             let (addr, _) = self.target();
             if let Ok(mut tried) = tried.lock() {
@@ -788,6 +790,11 @@ impl Client {
         })
         .retry(policy)
         .when(|e| e.is_retryable() && (idempotent || e.never_arrived()))
+        .notify(|e, _| {
+            if !e.never_arrived() {
+                maybe_done.store(true, Ordering::Relaxed);
+            }
+        })
         .adjust(|_, pause| {
             let mut tried = tried.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = !tried.contains(&self.target().0);
@@ -797,12 +804,25 @@ impl Client {
             }
             pause
         });
-        tokio::time::timeout(options.max_call_time, attempts)
+        let result = tokio::time::timeout(options.max_call_time, attempts)
             .await
             .unwrap_or(Err(Error::Timeout {
                 what: "call (all attempts)",
                 after: options.max_call_time,
-            }))
+            }));
+        match result {
+            // The last attempt never arrived, but an earlier one may have
+            // been carried out: the call's outcome is unknown.
+            Err(e) if e.never_arrived() && maybe_done.load(Ordering::Relaxed) => {
+                Err(Error::Server {
+                    code: ErrorCode::OutcomeUnknown as u32,
+                    message: format!(
+                        "an earlier attempt may have been carried out; the last failed: {e}"
+                    ),
+                })
+            }
+            result => result,
+        }
     }
 
     /// One attempt: a connection within the connect timeout, then the
