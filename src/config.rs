@@ -267,6 +267,17 @@ pub struct Config {
     /// (after which the log before them is dropped).
     #[arg(long, env = "KVSTORE_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub raft_snapshot_every: u64,
+
+    /// Cluster mode: a client session (exactly-once writes) that has not
+    /// written for this long expires. Keep it well above a client's longest
+    /// call with its retries.
+    #[arg(long, env = "KVSTORE_RAFT_SESSION_IDLE_MS", default_value_t = 300_000)]
+    pub raft_session_idle_ms: u64,
+
+    /// Cluster mode: the most client sessions the cluster keeps; one more
+    /// is refused (TooManySessions) until one expires.
+    #[arg(long, env = "KVSTORE_RAFT_MAX_SESSIONS", default_value_t = 10_000)]
+    pub raft_max_sessions: u64,
 }
 
 /// The environment variable that may hold the auth token itself.

@@ -99,7 +99,11 @@ impl Native {
 /// is unwrapped.
 fn write_of(command: &Command) -> Option<&Command> {
     match command {
-        Command::Indexed { command, .. } if command.is_data_write() => Some(command),
+        Command::Indexed { command, .. } | Command::Once { command, .. }
+            if command.is_data_write() =>
+        {
+            Some(command)
+        }
         command if command.is_data_write() => Some(command),
         _ => None,
     }
@@ -153,6 +157,10 @@ impl Door for Native {
         match request.command {
             Command::Indexed { command, .. } if command.is_data_write() => {
                 Step::Write(*command, Tag { id, indexed: true })
+            }
+            // Prepared whole: its stamp goes into the log with the write.
+            once @ Command::Once { .. } if write_of(&once).is_some() => {
+                Step::Write(once, Tag { id, indexed: true })
             }
             command if command.is_data_write() => Step::Write(command, Tag { id, indexed: false }),
             command => Step::Answer(Response {

@@ -160,6 +160,10 @@ pub async fn run(
                 snapshot_every: config.raft_snapshot_every,
                 max_frame: config.max_frame,
                 tls: config.raft_tls(),
+                sessions: node::SessionSettings {
+                    idle_ms: config.raft_session_idle_ms,
+                    max_sessions: config.raft_max_sessions,
+                },
             };
             let cluster = node::Cluster::start(
                 settings,

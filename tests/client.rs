@@ -135,6 +135,7 @@ fn a_call_whose_earlier_attempt_may_have_landed_reports_an_unknown_outcome() {
         .request_timeout(Duration::from_millis(200))
         .max_attempts(2)
         .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .exactly_once(false)
         .build()
         .unwrap();
     let error = runtime().block_on(client.set("k", "v")).unwrap_err();

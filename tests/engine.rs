@@ -285,6 +285,10 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
             model.insert(key.clone(), Bytes::from(joined));
             Ok(Applied::Int(len))
         }
+        // Only the Raft state machine serves sessions (not generated here).
+        Change::OpenSession { .. } | Change::Once { .. } => {
+            Err(kvstore_client::ErrorCode::Malformed as u32)
+        }
     }
 }
 

@@ -180,6 +180,19 @@ fn examples() -> Vec<(&'static str, Message)> {
                 },
             ),
         ),
+        ("open-session-request", rq(23, Command::OpenSession)),
+        (
+            "once-request",
+            rq(
+                24,
+                Command::Once {
+                    session: 3,
+                    seq: 5,
+                    acked: 4,
+                    command: Box::new(Command::Incr { key: b("n"), by: 1 }),
+                },
+            ),
+        ),
         (
             "indexed-response",
             rs(

@@ -656,7 +656,13 @@ fn before_login_only_small_requests_are_read() {
 fn one_connection_limit_covers_both_doors() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &["--max-connections", "2"]);
-    let native = kvstore_client::BlockingClient::connect(server.addr.to_string()).unwrap();
+    // One connection: the client's first write also asks for a session.
+    let native = kvstore_client::BlockingClient::from_builder(
+        kvstore_client::Client::builder()
+            .addr(server.addr.to_string())
+            .connections(1),
+    )
+    .unwrap();
     native.set("k", "v").unwrap();
     let mut first = connect(&server);
     assert_eq!(first.get::<_, String>("k").unwrap(), "v");

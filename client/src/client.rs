@@ -20,6 +20,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
+use crate::once;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
@@ -63,6 +64,7 @@ pub struct ClientBuilder {
     tls: bool,
     tls_ca: Option<PathBuf>,
     reads: Reads,
+    exactly_once: bool,
 }
 
 /// Which node answers a cluster client's reads, and what they promise
@@ -100,6 +102,7 @@ impl Default for ClientBuilder {
             tls: false,
             tls_ca: None,
             reads: Reads::Linearizable,
+            exactly_once: true,
         }
     }
 }
@@ -195,6 +198,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Whether writes to a cluster go in a client session, so that a write
+    /// resent after a lost answer is applied once (default on). Off, a
+    /// resent `Set` or `Delete` may be applied twice, and `Incr` or
+    /// `Append` are not resent after a lost answer. A server running alone
+    /// has no sessions: its writes go plain either way.
+    pub fn exactly_once(mut self, on: bool) -> Self {
+        self.exactly_once = on;
+        self
+    }
+
     /// Connections the client spreads its calls over (default 2). Each is
     /// multiplexed: many calls share it, in flight at once.
     pub fn connections(mut self, connections: usize) -> Self {
@@ -252,6 +265,7 @@ impl ClientBuilder {
                 next: AtomicUsize::new(0),
                 reader,
                 session: AtomicU64::new(0),
+                writes: Mutex::new(once::Slot::None),
                 options: self,
             }),
         })
@@ -297,6 +311,9 @@ struct Inner {
     /// The highest log index seen in an `Indexed` reply (session reads
     /// wait for it).
     session: AtomicU64,
+    /// The client session of exactly-once writes. A tokio mutex: held
+    /// while one is opened.
+    writes: Mutex<once::Slot>,
     options: ClientBuilder,
 }
 
@@ -662,8 +679,11 @@ impl Client {
     }
 
     /// Adds `by` to the integer stored at `key` (0 if missing) and returns the
-    /// result. Never resent after a lost reply: on [`Error::ConnectionLost`]
-    /// or a timeout the increment may or may not have happened.
+    /// result. To a cluster it goes in the client session, so it is resent
+    /// after a lost reply and applied once ([`ClientBuilder::exactly_once`]).
+    /// Otherwise it is never resent after a lost reply: on
+    /// [`Error::ConnectionLost`] or a timeout the increment may or may not
+    /// have happened.
     pub async fn incr(&self, key: impl AsRef<[u8]>, by: i64) -> Result<i64, Error> {
         expect_int(
             self.call(Command::Incr {
@@ -674,8 +694,9 @@ impl Client {
         )
     }
 
-    /// Appends `value` to the value at `key` and returns the new length. Like
-    /// [`Client::incr`], never resent after a lost reply.
+    /// Appends `value` to the value at `key` and returns the new length.
+    /// Resent after a lost reply only in a client session, like
+    /// [`Client::incr`].
     pub async fn append(
         &self,
         key: impl AsRef<[u8]>,
@@ -732,11 +753,98 @@ impl Client {
                 let reply = reader.call_once_more(indexed(after, true, command)).await?;
                 self.unwrap_indexed(reply)
             }
-            (_, Reads::Session) if command.is_data_write() => {
-                let reply = self.call_once_more(indexed(0, false, command)).await?;
-                self.unwrap_indexed(reply)
-            }
+            _ if command.is_data_write() => self.write(command, reads).await,
             _ => self.call_once_more(command).await,
+        }
+    }
+
+    /// A write: in the client session when there is one (exactly once),
+    /// else plain (with session reads, wrapped to learn its index).
+    async fn write(&self, command: Command, reads: Reads) -> Result<Reply, Error> {
+        if self.inner.options.exactly_once {
+            if let Some(session) = self.write_session().await? {
+                return self.write_once(session, command).await;
+            }
+        }
+        if reads == Reads::Session {
+            let indexed = Command::Indexed {
+                after: 0,
+                any_node: false,
+                command: Box::new(command),
+            };
+            let reply = self.call_once_more(indexed).await?;
+            return self.unwrap_indexed(reply);
+        }
+        self.call_once_more(command).await
+    }
+
+    /// A write in `session`, resent as the retry policy allows: the cluster
+    /// applies it at most once. If the session expired before the write's
+    /// first attempt reached it (nothing was applied), once more in a new
+    /// session.
+    async fn write_once(
+        &self,
+        mut session: Arc<once::Session>,
+        command: Command,
+    ) -> Result<Reply, Error> {
+        loop {
+            let (seq, acked) = session.number();
+            let once = Command::Once {
+                session: session.id,
+                seq,
+                acked,
+                command: Box::new(command.clone()),
+            };
+            let attempts = std::sync::atomic::AtomicU32::new(0);
+            let result = self.call_counting(once, &attempts).await;
+            session.done(seq);
+            let expired = matches!(&result, Err(Error::Server { code, .. }) if *code == ErrorCode::SessionExpired as u32);
+            if !expired {
+                return self.unwrap_indexed(result?);
+            }
+            self.forget_session(&session).await;
+            if attempts.load(Ordering::Relaxed) > 1 {
+                return result;
+            }
+            match self.write_session().await? {
+                Some(new) if !Arc::ptr_eq(&new, &session) => session = new,
+                _ => return result,
+            }
+        }
+    }
+
+    /// The client session, opened if there is none; `None` if the server
+    /// has no sessions (a server running alone, or an older one).
+    async fn write_session(&self) -> Result<Option<Arc<once::Session>>, Error> {
+        let mut slot = self.inner.writes.lock().await;
+        match &*slot {
+            once::Slot::Open(session) => return Ok(Some(session.clone())),
+            once::Slot::Unsupported => return Ok(None),
+            once::Slot::None => {}
+        }
+        match self.call_once_more(Command::OpenSession).await {
+            Ok(Reply::Int(id)) => {
+                let session = Arc::new(once::Session::new(id as u64));
+                *slot = once::Slot::Open(session.clone());
+                Ok(Some(session))
+            }
+            Ok(other) => Err(unexpected("Int", &other)),
+            Err(Error::Server { code, .. })
+                if code == ErrorCode::ClusterFailed as u32
+                    || code == ErrorCode::Malformed as u32 =>
+            {
+                *slot = once::Slot::Unsupported;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops `session` if it is still the client's (it expired).
+    async fn forget_session(&self, session: &Arc<once::Session>) {
+        let mut slot = self.inner.writes.lock().await;
+        if matches!(&*slot, once::Slot::Open(s) if Arc::ptr_eq(s, session)) {
+            *slot = once::Slot::None;
         }
     }
 
@@ -767,6 +875,16 @@ impl Client {
     /// [`Client::call`] without the choice of reads: the command as given,
     /// with timeouts and retries.
     async fn call_once_more(&self, command: Command) -> Result<Reply, Error> {
+        self.call_counting(command, &std::sync::atomic::AtomicU32::new(0))
+            .await
+    }
+
+    /// [`Client::call_once_more`], counting its attempts in `counted`.
+    async fn call_counting(
+        &self,
+        command: Command,
+        counted: &std::sync::atomic::AtomicU32,
+    ) -> Result<Reply, Error> {
         let options = &self.inner.options;
         let policy = ExponentialBuilder::default()
             .with_min_delay(options.min_backoff)
@@ -782,6 +900,7 @@ impl Client {
         // An attempt failed in a way that leaves it maybe carried out.
         let maybe_done = std::sync::atomic::AtomicBool::new(false);
         let attempts = (|| {
+            counted.fetch_add(1, Ordering::Relaxed);
             let (addr, _) = self.target();
             if let Ok(mut tried) = tried.lock() {
                 tried.push(addr);

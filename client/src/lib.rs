@@ -32,6 +32,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 mod mux;
+mod once;
 pub mod protocol;
 pub mod scan;
 mod wire_bytes;

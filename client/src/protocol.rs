@@ -247,6 +247,30 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::inner_command")]
         command: Box<Command>,
     },
+    /// Tag 20. Cluster mode: opens a client session for exactly-once writes
+    /// (`Once`). Reply: `Int(session id)`; `TooManySessions` when the
+    /// cluster holds the most sessions it keeps; `ClusterFailed` from a
+    /// server running alone. Safe to resend: a session opened twice only
+    /// leaves one unused until it expires.
+    OpenSession,
+    /// Tag 21. Cluster mode: `command` (a write) as write number `seq` of
+    /// client session `session`, applied at most once: sent again, to this
+    /// node or another, it is answered with the outcome of its first apply
+    /// and not applied again. `acked` says every write of the session up to
+    /// that number has its answer (the cluster then forgets their
+    /// outcomes). Reply: `Indexed`, with `command`'s reply; `SessionExpired`
+    /// if the session is unknown or has been idle too long.
+    Once {
+        /// The session's id, from `OpenSession`.
+        session: u64,
+        /// The write's number in the session, from 1, never reused.
+        seq: u64,
+        /// Every write numbered up to this has been answered.
+        acked: u64,
+        /// The write itself.
+        #[serde(deserialize_with = "wire_bytes::inner_command")]
+        command: Box<Command>,
+    },
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).
@@ -321,7 +345,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 20] = [
+pub const COMMAND_NAMES: [&str; 22] = [
     "Set",
     "Get",
     "Delete",
@@ -342,6 +366,8 @@ pub const COMMAND_NAMES: [&str; 20] = [
     "BackupNext",
     "Cluster",
     "Indexed",
+    "OpenSession",
+    "Once",
 ];
 
 impl Command {
@@ -368,6 +394,8 @@ impl Command {
             Command::BackupNext => 17,
             Command::Cluster(_) => 18,
             Command::Indexed { .. } => 19,
+            Command::OpenSession => 20,
+            Command::Once { .. } => 21,
         }
     }
 
@@ -390,7 +418,7 @@ impl Command {
     }
 
     /// Whether the command changes data (and so goes through the log). An
-    /// `Indexed` command is not: its inner command may be.
+    /// `Indexed` or `Once` command is not: its inner command may be.
     pub fn is_data_write(&self) -> bool {
         match self {
             Command::Set { .. }
@@ -412,7 +440,9 @@ impl Command {
             | Command::BackupNext
             | Command::Auth { .. }
             | Command::Cluster(_)
-            | Command::Indexed { .. } => false,
+            | Command::Indexed { .. }
+            | Command::OpenSession
+            | Command::Once { .. } => false,
         }
     }
 
@@ -423,6 +453,8 @@ impl Command {
     pub fn is_idempotent(&self) -> bool {
         match self {
             Command::Indexed { command, .. } => command.is_idempotent(),
+            // What sessions are for; a second session is harmless.
+            Command::Once { .. } | Command::OpenSession => true,
             _ => !matches!(
                 self,
                 Command::Incr { .. }
@@ -584,6 +616,15 @@ pub enum ErrorCode {
     /// asked for within 2 s (it is behind, or cut off from the leader).
     /// Nothing was done; ask another node.
     Lagging = 17,
+    /// Cluster mode: a write of a client session (`Once`) names a session
+    /// that is unknown or expired (idle too long). Nothing was done. Open a
+    /// new session; if the write was a resend, whether an earlier attempt
+    /// was applied is unknown.
+    SessionExpired = 18,
+    /// Cluster mode: `OpenSession` found the most client sessions open and
+    /// none expired, or a session has the most writes not yet acknowledged
+    /// (`Once`'s `acked`). Nothing was done.
+    TooManySessions = 19,
 }
 
 impl ErrorCode {
@@ -608,6 +649,8 @@ impl ErrorCode {
             ClusterFailed,
             OutcomeUnknown,
             Lagging,
+            SessionExpired,
+            TooManySessions,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -685,6 +728,13 @@ mod tests {
                 after: 0,
                 any_node: false,
                 command: Box::new(Command::Get { key: b() }),
+            },
+            Command::OpenSession,
+            Command::Once {
+                session: 1,
+                seq: 1,
+                acked: 0,
+                command: Box::new(Command::Incr { key: b(), by: 1 }),
             },
         ]
     }

@@ -27,6 +27,7 @@ mod incr;
 pub mod indexed;
 pub mod keys;
 mod scan;
+mod session;
 mod set;
 mod set_if;
 
@@ -78,6 +79,8 @@ pub fn size(command: &Command) -> usize {
         Command::Auth { token } => token.len(),
         Command::Cluster(_) => 64,
         Command::Indexed { command, .. } => 16 + size(command),
+        Command::OpenSession => 16,
+        Command::Once { command, .. } => 32 + size(command),
     }
 }
 
@@ -176,6 +179,13 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         Command::GetDel { key } => get_del::change(key, limits),
         Command::Incr { key, by } => incr::change(key, by, limits),
         Command::Append { key, value } => append::change(key, value, limits),
+        Command::OpenSession => session::open(db),
+        Command::Once {
+            session,
+            seq,
+            acked,
+            command,
+        } => session::once(session, seq, acked, *command, db),
         read => Err(self::read(read, db)),
     }
 }

@@ -54,7 +54,7 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::{Mutex, RwLock};
 
-use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
+use super::{Applied, Checkpoint, Engine, KeysPage, Noter, PairsPage, Span};
 use crate::backup::View;
 use crate::error::Error;
 use crate::storage::fs::Fs;
@@ -439,11 +439,15 @@ impl Engine for Disk {
         self.apply_with(ops, position, None)
     }
 
+    fn keeps_notes(&self) -> bool {
+        true
+    }
+
     fn apply_noted(
         &self,
         ops: &[&WriteOp],
         position: u64,
-        note: &[u8],
+        note: Noter<'_>,
     ) -> Result<Vec<Applied>, Error> {
         self.apply_with(ops, position, Some(note))
     }
@@ -593,7 +597,7 @@ impl Disk {
         &self,
         ops: &[&WriteOp],
         position: u64,
-        note: Option<&[u8]>,
+        note: Option<Noter<'_>>,
     ) -> Result<Vec<Applied>, Error> {
         let mut counts = self.counts.lock();
         let mut folded = Folded {
@@ -605,7 +609,8 @@ impl Disk {
             .map(|op| self.fold(&mut folded, op))
             .collect::<Result<Vec<_>, _>>()?;
         let after = folded.counts;
-        self.commit(folded, position, note)?;
+        let note = note.map(|note| note(&applied)).transpose()?;
+        self.commit(folded, position, note.as_deref())?;
         if note.is_some() {
             // Durable before the next batch is written: a crash can then
             // cut only the last batch, never one in the middle.
@@ -734,7 +739,8 @@ mod tests {
         let path = dir.path().join("data.fjall");
         {
             let disk = Disk::open(&path, 1 << 20).unwrap();
-            disk.apply_noted(&[&set("old", "1")], 3, b"three").unwrap();
+            disk.apply_noted(&[&set("old", "1")], 3, &mut |_| Ok(b"three".to_vec()))
+                .unwrap();
             let snapshot = dir.path().join("snapshot");
             let store = Store::new(1);
             store.apply(&set("new", "22"));
@@ -753,7 +759,8 @@ mod tests {
             assert_eq!(disk.get(b"old").unwrap(), None);
             assert_eq!((disk.len(), disk.bytes()), (1, (3, 2)));
             // Writes after the install go to the new generation.
-            disk.apply_noted(&[&set("after", "3")], 10, b"ten").unwrap();
+            disk.apply_noted(&[&set("after", "3")], 10, &mut |_| Ok(b"ten".to_vec()))
+                .unwrap();
         }
         let disk = Disk::open(&path, 1 << 20).unwrap();
         assert_eq!(keyspaces(&disk), ["data-1", "meta"]);

@@ -47,6 +47,13 @@ pub struct Checkpoint<'a> {
     pub barrier: &'a dyn Fn() -> Result<(), Error>,
 }
 
+/// Makes the note a batch is kept with from what each of its ops did.
+pub type Noter<'a> = &'a mut dyn FnMut(&[Applied]) -> Result<Vec<u8>, Error>;
+
+/// [`Noter`] for [`Engine::apply_resolved`]: what each resolved write's op
+/// did (`None`: it logged nothing).
+pub type ResolvedNoter<'a> = &'a mut dyn FnMut(&[Option<Applied>]) -> Result<Vec<u8>, Error>;
+
 /// The applied state. Reads may fail (a disk engine's I/O); the memory
 /// engine's never do.
 pub trait Engine: Send + Sync {
@@ -94,18 +101,27 @@ pub trait Engine: Send + Sync {
     /// poisons its log (the batch is durable, and a restart replays it).
     fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error>;
 
-    /// Applies like [`Engine::apply`], and keeps `note` (what the Raft
-    /// state machine must find after a restart: its applied log id and
-    /// membership) in the same atomic step, for [`Engine::note`]; the batch
-    /// is durable when this returns. An engine whose data does not outlive
-    /// the process ignores the note.
+    /// Applies like [`Engine::apply`], and keeps the note `note` makes from
+    /// what the ops did (what the Raft state machine must find after a
+    /// restart: its applied log id, membership and client sessions) in the
+    /// same atomic step, for [`Engine::note`]; the batch is durable when
+    /// this returns. `note` is called once, before the batch is final. An
+    /// engine whose data does not outlive the process keeps no note.
     fn apply_noted(
         &self,
         ops: &[&WriteOp],
         position: u64,
-        _note: &[u8],
+        note: Noter<'_>,
     ) -> Result<Vec<Applied>, Error> {
-        self.apply(ops, position)
+        let applied = self.apply(ops, position)?;
+        note(&applied)?;
+        Ok(applied)
+    }
+
+    /// Whether the engine keeps the notes of [`Engine::apply_noted`] (its
+    /// data outlives the process); if not, a note need not be made.
+    fn keeps_notes(&self) -> bool {
+        false
     }
 
     /// The note kept with the last batch applied with one, if the engine
@@ -154,22 +170,25 @@ pub trait Engine: Send + Sync {
     /// [`Engine::apply`]) and returns, for each write, what its op did
     /// (`None`: it logged nothing). The one apply of both write paths; each
     /// write's answer is then [`Resolved::outcome`].
-    /// `note`, if any, is kept as [`Engine::apply_noted`] keeps it.
+    /// `note`, if any, is kept as [`Engine::apply_noted`] keeps it, and is
+    /// given what each write's op did.
     fn apply_resolved(
         &self,
         resolved: &[&Resolved],
         position: u64,
-        note: Option<&[u8]>,
+        note: Option<ResolvedNoter<'_>>,
     ) -> Result<Vec<Option<Applied>>, Error> {
         let ops: Vec<&WriteOp> = resolved.iter().filter_map(|r| r.op()).collect();
+        let per_write = |applied: &[Applied]| -> Vec<Option<Applied>> {
+            let mut applied = applied.iter();
+            (resolved.iter())
+                .map(|r| r.op().and_then(|_| applied.next().cloned()))
+                .collect()
+        };
         let applied = match note {
-            Some(note) => self.apply_noted(&ops, position, note)?,
+            Some(note) => self.apply_noted(&ops, position, &mut |a| note(&per_write(a)))?,
             None => self.apply(&ops, position)?,
         };
-        let mut applied = applied.into_iter();
-        Ok(resolved
-            .iter()
-            .map(|r| r.op().and_then(|_| applied.next()))
-            .collect())
+        Ok(per_write(&applied))
     }
 }

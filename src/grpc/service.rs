@@ -127,9 +127,9 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
         // going away: the call did not happen, or for a write it may have
         // been logged without being acknowledged.
         StorageFailed | ShuttingDown => Code::Unavailable,
-        TooManyConnections => Code::ResourceExhausted,
+        TooManyConnections | TooManySessions => Code::ResourceExhausted,
         Unauthenticated | AuthFailed => Code::Unauthenticated,
-        BackupFailed | ClusterFailed => Code::FailedPrecondition,
+        BackupFailed | ClusterFailed | SessionExpired => Code::FailedPrecondition,
         // Cluster mode: this node cannot serve it, another can; nothing
         // was done.
         NotLeader | Lagging => Code::Unavailable,

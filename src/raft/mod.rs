@@ -26,6 +26,7 @@ pub mod network;
 pub mod node;
 pub mod peer_tls;
 pub mod propose;
+pub mod sessions;
 pub mod state;
 
 use std::fmt;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::storage::change::Change;
+use crate::storage::change::{Change, Resolved};
 use crate::storage::store::Applied;
 
 openraft::declare_raft_types!(
@@ -97,19 +98,46 @@ pub enum Outcome {
 impl Outcome {
     pub fn from_result(result: Result<Applied, Error>) -> Outcome {
         match result {
-            Ok(Applied::Stored) => Outcome::Stored,
-            Ok(Applied::Deleted(b)) => Outcome::Deleted(b),
-            Ok(Applied::Bool(b)) => Outcome::Bool(b),
-            Ok(Applied::Value(v)) => Outcome::Value(v),
-            Ok(Applied::Int(n)) => Outcome::Int(n),
-            Err(Error::Rejected { code, message }) => Outcome::Rejected {
-                code: code as u32,
-                message,
+            Ok(applied) => Outcome::from_applied(applied),
+            Err(e) => Outcome::from_error(&e),
+        }
+    }
+
+    fn from_applied(applied: Applied) -> Outcome {
+        match applied {
+            Applied::Stored => Outcome::Stored,
+            Applied::Deleted(b) => Outcome::Deleted(b),
+            Applied::Bool(b) => Outcome::Bool(b),
+            Applied::Value(v) => Outcome::Value(v),
+            Applied::Int(n) => Outcome::Int(n),
+        }
+    }
+
+    fn from_error(e: &Error) -> Outcome {
+        match e {
+            Error::Rejected { code, message } => Outcome::Rejected {
+                code: *code as u32,
+                message: message.clone(),
             },
-            Err(e) => Outcome::Rejected {
+            e => Outcome::Rejected {
                 code: kvstore_client::ErrorCode::StorageFailed as u32,
                 message: e.to_string(),
             },
+        }
+    }
+
+    /// The outcome of a resolved write, given what the engine did for its
+    /// op (as [`Resolved::outcome`], without consuming it).
+    pub fn of(resolved: &Resolved, done: Option<&Applied>) -> Outcome {
+        match (resolved, done) {
+            (Resolved::Apply(_), Some(applied)) | (Resolved::Log(_, applied), _) => {
+                Outcome::from_applied(applied.clone())
+            }
+            (Resolved::Answer(Ok(applied)), _) => Outcome::from_applied(applied.clone()),
+            (Resolved::Answer(Err(e)), _) => Outcome::from_error(e),
+            (Resolved::Apply(_), None) => Outcome::from_error(&Error::StorageFailed(
+                "a write was answered without being applied".into(),
+            )),
         }
     }
 

@@ -46,6 +46,17 @@ pub struct Settings {
     pub max_frame: usize,
     /// Mutual TLS on the raft port (`--raft-tls-*`).
     pub tls: Option<PeerTlsFiles>,
+    /// Client sessions (`--raft-session-idle-ms`, `--raft-max-sessions`).
+    pub sessions: SessionSettings,
+}
+
+/// What this node stamps on the client sessions it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// A session that has not written for this long expires.
+    pub idle_ms: u64,
+    /// The most sessions the cluster keeps.
+    pub max_sessions: u64,
 }
 
 /// A running node.
@@ -145,6 +156,11 @@ impl Cluster {
             raft,
             _lock: parking_lot::Mutex::new(lock),
         }))
+    }
+
+    /// The settings of client sessions opened or written through this node.
+    pub fn sessions(&self) -> SessionSettings {
+        self.settings.sessions
     }
 
     /// An index that covers every write the store may hold now, for a

@@ -44,24 +44,64 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
+use super::sessions::{Admit, Sessions, Stamp};
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::storage::change::{BatchView, Resolved};
+use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
+use crate::storage::store::Applied as Done;
 use crate::storage::{record, snapshot, sync_dir, write_synced};
 
 /// What an engine that keeps its data keeps with each entry's writes.
-#[derive(Debug, Serialize, Deserialize)]
-struct Note {
+#[derive(Debug, Serialize)]
+struct Note<'a> {
+    last_applied: &'a Option<LogId<u64>>,
+    membership: &'a StoredMembership<u64, Member>,
+    sessions: &'a Sessions,
+}
+
+/// A [`Note`] as read back.
+#[derive(Debug, Deserialize)]
+struct KeptNote {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    sessions: Sessions,
+}
+
+/// A note written before client sessions existed.
+#[derive(Debug, Deserialize)]
+struct NoteWithoutSessions {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, Member>,
 }
 
-impl Note {
+impl Note<'_> {
+    fn of(applied: &Applied) -> Note<'_> {
+        Note {
+            last_applied: &applied.last_applied,
+            membership: &applied.membership,
+            sessions: &applied.sessions,
+        }
+    }
+
     fn encode(&self) -> Result<Vec<u8>, Error> {
         kvstore_client::codec::encode(self)
             .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))
+    }
+}
+
+impl KeptNote {
+    fn decode(bytes: &[u8]) -> Result<KeptNote, Error> {
+        kvstore_client::codec::decode(bytes).or_else(|_| {
+            let old: NoteWithoutSessions = kvstore_client::codec::decode(bytes)
+                .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))?;
+            Ok(KeptNote {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                sessions: Sessions::default(),
+            })
+        })
     }
 }
 
@@ -70,6 +110,8 @@ impl Note {
 struct Applied {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, Member>,
+    /// Client sessions, as the entries up to `last_applied` left them.
+    sessions: Sessions,
     /// The durable snapshot, if any.
     current: Option<SnapshotMeta<u64, Member>>,
     /// Makes snapshot ids unique within the process.
@@ -114,15 +156,15 @@ impl StateMachine {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut applied = Applied::default();
         if let Some(note) = engine.note()? {
-            let note: Note = kvstore_client::codec::decode(&note)
-                .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))?;
+            let note = KeptNote::decode(&note)?;
             applied.last_applied = note.last_applied;
             applied.membership = note.membership;
+            applied.sessions = note.sessions;
         }
         if let Some((meta, id)) = newest_snapshot(&*fs, dir)? {
             if meta.last_log_id > applied.last_applied {
                 let path = dir.join(format!("snap-{id}.db"));
-                load_snapshot(&*fs, &*engine, &path, &meta)?;
+                applied.sessions = load_snapshot(&*fs, &*engine, &path, &meta)?;
                 applied.last_applied = meta.last_log_id;
                 applied.membership = meta.last_membership.clone();
             }
@@ -231,15 +273,19 @@ impl StateMachine {
     /// (an overlay, as the commit thread resolves a batch). One batch, so
     /// the engine holds all of them or none, and the note says which (a
     /// batch per entry, unsynced, could lose one in the middle of fjall's
-    /// journal: its issue #311). One outcome per entry; only normal
-    /// entries carry writes.
+    /// journal: its issue #311). The note also holds the client sessions
+    /// with the outcomes of this batch's session writes. One outcome per
+    /// entry; only normal entries carry writes.
     fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<Vec<Outcomes>, Error> {
         let mut applied = self.applied.lock();
         let mut view = BatchView::new(&*self.engine);
-        let mut resolved: Vec<Vec<Resolved>> = Vec::new();
+        let mut steps: Vec<Vec<Step>> = Vec::new();
+        // Where in this batch each session write was first seen.
+        let mut seen = std::collections::HashMap::new();
+        let mut position = 0;
         for entry in entries {
             self.store_index
                 .fetch_max(entry.log_id.index, Ordering::Release);
@@ -252,41 +298,116 @@ impl StateMachine {
                     Vec::new()
                 }
             };
-            resolved.push(
-                (changes.into_iter())
-                    .map(|change| {
-                        let resolved = change.resolve(&view);
-                        if let Some(op) = resolved.op() {
-                            view.record(op);
-                        }
-                        resolved
-                    })
-                    .collect(),
-            );
+            let mut entry_steps = Vec::with_capacity(changes.len());
+            for change in changes {
+                let step = step(
+                    change,
+                    &mut applied.sessions,
+                    &mut view,
+                    &mut seen,
+                    position,
+                );
+                entry_steps.push(step);
+                position += 1;
+            }
+            steps.push(entry_steps);
         }
         drop(view);
-        let Some(last) = applied.last_applied.filter(|_| !resolved.is_empty()) else {
+        let Some(last) = applied.last_applied.filter(|_| !steps.is_empty()) else {
             return Ok(Vec::new());
         };
-        let note = Note {
-            last_applied: applied.last_applied,
-            membership: applied.membership.clone(),
-        };
-        let all: Vec<&Resolved> = resolved.iter().flatten().collect();
-        let mut done = (self.engine)
-            .apply_resolved(&all, last.index, Some(&note.encode()?))?
-            .into_iter();
-        let outcome = |r: Resolved, applied| Outcome::from_result(r.outcome(applied));
-        Ok((resolved.into_iter())
-            .map(|entry| {
-                Outcomes(
-                    (entry.into_iter())
-                        .map(|r| outcome(r, done.next().flatten()))
-                        .collect(),
-                )
+        let all: Vec<&Resolved> = (steps.iter().flatten())
+            .filter_map(|step| match step {
+                Step::Resolve(resolved, _) => Some(resolved),
+                _ => None,
             })
+            .collect();
+        let mut outcomes = Vec::new();
+        let keeps_notes = self.engine.keeps_notes();
+        let mut note = |done: &[Option<Done>]| {
+            outcomes = settle(&steps, done, &mut applied.sessions);
+            match keeps_notes {
+                true => Note::of(&applied).encode(),
+                false => Ok(Vec::new()),
+            }
+        };
+        (self.engine).apply_resolved(&all, last.index, Some(&mut note))?;
+        let mut outcomes = outcomes.into_iter();
+        Ok((steps.iter())
+            .map(|entry| Outcomes(outcomes.by_ref().take(entry.len()).collect()))
             .collect())
     }
+}
+
+/// What applying does with one write of an entry.
+enum Step {
+    /// Resolved against the batch's view; a session write's stamp, to
+    /// record its outcome.
+    Resolve(Resolved, Option<Stamp>),
+    /// Answered without a write to the store: a session opened, a replay,
+    /// a refusal.
+    Answer(Outcome),
+    /// The session write at this position of the batch, again.
+    Again(usize),
+}
+
+/// The step of `change`, at `position` in the batch.
+fn step(
+    change: Change,
+    sessions: &mut Sessions,
+    view: &mut BatchView,
+    seen: &mut std::collections::HashMap<(u64, u64), usize>,
+    position: usize,
+) -> Step {
+    let mut resolve = |change: Change, stamp| {
+        let resolved = change.resolve(view);
+        if let Some(op) = resolved.op() {
+            view.record(op);
+        }
+        Step::Resolve(resolved, stamp)
+    };
+    match change {
+        Change::OpenSession {
+            time_ms,
+            idle_ms,
+            max_sessions,
+        } => Step::Answer(sessions.open(time_ms, idle_ms, max_sessions as usize)),
+        Change::Once { stamp, change } => {
+            if let Some(first) = seen.get(&(stamp.session, stamp.seq)) {
+                return Step::Again(*first);
+            }
+            match sessions.admit(&stamp) {
+                Admit::Apply => {
+                    seen.insert((stamp.session, stamp.seq), position);
+                    resolve(*change, Some(stamp))
+                }
+                Admit::Replay(outcome) | Admit::Refuse(outcome) => Step::Answer(outcome),
+            }
+        }
+        change => resolve(change, None),
+    }
+}
+
+/// Every step's outcome, in order, from what the engine did for each
+/// resolved write (`done`); each session write's outcome is recorded.
+fn settle(steps: &[Vec<Step>], done: &[Option<Done>], sessions: &mut Sessions) -> Vec<Outcome> {
+    let mut done = done.iter();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    for step in steps.iter().flatten() {
+        let outcome = match step {
+            Step::Resolve(resolved, stamp) => {
+                let outcome = Outcome::of(resolved, done.next().and_then(Option::as_ref));
+                if let Some(stamp) = stamp {
+                    sessions.record(stamp, outcome.clone());
+                }
+                outcome
+            }
+            Step::Answer(outcome) => outcome.clone(),
+            Step::Again(first) => outcomes[*first].clone(),
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 type Meta = SnapshotMeta<u64, Member>;
@@ -316,14 +437,26 @@ fn newest_snapshot(fs: &dyn Fs, dir: &Path) -> Result<Option<(Meta, String)>, Er
 }
 
 /// Replaces `engine`'s state by the snapshot file at `path`, described by
-/// `meta`.
-fn load_snapshot(fs: &dyn Fs, engine: &dyn Engine, path: &Path, meta: &Meta) -> Result<(), Error> {
+/// `meta`; returns the client sessions it holds.
+fn load_snapshot(
+    fs: &dyn Fs,
+    engine: &dyn Engine,
+    path: &Path,
+    meta: &Meta,
+) -> Result<Sessions, Error> {
+    let sessions = match snapshot::read_state(fs, path)? {
+        None => Sessions::default(),
+        Some(state) => kvstore_client::codec::decode(&state)
+            .map_err(|e| Error::corrupt(path, 0, format!("client sessions: {e}")))?,
+    };
     let note = Note {
-        last_applied: meta.last_log_id,
-        membership: meta.last_membership.clone(),
+        last_applied: &meta.last_log_id,
+        membership: &meta.last_membership,
+        sessions: &sessions,
     };
     let index = meta.last_log_id.map_or(0, |id| id.index);
-    engine.replace(fs, path, index, &note.encode()?)
+    engine.replace(fs, path, index, &note.encode()?)?;
+    Ok(sessions)
 }
 
 /// Whether `file` is the file named `path`.
@@ -376,6 +509,11 @@ impl StateMachine {
             ),
         };
         let mut view = self.engine.view()?;
+        let sessions = match applied.sessions.is_empty() {
+            true => Vec::new(),
+            false => kvstore_client::codec::encode(&applied.sessions)
+                .map_err(|e| Error::StorageFailed(format!("client sessions: {e}")))?,
+        };
         // A fuzzy copy (the memory engine's) is exact only while applies
         // wait; one instant's view needs no lock.
         let held = if view.fuzzy() {
@@ -388,7 +526,7 @@ impl StateMachine {
         // openraft may purge the log the snapshot covers.
         self.engine.persist()?;
         self.write_files(&meta, |path| {
-            snapshot::write(&*self.fs, path, &mut *view, 0, 0, || Ok(())).map(|_| ())
+            snapshot::write_with_state(&*self.fs, path, &mut *view, &sessions).map(|_| ())
         })?;
         let (_, db_path) = self.paths(&meta.snapshot_id);
         let file = open_file(&db_path)?;
@@ -419,12 +557,13 @@ impl StateMachine {
         if let Some(last) = meta.last_log_id {
             self.store_index.fetch_max(last.index, Ordering::Release);
         }
-        load_snapshot(&*self.fs, &*self.engine, received, meta)?;
+        let sessions = load_snapshot(&*self.fs, &*self.engine, received, meta)?;
         self.write_files(meta, |path| {
             (self.fs.rename(received, path)).map_err(|e| Error::io(path, e))
         })?;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        applied.sessions = sessions;
         applied.current = Some(meta.clone());
         self.remove_other_snapshots(Some(&meta.snapshot_id))
     }
@@ -647,5 +786,70 @@ mod tests {
         assert_eq!(get(&machine, "x").as_deref(), Some("1"));
         assert_eq!(get(&machine, "z"), None);
         assert_eq!(machine.engine.len(), 2);
+    }
+
+    fn open_session() -> Change {
+        Change::OpenSession {
+            time_ms: 1_000,
+            idle_ms: 60_000,
+            max_sessions: 10,
+        }
+    }
+
+    fn once(session: u64, seq: u64, change: Change) -> Change {
+        let stamp = Stamp {
+            session,
+            seq,
+            acked: 0,
+            time_ms: 2_000,
+            idle_ms: 60_000,
+        };
+        let change = Box::new(change);
+        Change::Once { stamp, change }
+    }
+
+    fn outcomes(machine: &StateMachine, entries: Vec<Entry<TypeConfig>>) -> Vec<Outcome> {
+        let applied = machine.apply_entries(entries).unwrap();
+        applied.into_iter().flat_map(|o| o.0).collect()
+    }
+
+    #[test]
+    fn a_session_write_seen_again_is_applied_once_across_restarts_and_snapshots() {
+        for on_disk in [false, true] {
+            let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let make = |dir: &Path| if on_disk { disk(dir) } else { memory() };
+            let machine = open(dir.path(), make(dir.path()));
+            assert_eq!(
+                outcomes(&machine, vec![entry(1, vec![open_session()])]),
+                [Outcome::Int(1)]
+            );
+            // Twice in one entry, then resent in a later one (as to a new
+            // leader), beside a write outside any session.
+            let entries = vec![
+                entry(2, vec![once(1, 1, incr("n")), once(1, 1, incr("n"))]),
+                entry(3, vec![once(1, 1, incr("n")), incr("n")]),
+            ];
+            let answers = [1, 1, 1, 2].map(Outcome::Int);
+            assert_eq!(outcomes(&machine, entries), answers);
+            assert_eq!(get(&machine, "n").as_deref(), Some("2"));
+
+            // A follower that installs the snapshot knows the session.
+            let built = machine.build().unwrap();
+            let follower = open(other.path(), make(other.path()));
+            let received = follower.receiving();
+            std::fs::copy(machine.paths(&built.meta.snapshot_id).1, &received).unwrap();
+            follower.install(&built.meta, &received).unwrap();
+            let resent = vec![entry(4, vec![once(1, 1, incr("n"))])];
+            assert_eq!(outcomes(&follower, resent), [Outcome::Int(1)]);
+            assert_eq!(get(&follower, "n").as_deref(), Some("2"));
+
+            // So does the node itself after a restart (its snapshot, or the
+            // disk engine's note).
+            drop(machine);
+            let machine = open(dir.path(), make(dir.path()));
+            let resent = vec![entry(4, vec![once(1, 1, incr("n"))])];
+            assert_eq!(outcomes(&machine, resent), [Outcome::Int(1)]);
+            assert_eq!(get(&machine, "n").as_deref(), Some("2"));
+        }
     }
 }

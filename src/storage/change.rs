@@ -49,6 +49,20 @@ pub enum Change {
         /// The value limit the result must respect.
         max_value: usize,
     },
+    /// Cluster mode: open a client session (`crate::raft::sessions`); its
+    /// outcome is the session's id.
+    OpenSession {
+        /// The leader's clock (ms since the epoch).
+        time_ms: u64,
+        idle_ms: u64,
+        max_sessions: u64,
+    },
+    /// Cluster mode: `change` as write `stamp.seq` of a client session,
+    /// applied at most once.
+    Once {
+        stamp: crate::raft::sessions::Stamp,
+        change: Box<Change>,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -106,6 +120,8 @@ impl Change {
                 32 + key.len() + value.len()
             }
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
+            Change::OpenSession { .. } => 32,
+            Change::Once { change, .. } => 48 + change.approx_len(),
         }
     }
 
@@ -199,6 +215,14 @@ impl Change {
                     },
                     Applied::Int(len as i64),
                 )
+            }
+            // The Raft state machine serves these before resolving; the
+            // single node's log has no sessions.
+            Change::OpenSession { .. } | Change::Once { .. } => {
+                Resolved::Answer(Err(Error::Rejected {
+                    code: ErrorCode::Malformed,
+                    message: "client sessions are served in cluster mode only".into(),
+                }))
             }
         })
     }

@@ -5,6 +5,7 @@
 //! ```text
 //! snapshot = magic "KVSTSNAP" (8 bytes)
 //!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE, next seq: u64 LE }
+//!            record{ kind 5: u8, state }                   (optional, Raft snapshots only)
 //!            record{ kind 2: u8, entry* }                  (blocks of ~1 MiB)
 //!            record{ kind 4: u8, op* }                     (version 2; ~1 MiB each)
 //!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE, ops: u64 LE }
@@ -16,7 +17,11 @@
 //! Records use the framing of [`super::record`], so damage is found block by
 //! block and reported with its offset; the footer makes a cut file detectable.
 //! Op records follow every block; a loader applies their writes in order
-//! after the entries. The data file's snapshots have none.
+//! after the entries. The data file's snapshots have none. The state record
+//! holds what a Raft snapshot carries beside the data (the client sessions,
+//! `crate::raft::sessions`): loaders skip it, [`read_state`] reads it. It is
+//! written only when there is state, so other snapshots stay readable by
+//! servers that predate it.
 //!
 //! A snapshot holds every write in log segments before `next segment`, and
 //! possibly some writes of later segments (the map is copied while writes go
@@ -55,6 +60,7 @@ const KIND_HEADER: u8 = 1;
 const KIND_BLOCK: u8 = 2;
 const KIND_FOOTER: u8 = 3;
 const KIND_OPS: u8 = 4;
+const KIND_STATE: u8 = 5;
 /// A block (or op record) is closed once its body passes this size.
 const BLOCK_BYTES: usize = 1 << 20;
 /// The longest record a reader accepts: a block closes once it passes
@@ -102,6 +108,8 @@ pub struct Encoder {
     bytes: u64,
     /// 1 for the data file's snapshots, 2 for backups (op records).
     version: u32,
+    /// The header's next segment and next sequence number.
+    resume: (u64, u64),
 }
 
 impl Encoder {
@@ -129,6 +137,7 @@ impl Encoder {
             ops: 0,
             bytes: 0,
             version,
+            resume: (next_segment, next_seq),
         };
         encoder.out.put_slice(MAGIC);
         encoder.sealed = MAGIC.len();
@@ -139,6 +148,14 @@ impl Encoder {
         encoder.out.put_u64_le(next_seq);
         encoder.close();
         encoder
+    }
+
+    /// Adds the state record: right after the header, before any entry.
+    pub fn push_state(&mut self, state: &[u8]) {
+        debug_assert!(self.entries == 0 && self.open.is_none());
+        self.begin(KIND_STATE);
+        self.out.put_slice(state);
+        self.close();
     }
 
     /// Copies the next few pairs of `store` (one shard lock acquisition).
@@ -271,12 +288,37 @@ pub fn write(
     next_seq: u64,
     before_rename: impl FnOnce() -> Result<(), Error>,
 ) -> Result<SnapshotInfo, Error> {
+    let encoder = Encoder::snapshot(next_segment, next_seq);
+    write_encoded(fs, path, view, encoder, before_rename)
+}
+
+/// [`write`] for a Raft snapshot, with `state` (if not empty) in its state
+/// record.
+pub fn write_with_state(
+    fs: &dyn Fs,
+    path: &Path,
+    view: &mut dyn View,
+    state: &[u8],
+) -> Result<SnapshotInfo, Error> {
+    let mut encoder = Encoder::snapshot(0, 0);
+    if !state.is_empty() {
+        encoder.push_state(state);
+    }
+    write_encoded(fs, path, view, encoder, || Ok(()))
+}
+
+fn write_encoded(
+    fs: &dyn Fs,
+    path: &Path,
+    view: &mut dyn View,
+    mut encoder: Encoder,
+    before_rename: impl FnOnce() -> Result<(), Error>,
+) -> Result<SnapshotInfo, Error> {
     let started = Instant::now();
     let dir = parent_dir(path);
     let tmp_path = temp_path(path);
     let io = |e| Error::io(&tmp_path, e);
     let mut file = fs.create(&tmp_path).map_err(io)?;
-    let mut encoder = Encoder::snapshot(next_segment, next_seq);
     loop {
         let more = view.copy_some(&mut encoder)?;
         if encoder.ready() >= BLOCK_BYTES || !more {
@@ -295,6 +337,7 @@ pub fn write(
     // The rename is durable only once the directory is synced.
     sync_dir(fs, dir)?;
     let (entries, bytes) = (encoder.entries(), encoder.bytes());
+    let (next_segment, next_seq) = encoder.resume;
     tracing::info!(
         path = %path.display(),
         entries,
@@ -496,31 +539,12 @@ fn read_records(
     let mut ops = Vec::new();
     // An op record was read: no block may follow.
     let mut ops_seen = false;
+    // The state record was read (or a block, after which none may come).
+    let mut state_seen = false;
     loop {
-        let mut header = [0u8; record::HEADER_LEN];
-        if input.read_exact(&mut header).is_err() {
-            return Err(corrupt(offset, "file ends before the snapshot's footer"));
-        }
-        let (len, _) = record::parse_header(header);
+        let body = read_record(input, path, offset, file_len)?;
+        let len = body.len();
         let body_at = offset + record::HEADER_LEN as u64;
-        // Check the claimed length against the real file and against the
-        // largest block the writer makes before allocating.
-        if len as u64 > file_len.saturating_sub(body_at) {
-            return Err(corrupt(offset, "record extends past the end of the file"));
-        }
-        if len > MAX_RECORD {
-            return Err(corrupt(
-                offset,
-                "record longer than any block the writer makes",
-            ));
-        }
-        let mut body = vec![0u8; len];
-        input
-            .read_exact(&mut body)
-            .map_err(|e| Error::io(path, e))?;
-        if !record::verify(header, &body) {
-            return Err(corrupt(offset, "checksum mismatch"));
-        }
         let field = |at: usize| {
             body.get(at..at + 8)
                 .and_then(|b| b.try_into().ok())
@@ -542,8 +566,11 @@ fn read_records(
                 };
                 resume = Some((version, segment, seq));
             }
+            // Skipped here: read_state reads it.
+            (Some(&KIND_STATE), Some(_)) if !state_seen => state_seen = true,
             // Blocks come before any op record.
             (Some(&KIND_BLOCK), Some(_)) if !ops_seen => {
+                state_seen = true;
                 if blocks.send((offset, body)).is_err() {
                     // Every decoder has stopped, which only a panic does.
                     return Err(corrupt(offset, "the decoders stopped"));
@@ -590,6 +617,57 @@ fn read_records(
         }
         offset = body_at + len as u64;
     }
+}
+
+/// Reads the record at `offset` and checks it: its claimed length against
+/// the file and the largest record the writer makes (before allocating),
+/// then its checksum. Returns its body.
+fn read_record(
+    input: &mut impl Read,
+    path: &Path,
+    offset: u64,
+    file_len: u64,
+) -> Result<Vec<u8>, Error> {
+    let corrupt = |reason: &str| Error::corrupt(path, offset, reason);
+    let mut header = [0u8; record::HEADER_LEN];
+    if input.read_exact(&mut header).is_err() {
+        return Err(corrupt("file ends before the snapshot's footer"));
+    }
+    let (len, _) = record::parse_header(header);
+    let body_at = offset + record::HEADER_LEN as u64;
+    if len as u64 > file_len.saturating_sub(body_at) {
+        return Err(corrupt("record extends past the end of the file"));
+    }
+    if len > MAX_RECORD {
+        return Err(corrupt("record longer than any block the writer makes"));
+    }
+    let mut body = vec![0u8; len];
+    input
+        .read_exact(&mut body)
+        .map_err(|e| Error::io(path, e))?;
+    if !record::verify(header, &body) {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok(body)
+}
+
+/// The state record of the snapshot at `path`, if it has one (see the
+/// module's doc). Reads only the records before the first block.
+pub fn read_state(fs: &dyn Fs, path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let (mut input, file_len) =
+        open(fs, path)?.ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
+    let offset = MAGIC.len() as u64;
+    let header = read_record(&mut input, path, offset, file_len)?;
+    if header.first() != Some(&KIND_HEADER) {
+        return Err(Error::corrupt(
+            path,
+            offset,
+            "the snapshot does not start with its header",
+        ));
+    }
+    let offset = offset + (record::HEADER_LEN + header.len()) as u64;
+    let next = read_record(&mut input, path, offset, file_len)?;
+    Ok((next.first() == Some(&KIND_STATE)).then(|| next[1..].to_vec()))
 }
 
 /// Decodes the writes of one op record's body onto `ops`.

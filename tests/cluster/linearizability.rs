@@ -6,11 +6,18 @@
 //! `OutcomeUnknown`) is recorded as possibly applied at any later time. Each
 //! key's history then goes through the checker.
 //!
-//! The clients make one attempt per operation (`max_attempts(1)`), so the
-//! history shows what the cluster did. An error that proves the operation
-//! never arrived (`NotLeader`, no connection) drops it: if such an operation
-//! had been applied after all, a later read would show a value no recorded
-//! write wrote, and the check would fail.
+//! The clients resend (`max_attempts(3)`): a write whose answer was lost is
+//! sent again, to the same node or the next leader, in the client's session
+//! (exactly-once writes), so a resent `Set` must not bring an old value back
+//! over a newer one. An operation counts as answered only if some attempt
+//! was; one whose every attempt failed with an error that proves it never
+//! arrived (`NotLeader`, no connection) is dropped: if it had been applied
+//! after all, a later read would show a value no recorded write wrote, and
+//! the check would fail.
+//!
+//! `KVSTORE_LINEARIZABILITY_DEDUP=off` runs the clients without sessions
+//! (at-least-once resends): the check should then find anomalies, given
+//! faults that lose answers (a long run).
 //!
 //! `cargo test` runs 20 seconds. The long run is
 //! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster concurrent_clients -- --nocapture`
@@ -31,6 +38,8 @@ use super::proxy::Link;
 use super::*;
 
 const CLIENTS: usize = 5;
+/// Attempts per operation: resends on.
+const ATTEMPTS: usize = 3;
 /// Keys in use at a time, all clients sharing them.
 const KEYS: usize = 3;
 /// Every this long the clients move on to fresh keys. An operation whose
@@ -149,7 +158,8 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| std::time::UNIX_EPOCH.elapsed().unwrap().as_secs());
-    eprintln!("linearizability: {secs} s, seed {seed}");
+    let dedup = std::env::var("KVSTORE_LINEARIZABILITY_DEDUP").map_or(true, |v| v != "off");
+    eprintln!("linearizability: {secs} s, seed {seed}, exactly-once writes {dedup}");
     let mut nemesis = rng(seed);
 
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +176,8 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         .map(|i| {
             let client = Client::builder()
                 .addr(all.clone())
-                .max_attempts(1)
+                .max_attempts(ATTEMPTS)
+                .exactly_once(dedup)
                 .connect_timeout(Duration::from_millis(500))
                 .request_timeout(Duration::from_secs(2))
                 .build()
@@ -283,7 +294,7 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         }
     }
     eprintln!(
-        "linearizability: {} operations checked ({unknown} with unknown outcome) on {keys} keys ({KEYS} at a time) by {CLIENTS} clients in {secs} s; \
+        "linearizability: {} operations checked ({unknown} with unknown outcome) on {keys} keys ({KEYS} at a time) by {CLIENTS} clients ({ATTEMPTS} attempts each, exactly-once {dedup}) in {secs} s; \
          {} faults injected ({faults:?}); {} anomalies; checked in {} ms",
         history.len(),
         faults.total(),

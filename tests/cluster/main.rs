@@ -7,6 +7,7 @@ mod cluster_file;
 mod common;
 mod linearizability;
 mod membership;
+mod once;
 mod partition;
 mod peer_tls;
 mod proxy;
