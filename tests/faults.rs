@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::Command;
 
 use bytes::Bytes;
-use common::{cmd, Client, Server};
+use common::{cmd, fiu_ctrl, Client, Server};
 use kvstore_client::{ErrorCode, Reply};
 
 fn value(v: &[u8]) -> Reply {
@@ -39,28 +39,12 @@ fn storage_failed(reply: &Reply) -> Option<String> {
     }
 }
 
-fn fiu_ctrl(prefix: &Path, pid: u32, command: &str) {
-    let status = Command::new("fiu-ctrl")
-        .arg("-f")
-        .arg(prefix)
-        .args(["-c", command])
-        .arg(pid.to_string())
-        .status()
-        .expect("fiu-ctrl (Debian package fiu-utils; .ci/run installs it)");
-    assert!(status.success(), "fiu-ctrl {command} failed");
-}
-
 #[test]
 fn an_fdatasync_eio_fails_the_batch_fences_writes_and_keeps_reads() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("kvstore.db");
     let prefix = dir.path().join("fiu");
-    let mut command = Command::new("fiu-run");
-    command
-        .arg("-x")
-        .arg("-f")
-        .arg(&prefix)
-        .arg(env!("CARGO_BIN_EXE_kvstore-server"));
+    let mut command = common::under_fiu(&prefix);
     command
         .args(["--listen", "127.0.0.1:0", "--data"])
         .arg(&data);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, ErrorCode};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -325,10 +325,14 @@ impl Log for Cluster {
         Box::pin(self.proposer.queue(writes))
     }
 
-    /// A failed raft log stops openraft, which then answers every write
-    /// with an error of its own; nothing is refused up front.
+    /// openraft stops the node when its log or state machine fails (an
+    /// `fdatasync` error of the raft log included): from then on every
+    /// write is refused up front, and `log_failed` says so.
     fn failure(&self) -> Option<String> {
-        None
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) | Err(Fatal::Stopped) => None,
+            Err(fatal) => Some(format!("the raft node has stopped: {fatal}")),
+        }
     }
 
     fn figures(&self) -> Option<&LogFigures> {

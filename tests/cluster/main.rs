@@ -5,6 +5,7 @@ mod checker;
 mod cluster_file;
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod linearizability;
 mod membership;
 mod once;

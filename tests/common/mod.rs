@@ -337,3 +337,28 @@ pub fn throwaway_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert_path, key_path)
 }
+
+/// The server binary under libfiu's POSIX preload (`fiu-run -x -f
+/// prefix`), its faults switched on later with [`fiu_ctrl`].
+pub fn under_fiu(prefix: &Path) -> Command {
+    let mut command = Command::new("fiu-run");
+    command
+        .arg("-x")
+        .arg("-f")
+        .arg(prefix)
+        .arg(env!("CARGO_BIN_EXE_kvstore-server"));
+    command
+}
+
+/// Sends a libfiu command to server `pid` started under `fiu-run -f prefix`
+/// (Debian package fiu-utils; `.ci/run` installs it).
+pub fn fiu_ctrl(prefix: &Path, pid: u32, command: &str) {
+    let status = Command::new("fiu-ctrl")
+        .arg("-f")
+        .arg(prefix)
+        .args(["-c", command])
+        .arg(pid.to_string())
+        .status()
+        .expect("fiu-ctrl (Debian package fiu-utils; .ci/run installs it)");
+    assert!(status.success(), "fiu-ctrl {command} failed");
+}
