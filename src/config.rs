@@ -200,6 +200,17 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_RAFT_LISTEN", requires = "node_id")]
     pub raft_listen: Option<SocketAddr>,
 
+    /// Cluster mode: the address other nodes and clients reach this node's
+    /// --listen at (behind NAT, in a container), as HOST:PORT: what the
+    /// membership records and a NotLeader answer names. Default: --listen.
+    /// With it --listen may be 0.0.0.0.
+    #[arg(long, env = "KVSTORE_ADVERTISE_ADDR", requires = "node_id")]
+    pub advertise_addr: Option<String>,
+
+    /// Cluster mode: the same for --raft-listen. Default: --raft-listen.
+    #[arg(long, env = "KVSTORE_ADVERTISE_RAFT_ADDR", requires = "node_id")]
+    pub advertise_raft_addr: Option<String>,
+
     /// Cluster mode: mutual TLS on the raft port with this node's
     /// certificate (PEM), signed by --raft-tls-ca and naming the node as the
     /// DNS name `node-ID`. Needs --raft-tls-key and --raft-tls-ca.
@@ -396,7 +407,25 @@ impl Config {
         let own = (file.nodes.iter())
             .find(|n| n.id == me)
             .ok_or_else(|| bad(format!("no node {me} (this node's --node-id)")))?;
-        if self.listen_defaulted {
+        // With advertised addresses the file lists those, and the node
+        // binds what --listen and --raft-listen say.
+        let advertised = |given: &Option<String>, listed: SocketAddr, flag: &str| match given {
+            Some(a) if a.parse() != Ok(listed) => {
+                Err(bad(format!("node {me} has {listed}, but --{flag} is {a}")))
+            }
+            _ => Ok(given.is_some()),
+        };
+        let (own_addr, own_raft) = (
+            advertised(&self.advertise_addr, own.addr, "advertise-addr")?,
+            advertised(
+                &self.advertise_raft_addr,
+                own.raft_addr,
+                "advertise-raft-addr",
+            )?,
+        );
+        if own_addr {
+            // --listen is what the node binds.
+        } else if self.listen_defaulted {
             self.listen = own.addr;
         } else if self.listen != own.addr {
             return Err(bad(format!(
@@ -405,6 +434,7 @@ impl Config {
             )));
         }
         match self.raft_listen {
+            _ if own_raft => {}
             None => self.raft_listen = Some(own.raft_addr),
             Some(given) if given != own.raft_addr => {
                 return Err(bad(format!(
@@ -445,13 +475,30 @@ impl Config {
                 "cluster mode (--node-id) always syncs its log before a write counts, and is restored by catching up from the other nodes: --sync and --restore do not apply".into(),
             ));
         }
-        let unspecified = |a: Option<SocketAddr>| a.is_some_and(|a| a.ip().is_unspecified());
+        let unspecified = |a: Option<SocketAddr>, advertised: &Option<String>| {
+            advertised.is_none() && a.is_some_and(|a| a.ip().is_unspecified())
+        };
         if self.node_id.is_some()
-            && (unspecified(Some(self.listen)) || unspecified(self.raft_listen))
+            && (unspecified(Some(self.listen), &self.advertise_addr)
+                || unspecified(self.raft_listen, &self.advertise_raft_addr))
         {
             return Err(Error::Config(
-                "in cluster mode --listen and --raft-listen are the addresses the other nodes and clients are told: give the node's own address, not 0.0.0.0 or ::".into(),
+                "in cluster mode --listen and --raft-listen are the addresses the other nodes and clients are told: give the node's own address, not 0.0.0.0 or ::, or say the address to tell with --advertise-addr and --advertise-raft-addr".into(),
             ));
+        }
+        for advertised in [&self.advertise_addr, &self.advertise_raft_addr]
+            .into_iter()
+            .flatten()
+        {
+            let port = advertised.rsplit_once(':').and_then(|(host, port)| {
+                (!host.is_empty()).then_some(())?;
+                port.parse::<u16>().ok().filter(|p| *p != 0)
+            });
+            if port.is_none() {
+                return Err(Error::Config(format!(
+                    "an advertised address is HOST:PORT with a port above 0, not {advertised:?}"
+                )));
+            }
         }
         self.check_raft_protected()?;
         if self.node_id.is_some() && self.raft_heartbeat_ms * 3 > self.raft_election_ms {
@@ -595,5 +642,47 @@ impl Ticker {
             }
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn validated(args: &[&str]) -> Result<(), Error> {
+        let args = std::iter::once("kvstore-server").chain(args.iter().copied());
+        Config::try_parse_from(args).unwrap().validate()
+    }
+
+    #[test]
+    fn a_node_may_bind_every_address_only_when_it_advertises_one() {
+        let bind_all = [
+            "--node-id",
+            "1",
+            "--listen",
+            "0.0.0.0:7000",
+            "--raft-listen",
+            "0.0.0.0:7100",
+            "--allow-insecure-raft",
+        ];
+        let refused = validated(&bind_all).unwrap_err().to_string();
+        assert!(refused.contains("--advertise-addr"), "{refused}");
+        let advertised = [
+            "--advertise-addr",
+            "db1.example:7000",
+            "--advertise-raft-addr",
+            "10.0.0.1:7100",
+        ];
+        validated(&[&bind_all[..], &advertised[..]].concat()).unwrap();
+        let no_port = [
+            "--advertise-addr",
+            "db1.example",
+            "--advertise-raft-addr",
+            "h:1",
+        ];
+        let refused = validated(&[&bind_all[..], &no_port[..]].concat()).unwrap_err();
+        assert!(refused.to_string().contains("HOST:PORT"), "{refused}");
     }
 }

@@ -151,8 +151,10 @@ pub async fn run(
                 id,
                 dir: config.raft_dir(),
                 me: Member {
-                    raft_addr: raft_addr.to_string(),
-                    client_addr: addr.to_string(),
+                    raft_addr: (config.advertise_raft_addr.clone())
+                        .unwrap_or_else(|| raft_addr.to_string()),
+                    client_addr: (config.advertise_addr.clone())
+                        .unwrap_or_else(|| addr.to_string()),
                 },
                 peers,
                 heartbeat: Duration::from_millis(config.raft_heartbeat_ms),

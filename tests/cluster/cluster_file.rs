@@ -96,3 +96,53 @@ fn a_cluster_file_that_does_not_fit_the_node_is_refused_with_the_reason() {
     let err = refused(from_file(1, &file, dir.path(), &[]));
     assert!(err.contains("missing field"), "{err}");
 }
+
+/// `--advertise-addr`: what the membership records and a follower's
+/// `NotLeader` names is the advertised address, not the bound one.
+#[test]
+fn nodes_tell_clients_and_peers_their_advertised_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let advertised = |n: &Spec| format!("localhost:{}", n.addr.port());
+    // The peers too are named by their advertised addresses.
+    let _servers: Vec<Server> = (nodes.iter())
+        .map(|n| {
+            let peers: Vec<String> = (nodes.iter())
+                .filter(|p| p.id != n.id)
+                .map(|p| format!("{}={}/{}", p.id, advertised(p), p.raft))
+                .collect();
+            let (id, raft, peers) = (n.id.to_string(), n.raft.to_string(), peers.join(","));
+            let own = advertised(n);
+            let args = [
+                "--node-id",
+                &id,
+                "--raft-listen",
+                &raft,
+                "--peers",
+                &peers,
+                "--advertise-addr",
+                &own,
+            ];
+            let data = dir.path().join(format!("node{}.db", n.id));
+            Server::start_on(&n.addr.to_string(), &data, &args)
+        })
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+    let members = status(leader.addr).unwrap().members;
+    for node in &nodes {
+        let member = members.iter().find(|m| m.id == node.id).unwrap();
+        assert_eq!(member.addr, advertised(node), "{members:?}");
+    }
+    let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
+    match try_call(follower.addr, cmd::set("k", "v")) {
+        Some(Reply::Error { message, .. }) => {
+            assert!(message.ends_with(&advertised(&leader)), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A client given the advertised addresses finds the leader by them.
+    let all: Vec<String> = nodes.iter().map(advertised).collect();
+    let out = cli(all.join(","), &["set", "k", "v"]);
+    assert!(out.status.success(), "{out:?}");
+}
