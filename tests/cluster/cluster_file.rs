@@ -134,12 +134,19 @@ fn nodes_tell_clients_and_peers_their_advertised_addresses() {
         let member = members.iter().find(|m| m.id == node.id).unwrap();
         assert_eq!(member.addr, advertised(node), "{members:?}");
     }
+    // A follower names the leader once it has heard from it.
     let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
-    match try_call(follower.addr, cmd::set("k", "v")) {
-        Some(Reply::Error { message, .. }) => {
-            assert!(message.ends_with(&advertised(&leader)), "{message}")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let message = match try_call(follower.addr, cmd::set("k", "v")) {
+            Some(Reply::Error { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        if message.contains("leader at") || Instant::now() > deadline {
+            assert!(message.ends_with(&advertised(&leader)), "{message}");
+            break;
         }
-        other => panic!("{other:?}"),
+        std::thread::sleep(Duration::from_millis(50));
     }
     // A client given the advertised addresses finds the leader by them.
     let all: Vec<String> = nodes.iter().map(advertised).collect();
