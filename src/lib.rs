@@ -32,6 +32,7 @@ pub mod figures;
 pub mod grpc;
 pub mod handler;
 pub mod log;
+pub mod logging;
 pub mod metrics;
 pub mod raft;
 pub mod resp;

@@ -7,15 +7,7 @@ use kvstore::{server, Config};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written (stderr on a full disk) is
-        // dropped; reporting it would panic the thread that logged it.
-        .log_internal_errors(false)
-        .init();
+    kvstore::logging::init();
     let matches = Config::command().get_matches();
     let mut config = Config::from_arg_matches(&matches)?;
     config.listen_defaulted =

@@ -51,3 +51,46 @@ fn an_fdatasync_error_stops_the_node_and_shows_in_log_failed() {
         other => panic!("a write after the failure: {other:?}"),
     }
 }
+
+/// With a follower down, every linearizable read's leadership check fails
+/// to reach it, and openraft logs a line each time; those lines are
+/// limited to one per log statement per 5 s.
+#[test]
+fn openraft_s_error_lines_are_rate_limited_while_a_node_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(3);
+    let log = |id: u64| dir.path().join(format!("node{id}.log"));
+    let mut servers: Vec<Option<Server>> = (nodes.iter())
+        .map(|n| {
+            let (command, data) = command_for(n, &nodes, dir.path(), |p| p.raft, &[]);
+            let mut logged = std::process::Command::new("sh");
+            logged
+                .arg("-c")
+                .arg(r#"exec "$0" "$@" 2>"$KVSTORE_TEST_LOG_FILE""#)
+                .arg(command.get_program())
+                .args(command.get_args())
+                .env("KVSTORE_TEST_LOG_FILE", log(n.id));
+            Some(Server::spawn(logged, &data))
+        })
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(&nodes);
+    assert_eq!(try_call(leader.addr, cmd::set("k", "v")), Some(Reply::Ok));
+    let follower = nodes.iter().position(|n| n.id != leader.id).unwrap();
+    servers[follower].take().unwrap().kill9();
+    let openraft_lines = || {
+        let text = std::fs::read_to_string(log(leader.id)).unwrap_or_default();
+        (text.lines())
+            .filter(|l| l.contains("openraft") && (l.contains("ERROR") || l.contains("WARN")))
+            .count()
+    };
+    let before = openraft_lines();
+    let reads = 200;
+    for _ in 0..reads {
+        let read = try_call(leader.addr, cmd::get("k"));
+        assert_eq!(read, Some(Reply::Value(Some("v".into()))));
+    }
+    let logged = openraft_lines() - before;
+    eprintln!("{reads} reads with a follower down: {logged} openraft lines");
+    assert!(logged < 30, "{logged} openraft lines for {reads} reads");
+}

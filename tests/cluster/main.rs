@@ -78,6 +78,19 @@ fn start_with(
     route: impl Fn(&Spec) -> SocketAddr,
     extra: &[&str],
 ) -> Server {
+    let (command, data) = command_for(me, all, dir, route, extra);
+    Server::spawn(command, &data)
+}
+
+/// The command line of node `me` of `all` (see [`start_with`]), and its
+/// data path.
+fn command_for(
+    me: &Spec,
+    all: &[Spec],
+    dir: &Path,
+    route: impl Fn(&Spec) -> SocketAddr,
+    extra: &[&str],
+) -> (std::process::Command, std::path::PathBuf) {
     let peers: Vec<String> = all
         .iter()
         .filter(|s| s.id != me.id)
@@ -108,7 +121,7 @@ fn start_with(
         &engine,
     ];
     args.extend_from_slice(extra);
-    Server::start_on(&me.addr.to_string(), &data, &args)
+    (Server::command(&me.addr.to_string(), &data, &args), data)
 }
 
 /// How a request on a fresh connection went.
