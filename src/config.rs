@@ -279,6 +279,12 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub raft_snapshot_every: u64,
 
+    /// Cluster mode: also take a snapshot once the entries applied since
+    /// the last one pass this many bytes (large values make a long log in
+    /// few entries).
+    #[arg(long, env = "KVSTORE_RAFT_SNAPSHOT_BYTES", default_value_t = 256 << 20)]
+    pub raft_snapshot_bytes: u64,
+
     /// Cluster mode: a client session (exactly-once writes) that has not
     /// written for this long expires. Keep it well above a client's longest
     /// call with its retries.

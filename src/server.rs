@@ -160,6 +160,7 @@ pub async fn run(
                 heartbeat: Duration::from_millis(config.raft_heartbeat_ms),
                 election: Duration::from_millis(config.raft_election_ms),
                 snapshot_every: config.raft_snapshot_every,
+                snapshot_bytes: config.raft_snapshot_bytes,
                 max_frame: config.max_frame,
                 tls: config.raft_tls(),
                 sessions: node::SessionSettings {

@@ -42,6 +42,8 @@ pub struct Settings {
     pub election: Duration,
     /// Entries between two snapshots.
     pub snapshot_every: u64,
+    /// Bytes of entries (roughly) after which a snapshot is taken anyway.
+    pub snapshot_bytes: u64,
     /// The largest client frame, to size the raft port's frames.
     pub max_frame: usize,
     /// Mutual TLS on the raft port (`--raft-tls-*`).
@@ -71,6 +73,44 @@ pub struct Cluster {
     /// Held while the node runs: a second process on the same directory is
     /// refused.
     _lock: parking_lot::Mutex<Box<dyn std::any::Any + Send>>,
+}
+
+/// How often the size trigger of snapshots looks.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(250);
+
+/// Asks openraft for a snapshot whenever the entries applied since the
+/// last one pass `limit` bytes (openraft's own policy counts entries only:
+/// 10,000 entries of large values would be a large log). Until `shutdown`.
+async fn snapshot_by_size(
+    raft: Raft,
+    since_snapshot: Arc<std::sync::atomic::AtomicU64>,
+    limit: u64,
+    shutdown: CancellationToken,
+) {
+    let mut asked_at = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SNAPSHOT_CHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let bytes = since_snapshot.load(std::sync::atomic::Ordering::Relaxed);
+        // One request at a time: the counter drops once it is built.
+        if bytes < limit
+            || asked_at
+                .is_some_and(|at: tokio::time::Instant| at.elapsed() < Duration::from_secs(10))
+        {
+            continue;
+        }
+        tracing::info!(
+            bytes,
+            limit,
+            "asking for a snapshot: the log since the last one passed --raft-snapshot-bytes"
+        );
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        asked_at = Some(tokio::time::Instant::now());
+    }
 }
 
 fn cluster_failed(message: impl Into<String>) -> Error {
@@ -106,6 +146,7 @@ impl Cluster {
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
         };
         let store_index = machine.store_index();
+        let since_snapshot = machine.since_snapshot();
         let config = openraft::Config {
             cluster_name: "kvstore".into(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
@@ -140,6 +181,12 @@ impl Cluster {
         )
         .await
         .map_err(|e| Error::Config(format!("raft did not start: {e}")))?;
+        tracker.spawn(snapshot_by_size(
+            raft.clone(),
+            since_snapshot,
+            settings.snapshot_bytes,
+            shutdown.clone(),
+        ));
         tracker.spawn(network::serve(
             listener,
             raft.clone(),

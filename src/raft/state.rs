@@ -138,6 +138,9 @@ pub struct StateMachine {
     /// openraft's metrics publish the applied index later than that, so
     /// replies carry this one (session reads, `cmd::indexed`).
     store_index: Arc<AtomicU64>,
+    /// Roughly the bytes of the entries applied since the newest snapshot:
+    /// what the size trigger of snapshots watches (`node`).
+    since_snapshot: Arc<AtomicU64>,
 }
 
 fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -178,6 +181,7 @@ impl StateMachine {
             applied: Arc::new(Mutex::new(applied)),
             files: Arc::default(),
             store_index: Arc::new(AtomicU64::new(store_index)),
+            since_snapshot: Arc::default(),
         };
         let keep = machine
             .applied
@@ -200,6 +204,11 @@ impl StateMachine {
     /// See the `store_index` field; shared with the node.
     pub fn store_index(&self) -> Arc<AtomicU64> {
         self.store_index.clone()
+    }
+
+    /// See the `since_snapshot` field; shared with the node.
+    pub fn since_snapshot(&self) -> Arc<AtomicU64> {
+        self.since_snapshot.clone()
     }
 
     /// Where a snapshot from the leader is written as it arrives (not named
@@ -289,6 +298,7 @@ impl StateMachine {
         for entry in entries {
             self.store_index
                 .fetch_max(entry.log_id.index, Ordering::Release);
+            (self.since_snapshot).fetch_add(super::entry_size(&entry) as u64, Ordering::Relaxed);
             applied.last_applied = Some(entry.log_id);
             let changes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
@@ -509,6 +519,9 @@ impl StateMachine {
             ),
         };
         let mut view = self.engine.view()?;
+        // What the snapshot covers; entries applied during the copy count
+        // towards the next one.
+        let covered = self.since_snapshot.load(Ordering::Relaxed);
         let sessions = match applied.sessions.is_empty() {
             true => Vec::new(),
             false => kvstore_client::codec::encode(&applied.sessions)
@@ -530,6 +543,7 @@ impl StateMachine {
         })?;
         let (_, db_path) = self.paths(&meta.snapshot_id);
         let file = open_file(&db_path)?;
+        self.since_snapshot.fetch_sub(covered, Ordering::Relaxed);
         let mut applied = held.unwrap_or_else(|| self.applied.lock());
         // An install (newer, or a snapshot openraft already has) may have
         // come in while the view was copied.
@@ -565,6 +579,7 @@ impl StateMachine {
         applied.membership = meta.last_membership.clone();
         applied.sessions = sessions;
         applied.current = Some(meta.clone());
+        self.since_snapshot.store(0, Ordering::Relaxed);
         self.remove_other_snapshots(Some(&meta.snapshot_id))
     }
 }

@@ -497,6 +497,36 @@ fn wait_for_snapshot(raft_dir: &Path, index: u64) {
     }
 }
 
+/// `--raft-snapshot-bytes`: a few large writes, far fewer entries than
+/// `--raft-snapshot-every`, still bring a snapshot.
+#[test]
+fn a_log_of_large_values_is_snapshotted_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = specs(1).remove(0);
+    let data = dir.path().join("node1.db");
+    let raft = node.raft.to_string();
+    let args = [
+        "--node-id",
+        "1",
+        "--raft-listen",
+        &raft,
+        "--raft-snapshot-every",
+        "1000000",
+        "--raft-snapshot-bytes",
+        "200000",
+    ];
+    let _server = Server::start_on(&node.addr.to_string(), &data, &args);
+    assert!(cli(node.addr, &["cluster", "init"]).status.success());
+    wait_for_leader(std::slice::from_ref(&node));
+    let value = "x".repeat(10_000);
+    for i in 0..40 {
+        let set = cmd::set(format!("big{i}"), &value);
+        assert_eq!(try_call(node.addr, set), Some(Reply::Ok));
+    }
+    // 400 KB in about 40 entries: a snapshot covering half of them at least.
+    wait_for_snapshot(&dir.path().join("node1.db.raft"), 20);
+}
+
 #[test]
 fn a_client_given_every_address_follows_the_leader_through_a_failover() {
     let dir = tempfile::tempdir().unwrap();
