@@ -5,8 +5,16 @@
 //! never retried).
 //!
 //! ```text
-//! <raft dir>/raft.log: record{ bincode(Record) } ...
+//! <raft dir>/raft.log: record{ "KVRAFTLOG1", salt: u32 LE }   (plain CRC32C)
+//!                      record{ bincode(Record) } ...           (CRC32C seeded with salt)
 //! ```
+//!
+//! The salt is random, made when the file is created (or rewritten), and
+//! never leaves the node: bytes a client wrote inside a value can never pass
+//! for a record, so a torn tail is never mistaken for damage (or the other
+//! way round) because of what a client wrote. A file without the header was
+//! written before salts: its records are read and appended with seed 0 until
+//! the next rewrite gives it one.
 //!
 //! Every change to the log is one appended record: an entry, a vote, a
 //! truncation (`[index, ∞)` removed, after a conflict with the leader) or a
@@ -43,6 +51,9 @@ use crate::storage::{record, sync_dir, write_synced};
 
 /// The log file's name in the raft directory.
 const FILE: &str = "raft.log";
+
+/// The start of the header record's body; the salt follows.
+const MAGIC: &[u8] = b"KVRAFTLOG1";
 
 /// Rewrite the file when this many dead records have gathered (and they
 /// outnumber the live ones).
@@ -94,6 +105,9 @@ pub struct LogStore {
     vote: Option<Vote<u64>>,
     /// Records in the file that no longer matter, for the rewrite decision.
     dead: usize,
+    /// Seeds the checksums of the file's records (0: a file from before
+    /// salts).
+    salt: u32,
 }
 
 /// A reader of the live entries, for openraft's replication tasks.
@@ -116,17 +130,27 @@ impl LogStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(Error::io(&path, e)),
         };
+        let header = read_header(&data);
+        let fresh = matches!(header, Header::Torn);
+        let (salt, start) = match header {
+            Header::Salted { salt, next } => (salt, next),
+            Header::Legacy => (0, 0),
+            Header::Torn => (0, data.len()),
+            Header::Damaged => {
+                return Err(Error::corrupt(&path, 0, "the raft log's header is damaged"));
+            }
+        };
         let mut entries = Entries::default();
         let mut vote = None;
         let mut dead = 0;
-        let mut offset = 0;
+        let mut offset = start;
         while offset < data.len() {
             // The zeros written ahead of the records (no record has
             // length 0, so this scans only the end).
             if all_zero(&data[offset..]) {
                 break;
             }
-            let body = match record::read(&data, offset) {
+            let body = match record::read_with(&data, offset, salt) {
                 record::Read::Valid { body, next } => {
                     offset = next;
                     body
@@ -134,7 +158,7 @@ impl LogStore {
                 // A torn tail is cut off; but a bad record (or a damaged
                 // length) with good records after it is damage.
                 record::Read::Incomplete | record::Read::Mismatch => {
-                    if Self::valid_record_after(&data, offset) {
+                    if Self::valid_record_after(&data, offset, salt) {
                         return Err(Error::corrupt(
                             &path,
                             offset as u64,
@@ -148,6 +172,25 @@ impl LogStore {
                 .map_err(|e| Error::corrupt(&path, offset as u64, e.to_string()))?;
             dead += entries.replay(record, body.len(), &mut vote);
         }
+        // Nothing valid at all (a new file, or one whose first record was
+        // torn): start it afresh, with a salt.
+        if fresh {
+            let salt = crate::storage::wal::random_salt(data.len() as u64);
+            let mut header = Vec::new();
+            encode_header(&mut header, salt);
+            write_synced(&*fs, &path, &header)?;
+            sync_dir(&*fs, dir)?;
+            let file = fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
+            return Ok(LogStore {
+                fs,
+                dir: dir.to_path_buf(),
+                file: Mutex::new(Some(Appender::new(file, header.len() as u64))),
+                entries: Arc::new(RwLock::new(entries)),
+                vote,
+                dead,
+                salt,
+            });
+        }
         if offset < data.len() {
             if !all_zero(&data[offset..]) {
                 tracing::warn!(
@@ -160,14 +203,8 @@ impl LogStore {
             fs.truncate(&path, offset as u64)
                 .map_err(|e| Error::io(&path, e))?;
         }
-        let file = if data.is_empty() {
-            let file = fs.create(&path).map_err(|e| Error::io(&path, e))?;
-            sync_dir(&*fs, dir)?;
-            file
-        } else {
-            fs.open_write(&path).map_err(|e| Error::io(&path, e))?
-        };
-        let file = Appender::new(file, offset.min(data.len()) as u64);
+        let file = fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
+        let file = Appender::new(file, offset as u64);
         Ok(LogStore {
             fs,
             dir: dir.to_path_buf(),
@@ -175,14 +212,15 @@ impl LogStore {
             entries: Arc::new(RwLock::new(entries)),
             vote,
             dead,
+            salt,
         })
     }
 
     /// Whether a valid record starts anywhere after `offset` (then a bad
     /// record at `offset` is damage, not a torn tail).
-    fn valid_record_after(data: &[u8], offset: usize) -> bool {
+    fn valid_record_after(data: &[u8], offset: usize, salt: u32) -> bool {
         (offset + 1..data.len())
-            .any(|at| matches!(record::read(&data[at..], 0), record::Read::Valid { body, .. } if kvstore_client::codec::decode::<Record>(body).is_ok()))
+            .any(|at| matches!(record::read_with(&data[at..], 0, salt), record::Read::Valid { body, .. } if kvstore_client::codec::decode::<Record>(body).is_ok()))
     }
 
     /// Appends `records` to the file and syncs it. On any error the log is
@@ -196,7 +234,7 @@ impl LogStore {
         };
         let mut buf = Vec::new();
         for record in records {
-            encode_record(&mut buf, record);
+            encode_record(&mut buf, record, self.salt);
         }
         let result = file.append(&buf).and_then(|_| file.sync_data());
         if let Err(e) = &result {
@@ -214,17 +252,19 @@ impl LogStore {
         }
         let path = self.dir.join(FILE);
         let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let salt = crate::storage::wal::random_salt(self.dead as u64);
         let mut buf = Vec::new();
+        encode_header(&mut buf, salt);
         {
             let entries = self.entries.read();
             if let Some(vote) = &self.vote {
-                encode_record(&mut buf, &Record::Vote(*vote));
+                encode_record(&mut buf, &Record::Vote(*vote), salt);
             }
             if let Some(purged) = entries.last_purged {
-                encode_record(&mut buf, &Record::Purge(purged));
+                encode_record(&mut buf, &Record::Purge(purged), salt);
             }
             for (entry, _) in entries.by_index.values() {
-                encode_record(&mut buf, &Record::Entry(entry.clone()));
+                encode_record(&mut buf, &Record::Entry(entry.clone()), salt);
             }
         }
         write_synced(&*self.fs, &tmp, &buf)?;
@@ -238,16 +278,61 @@ impl LogStore {
         let file = self.fs.open_write(&path).map_err(|e| Error::io(&path, e))?;
         *self.file.lock() = Some(Appender::new(file, buf.len() as u64));
         self.dead = 0;
+        self.salt = salt;
         Ok(())
     }
 }
 
-fn encode_record(buf: &mut Vec<u8>, record: &Record) {
+fn encode_record(buf: &mut Vec<u8>, record: &Record, salt: u32) {
     let start = buf.len();
     buf.extend_from_slice(&[0; record::HEADER_LEN]);
     // Encoding into a Vec cannot fail: Record has no types bincode refuses.
     let _ = kvstore_client::codec::encode_into(record, buf);
-    record::seal(buf, start);
+    record::seal_with(buf, start, salt);
+}
+
+fn encode_header(buf: &mut Vec<u8>, salt: u32) {
+    let mut body = MAGIC.to_vec();
+    body.extend_from_slice(&salt.to_le_bytes());
+    record::append(buf, &body);
+}
+
+/// What the start of a log file says.
+enum Header {
+    /// Its records are seeded with `salt`; the first starts at `next`.
+    Salted { salt: u32, next: usize },
+    /// A file from before salts: records from the start, seed 0.
+    Legacy,
+    /// No whole first record: a file whose creation a crash cut short
+    /// (nothing in it was ever reported durable).
+    Torn,
+    /// A whole first record that is neither: refused.
+    Damaged,
+}
+
+fn read_header(data: &[u8]) -> Header {
+    match record::read(data, 0) {
+        record::Read::Valid { body, next } => match body.strip_prefix(MAGIC) {
+            Some(salt) if salt.len() == 4 => Header::Salted {
+                salt: u32::from_le_bytes([salt[0], salt[1], salt[2], salt[3]]),
+                next,
+            },
+            _ if kvstore_client::codec::decode::<Record>(body).is_ok() => Header::Legacy,
+            _ => Header::Damaged,
+        },
+        _ if all_zero(data) => Header::Torn,
+        // Shorter than a header: its creation was cut short. Longer, a
+        // length that points past the end is damage (the file may hold
+        // good records): refused, never emptied.
+        record::Read::Incomplete if data.len() < record::HEADER_LEN + MAGIC.len() + 4 => {
+            Header::Torn
+        }
+        record::Read::Incomplete => Header::Damaged,
+        // A whole first record whose checksum fails: a damaged header, or
+        // the first record of an unsalted file (a crash cut a file from
+        // before salts right at its first record: nothing was durable).
+        record::Read::Mismatch => Header::Damaged,
+    }
 }
 
 impl Entries {
@@ -532,8 +617,10 @@ mod tests {
         assert_eq!(log.entries.read().by_index.len(), 1);
         drop(log);
 
+        // The entries start after the header record.
+        let first = record::HEADER_LEN + MAGIC.len() + 4;
         let mut damaged = whole.clone();
-        damaged[record::HEADER_LEN + 2] ^= 0xff;
+        damaged[first + record::HEADER_LEN + 2] ^= 0xff;
         std::fs::write(&path, &damaged).unwrap();
         let err = LogStore::open(Arc::new(RealFs), dir.path())
             .err()
@@ -543,11 +630,70 @@ mod tests {
         // A damaged length that points past the end is damage too, not a
         // torn tail: the good record after it must not be cut off.
         let mut damaged = whole.clone();
-        damaged[2] ^= 0x40;
+        damaged[first + 2] ^= 0x40;
         std::fs::write(&path, &damaged).unwrap();
         let err = LogStore::open(Arc::new(RealFs), dir.path())
             .err()
             .expect("a damaged length before a good record must be refused");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_record_forged_inside_a_value_does_not_pass_for_one() {
+        use crate::raft::Batch;
+        use crate::storage::change::Change;
+        use crate::storage::op::WriteOp;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        // A value holding a whole record as an unsalted log would have it.
+        let mut forged = Vec::new();
+        encode_record(&mut forged, &Record::Entry(blank(1, 9)), 0);
+        let entry = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 0),
+            payload: openraft::EntryPayload::Normal(Batch(vec![
+                Change::Write(WriteOp::Set {
+                    key: "k".into(),
+                    value: forged.into(),
+                }),
+                // Bytes after the forged record, for the tear to fall in.
+                Change::Write(WriteOp::Set {
+                    key: "k2".into(),
+                    value: "x".repeat(100).into(),
+                }),
+            ])),
+        };
+        let mut log = open(dir.path());
+        log.write(&[Record::Entry(entry)]).unwrap();
+        let end = log.file.lock().as_ref().map(|f| f.data_len()).unwrap() as usize;
+        drop(log);
+        // A crash tore the record after the forged one: a torn tail.
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..end - 40]).unwrap();
+        let log = LogStore::open(Arc::new(RealFs), dir.path());
+        assert!(log.is_ok(), "the forged record passed: {:?}", log.err());
+        assert!(log.unwrap().entries.read().by_index.is_empty());
+    }
+
+    #[test]
+    fn a_log_written_before_salts_is_read_and_appended_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        for i in 0..2 {
+            encode_record(&mut old, &Record::Entry(blank(1, i)), 0);
+        }
+        std::fs::write(dir.path().join(FILE), &old).unwrap();
+        let mut log = open(dir.path());
+        assert_eq!((log.salt, log.entries.read().by_index.len()), (0, 2));
+        log.write(&[Record::Entry(blank(1, 2))]).unwrap();
+        drop(log);
+        assert_eq!(open(dir.path()).entries.read().by_index.len(), 3);
+        // A damaged header is refused, never emptied.
+        let dir = tempfile::tempdir().unwrap();
+        let records = two_entries(dir.path());
+        let path = dir.path().join(FILE);
+        let mut damaged = std::fs::read(&path).unwrap()[..records].to_vec();
+        damaged[record::HEADER_LEN + 1] ^= 0xff;
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(LogStore::open(Arc::new(RealFs), dir.path()).is_err());
     }
 }

@@ -92,8 +92,8 @@ fn encode_record(buf: &mut Vec<u8>, salt: u32, seq: u64, durable: u64, op: &Writ
 }
 
 /// A fresh random salt for a new segment (std's per-process random hash keys;
-/// no extra dependency).
-fn random_salt(id: u64) -> u32 {
+/// no extra dependency). The raft log uses it too.
+pub(crate) fn random_salt(id: u64) -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(id);
