@@ -739,11 +739,6 @@ impl Client {
     /// ```
     pub async fn call(&self, command: Command) -> Result<Reply, Error> {
         let reads = self.inner.options.reads;
-        let indexed = |after, any_node, command| Command::Indexed {
-            after,
-            any_node,
-            command: Box::new(command),
-        };
         match (&self.inner.reader, reads) {
             (Some(reader), _) if command.is_data_read() => {
                 let after = match reads {
@@ -767,12 +762,7 @@ impl Client {
             }
         }
         if reads == Reads::Session {
-            let indexed = Command::Indexed {
-                after: 0,
-                any_node: false,
-                command: Box::new(command),
-            };
-            let reply = self.call_once_more(indexed).await?;
+            let reply = self.call_once_more(indexed(0, false, command)).await?;
             return self.unwrap_indexed(reply);
         }
         self.call_once_more(command).await
@@ -1229,6 +1219,15 @@ fn expect_int(reply: Reply) -> Result<i64, Error> {
     match reply {
         Reply::Int(n) => Ok(n),
         other => Err(unexpected("Int", &other)),
+    }
+}
+
+/// `command` wrapped in `Indexed`, so that its reply carries a log index.
+fn indexed(after: u64, any_node: bool, command: Command) -> Command {
+    Command::Indexed {
+        after,
+        any_node,
+        command: Box::new(command),
     }
 }
 
