@@ -131,6 +131,13 @@ pub fn collect(db: &Db) -> Vec<Figure> {
         "Connections refused at the connection limit.",
         n(&stats.connections_rejected),
     );
+    add(
+        "commands_last_second",
+        vec![],
+        Gauge,
+        "Requests in the last whole second, all doors: the node's load.",
+        n(&stats.commands_last_second),
+    );
     for (tag, name) in COMMAND_NAMES.iter().enumerate() {
         add(
             "commands_total",

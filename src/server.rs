@@ -229,6 +229,7 @@ pub async fn run(
             tracker.clone(),
         ));
     }
+    spawn_rate_ticker(&db, &shutdown, &tracker);
     // One connection limit across all doors.
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let native = accept_loop(
@@ -383,6 +384,18 @@ fn spawn_sync_ticker(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while token.run_until_cancelled(tick.tick()).await.is_some() {
             commit.request_sync();
+        }
+    });
+}
+
+/// Measures the request rate every second (`Stats::tick`).
+fn spawn_rate_ticker(db: &Db, shutdown: &CancellationToken, tracker: &TaskTracker) {
+    let (stats, token) = (db.stats.clone(), shutdown.clone());
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while token.run_until_cancelled(tick.tick()).await.is_some() {
+            stats.tick();
         }
     });
 }

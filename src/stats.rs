@@ -24,6 +24,10 @@ pub struct Stats {
     pub connections_rejected: AtomicU64,
     /// Requests answered since start, all doors.
     pub commands: AtomicU64,
+    /// Requests in the last whole second, all doors ([`Stats::tick`]).
+    pub commands_last_second: AtomicU64,
+    /// `commands` at the last tick.
+    commands_at_tick: AtomicU64,
     /// Native requests by command tag (tags are below [`SLOTS`]).
     pub native_commands: [AtomicU64; SLOTS],
     /// gRPC calls by method (`crate::grpc::service::METHODS`, fewer than
@@ -43,6 +47,8 @@ impl Default for Stats {
             connections_total: AtomicU64::new(0),
             connections_rejected: AtomicU64::new(0),
             commands: AtomicU64::new(0),
+            commands_last_second: AtomicU64::new(0),
+            commands_at_tick: AtomicU64::new(0),
             native_commands: std::array::from_fn(|_| AtomicU64::new(0)),
             grpc_calls: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -95,6 +101,16 @@ impl Stats {
         }
     }
 
+    /// Called once a second: the requests since the last call become
+    /// `commands_last_second`, the node's load as `kvstore cluster status`
+    /// shows it.
+    pub fn tick(&self) {
+        let now = self.commands.load(Ordering::Relaxed);
+        let before = self.commands_at_tick.swap(now, Ordering::Relaxed);
+        let last = now.saturating_sub(before);
+        self.commands_last_second.store(last, Ordering::Relaxed);
+    }
+
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -119,6 +135,19 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_takes_the_requests_since_the_last_one() {
+        let stats = Stats::default();
+        (0..5).for_each(|_| stats.command());
+        stats.tick();
+        assert_eq!(Stats::get(&stats.commands_last_second), 5);
+        stats.command();
+        stats.tick();
+        assert_eq!(Stats::get(&stats.commands_last_second), 1);
+        stats.tick();
+        assert_eq!(Stats::get(&stats.commands_last_second), 0);
+    }
 
     #[test]
     fn every_command_tag_and_error_code_has_a_counter() {

@@ -308,27 +308,34 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             return Exit::of(&e);
         }
     };
-    // Each member's own view: its role, term, applied index and pid.
+    // Each member's own view: its role, term, applied index and pid, and
+    // its load from its figures.
     let mut rows = Vec::new();
     for member in &status.members {
-        let own = if member.id == status.node_id {
-            Ok(status.clone())
-        } else {
-            match connect.client(&member.addr) {
-                Ok(c) => c.cluster(ClusterRequest::Status).await,
-                Err(e) => Err(e),
+        let (view, load) = match connect.client(&member.addr) {
+            Ok(c) => {
+                let view = match member.id == status.node_id {
+                    true => Ok(status.clone()),
+                    false => c.cluster(ClusterRequest::Status).await,
+                };
+                let load = match view {
+                    Ok(_) => c.stats().await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                (view, load)
             }
+            Err(e) => (Err(e), Vec::new()),
         };
-        rows.push((member.clone(), own));
+        rows.push((member.clone(), view, load));
     }
     let leader_last = rows
         .iter()
-        .filter_map(|(_, own)| own.as_ref().ok())
+        .filter_map(|(_, own, _)| own.as_ref().ok())
         .find(|s| s.role == "leader")
         .and_then(|s| s.last_log_index);
     let json_rows: Vec<serde_json::Value> = rows
         .iter()
-        .map(|(member, own)| match own {
+        .map(|(member, own, figures)| match own {
             Ok(s) => serde_json::json!({
                 "id": member.id,
                 "addr": member.addr,
@@ -340,6 +347,8 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                 "last_log_index": s.last_log_index,
                 "applied_index": s.applied_index,
                 "lag": leader_last.map(|l| l.saturating_sub(s.applied_index.unwrap_or(0))),
+                "connections": figure(figures, "connections"),
+                "commands_last_second": figure(figures, "commands_last_second"),
                 "pid": s.pid,
             }),
             Err(e) => serde_json::json!({
@@ -360,8 +369,8 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
         })),
         Output::Text => {
             output::say(&format!(
-                "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>8}",
-                "id", "addr", "raft", "role", "term", "applied", "lag", "pid"
+                "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
+                "id", "addr", "raft", "role", "term", "applied", "lag", "conns", "req/s", "pid"
             ));
             for row in &json_rows {
                 let text = |k: &str| match &row[k] {
@@ -370,7 +379,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                     other => other.to_string(),
                 };
                 output::say(&format!(
-                    "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>8}",
+                    "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
                     text("id"),
                     text("addr"),
                     text("raft_addr"),
@@ -378,12 +387,19 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                     text("term"),
                     text("applied_index"),
                     text("lag"),
+                    text("connections"),
+                    text("commands_last_second"),
                     text("pid")
                 ));
             }
         }
     }
     Exit::Ok
+}
+
+/// The figure `name` among a node's `Stats`, if it reported it.
+fn figure(figures: &[(String, i64)], name: &str) -> Option<i64> {
+    figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
 /// Runs one command and prints its result; returns the exit code.
