@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
@@ -22,6 +22,7 @@ use tokio_rustls::TlsConnector;
 use crate::mux::{Mux, Tls};
 use crate::once;
 use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::replicas::{ReplicaLoad, Replicas};
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
 };
@@ -75,13 +76,16 @@ pub enum Reads {
     /// every write acknowledged before it began, by any client.
     #[default]
     Linearizable,
-    /// The first node of the address list that answers (leader, follower
-    /// or learner), from what it has applied: it may be stale.
+    /// The least loaded node of the address list (leader, follower or
+    /// learner), from what it has applied: it may be stale. Load is this
+    /// client's view: its reads outstanding there and a moving average of
+    /// their latency ([`Client::replica_loads`]).
     Follower,
     /// As `Follower`, but the node first waits until it has applied every
     /// write this client had acknowledged and every state it has read
     /// (read-your-writes, monotonic reads). The client carries the log
-    /// index it has seen ([`Client::session_index`]).
+    /// index it has seen ([`Client::session_index`]) and prefers the nodes
+    /// it knows to have applied it.
     Session,
 }
 
@@ -190,9 +194,9 @@ impl ClientBuilder {
 
     /// Which node answers reads (`Get`, `Exists`, `Keys`, `Scan`, `Range`)
     /// and what they promise; [`Reads::Linearizable`] unless set. Follower
-    /// and session reads go to the first address of the list that answers,
-    /// so put the nearest node first. A server running alone answers them
-    /// as usual.
+    /// and session reads go to the least loaded node of the address list,
+    /// the first one while nothing is known, so put the nearest node first.
+    /// A server running alone answers them as usual.
     pub fn reads(mut self, reads: Reads) -> Self {
         self.reads = reads;
         self
@@ -241,17 +245,21 @@ impl ClientBuilder {
         if addrs.len() > 1 && !self.attempts_set {
             self.max_attempts = self.max_attempts.max(CLUSTER_MIN_ATTEMPTS);
         }
-        // Follower reads have a target of their own, which stays on the
-        // first address instead of following the leader.
+        // Follower reads choose among all the given nodes, each reached by
+        // a client of its own.
         let reader = match self.reads {
             Reads::Linearizable => None,
-            Reads::Follower | Reads::Session => Some(
+            Reads::Follower | Reads::Session => Some(Replicas::new(&addrs, |addr| {
                 ClientBuilder {
+                    addr: Some(addr.to_string()),
+                    tls: self.tls || tls_scheme,
                     reads: Reads::Linearizable,
+                    max_attempts: 1,
+                    attempts_set: true,
                     ..self.clone()
                 }
-                .build()?,
-            ),
+                .build()
+            })?),
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -306,8 +314,8 @@ struct Inner {
     slots: Vec<Mutex<Option<(u64, Mux)>>>,
     /// Round-robin position.
     next: AtomicUsize,
-    /// With follower or session reads: the client that sends them.
-    reader: Option<Client>,
+    /// With follower or session reads: the nodes that answer them.
+    reader: Option<Replicas>,
     /// The highest log index seen in an `Indexed` reply (session reads
     /// wait for it).
     session: AtomicU64,
@@ -745,12 +753,41 @@ impl Client {
                     Reads::Session => self.session_index(),
                     _ => 0,
                 };
-                let reply = reader.call_once_more(indexed(after, true, command)).await?;
+                let reply = self.read(reader, after, command).await?;
                 self.unwrap_indexed(reply)
             }
             _ if command.is_data_write() => self.write(command, reads).await,
             _ => self.call_once_more(command).await,
         }
+    }
+
+    /// A follower or session read of a node that has applied `after`, from
+    /// the node `reader` chooses, within the retry budget.
+    async fn read(&self, reader: &Replicas, after: u64, command: Command) -> Result<Reply, Error> {
+        let options = &self.inner.options;
+        let pauses = ExponentialBuilder::default()
+            .with_min_delay(options.min_backoff)
+            .with_max_delay(options.max_backoff.min(CLUSTER_MAX_PAUSE))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let command = indexed(after, true, command);
+        let read = reader.read(command, after, options.max_attempts, pauses);
+        tokio::time::timeout(options.max_call_time, read)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                what: "call (all attempts)",
+                after: options.max_call_time,
+            }))
+    }
+
+    /// Each node's load as this client sees it, in address order: what
+    /// follower and session reads choose by. Empty with linearizable reads.
+    pub fn replica_loads(&self) -> Vec<ReplicaLoad> {
+        self.inner
+            .reader
+            .as_ref()
+            .map_or(Vec::new(), Replicas::report)
     }
 
     /// A write: in the client session when there is one (exactly once),
@@ -763,7 +800,7 @@ impl Client {
         }
         if reads == Reads::Session {
             let reply = self.call_once_more(indexed(0, false, command)).await?;
-            return self.unwrap_indexed(reply);
+            return self.unwrap_write(reply);
         }
         self.call_once_more(command).await
     }
@@ -790,7 +827,7 @@ impl Client {
             session.done(seq);
             let expired = matches!(&result, Err(Error::Server { code, .. }) if *code == ErrorCode::SessionExpired as u32);
             if !expired {
-                return self.unwrap_indexed(result?);
+                return self.unwrap_write(result?);
             }
             self.forget_session(&session).await;
             if attempts.load(Ordering::Relaxed) > 1 {
@@ -862,9 +899,18 @@ impl Client {
         }
     }
 
+    /// [`Client::unwrap_indexed`] for a write's reply: the leader that
+    /// answered has applied its index, which follower reads may use.
+    fn unwrap_write(&self, reply: Reply) -> Result<Reply, Error> {
+        if let (Some(reader), Reply::Indexed { index, .. }) = (&self.inner.reader, &reply) {
+            reader.applied_at(&self.addr(), *index);
+        }
+        self.unwrap_indexed(reply)
+    }
+
     /// [`Client::call`] without the choice of reads: the command as given,
     /// with timeouts and retries.
-    async fn call_once_more(&self, command: Command) -> Result<Reply, Error> {
+    pub(crate) async fn call_once_more(&self, command: Command) -> Result<Reply, Error> {
         self.call_counting(command, &std::sync::atomic::AtomicU32::new(0))
             .await
     }

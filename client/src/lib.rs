@@ -34,6 +34,7 @@ pub mod error;
 mod mux;
 mod once;
 pub mod protocol;
+mod replicas;
 pub mod scan;
 mod wire_bytes;
 
@@ -45,4 +46,5 @@ pub use protocol::{
     ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, Reply, Request,
     Response,
 };
+pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;

@@ -228,8 +228,13 @@ fn named_leader(reply: &Reply) -> Option<SocketAddr> {
 }
 
 fn keys_figure(addr: SocketAddr) -> Option<i64> {
+    figure(addr, "keys")
+}
+
+/// The figure `name` (a series, labels included) of the node at `addr`.
+fn figure(addr: SocketAddr, name: &str) -> Option<i64> {
     match try_call(addr, kvstore_client::Command::Stats)? {
-        Reply::Stats(figures) => figures.iter().find(|(n, _)| n == "keys").map(|(_, v)| *v),
+        Reply::Stats(figures) => figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
         _ => None,
     }
 }

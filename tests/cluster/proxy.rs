@@ -8,9 +8,13 @@
 //! new ones are accepted and closed at once, as a peer whose port is gone), or
 //! stalled (connections stay open but no byte moves, as a network that drops
 //! packets: the sender waits until its own deadline).
+//!
+//! [`slow`] is a proxy of another kind: in front of a node's client port, it
+//! delays every chunk it carries, as a node far away would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -128,6 +132,41 @@ async fn pipe(mut a: TcpStream, target: SocketAddr, mut state: watch::Receiver<L
                 _ => return,
             },
             changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A proxy to `target` that holds each chunk `delay` before passing it on,
+/// in both directions; it runs on `rt` until the runtime is dropped.
+pub fn slow(rt: &tokio::runtime::Runtime, target: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((a, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(b) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (ar, aw) = a.into_split();
+                let (br, bw) = b.into_split();
+                tokio::join!(carry(ar, bw, delay), carry(br, aw, delay));
+            });
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to`, each chunk `delay` late.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        tokio::time::sleep(delay).await;
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }

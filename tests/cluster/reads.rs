@@ -1,6 +1,7 @@
 //! Follower reads and session guarantees: a follower cut off from the leader
 //! answers follower reads with what it has (stale), while a session read
-//! waits for the client's own writes and moves on to a node that has them.
+//! waits for the client's own writes and moves on to a node that has them;
+//! follower reads go to the least loaded node.
 
 use kvstore_client::{Client, Reads};
 
@@ -15,23 +16,19 @@ fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
     let (nodes, _servers, links) = start_partitionable(dir.path(), &rt);
     let leader = wait_for_leader(&nodes);
     let follower = nodes.iter().find(|n| n.id != leader.id).unwrap().clone();
-    // The follower first: reads go there while it answers.
+    // The follower first: a fresh client's first read goes there.
     let list =
         addr_list(std::iter::once(&follower).chain(nodes.iter().filter(|n| n.id != follower.id)));
-    let client = |reads| {
-        Client::builder()
-            .addr(list.clone())
-            .reads(reads)
-            .build()
-            .unwrap()
-    };
-    let (stale, session) = (client(Reads::Follower), client(Reads::Session));
+    let client = |addrs: &str, reads| Client::builder().addr(addrs).reads(reads).build().unwrap();
+    let stale = client(&follower.addr.to_string(), Reads::Follower);
+    let session = client(&list, Reads::Session);
 
     rt.block_on(async {
         session.set("k", "1").await.unwrap();
         let first = session.session_index();
         assert!(first > 0, "a session write reports its log index");
-        // The follower has applied it (the session read waits until it has).
+        // Read from a node known to have applied it (the leader that
+        // acknowledged it), or one that waits until it has.
         assert_eq!(session.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(
             session.addr(),
@@ -47,9 +44,21 @@ fn follower_reads_may_be_stale_but_session_reads_see_their_own_writes() {
         session.set("k", "2").await.unwrap();
         // A follower read gets what the follower holds: the old value.
         assert_eq!(stale.get("k").await.unwrap().as_deref(), Some(&b"1"[..]));
-        // A session read must see the session's write: the follower cannot
-        // get there (Lagging), so the client asks the next node.
+        // A session read must see the session's write: the leader is known
+        // to have it.
         assert_eq!(session.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+        // A new client carrying the session knows no node with it, so it
+        // starts with the first, the follower, which cannot get there
+        // (Lagging): the client asks another node.
+        let carried = client(&list, Reads::Session);
+        carried.observe_index(session.session_index());
+        assert_eq!(carried.get("k").await.unwrap().as_deref(), Some(&b"2"[..]));
+        let loads = carried.replica_loads();
+        assert_eq!(loads[0].addr, follower.addr.to_string());
+        assert!(
+            loads[0].latency.unwrap() >= Duration::from_secs(1),
+            "the follower was tried first, and waited: {loads:?}"
+        );
     });
     // The CLI's --reads follower reads the follower's copy; by default it
     // reads through the leader.
@@ -162,4 +171,117 @@ fn grpc_reads_go_to_a_follower_when_asked_and_carry_the_session_index() {
             .unwrap_err();
         assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     });
+}
+
+/// The native `Indexed` requests a node has received: follower reads.
+fn reads_served(node: &Spec) -> i64 {
+    figure(
+        node.addr,
+        r#"commands_total{door="native",command="Indexed"}"#,
+    )
+    .unwrap()
+}
+
+/// Follower reads each node served while `work` ran.
+fn served_during(nodes: &[Spec], work: impl FnOnce()) -> Vec<i64> {
+    let before: Vec<i64> = nodes.iter().map(reads_served).collect();
+    work();
+    (nodes.iter().zip(before))
+        .map(|(node, before)| reads_served(node) - before)
+        .collect()
+}
+
+#[test]
+fn follower_reads_go_to_the_least_loaded_node_and_status_shows_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _servers, _leader) = start_cluster(dir.path());
+    let rt = common::runtime();
+    // The first node answers through a proxy that holds every chunk 100 ms:
+    // it is far away. It comes first in the list, as the nearest should.
+    let far = super::proxy::slow(&rt, nodes[0].addr, Duration::from_millis(100));
+    let list = format!("{far},{},{}", nodes[1].addr, nodes[2].addr);
+    let client = Client::builder()
+        .addr(list)
+        .reads(Reads::Follower)
+        .build()
+        .unwrap();
+    rt.block_on(Client::connect(addr_list(&nodes)).unwrap().set("k", "v"))
+        .unwrap();
+
+    // One after another: the far node answers the first read, then is left
+    // alone while the others answer quickly.
+    let served = served_during(&nodes, || {
+        rt.block_on(async {
+            for _ in 0..200 {
+                client.get("k").await.unwrap();
+            }
+        })
+    });
+    assert_eq!(served.iter().sum::<i64>(), 200, "{served:?}");
+    assert!(served[0] <= 3, "the far node served {served:?}");
+    let loads = client.replica_loads();
+    assert!(
+        loads[0].latency.unwrap() > Duration::from_millis(100),
+        "{loads:?}"
+    );
+    assert!(loads[0].latency > loads[1].latency.max(loads[2].latency));
+
+    // 16 at once: reads outstanding on one node send the next to the other.
+    let served = served_during(&nodes, || {
+        rt.block_on(async {
+            let readers: Vec<_> = (0..16)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..50 {
+                            client.get("k").await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for reader in readers {
+                reader.await.unwrap();
+            }
+        })
+    });
+    assert_eq!(served.iter().sum::<i64>(), 800, "{served:?}");
+    assert!(served[0] < 80, "the far node served {served:?}");
+    assert!(
+        served[1] >= 160 && served[2] >= 160,
+        "not spread: {served:?}"
+    );
+
+    // `cluster status` shows each node's load: the requests of its last
+    // whole second.
+    let busy = nodes[1].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = common::runtime();
+            let client = Client::builder()
+                .addr(busy.addr.to_string())
+                .reads(Reads::Follower)
+                .build()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                rt.block_on(client.exists("k")).unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = cli(nodes[2].addr, &["cluster", "status", "--output", "json"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hammer.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rate = |id: u64| {
+        let rows = table["nodes"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["id"] == id).unwrap();
+        assert!(row["connections"].as_i64().unwrap() >= 1, "{table}");
+        row["commands_last_second"].as_i64().unwrap()
+    };
+    let (busy, idle) = (rate(nodes[1].id), rate(nodes[0].id));
+    assert!(busy >= 50 && busy > 10 * idle.max(1), "{table}");
 }
