@@ -458,12 +458,23 @@ fn open(fs: &dyn Fs, path: &Path) -> Result<Option<(impl Read + Send, u64)>, Err
 /// came before it stays applied: load into an engine that can be thrown
 /// away. The memory engine's [`load`] is faster: it builds the map at once.
 pub fn load_into(fs: &dyn Fs, path: &Path, engine: &dyn Engine) -> Result<SnapshotInfo, Error> {
+    read_batches(fs, path, &mut |ops| engine.apply(ops, 0).map(drop))
+}
+
+/// Hands the file's writes to `each` a batch at a time, as [`load_into`]
+/// applies them: each block's entries as one `BulkSet`, then the ops. An
+/// error of `each` stops the read and is returned.
+pub fn read_batches(
+    fs: &dyn Fs,
+    path: &Path,
+    each: &mut dyn FnMut(&[&WriteOp]) -> Result<(), Error>,
+) -> Result<SnapshotInfo, Error> {
     let (mut input, file_len) =
         open(fs, path)?.ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
     let (blocks_tx, blocks_rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(2);
     let (read, applied) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| read_records(&mut input, path, file_len, blocks_tx));
-        let applied = apply_blocks(path, blocks_rx, engine);
+        let applied = apply_blocks(path, blocks_rx, each);
         let read =
             (reader.join()).unwrap_or_else(|_| Err(Error::corrupt(path, 0, "the reader panicked")));
         (read, applied)
@@ -479,17 +490,17 @@ pub fn load_into(fs: &dyn Fs, path: &Path, engine: &dyn Engine) -> Result<Snapsh
         ));
     }
     let ops: Vec<&WriteOp> = footer.ops.iter().collect();
-    engine.apply(&ops, 0)?;
+    each(&ops)?;
     Ok(footer.info)
 }
 
-/// Applies each block's entries to `engine` as one `BulkSet`; the entries
-/// applied. After the first error it only drains the channel, so the
+/// Hands each block's entries to `each` as one `BulkSet`; the entries
+/// handed over. After the first error it only drains the channel, so the
 /// reader never waits on it.
 fn apply_blocks(
     path: &Path,
     blocks: Receiver<(u64, Vec<u8>)>,
-    engine: &dyn Engine,
+    each: &mut dyn FnMut(&[&WriteOp]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
     let mut entries = 0;
     let mut failed = None;
@@ -505,7 +516,7 @@ fn apply_blocks(
             .map_err(|reason| Error::corrupt(path, offset, reason))
             .and_then(|n| {
                 entries += n;
-                engine.apply(&[&WriteOp::BulkSet { items }], 0)
+                each(&[&WriteOp::BulkSet { items }])
             });
         failed = applied.err();
     }
