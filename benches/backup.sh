@@ -12,7 +12,9 @@
 # connections (the writes it had to keep, and the SET rate during the backup
 # against the rate without one); and a restore: spawn of
 # `kvstore-server --restore FILE` on an empty data path until the first key
-# answers, with the key count checked. Writes bench-results/backup.md.
+# answers, with the key count checked; and `kvstore restore --server NAME`
+# into a running, empty server (the backup written through its log).
+# Writes bench-results/backup.md.
 # Everything it starts it stops by process id.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +79,15 @@ restore=$(first_answer_ms "$t0" "$RESP")
 restored_keys=$(redis-cli -p "$RESP" DBSIZE)
 stop TERM
 
+mkdir -p "$work/running"
+start_server "$work/running/kvstore.db" --backup-dir "$work/backups"
+wait_up "$RESP"
+t0=$(now_ms)
+$cli --addr "127.0.0.1:$NATIVE" restore --server nightly >"$work/running.txt"
+running=$(($(now_ms) - t0))
+running_keys=$(redis-cli -p "$RESP" DBSIZE)
+stop TERM
+
 {
   echo "# Backup and restore"
   echo
@@ -89,6 +100,7 @@ stop TERM
   echo "| \`kvstore backup --server NAME\`, idle server | $server_side ms |"
   echo "| \`kvstore backup FILE\` while 16 connections SET (it kept $busy_ops writes made during the copy) | $busy ms |"
   echo "| restore: spawn of \`kvstore-server --restore FILE\` to the first answer ($restored_keys keys) | $restore ms |"
+  echo "| \`kvstore restore --server NAME\` into a running, empty server, through its log ($running_keys keys) | $running ms |"
   echo
   echo "SET requests/s on 16 connections: $quiet_rate without a backup, $busy_rate over 8 s that include the backup."
 } >"$OUT/backup.md"

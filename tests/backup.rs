@@ -1,7 +1,8 @@
 //! Backup and restore against the real binaries over loopback: a backup made
 //! while writers run is one instant's state; a restore brings back exactly
 //! what was backed up and survives a restart; damaged backups are refused;
-//! backups into the server's directory never escape it or replace a file.
+//! backups into the server's directory never escape it or replace a file;
+//! a running server with an empty store restores one from that directory.
 
 mod common;
 
@@ -58,7 +59,8 @@ macro_rules! on_both_engines {
 on_both_engines!(
     a_backup_made_while_writers_run_is_the_state_at_one_instant,
     a_restore_brings_back_exactly_the_backup_and_keeps_it_across_restarts,
-    a_damaged_or_cut_backup_is_refused_and_restores_nothing
+    a_damaged_or_cut_backup_is_refused_and_restores_nothing,
+    a_running_server_restores_a_backup_from_its_directory
 );
 
 /// The other engine's flags.
@@ -449,4 +451,59 @@ fn an_abandoned_stream_frees_its_place_and_at_most_two_run_at_once() {
         "{reply:?}"
     );
     assert!(client.backup(&mut Vec::new()).is_ok());
+}
+
+/// `kvstore restore --server NAME` into a running server of `engine`: a
+/// damaged file, a bad name or a missing file writes nothing; a good one
+/// brings back exactly the backup, durably; a store that is not empty is
+/// refused.
+fn a_running_server_restores_a_backup_from_its_directory(engine: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (source, client) = loaded(dir.path(), other(engine));
+    let before = everything(&client);
+    let mut file = Vec::new();
+    client.backup(&mut file).unwrap();
+    drop(source);
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    std::fs::write(backups.join("nightly"), &file).unwrap();
+    let mut flipped = file.clone();
+    flipped[file.len() / 2] ^= 0x10;
+    std::fs::write(backups.join("flipped"), &flipped).unwrap();
+
+    let data = dir.path().join("target.db");
+    let args = with(engine, &["--backup-dir", backups.to_str().unwrap()]);
+    let server = Server::start(&data, &args);
+    let target = BlockingClient::connect(server.addr.to_string()).unwrap();
+    let refused = |name: &str, why: &str| {
+        let out = cli(server.addr, &["restore", "--server", name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{name}: {stderr}"
+        );
+    };
+    refused("flipped", "is damaged at offset");
+    refused("absent", "no backup named absent");
+    refused("../nightly", "is not a backup name");
+    assert_eq!(figure(&target, "keys"), 0, "nothing written");
+
+    let said = cli_ok(server.addr, &["restore", "--server", "nightly"]);
+    assert!(said.starts_with("restore nightly: 30002 keys"), "{said}");
+    assert_eq!(everything(&target), before);
+    let err = target.restore_on_server("nightly").unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RestoreFailed), "{err}");
+    assert!(err.to_string().contains("holds 30002 keys"), "{err}");
+
+    // Written through the log: a kill -9 keeps it.
+    drop(target);
+    server.kill9();
+    let again = Server::start(&data, &args);
+    let client = BlockingClient::connect(again.addr.to_string()).unwrap();
+    assert_eq!(everything(&client), before);
+
+    // Without --backup-dir there is nothing to restore from.
+    let bare = Server::start(&dir.path().join("bare.db"), engine);
+    let out = cli(bare.addr, &["restore", "--server", "nightly"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--backup-dir"));
 }

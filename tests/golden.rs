@@ -194,6 +194,15 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "restore-request",
+            rq(
+                25,
+                Command::Restore {
+                    name: "nightly".into(),
+                },
+            ),
+        ),
+        (
             "indexed-response",
             rs(
                 22,

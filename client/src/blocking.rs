@@ -158,6 +158,12 @@ impl BlockingClient {
         self.runtime.block_on(self.client.backup_on_server(name))
     }
 
+    /// [`Client::restore_on_server`]: the server loads the backup `name`
+    /// from its `--backup-dir` into its empty store.
+    pub fn restore_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
+        self.runtime.block_on(self.client.restore_on_server(name))
+    }
+
     /// Stores `value` if `condition` holds ([`Client::set_if`]).
     pub fn set_if(
         &self,

@@ -1106,6 +1106,30 @@ impl Client {
             other => Err(unexpected("BackupDone", &other)),
         }
     }
+
+    /// Has the server load the backup `name` from its `--backup-dir` into
+    /// its store, which must be empty, through its log (in cluster mode,
+    /// through Raft, on the leader, which must have the file). Waits up to
+    /// [`SERVER_BACKUP_TIMEOUT`]; resent only if it cannot have started
+    /// (`NotLeader`: to the leader). The summary counts what was restored.
+    pub async fn restore_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
+        let patient = ClientBuilder {
+            request_timeout: self
+                .inner
+                .options
+                .request_timeout
+                .max(SERVER_BACKUP_TIMEOUT),
+            max_call_time: self.inner.options.max_call_time.max(SERVER_BACKUP_TIMEOUT),
+            reads: Reads::Linearizable,
+            ..self.inner.options.clone()
+        }
+        .build()?;
+        let command = Command::Restore { name: name.into() };
+        match patient.call_once_more(command).await? {
+            Reply::BackupDone { keys, ops, bytes } => Ok(BackupSummary { keys, ops, bytes }),
+            other => Err(unexpected("BackupDone", &other)),
+        }
+    }
 }
 
 /// One request and its reply on `mux`, within `timeout`; an error reply

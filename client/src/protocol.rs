@@ -271,6 +271,17 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::inner_command")]
         command: Box<Command>,
     },
+    /// Tag 22. Loads the backup `name` from the server's `--backup-dir`
+    /// into its store, which must be empty, as ordinary writes through the
+    /// log (in cluster mode, through Raft to every node; on the leader).
+    /// Reply: `BackupDone` with the pairs and writes restored and the
+    /// file's size; `RestoreFailed` otherwise. Not idempotent: a second
+    /// attempt finds the store not empty.
+    Restore {
+        /// The backup's file name in `--backup-dir`.
+        #[serde(deserialize_with = "wire_bytes::string")]
+        name: String,
+    },
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).
@@ -345,7 +356,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 22] = [
+pub const COMMAND_NAMES: [&str; 23] = [
     "Set",
     "Get",
     "Delete",
@@ -368,6 +379,7 @@ pub const COMMAND_NAMES: [&str; 22] = [
     "Indexed",
     "OpenSession",
     "Once",
+    "Restore",
 ];
 
 impl Command {
@@ -396,6 +408,7 @@ impl Command {
             Command::Indexed { .. } => 19,
             Command::OpenSession => 20,
             Command::Once { .. } => 21,
+            Command::Restore { .. } => 22,
         }
     }
 
@@ -442,7 +455,8 @@ impl Command {
             | Command::Cluster(_)
             | Command::Indexed { .. }
             | Command::OpenSession
-            | Command::Once { .. } => false,
+            | Command::Once { .. }
+            | Command::Restore { .. } => false,
         }
     }
 
@@ -462,6 +476,7 @@ impl Command {
                     | Command::Backup { .. }
                     | Command::BackupNext
                     | Command::Cluster(_)
+                    | Command::Restore { .. }
             ),
         }
     }
@@ -625,6 +640,11 @@ pub enum ErrorCode {
     /// none expired, or a session has the most writes not yet acknowledged
     /// (`Once`'s `acked`). Nothing was done.
     TooManySessions = 19,
+    /// `Restore` could not load its backup: no `--backup-dir`, a bad name,
+    /// no such file, a store that is not empty, a restore already running,
+    /// or a damaged file (the message gives the offset). What was written
+    /// before a failure stays: flush the store before trying again.
+    RestoreFailed = 20,
 }
 
 impl ErrorCode {
@@ -651,6 +671,7 @@ impl ErrorCode {
             Lagging,
             SessionExpired,
             TooManySessions,
+            RestoreFailed,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -736,6 +757,7 @@ mod tests {
                 acked: 0,
                 command: Box::new(Command::Incr { key: b(), by: 1 }),
             },
+            Command::Restore { name: "n".into() },
         ]
     }
 

@@ -3,7 +3,8 @@
 //! Reads ([`get`], [`get_many`], [`exists`], [`keys`], [`scan`]) answer at
 //! once from the store, after [`read_barrier`]; this is the only code that
 //! reads data, for every door, so key checks are the same on all of them.
-//! [`backup`] copies the whole store while writes go on.
+//! [`backup`] copies the whole store while writes go on; `restore` loads a
+//! backup into an empty store through the log.
 //! Writes ([`set`], [`delete`], [`bulk_set`], [`delete_many`], `Flush`) check
 //! their limits, queue a [`WriteOp`] for the group-commit thread, and answer
 //! once it is durable. Writes that read first ([`set_if`], [`get_del`],
@@ -26,6 +27,7 @@ pub mod get_many;
 mod incr;
 pub mod indexed;
 pub mod keys;
+mod restore;
 mod scan;
 mod session;
 mod set;
@@ -64,6 +66,7 @@ pub fn size(command: &Command) -> usize {
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
         Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
+        Command::Restore { name } => name.len(),
         Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::Keys {
             prefix,
@@ -92,8 +95,10 @@ pub fn size(command: &Command) -> usize {
 ///
 /// [`Cluster::read_barrier`]: crate::raft::node::Cluster::read_barrier
 pub async fn start(command: Command, db: &Db) -> Started {
-    if let Command::Cluster(request) = command {
-        return Started::Done(cluster::apply(request, db).await);
+    match command {
+        Command::Cluster(request) => return Started::Done(cluster::apply(request, db).await),
+        Command::Restore { name } => return Started::Done(restore::apply(name, db).await),
+        _ => {}
     }
     if command.is_data_read() {
         if let Err(e) = read_barrier(db).await {

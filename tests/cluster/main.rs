@@ -13,6 +13,7 @@ mod partition;
 mod peer_tls;
 mod proxy;
 mod reads;
+mod restore;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -632,11 +633,8 @@ fn a_leader_restarted_at_once_serves_no_read_older_than_its_last_write() {
 
 /// A backup streamed from the leader while it replicates holds what it
 /// acknowledged, and restores into a single server of either engine.
-#[test]
-fn a_backup_of_the_leader_restores_into_a_single_server_of_either_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_nodes, _servers, leader) = start_cluster(dir.path());
-    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+/// Writes 999 keys (20 BulkSets of 50, then a Delete); every pair after.
+fn fill(client: &kvstore_client::BlockingClient) -> Vec<(bytes::Bytes, bytes::Bytes)> {
     for batch in 0..20 {
         let items: Vec<_> = (0..50)
             .map(|i| (format!("k{:04}", batch * 50 + i), format!("v{batch}")))
@@ -644,12 +642,22 @@ fn a_backup_of_the_leader_restores_into_a_single_server_of_either_engine() {
         client.bulk_set(items).unwrap();
     }
     client.delete("k0007").unwrap();
-    let scan = |client: &kvstore_client::BlockingClient| {
-        (client.scan(kvstore_client::ScanQuery::prefix("")))
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    };
-    let before = scan(&client);
+    everything(client)
+}
+
+/// Every pair `client` reads, in key order.
+fn everything(client: &kvstore_client::BlockingClient) -> Vec<(bytes::Bytes, bytes::Bytes)> {
+    (client.scan(kvstore_client::ScanQuery::prefix("")))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_backup_of_the_leader_restores_into_a_single_server_of_either_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    let before = fill(&client);
     assert_eq!(before.len(), 999);
     let path = dir.path().join("cluster.backup");
     let said = common::cli_ok(leader.addr, &["backup", path.to_str().unwrap()]);
@@ -658,6 +666,10 @@ fn a_backup_of_the_leader_restores_into_a_single_server_of_either_engine() {
         let restore = ["--engine", engine, "--restore", path.to_str().unwrap()];
         let single = Server::start(&dir.path().join(name), &restore);
         let restored = kvstore_client::BlockingClient::connect(single.addr.to_string()).unwrap();
-        assert_eq!(scan(&restored), before, "restored with the {engine} engine");
+        assert_eq!(
+            everything(&restored),
+            before,
+            "restored with the {engine} engine"
+        );
     }
 }

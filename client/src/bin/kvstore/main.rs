@@ -117,6 +117,15 @@ enum Cmd {
         #[arg(long, value_name = "NAME")]
         server: Option<String>,
     },
+    /// Load the backup NAME from the server's --backup-dir into its store,
+    /// which must be empty, as ordinary writes (in a cluster: through the
+    /// leader to every node). To start a server from a local file instead:
+    /// `kvstore-server --restore FILE`.
+    Restore {
+        /// The backup's name in the server's --backup-dir.
+        #[arg(long, value_name = "NAME")]
+        server: String,
+    },
     /// Administer a cluster of servers started with --node-id
     /// (docs/replication.md).
     Cluster {
@@ -458,6 +467,7 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             .map(|figures| print_stats(&figures, out)),
         Cmd::Load(args) => return load::run(client, &args, out).await,
         Cmd::Backup { file, server } => backup(client, file, server, out).await,
+        Cmd::Restore { server } => restore(client, &server, out).await,
         Cmd::Cluster { .. } => unreachable!("main runs cluster commands"),
     };
     match result {
@@ -495,20 +505,44 @@ async fn backup(
         ),
         (None, None) => return Err(Error::Protocol("backup needs FILE or --server NAME".into())),
     };
+    let ops = "writes made during the copy";
+    say_summary("backup", &place, ops, &summary, started, out);
+    Ok(())
+}
+
+/// What a backup or a restore (`action`) of `place` held, and how long it
+/// took since `started`.
+fn say_summary(
+    action: &str,
+    place: &str,
+    ops: &str,
+    summary: &BackupSummary,
+    started: std::time::Instant,
+    out: Output,
+) {
     let seconds = started.elapsed().as_secs_f64();
     match out {
         Output::Text => output::say(&format!(
-            "backup {place}: {} keys, {} writes made during the copy, {} bytes, {seconds:.2} s",
+            "{action} {place}: {} keys, {} {ops}, {} bytes, {seconds:.2} s",
             summary.keys, summary.ops, summary.bytes
         )),
         Output::Json => output::print_json(&serde_json::json!({
-            "backup": place,
+            action: place,
             "keys": summary.keys,
             "ops": summary.ops,
             "bytes": summary.bytes,
             "seconds": seconds,
         })),
     }
+}
+
+/// `kvstore restore --server NAME`: has the server load its backup, then
+/// says what it restored.
+async fn restore(client: &Client, name: &str, out: Output) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let summary = client.restore_on_server(name).await?;
+    let ops = "writes replayed after them";
+    say_summary("restore", name, ops, &summary, started, out);
     Ok(())
 }
 
