@@ -561,11 +561,21 @@ impl Client {
     /// A cluster command ([`crate::ClusterRequest`]); the answering node's
     /// view of the cluster afterwards. A server that runs alone answers
     /// `ClusterFailed`.
+    ///
+    /// `AddLearner` answers once the learner has caught up, which with a
+    /// large store takes a while: it waits up to [`SERVER_BACKUP_TIMEOUT`].
     pub async fn cluster(
         &self,
         request: crate::ClusterRequest,
     ) -> Result<crate::ClusterStatus, Error> {
-        match self.call(Command::Cluster(request)).await? {
+        let command = Command::Cluster(request);
+        let reply = match &command {
+            Command::Cluster(crate::ClusterRequest::AddLearner { .. }) => {
+                self.patient()?.call_once_more(command).await?
+            }
+            _ => self.call(command).await?,
+        };
+        match reply {
             Reply::Cluster(status) => Ok(status),
             other => Err(unexpected("Cluster", &other)),
         }
@@ -1107,25 +1117,27 @@ impl Client {
         }
     }
 
+    /// A client like this one that waits up to [`SERVER_BACKUP_TIMEOUT`] for
+    /// each answer, for commands that take long on the server.
+    fn patient(&self) -> Result<Client, Error> {
+        let options = &self.inner.options;
+        ClientBuilder {
+            request_timeout: options.request_timeout.max(SERVER_BACKUP_TIMEOUT),
+            max_call_time: options.max_call_time.max(SERVER_BACKUP_TIMEOUT),
+            reads: Reads::Linearizable,
+            ..options.clone()
+        }
+        .build()
+    }
+
     /// Has the server load the backup `name` from its `--backup-dir` into
     /// its store, which must be empty, through its log (in cluster mode,
     /// through Raft, on the leader, which must have the file). Waits up to
     /// [`SERVER_BACKUP_TIMEOUT`]; resent only if it cannot have started
     /// (`NotLeader`: to the leader). The summary counts what was restored.
     pub async fn restore_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
-        let patient = ClientBuilder {
-            request_timeout: self
-                .inner
-                .options
-                .request_timeout
-                .max(SERVER_BACKUP_TIMEOUT),
-            max_call_time: self.inner.options.max_call_time.max(SERVER_BACKUP_TIMEOUT),
-            reads: Reads::Linearizable,
-            ..self.inner.options.clone()
-        }
-        .build()?;
         let command = Command::Restore { name: name.into() };
-        match patient.call_once_more(command).await? {
+        match self.patient()?.call_once_more(command).await? {
             Reply::BackupDone { keys, ops, bytes } => Ok(BackupSummary { keys, ops, bytes }),
             other => Err(unexpected("BackupDone", &other)),
         }

@@ -61,6 +61,12 @@ pub struct SessionSettings {
     pub max_sessions: u64,
 }
 
+/// Entries a learner may be behind when `AddLearner` answers (openraft's
+/// `replication_lag_threshold`). Its default of 5,000 let the command
+/// answer at once after a restore: our entries hold up to 1 MiB of writes
+/// each. A learner keeping up lags by the proposals in flight, a few.
+const LEARNER_LAG: u64 = 8;
+
 /// A running node.
 pub struct Cluster {
     settings: Settings,
@@ -158,6 +164,7 @@ impl Cluster {
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.snapshot_every.min(1000),
+            replication_lag_threshold: LEARNER_LAG,
             ..Default::default()
         }
         .validate()

@@ -140,3 +140,37 @@ fn a_node_joins_and_the_leader_leaves_under_load_with_no_acknowledged_write_lost
     assert_eq!(keys_figure(nodes[3].addr), keys_figure(new_leader.addr));
     assert!(keys_figure(nodes[3].addr).unwrap() >= acked.len() as i64);
 }
+
+/// openraft's default let `add-learner` answer while the learner was up to
+/// 5,000 entries behind: at once after a restore, whose entries hold 1 MiB
+/// each. It answers once the learner is within a few entries.
+#[test]
+fn add_learner_answers_once_the_learner_has_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = specs(4);
+    let first = &nodes[..3];
+    let _servers: Vec<Server> = (first.iter())
+        .map(|n| start(n, first, dir.path()))
+        .collect();
+    assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
+    let leader = wait_for_leader(first);
+    // 150 entries of 64 KB: one BulkSet at a time, one entry each.
+    let client = kvstore_client::BlockingClient::connect(addr_list(first)).unwrap();
+    for batch in 0..150u32 {
+        let items = (0..64).map(|i| (format!("b{batch}-{i}"), vec![batch as u8; 1000]));
+        client.bulk_set(items).unwrap();
+    }
+    let before = status(leader.addr).unwrap().last_log_index.unwrap();
+    let _learner = start(&nodes[3], &nodes, dir.path());
+    let (id, addr, raft) = (
+        nodes[3].id.to_string(),
+        nodes[3].addr.to_string(),
+        nodes[3].raft.to_string(),
+    );
+    cluster_cli(first, &["add-learner", &id, &addr, &raft]);
+    let has = status(nodes[3].addr).unwrap().last_log_index.unwrap_or(0);
+    assert!(
+        has + 8 >= before,
+        "the learner had {has} of {before} entries when add-learner answered"
+    );
+}
