@@ -54,7 +54,8 @@ async fn restore(name: String, db: &Db) -> Result<SnapshotInfo, Error> {
         )));
     }
     let checked = path.clone();
-    blocking(move || snapshot::read_batches(&RealFs, &checked, &mut |_| Ok(()))).await?;
+    let check = move || snapshot::read_batches(&RealFs, &checked, &mut |_| Ok(()));
+    joined(tokio::task::spawn_blocking(check)).await?;
     let (batches, mut queue) = mpsc::channel::<Vec<WriteOp>>(2);
     let reader = tokio::task::spawn_blocking(move || {
         snapshot::read_batches(&RealFs, &path, &mut |ops| {
@@ -78,10 +79,7 @@ async fn restore(name: String, db: &Db) -> Result<SnapshotInfo, Error> {
         }
         written += 1;
     }
-    reader
-        .await
-        .map_err(|e| failed(format!("the restore task failed: {e}")))?
-        .map_err(|e| failed(e.to_string()))
+    joined(reader).await
 }
 
 /// The backup `name` in `--backup-dir`, if it is a file there.
@@ -99,12 +97,12 @@ fn backup_path(name: &str, db: &Db) -> Result<PathBuf, Error> {
     }
 }
 
-/// Runs a read of the file off the async workers; its error is the
-/// restore's.
-async fn blocking(
-    read: impl FnOnce() -> Result<SnapshotInfo, Error> + Send + 'static,
+/// The outcome of a read of the file on a blocking thread; its error is
+/// the restore's.
+async fn joined(
+    read: tokio::task::JoinHandle<Result<SnapshotInfo, Error>>,
 ) -> Result<SnapshotInfo, Error> {
-    match tokio::task::spawn_blocking(read).await {
+    match read.await {
         Ok(result) => result.map_err(|e| failed(e.to_string())),
         Err(e) => Err(failed(format!("the restore task failed: {e}"))),
     }
