@@ -829,3 +829,99 @@ fn slow_and_silent_resp_clients_are_closed_by_the_shared_timeouts() {
         let _: String = cmd("PING").query(&mut c).unwrap();
     }
 }
+
+/// A real redis-server in cluster mode on a free port (`CLUSTER KEYSLOT`
+/// needs no slots assigned), killed when dropped.
+struct RedisNode {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisNode {
+    fn start() -> RedisNode {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port_base(1) + 1;
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server: install Debian's redis-server (.ci/run does)");
+        RedisNode {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn connect(&self) -> Connection {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match client.get_connection() {
+                Ok(c) => return c,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not come up: {e}"
+                ),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn cluster_keyslot_agrees_with_redis_for_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let mut ours = connect(&server);
+    let redis = RedisNode::start();
+    let mut theirs = redis.connect();
+    // Keys of bytes drawn mostly from braces, so that hash tags of every
+    // shape come up: empty, unclosed, nested, several, binary.
+    let alphabet = b"{}{}ab:\x00\xff";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let keyslot = |c: &mut Connection, key: &[u8]| -> i64 {
+        cmd("CLUSTER").arg("KEYSLOT").arg(key).query(c).unwrap()
+    };
+    for _ in 0..2000 {
+        let len = (next() % 12) as usize;
+        let key: Vec<u8> = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        assert_eq!(
+            keyslot(&mut ours, &key),
+            keyslot(&mut theirs, &key),
+            "{:?}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    let err = cmd("CLUSTER")
+        .arg("NODES-OF-MARS")
+        .query::<Value>(&mut ours)
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown subcommand"), "{err}");
+}

@@ -36,6 +36,7 @@ mod once;
 pub mod protocol;
 mod replicas;
 pub mod scan;
+pub mod slot;
 mod wire_bytes;
 
 pub use backup::{BackupStream, BackupSummary};

@@ -4,12 +4,13 @@
 //! `COMMAND` and `COMMAND DOCS` report. [`execute`] checks authentication and
 //! arity, then runs the command's function, grouped by concept:
 //! [`connection`] (PING, HELLO, AUTH, CLIENT, ...), [`strings`] (GET, SET,
-//! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...) and [`server`]
-//! (INFO, CONFIG, COMMAND).
+//! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...), [`server`]
+//! (INFO, CONFIG, COMMAND) and [`cluster`] (CLUSTER KEYSLOT).
 //!
 //! Writes become native commands run through `crate::cmd`: they share the
 //! native door's limits and semantics, and are answered once durable.
 
+mod cluster;
 mod connection;
 mod keyspace;
 mod server;
@@ -188,6 +189,7 @@ pub const COMMANDS: &[Spec] = &[
     spec!("append", 3, true, WF, (1, 1, 1), "string", "2.0.0", "Appends a string to the value of a key. Creates the key if it doesn't exist."),
     spec!("auth", -2, false, C, (0, 0, 0), "connection", "1.0.0", "Authenticates the connection."),
     spec!("client", -2, false, &["fast"], (0, 0, 0), "connection", "2.4.0", "CLIENT ID, SETNAME, GETNAME, SETINFO."),
+    spec!("cluster", -2, false, &["loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "CLUSTER KEYSLOT: the hash slot of a key, as Redis Cluster computes it."),
     spec!("command", -1, false, &["loading", "stale"], (0, 0, 0), "server", "2.8.13", "Returns detailed information about all commands."),
     spec!("config", -2, false, &["admin", "loading", "stale"], (0, 0, 0), "server", "2.0.0", "CONFIG GET: the values of configuration parameters."),
     spec!("dbsize", 1, false, RF, (0, 0, 0), "server", "1.0.0", "Returns the number of keys in the database."),
@@ -289,6 +291,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             ok()
         }
         "select" => connection::select(args),
+        "cluster" => cluster::cluster(args),
         "append" => strings::append(args),
         "decr" => strings::incr(&args[0], -1),
         "decrby" => strings::incr_by(args, true),
