@@ -5,6 +5,7 @@
 //! Cluster client computes the same slot for every key.
 
 use crc::{Crc, CRC_16_XMODEM};
+use serde::{Deserialize, Serialize};
 
 /// The number of slots.
 pub const SLOTS: u16 = 16_384;
@@ -22,6 +23,122 @@ fn hash_tag(key: &[u8]) -> Option<&[u8]> {
     let rest = &key[open + 1..];
     let close = rest.iter().position(|&b| b == b'}')?;
     (close > 0).then(|| &rest[..close])
+}
+
+/// A Raft group's id.
+pub type GroupId = u64;
+
+/// Slots `first..=last`, all served by `group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRange {
+    /// The first slot of the range.
+    pub first: u16,
+    /// The last slot of the range, included.
+    pub last: u16,
+    /// The group that serves the range.
+    pub group: GroupId,
+}
+
+/// Which group serves each slot. Every change raises the version, so a
+/// client that cached the map can tell an older map from a newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMap {
+    version: u64,
+    /// Sorted, contiguous, covering every slot; neighbours differ in group.
+    ranges: Vec<SlotRange>,
+}
+
+/// Why a map could not be made or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// `first` after `last`, or past the last slot.
+    #[error("slots {first}-{last} are not a range within 0-16383")]
+    BadRange {
+        /// The range's first slot as given.
+        first: u16,
+        /// The range's last slot as given.
+        last: u16,
+    },
+    /// A map over no groups.
+    #[error("a slot map needs at least one group")]
+    NoGroups,
+}
+
+impl SlotMap {
+    /// Every slot spread over `groups` in equal runs, in the order given, as
+    /// `redis-cli --cluster create` spreads them over masters (three groups:
+    /// 0-5460, 5461-10922, 10923-16383). Version 1.
+    pub fn even(groups: &[GroupId]) -> Result<SlotMap, MapError> {
+        if groups.is_empty() {
+            return Err(MapError::NoGroups);
+        }
+        let per_group = f64::from(SLOTS) / groups.len() as f64;
+        let mut ranges = Vec::with_capacity(groups.len());
+        let mut first = 0u16;
+        for (i, &group) in groups.iter().enumerate() {
+            let end = ((i + 1) as f64 * per_group - 1.0).round() as u16;
+            let last = if i + 1 == groups.len() {
+                SLOTS - 1
+            } else {
+                end
+            };
+            ranges.push(SlotRange { first, last, group });
+            first = last + 1;
+        }
+        Ok(SlotMap { version: 1, ranges })
+    }
+
+    /// The version: 1 for a new map, one more with every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The ranges, in slot order.
+    pub fn ranges(&self) -> &[SlotRange] {
+        &self.ranges
+    }
+
+    /// The group that serves `slot` (any `u16`: taken mod [`SLOTS`]).
+    pub fn group_of(&self, slot: u16) -> GroupId {
+        let slot = slot % SLOTS;
+        let at = self.ranges.partition_point(|r| r.last < slot);
+        self.ranges[at].group
+    }
+
+    /// The group that serves `key`.
+    pub fn group_of_key(&self, key: &[u8]) -> GroupId {
+        self.group_of(slot_of(key))
+    }
+
+    /// Gives slots `first..=last` to `group`, and raises the version.
+    pub fn assign(&mut self, first: u16, last: u16, group: GroupId) -> Result<(), MapError> {
+        if first > last || last >= SLOTS {
+            return Err(MapError::BadRange { first, last });
+        }
+        let mut ranges = Vec::with_capacity(self.ranges.len() + 2);
+        let cut = |r: &SlotRange, first, last| SlotRange { first, last, ..*r };
+        for r in &self.ranges {
+            if r.first < first {
+                ranges.push(cut(r, r.first, r.last.min(first - 1)));
+            }
+            if r.first <= first && first <= r.last {
+                ranges.push(SlotRange { first, last, group });
+            }
+            if r.last > last {
+                ranges.push(cut(r, r.first.max(last + 1), r.last));
+            }
+        }
+        ranges.dedup_by(|next, prev| {
+            let same = prev.group == next.group;
+            if same {
+                prev.last = next.last;
+            }
+            same
+        });
+        self.ranges = ranges;
+        self.version += 1;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +172,78 @@ mod tests {
             CRC16.checksum(b"foo{}{bar}") % SLOTS
         );
         assert_eq!(slot_of(b"foo{bar"), CRC16.checksum(b"foo{bar") % SLOTS);
+    }
+
+    #[test]
+    fn an_even_map_spreads_slots_as_redis_cli_does() {
+        let map = SlotMap::even(&[1, 2, 3]).unwrap();
+        let runs: Vec<_> = map
+            .ranges()
+            .iter()
+            .map(|r| (r.first, r.last, r.group))
+            .collect();
+        assert_eq!(runs, [(0, 5460, 1), (5461, 10922, 2), (10923, 16383, 3)]);
+        assert_eq!(map.version(), 1);
+        assert_eq!(map.group_of(5460), 1);
+        assert_eq!(map.group_of(5461), 2);
+        assert_eq!(map.group_of_key(b"somekey"), 3, "slot 11058");
+        assert_eq!(SlotMap::even(&[]), Err(MapError::NoGroups));
+        let one = SlotMap::even(&[7]).unwrap();
+        assert_eq!(
+            one.ranges(),
+            [SlotRange {
+                first: 0,
+                last: 16383,
+                group: 7
+            }]
+        );
+    }
+
+    #[test]
+    fn assign_refuses_what_is_not_a_range() {
+        let mut map = SlotMap::even(&[1, 2]).unwrap();
+        assert!(map.assign(5, 4, 2).is_err());
+        assert!(map.assign(0, SLOTS, 2).is_err());
+        assert_eq!(map.version(), 1, "a refused change changes nothing");
+    }
+
+    /// Random reassignments against a plain slot -> group array.
+    #[test]
+    fn assign_agrees_with_a_slot_by_slot_model() {
+        let mut map = SlotMap::even(&[1, 2, 3]).unwrap();
+        let mut model: Vec<GroupId> = (0..SLOTS).map(|s| map.group_of(s)).collect();
+        // A small xorshift: the test needs no crate and repeats exactly.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for round in 0..500 {
+            let first = next(u64::from(SLOTS)) as u16;
+            let len = if round % 3 == 0 { next(4) } else { next(3000) } as u16;
+            let last = first.saturating_add(len).min(SLOTS - 1);
+            let group = 1 + next(4);
+            map.assign(first, last, group).unwrap();
+            model[usize::from(first)..=usize::from(last)].fill(group);
+            assert_eq!(map.version(), 2 + round);
+            for (slot, &group) in model.iter().enumerate() {
+                assert_eq!(
+                    map.group_of(slot as u16),
+                    group,
+                    "slot {slot}, round {round}"
+                );
+            }
+            let ranges = map.ranges();
+            assert_eq!(
+                (ranges[0].first, ranges[ranges.len() - 1].last),
+                (0, SLOTS - 1)
+            );
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].last + 1, pair[1].first);
+                assert_ne!(pair[0].group, pair[1].group, "neighbours are merged");
+            }
+        }
     }
 }
