@@ -54,6 +54,9 @@ openraft::declare_raft_types!(
 /// The raft handle of this node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// The group a cluster's data is in until it is sharded: every slot.
+pub const FIRST_GROUP: kvstore_client::slot::GroupId = 1;
+
 /// A node as the cluster's membership records it: where its peers reach it
 /// and where clients do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,26 +3,31 @@
 //! frame codec (4-byte big-endian length, bincode body).
 //!
 //! ```text
-//! request:  bincode(Rpc)        response: bincode(RpcReply)
+//! request:  bincode(Envelope { group, rpc })     response: bincode(RpcReply)
 //! ```
 //!
+//! A node may run several Raft groups (sharding: docs/sharding.md). They
+//! share the node's connections: every message names its group, and the
+//! receiving node hands it to that group's [`Raft`] ([`Rafts`]).
+//!
 //! The sending side ([`Network`], [`Peer`]) keeps idle connections per peer
-//! and dials a new one when none is idle. A message that cannot be sent or
-//! answered within openraft's deadline (the heartbeat interval for
-//! AppendEntries) fails, and the connection is dropped. The receiving side
-//! ([`serve`]) answers each connection's messages in order by handing them to
-//! the local [`Raft`].
+//! node, for all its groups, and dials a new one when none is idle. A
+//! message that cannot be sent or answered within openraft's deadline (the
+//! heartbeat interval for AppendEntries) fails, and the connection is
+//! dropped. The receiving side ([`serve`]) answers each connection's
+//! messages in order.
 //!
 //! With `--raft-tls-*` every connection is mutual TLS and carries messages
 //! from one authenticated member only ([`PeerTls`]). Without, the raft port
 //! has no authentication: a node refuses to start on a non-loopback raft
 //! address that way unless told `--allow-insecure-raft` (docs/security.md).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use kvstore_client::slot::GroupId;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -31,7 +36,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -57,7 +62,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 type Conn =
     Framed<Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>, LengthDelimitedCodec>;
 
-/// A message to a peer's raft port.
+/// A message to a peer's raft port, for one of its groups.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub group: GroupId,
+    pub rpc: Rpc,
+}
+
+/// A message for one group's [`Raft`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
@@ -83,30 +95,82 @@ pub enum RpcReply {
     Append(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The node runs no such group (yet, or any more).
+    NoGroup(GroupId),
 }
 
-/// Dials peers; shared by every [`Peer`] openraft makes.
+/// The groups this node runs, by id: where [`serve`] hands each message.
+#[derive(Default)]
+pub struct Rafts(RwLock<HashMap<GroupId, Raft>>);
+
+impl Rafts {
+    /// From now on messages for `group` go to `raft`.
+    pub fn insert(&self, group: GroupId, raft: Raft) {
+        self.0.write().insert(group, raft);
+    }
+
+    fn get(&self, group: GroupId) -> Option<Raft> {
+        self.0.read().get(&group).cloned()
+    }
+
+    /// Every node that some group here counts as a member.
+    fn members(&self) -> BTreeSet<u64> {
+        let rafts = self.0.read();
+        let memberships = rafts
+            .values()
+            .map(|raft| raft.metrics().borrow().membership_config.clone());
+        memberships
+            .flat_map(|m| m.nodes().map(|(id, _)| *id).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+/// Dials peers for one group; shared by every [`Peer`] its openraft makes.
 #[derive(Clone)]
 pub struct Network {
+    group: GroupId,
+    links: Arc<Links>,
+}
+
+/// What every group of a node shares to reach its peers.
+struct Links {
     /// Idle connections, by peer address.
-    idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
     /// The raft addresses this node was given for its peers (`--peers`, the
     /// cluster file). They win over the membership's, which holds the
     /// addresses the cluster was initialised with: each node may reach a
     /// peer by its own route (a NAT, a proxy, the tests' link proxies).
-    dial: Arc<HashMap<u64, String>>,
+    dial: HashMap<u64, String>,
     /// Mutual TLS with every peer, when configured.
     tls: Option<Arc<PeerTls>>,
     max_frame: usize,
 }
 
 impl Network {
-    pub fn new(max_frame: usize, dial: HashMap<u64, String>, tls: Option<Arc<PeerTls>>) -> Network {
-        Network {
-            idle: Arc::default(),
-            dial: Arc::new(dial),
+    /// Group `group`'s network, the first of a node.
+    pub fn new(
+        group: GroupId,
+        max_frame: usize,
+        dial: HashMap<u64, String>,
+        tls: Option<Arc<PeerTls>>,
+    ) -> Network {
+        let links = Links {
+            idle: Mutex::default(),
+            dial,
             tls,
             max_frame,
+        };
+        Network {
+            group,
+            links: Arc::new(links),
+        }
+    }
+
+    /// Another group's network on the same connections.
+    pub fn for_group(&self, group: GroupId) -> Network {
+        Network {
+            group,
+            links: self.links.clone(),
         }
     }
 }
@@ -138,14 +202,11 @@ impl<E: std::error::Error> From<Failed> for RPCError<u64, Member, E> {
 impl Peer {
     /// Sends `rpc` and waits for the answer, within `deadline`.
     async fn call(&self, rpc: Rpc, deadline: Duration) -> Result<RpcReply, Failed> {
-        let body = kvstore_client::codec::encode(&rpc)
+        let group = self.network.group;
+        let body = kvstore_client::codec::encode(&Envelope { group, rpc })
             .map_err(|e| Failed::Network(std::io::Error::other(e.to_string())))?;
-        let reused = self
-            .network
-            .idle
-            .lock()
-            .get_mut(&self.addr)
-            .and_then(Vec::pop);
+        let links = &self.network.links;
+        let reused = links.idle.lock().get_mut(&self.addr).and_then(Vec::pop);
         let mut conn = match reused {
             Some(conn) => conn,
             None => {
@@ -159,7 +220,7 @@ impl Peer {
                     })?
                     .map_err(Failed::Unreachable)?;
                 let _ = stream.set_nodelay(true);
-                let io = match &self.network.tls {
+                let io = match &links.tls {
                     None => Either::Left(stream),
                     Some(tls) => Either::Right(
                         tls.connect(stream, self.target)
@@ -167,10 +228,7 @@ impl Peer {
                             .map_err(Failed::Unreachable)?,
                     ),
                 };
-                Framed::new(
-                    io,
-                    kvstore_client::codec::frame_codec(self.network.max_frame),
-                )
+                Framed::new(io, kvstore_client::codec::frame_codec(links.max_frame))
             }
         };
         let exchange = async {
@@ -196,12 +254,20 @@ impl Peer {
                 ))
             })?
             .map_err(Failed::Network)?;
-        let mut idle = self.network.idle.lock();
+        let mut idle = links.idle.lock();
         let list = idle.entry(self.addr.clone()).or_default();
         if list.len() < IDLE_PER_PEER {
             list.push(conn);
         }
-        Ok(reply)
+        drop(idle);
+        match reply {
+            // Not yet created there, or removed: openraft waits and retries.
+            RpcReply::NoGroup(group) => Err(Failed::Unreachable(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("node {} runs no group {group}", self.target),
+            ))),
+            reply => Ok(reply),
+        }
     }
 
     fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, Member, E> {
@@ -216,7 +282,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> Peer {
-        let addr = self.dial.get(&target).unwrap_or(&node.raft_addr).clone();
+        let addr = (self.links.dial.get(&target))
+            .unwrap_or(&node.raft_addr)
+            .clone();
         Peer {
             target,
             addr,
@@ -273,7 +341,7 @@ impl RaftNetwork<TypeConfig> for Peer {
 /// from peers that authenticate as members ([`PeerTls`]).
 pub async fn serve(
     listener: TcpListener,
-    raft: Raft,
+    rafts: Arc<Rafts>,
     tls: Option<Arc<PeerTls>>,
     max_frame: usize,
     shutdown: CancellationToken,
@@ -293,11 +361,11 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (raft, tls, shutdown) = (raft.clone(), tls.clone(), shutdown.clone());
+        let (rafts, tls, shutdown) = (rafts.clone(), tls.clone(), shutdown.clone());
         tracker.spawn(async move {
             let (io, sender) = match tls {
                 None => (Either::Left(stream), None),
-                Some(tls) => match authenticate(&tls, stream, &raft).await {
+                Some(tls) => match authenticate(&tls, stream, &rafts).await {
                     Ok((stream, id)) => (Either::Right(stream), Some(id)),
                     Err(e) => {
                         tracing::warn!(%peer, "raft peer refused: {e}");
@@ -306,22 +374,21 @@ pub async fn serve(
                 },
             };
             let conn = Framed::new(io, kvstore_client::codec::frame_codec(max_frame));
-            answer(conn, peer, sender, raft, shutdown).await;
+            answer(conn, peer, sender, &rafts, shutdown).await;
         });
     }
 }
 
 /// The TLS handshake of an accepted connection, and the check that the
-/// peer it names is a member (any node, before this one has a membership:
-/// it is waiting to be added).
+/// peer it names is a member of one of this node's groups (any node, before
+/// this one has a membership: it is waiting to be added).
 async fn authenticate(
     tls: &PeerTls,
     stream: TcpStream,
-    raft: &Raft,
+    rafts: &Rafts,
 ) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, u64)> {
     let (stream, id) = tls.accept(stream).await?;
-    let membership = raft.metrics().borrow().membership_config.clone();
-    let members: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
+    let members = rafts.members();
     let known = members.is_empty() || members.contains(&id);
     if !known {
         return Err(std::io::Error::new(
@@ -338,7 +405,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Framed<S, LengthDelimitedCodec>,
     peer: std::net::SocketAddr,
     sender: Option<u64>,
-    raft: Raft,
+    rafts: &Rafts,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -354,8 +421,8 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             }
             None => return,
         };
-        let rpc = match kvstore_client::codec::decode::<Rpc>(&frame) {
-            Ok(rpc) => rpc,
+        let Envelope { group, rpc } = match kvstore_client::codec::decode(&frame) {
+            Ok(envelope) => envelope,
             Err(e) => {
                 tracing::warn!(%peer, "undecodable raft message, closing: {e}");
                 return;
@@ -365,10 +432,13 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::warn!(%peer, ?sender, claimed = ?rpc.sender(), "raft message from a node other than the one its certificate names, closing");
             return;
         }
-        let reply = match rpc {
-            Rpc::Append(rpc) => RpcReply::Append(raft.append_entries(rpc).await),
-            Rpc::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
-            Rpc::Snapshot(rpc) => RpcReply::Snapshot(raft.install_snapshot(rpc).await),
+        let reply = match (rafts.get(group), rpc) {
+            (None, _) => RpcReply::NoGroup(group),
+            (Some(raft), Rpc::Append(rpc)) => RpcReply::Append(raft.append_entries(rpc).await),
+            (Some(raft), Rpc::Vote(rpc)) => RpcReply::Vote(raft.vote(rpc).await),
+            (Some(raft), Rpc::Snapshot(rpc)) => {
+                RpcReply::Snapshot(raft.install_snapshot(rpc).await)
+            }
         };
         let body = match kvstore_client::codec::encode(&reply) {
             Ok(body) => body,

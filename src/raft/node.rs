@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::log::LogStore;
-use super::network::{self, Network};
+use super::network::{self, Network, Rafts};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
 use super::propose::{not_leader, Proposer};
 use super::state::StateMachine;
-use super::{Member, Raft};
+use super::{Member, Raft, FIRST_GROUP};
 use crate::commit::LogFigures;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -177,6 +177,7 @@ impl Cluster {
             settings.id,
             Arc::new(config),
             Network::new(
+                FIRST_GROUP,
                 max_frame,
                 (settings.peers.iter())
                     .map(|(id, member)| (*id, member.raft_addr.clone()))
@@ -194,9 +195,11 @@ impl Cluster {
             settings.snapshot_bytes,
             shutdown.clone(),
         ));
+        let rafts = Arc::new(Rafts::default());
+        rafts.insert(FIRST_GROUP, raft.clone());
         tracker.spawn(network::serve(
             listener,
-            raft.clone(),
+            rafts,
             tls,
             max_frame,
             shutdown,

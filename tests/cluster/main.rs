@@ -6,6 +6,7 @@ mod cluster_file;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod groups;
 mod linearizability;
 mod membership;
 mod once;

@@ -9,7 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kvstore::raft::network::{Rpc, RpcReply};
+use kvstore::raft::network::{Envelope, Rpc, RpcReply};
+use kvstore::raft::FIRST_GROUP;
 use openraft::raft::VoteRequest;
 use openraft::Vote;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
@@ -112,13 +113,19 @@ fn connector(ca: &Ca, identity: Option<&Identity>) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
-/// Sends a vote request from candidate `sender` in `term` over `io`; true if
-/// a raft answer came back within 5 s (a TLS alert is not one).
-async fn answered<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, sender: u64, term: u64) -> bool {
+/// Sends group `group` a vote request from candidate `sender` in `term`
+/// over `io`; the raft answer if one came back within 5 s (a TLS alert is
+/// not one).
+pub(crate) async fn ask_vote<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    group: u64,
+    sender: u64,
+    term: u64,
+) -> Option<RpcReply> {
     let rpc = Rpc::Vote(VoteRequest::new(Vote::new(term, sender), None));
-    let body = codec::encode(&rpc).unwrap();
+    let body = codec::encode(&Envelope { group, rpc }).unwrap();
     if io.write_all(&common::frame(&body)).await.is_err() || io.flush().await.is_err() {
-        return false;
+        return None;
     }
     let reply = async {
         let len = io.read_u32().await? as usize;
@@ -127,9 +134,14 @@ async fn answered<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, sender: u64, ter
         Ok::<_, std::io::Error>(body)
     };
     match tokio::time::timeout(Duration::from_secs(5), reply).await {
-        Ok(Ok(body)) => codec::decode::<RpcReply>(&body).is_ok(),
-        _ => false,
+        Ok(Ok(body)) => codec::decode::<RpcReply>(&body).ok(),
+        _ => None,
     }
+}
+
+/// [`ask_vote`] of the cluster's data group: true if answered.
+async fn answered<S: AsyncRead + AsyncWrite + Unpin>(io: S, sender: u64, term: u64) -> bool {
+    ask_vote(io, FIRST_GROUP, sender, term).await.is_some()
 }
 
 /// Over TLS to node `target` at `raft` as `identity`, a vote from `sender`:
