@@ -21,6 +21,7 @@
 //! confirms it is still the leader (`Raft::ensure_linearizable`).
 //! `docs/replication.md` says what is promised.
 
+pub mod group;
 pub mod log;
 pub mod network;
 pub mod node;
