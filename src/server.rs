@@ -135,7 +135,7 @@ pub async fn run(
     // The data's lock (single node) is held until the log has closed.
     let (mut db, _data_lock) = match (config.node_id, raft_listener, raft_addr) {
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
-            let (engine, store) = open_cluster_engine(&config, &tees).await?;
+            let (engine, store) = open_cluster_engine(&config, config.raft_dir(), &tees).await?;
             last_store_ref = store;
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
@@ -172,6 +172,7 @@ pub async fn run(
                 settings,
                 Arc::new(RealFs),
                 engine.clone(),
+                group_engines(&config),
                 raft_listener,
                 shutdown.clone(),
                 &tracker,
@@ -356,6 +357,7 @@ async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error>
 /// the memory engine's map (freed on a thread of its own at exit).
 async fn open_cluster_engine(
     config: &Config,
+    dir: std::path::PathBuf,
     tees: &Arc<Tees>,
 ) -> Result<(Arc<dyn Engine>, Option<Arc<Store>>), Error> {
     if config.engine == EngineKind::Memory {
@@ -363,12 +365,27 @@ async fn open_cluster_engine(
         let engine = Arc::new(Memory::new(store.clone(), tees.clone()));
         return Ok((engine, Some(store)));
     }
-    let (path, cache_bytes) = (config.raft_dir().join("fjall"), config.cache_mb << 20);
+    let (path, cache_bytes) = (dir.join("fjall"), config.cache_mb << 20);
     let disk =
         tokio::task::spawn_blocking(move || crate::engine::disk::Disk::open(&path, cache_bytes))
             .await
             .map_err(|e| Error::Config(format!("engine task failed: {e}")))??;
     Ok((Arc::new(disk), None))
+}
+
+/// The engines of a node's groups after group 1, as `config` says, each
+/// in its group's directory. Backups do not cover them yet: their tees are
+/// their own (docs/sharding.md).
+fn group_engines(config: &Config) -> node::Engines {
+    let config = Arc::new(config.clone());
+    Arc::new(move |dir| {
+        let config = config.clone();
+        Box::pin(async move {
+            let tees = Arc::new(Tees::default());
+            let (engine, _) = open_cluster_engine(&config, dir, &tees).await?;
+            Ok(engine)
+        })
+    })
 }
 
 /// `--sync periodic`: asks the commit thread for an fsync every `interval`.

@@ -285,10 +285,12 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
             model.insert(key.clone(), Bytes::from(joined));
             Ok(Applied::Int(len))
         }
-        // Only the Raft state machine serves sessions (not generated here).
+        // Only the Raft state machine serves sessions and groups (not
+        // generated here).
         Change::OpenSession { .. } | Change::Once { .. } => {
             Err(kvstore_client::ErrorCode::Malformed as u32)
         }
+        Change::AddGroup { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
     }
 }
 

@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use kvstore_client::{
-    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, Reply,
-    Request, Response,
+    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, GroupView,
+    Reply, Request, Response,
 };
 
 fn b(s: &str) -> Bytes {
@@ -170,6 +170,15 @@ fn examples() -> Vec<(&'static str, Message)> {
             rq(21, Command::Cluster(ClusterRequest::Status)),
         ),
         (
+            "cluster-add-group-request",
+            rq(
+                23,
+                Command::Cluster(ClusterRequest::AddGroup {
+                    nodes: vec![1, 2, 3],
+                }),
+            ),
+        ),
+        (
             "indexed-request",
             rq(
                 22,
@@ -216,7 +225,7 @@ fn examples() -> Vec<(&'static str, Message)> {
             "cluster-response",
             rs(
                 21,
-                Reply::Cluster(ClusterStatus {
+                Reply::Cluster(Box::new(ClusterStatus {
                     node_id: 1,
                     role: "leader".into(),
                     term: 2,
@@ -231,7 +240,17 @@ fn examples() -> Vec<(&'static str, Message)> {
                         voter: true,
                         matched_index: Some(5),
                     }],
-                }),
+                    groups: vec![GroupView {
+                        id: 1,
+                        role: "leader".into(),
+                        term: 2,
+                        leader: Some(1),
+                        applied_index: Some(5),
+                        purged_index: Some(3),
+                        voters: vec![1],
+                        slots: vec![(0, 16_383)],
+                    }],
+                })),
             ),
         ),
         ("ok-response", rs(1, Reply::Ok)),

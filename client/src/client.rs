@@ -563,20 +563,21 @@ impl Client {
     /// `ClusterFailed`.
     ///
     /// `AddLearner` answers once the learner has caught up, which with a
-    /// large store takes a while: it waits up to [`SERVER_BACKUP_TIMEOUT`].
+    /// large store takes a while, and `AddGroup` once the new group has a
+    /// leader: they wait up to [`SERVER_BACKUP_TIMEOUT`].
     pub async fn cluster(
         &self,
         request: crate::ClusterRequest,
     ) -> Result<crate::ClusterStatus, Error> {
         let command = Command::Cluster(request);
         let reply = match &command {
-            Command::Cluster(crate::ClusterRequest::AddLearner { .. }) => {
-                self.patient()?.call_once_more(command).await?
-            }
+            Command::Cluster(
+                crate::ClusterRequest::AddLearner { .. } | crate::ClusterRequest::AddGroup { .. },
+            ) => self.patient()?.call_once_more(command).await?,
             _ => self.call(command).await?,
         };
         match reply {
-            Reply::Cluster(status) => Ok(status),
+            Reply::Cluster(status) => Ok(*status),
             other => Err(unexpected("Cluster", &other)),
         }
     }

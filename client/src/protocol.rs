@@ -314,6 +314,14 @@ pub enum ClusterRequest {
         /// The node's id.
         id: u64,
     },
+    /// Tag 5. Creates a Raft group on these nodes, serving no slot yet
+    /// (on group 1's leader; docs/sharding.md). Empty: the three voters
+    /// of group 1 that run the fewest groups. Answered once the new group
+    /// has a leader.
+    AddGroup {
+        /// The nodes' ids.
+        nodes: Vec<u64>,
+    },
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).
@@ -336,6 +344,32 @@ pub struct ClusterStatus {
     pub pid: u32,
     /// The members, by id, as this node's latest membership has them.
     pub members: Vec<ClusterMember>,
+    /// Every Raft group this node runs (group 1 first), as it sees it.
+    pub groups: Vec<GroupView>,
+}
+
+/// One Raft group as a node running it sees it ([`ClusterStatus::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The group's id; group 1 is the cluster's first.
+    pub id: u64,
+    /// This node's role in it, as [`ClusterStatus::role`].
+    #[serde(deserialize_with = "wire_bytes::string")]
+    pub role: String,
+    /// The group's Raft term on this node.
+    pub term: u64,
+    /// The group's leader this node knows of.
+    pub leader: Option<u64>,
+    /// The last index of the group's log applied here.
+    pub applied_index: Option<u64>,
+    /// The last index removed from the group's log here (a snapshot covers
+    /// it): a replica behind it catches up from a snapshot.
+    pub purged_index: Option<u64>,
+    /// The group's voters.
+    pub voters: Vec<u64>,
+    /// The slots the group serves, as inclusive ranges, as this node's
+    /// copy of the sharding table has them.
+    pub slots: Vec<(u16, u16)>,
 }
 
 /// A member of the cluster in a [`ClusterStatus`].
@@ -551,8 +585,9 @@ pub enum Reply {
         /// The file's size.
         bytes: u64,
     },
-    /// Tag 10. A node's view of the cluster (Cluster).
-    Cluster(ClusterStatus),
+    /// Tag 10. A node's view of the cluster (Cluster). Boxed: it is the
+    /// largest reply, and every reply would be its size.
+    Cluster(Box<ClusterStatus>),
     /// Tag 11. The reply to an `Indexed` command: the inner command's reply
     /// and the newest log index whose writes it may reflect (0 when the
     /// server runs alone).

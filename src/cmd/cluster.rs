@@ -13,7 +13,7 @@ pub async fn apply(request: ClusterRequest, db: &Db) -> Reply {
         );
     };
     match cluster.command(request).await {
-        Ok(status) => Reply::Cluster(status),
+        Ok(status) => Reply::Cluster(Box::new(status)),
         Err(e) => super::error_reply(&e),
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use kvstore_client::slot::GroupId;
 use kvstore_client::{ClusterMember, ErrorCode};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +22,7 @@ use super::log::LogStore;
 use super::network::{self, Network};
 use super::node::Settings;
 use super::propose::{not_leader, Proposer};
+use super::shards::Shards;
 use super::state::StateMachine;
 use super::{Member, Raft};
 use crate::engine::Engine;
@@ -45,19 +48,27 @@ pub struct Group {
     proposer: Proposer,
     /// The state machine's `store_index`: the index replies report.
     store_index: Arc<AtomicU64>,
+    /// The sharding table its state machine keeps (group 1's is the
+    /// cluster's).
+    shards: watch::Receiver<Arc<Shards>>,
+    /// See [`Group::is_fresh`] (read from the storage: openraft's metrics
+    /// are not loaded yet right after it starts).
+    fresh: bool,
 }
 
 /// One group's role, term and members as this node sees them.
 pub struct GroupStatus {
+    pub id: GroupId,
     pub role: &'static str,
     pub term: u64,
     pub leader: Option<u64>,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    pub purged_index: Option<u64>,
     pub members: Vec<ClusterMember>,
 }
 
-fn cluster_failed(message: impl Into<String>) -> Error {
+pub(super) fn cluster_failed(message: impl Into<String>) -> Error {
     Error::Rejected {
         code: ErrorCode::ClusterFailed,
         message: message.into(),
@@ -106,13 +117,15 @@ impl Group {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Group, Error> {
-        let (log, machine) = {
+        let (mut log, machine) = {
             let dir = dir(settings, id);
             tokio::task::spawn_blocking(move || open_storage(fs, &dir, engine))
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
         };
+        let fresh = is_empty(&mut log).await?;
         let store_index = machine.store_index();
+        let shards = machine.shards();
         let since_snapshot = machine.since_snapshot();
         let raft = Raft::new(settings.id, raft_config(settings)?, network, log, machine)
             .await
@@ -129,12 +142,26 @@ impl Group {
             proposer: Proposer::start(raft.clone()),
             raft,
             store_index,
+            shards,
+            fresh,
         })
     }
 
     /// The group's openraft, for the raft port to hand messages to.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// The sharding table as this group's state machine has applied it.
+    pub fn shards(&self) -> watch::Receiver<Arc<Shards>> {
+        self.shards.clone()
+    }
+
+    /// Whether this replica had never had a log entry or a vote when it
+    /// started: a group just created here, which its first voters
+    /// initialise.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// An index that covers every write the store may hold now, for a
@@ -265,11 +292,13 @@ impl Group {
             ServerState::Shutdown => "shutdown",
         };
         GroupStatus {
+            id: self.id,
             role,
             term: metrics.current_term,
             leader: metrics.current_leader,
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|l| l.index),
+            purged_index: metrics.purged.map(|l| l.index),
             members,
         }
     }
@@ -340,6 +369,14 @@ pub fn dir(settings: &Settings, id: GroupId) -> PathBuf {
         super::FIRST_GROUP => settings.dir.clone(),
         id => settings.dir.join(format!("g{id}")),
     }
+}
+
+/// Whether `log` holds no entry and no vote.
+async fn is_empty(log: &mut LogStore) -> Result<bool, Error> {
+    let failed = |e: openraft::StorageError<u64>| Error::StorageFailed(e.to_string());
+    let state = log.get_log_state().await.map_err(failed)?;
+    let vote = log.read_vote().await.map_err(failed)?;
+    Ok(state.last_log_id.is_none() && vote.is_none())
 }
 
 fn open_storage(

@@ -28,6 +28,7 @@ pub mod node;
 pub mod peer_tls;
 pub mod propose;
 pub mod sessions;
+pub mod shards;
 pub mod state;
 
 use std::fmt;

@@ -8,21 +8,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_client::slot::GroupId;
-use kvstore_client::{ClusterRequest, ClusterStatus};
+use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, GroupView};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::group::{self, Group};
-use super::network::{self, Rafts};
+use super::group::{self, cluster_failed, Group, GroupStatus};
+use super::network::{self, Network, Rafts};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
+use super::shards::{Placement, Shards};
 use super::{Member, FIRST_GROUP};
 use crate::commit::LogFigures;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::{Log, Queued};
+use crate::storage::change::Change;
 use crate::storage::fs::Fs;
+use crate::storage::store::Applied;
 use futures_util::future::BoxFuture;
 
 /// What a node is started with (from `Config`).
@@ -59,11 +63,18 @@ pub struct SessionSettings {
     pub max_sessions: u64,
 }
 
+/// Opens the engine of a group other than group 1, in the group's
+/// directory (a memory engine: empty).
+pub type Engines =
+    Arc<dyn Fn(PathBuf) -> BoxFuture<'static, Result<Arc<dyn Engine>, Error>> + Send + Sync>;
+
 /// A running node: the Raft groups it holds a replica of, and the raft
 /// port they share.
 pub struct Cluster {
     settings: Settings,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// What starting another group takes.
+    starter: Starter,
     /// See [`Log::budget`].
     budget: Arc<tokio::sync::Semaphore>,
     /// Held while the node runs: a second process on the same directory is
@@ -71,13 +82,34 @@ pub struct Cluster {
     _lock: parking_lot::Mutex<Box<dyn std::any::Any + Send>>,
 }
 
+/// What a node starts its groups after group 1 with.
+struct Starter {
+    fs: Arc<dyn Fs>,
+    engines: Engines,
+    /// Group 1's, whose connections every group shares.
+    network: Network,
+    /// Where the raft port finds each group.
+    rafts: Arc<Rafts>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Nodes a group is created on unless the command names them.
+const GROUP_REPLICAS: usize = 3;
+
+/// How long `AddGroup` waits for the new group to elect a leader.
+const NEW_GROUP_LEADER_WAIT: Duration = Duration::from_secs(10);
+
 impl Cluster {
     /// Locks the node's directory, opens group 1 over `engine` (a memory
-    /// engine empty) and serves the raft port on `listener`.
+    /// engine empty) and serves the raft port on `listener`; then starts
+    /// the other groups the sharding table places here, over engines from
+    /// `engines`, as the table names them.
     pub async fn start(
         settings: Settings,
         fs: Arc<dyn Fs>,
         engine: Arc<dyn Engine>,
+        engines: Engines,
         listener: TcpListener,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -95,8 +127,8 @@ impl Cluster {
         let first = Group::start(
             FIRST_GROUP,
             &settings,
-            network,
-            fs,
+            network.clone(),
+            fs.clone(),
             engine,
             shutdown.clone(),
             tracker,
@@ -106,18 +138,58 @@ impl Cluster {
         rafts.insert(FIRST_GROUP, first.raft().clone());
         tracker.spawn(network::serve(
             listener,
-            rafts,
+            rafts.clone(),
             tls,
             group::network_frame(&settings),
-            shutdown,
+            shutdown.clone(),
             tracker.clone(),
         ));
-        Ok(Arc::new(Cluster {
+        let shards = first.shards();
+        let cluster = Arc::new(Cluster {
             settings,
             groups: RwLock::new(BTreeMap::from([(FIRST_GROUP, Arc::new(first))])),
+            starter: Starter {
+                fs,
+                engines,
+                network,
+                rafts,
+                shutdown,
+                tracker: tracker.clone(),
+            },
             budget: crate::log::budget(),
             _lock: parking_lot::Mutex::new(lock),
-        }))
+        });
+        tracker.spawn(run_placed_groups(cluster.clone(), shards));
+        Ok(cluster)
+    }
+
+    /// Starts group `id`, placed on this node, and makes its raft messages
+    /// reach it. A replica never started before initialises the group with
+    /// its first voters, as each of them does.
+    async fn start_group(&self, id: GroupId, placement: &Placement) -> Result<(), Error> {
+        let starter = &self.starter;
+        let engine = (starter.engines)(group::dir(&self.settings, id)).await?;
+        let group = Group::start(
+            id,
+            &self.settings,
+            starter.network.for_group(id),
+            starter.fs.clone(),
+            engine,
+            starter.shutdown.clone(),
+            &starter.tracker,
+        )
+        .await?;
+        if group.is_fresh() {
+            if let Err(e) = group.initialize(placement.members.clone()).await {
+                // Not registered: stop it before another try opens its files.
+                group.shutdown().await;
+                return Err(e);
+            }
+        }
+        starter.rafts.insert(id, group.raft().clone());
+        self.groups.write().insert(id, Arc::new(group));
+        tracing::info!(group = id, "raft group started");
+        Ok(())
     }
 
     /// Group 1: until the cluster is sharded, every slot's.
@@ -173,13 +245,52 @@ impl Cluster {
             }
             ClusterRequest::Promote { id } => first.promote(id).await?,
             ClusterRequest::Remove { id } => first.remove(id).await?,
+            ClusterRequest::AddGroup { nodes } => self.add_group(&first, nodes).await?,
         }
         Ok(self.status())
     }
 
-    /// This node's view of the cluster.
+    /// Records a new group in group 1's sharding table, on `nodes` (or the
+    /// three voters running the fewest groups), and waits (a while) until
+    /// it has a leader if this node is one of them.
+    async fn add_group(&self, first: &Group, nodes: Vec<u64>) -> Result<(), Error> {
+        let shards = first.shards().borrow().clone();
+        let status = first.status();
+        let members = placement_for(&shards, &status.members, nodes)?;
+        let mut write = self.submit(Change::AddGroup { members }).await?;
+        let id = match write.wait().await? {
+            Applied::Int(id) => id as GroupId,
+            other => return Err(cluster_failed(format!("AddGroup answered {other:?}"))),
+        };
+        let placed_here =
+            (first.shards().borrow().groups_of(self.settings.id)).any(|(g, _)| g == id);
+        if !placed_here {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + NEW_GROUP_LEADER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let group = self.groups.read().get(&id).cloned();
+            if group.is_some_and(|g| g.status().leader.is_some()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(cluster_failed(format!(
+            "group {id} was created but has no leader after {NEW_GROUP_LEADER_WAIT:?}"
+        )))
+    }
+
+    /// This node's view of the cluster: group 1's, and every group's it
+    /// runs.
     pub fn status(&self) -> ClusterStatus {
-        let group = self.first().status();
+        let first = self.first();
+        let shards = first.shards().borrow().clone();
+        let group = first.status();
+        let groups = self
+            .all()
+            .iter()
+            .map(|g| view(g.status(), &shards))
+            .collect();
         ClusterStatus {
             node_id: self.settings.id,
             role: group.role.to_string(),
@@ -189,6 +300,7 @@ impl Cluster {
             applied_index: group.applied_index,
             pid: std::process::id(),
             members: group.members,
+            groups,
         }
     }
 
@@ -231,6 +343,97 @@ impl Log for Cluster {
             self.shutdown().await;
             Ok(())
         })
+    }
+}
+
+/// A group's status as `Cluster` reports it, with the slots `shards` gives
+/// it.
+fn view(status: GroupStatus, shards: &Shards) -> GroupView {
+    let slots = (shards.map().ranges().iter())
+        .filter(|range| range.group == status.id)
+        .map(|range| (range.first, range.last))
+        .collect();
+    GroupView {
+        id: status.id,
+        role: status.role.to_string(),
+        term: status.term,
+        leader: status.leader,
+        applied_index: status.applied_index,
+        purged_index: status.purged_index,
+        voters: (status.members.iter())
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect(),
+        slots,
+    }
+}
+
+/// The first voters of a new group: `nodes`, each a member of group 1
+/// (whose `members` give their addresses); or, if none are named, the
+/// three voters of group 1 that run the fewest groups.
+fn placement_for(
+    shards: &Shards,
+    members: &[ClusterMember],
+    nodes: Vec<u64>,
+) -> Result<BTreeMap<u64, Member>, Error> {
+    let load = |id: u64| {
+        shards
+            .groups()
+            .values()
+            .filter(|p| p.members.contains_key(&id))
+            .count()
+    };
+    let nodes = match nodes.is_empty() {
+        false => nodes,
+        true => {
+            let mut voters: Vec<u64> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+            voters.sort_by_key(|id| (load(*id), *id));
+            voters.truncate(GROUP_REPLICAS);
+            voters
+        }
+    };
+    (nodes.into_iter())
+        .map(|id| {
+            let member = members.iter().find(|m| m.id == id).ok_or_else(|| {
+                cluster_failed(format!("node {id} is not a member of the cluster"))
+            })?;
+            let member = Member {
+                raft_addr: member.raft_addr.clone(),
+                client_addr: member.addr.clone(),
+            };
+            Ok((id, member))
+        })
+        .collect()
+}
+
+/// Starts every group the sharding table places on this node that is not
+/// running yet, whenever the table changes; a group that fails to start is
+/// tried again a second later. Until shutdown.
+async fn run_placed_groups(cluster: Arc<Cluster>, mut shards: watch::Receiver<Arc<Shards>>) {
+    let shutdown = cluster.starter.shutdown.clone();
+    loop {
+        let table = shards.borrow_and_update().clone();
+        let mut failed = false;
+        for (id, placement) in table.groups_of(cluster.settings.id) {
+            if shutdown.is_cancelled() || cluster.groups.read().contains_key(&id) {
+                continue;
+            }
+            if let Err(e) = cluster.start_group(id, placement).await {
+                tracing::error!(group = id, "raft group did not start: {e}");
+                failed = true;
+            }
+        }
+        let retry = async {
+            match failed {
+                true => tokio::time::sleep(Duration::from_secs(1)).await,
+                false => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = shards.changed() => if changed.is_err() { return },
+            () = retry => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::sessions::{Admit, Sessions, Stamp};
+use super::shards::Shards;
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -59,11 +60,21 @@ struct Note<'a> {
     last_applied: &'a Option<LogId<u64>>,
     membership: &'a StoredMembership<u64, Member>,
     sessions: &'a Sessions,
+    shards: &'a Shards,
 }
 
 /// A [`Note`] as read back.
 #[derive(Debug, Deserialize)]
 struct KeptNote {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    sessions: Sessions,
+    shards: Shards,
+}
+
+/// A note written before the sharding table existed.
+#[derive(Debug, Deserialize)]
+struct NoteWithoutShards {
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, Member>,
     sessions: Sessions,
@@ -82,6 +93,7 @@ impl Note<'_> {
             last_applied: &applied.last_applied,
             membership: &applied.membership,
             sessions: &applied.sessions,
+            shards: &applied.shards,
         }
     }
 
@@ -92,15 +104,27 @@ impl Note<'_> {
 }
 
 impl KeptNote {
+    /// The note in `bytes`, in this format or an older one.
     fn decode(bytes: &[u8]) -> Result<KeptNote, Error> {
-        kvstore_client::codec::decode(bytes).or_else(|_| {
-            let old: NoteWithoutSessions = kvstore_client::codec::decode(bytes)
-                .map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))?;
-            Ok(KeptNote {
+        use kvstore_client::codec::decode;
+        if let Ok(note) = decode(bytes) {
+            return Ok(note);
+        }
+        if let Ok(old) = decode::<NoteWithoutShards>(bytes) {
+            return Ok(KeptNote {
                 last_applied: old.last_applied,
                 membership: old.membership,
-                sessions: Sessions::default(),
-            })
+                sessions: old.sessions,
+                shards: Shards::default(),
+            });
+        }
+        let old: NoteWithoutSessions =
+            decode(bytes).map_err(|e| Error::StorageFailed(format!("state machine note: {e}")))?;
+        Ok(KeptNote {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            sessions: Sessions::default(),
+            shards: Shards::default(),
         })
     }
 }
@@ -112,6 +136,8 @@ struct Applied {
     membership: StoredMembership<u64, Member>,
     /// Client sessions, as the entries up to `last_applied` left them.
     sessions: Sessions,
+    /// The sharding table (group 1; other groups keep the default).
+    shards: Shards,
     /// The durable snapshot, if any.
     current: Option<SnapshotMeta<u64, Member>>,
     /// Makes snapshot ids unique within the process.
@@ -141,6 +167,9 @@ pub struct StateMachine {
     /// Roughly the bytes of the entries applied since the newest snapshot:
     /// what the size trigger of snapshots watches (`node`).
     since_snapshot: Arc<AtomicU64>,
+    /// The sharding table as applied, for the node to start the groups it
+    /// is placed in.
+    shards: Arc<tokio::sync::watch::Sender<Arc<Shards>>>,
 }
 
 fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -163,17 +192,19 @@ impl StateMachine {
             applied.last_applied = note.last_applied;
             applied.membership = note.membership;
             applied.sessions = note.sessions;
+            applied.shards = note.shards;
         }
         if let Some((meta, id)) = newest_snapshot(&*fs, dir)? {
             if meta.last_log_id > applied.last_applied {
                 let path = dir.join(format!("snap-{id}.db"));
-                applied.sessions = load_snapshot(&*fs, &*engine, &path, &meta)?;
+                (applied.sessions, applied.shards) = load_snapshot(&*fs, &*engine, &path, &meta)?;
                 applied.last_applied = meta.last_log_id;
                 applied.membership = meta.last_membership.clone();
             }
             applied.current = Some(meta);
         }
         let store_index = applied.last_applied.map_or(0, |id| id.index);
+        let shards = tokio::sync::watch::Sender::new(Arc::new(applied.shards.clone()));
         let machine = StateMachine {
             fs,
             dir: dir.to_path_buf(),
@@ -182,6 +213,7 @@ impl StateMachine {
             files: Arc::default(),
             store_index: Arc::new(AtomicU64::new(store_index)),
             since_snapshot: Arc::default(),
+            shards: Arc::new(shards),
         };
         let keep = machine
             .applied
@@ -209,6 +241,16 @@ impl StateMachine {
     /// See the `since_snapshot` field; shared with the node.
     pub fn since_snapshot(&self) -> Arc<AtomicU64> {
         self.since_snapshot.clone()
+    }
+
+    /// The sharding table as applied, from now on.
+    pub fn shards(&self) -> tokio::sync::watch::Receiver<Arc<Shards>> {
+        self.shards.subscribe()
+    }
+
+    /// Tells the node the table changed.
+    fn publish_shards(&self, shards: &Shards) {
+        self.shards.send_replace(Arc::new(shards.clone()));
     }
 
     /// Where a snapshot from the leader is written as it arrives (not named
@@ -283,8 +325,8 @@ impl StateMachine {
     /// the engine holds all of them or none, and the note says which (a
     /// batch per entry, unsynced, could lose one in the middle of fjall's
     /// journal: its issue #311). The note also holds the client sessions
-    /// with the outcomes of this batch's session writes. One outcome per
-    /// entry; only normal entries carry writes.
+    /// with the outcomes of this batch's session writes, and the sharding
+    /// table. One outcome per entry; only normal entries carry writes.
     fn apply_entries(
         &self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
@@ -295,6 +337,7 @@ impl StateMachine {
         // Where in this batch each session write was first seen.
         let mut seen = std::collections::HashMap::new();
         let mut position = 0;
+        let mut reshaped = false;
         for entry in entries {
             self.store_index
                 .fetch_max(entry.log_id.index, Ordering::Release);
@@ -310,6 +353,12 @@ impl StateMachine {
             };
             let mut entry_steps = Vec::with_capacity(changes.len());
             for change in changes {
+                if let Change::AddGroup { members } = change {
+                    entry_steps.push(Step::Answer(applied.shards.add_group(members)));
+                    reshaped = true;
+                    position += 1;
+                    continue;
+                }
                 let step = step(
                     change,
                     &mut applied.sessions,
@@ -342,6 +391,9 @@ impl StateMachine {
             }
         };
         (self.engine).apply_resolved(&all, last.index, Some(&mut note))?;
+        if reshaped {
+            self.publish_shards(&applied.shards);
+        }
         let mut outcomes = outcomes.into_iter();
         Ok((steps.iter())
             .map(|entry| Outcomes(outcomes.by_ref().take(entry.len()).collect()))
@@ -446,27 +498,51 @@ fn newest_snapshot(fs: &dyn Fs, dir: &Path) -> Result<Option<(Meta, String)>, Er
     Ok(newest)
 }
 
+/// What a snapshot keeps beside the data (its state record): the client
+/// sessions and the sharding table. Not written while both are empty.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Tables {
+    sessions: Sessions,
+    shards: Shards,
+}
+
+impl Tables {
+    /// The state record in `bytes`, in this format or as written before
+    /// the sharding table (the sessions alone).
+    fn decode(bytes: &[u8], path: &Path) -> Result<Tables, Error> {
+        use kvstore_client::codec::decode;
+        decode(bytes).or_else(|_| {
+            let sessions = decode(bytes)
+                .map_err(|e| Error::corrupt(path, 0, format!("client sessions: {e}")))?;
+            Ok(Tables {
+                sessions,
+                shards: Shards::default(),
+            })
+        })
+    }
+}
+
 /// Replaces `engine`'s state by the snapshot file at `path`, described by
-/// `meta`; returns the client sessions it holds.
+/// `meta`; returns the client sessions and sharding table it holds.
 fn load_snapshot(
     fs: &dyn Fs,
     engine: &dyn Engine,
     path: &Path,
     meta: &Meta,
-) -> Result<Sessions, Error> {
-    let sessions = match snapshot::read_state(fs, path)? {
-        None => Sessions::default(),
-        Some(state) => kvstore_client::codec::decode(&state)
-            .map_err(|e| Error::corrupt(path, 0, format!("client sessions: {e}")))?,
+) -> Result<(Sessions, Shards), Error> {
+    let tables = match snapshot::read_state(fs, path)? {
+        None => Tables::default(),
+        Some(state) => Tables::decode(&state, path)?,
     };
     let note = Note {
         last_applied: &meta.last_log_id,
         membership: &meta.last_membership,
-        sessions: &sessions,
+        sessions: &tables.sessions,
+        shards: &tables.shards,
     };
     let index = meta.last_log_id.map_or(0, |id| id.index);
     engine.replace(fs, path, index, &note.encode()?)?;
-    Ok(sessions)
+    Ok((tables.sessions, tables.shards))
 }
 
 /// Whether `file` is the file named `path`.
@@ -522,10 +598,13 @@ impl StateMachine {
         // What the snapshot covers; entries applied during the copy count
         // towards the next one.
         let covered = self.since_snapshot.load(Ordering::Relaxed);
-        let sessions = match applied.sessions.is_empty() {
+        let tables = match applied.sessions.is_empty() && applied.shards == Shards::default() {
             true => Vec::new(),
-            false => kvstore_client::codec::encode(&applied.sessions)
-                .map_err(|e| Error::StorageFailed(format!("client sessions: {e}")))?,
+            false => kvstore_client::codec::encode(&Tables {
+                sessions: applied.sessions.clone(),
+                shards: applied.shards.clone(),
+            })
+            .map_err(|e| Error::StorageFailed(format!("client sessions: {e}")))?,
         };
         // A fuzzy copy (the memory engine's) is exact only while applies
         // wait; one instant's view needs no lock.
@@ -539,7 +618,7 @@ impl StateMachine {
         // openraft may purge the log the snapshot covers.
         self.engine.persist()?;
         self.write_files(&meta, |path| {
-            snapshot::write_with_state(&*self.fs, path, &mut *view, &sessions).map(|_| ())
+            snapshot::write_with_state(&*self.fs, path, &mut *view, &tables).map(|_| ())
         })?;
         let (_, db_path) = self.paths(&meta.snapshot_id);
         let file = open_file(&db_path)?;
@@ -571,13 +650,15 @@ impl StateMachine {
         if let Some(last) = meta.last_log_id {
             self.store_index.fetch_max(last.index, Ordering::Release);
         }
-        let sessions = load_snapshot(&*self.fs, &*self.engine, received, meta)?;
+        let (sessions, shards) = load_snapshot(&*self.fs, &*self.engine, received, meta)?;
         self.write_files(meta, |path| {
             (self.fs.rename(received, path)).map_err(|e| Error::io(path, e))
         })?;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         applied.sessions = sessions;
+        self.publish_shards(&shards);
+        applied.shards = shards;
         applied.current = Some(meta.clone());
         self.since_snapshot.store(0, Ordering::Relaxed);
         self.remove_other_snapshots(Some(&meta.snapshot_id))
@@ -866,5 +947,71 @@ mod tests {
             assert_eq!(outcomes(&machine, resent), [Outcome::Int(1)]);
             assert_eq!(get(&machine, "n").as_deref(), Some("2"));
         }
+    }
+    fn add_group(nodes: &[u64]) -> Change {
+        let members = nodes.iter().map(|id| (*id, Member::default()));
+        Change::AddGroup {
+            members: members.collect(),
+        }
+    }
+
+    fn groups(machine: &StateMachine) -> Vec<u64> {
+        machine.shards().borrow().groups().keys().copied().collect()
+    }
+
+    #[test]
+    fn the_sharding_table_survives_restarts_and_travels_in_snapshots() {
+        for on_disk in [false, true] {
+            let (dir, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let make = |dir: &Path| if on_disk { disk(dir) } else { memory() };
+            let machine = open(dir.path(), make(dir.path()));
+            let shards = machine.shards();
+            let entries = vec![entry(1, vec![add_group(&[1, 2, 3]), add_group(&[2])])];
+            assert_eq!(outcomes(&machine, entries), [2, 3].map(Outcome::Int));
+            assert!(shards.has_changed().unwrap(), "the node is told");
+            assert_eq!(groups(&machine), [2, 3]);
+
+            let built = machine.build().unwrap();
+            let follower = open(other.path(), make(other.path()));
+            let received = follower.receiving();
+            std::fs::copy(machine.paths(&built.meta.snapshot_id).1, &received).unwrap();
+            follower.install(&built.meta, &received).unwrap();
+            assert_eq!(groups(&follower), [2, 3]);
+
+            drop(machine);
+            let machine = open(dir.path(), make(dir.path()));
+            assert_eq!(groups(&machine), [2, 3]);
+            let next = vec![entry(2, vec![add_group(&[1])])];
+            assert_eq!(outcomes(&machine, next), [Outcome::Int(4)]);
+        }
+    }
+    #[test]
+    fn notes_and_snapshot_tables_written_before_the_sharding_table_still_load() {
+        #[derive(Serialize)]
+        struct OldNote {
+            last_applied: Option<LogId<u64>>,
+            membership: StoredMembership<u64, Member>,
+            sessions: Sessions,
+        }
+        let mut sessions = Sessions::default();
+        sessions.open(1_000, 60_000, 10);
+        let old = OldNote {
+            last_applied: Some(log_id(7)),
+            membership: StoredMembership::default(),
+            sessions: sessions.clone(),
+        };
+        let note = KeptNote::decode(&kvstore_client::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(
+            (note.last_applied, &note.sessions),
+            (Some(log_id(7)), &sessions)
+        );
+        assert_eq!(note.shards, Shards::default());
+
+        let state = kvstore_client::codec::encode(&sessions).unwrap();
+        let tables = Tables::decode(&state, Path::new("snap")).unwrap();
+        assert_eq!(
+            (tables.sessions, tables.shards),
+            (sessions, Shards::default())
+        );
     }
 }

@@ -63,6 +63,11 @@ pub enum Change {
         stamp: crate::raft::sessions::Stamp,
         change: Box<Change>,
     },
+    /// Cluster mode, group 1: record a new Raft group on these nodes
+    /// (`crate::raft::shards`); its outcome is the group's id.
+    AddGroup {
+        members: std::collections::BTreeMap<u64, crate::raft::Member>,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -121,6 +126,7 @@ impl Change {
             }
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
+            Change::AddGroup { members } => 32 + 64 * members.len(),
             Change::Once { change, .. } => 48 + change.approx_len(),
         }
     }
@@ -224,6 +230,10 @@ impl Change {
                     message: "client sessions are served in cluster mode only".into(),
                 }))
             }
+            Change::AddGroup { .. } => Resolved::Answer(Err(Error::Rejected {
+                code: ErrorCode::ClusterFailed,
+                message: "groups are for cluster mode only".into(),
+            })),
         })
     }
 }

@@ -3,7 +3,9 @@
 
 use kvstore::raft::network::RpcReply;
 use kvstore::raft::FIRST_GROUP;
+use kvstore_client::GroupView;
 
+use super::common::cli_ok;
 use super::peer_tls::ask_vote;
 use super::*;
 
@@ -31,4 +33,66 @@ fn a_message_for_a_group_the_node_does_not_run_is_answered_so() {
     assert_eq!(try_call(leader.addr, cmd::set("k", "1")), Some(Reply::Ok));
     let after = status(leader.addr).unwrap();
     assert_eq!((after.role.as_str(), after.term), ("leader", term));
+}
+
+/// Which nodes run group `group`, and which of them say they lead it.
+fn runners(nodes: &[Spec], group: u64) -> (Vec<u64>, Vec<u64>) {
+    let views: Vec<(u64, GroupView)> = (nodes.iter())
+        .filter_map(|n| status(n.addr).map(|s| (n.id, s.groups)))
+        .flat_map(|(id, groups)| groups.into_iter().map(move |g| (id, g)))
+        .filter(|(_, g)| g.id == group)
+        .collect();
+    let leading = (views.iter())
+        .filter(|(_, g)| g.role == "leader")
+        .map(|(id, _)| *id);
+    (views.iter().map(|(id, _)| *id).collect(), leading.collect())
+}
+
+/// Waits (at most 20 s) until group `group` runs on exactly `on` with one
+/// leader among them.
+fn wait_for_group(nodes: &[Spec], group: u64, on: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        seen = runners(nodes, group);
+        if seen.0 == on && seen.1.len() == 1 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("group {group}: running on and led by {seen:?}, not on {on:?} with one leader");
+}
+
+#[test]
+fn groups_added_to_a_cluster_elect_leaders_and_restart_with_their_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,3"]);
+    wait_for_group(&nodes, FIRST_GROUP + 1, &[1, 2, 3]);
+    wait_for_group(&nodes, FIRST_GROUP + 2, &[1, 3]);
+    let refused = cli(leader.addr, &["cluster", "add-group", "--nodes", "1,9"]);
+    assert!(!refused.status.success(), "a node outside the cluster");
+
+    let table = cli_ok(leader.addr, &["cluster", "status", "--output", "json"]);
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let groups = table["groups"].as_array().unwrap();
+    let slots: Vec<_> = groups.iter().map(|g| (&g["id"], &g["slots"])).collect();
+    assert_eq!(slots.len(), 3, "{table}");
+    assert_eq!(slots[0].1, &serde_json::json!(["0-16383"]), "{table}");
+    assert_eq!(slots[1].1, &serde_json::json!([]), "{table}");
+    assert_eq!(groups[2]["voters"], serde_json::json!([1, 3]), "{table}");
+
+    // After kill -9, nodes 2 (memory engine: the table comes back as group
+    // 1's log is applied again) and 3 (disk engine: from its note) start
+    // their groups again from their own files and rejoin each.
+    for i in [1, 2] {
+        servers[i].take().unwrap().kill9();
+    }
+    for i in [1, 2] {
+        servers[i] = Some(start(&nodes[i], &nodes, dir.path()));
+    }
+    wait_for_group(&nodes, FIRST_GROUP, &[1, 2, 3]);
+    wait_for_group(&nodes, FIRST_GROUP + 1, &[1, 2, 3]);
+    wait_for_group(&nodes, FIRST_GROUP + 2, &[1, 3]);
 }

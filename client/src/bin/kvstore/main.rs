@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kvstore_client::{
-    addr::DEFAULT_ADDR, BackupSummary, Client, ClusterRequest, Error, Reads, ScanQuery,
+    addr::DEFAULT_ADDR, BackupSummary, Client, ClusterMember, ClusterRequest, ClusterStatus, Error,
+    GroupView, Reads, ScanQuery,
 };
 
 use output::Output;
@@ -166,6 +167,14 @@ enum ClusterCmd {
         /// The node's id.
         id: u64,
     },
+    /// Create a Raft group, serving no slot yet (ask group 1's leader;
+    /// docs/sharding.md).
+    AddGroup {
+        /// Its nodes, by id (default: the three that run the fewest
+        /// groups).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+    },
 }
 
 /// How `scan` and `range` walk their pairs.
@@ -309,6 +318,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
         },
         ClusterCmd::Promote { id } => ClusterRequest::Promote { id },
         ClusterCmd::Remove { id } => ClusterRequest::Remove { id },
+        ClusterCmd::AddGroup { nodes } => ClusterRequest::AddGroup { nodes },
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
@@ -375,6 +385,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             "node": status.node_id,
             "leader": status.leader,
             "nodes": json_rows,
+            "groups": groups_json(&rows),
         })),
         Output::Text => {
             output::say(&format!(
@@ -401,9 +412,81 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                     text("pid")
                 ));
             }
+            let groups = groups_json(&rows);
+            // A cluster that is not sharded has group 1 alone: nothing to add.
+            if groups.len() > 1 {
+                print_groups(&groups);
+            }
         }
     }
     Exit::Ok
+}
+
+/// A member, its own view of the cluster, and its figures.
+type StatusRow = (
+    ClusterMember,
+    Result<ClusterStatus, Error>,
+    Vec<(String, i64)>,
+);
+
+/// Every group any member runs, from the members' own views: its leader
+/// (the member that says it leads, else the freshest view's), term,
+/// voters and slots.
+fn groups_json(rows: &[StatusRow]) -> Vec<serde_json::Value> {
+    let mut groups: std::collections::BTreeMap<u64, (GroupView, Option<u64>)> = Default::default();
+    let views = rows.iter().filter_map(|(_, own, _)| own.as_ref().ok());
+    for status in views {
+        for view in &status.groups {
+            let leads = view.role == "leader";
+            let known = (groups.entry(view.id)).or_insert_with(|| (view.clone(), None));
+            if leads || view.term > known.0.term {
+                known.0 = view.clone();
+            }
+            if leads {
+                known.1 = Some(status.node_id);
+            }
+        }
+    }
+    (groups.values())
+        .map(|(g, leading)| {
+            serde_json::json!({
+                "id": g.id,
+                "leader": leading.or(g.leader),
+                "term": g.term,
+                "voters": g.voters,
+                "slots": g.slots.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The groups table of `kvstore cluster status`.
+fn print_groups(groups: &[serde_json::Value]) {
+    output::say("");
+    output::say(&format!(
+        "{:>5}  {:>6}  {:>5}  {:<12}  slots",
+        "group", "leader", "term", "voters"
+    ));
+    for g in groups {
+        let voters: Vec<String> = (g["voters"].as_array().into_iter().flatten())
+            .map(|v| v.to_string())
+            .collect();
+        let slots: Vec<&str> = (g["slots"].as_array().into_iter().flatten())
+            .filter_map(|v| v.as_str())
+            .collect();
+        let number = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
+        output::say(&format!(
+            "{:>5}  {:>6}  {:>5}  {:<12}  {}",
+            number(&g["id"]),
+            number(&g["leader"]),
+            number(&g["term"]),
+            voters.join(","),
+            match slots.is_empty() {
+                true => "-".to_string(),
+                false => slots.join(" "),
+            }
+        ));
+    }
 }
 
 /// The figure `name` among a node's `Stats`, if it reported it.
