@@ -28,24 +28,26 @@ fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 /// A Raft group's id.
 pub type GroupId = u64;
 
-/// Slots `first..=last`, all served by `group`.
+/// Slots `first..=last`, all with the same `value`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotRange {
-    /// The first slot of the range.
+pub struct SlotRun<T> {
+    /// The first slot of the run.
     pub first: u16,
-    /// The last slot of the range, included.
+    /// The last slot of the run, included.
     pub last: u16,
-    /// The group that serves the range.
-    pub group: GroupId,
+    /// What every slot of the run has.
+    pub value: T,
 }
 
-/// Which group serves each slot. Every change raises the version, so a
-/// client that cached the map can tell an older map from a newer one.
+/// Slots `first..=last`, all served by group `value`.
+pub type SlotRange = SlotRun<GroupId>;
+
+/// A value for every slot, kept as runs of equal values: which group
+/// serves each slot ([`SlotMap`]), or what a group does with each.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotMap {
-    version: u64,
-    /// Sorted, contiguous, covering every slot; neighbours differ in group.
-    ranges: Vec<SlotRange>,
+pub struct SlotTable<T> {
+    /// Sorted, contiguous, covering every slot; neighbours differ.
+    runs: Vec<SlotRun<T>>,
 }
 
 /// Why a map could not be made or changed.
@@ -64,28 +66,83 @@ pub enum MapError {
     NoGroups,
 }
 
+impl<T: Copy + PartialEq> SlotTable<T> {
+    /// Every slot with `value`.
+    pub fn new(value: T) -> SlotTable<T> {
+        SlotTable {
+            runs: vec![SlotRun {
+                first: 0,
+                last: SLOTS - 1,
+                value,
+            }],
+        }
+    }
+
+    /// The runs, in slot order.
+    pub fn runs(&self) -> &[SlotRun<T>] {
+        &self.runs
+    }
+
+    /// The value of `slot` (any `u16`: taken mod [`SLOTS`]).
+    pub fn get(&self, slot: u16) -> T {
+        let slot = slot % SLOTS;
+        let at = self.runs.partition_point(|r| r.last < slot);
+        self.runs[at].value
+    }
+
+    /// Gives slots `first..=last` `value`.
+    pub fn set(&mut self, first: u16, last: u16, value: T) -> Result<(), MapError> {
+        if first > last || last >= SLOTS {
+            return Err(MapError::BadRange { first, last });
+        }
+        let mut runs = Vec::with_capacity(self.runs.len() + 2);
+        let cut = |r: &SlotRun<T>, first, last| SlotRun { first, last, ..*r };
+        for r in &self.runs {
+            if r.first < first {
+                runs.push(cut(r, r.first, r.last.min(first - 1)));
+            }
+            if r.first <= first && first <= r.last {
+                runs.push(SlotRun { first, last, value });
+            }
+            if r.last > last {
+                runs.push(cut(r, r.first.max(last + 1), r.last));
+            }
+        }
+        runs.dedup_by(|next, prev| {
+            let same = prev.value == next.value;
+            if same {
+                prev.last = next.last;
+            }
+            same
+        });
+        self.runs = runs;
+        Ok(())
+    }
+}
+
+/// Which group serves each slot. Every change raises the version, so a
+/// client that cached the map can tell an older map from a newer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotMap {
+    version: u64,
+    table: SlotTable<GroupId>,
+}
+
 impl SlotMap {
     /// Every slot spread over `groups` in equal runs, in the order given, as
     /// `redis-cli --cluster create` spreads them over masters (three groups:
     /// 0-5460, 5461-10922, 10923-16383). Version 1.
     pub fn even(groups: &[GroupId]) -> Result<SlotMap, MapError> {
-        if groups.is_empty() {
-            return Err(MapError::NoGroups);
-        }
+        let (&last_group, _) = groups.split_last().ok_or(MapError::NoGroups)?;
+        let mut table = SlotTable::new(last_group);
         let per_group = f64::from(SLOTS) / groups.len() as f64;
-        let mut ranges = Vec::with_capacity(groups.len());
         let mut first = 0u16;
-        for (i, &group) in groups.iter().enumerate() {
-            let end = ((i + 1) as f64 * per_group - 1.0).round() as u16;
-            let last = if i + 1 == groups.len() {
-                SLOTS - 1
-            } else {
-                end
-            };
-            ranges.push(SlotRange { first, last, group });
+        for (i, &group) in groups.iter().enumerate().take(groups.len() - 1) {
+            let last = ((i + 1) as f64 * per_group - 1.0).round() as u16;
+            table.set(first, last, group)?;
             first = last + 1;
         }
-        Ok(SlotMap { version: 1, ranges })
+        Ok(SlotMap { version: 1, table })
     }
 
     /// The version: 1 for a new map, one more with every change.
@@ -95,14 +152,12 @@ impl SlotMap {
 
     /// The ranges, in slot order.
     pub fn ranges(&self) -> &[SlotRange] {
-        &self.ranges
+        self.table.runs()
     }
 
     /// The group that serves `slot` (any `u16`: taken mod [`SLOTS`]).
     pub fn group_of(&self, slot: u16) -> GroupId {
-        let slot = slot % SLOTS;
-        let at = self.ranges.partition_point(|r| r.last < slot);
-        self.ranges[at].group
+        self.table.get(slot)
     }
 
     /// The group that serves `key`.
@@ -112,30 +167,7 @@ impl SlotMap {
 
     /// Gives slots `first..=last` to `group`, and raises the version.
     pub fn assign(&mut self, first: u16, last: u16, group: GroupId) -> Result<(), MapError> {
-        if first > last || last >= SLOTS {
-            return Err(MapError::BadRange { first, last });
-        }
-        let mut ranges = Vec::with_capacity(self.ranges.len() + 2);
-        let cut = |r: &SlotRange, first, last| SlotRange { first, last, ..*r };
-        for r in &self.ranges {
-            if r.first < first {
-                ranges.push(cut(r, r.first, r.last.min(first - 1)));
-            }
-            if r.first <= first && first <= r.last {
-                ranges.push(SlotRange { first, last, group });
-            }
-            if r.last > last {
-                ranges.push(cut(r, r.first.max(last + 1), r.last));
-            }
-        }
-        ranges.dedup_by(|next, prev| {
-            let same = prev.group == next.group;
-            if same {
-                prev.last = next.last;
-            }
-            same
-        });
-        self.ranges = ranges;
+        self.table.set(first, last, group)?;
         self.version += 1;
         Ok(())
     }
@@ -180,7 +212,7 @@ mod tests {
         let runs: Vec<_> = map
             .ranges()
             .iter()
-            .map(|r| (r.first, r.last, r.group))
+            .map(|r| (r.first, r.last, r.value))
             .collect();
         assert_eq!(runs, [(0, 5460, 1), (5461, 10922, 2), (10923, 16383, 3)]);
         assert_eq!(map.version(), 1);
@@ -194,7 +226,7 @@ mod tests {
             [SlotRange {
                 first: 0,
                 last: 16383,
-                group: 7
+                value: 7
             }]
         );
     }
@@ -242,7 +274,7 @@ mod tests {
             );
             for pair in ranges.windows(2) {
                 assert_eq!(pair[0].last + 1, pair[1].first);
-                assert_ne!(pair[0].group, pair[1].group, "neighbours are merged");
+                assert_ne!(pair[0].value, pair[1].value, "neighbours are merged");
             }
         }
     }

@@ -350,7 +350,7 @@ impl Log for Cluster {
 /// it.
 fn view(status: GroupStatus, shards: &Shards) -> GroupView {
     let slots = (shards.map().ranges().iter())
-        .filter(|range| range.group == status.id)
+        .filter(|range| range.value == status.id)
         .map(|range| (range.first, range.last))
         .collect();
     GroupView {
