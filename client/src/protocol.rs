@@ -680,6 +680,16 @@ pub enum ErrorCode {
     /// or a damaged file (the message gives the offset). What was written
     /// before a failure stays: flush the store before trying again.
     RestoreFailed = 20,
+    /// Sharded cluster: the key's slot is served by another group (the map
+    /// changed, or the request went to the wrong group). Nothing was done.
+    /// Refresh the map and send it to the slot's group.
+    Moved = 21,
+    /// Sharded cluster: the key's slot is moving between groups. Nothing
+    /// was done; send it again shortly.
+    TryAgain = 22,
+    /// Sharded cluster: a command's keys are in different slots. Nothing
+    /// was done; hash tags (`{user:1}:a`, `{user:1}:b`) keep keys in one.
+    CrossSlot = 23,
 }
 
 impl ErrorCode {
@@ -707,6 +717,9 @@ impl ErrorCode {
             SessionExpired,
             TooManySessions,
             RestoreFailed,
+            Moved,
+            TryAgain,
+            CrossSlot,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -724,6 +737,8 @@ impl ErrorCode {
                 | ErrorCode::NotLeader
                 | ErrorCode::OutcomeUnknown
                 | ErrorCode::Lagging
+                | ErrorCode::Moved
+                | ErrorCode::TryAgain
         )
     }
 }

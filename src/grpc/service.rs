@@ -118,9 +118,8 @@ fn respond<T>(body: T, index: Option<u64>) -> Response<T> {
 pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
     use ErrorCode::*;
     let class = match code {
-        Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger => {
-            Code::InvalidArgument
-        }
+        Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger
+        | CrossSlot => Code::InvalidArgument,
         Overflow => Code::OutOfRange,
         // The log failed (the server refuses writes until restarted; another
         // node, or this one after a restart, can serve) or the server is
@@ -130,9 +129,9 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
         TooManyConnections | TooManySessions => Code::ResourceExhausted,
         Unauthenticated | AuthFailed => Code::Unauthenticated,
         BackupFailed | ClusterFailed | SessionExpired => Code::FailedPrecondition,
-        // Cluster mode: this node cannot serve it, another can; nothing
-        // was done.
-        NotLeader | Lagging => Code::Unavailable,
+        // Cluster mode: this node cannot serve it, another can (or this
+        // one shortly); nothing was done.
+        NotLeader | Lagging | Moved | TryAgain => Code::Unavailable,
         // Cluster mode: a write whose outcome is not known.
         OutcomeUnknown => Code::Unknown,
         // A code added to the protocol after this mapping was written.

@@ -119,7 +119,7 @@ impl Group {
     ) -> Result<Group, Error> {
         let (mut log, machine) = {
             let dir = dir(settings, id);
-            tokio::task::spawn_blocking(move || open_storage(fs, &dir, engine))
+            tokio::task::spawn_blocking(move || open_storage(fs, &dir, id, engine))
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
         };
@@ -382,11 +382,12 @@ async fn is_empty(log: &mut LogStore) -> Result<bool, Error> {
 fn open_storage(
     fs: Arc<dyn Fs>,
     dir: &Path,
+    group: GroupId,
     engine: Arc<dyn Engine>,
 ) -> Result<(LogStore, StateMachine), Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let log = LogStore::open(fs.clone(), dir)?;
-    let machine = StateMachine::open(fs, dir, engine)?;
+    let machine = StateMachine::open(fs, dir, group, engine)?;
     Ok((log, machine))
 }
 

@@ -203,7 +203,7 @@ mod tests {
                 true => Arc::new(Disk::open(&dir.path().join("fjall"), 1 << 20).unwrap()),
                 false => Arc::new(Memory::new(Arc::new(Store::new(4)), Arc::default())),
             };
-            let machine = StateMachine::open(fs, dir.path(), engine).unwrap();
+            let machine = StateMachine::open(fs, dir.path(), super::FIRST_GROUP, engine).unwrap();
             Ok((dir, log, machine))
         }
     }

@@ -1,29 +1,52 @@
 //! The sharding table: which group serves each slot (the [`SlotMap`]) and
-//! which nodes each group was created on. Group 1's state machine keeps
-//! it (group 1 is the metadata group, docs/sharding.md): it changes only
-//! through group 1's log, so every node decides alike, and it is kept
-//! with the applied state (the disk engine's note, the snapshots) as the
-//! client sessions are.
+//! which nodes each group was created on, kept by group 1 (the metadata
+//! group, docs/sharding.md); and in every group, what the group itself
+//! does with each slot ([`SlotState`]), which decides each write when it
+//! is applied. It changes only through the group's log, so every node
+//! decides alike, and it is kept with the applied state (the disk engine's
+//! note, the snapshots) as the client sessions are.
 
 use std::collections::BTreeMap;
 
-use kvstore_client::slot::{GroupId, SlotMap};
+use kvstore_client::slot::{slot_of, GroupId, SlotMap, SlotTable};
 use kvstore_client::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::{Member, Outcome, FIRST_GROUP};
+use crate::storage::change::Change;
 
 /// The most groups a cluster may have: each is an openraft instance with
 /// its own log and engine on each of its nodes.
 pub const MAX_GROUPS: usize = 1024;
 
-/// The sharding table of group 1's state machine.
+/// The sharding table of a group's state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shards {
+    /// Group 1's: which group serves each slot.
     map: SlotMap,
-    /// Every group but group 1 (whose members are group 1's membership),
-    /// by id.
+    /// Group 1's: every group but group 1 (whose members are group 1's
+    /// membership), by id.
     groups: BTreeMap<GroupId, Placement>,
+    /// This group's own state of each slot.
+    own: SlotTable<SlotState>,
+}
+
+/// What a group does with a slot. Only entries of its own log change it,
+/// so a write is refused or applied alike on every node, also when the
+/// log is applied again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotState {
+    /// Another group's: writes are answered `Moved`.
+    Elsewhere,
+    /// This group's: writes are applied.
+    Serving,
+    /// Moving away: its data stays as it is at the entry that froze it, so
+    /// a copy made from any later index holds every acknowledged write;
+    /// writes are answered `TryAgain`.
+    Frozen,
+    /// Moving here: only the copy writes it; clients' writes are answered
+    /// `TryAgain`.
+    Importing,
 }
 
 /// Where a group was created.
@@ -35,16 +58,94 @@ pub struct Placement {
 }
 
 impl Default for Shards {
-    /// A cluster that is not sharded: group 1 serves every slot.
+    /// Group 1 of a cluster that is not sharded: it serves every slot.
     fn default() -> Shards {
         Shards {
             map: SlotMap::even(&[FIRST_GROUP]).expect("one group"),
             groups: BTreeMap::new(),
+            own: SlotTable::new(SlotState::Serving),
         }
     }
 }
 
+fn refused(code: ErrorCode, message: String) -> Outcome {
+    Outcome::Rejected {
+        code: code as u32,
+        message,
+    }
+}
+
 impl Shards {
+    /// The table a new replica of group `group` starts from: group 1
+    /// serves every slot, any other none.
+    pub fn of_group(group: GroupId) -> Shards {
+        let own = match group {
+            FIRST_GROUP => SlotState::Serving,
+            _ => SlotState::Elsewhere,
+        };
+        Shards {
+            own: SlotTable::new(own),
+            ..Shards::default()
+        }
+    }
+
+    /// This group's state of `slot`.
+    pub fn state(&self, slot: u16) -> SlotState {
+        self.own.get(slot)
+    }
+
+    /// Gives this group's slots `first..=last` the state `state`.
+    pub fn set_state(&mut self, first: u16, last: u16, state: SlotState) -> Outcome {
+        match self.own.set(first, last, state) {
+            Ok(()) => Outcome::Stored,
+            Err(e) => refused(ErrorCode::Malformed, e.to_string()),
+        }
+    }
+
+    /// Whether this group may apply a client's write `change`: its keys
+    /// all in slots the group serves, and, unless it serves every slot (a
+    /// cluster that is not sharded), all in one slot. The refusal
+    /// otherwise.
+    pub fn admit(&self, change: &Change) -> Result<(), Outcome> {
+        let serves_all = self.own.runs().len() == 1 && self.state(0) == SlotState::Serving;
+        match serves_all {
+            true => Ok(()),
+            false => self.admit_keys(change.keys()),
+        }
+    }
+
+    fn admit_keys<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<(), Outcome> {
+        let mut first_slot = None;
+        for key in keys {
+            let slot = slot_of(key);
+            match *first_slot.get_or_insert(slot) == slot {
+                true => {}
+                false => {
+                    return Err(refused(
+                        ErrorCode::CrossSlot,
+                        "the keys are in different slots".into(),
+                    ))
+                }
+            }
+            match self.state(slot) {
+                SlotState::Serving => {}
+                SlotState::Elsewhere => {
+                    return Err(refused(
+                        ErrorCode::Moved,
+                        format!("slot {slot} is served by another group"),
+                    ))
+                }
+                SlotState::Frozen | SlotState::Importing => {
+                    return Err(refused(
+                        ErrorCode::TryAgain,
+                        format!("slot {slot} is moving between groups"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Which group serves each slot.
     pub fn map(&self) -> &SlotMap {
         &self.map
@@ -110,5 +211,45 @@ mod tests {
             Outcome::Rejected { .. }
         ));
         assert_eq!(shards.groups().len(), 2);
+    }
+
+    fn code(result: Result<(), Outcome>) -> Option<u32> {
+        match result {
+            Ok(()) => None,
+            Err(Outcome::Rejected { code, .. }) => Some(code),
+            Err(other) => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_group_applies_writes_only_to_the_slots_it_serves() {
+        let key = |k: &'static str| (k.as_bytes(), slot_of(k.as_bytes()));
+        let ((a, sa), (b, sb)) = (key("{user1}:a"), key("{user2}:b"));
+        assert_ne!(sa, sb);
+        // Group 1 of a cluster that is not sharded takes any keys at all.
+        let all = Shards::of_group(FIRST_GROUP);
+        let both = Change::Write(crate::storage::op::WriteOp::DeleteMany {
+            keys: vec![a.to_vec().into(), b.to_vec().into()],
+        });
+        assert_eq!(code(all.admit(&both)), None);
+
+        let mut group = Shards::of_group(FIRST_GROUP + 1);
+        assert_eq!(code(group.admit_keys([a])), Some(ErrorCode::Moved as u32));
+        assert_eq!(group.set_state(sa, sa, SlotState::Serving), Outcome::Stored);
+        assert_eq!(code(group.admit_keys([a, a])), None);
+        assert_eq!(code(group.admit_keys([b])), Some(ErrorCode::Moved as u32));
+        let cross = group.admit(&both);
+        assert_eq!(code(cross), Some(ErrorCode::CrossSlot as u32));
+        for state in [SlotState::Frozen, SlotState::Importing] {
+            group.set_state(sa, sa, state);
+            assert_eq!(
+                code(group.admit_keys([a])),
+                Some(ErrorCode::TryAgain as u32)
+            );
+        }
+        // Keyless writes (a flush) are the group's own business.
+        assert_eq!(code(group.admit_keys([])), None);
+        let bad = group.set_state(5, 4, SlotState::Serving);
+        assert!(matches!(bad, Outcome::Rejected { .. }));
     }
 }

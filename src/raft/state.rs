@@ -53,6 +53,7 @@ use crate::storage::change::{BatchView, Change, Resolved};
 use crate::storage::fs::Fs;
 use crate::storage::store::Applied as Done;
 use crate::storage::{record, snapshot, sync_dir, write_synced};
+use kvstore_client::slot::GroupId;
 
 /// What an engine that keeps its data keeps with each entry's writes.
 #[derive(Debug, Serialize)]
@@ -183,10 +184,14 @@ impl StateMachine {
     pub fn open(
         fs: Arc<dyn Fs>,
         dir: &Path,
+        group: GroupId,
         engine: Arc<dyn Engine>,
     ) -> Result<StateMachine, Error> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            shards: Shards::of_group(group),
+            ..Applied::default()
+        };
         if let Some(note) = engine.note()? {
             let note = KeptNote::decode(&note)?;
             applied.last_applied = note.last_applied;
@@ -353,19 +358,26 @@ impl StateMachine {
             };
             let mut entry_steps = Vec::with_capacity(changes.len());
             for change in changes {
-                if let Change::AddGroup { members } = change {
-                    entry_steps.push(Step::Answer(applied.shards.add_group(members)));
-                    reshaped = true;
-                    position += 1;
-                    continue;
-                }
-                let step = step(
-                    change,
-                    &mut applied.sessions,
-                    &mut view,
-                    &mut seen,
-                    position,
-                );
+                let step = match change {
+                    Change::AddGroup { members } => {
+                        reshaped = true;
+                        Step::Answer(applied.shards.add_group(members))
+                    }
+                    Change::SetSlots { first, last, state } => {
+                        reshaped = true;
+                        Step::Answer(applied.shards.set_state(first, last, state))
+                    }
+                    change => match applied.shards.admit(&change) {
+                        Err(refusal) => Step::Answer(refusal),
+                        Ok(()) => step(
+                            change,
+                            &mut applied.sessions,
+                            &mut view,
+                            &mut seen,
+                            position,
+                        ),
+                    },
+                };
                 entry_steps.push(step);
                 position += 1;
             }
@@ -761,11 +773,13 @@ mod tests {
     use super::*;
     use crate::engine::disk::Disk;
     use crate::engine::memory::Memory;
+    use crate::raft::shards::SlotState;
     use crate::raft::Batch;
     use crate::storage::change::Change;
     use crate::storage::fs::RealFs;
     use crate::storage::op::WriteOp;
     use crate::storage::store::Store;
+    use kvstore_client::ErrorCode;
 
     fn disk(dir: &Path) -> Arc<dyn Engine> {
         Arc::new(Disk::open(&dir.join("fjall"), 1 << 20).unwrap())
@@ -776,7 +790,11 @@ mod tests {
     }
 
     fn open(dir: &Path, engine: Arc<dyn Engine>) -> StateMachine {
-        StateMachine::open(Arc::new(RealFs), dir, engine).unwrap()
+        open_group(dir, crate::raft::FIRST_GROUP, engine)
+    }
+
+    fn open_group(dir: &Path, group: GroupId, engine: Arc<dyn Engine>) -> StateMachine {
+        StateMachine::open(Arc::new(RealFs), dir, group, engine).unwrap()
     }
 
     fn log_id(index: u64) -> LogId<u64> {
@@ -1013,5 +1031,49 @@ mod tests {
             (tables.sessions, tables.shards),
             (sessions, Shards::default())
         );
+    }
+    fn set_slots(first: u16, last: u16, state: SlotState) -> Change {
+        Change::SetSlots { first, last, state }
+    }
+
+    fn code(outcome: &Outcome) -> Option<ErrorCode> {
+        match outcome {
+            Outcome::Rejected { code, .. } => ErrorCode::from_code(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_group_writes_only_the_slots_its_log_gave_it_across_restarts() {
+        for on_disk in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let make = |dir: &Path| if on_disk { disk(dir) } else { memory() };
+            let machine = open_group(dir.path(), 2, make(dir.path()));
+            let slot = kvstore_client::slot::slot_of(b"n");
+            let entries = || {
+                vec![
+                    entry(1, vec![incr("n")]),
+                    entry(
+                        2,
+                        vec![set_slots(slot, slot, SlotState::Serving), incr("n")],
+                    ),
+                    entry(3, vec![set_slots(slot, slot, SlotState::Frozen), incr("n")]),
+                ]
+            };
+            let answers: Vec<_> = outcomes(&machine, entries()).iter().map(code).collect();
+            let (moved, tried) = (Some(ErrorCode::Moved), Some(ErrorCode::TryAgain));
+            assert_eq!(answers, [moved, None, None, None, tried]);
+            assert_eq!(get(&machine, "n").as_deref(), Some("1"));
+            // After a restart the disk engine's note has the slot frozen;
+            // the memory engine gets there as openraft applies the log again.
+            drop(machine);
+            let machine = open_group(dir.path(), 2, make(dir.path()));
+            if !on_disk {
+                outcomes(&machine, entries());
+            }
+            let again = outcomes(&machine, vec![entry(4, vec![incr("n")])]);
+            assert_eq!(code(&again[0]), tried, "on disk: {on_disk}");
+            assert_eq!(get(&machine, "n").as_deref(), Some("1"));
+        }
     }
 }

@@ -68,6 +68,13 @@ pub enum Change {
     AddGroup {
         members: std::collections::BTreeMap<u64, crate::raft::Member>,
     },
+    /// Cluster mode: what this group does with slots `first..=last` from
+    /// this entry on (`crate::raft::shards`).
+    SetSlots {
+        first: u16,
+        last: u16,
+        state: crate::raft::shards::SlotState,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -117,6 +124,21 @@ impl Change {
         !matches!(self, Change::Write(_))
     }
 
+    /// The keys it writes: what decides its slot in a sharded cluster.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            Change::Write(op) => op.keys(),
+            Change::SetIf { key, .. }
+            | Change::GetDel { key }
+            | Change::Incr { key, .. }
+            | Change::Append { key, .. } => vec![key],
+            Change::Once { change, .. } => change.keys(),
+            Change::OpenSession { .. } | Change::AddGroup { .. } | Change::SetSlots { .. } => {
+                Vec::new()
+            }
+        }
+    }
+
     /// Roughly how many bytes it takes in the log, for batching decisions.
     pub fn approx_len(&self) -> usize {
         match self {
@@ -127,6 +149,7 @@ impl Change {
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } => 32 + 64 * members.len(),
+            Change::SetSlots { .. } => 32,
             Change::Once { change, .. } => 48 + change.approx_len(),
         }
     }
@@ -230,10 +253,12 @@ impl Change {
                     message: "client sessions are served in cluster mode only".into(),
                 }))
             }
-            Change::AddGroup { .. } => Resolved::Answer(Err(Error::Rejected {
-                code: ErrorCode::ClusterFailed,
-                message: "groups are for cluster mode only".into(),
-            })),
+            Change::AddGroup { .. } | Change::SetSlots { .. } => {
+                Resolved::Answer(Err(Error::Rejected {
+                    code: ErrorCode::ClusterFailed,
+                    message: "groups are for cluster mode only".into(),
+                }))
+            }
         })
     }
 }

@@ -33,6 +33,16 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// The keys it writes (none for `Clear`).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            WriteOp::Set { key, .. } | WriteOp::Delete { key } => vec![key],
+            WriteOp::BulkSet { items } => items.iter().map(|(key, _)| &key[..]).collect(),
+            WriteOp::DeleteMany { keys } => keys.iter().map(|key| &key[..]).collect(),
+            WriteOp::Clear => Vec::new(),
+        }
+    }
+
     /// A `Set` of text, for tests.
     #[cfg(test)]
     pub(crate) fn set(key: &str, value: &str) -> WriteOp {
