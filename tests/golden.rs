@@ -179,6 +179,18 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "cluster-set-slots-request",
+            rq(
+                24,
+                Command::Cluster(ClusterRequest::SetSlots {
+                    group: 2,
+                    first: 0,
+                    last: 99,
+                    state: kvstore_client::slot::SlotState::Serving,
+                }),
+            ),
+        ),
+        (
             "indexed-request",
             rq(
                 22,

@@ -322,6 +322,19 @@ pub enum ClusterRequest {
         /// The nodes' ids.
         nodes: Vec<u64>,
     },
+    /// Tag 6. Sets what group `group` does with slots `first..=last` (on
+    /// any node: it goes to the group's leader). An operator's tool, as
+    /// Redis's `CLUSTER SETSLOT`; the slot move uses the same steps.
+    SetSlots {
+        /// The group.
+        group: u64,
+        /// The first slot.
+        first: u16,
+        /// The last slot, included.
+        last: u16,
+        /// From now on.
+        state: crate::slot::SlotState,
+    },
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).

@@ -28,6 +28,24 @@ fn hash_tag(key: &[u8]) -> Option<&[u8]> {
 /// A Raft group's id.
 pub type GroupId = u64;
 
+/// What a group does with a slot (docs/sharding.md). Only entries of the
+/// group's own log change it, so a write is refused or applied alike on
+/// every node, also when the log is applied again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotState {
+    /// Tag 0. Another group's: writes are answered `Moved`.
+    Elsewhere,
+    /// Tag 1. This group's: writes are applied.
+    Serving,
+    /// Tag 2. Moving away: its data stays as it is at the entry that froze
+    /// it, so a copy made from any later index holds every acknowledged
+    /// write; writes are answered `TryAgain`.
+    Frozen,
+    /// Tag 3. Moving here: only the copy writes it; clients' writes are
+    /// answered `TryAgain`.
+    Importing,
+}
+
 /// Slots `first..=last`, all with the same `value`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotRun<T> {

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::peer_tls::PeerTls;
-use super::{Member, Raft, TypeConfig};
+use super::{Batch, Member, Outcomes, Raft, TypeConfig};
 
 /// The largest raft message: far above one AppendEntries of
 /// `log::MAX_READ_BYTES` or one snapshot chunk, and above the largest single
@@ -75,18 +75,35 @@ pub enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Node `from` asks the group to write `batch` (a cluster command for a
+    /// group it does not lead): done if this node leads the group.
+    Propose {
+        from: u64,
+        batch: Batch,
+    },
 }
 
 impl Rpc {
-    /// The node that sent it: the leader or the candidate its vote names.
+    /// The node that sent it: the leader or the candidate its vote names,
+    /// or the proposing node.
     pub fn sender(&self) -> Option<u64> {
         let vote = match self {
             Rpc::Append(rpc) => &rpc.vote,
             Rpc::Vote(rpc) => &rpc.vote,
             Rpc::Snapshot(rpc) => &rpc.vote,
+            Rpc::Propose { from, .. } => return Some(*from),
         };
         vote.leader_id().voted_for()
     }
+}
+
+/// Why a node did not write a [`Rpc::Propose`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Refusal {
+    /// It does not lead the group; the leader it knows of.
+    NotLeader(Option<u64>),
+    /// The group could not write it; why.
+    Failed(String),
 }
 
 /// The answer to an [`Rpc`], with the peer's raft error if it refused it.
@@ -97,6 +114,8 @@ pub enum RpcReply {
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// The node runs no such group (yet, or any more).
     NoGroup(GroupId),
+    /// What a [`Rpc::Propose`] did: each change's outcome.
+    Proposed(Result<Outcomes, Refusal>),
 }
 
 /// The groups this node runs, by id: where [`serve`] hands each message.
@@ -337,6 +356,53 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// Writes `batch` through `raft` if this node leads its group.
+pub async fn propose(raft: &Raft, batch: Batch) -> Result<Outcomes, Refusal> {
+    match raft.client_write(batch).await {
+        Ok(written) => Ok(written.data),
+        Err(e) => match e.forward_to_leader::<Member>() {
+            Some(forward) => Err(Refusal::NotLeader(forward.leader_id)),
+            None => Err(Refusal::Failed(e.to_string())),
+        },
+    }
+}
+
+impl Network {
+    /// Asks node `target`, at raft address `addr`, to write `batch` in this
+    /// network's group ([`Rpc::Propose`]), from node `from`.
+    pub async fn propose(
+        &self,
+        target: u64,
+        addr: String,
+        from: u64,
+        batch: Batch,
+    ) -> std::io::Result<RpcReply> {
+        let peer = Peer {
+            target,
+            addr,
+            network: self.clone(),
+        };
+        let rpc = Rpc::Propose { from, batch };
+        peer.call(rpc, PROPOSE_TIMEOUT).await.map_err(|e| match e {
+            Failed::Unreachable(e) | Failed::Network(e) => e,
+        })
+    }
+
+    /// Where this node reaches node `id`: the address it was given for
+    /// it, else `known`.
+    pub fn address_of(&self, id: u64, known: &str) -> String {
+        self.links
+            .dial
+            .get(&id)
+            .map_or(known, |a| a.as_str())
+            .to_string()
+    }
+}
+
+/// How long a proposal to another node may take: a commit, not a
+/// heartbeat.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Answers raft messages on `listener` until `shutdown`; with `tls`, only
 /// from peers that authenticate as members ([`PeerTls`]).
 pub async fn serve(
@@ -438,6 +504,9 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             (Some(raft), Rpc::Vote(rpc)) => RpcReply::Vote(raft.vote(rpc).await),
             (Some(raft), Rpc::Snapshot(rpc)) => {
                 RpcReply::Snapshot(raft.install_snapshot(rpc).await)
+            }
+            (Some(raft), Rpc::Propose { batch, .. }) => {
+                RpcReply::Proposed(propose(&raft, batch).await)
             }
         };
         let body = match kvstore_client::codec::encode(&reply) {

@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::group::{self, cluster_failed, Group, GroupStatus};
-use super::network::{self, Network, Rafts};
+use super::network::{self, Network, Rafts, Refusal, RpcReply};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
-use super::shards::{Placement, Shards};
-use super::{Member, FIRST_GROUP};
+use super::shards::{Placement, Shards, SlotState};
+use super::{Batch, Member, Outcome, FIRST_GROUP};
 use crate::commit::LogFigures;
 use crate::engine::Engine;
 use crate::error::Error;
@@ -93,6 +93,10 @@ struct Starter {
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
+
+/// Rounds of asking a group's nodes to take a proposal, while it elects a
+/// leader.
+const PROPOSE_ROUNDS: usize = 10;
 
 /// Nodes a group is created on unless the command names them.
 const GROUP_REPLICAS: usize = 3;
@@ -246,6 +250,12 @@ impl Cluster {
             ClusterRequest::Promote { id } => first.promote(id).await?,
             ClusterRequest::Remove { id } => first.remove(id).await?,
             ClusterRequest::AddGroup { nodes } => self.add_group(&first, nodes).await?,
+            ClusterRequest::SetSlots {
+                group,
+                first,
+                last,
+                state,
+            } => self.set_slots(group, first, last, state).await?,
         }
         Ok(self.status())
     }
@@ -278,6 +288,99 @@ impl Cluster {
         Err(cluster_failed(format!(
             "group {id} was created but has no leader after {NEW_GROUP_LEADER_WAIT:?}"
         )))
+    }
+
+    /// Writes `changes` in group `group`'s log, wherever its leader is:
+    /// here, or on another node over the raft port (trying the group's
+    /// nodes until one leads or names the leader; a few rounds). Each
+    /// change's outcome. For idempotent changes only: a proposal whose
+    /// answer was lost may have been applied, and is sent again.
+    async fn propose(&self, group: GroupId, changes: Vec<Change>) -> Result<Vec<Outcome>, Error> {
+        let nodes = self.nodes_of(group)?;
+        let local = self.groups.read().get(&group).cloned();
+        let mut next = local.as_ref().and_then(|g| g.status().leader);
+        let mut last_error = String::from("no node answered");
+        for round in 0..PROPOSE_ROUNDS {
+            let order = next.take().into_iter().chain(nodes.keys().copied());
+            for id in order.collect::<Vec<_>>() {
+                let batch = Batch(changes.clone());
+                let reply = match (&local, id == self.settings.id) {
+                    (Some(local), true) => network::propose(local.raft(), batch).await,
+                    _ => self.ask(group, id, &nodes[&id], batch).await,
+                };
+                match reply {
+                    Ok(outcomes) => return Ok(outcomes.0),
+                    Err(Refusal::NotLeader(Some(leader))) if leader != id => {
+                        next = Some(leader);
+                        break;
+                    }
+                    Err(Refusal::NotLeader(_)) => {
+                        last_error = format!("node {id} does not lead it")
+                    }
+                    Err(Refusal::Failed(e)) => last_error = e,
+                }
+            }
+            if next.is_none() && round + 1 < PROPOSE_ROUNDS {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Err(cluster_failed(format!(
+            "group {group} took no proposal: {last_error}"
+        )))
+    }
+
+    /// Asks node `id` (`member`) to write `batch` in group `group`.
+    async fn ask(
+        &self,
+        group: GroupId,
+        id: u64,
+        member: &Member,
+        batch: Batch,
+    ) -> Result<super::Outcomes, Refusal> {
+        let network = self.starter.network.for_group(group);
+        let addr = network.address_of(id, &member.raft_addr);
+        match network.propose(id, addr, self.settings.id, batch).await {
+            Ok(RpcReply::Proposed(reply)) => reply,
+            Ok(other) => Err(Refusal::Failed(format!("node {id} answered {other:?}"))),
+            Err(e) => Err(Refusal::Failed(format!("node {id}: {e}"))),
+        }
+    }
+
+    /// The nodes of group `group` with their addresses: group 1's
+    /// membership, or where the sharding table placed another group.
+    fn nodes_of(&self, group: GroupId) -> Result<BTreeMap<u64, Member>, Error> {
+        if group == FIRST_GROUP {
+            let members = self.first().status().members.into_iter();
+            return Ok(members
+                .map(|m| {
+                    let member = Member {
+                        raft_addr: m.raft_addr,
+                        client_addr: m.addr,
+                    };
+                    (m.id, member)
+                })
+                .collect());
+        }
+        let shards = self.first().shards().borrow().clone();
+        (shards.groups().get(&group))
+            .map(|placement| placement.members.clone())
+            .ok_or_else(|| cluster_failed(format!("there is no group {group}")))
+    }
+
+    /// `SetSlots`: what group `group` does with slots `first..=last`.
+    async fn set_slots(
+        &self,
+        group: GroupId,
+        first: u16,
+        last: u16,
+        state: SlotState,
+    ) -> Result<(), Error> {
+        let change = Change::SetSlots { first, last, state };
+        let outcomes = self.propose(group, vec![change]).await?;
+        match outcomes.into_iter().next() {
+            Some(outcome) => outcome.into_result().map(|_| ()),
+            None => Err(cluster_failed("SetSlots got no outcome")),
+        }
     }
 
     /// This node's view of the cluster: group 1's, and every group's it

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+pub use kvstore_client::slot::SlotState;
 use kvstore_client::slot::{slot_of, GroupId, SlotMap, SlotTable};
 use kvstore_client::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -29,24 +30,6 @@ pub struct Shards {
     groups: BTreeMap<GroupId, Placement>,
     /// This group's own state of each slot.
     own: SlotTable<SlotState>,
-}
-
-/// What a group does with a slot. Only entries of its own log change it,
-/// so a write is refused or applied alike on every node, also when the
-/// log is applied again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SlotState {
-    /// Another group's: writes are answered `Moved`.
-    Elsewhere,
-    /// This group's: writes are applied.
-    Serving,
-    /// Moving away: its data stays as it is at the entry that froze it, so
-    /// a copy made from any later index holds every acknowledged write;
-    /// writes are answered `TryAgain`.
-    Frozen,
-    /// Moving here: only the copy writes it; clients' writes are answered
-    /// `TryAgain`.
-    Importing,
 }
 
 /// Where a group was created.

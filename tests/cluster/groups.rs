@@ -3,7 +3,7 @@
 
 use kvstore::raft::network::RpcReply;
 use kvstore::raft::FIRST_GROUP;
-use kvstore_client::GroupView;
+use kvstore_client::{ErrorCode, GroupView};
 
 use super::common::cli_ok;
 use super::peer_tls::ask_vote;
@@ -95,4 +95,48 @@ fn groups_added_to_a_cluster_elect_leaders_and_restart_with_their_nodes() {
     wait_for_group(&nodes, FIRST_GROUP, &[1, 2, 3]);
     wait_for_group(&nodes, FIRST_GROUP + 1, &[1, 2, 3]);
     wait_for_group(&nodes, FIRST_GROUP + 2, &[1, 3]);
+}
+
+/// The error code of a reply, if it is an error.
+fn code_of(reply: Option<Reply>) -> Option<u32> {
+    match reply {
+        Some(Reply::Error { code, .. }) => Some(code),
+        _ => None,
+    }
+}
+
+#[test]
+fn set_slots_reaches_a_group_s_leader_and_decides_each_write_as_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,3"]);
+    let slot = kvstore_client::slot::slot_of(b"k").to_string();
+    let set_slots = |via: &Spec, group: &str, slots: &str, state: &str| {
+        let args = ["cluster", "set-slots", "--group", group, "--slots", slots];
+        cli(via.addr, &[&args[..], &["--state", state]].concat())
+    };
+    // Node 2 runs no group 2, and a follower does not lead group 1: both
+    // hand the change on to the group's leader.
+    let follower = nodes.iter().find(|n| n.id != leader.id).unwrap();
+    assert!(set_slots(&nodes[1], "2", &slot, "serving").status.success());
+    let write = |key: &str| code_of(try_call(leader.addr, cmd::set(key, "v")));
+    for (state, answer) in [
+        ("frozen", Some(ErrorCode::TryAgain as u32)),
+        ("elsewhere", Some(ErrorCode::Moved as u32)),
+        ("serving", None),
+    ] {
+        assert!(set_slots(follower, "1", &slot, state).status.success());
+        assert_eq!(write("k"), answer, "slot of k {state} in group 1");
+        assert_eq!(write("other"), None, "another slot is untouched");
+        // Group 1 serves every slot but one while k's is away: multi-key
+        // writes must stay in one slot then.
+        let both = cmd::bulk_set([("{a}1", "v"), ("{b}2", "v")]);
+        let cross = code_of(try_call(leader.addr, both));
+        let expected = (state != "serving").then_some(ErrorCode::CrossSlot as u32);
+        assert_eq!(cross, expected, "slot of k {state}");
+    }
+    for (group, slots) in [("9", "1"), ("1", "5-4"), ("1", "16384")] {
+        let refused = set_slots(follower, group, slots, "serving");
+        assert!(!refused.status.success(), "group {group} slots {slots}");
+    }
 }

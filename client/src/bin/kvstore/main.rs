@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kvstore_client::{
-    addr::DEFAULT_ADDR, BackupSummary, Client, ClusterMember, ClusterRequest, ClusterStatus, Error,
-    GroupView, Reads, ScanQuery,
+    addr::DEFAULT_ADDR, slot::SlotState, BackupSummary, Client, ClusterMember, ClusterRequest,
+    ClusterStatus, Error, GroupView, Reads, ScanQuery,
 };
 
 use output::Output;
@@ -175,6 +175,40 @@ enum ClusterCmd {
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<u64>,
     },
+    /// Set what a group does with slots, as Redis's CLUSTER SETSLOT (an
+    /// operator's tool: moving slots uses the same steps).
+    SetSlots {
+        /// The group.
+        #[arg(long)]
+        group: u64,
+        /// The slots: one (`42`) or a range (`0-5460`).
+        #[arg(long, value_parser = parse_slots)]
+        slots: (u16, u16),
+        /// serving, elsewhere, frozen or importing.
+        #[arg(long, value_parser = parse_slot_state)]
+        state: SlotState,
+    },
+}
+
+/// `A-B` or `A`: a slot range.
+fn parse_slots(text: &str) -> Result<(u16, u16), String> {
+    let number = |s: &str| s.trim().parse::<u16>().map_err(|e| format!("{s:?}: {e}"));
+    match text.split_once('-') {
+        Some((first, last)) => Ok((number(first)?, number(last)?)),
+        None => number(text).map(|slot| (slot, slot)),
+    }
+}
+
+fn parse_slot_state(text: &str) -> Result<SlotState, String> {
+    match text {
+        "serving" => Ok(SlotState::Serving),
+        "elsewhere" => Ok(SlotState::Elsewhere),
+        "frozen" => Ok(SlotState::Frozen),
+        "importing" => Ok(SlotState::Importing),
+        other => Err(format!(
+            "{other:?}: one of serving, elsewhere, frozen, importing"
+        )),
+    }
 }
 
 /// How `scan` and `range` walk their pairs.
@@ -319,6 +353,16 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
         ClusterCmd::Promote { id } => ClusterRequest::Promote { id },
         ClusterCmd::Remove { id } => ClusterRequest::Remove { id },
         ClusterCmd::AddGroup { nodes } => ClusterRequest::AddGroup { nodes },
+        ClusterCmd::SetSlots {
+            group,
+            slots: (first, last),
+            state,
+        } => ClusterRequest::SetSlots {
+            group,
+            first,
+            last,
+            state,
+        },
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
