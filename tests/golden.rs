@@ -260,6 +260,7 @@ fn examples() -> Vec<(&'static str, Message)> {
                         applied_index: Some(5),
                         purged_index: Some(3),
                         voters: vec![1],
+                        keys: 42,
                         slots: vec![(0, 16_383)],
                     }],
                 })),

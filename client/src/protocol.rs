@@ -380,6 +380,8 @@ pub struct GroupView {
     pub purged_index: Option<u64>,
     /// The group's voters.
     pub voters: Vec<u64>,
+    /// The keys in this node's copy of the group's data.
+    pub keys: u64,
     /// The slots the group serves, as inclusive ranges, as this node's
     /// copy of the sharding table has them.
     pub slots: Vec<(u16, u16)>,

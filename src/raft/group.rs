@@ -54,6 +54,8 @@ pub struct Group {
     /// See [`Group::is_fresh`] (read from the storage: openraft's metrics
     /// are not loaded yet right after it starts).
     fresh: bool,
+    /// The group's data on this node, for its figures.
+    engine: Arc<dyn Engine>,
 }
 
 /// One group's role, term and members as this node sees them.
@@ -66,6 +68,7 @@ pub struct GroupStatus {
     pub applied_index: Option<u64>,
     pub purged_index: Option<u64>,
     pub members: Vec<ClusterMember>,
+    pub keys: u64,
 }
 
 pub(super) fn cluster_failed(message: impl Into<String>) -> Error {
@@ -118,7 +121,7 @@ impl Group {
         tracker: &TaskTracker,
     ) -> Result<Group, Error> {
         let (mut log, machine) = {
-            let dir = dir(settings, id);
+            let (dir, engine) = (dir(settings, id), engine.clone());
             tokio::task::spawn_blocking(move || open_storage(fs, &dir, id, engine))
                 .await
                 .map_err(|e| Error::Config(format!("raft storage task failed: {e}")))??
@@ -144,6 +147,7 @@ impl Group {
             store_index,
             shards,
             fresh,
+            engine,
         })
     }
 
@@ -300,6 +304,7 @@ impl Group {
             applied_index: metrics.last_applied.map(|l| l.index),
             purged_index: metrics.purged.map(|l| l.index),
             members,
+            keys: self.engine.len(),
         }
     }
 

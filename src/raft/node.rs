@@ -467,6 +467,7 @@ fn view(status: GroupStatus, shards: &Shards) -> GroupView {
             .filter(|m| m.voter)
             .map(|m| m.id)
             .collect(),
+        keys: status.keys,
         slots,
     }
 }

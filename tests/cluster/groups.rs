@@ -74,6 +74,10 @@ fn groups_added_to_a_cluster_elect_leaders_and_restart_with_their_nodes() {
     let refused = cli(leader.addr, &["cluster", "add-group", "--nodes", "1,9"]);
     assert!(!refused.status.success(), "a node outside the cluster");
 
+    for i in 0..10 {
+        let reply = try_call(leader.addr, cmd::set(format!("k{i}"), "v"));
+        assert_eq!(reply, Some(Reply::Ok));
+    }
     let table = cli_ok(leader.addr, &["cluster", "status", "--output", "json"]);
     let table: serde_json::Value = serde_json::from_str(&table).unwrap();
     let groups = table["groups"].as_array().unwrap();
@@ -82,6 +86,8 @@ fn groups_added_to_a_cluster_elect_leaders_and_restart_with_their_nodes() {
     assert_eq!(slots[0].1, &serde_json::json!(["0-16383"]), "{table}");
     assert_eq!(slots[1].1, &serde_json::json!([]), "{table}");
     assert_eq!(groups[2]["voters"], serde_json::json!([1, 3]), "{table}");
+    let keys: Vec<_> = groups.iter().map(|g| &g["keys"]).collect();
+    assert_eq!(keys, [10, 0, 0], "{table}");
 
     // After kill -9, nodes 2 (memory engine: the table comes back as group
     // 1's log is applied again) and 3 (disk engine: from its note) start

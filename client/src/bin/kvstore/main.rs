@@ -498,6 +498,7 @@ fn groups_json(rows: &[StatusRow]) -> Vec<serde_json::Value> {
                 "leader": leading.or(g.leader),
                 "term": g.term,
                 "voters": g.voters,
+                "keys": g.keys,
                 "slots": g.slots.iter().map(|(a, b)| format!("{a}-{b}")).collect::<Vec<_>>(),
             })
         })
@@ -508,8 +509,8 @@ fn groups_json(rows: &[StatusRow]) -> Vec<serde_json::Value> {
 fn print_groups(groups: &[serde_json::Value]) {
     output::say("");
     output::say(&format!(
-        "{:>5}  {:>6}  {:>5}  {:<12}  slots",
-        "group", "leader", "term", "voters"
+        "{:>5}  {:>6}  {:>5}  {:<12}  {:>10}  slots",
+        "group", "leader", "term", "voters", "keys"
     ));
     for g in groups {
         let voters: Vec<String> = (g["voters"].as_array().into_iter().flatten())
@@ -520,11 +521,12 @@ fn print_groups(groups: &[serde_json::Value]) {
             .collect();
         let number = |v: &serde_json::Value| v.as_u64().map_or("-".into(), |n| n.to_string());
         output::say(&format!(
-            "{:>5}  {:>6}  {:>5}  {:<12}  {}",
+            "{:>5}  {:>6}  {:>5}  {:<12}  {:>10}  {}",
             number(&g["id"]),
             number(&g["leader"]),
             number(&g["term"]),
             voters.join(","),
+            number(&g["keys"]),
             match slots.is_empty() {
                 true => "-".to_string(),
                 false => slots.join(" "),
