@@ -290,9 +290,11 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
         Change::OpenSession { .. } | Change::Once { .. } => {
             Err(kvstore_client::ErrorCode::Malformed as u32)
         }
-        Change::AddGroup { .. } | Change::SetSlots { .. } => {
-            Err(kvstore_client::ErrorCode::ClusterFailed as u32)
-        }
+        Change::AddGroup { .. }
+        | Change::SetSlots { .. }
+        | Change::Assign { .. }
+        | Change::Import { .. }
+        | Change::Purge { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
     }
 }
 

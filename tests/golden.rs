@@ -191,6 +191,17 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "cluster-move-slots-request",
+            rq(
+                25,
+                Command::Cluster(ClusterRequest::MoveSlots {
+                    first: 0,
+                    last: 8191,
+                    to: 2,
+                }),
+            ),
+        ),
+        (
             "indexed-request",
             rq(
                 22,

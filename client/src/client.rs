@@ -572,7 +572,9 @@ impl Client {
         let command = Command::Cluster(request);
         let reply = match &command {
             Command::Cluster(
-                crate::ClusterRequest::AddLearner { .. } | crate::ClusterRequest::AddGroup { .. },
+                crate::ClusterRequest::AddLearner { .. }
+                | crate::ClusterRequest::AddGroup { .. }
+                | crate::ClusterRequest::MoveSlots { .. },
             ) => self.patient()?.call_once_more(command).await?,
             _ => self.call(command).await?,
         };

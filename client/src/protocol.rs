@@ -335,6 +335,17 @@ pub enum ClusterRequest {
         /// From now on.
         state: crate::slot::SlotState,
     },
+    /// Tag 7. Moves slots `first..=last`, all served by one group, to group
+    /// `to`, with their keys, while clients go on (docs/sharding.md); on
+    /// group 1's leader. Answered when the move is done.
+    MoveSlots {
+        /// The first slot.
+        first: u16,
+        /// The last slot, included.
+        last: u16,
+        /// The group that serves them afterwards.
+        to: u64,
+    },
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use kvstore_client::{ErrorCode, Reply};
 
-use super::{check_key, check_limit, error_reply};
+use super::{check_limit, check_read, error_reply};
 use crate::db::Db;
 
 /// One value (or none) per key, in order; refused whole if there are more
@@ -18,7 +18,7 @@ pub fn apply(keys: &[Bytes], db: &Db) -> Result<Vec<Option<Bytes>>, Reply> {
         "keys",
     )?;
     for key in keys {
-        check_key(key, &db.limits)?;
+        check_read(key, db)?;
     }
     db.engine().get_many(keys).map_err(|e| error_reply(&e))
 }

@@ -288,6 +288,16 @@ fn check_limit(code: ErrorCode, what: &str, n: usize, max: usize, unit: &str) ->
 }
 
 /// Refuses a key over the limit.
+/// Refuses a key to read that is over the limit, or, in a sharded cluster,
+/// in a slot whose data is not here (`Moved`, `TryAgain`).
+fn check_read(key: &[u8], db: &Db) -> Result<(), Reply> {
+    check_key(key, &db.limits)?;
+    match db.cluster() {
+        Some(cluster) => cluster.serves_read(key).map_err(|e| error_reply(&e)),
+        None => Ok(()),
+    }
+}
+
 fn check_key(key: &[u8], limits: &Limits) -> Result<(), Reply> {
     check_limit(
         ErrorCode::KeyTooLarge,

@@ -156,6 +156,11 @@ impl Group {
         &self.raft
     }
 
+    /// The group's data on this node.
+    pub fn engine(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
     /// The sharding table as this group's state machine has applied it.
     pub fn shards(&self) -> watch::Receiver<Arc<Shards>> {
         self.shards.clone()

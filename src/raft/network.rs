@@ -47,6 +47,10 @@ use tokio_util::task::TaskTracker;
 
 use super::peer_tls::PeerTls;
 use super::{Batch, Member, Outcomes, Raft, TypeConfig};
+use crate::engine::Engine;
+use crate::storage::store::Span;
+use bytes::Bytes;
+use kvstore_client::slot::slot_of;
 
 /// The largest raft message: far above one AppendEntries of
 /// `log::MAX_READ_BYTES` or one snapshot chunk, and above the largest single
@@ -81,6 +85,14 @@ pub enum Rpc {
         from: u64,
         batch: Batch,
     },
+    /// Node `from` asks the group's leader for a page of the pairs in slots
+    /// `slots` (first, last), in key order after `after`: a slot move's
+    /// copy and clean-up.
+    ReadSlots {
+        from: u64,
+        slots: (u16, u16),
+        after: Option<Bytes>,
+    },
 }
 
 impl Rpc {
@@ -91,7 +103,7 @@ impl Rpc {
             Rpc::Append(rpc) => &rpc.vote,
             Rpc::Vote(rpc) => &rpc.vote,
             Rpc::Snapshot(rpc) => &rpc.vote,
-            Rpc::Propose { from, .. } => return Some(*from),
+            Rpc::Propose { from, .. } | Rpc::ReadSlots { from, .. } => return Some(*from),
         };
         vote.leader_id().voted_for()
     }
@@ -116,19 +128,105 @@ pub enum RpcReply {
     NoGroup(GroupId),
     /// What a [`Rpc::Propose`] did: each change's outcome.
     Proposed(Result<Outcomes, Refusal>),
+    /// A page of [`Rpc::ReadSlots`].
+    SlotPage(Result<SlotPage, Refusal>),
+}
+
+/// Pairs of some slots, and where the next page starts (`None`: no more).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SlotPage {
+    pub pairs: Vec<(Bytes, Bytes)>,
+    pub next: Option<Bytes>,
+}
+
+/// Keys one [`Rpc::ReadSlots`] looks at: the whole group is walked in key
+/// order, keeping the pairs of the slots asked for (docs/sharding.md).
+const READ_SLOTS_KEYS: usize = 4096;
+
+/// Roughly the most bytes of pairs a page holds, far below a frame.
+const READ_SLOTS_BYTES: usize = 1 << 20;
+
+/// A page of the pairs of `slots` in `engine`, after `after`, once this
+/// node is confirmed as the group's leader and has applied all that was
+/// committed (so everything written before a freeze is there).
+pub async fn read_slots(
+    raft: &Raft,
+    engine: &dyn Engine,
+    (first, last): (u16, u16),
+    after: Option<Bytes>,
+) -> Result<SlotPage, Refusal> {
+    if let Err(e) = raft.ensure_linearizable().await {
+        return Err(match e.forward_to_leader::<Member>() {
+            Some(forward) => Refusal::NotLeader(forward.leader_id),
+            None => Refusal::Failed(e.to_string()),
+        });
+    }
+    let span = Span::prefix(b"", after.as_deref(), false);
+    let (walked, more) = (engine.pairs(&span, READ_SLOTS_KEYS, READ_SLOTS_BYTES))
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let next = more
+        .then(|| walked.last().map(|(key, _)| key.clone()))
+        .flatten();
+    let pairs = (walked.into_iter())
+        .filter(|(key, _)| (first..=last).contains(&slot_of(key)))
+        .collect();
+    Ok(SlotPage { pairs, next })
 }
 
 /// The groups this node runs, by id: where [`serve`] hands each message.
 #[derive(Default)]
-pub struct Rafts(RwLock<HashMap<GroupId, Raft>>);
+pub struct Rafts(RwLock<HashMap<GroupId, Served>>);
+
+/// A group as the raft port serves it: its openraft, and its data for a
+/// slot move's copy ([`Rpc::ReadSlots`]).
+#[derive(Clone)]
+struct Served {
+    raft: Raft,
+    engine: Arc<dyn Engine>,
+}
+
+impl Served {
+    async fn answer(&self, rpc: Rpc) -> RpcReply {
+        let raft = &self.raft;
+        match rpc {
+            Rpc::Append(rpc) => RpcReply::Append(raft.append_entries(rpc).await),
+            Rpc::Vote(rpc) => RpcReply::Vote(raft.vote(rpc).await),
+            Rpc::Snapshot(rpc) => RpcReply::Snapshot(raft.install_snapshot(rpc).await),
+            Rpc::Propose { batch, .. } => RpcReply::Proposed(propose(raft, batch).await),
+            Rpc::ReadSlots { slots, after, .. } => {
+                RpcReply::SlotPage(read_slots(raft, &*self.engine, slots, after).await)
+            }
+        }
+    }
+}
+
+impl RpcReply {
+    /// Why the node did not do what a [`Rpc::Propose`] or
+    /// [`Rpc::ReadSlots`] asked, if it did not.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            RpcReply::Proposed(Err(refusal)) | RpcReply::SlotPage(Err(refusal)) => Some(refusal),
+            _ => None,
+        }
+    }
+}
 
 impl Rafts {
-    /// From now on messages for `group` go to `raft`.
-    pub fn insert(&self, group: GroupId, raft: Raft) {
-        self.0.write().insert(group, raft);
+    /// Answers `rpc` for `group` on this node, as a message from a peer
+    /// would be.
+    pub async fn answer(&self, group: GroupId, rpc: Rpc) -> RpcReply {
+        match self.get(group) {
+            None => RpcReply::NoGroup(group),
+            Some(served) => served.answer(rpc).await,
+        }
     }
 
-    fn get(&self, group: GroupId) -> Option<Raft> {
+    /// From now on messages for `group` go to `raft`, over `engine`.
+    pub fn insert(&self, group: GroupId, raft: Raft, engine: Arc<dyn Engine>) {
+        self.0.write().insert(group, Served { raft, engine });
+    }
+
+    fn get(&self, group: GroupId) -> Option<Served> {
         self.0.read().get(&group).cloned()
     }
 
@@ -137,7 +235,7 @@ impl Rafts {
         let rafts = self.0.read();
         let memberships = rafts
             .values()
-            .map(|raft| raft.metrics().borrow().membership_config.clone());
+            .map(|served| served.raft.metrics().borrow().membership_config.clone());
         memberships
             .flat_map(|m| m.nodes().map(|(id, _)| *id).collect::<Vec<_>>())
             .collect()
@@ -368,22 +466,15 @@ pub async fn propose(raft: &Raft, batch: Batch) -> Result<Outcomes, Refusal> {
 }
 
 impl Network {
-    /// Asks node `target`, at raft address `addr`, to write `batch` in this
-    /// network's group ([`Rpc::Propose`]), from node `from`.
-    pub async fn propose(
-        &self,
-        target: u64,
-        addr: String,
-        from: u64,
-        batch: Batch,
-    ) -> std::io::Result<RpcReply> {
+    /// Sends `rpc` (for this network's group) to node `target` at raft
+    /// address `addr` and waits for the answer (a commit at most).
+    pub async fn ask(&self, target: u64, addr: String, rpc: Rpc) -> std::io::Result<RpcReply> {
         let peer = Peer {
             target,
             addr,
             network: self.clone(),
         };
-        let rpc = Rpc::Propose { from, batch };
-        peer.call(rpc, PROPOSE_TIMEOUT).await.map_err(|e| match e {
+        peer.call(rpc, ASK_TIMEOUT).await.map_err(|e| match e {
             Failed::Unreachable(e) | Failed::Network(e) => e,
         })
     }
@@ -399,9 +490,9 @@ impl Network {
     }
 }
 
-/// How long a proposal to another node may take: a commit, not a
-/// heartbeat.
-const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node's own request to another ([`Network::ask`]) may take:
+/// a commit, not a heartbeat.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers raft messages on `listener` until `shutdown`; with `tls`, only
 /// from peers that authenticate as members ([`PeerTls`]).
@@ -498,17 +589,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::warn!(%peer, ?sender, claimed = ?rpc.sender(), "raft message from a node other than the one its certificate names, closing");
             return;
         }
-        let reply = match (rafts.get(group), rpc) {
-            (None, _) => RpcReply::NoGroup(group),
-            (Some(raft), Rpc::Append(rpc)) => RpcReply::Append(raft.append_entries(rpc).await),
-            (Some(raft), Rpc::Vote(rpc)) => RpcReply::Vote(raft.vote(rpc).await),
-            (Some(raft), Rpc::Snapshot(rpc)) => {
-                RpcReply::Snapshot(raft.install_snapshot(rpc).await)
-            }
-            (Some(raft), Rpc::Propose { batch, .. }) => {
-                RpcReply::Proposed(propose(&raft, batch).await)
-            }
-        };
+        let reply = rafts.answer(group, rpc).await;
         let body = match kvstore_client::codec::encode(&reply) {
             Ok(body) => body,
             Err(e) => {

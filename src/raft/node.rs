@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::group::{self, cluster_failed, Group, GroupStatus};
-use super::network::{self, Network, Rafts, Refusal, RpcReply};
+use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, SlotPage};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
 use super::shards::{Placement, Shards, SlotState};
 use super::{Batch, Member, Outcome, FIRST_GROUP};
@@ -27,6 +27,7 @@ use crate::log::{Log, Queued};
 use crate::storage::change::Change;
 use crate::storage::fs::Fs;
 use crate::storage::store::Applied;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 /// What a node is started with (from `Config`).
@@ -75,6 +76,8 @@ pub struct Cluster {
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
     /// What starting another group takes.
     starter: Starter,
+    /// Held while this node moves slots.
+    moving: tokio::sync::Mutex<()>,
     /// See [`Log::budget`].
     budget: Arc<tokio::sync::Semaphore>,
     /// Held while the node runs: a second process on the same directory is
@@ -139,7 +142,7 @@ impl Cluster {
         )
         .await?;
         let rafts = Arc::new(Rafts::default());
-        rafts.insert(FIRST_GROUP, first.raft().clone());
+        rafts.insert(FIRST_GROUP, first.raft().clone(), first.engine());
         tracker.spawn(network::serve(
             listener,
             rafts.clone(),
@@ -160,6 +163,7 @@ impl Cluster {
                 shutdown,
                 tracker: tracker.clone(),
             },
+            moving: tokio::sync::Mutex::default(),
             budget: crate::log::budget(),
             _lock: parking_lot::Mutex::new(lock),
         });
@@ -190,7 +194,9 @@ impl Cluster {
                 return Err(e);
             }
         }
-        starter.rafts.insert(id, group.raft().clone());
+        starter
+            .rafts
+            .insert(id, group.raft().clone(), group.engine());
         self.groups.write().insert(id, Arc::new(group));
         tracing::info!(group = id, "raft group started");
         Ok(())
@@ -219,6 +225,25 @@ impl Cluster {
     /// See [`Group::wait_applied`].
     pub async fn wait_applied(&self, index: u64, limit: Duration) -> Result<(), Error> {
         self.first().wait_applied(index, limit).await
+    }
+
+    /// Whether this node's reads of `key` (from group 1's data) are
+    /// served: `Moved` if its slot has left group 1, `TryAgain` while it is
+    /// being imported there. A frozen slot is still read here.
+    pub fn serves_read(&self, key: &[u8]) -> Result<(), Error> {
+        let slot = kvstore_client::slot::slot_of(key);
+        let refuse = |code, message| Err(Error::Rejected { code, message });
+        match self.first().shards().borrow().state(slot) {
+            SlotState::Serving | SlotState::Frozen => Ok(()),
+            SlotState::Elsewhere => refuse(
+                kvstore_client::ErrorCode::Moved,
+                format!("slot {slot} is served by another group"),
+            ),
+            SlotState::Importing => refuse(
+                kvstore_client::ErrorCode::TryAgain,
+                format!("slot {slot} is moving between groups"),
+            ),
+        }
     }
 
     /// See [`Group::read_barrier`].
@@ -256,6 +281,9 @@ impl Cluster {
                 last,
                 state,
             } => self.set_slots(group, first, last, state).await?,
+            ClusterRequest::MoveSlots { first, last, to } => {
+                self.move_slots(first, last, to).await?;
+            }
         }
         Ok(self.status())
     }
@@ -290,12 +318,12 @@ impl Cluster {
         )))
     }
 
-    /// Writes `changes` in group `group`'s log, wherever its leader is:
-    /// here, or on another node over the raft port (trying the group's
-    /// nodes until one leads or names the leader; a few rounds). Each
-    /// change's outcome. For idempotent changes only: a proposal whose
-    /// answer was lost may have been applied, and is sent again.
-    async fn propose(&self, group: GroupId, changes: Vec<Change>) -> Result<Vec<Outcome>, Error> {
+    /// Has group `group`'s leader answer `rpc` (a `Propose` or a
+    /// `ReadSlots`): here if this node leads it, else over the raft port,
+    /// trying the group's nodes until one leads or names the leader, for a
+    /// few rounds while the group elects one. For requests that may be
+    /// carried out twice: one whose answer was lost is sent again.
+    async fn at_leader(&self, group: GroupId, rpc: impl Fn() -> Rpc) -> Result<RpcReply, Error> {
         let nodes = self.nodes_of(group)?;
         let local = self.groups.read().get(&group).cloned();
         let mut next = local.as_ref().and_then(|g| g.status().leader);
@@ -303,21 +331,21 @@ impl Cluster {
         for round in 0..PROPOSE_ROUNDS {
             let order = next.take().into_iter().chain(nodes.keys().copied());
             for id in order.collect::<Vec<_>>() {
-                let batch = Batch(changes.clone());
-                let reply = match (&local, id == self.settings.id) {
-                    (Some(local), true) => network::propose(local.raft(), batch).await,
-                    _ => self.ask(group, id, &nodes[&id], batch).await,
+                let reply = match local.is_some() && id == self.settings.id {
+                    true => Ok(self.starter.rafts.answer(group, rpc()).await),
+                    false => self.ask(group, id, &nodes[&id], rpc()).await,
                 };
-                match reply {
-                    Ok(outcomes) => return Ok(outcomes.0),
-                    Err(Refusal::NotLeader(Some(leader))) if leader != id => {
-                        next = Some(leader);
+                match reply.as_ref().map(RpcReply::refusal) {
+                    Ok(None) => return reply.map_err(cluster_failed),
+                    Ok(Some(Refusal::NotLeader(Some(leader)))) if *leader != id => {
+                        next = Some(*leader);
                         break;
                     }
-                    Err(Refusal::NotLeader(_)) => {
+                    Ok(Some(Refusal::NotLeader(_))) => {
                         last_error = format!("node {id} does not lead it")
                     }
-                    Err(Refusal::Failed(e)) => last_error = e,
+                    Ok(Some(Refusal::Failed(e))) => last_error = e.clone(),
+                    Err(e) => last_error = e.clone(),
                 }
             }
             if next.is_none() && round + 1 < PROPOSE_ROUNDS {
@@ -325,24 +353,66 @@ impl Cluster {
             }
         }
         Err(cluster_failed(format!(
-            "group {group} took no proposal: {last_error}"
+            "group {group} did not answer: {last_error}"
         )))
     }
 
-    /// Asks node `id` (`member`) to write `batch` in group `group`.
+    /// Sends node `id` (`member`) `rpc` for group `group`.
     async fn ask(
         &self,
         group: GroupId,
         id: u64,
         member: &Member,
-        batch: Batch,
-    ) -> Result<super::Outcomes, Refusal> {
+        rpc: Rpc,
+    ) -> Result<RpcReply, String> {
         let network = self.starter.network.for_group(group);
         let addr = network.address_of(id, &member.raft_addr);
-        match network.propose(id, addr, self.settings.id, batch).await {
-            Ok(RpcReply::Proposed(reply)) => reply,
-            Ok(other) => Err(Refusal::Failed(format!("node {id} answered {other:?}"))),
-            Err(e) => Err(Refusal::Failed(format!("node {id}: {e}"))),
+        network
+            .ask(id, addr, rpc)
+            .await
+            .map_err(|e| format!("node {id}: {e}"))
+    }
+
+    /// Writes `changes` in group `group`'s log, wherever its leader is
+    /// ([`Cluster::at_leader`]); each change's outcome.
+    async fn propose(&self, group: GroupId, changes: Vec<Change>) -> Result<Vec<Outcome>, Error> {
+        let from = self.settings.id;
+        let rpc = || Rpc::Propose {
+            from,
+            batch: Batch(changes.clone()),
+        };
+        match self.at_leader(group, rpc).await? {
+            RpcReply::Proposed(Ok(outcomes)) => Ok(outcomes.0),
+            other => Err(cluster_failed(format!("group {group} answered {other:?}"))),
+        }
+    }
+
+    /// Writes one change in group `group`'s log; its outcome as a result.
+    async fn propose_one(&self, group: GroupId, change: Change) -> Result<Applied, Error> {
+        let outcomes = self.propose(group, vec![change]).await?;
+        match outcomes.into_iter().next() {
+            Some(outcome) => outcome.into_result(),
+            None => Err(cluster_failed(format!("group {group} gave no outcome"))),
+        }
+    }
+
+    /// A page of the pairs of `slots` at group `group`'s leader, after
+    /// `after`.
+    async fn read_slots(
+        &self,
+        group: GroupId,
+        slots: (u16, u16),
+        after: Option<Bytes>,
+    ) -> Result<SlotPage, Error> {
+        let from = self.settings.id;
+        let rpc = || Rpc::ReadSlots {
+            from,
+            slots,
+            after: after.clone(),
+        };
+        match self.at_leader(group, rpc).await? {
+            RpcReply::SlotPage(Ok(page)) => Ok(page),
+            other => Err(cluster_failed(format!("group {group} answered {other:?}"))),
         }
     }
 
@@ -376,10 +446,89 @@ impl Cluster {
         state: SlotState,
     ) -> Result<(), Error> {
         let change = Change::SetSlots { first, last, state };
-        let outcomes = self.propose(group, vec![change]).await?;
-        match outcomes.into_iter().next() {
-            Some(outcome) => outcome.into_result().map(|_| ()),
-            None => Err(cluster_failed("SetSlots got no outcome")),
+        self.propose_one(group, change).await.map(|_| ())
+    }
+
+    /// Moves slots `first..=last` from the group that serves them to group
+    /// `to` (docs/sharding.md): the target imports, the source freezes,
+    /// the pairs are copied, the source releases them, the map names the
+    /// target, the target serves them, the source drops its copy. Returns
+    /// the pairs copied.
+    async fn move_slots(&self, first: u16, last: u16, to: GroupId) -> Result<u64, Error> {
+        // One move at a time, coordinated by group 1's leader from its
+        // current map.
+        let _moving = self.moving.lock().await;
+        self.first().read_barrier().await?;
+        let map = self.first().shards().borrow().map().clone();
+        let from = map.group_of(first);
+        let one_source = (map.ranges().iter())
+            .filter(|r| r.last >= first && r.first <= last)
+            .all(|r| r.value == from);
+        if first > last || last >= kvstore_client::slot::SLOTS || !one_source || from == to {
+            return Err(cluster_failed(format!(
+                "slots {first}-{last} must be a range served by one group other than {to}"
+            )));
+        }
+        self.nodes_of(to)?;
+        let slots = (first, last);
+        self.set_slots(to, first, last, SlotState::Importing)
+            .await?;
+        self.set_slots(from, first, last, SlotState::Frozen).await?;
+        let copied = self.copy_slots(from, to, slots).await?;
+        self.set_slots(from, first, last, SlotState::Elsewhere)
+            .await?;
+        (self.propose_one(
+            FIRST_GROUP,
+            Change::Assign {
+                first,
+                last,
+                group: to,
+            },
+        ))
+        .await?;
+        self.set_slots(to, first, last, SlotState::Serving).await?;
+        self.purge_slots(from, slots).await?;
+        tracing::info!(first, last, from, to, copied, "slots moved");
+        Ok(copied)
+    }
+
+    /// Copies the pairs of `slots` from group `from`'s leader into group
+    /// `to`, page by page; the pairs copied.
+    async fn copy_slots(
+        &self,
+        from: GroupId,
+        to: GroupId,
+        slots: (u16, u16),
+    ) -> Result<u64, Error> {
+        let (mut after, mut copied) = (None, 0);
+        loop {
+            let page = self.read_slots(from, slots, after).await?;
+            if !page.pairs.is_empty() {
+                copied += page.pairs.len() as u64;
+                let change = Change::Import { items: page.pairs };
+                self.propose_one(to, change).await?;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(copied),
+            }
+        }
+    }
+
+    /// Removes the pairs of `slots` from group `from`, which no longer
+    /// serves them.
+    async fn purge_slots(&self, from: GroupId, slots: (u16, u16)) -> Result<(), Error> {
+        let mut after = None;
+        loop {
+            let page = self.read_slots(from, slots, after).await?;
+            if !page.pairs.is_empty() {
+                let keys = page.pairs.into_iter().map(|(key, _)| key).collect();
+                self.propose_one(from, Change::Purge { keys }).await?;
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
         }
     }
 

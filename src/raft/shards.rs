@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Member, Outcome, FIRST_GROUP};
 use crate::storage::change::Change;
+use crate::storage::op::WriteOp;
 
 /// The most groups a cluster may have: each is an openraft instance with
 /// its own log and engine on each of its nodes.
@@ -51,6 +52,17 @@ impl Default for Shards {
     }
 }
 
+/// What a group does with a change it applies, as its table decides.
+pub enum Decided {
+    /// It changed the table; the outcome.
+    Changed(Outcome),
+    /// It is refused; nothing is written.
+    Refused(Outcome),
+    /// It goes on to be resolved and written (a move's copy or clean-up as
+    /// the plain write it is).
+    Apply(Change),
+}
+
 fn refused(code: ErrorCode, message: String) -> Outcome {
     Outcome::Rejected {
         code: code as u32,
@@ -85,6 +97,35 @@ impl Shards {
         }
     }
 
+    /// What this group does with `change`, in its log: a change of the
+    /// table, a slot move's own write (only into slots in the state the
+    /// move left them), or a client's write checked by [`Shards::admit`].
+    pub fn decide(&mut self, change: Change) -> Decided {
+        let checked = |result: Result<(), Outcome>, change| match result {
+            Ok(()) => Decided::Apply(change),
+            Err(refusal) => Decided::Refused(refusal),
+        };
+        match change {
+            Change::AddGroup { members } => Decided::Changed(self.add_group(members)),
+            Change::SetSlots { first, last, state } => {
+                Decided::Changed(self.set_state(first, last, state))
+            }
+            Change::Assign { first, last, group } => {
+                Decided::Changed(self.assign(first, last, group))
+            }
+            Change::Import { items } => {
+                let keys = items.iter().map(|(key, _)| &key[..]);
+                let result = self.admit_move(keys, SlotState::Importing);
+                checked(result, Change::Write(WriteOp::BulkSet { items }))
+            }
+            Change::Purge { keys } => {
+                let result = self.admit_move(keys.iter().map(|key| &key[..]), SlotState::Elsewhere);
+                checked(result, Change::Write(WriteOp::DeleteMany { keys }))
+            }
+            change => checked(self.admit(&change), change),
+        }
+    }
+
     /// Whether this group may apply a client's write `change`: its keys
     /// all in slots the group serves, and, unless it serves every slot (a
     /// cluster that is not sharded), all in one slot. The refusal
@@ -94,6 +135,32 @@ impl Shards {
         match serves_all {
             true => Ok(()),
             false => self.admit_keys(change.keys()),
+        }
+    }
+
+    /// Whether a slot move's own write of `keys` may be applied: each in a
+    /// slot in `state` here (the copy into `Importing` slots, the clean-up
+    /// of `Elsewhere` ones).
+    pub fn admit_move<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        state: SlotState,
+    ) -> Result<(), Outcome> {
+        for key in keys {
+            let (slot, found) = (slot_of(key), self.state(slot_of(key)));
+            if found != state {
+                let message = format!("slot {slot} is {found:?} in this group, not {state:?}");
+                return Err(refused(ErrorCode::ClusterFailed, message));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives slots `first..=last` to group `group` in the slot map.
+    pub fn assign(&mut self, first: u16, last: u16, group: GroupId) -> Outcome {
+        match self.map.assign(first, last, group) {
+            Ok(()) => Outcome::Stored,
+            Err(e) => refused(ErrorCode::Malformed, e.to_string()),
         }
     }
 
@@ -234,5 +301,22 @@ mod tests {
         assert_eq!(code(group.admit_keys([])), None);
         let bad = group.set_state(5, 4, SlotState::Serving);
         assert!(matches!(bad, Outcome::Rejected { .. }));
+    }
+    #[test]
+    fn a_move_s_copy_and_clean_up_write_only_slots_in_their_state() {
+        let mut group = Shards::of_group(FIRST_GROUP + 1);
+        let (key, slot) = (&b"k"[..], slot_of(b"k"));
+        let copy = |group: &Shards| code(group.admit_move([key], SlotState::Importing));
+        assert_eq!(copy(&group), Some(ErrorCode::ClusterFailed as u32));
+        group.set_state(slot, slot, SlotState::Importing);
+        assert_eq!(copy(&group), None);
+        group.set_state(slot, slot, SlotState::Serving);
+        assert_eq!(
+            copy(&group),
+            Some(ErrorCode::ClusterFailed as u32),
+            "a served slot"
+        );
+        assert_eq!(group.assign(0, 99, 7), Outcome::Stored);
+        assert_eq!(group.map().group_of(99), 7);
     }
 }

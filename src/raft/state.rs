@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::sessions::{Admit, Sessions, Stamp};
-use super::shards::Shards;
+use super::shards::{Decided, Shards};
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -358,25 +358,19 @@ impl StateMachine {
             };
             let mut entry_steps = Vec::with_capacity(changes.len());
             for change in changes {
-                let step = match change {
-                    Change::AddGroup { members } => {
+                let step = match applied.shards.decide(change) {
+                    Decided::Changed(outcome) => {
                         reshaped = true;
-                        Step::Answer(applied.shards.add_group(members))
+                        Step::Answer(outcome)
                     }
-                    Change::SetSlots { first, last, state } => {
-                        reshaped = true;
-                        Step::Answer(applied.shards.set_state(first, last, state))
-                    }
-                    change => match applied.shards.admit(&change) {
-                        Err(refusal) => Step::Answer(refusal),
-                        Ok(()) => step(
-                            change,
-                            &mut applied.sessions,
-                            &mut view,
-                            &mut seen,
-                            position,
-                        ),
-                    },
+                    Decided::Refused(refusal) => Step::Answer(refusal),
+                    Decided::Apply(change) => step(
+                        change,
+                        &mut applied.sessions,
+                        &mut view,
+                        &mut seen,
+                        position,
+                    ),
                 };
                 entry_steps.push(step);
                 position += 1;

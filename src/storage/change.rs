@@ -75,6 +75,15 @@ pub enum Change {
         last: u16,
         state: crate::raft::shards::SlotState,
     },
+    /// Cluster mode, group 1: slots `first..=last` are group `group`'s in
+    /// the slot map from now on.
+    Assign { first: u16, last: u16, group: u64 },
+    /// Cluster mode: a slot move's copy into its target, whose slots are
+    /// `Importing`.
+    Import { items: Vec<(Bytes, Bytes)> },
+    /// Cluster mode: a slot move's clean-up at its source, whose slots are
+    /// `Elsewhere` by then.
+    Purge { keys: Vec<Bytes> },
 }
 
 impl From<WriteOp> for Change {
@@ -133,9 +142,12 @@ impl Change {
             | Change::Incr { key, .. }
             | Change::Append { key, .. } => vec![key],
             Change::Once { change, .. } => change.keys(),
-            Change::OpenSession { .. } | Change::AddGroup { .. } | Change::SetSlots { .. } => {
-                Vec::new()
-            }
+            Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
+            Change::Purge { keys } => keys.iter().map(|key| &key[..]).collect(),
+            Change::OpenSession { .. }
+            | Change::AddGroup { .. }
+            | Change::SetSlots { .. }
+            | Change::Assign { .. } => Vec::new(),
         }
     }
 
@@ -149,7 +161,11 @@ impl Change {
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } => 32 + 64 * members.len(),
-            Change::SetSlots { .. } => 32,
+            Change::SetSlots { .. } | Change::Assign { .. } => 32,
+            Change::Import { items } => {
+                16 + (items.iter().map(|(k, v)| 16 + k.len() + v.len())).sum::<usize>()
+            }
+            Change::Purge { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             Change::Once { change, .. } => 48 + change.approx_len(),
         }
     }
@@ -253,12 +269,14 @@ impl Change {
                     message: "client sessions are served in cluster mode only".into(),
                 }))
             }
-            Change::AddGroup { .. } | Change::SetSlots { .. } => {
-                Resolved::Answer(Err(Error::Rejected {
-                    code: ErrorCode::ClusterFailed,
-                    message: "groups are for cluster mode only".into(),
-                }))
-            }
+            Change::AddGroup { .. }
+            | Change::SetSlots { .. }
+            | Change::Assign { .. }
+            | Change::Import { .. }
+            | Change::Purge { .. } => Resolved::Answer(Err(Error::Rejected {
+                code: ErrorCode::ClusterFailed,
+                message: "groups are for cluster mode only".into(),
+            })),
         })
     }
 }

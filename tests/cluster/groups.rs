@@ -146,3 +146,85 @@ fn set_slots_reaches_a_group_s_leader_and_decides_each_write_as_applied() {
         assert!(!refused.status.success(), "group {group} slots {slots}");
     }
 }
+
+/// The key count of each group in `cluster status --output json`.
+fn group_keys(addr: SocketAddr) -> Vec<u64> {
+    let table = cli_ok(addr, &["cluster", "status", "--output", "json"]);
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let groups = table["groups"].as_array().unwrap().iter();
+    groups.map(|g| g["keys"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let mut acked: Vec<String> = (0..500).map(|i| format!("k{i}")).collect();
+    for key in &acked {
+        assert_eq!(try_call(leader.addr, cmd::set(key, key)), Some(Reply::Ok));
+    }
+    // A writer goes on while the slots move: each write is stored, or
+    // refused with nothing written (TryAgain while frozen, then Moved).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut stored, mut refused) = (Vec::new(), 0);
+            for i in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("w{i}");
+                match try_call(leader.addr, cmd::set(&key, &key)) {
+                    Some(Reply::Ok) => stored.push(key),
+                    reply => {
+                        let code = code_of(reply);
+                        let moving =
+                            [ErrorCode::TryAgain, ErrorCode::Moved].map(|c| Some(c as u32));
+                        assert!(moving.contains(&code), "{key}: {code:?}");
+                        refused += 1;
+                    }
+                }
+            }
+            (stored, refused)
+        })
+    };
+    let moved = |slots: &str, to: &str| {
+        cli_ok(
+            leader.addr,
+            &["cluster", "move-slots", "--slots", slots, "--to", to],
+        )
+    };
+    moved("0-8191", "2");
+    let keys = group_keys(leader.addr);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (stored, refused) = writer.join().unwrap();
+    eprintln!(
+        "during the move: {} writes stored, {refused} refused",
+        stored.len()
+    );
+    acked.extend(stored);
+    assert!(keys[1] > 200, "group 2 holds about half the keys: {keys:?}");
+    let read = |key: &str| try_call(leader.addr, cmd::get(key));
+    let in_moved = |key: &str| kvstore_client::slot::slot_of(key.as_bytes()) <= 8191;
+    for key in &acked {
+        let expected = match in_moved(key) {
+            true => code_of(read(key)) == Some(ErrorCode::Moved as u32),
+            false => read(key) == Some(Reply::Value(Some(key.clone().into()))),
+        };
+        assert!(expected, "{key} after the move");
+    }
+
+    // Back to group 1: every acknowledged write is there, and group 2 has
+    // dropped its copy.
+    moved("0-8191", "1");
+    for key in &acked {
+        assert_eq!(
+            read(key),
+            Some(Reply::Value(Some(key.clone().into()))),
+            "{key}"
+        );
+    }
+    assert_eq!(group_keys(leader.addr), [acked.len() as u64, 0]);
+}

@@ -188,6 +188,17 @@ enum ClusterCmd {
         #[arg(long, value_parser = parse_slot_state)]
         state: SlotState,
     },
+    /// Move slots, with their keys, to another group while clients go on
+    /// (ask group 1's leader).
+    MoveSlots {
+        /// The slots: one (`42`) or a range (`0-5460`), all served by one
+        /// group.
+        #[arg(long, value_parser = parse_slots)]
+        slots: (u16, u16),
+        /// The group that serves them afterwards.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// `A-B` or `A`: a slot range.
@@ -363,6 +374,10 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             last,
             state,
         },
+        ClusterCmd::MoveSlots {
+            slots: (first, last),
+            to,
+        } => ClusterRequest::MoveSlots { first, last, to },
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
