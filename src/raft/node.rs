@@ -470,13 +470,15 @@ impl Cluster {
             )));
         }
         self.nodes_of(to)?;
-        let slots = (first, last);
+        let (slots, started) = ((first, last), std::time::Instant::now());
         self.set_slots(to, first, last, SlotState::Importing)
             .await?;
         self.set_slots(from, first, last, SlotState::Frozen).await?;
+        let frozen = std::time::Instant::now();
         let copied = self.copy_slots(from, to, slots).await?;
         self.set_slots(from, first, last, SlotState::Elsewhere)
             .await?;
+        let frozen_ms = frozen.elapsed().as_millis() as u64;
         (self.propose_one(
             FIRST_GROUP,
             Change::Assign {
@@ -488,7 +490,18 @@ impl Cluster {
         .await?;
         self.set_slots(to, first, last, SlotState::Serving).await?;
         self.purge_slots(from, slots).await?;
-        tracing::info!(first, last, from, to, copied, "slots moved");
+        let total_ms = started.elapsed().as_millis() as u64;
+        // benches/sharding.sh reads these.
+        tracing::info!(
+            first,
+            last,
+            from,
+            to,
+            copied,
+            frozen_ms,
+            total_ms,
+            "slots moved"
+        );
         Ok(copied)
     }
 
