@@ -103,6 +103,13 @@ fn groups_added_to_a_cluster_elect_leaders_and_restart_with_their_nodes() {
     wait_for_group(&nodes, FIRST_GROUP + 2, &[1, 3]);
 }
 
+/// A Redis connection to `server`'s RESP door.
+fn redis_connection(server: &Option<Server>) -> redis::Connection {
+    let addr = server.as_ref().unwrap().resp.unwrap();
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    client.get_connection().unwrap()
+}
+
 /// The error code of a reply, if it is an error.
 fn code_of(reply: Option<Reply>) -> Option<u32> {
     match reply {
@@ -114,7 +121,7 @@ fn code_of(reply: Option<Reply>) -> Option<u32> {
 #[test]
 fn set_slots_reaches_a_group_s_leader_and_decides_each_write_as_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, _servers, leader) = start_cluster(dir.path());
+    let (nodes, servers, leader) = start_cluster(dir.path());
     cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,3"]);
     let slot = kvstore_client::slot::slot_of(b"k").to_string();
     let set_slots = |via: &Spec, group: &str, slots: &str, state: &str| {
@@ -133,6 +140,29 @@ fn set_slots_reaches_a_group_s_leader_and_decides_each_write_as_applied() {
     ] {
         assert!(set_slots(follower, "1", &slot, state).status.success());
         assert_eq!(write("k"), answer, "slot of k {state} in group 1");
+        // The Redis door answers with Redis Cluster's words.
+        let mut resp = redis_connection(&servers[(leader.id - 1) as usize]);
+        let mut code_of_resp = |args: &[&str]| {
+            let refused = redis::cmd(args[0])
+                .arg(&args[1..])
+                .query::<()>(&mut resp)
+                .err();
+            refused.and_then(|e| e.code().map(String::from))
+        };
+        let codes = (
+            code_of_resp(&["SET", "k", "v"]),
+            code_of_resp(&["MSET", "{a}1", "v", "{b}2", "v"]),
+        );
+        let expected = match state {
+            "frozen" => (Some("TRYAGAIN"), Some("CROSSSLOT")),
+            "elsewhere" => (Some("ERR"), Some("CROSSSLOT")),
+            _ => (None, None),
+        };
+        assert_eq!(
+            (codes.0.as_deref(), codes.1.as_deref()),
+            expected,
+            "RESP, {state}"
+        );
         assert_eq!(write("other"), None, "another slot is untouched");
         // Group 1 serves every slot but one while k's is away: multi-key
         // writes must stay in one slot then.

@@ -106,6 +106,11 @@ fn error_for(code: u32, message: &str) -> Value {
         Some(ErrorCode::AuthFailed) => wrong_pass(),
         Some(ErrorCode::NotAnInteger) => not_an_integer(),
         Some(ErrorCode::Overflow) => Value::error("ERR increment or decrement would overflow"),
+        // Redis Cluster's words, which cluster clients retry on or report.
+        Some(ErrorCode::TryAgain) => Value::error(format!("TRYAGAIN {message}")),
+        Some(ErrorCode::CrossSlot) => {
+            Value::error("CROSSSLOT Keys in request don't hash to the same slot")
+        }
         _ => Value::error(format!("ERR {message}")),
     }
 }
