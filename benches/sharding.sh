@@ -60,9 +60,10 @@ done
 leader_id=$(("${leader##*:}" - PORT))
 log="$work/cluster/node$leader_id/server.log"
 # The log has colour codes (issue 23): strip them before reading fields.
-moves=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep 'slots moved')
-frozen=$(echo "$moves" | grep -o 'frozen_ms=[0-9]*' | cut -d= -f2 | sort -n)
-copied=$(echo "$moves" | grep -o 'copied=[0-9]*' | cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+frozen=$(echo "$plain" | grep 'slots released' | grep -o 'frozen_ms=[0-9]*' | cut -d= -f2 | sort -n)
+copied=$(echo "$plain" | grep 'slots moved' | grep -o 'copied=[0-9]*' | cut -d= -f2 |
+  awk '{ s += $1 } END { print s + 0 }')
 keys=$("$cli" --addr "$addrs" --output json cluster status | python3 -c '
 import json, sys
 print(" / ".join(str(g["keys"]) for g in json.load(sys.stdin)["groups"]))')

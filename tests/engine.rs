@@ -294,7 +294,8 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
         | Change::SetSlots { .. }
         | Change::Assign { .. }
         | Change::Import { .. }
-        | Change::Purge { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
+        | Change::Purge { .. }
+        | Change::Moving(_) => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
     }
 }
 

@@ -274,6 +274,7 @@ fn examples() -> Vec<(&'static str, Message)> {
                         keys: 42,
                         slots: vec![(0, 16_383)],
                     }],
+                    moving: None,
                 })),
             ),
         ),

@@ -370,6 +370,26 @@ pub struct ClusterStatus {
     pub members: Vec<ClusterMember>,
     /// Every Raft group this node runs (group 1 first), as it sees it.
     pub groups: Vec<GroupView>,
+    /// The slot move under way, as this node's copy of group 1's table
+    /// has it.
+    pub moving: Option<MoveView>,
+}
+
+/// A slot move under way ([`ClusterStatus::moving`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveView {
+    /// The first slot moving.
+    pub first: u16,
+    /// The last slot moving, included.
+    pub last: u16,
+    /// The group they leave.
+    pub from: u64,
+    /// The group they go to.
+    pub to: u64,
+    /// The last step done: `Begun`, `Importing`, `Frozen`, `Copied`,
+    /// `Released`, `Published` or `Serving` (docs/sharding.md).
+    #[serde(deserialize_with = "wire_bytes::string")]
+    pub step: String,
 }
 
 /// One Raft group as a node running it sees it ([`ClusterStatus::groups`]).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvstore_client::slot::GroupId;
-use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, GroupView};
+use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, GroupView, MoveView};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::group::{self, cluster_failed, Group, GroupStatus};
 use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, SlotPage};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
-use super::shards::{Placement, Shards, SlotState};
+use super::shards::{Move, MoveStep, Placement, Shards, SlotState};
 use super::{Batch, Member, Outcome, FIRST_GROUP};
 use crate::commit::LogFigures;
 use crate::engine::Engine;
@@ -168,6 +168,7 @@ impl Cluster {
             _lock: parking_lot::Mutex::new(lock),
         });
         tracker.spawn(run_placed_groups(cluster.clone(), shards));
+        tracker.spawn(finish_moves(cluster.clone()));
         Ok(cluster)
     }
 
@@ -450,10 +451,8 @@ impl Cluster {
     }
 
     /// Moves slots `first..=last` from the group that serves them to group
-    /// `to` (docs/sharding.md): the target imports, the source freezes,
-    /// the pairs are copied, the source releases them, the map names the
-    /// target, the target serves them, the source drops its copy. Returns
-    /// the pairs copied.
+    /// `to` (docs/sharding.md): records the move in group 1, then carries
+    /// out its steps ([`Cluster::run_move`]). Returns the pairs copied.
     async fn move_slots(&self, first: u16, last: u16, to: GroupId) -> Result<u64, Error> {
         // One move at a time, coordinated by group 1's leader from its
         // current map.
@@ -470,39 +469,108 @@ impl Cluster {
             )));
         }
         self.nodes_of(to)?;
-        let (slots, started) = ((first, last), std::time::Instant::now());
-        self.set_slots(to, first, last, SlotState::Importing)
-            .await?;
-        self.set_slots(from, first, last, SlotState::Frozen).await?;
-        let frozen = std::time::Instant::now();
-        let copied = self.copy_slots(from, to, slots).await?;
-        self.set_slots(from, first, last, SlotState::Elsewhere)
-            .await?;
-        let frozen_ms = frozen.elapsed().as_millis() as u64;
-        (self.propose_one(
-            FIRST_GROUP,
-            Change::Assign {
-                first,
-                last,
-                group: to,
-            },
-        ))
-        .await?;
-        self.set_slots(to, first, last, SlotState::Serving).await?;
-        self.purge_slots(from, slots).await?;
-        let total_ms = started.elapsed().as_millis() as u64;
-        // benches/sharding.sh reads these.
-        tracing::info!(
+        let record = Move {
             first,
             last,
             from,
             to,
-            copied,
-            frozen_ms,
-            total_ms,
-            "slots moved"
-        );
+            step: MoveStep::Begun,
+        };
+        self.record_move(Some(record.clone())).await?;
+        self.run_move(record).await
+    }
+
+    /// Writes the move under way, or none, in group 1's log.
+    async fn record_move(&self, record: Option<Move>) -> Result<(), Error> {
+        (self.propose_one(FIRST_GROUP, Change::Moving(record)).await).map(|_| ())
+    }
+
+    /// Carries out a recorded move from the step after its last one,
+    /// recording each step once done; every step may be done again after a
+    /// crash. The pairs copied (by this run).
+    async fn run_move(&self, mut record: Move) -> Result<u64, Error> {
+        let (started, mut frozen, mut copied) = (std::time::Instant::now(), None, 0);
+        loop {
+            // Only group 1's leader coordinates: a deposed one stops here
+            // (and its older steps cannot be recorded).
+            self.first().read_barrier().await?;
+            let Some(next) = self.next_step(&record, &mut copied).await? else {
+                break;
+            };
+            match next {
+                MoveStep::Frozen => frozen = Some(std::time::Instant::now()),
+                MoveStep::Released => {
+                    // benches/sharding.sh reads it (0: frozen before a resume).
+                    let frozen_ms = frozen.map_or(0, |at| at.elapsed().as_millis() as u64);
+                    tracing::info!(record.first, record.last, frozen_ms, "slots released");
+                }
+                _ => {}
+            }
+            record.step = next;
+            self.record_move(Some(record.clone())).await?;
+        }
+        let Move {
+            first,
+            last,
+            from,
+            to,
+            ..
+        } = record;
+        let total_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(first, last, from, to, copied, total_ms, "slots moved");
         Ok(copied)
+    }
+
+    /// Does the step after `record`'s last one; the step done, or `None`
+    /// once the last is done and the record cleared. Adds the pairs it
+    /// copied to `copied`.
+    async fn next_step(&self, record: &Move, copied: &mut u64) -> Result<Option<MoveStep>, Error> {
+        let Move {
+            first,
+            last,
+            from,
+            to,
+            ..
+        } = *record;
+        let next = match record.step {
+            MoveStep::Begun => {
+                self.set_slots(to, first, last, SlotState::Importing)
+                    .await?;
+                MoveStep::Importing
+            }
+            MoveStep::Importing => {
+                self.set_slots(from, first, last, SlotState::Frozen).await?;
+                MoveStep::Frozen
+            }
+            MoveStep::Frozen => {
+                *copied += self.copy_slots(from, to, (first, last)).await?;
+                MoveStep::Copied
+            }
+            MoveStep::Copied => {
+                self.set_slots(from, first, last, SlotState::Elsewhere)
+                    .await?;
+                MoveStep::Released
+            }
+            MoveStep::Released => {
+                let assign = Change::Assign {
+                    first,
+                    last,
+                    group: to,
+                };
+                self.propose_one(FIRST_GROUP, assign).await?;
+                MoveStep::Published
+            }
+            MoveStep::Published => {
+                self.set_slots(to, first, last, SlotState::Serving).await?;
+                MoveStep::Serving
+            }
+            MoveStep::Serving => {
+                self.purge_slots(from, (first, last)).await?;
+                self.record_move(None).await?;
+                return Ok(None);
+            }
+        };
+        Ok(Some(next))
     }
 
     /// Copies the pairs of `slots` from group `from`'s leader into group
@@ -566,6 +634,13 @@ impl Cluster {
             pid: std::process::id(),
             members: group.members,
             groups,
+            moving: shards.moving().map(|m| MoveView {
+                first: m.first,
+                last: m.last,
+                from: m.from,
+                to: m.to,
+                step: format!("{:?}", m.step),
+            }),
         }
     }
 
@@ -699,6 +774,35 @@ async fn run_placed_groups(cluster: Arc<Cluster>, mut shards: watch::Receiver<Ar
             changed = shards.changed() => if changed.is_err() { return },
             () = retry => {}
             () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// How often group 1's leader looks for a recorded move that no one is
+/// carrying out (its coordinator died).
+const MOVE_CHECK: Duration = Duration::from_millis(500);
+
+/// On group 1's leader, carries out the recorded slot move, if any, that
+/// no one here is carrying out: a move whose coordinator crashed, or lost
+/// the leadership, is finished by the next leader. Until shutdown.
+async fn finish_moves(cluster: Arc<Cluster>) {
+    let shutdown = cluster.starter.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(MOVE_CHECK) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let first = cluster.first();
+        let record = first.shards().borrow().moving().cloned();
+        let (Some(record), "leader") = (record, first.status().role) else {
+            continue;
+        };
+        let Ok(_moving) = cluster.moving.try_lock() else {
+            continue;
+        };
+        tracing::info!(step = ?record.step, first = record.first, last = record.last, "finishing a slot move");
+        if let Err(e) = cluster.run_move(record).await {
+            tracing::warn!("the slot move did not finish, trying again: {e}");
         }
     }
 }

@@ -31,6 +31,40 @@ pub struct Shards {
     groups: BTreeMap<GroupId, Placement>,
     /// This group's own state of each slot.
     own: SlotTable<SlotState>,
+    /// Group 1's: the slot move under way, if any, and its last step done.
+    moving: Option<Move>,
+}
+
+/// A slot move as group 1 records it, so that group 1's next leader
+/// finishes it after a crash of the coordinator (every step may be done
+/// again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    pub first: u16,
+    pub last: u16,
+    pub from: GroupId,
+    pub to: GroupId,
+    /// The last step done.
+    pub step: MoveStep,
+}
+
+/// The steps of a slot move, in order (docs/sharding.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum MoveStep {
+    /// Recorded; nothing done yet.
+    Begun,
+    /// The target takes the copy only.
+    Importing,
+    /// The source takes no more writes for the slots.
+    Frozen,
+    /// The pairs are in the target.
+    Copied,
+    /// The source no longer serves the slots.
+    Released,
+    /// The map names the target.
+    Published,
+    /// The target serves the slots; the source's copy is left to drop.
+    Serving,
 }
 
 /// Where a group was created.
@@ -48,6 +82,7 @@ impl Default for Shards {
             map: SlotMap::even(&[FIRST_GROUP]).expect("one group"),
             groups: BTreeMap::new(),
             own: SlotTable::new(SlotState::Serving),
+            moving: None,
         }
     }
 }
@@ -113,6 +148,7 @@ impl Shards {
             Change::Assign { first, last, group } => {
                 Decided::Changed(self.assign(first, last, group))
             }
+            Change::Moving(record) => Decided::Changed(self.record_move(record)),
             Change::Import { items } => {
                 let keys = items.iter().map(|(key, _)| &key[..]);
                 let result = self.admit_move(keys, SlotState::Importing);
@@ -154,6 +190,36 @@ impl Shards {
             }
         }
         Ok(())
+    }
+
+    /// The slot move under way, if any.
+    pub fn moving(&self) -> Option<&Move> {
+        self.moving.as_ref()
+    }
+
+    /// Records the move under way (its last step done), or that there is
+    /// none. Steps only go forward, so a coordinator that lost the race
+    /// to another cannot record an older step; a different move is
+    /// refused while one is under way (one at a time), and the record is
+    /// cleared only after the last step.
+    fn record_move(&mut self, record: Option<Move>) -> Outcome {
+        let same =
+            |a: &Move, b: &Move| (a.first, a.last, a.from, a.to) == (b.first, b.last, b.from, b.to);
+        let allowed = match (&self.moving, &record) {
+            (None, Some(next)) => next.step == MoveStep::Begun,
+            (Some(current), Some(next)) => same(current, next) && next.step >= current.step,
+            (Some(current), None) => current.step == MoveStep::Serving,
+            (None, None) => true,
+        };
+        if !allowed {
+            let message = format!(
+                "the slot move under way is {:?}, not {record:?}",
+                self.moving
+            );
+            return refused(ErrorCode::ClusterFailed, message);
+        }
+        self.moving = record;
+        Outcome::Stored
     }
 
     /// Gives slots `first..=last` to group `group` in the slot map.
@@ -318,5 +384,43 @@ mod tests {
         );
         assert_eq!(group.assign(0, 99, 7), Outcome::Stored);
         assert_eq!(group.map().group_of(99), 7);
+    }
+    #[test]
+    fn a_recorded_move_only_goes_forward_one_at_a_time() {
+        let mut table = Shards::default();
+        let at = |step| Move {
+            first: 0,
+            last: 99,
+            from: 1,
+            to: 2,
+            step,
+        };
+        let stored = |outcome: Outcome| outcome == Outcome::Stored;
+        assert!(
+            !stored(table.record_move(Some(at(MoveStep::Frozen)))),
+            "begins at Begun"
+        );
+        assert!(stored(table.record_move(Some(at(MoveStep::Begun)))));
+        let other = Move {
+            to: 3,
+            ..at(MoveStep::Begun)
+        };
+        assert!(
+            !stored(table.record_move(Some(other))),
+            "one move at a time"
+        );
+        assert!(stored(table.record_move(Some(at(MoveStep::Copied)))));
+        assert!(
+            stored(table.record_move(Some(at(MoveStep::Copied)))),
+            "a step again"
+        );
+        assert!(
+            !stored(table.record_move(Some(at(MoveStep::Frozen)))),
+            "never back"
+        );
+        assert!(!stored(table.record_move(None)), "cleared only when done");
+        assert!(stored(table.record_move(Some(at(MoveStep::Serving)))));
+        assert!(stored(table.record_move(None)));
+        assert_eq!(table.moving(), None);
     }
 }

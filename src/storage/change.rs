@@ -84,6 +84,9 @@ pub enum Change {
     /// Cluster mode: a slot move's clean-up at its source, whose slots are
     /// `Elsewhere` by then.
     Purge { keys: Vec<Bytes> },
+    /// Cluster mode, group 1: the slot move under way and its last step
+    /// done, or none.
+    Moving(Option<crate::raft::shards::Move>),
 }
 
 impl From<WriteOp> for Change {
@@ -147,7 +150,8 @@ impl Change {
             Change::OpenSession { .. }
             | Change::AddGroup { .. }
             | Change::SetSlots { .. }
-            | Change::Assign { .. } => Vec::new(),
+            | Change::Assign { .. }
+            | Change::Moving(_) => Vec::new(),
         }
     }
 
@@ -161,7 +165,7 @@ impl Change {
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } => 32 + 64 * members.len(),
-            Change::SetSlots { .. } | Change::Assign { .. } => 32,
+            Change::SetSlots { .. } | Change::Assign { .. } | Change::Moving(_) => 32,
             Change::Import { items } => {
                 16 + (items.iter().map(|(k, v)| 16 + k.len() + v.len())).sum::<usize>()
             }
@@ -273,7 +277,8 @@ impl Change {
             | Change::SetSlots { .. }
             | Change::Assign { .. }
             | Change::Import { .. }
-            | Change::Purge { .. } => Resolved::Answer(Err(Error::Rejected {
+            | Change::Purge { .. }
+            | Change::Moving(_) => Resolved::Answer(Err(Error::Rejected {
                 code: ErrorCode::ClusterFailed,
                 message: "groups are for cluster mode only".into(),
             })),

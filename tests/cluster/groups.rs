@@ -258,3 +258,75 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
     }
     assert_eq!(group_keys(leader.addr), [acked.len() as u64, 0]);
 }
+
+#[test]
+fn a_move_whose_coordinator_is_killed_is_finished_by_the_next_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    // Enough pairs that the move is still under way when its coordinator
+    // (group 1's leader) is killed.
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let items = chunk.iter().map(|k| (k.as_str(), k.as_str()));
+        assert_eq!(try_call(leader.addr, cmd::bulk_set(items)), Some(Reply::Ok));
+    }
+    let addr = leader.addr;
+    let coordinator = std::thread::spawn(move || {
+        cli(
+            addr,
+            &["cluster", "move-slots", "--slots", "0-8191", "--to", "2"],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Killed once the source is frozen: the copy under way or done.
+    let step = loop {
+        let moving = status(leader.addr).and_then(|s| s.moving);
+        if let Some(moving) = moving.filter(|m| !["Begun", "Importing"].contains(&&*m.step)) {
+            break moving.step;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move never got to its freeze"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    servers[(leader.id - 1) as usize].take().unwrap().kill9();
+    assert!(
+        !coordinator.join().unwrap().status.success(),
+        "killed at {step}"
+    );
+    eprintln!("coordinator killed after step {step}");
+
+    // The next leader of group 1 finishes the move.
+    let survivors: Vec<Spec> = nodes
+        .iter()
+        .filter(|n| n.id != leader.id)
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let next = wait_for_leader(&survivors);
+        let done = status(next.addr).is_some_and(|s| {
+            let slots = &s.groups[0].slots;
+            s.moving.is_none() && slots == &[(8192, 16383)]
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the move was not finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Back to group 1 through the new leader: every pair is there, once.
+    let next = wait_for_leader(&survivors);
+    cli_ok(
+        next.addr,
+        &["cluster", "move-slots", "--slots", "0-8191", "--to", "1"],
+    );
+    let client = kvstore_client::BlockingClient::connect(next.addr.to_string()).unwrap();
+    let mut expected: Vec<(bytes::Bytes, bytes::Bytes)> = (keys.iter())
+        .map(|k| (k.clone().into(), k.clone().into()))
+        .collect();
+    expected.sort();
+    assert!(everything(&client) == expected, "the pairs after the moves");
+}

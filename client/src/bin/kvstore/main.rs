@@ -445,6 +445,12 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             "leader": status.leader,
             "nodes": json_rows,
             "groups": groups_json(&rows),
+            "moving": status.moving.as_ref().map(|m| serde_json::json!({
+                "slots": format!("{}-{}", m.first, m.last),
+                "from": m.from,
+                "to": m.to,
+                "step": m.step,
+            })),
         })),
         Output::Text => {
             output::say(&format!(
@@ -475,6 +481,12 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             // A cluster that is not sharded has group 1 alone: nothing to add.
             if groups.len() > 1 {
                 print_groups(&groups);
+            }
+            if let Some(m) = &status.moving {
+                output::say(&format!(
+                    "\nmoving slots {}-{} from group {} to {}: {} done",
+                    m.first, m.last, m.from, m.to, m.step
+                ));
             }
         }
     }
