@@ -97,9 +97,10 @@ struct Starter {
     tracker: TaskTracker,
 }
 
-/// Rounds of asking a group's nodes to take a proposal, while it elects a
-/// leader.
-const PROPOSE_ROUNDS: usize = 10;
+/// How long a request for a group's leader goes on asking the group's
+/// nodes while it elects one (a new group's first election may take a few
+/// rounds: all its nodes stand at once).
+const LEADER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Nodes a group is created on unless the command names them.
 const GROUP_REPLICAS: usize = 3;
@@ -321,15 +322,16 @@ impl Cluster {
 
     /// Has group `group`'s leader answer `rpc` (a `Propose` or a
     /// `ReadSlots`): here if this node leads it, else over the raft port,
-    /// trying the group's nodes until one leads or names the leader, for a
-    /// few rounds while the group elects one. For requests that may be
+    /// trying the group's nodes until one leads or names the leader, for up
+    /// to [`LEADER_PATIENCE`] while the group elects one. For requests that may be
     /// carried out twice: one whose answer was lost is sent again.
     async fn at_leader(&self, group: GroupId, rpc: impl Fn() -> Rpc) -> Result<RpcReply, Error> {
         let nodes = self.nodes_of(group)?;
         let local = self.groups.read().get(&group).cloned();
         let mut next = local.as_ref().and_then(|g| g.status().leader);
         let mut last_error = String::from("no node answered");
-        for round in 0..PROPOSE_ROUNDS {
+        let deadline = tokio::time::Instant::now() + LEADER_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
             let order = next.take().into_iter().chain(nodes.keys().copied());
             for id in order.collect::<Vec<_>>() {
                 let reply = match local.is_some() && id == self.settings.id {
@@ -349,9 +351,8 @@ impl Cluster {
                     Err(e) => last_error = e.clone(),
                 }
             }
-            if next.is_none() && round + 1 < PROPOSE_ROUNDS {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let pause = if next.is_some() { 20 } else { 200 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         Err(cluster_failed(format!(
             "group {group} did not answer: {last_error}"
