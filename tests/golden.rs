@@ -202,6 +202,10 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "cluster-abort-move-request",
+            rq(26, Command::Cluster(ClusterRequest::AbortMove)),
+        ),
+        (
             "indexed-request",
             rq(
                 22,

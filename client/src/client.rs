@@ -574,7 +574,8 @@ impl Client {
             Command::Cluster(
                 crate::ClusterRequest::AddLearner { .. }
                 | crate::ClusterRequest::AddGroup { .. }
-                | crate::ClusterRequest::MoveSlots { .. },
+                | crate::ClusterRequest::MoveSlots { .. }
+                | crate::ClusterRequest::AbortMove,
             ) => self.patient()?.call_once_more(command).await?,
             _ => self.call(command).await?,
         };

@@ -346,6 +346,9 @@ pub enum ClusterRequest {
         /// The group that serves them afterwards.
         to: u64,
     },
+    /// Tag 8. Undoes the slot move under way, if its source has not
+    /// released the slots yet (on group 1's leader). Answered once undone.
+    AbortMove,
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).

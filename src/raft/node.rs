@@ -286,6 +286,7 @@ impl Cluster {
             ClusterRequest::MoveSlots { first, last, to } => {
                 self.move_slots(first, last, to).await?;
             }
+            ClusterRequest::AbortMove => self.abort_move().await?,
         }
         Ok(self.status())
     }
@@ -476,6 +477,7 @@ impl Cluster {
             from,
             to,
             step: MoveStep::Begun,
+            abort: false,
         };
         self.record_move(Some(record.clone())).await?;
         self.run_move(record).await
@@ -495,6 +497,13 @@ impl Cluster {
             // Only group 1's leader coordinates: a deposed one stops here
             // (and its older steps cannot be recorded).
             self.first().read_barrier().await?;
+            let current = self.first().shards().borrow().moving().cloned();
+            match current {
+                Some(current) if current.abort => return self.undo_move(current).await,
+                Some(current) if current.step >= record.step => record = current,
+                // Finished, or taken over, by another coordinator.
+                _ => return Ok(copied),
+            }
             let Some(next) = self.next_step(&record, &mut copied).await? else {
                 break;
             };
@@ -520,6 +529,54 @@ impl Cluster {
         let total_ms = started.elapsed().as_millis() as u64;
         tracing::info!(first, last, from, to, copied, total_ms, "slots moved");
         Ok(copied)
+    }
+
+    /// Undoes a move asked to abort before its release: the source serves
+    /// the slots again (its data is as the freeze left it), the target
+    /// gives them up and drops what was copied, and the record is cleared.
+    async fn undo_move(&self, record: Move) -> Result<u64, Error> {
+        let Move {
+            first,
+            last,
+            from,
+            to,
+            ..
+        } = record;
+        self.set_slots(from, first, last, SlotState::Serving)
+            .await?;
+        self.set_slots(to, first, last, SlotState::Elsewhere)
+            .await?;
+        self.purge_slots(to, (first, last)).await?;
+        self.record_move(None).await?;
+        tracing::info!(first, last, from, to, "slot move aborted");
+        Err(cluster_failed(format!(
+            "the move of slots {first}-{last} to group {to} was aborted"
+        )))
+    }
+
+    /// `AbortMove`: asks the move under way to be undone (before its
+    /// release only) and waits (a while) until it is.
+    async fn abort_move(&self) -> Result<(), Error> {
+        self.first().read_barrier().await?;
+        let Some(current) = self.first().shards().borrow().moving().cloned() else {
+            return Err(cluster_failed("no slot move is under way"));
+        };
+        let aborted = Move {
+            abort: true,
+            ..current.clone()
+        };
+        self.record_move(Some(aborted)).await?;
+        let deadline = tokio::time::Instant::now() + ABORT_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.first().shards().borrow().moving().is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(cluster_failed(format!(
+            "the abort of the move of slots {}-{} is recorded but not done after {ABORT_WAIT:?}",
+            current.first, current.last
+        )))
     }
 
     /// Does the step after `record`'s last one; the step done, or `None`
@@ -778,6 +835,9 @@ async fn run_placed_groups(cluster: Arc<Cluster>, mut shards: watch::Receiver<Ar
         }
     }
 }
+
+/// How long `AbortMove` waits for the move to be undone.
+const ABORT_WAIT: Duration = Duration::from_secs(30);
 
 /// How often group 1's leader looks for a recorded move that no one is
 /// carrying out (its coordinator died).

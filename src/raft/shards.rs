@@ -46,6 +46,8 @@ pub struct Move {
     pub to: GroupId,
     /// The last step done.
     pub step: MoveStep,
+    /// Being undone: asked for before the source released the slots.
+    pub abort: bool,
 }
 
 /// The steps of a slot move, in order (docs/sharding.md).
@@ -200,15 +202,21 @@ impl Shards {
     /// Records the move under way (its last step done), or that there is
     /// none. Steps only go forward, so a coordinator that lost the race
     /// to another cannot record an older step; a different move is
-    /// refused while one is under way (one at a time), and the record is
-    /// cleared only after the last step.
+    /// refused while one is under way (one at a time); an abort is taken
+    /// only before the release, and stops the steps; the record is cleared
+    /// only after the last step or an abort.
     fn record_move(&mut self, record: Option<Move>) -> Outcome {
         let same =
             |a: &Move, b: &Move| (a.first, a.last, a.from, a.to) == (b.first, b.last, b.from, b.to);
         let allowed = match (&self.moving, &record) {
-            (None, Some(next)) => next.step == MoveStep::Begun,
-            (Some(current), Some(next)) => same(current, next) && next.step >= current.step,
-            (Some(current), None) => current.step == MoveStep::Serving,
+            (None, Some(next)) => next.step == MoveStep::Begun && !next.abort,
+            (Some(current), Some(next)) if !same(current, next) => false,
+            (Some(current), Some(next)) if current.abort => next == current,
+            (Some(current), Some(next)) if next.abort => {
+                next.step == current.step && current.step < MoveStep::Released
+            }
+            (Some(current), Some(next)) => next.step >= current.step,
+            (Some(current), None) => current.step == MoveStep::Serving || current.abort,
             (None, None) => true,
         };
         if !allowed {
@@ -394,6 +402,7 @@ mod tests {
             from: 1,
             to: 2,
             step,
+            abort: false,
         };
         let stored = |outcome: Outcome| outcome == Outcome::Stored;
         assert!(
@@ -422,5 +431,30 @@ mod tests {
         assert!(stored(table.record_move(Some(at(MoveStep::Serving)))));
         assert!(stored(table.record_move(None)));
         assert_eq!(table.moving(), None);
+
+        // An abort: only before the release, and it stops the steps.
+        let aborted = |step| Move {
+            abort: true,
+            ..at(step)
+        };
+        table.record_move(Some(at(MoveStep::Begun)));
+        table.record_move(Some(at(MoveStep::Released)));
+        assert!(
+            !stored(table.record_move(Some(aborted(MoveStep::Released)))),
+            "too late"
+        );
+        table = Shards::default();
+        table.record_move(Some(at(MoveStep::Begun)));
+        table.record_move(Some(at(MoveStep::Copied)));
+        assert!(stored(table.record_move(Some(aborted(MoveStep::Copied)))));
+        assert!(
+            !stored(table.record_move(Some(aborted(MoveStep::Released)))),
+            "stopped"
+        );
+        assert!(
+            !stored(table.record_move(Some(at(MoveStep::Released)))),
+            "stopped"
+        );
+        assert!(stored(table.record_move(None)), "cleared once undone");
     }
 }

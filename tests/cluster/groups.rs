@@ -330,3 +330,50 @@ fn a_move_whose_coordinator_is_killed_is_finished_by_the_next_leader() {
     expected.sort();
     assert!(everything(&client) == expected, "the pairs after the moves");
 }
+
+#[test]
+fn a_move_aborted_before_its_release_leaves_every_pair_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let keys: Vec<String> = (0..50_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let items = chunk.iter().map(|k| (k.as_str(), k.as_str()));
+        assert_eq!(try_call(leader.addr, cmd::bulk_set(items)), Some(Reply::Ok));
+    }
+    let addr = leader.addr;
+    let coordinator = std::thread::spawn(move || {
+        cli(
+            addr,
+            &["cluster", "move-slots", "--slots", "0-8191", "--to", "2"],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let copying = |step: &str| ["Frozen", "Copied"].contains(&step);
+    while status(leader.addr)
+        .and_then(|s| s.moving)
+        .is_none_or(|m| !copying(&m.step))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the move never got to its freeze"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cli_ok(leader.addr, &["cluster", "abort-move"]);
+    let moved = coordinator.join().unwrap();
+    assert!(!moved.status.success(), "the move reports its abort");
+
+    let after = status(leader.addr).unwrap();
+    assert!(after.moving.is_none());
+    assert_eq!(after.groups[0].slots, [(0, 16383)], "the map is as it was");
+    assert_eq!((after.groups[0].keys, after.groups[1].keys), (50_000, 0));
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    assert_eq!(everything(&client).len(), keys.len());
+    let slot_zero_key = "{06S}"; // slot 0
+    assert_eq!(kvstore_client::slot::slot_of(slot_zero_key.as_bytes()), 0);
+    assert_eq!(
+        try_call(leader.addr, cmd::set(slot_zero_key, "v")),
+        Some(Reply::Ok)
+    );
+}

@@ -199,6 +199,9 @@ enum ClusterCmd {
         #[arg(long)]
         to: u64,
     },
+    /// Undo the slot move under way, if its source has not released the
+    /// slots yet (ask group 1's leader).
+    AbortMove,
 }
 
 /// `A-B` or `A`: a slot range.
@@ -378,6 +381,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             slots: (first, last),
             to,
         } => ClusterRequest::MoveSlots { first, last, to },
+        ClusterCmd::AbortMove => ClusterRequest::AbortMove,
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
