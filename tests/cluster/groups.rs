@@ -259,6 +259,27 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
     assert_eq!(group_keys(leader.addr), [acked.len() as u64, 0]);
 }
 
+/// Writes `n` pairs (`k0` = `k0`, ...) through `leader`, then starts moving
+/// slots 0-8191 to group 2 with the CLI on a thread of its own: the keys,
+/// and the thread, which gives the CLI's output.
+fn fill_and_move_half(
+    leader: SocketAddr,
+    n: usize,
+) -> (Vec<String>, std::thread::JoinHandle<std::process::Output>) {
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let items = chunk.iter().map(|k| (k.as_str(), k.as_str()));
+        assert_eq!(try_call(leader, cmd::bulk_set(items)), Some(Reply::Ok));
+    }
+    let coordinator = std::thread::spawn(move || {
+        cli(
+            leader,
+            &["cluster", "move-slots", "--slots", "0-8191", "--to", "2"],
+        )
+    });
+    (keys, coordinator)
+}
+
 #[test]
 fn a_move_whose_coordinator_is_killed_is_finished_by_the_next_leader() {
     let dir = tempfile::tempdir().unwrap();
@@ -266,18 +287,7 @@ fn a_move_whose_coordinator_is_killed_is_finished_by_the_next_leader() {
     cli_ok(leader.addr, &["cluster", "add-group"]);
     // Enough pairs that the move is still under way when its coordinator
     // (group 1's leader) is killed.
-    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
-    for chunk in keys.chunks(1000) {
-        let items = chunk.iter().map(|k| (k.as_str(), k.as_str()));
-        assert_eq!(try_call(leader.addr, cmd::bulk_set(items)), Some(Reply::Ok));
-    }
-    let addr = leader.addr;
-    let coordinator = std::thread::spawn(move || {
-        cli(
-            addr,
-            &["cluster", "move-slots", "--slots", "0-8191", "--to", "2"],
-        )
-    });
+    let (keys, coordinator) = fill_and_move_half(leader.addr, 20_000);
     let deadline = Instant::now() + Duration::from_secs(20);
     // Killed once the source is frozen: the copy under way or done.
     let step = loop {
@@ -336,18 +346,7 @@ fn a_move_aborted_before_its_release_leaves_every_pair_with_its_source() {
     let dir = tempfile::tempdir().unwrap();
     let (_nodes, _servers, leader) = start_cluster(dir.path());
     cli_ok(leader.addr, &["cluster", "add-group"]);
-    let keys: Vec<String> = (0..50_000).map(|i| format!("k{i}")).collect();
-    for chunk in keys.chunks(1000) {
-        let items = chunk.iter().map(|k| (k.as_str(), k.as_str()));
-        assert_eq!(try_call(leader.addr, cmd::bulk_set(items)), Some(Reply::Ok));
-    }
-    let addr = leader.addr;
-    let coordinator = std::thread::spawn(move || {
-        cli(
-            addr,
-            &["cluster", "move-slots", "--slots", "0-8191", "--to", "2"],
-        )
-    });
+    let (keys, coordinator) = fill_and_move_half(leader.addr, 50_000);
     let deadline = Instant::now() + Duration::from_secs(20);
     let copying = |step: &str| ["Frozen", "Copied"].contains(&step);
     while status(leader.addr)
