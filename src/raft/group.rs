@@ -401,16 +401,12 @@ fn open_storage(
     Ok((log, machine))
 }
 
-/// The network of a node's first group, from which the others are made.
-pub fn first_network(
-    settings: &Settings,
-    group: GroupId,
-    tls: Option<Arc<super::peer_tls::PeerTls>>,
-) -> Network {
+/// The network of a node's group 1, from which the others' are made.
+pub fn first_network(settings: &Settings, tls: Option<Arc<super::peer_tls::PeerTls>>) -> Network {
     let dial = (settings.peers.iter())
         .map(|(id, member)| (*id, member.raft_addr.clone()))
         .collect();
-    Network::new(group, network_frame(settings), dial, tls)
+    Network::new(super::FIRST_GROUP, network_frame(settings), dial, tls)
 }
 
 /// The largest raft-port frame of a node started with `settings`.

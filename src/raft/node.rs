@@ -131,7 +131,7 @@ impl Cluster {
         let tls = (settings.tls.as_ref())
             .map(|files| PeerTls::load(files, settings.id).map(Arc::new))
             .transpose()?;
-        let network = group::first_network(&settings, FIRST_GROUP, tls.clone());
+        let network = group::first_network(&settings, tls.clone());
         let first = Group::start(
             FIRST_GROUP,
             &settings,
@@ -722,7 +722,10 @@ impl Log for Cluster {
     /// on, and `log_failed` says so.
     fn failure(&self) -> Option<String> {
         // Asked before every write: no allocation.
-        self.groups.read().values().find_map(|group| group.failure())
+        self.groups
+            .read()
+            .values()
+            .find_map(|group| group.failure())
     }
 
     fn figures(&self) -> Option<&LogFigures> {
