@@ -358,8 +358,12 @@ impl Client {
             return;
         }
         let next = match error {
-            Error::Server { code, message } if *code == ErrorCode::NotLeader as u32 => {
-                match leader_named(message) {
+            // A sharded cluster's node that does not run the key's group
+            // answers `Moved`, naming a node that does.
+            Error::Server { code, message }
+                if *code == ErrorCode::NotLeader as u32 || *code == ErrorCode::Moved as u32 =>
+            {
+                match redirect_named(message) {
                     Some(leader) => Some(leader),
                     None => target.after_current(),
                 }
@@ -820,9 +824,9 @@ impl Client {
     }
 
     /// A write in `session`, resent as the retry policy allows: the cluster
-    /// applies it at most once. If the session expired before the write's
-    /// first attempt reached it (nothing was applied), once more in a new
-    /// session.
+    /// applies it at most once. If the session expired and no attempt may
+    /// have been carried out (each earlier one was refused before anything
+    /// was done: a redirect, say), once more in a new session.
     async fn write_once(
         &self,
         mut session: Arc<once::Session>,
@@ -836,15 +840,15 @@ impl Client {
                 acked,
                 command: Box::new(command.clone()),
             };
-            let attempts = std::sync::atomic::AtomicU32::new(0);
-            let result = self.call_counting(once, &attempts).await;
+            let maybe_done = std::sync::atomic::AtomicBool::new(false);
+            let result = self.call_counting(once, &maybe_done).await;
             session.done(seq);
             let expired = matches!(&result, Err(Error::Server { code, .. }) if *code == ErrorCode::SessionExpired as u32);
             if !expired {
                 return self.unwrap_write(result?);
             }
             self.forget_session(&session).await;
-            if attempts.load(Ordering::Relaxed) > 1 {
+            if maybe_done.load(Ordering::Relaxed) {
                 return result;
             }
             match self.write_session().await? {
@@ -925,15 +929,16 @@ impl Client {
     /// [`Client::call`] without the choice of reads: the command as given,
     /// with timeouts and retries.
     pub(crate) async fn call_once_more(&self, command: Command) -> Result<Reply, Error> {
-        self.call_counting(command, &std::sync::atomic::AtomicU32::new(0))
+        self.call_counting(command, &std::sync::atomic::AtomicBool::new(false))
             .await
     }
 
-    /// [`Client::call_once_more`], counting its attempts in `counted`.
+    /// [`Client::call_once_more`], setting `maybe_done` once an attempt
+    /// failed in a way that leaves it maybe carried out.
     async fn call_counting(
         &self,
         command: Command,
-        counted: &std::sync::atomic::AtomicU32,
+        maybe_done: &std::sync::atomic::AtomicBool,
     ) -> Result<Reply, Error> {
         let options = &self.inner.options;
         let policy = ExponentialBuilder::default()
@@ -947,10 +952,7 @@ impl Client {
         let several = self.inner.target.lock().map_or(1, |t| t.known.len()) > 1;
         // The addresses tried since the last pause.
         let tried = std::sync::Mutex::new(Vec::new());
-        // An attempt failed in a way that leaves it maybe carried out.
-        let maybe_done = std::sync::atomic::AtomicBool::new(false);
         let attempts = (|| {
-            counted.fetch_add(1, Ordering::Relaxed);
             let (addr, _) = self.target();
             if let Ok(mut tried) = tried.lock() {
                 tried.push(addr);
@@ -1211,9 +1213,11 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, Error> {
         .map_err(|e| Error::Tls(format!("{host} is not a valid server name: {e}")))
 }
 
-/// The leader's address in a `NotLeader` message (`... leader at HOST:PORT`).
-fn leader_named(message: &str) -> Option<String> {
-    let (_, rest) = message.split_once("leader at ")?;
+/// The address a `NotLeader` or `Moved` message sends the client to
+/// (`... leader at HOST:PORT`, `... served at HOST:PORT`).
+fn redirect_named(message: &str) -> Option<String> {
+    let (_, rest) =
+        (message.split_once("leader at ")).or_else(|| message.split_once("served at "))?;
     addr::parse_target(rest.split_whitespace().next()?)
         .ok()
         .map(|(a, _)| a)

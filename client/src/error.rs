@@ -90,7 +90,7 @@ impl Error {
     /// Whether the failed request certainly was not carried out: no
     /// connection could be made, or the server refused it before doing
     /// anything (`TooManyConnections`, `ShuttingDown`, `NotLeader`,
-    /// `Lagging`). A lost
+    /// `Lagging`, and a sharded cluster's `Moved` and `TryAgain`). A lost
     /// connection, a timeout or `OutcomeUnknown` leaves it unknown.
     pub fn never_arrived(&self) -> bool {
         match self {
@@ -107,6 +107,8 @@ impl Error {
                         | ErrorCode::ShuttingDown
                         | ErrorCode::NotLeader
                         | ErrorCode::Lagging
+                        | ErrorCode::Moved
+                        | ErrorCode::TryAgain
                 )
             ),
             _ => false,
