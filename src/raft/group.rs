@@ -56,6 +56,8 @@ pub struct Group {
     fresh: bool,
     /// The group's data on this node, for its figures.
     engine: Arc<dyn Engine>,
+    /// See [`Group::last_session`].
+    last_session: Arc<AtomicU64>,
 }
 
 /// One group's role, term and members as this node sees them.
@@ -130,6 +132,7 @@ impl Group {
         let store_index = machine.store_index();
         let shards = machine.shards();
         let since_snapshot = machine.since_snapshot();
+        let last_session = machine.last_session();
         let raft = Raft::new(settings.id, raft_config(settings)?, network, log, machine)
             .await
             .map_err(|e| Error::Config(format!("raft group {id} did not start: {e}")))?;
@@ -148,7 +151,12 @@ impl Group {
             shards,
             fresh,
             engine,
+            last_session,
         })
+    }
+
+    pub fn id(&self) -> GroupId {
+        self.id
     }
 
     /// The group's openraft, for the raft port to hand messages to.
@@ -159,6 +167,12 @@ impl Group {
     /// The group's data on this node.
     pub fn engine(&self) -> Arc<dyn Engine> {
         self.engine.clone()
+    }
+
+    /// The last client session id this replica of group 1 has seen
+    /// handed out.
+    pub fn last_session(&self) -> u64 {
+        self.last_session.load(Ordering::Acquire)
     }
 
     /// The sharding table as this group's state machine has applied it.

@@ -45,7 +45,9 @@ pub struct Stamp {
 pub struct Sessions {
     /// The latest time any entry carried: the clock of expiry.
     now_ms: u64,
-    /// The last id handed out.
+    /// Group 1, which opens sessions: the last id handed out. Any other
+    /// group: the highest id it has forgotten (expired), below which a
+    /// session it does not hold is never taken in again.
     last_id: u64,
     table: BTreeMap<u64, Session>,
 }
@@ -115,19 +117,33 @@ impl Sessions {
         Outcome::Int(self.last_id as i64)
     }
 
-    /// Decides what to do with the write `stamp` describes.
-    pub fn admit(&mut self, stamp: &Stamp) -> Admit {
+    /// Decides what to do with the write `stamp` describes. With `adopt`
+    /// (a group other than group 1, where sessions are opened), a session
+    /// first seen here is taken in, unless its id is at or below the
+    /// highest this group has forgotten: a resend after this group expired
+    /// its session could otherwise be applied twice.
+    pub fn admit(&mut self, stamp: &Stamp, adopt: bool) -> Admit {
         self.advance(stamp.time_ms);
         let now = self.now_ms;
         let id = stamp.session;
         let expired = |s: &Session| s.last_active_ms.saturating_add(stamp.idle_ms) < now;
-        let Some(session) = self.table.get_mut(&id).filter(|s| !expired(s)) else {
-            self.table.remove(&id);
-            return Admit::Refuse(refused(
-                ErrorCode::SessionExpired,
-                format!("client session {id} is unknown or expired; open a new one"),
-            ));
-        };
+        if self.table.get(&id).is_none_or(expired) {
+            if self.table.remove(&id).is_some() && adopt {
+                self.last_id = self.last_id.max(id);
+            }
+            if !adopt || id <= self.last_id {
+                return Admit::Refuse(refused(
+                    ErrorCode::SessionExpired,
+                    format!("client session {id} is unknown or expired; open a new one"),
+                ));
+            }
+            self.forget_expired(stamp.idle_ms);
+        }
+        let session = self.table.entry(id).or_insert_with(|| Session {
+            acked: 0,
+            outcomes: BTreeMap::new(),
+            last_active_ms: now,
+        });
         session.last_active_ms = now;
         if stamp.acked > session.acked {
             session.acked = stamp.acked;
@@ -152,6 +168,25 @@ impl Sessions {
             ));
         }
         Admit::Apply
+    }
+
+    /// Drops the sessions idle for longer than `idle_ms` (in a group that
+    /// takes sessions in), remembering the highest id dropped.
+    fn forget_expired(&mut self, idle_ms: u64) {
+        let now = self.now_ms;
+        let last_id = &mut self.last_id;
+        self.table.retain(|id, s| {
+            let keep = s.last_active_ms.saturating_add(idle_ms) >= now;
+            if !keep {
+                *last_id = (*last_id).max(*id);
+            }
+            keep
+        });
+    }
+
+    /// Group 1: the last session id handed out (see `last_id`).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
     }
 
     /// Keeps the outcome of an admitted write.
@@ -197,18 +232,18 @@ mod tests {
         let mut sessions = Sessions::default();
         let id = opened(&mut sessions, 1_000);
         let first = stamp(id, 1, 0, 1_000);
-        assert_eq!(sessions.admit(&first), Admit::Apply);
+        assert_eq!(sessions.admit(&first, false), Admit::Apply);
         sessions.record(&first, Outcome::Deleted(true));
         // The resend, whatever it would do now, answers what the first did.
         assert_eq!(
-            sessions.admit(&stamp(id, 1, 0, 2_000)),
+            sessions.admit(&stamp(id, 1, 0, 2_000), false),
             Admit::Replay(Outcome::Deleted(true))
         );
         // Writes in flight together may arrive in any order.
         let (third, second) = (stamp(id, 3, 0, 2_000), stamp(id, 2, 0, 2_000));
-        assert_eq!(sessions.admit(&third), Admit::Apply);
+        assert_eq!(sessions.admit(&third, false), Admit::Apply);
         sessions.record(&third, Outcome::Stored);
-        assert_eq!(sessions.admit(&second), Admit::Apply);
+        assert_eq!(sessions.admit(&second, false), Admit::Apply);
     }
 
     #[test]
@@ -217,12 +252,12 @@ mod tests {
         let id = opened(&mut sessions, 0);
         for seq in 1..=3 {
             let s = stamp(id, seq, 0, 0);
-            assert_eq!(sessions.admit(&s), Admit::Apply);
+            assert_eq!(sessions.admit(&s, false), Admit::Apply);
             sessions.record(&s, Outcome::Int(seq as i64));
         }
-        assert_eq!(sessions.admit(&stamp(id, 4, 2, 0)), Admit::Apply);
+        assert_eq!(sessions.admit(&stamp(id, 4, 2, 0), false), Admit::Apply);
         assert_eq!(sessions.table[&id].outcomes.len(), 1, "only 3 is kept");
-        let late = sessions.admit(&stamp(id, 2, 2, 0));
+        let late = sessions.admit(&stamp(id, 2, 2, 0), false);
         assert_eq!(code(late), ErrorCode::Malformed as u32);
     }
 
@@ -230,13 +265,13 @@ mod tests {
     fn sessions_expire_by_the_time_entries_carry_never_going_back() {
         let mut sessions = Sessions::default();
         let (a, b) = (opened(&mut sessions, 0), opened(&mut sessions, 0));
-        assert_eq!(sessions.admit(&stamp(b, 1, 0, IDLE)), Admit::Apply);
+        assert_eq!(sessions.admit(&stamp(b, 1, 0, IDLE), false), Admit::Apply);
         // A later leader whose clock is behind does not revive a.
-        let expired = sessions.admit(&stamp(a, 1, 0, IDLE + 1));
+        let expired = sessions.admit(&stamp(a, 1, 0, IDLE + 1), false);
         assert_eq!(code(expired), ErrorCode::SessionExpired as u32);
-        let behind = sessions.admit(&stamp(a, 1, 0, 5));
+        let behind = sessions.admit(&stamp(a, 1, 0, 5), false);
         assert_eq!(code(behind), ErrorCode::SessionExpired as u32);
-        assert_eq!(sessions.admit(&stamp(b, 2, 0, 10)), Admit::Apply);
+        assert_eq!(sessions.admit(&stamp(b, 2, 0, 10), false), Admit::Apply);
         assert_eq!(sessions.len(), 1);
     }
 
@@ -255,10 +290,38 @@ mod tests {
         let id = 4;
         for seq in 1..=MAX_PENDING as u64 {
             let s = stamp(id, seq, 0, IDLE + 1);
-            assert_eq!(sessions.admit(&s), Admit::Apply);
+            assert_eq!(sessions.admit(&s, false), Admit::Apply);
             sessions.record(&s, Outcome::Stored);
         }
-        let over = sessions.admit(&stamp(id, MAX_PENDING as u64 + 1, 0, IDLE + 1));
+        let over = sessions.admit(&stamp(id, MAX_PENDING as u64 + 1, 0, IDLE + 1), false);
         assert_eq!(code(over), ErrorCode::TooManySessions as u32);
+    }
+
+    #[test]
+    fn another_group_takes_in_a_session_once_and_never_after_forgetting_it() {
+        let mut group = Sessions::default();
+        let first = stamp(7, 1, 0, 0);
+        assert_eq!(group.admit(&first, true), Admit::Apply);
+        group.record(&first, Outcome::Int(1));
+        assert_eq!(
+            group.admit(&first, true),
+            Admit::Replay(Outcome::Int(1)),
+            "a resend is not applied twice"
+        );
+        // An older session first seen after 7 is taken in too.
+        assert_eq!(group.admit(&stamp(5, 1, 0, 0), true), Admit::Apply);
+        // Once 7 expires here, its resend is refused, and so is any session
+        // not held at or below it.
+        let later = IDLE + 1;
+        assert_eq!(group.admit(&stamp(9, 1, 0, later), true), Admit::Apply);
+        assert_eq!(group.len(), 1, "5 and 7 expired");
+        let resend = group.admit(&stamp(7, 1, 0, later), true);
+        assert_eq!(code(resend), ErrorCode::SessionExpired as u32);
+        let older = group.admit(&stamp(6, 1, 0, later), true);
+        assert_eq!(code(older), ErrorCode::SessionExpired as u32);
+        assert_eq!(group.admit(&stamp(9, 2, 0, later), true), Admit::Apply);
+        // Group 1 takes in nothing: its sessions are opened.
+        let unknown = Sessions::default().admit(&stamp(3, 1, 0, 0), false);
+        assert_eq!(code(unknown), ErrorCode::SessionExpired as u32);
     }
 }

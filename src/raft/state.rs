@@ -148,6 +148,8 @@ struct Applied {
 /// The state machine. Cheap to clone: the snapshot builder is a clone.
 #[derive(Clone)]
 pub struct StateMachine {
+    /// Group 1 opens client sessions; the others take them in (`Sessions`).
+    group: GroupId,
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     /// The engine the doors read: applying an entry makes its writes
@@ -168,6 +170,9 @@ pub struct StateMachine {
     /// Roughly the bytes of the entries applied since the newest snapshot:
     /// what the size trigger of snapshots watches (`node`).
     since_snapshot: Arc<AtomicU64>,
+    /// Group 1: the last client session id handed out as applied, so that
+    /// a node sends another group no session id that was never opened.
+    last_session: Arc<AtomicU64>,
     /// The sharding table as applied, for the node to start the groups it
     /// is placed in.
     shards: Arc<tokio::sync::watch::Sender<Arc<Shards>>>,
@@ -209,8 +214,10 @@ impl StateMachine {
             applied.current = Some(meta);
         }
         let store_index = applied.last_applied.map_or(0, |id| id.index);
+        let last_session = applied.sessions.last_id();
         let shards = tokio::sync::watch::Sender::new(Arc::new(applied.shards.clone()));
         let machine = StateMachine {
+            group,
             fs,
             dir: dir.to_path_buf(),
             engine,
@@ -218,6 +225,7 @@ impl StateMachine {
             files: Arc::default(),
             store_index: Arc::new(AtomicU64::new(store_index)),
             since_snapshot: Arc::default(),
+            last_session: Arc::new(AtomicU64::new(last_session)),
             shards: Arc::new(shards),
         };
         let keep = machine
@@ -246,6 +254,11 @@ impl StateMachine {
     /// See the `since_snapshot` field; shared with the node.
     pub fn since_snapshot(&self) -> Arc<AtomicU64> {
         self.since_snapshot.clone()
+    }
+
+    /// See the `last_session` field; shared with the node.
+    pub fn last_session(&self) -> Arc<AtomicU64> {
+        self.last_session.clone()
     }
 
     /// The sharding table as applied, from now on.
@@ -366,7 +379,7 @@ impl StateMachine {
                     Decided::Refused(refusal) => Step::Answer(refusal),
                     Decided::Apply(change) => step(
                         change,
-                        &mut applied.sessions,
+                        (&mut applied.sessions, self.group != super::FIRST_GROUP),
                         &mut view,
                         &mut seen,
                         position,
@@ -378,6 +391,7 @@ impl StateMachine {
             steps.push(entry_steps);
         }
         drop(view);
+        (self.last_session).store(applied.sessions.last_id(), Ordering::Release);
         let Some(last) = applied.last_applied.filter(|_| !steps.is_empty()) else {
             return Ok(Vec::new());
         };
@@ -419,10 +433,11 @@ enum Step {
     Again(usize),
 }
 
-/// The step of `change`, at `position` in the batch.
+/// The step of `change`, at `position` in the batch; `adopt` as
+/// [`Sessions::admit`] takes it.
 fn step(
     change: Change,
-    sessions: &mut Sessions,
+    (sessions, adopt): (&mut Sessions, bool),
     view: &mut BatchView,
     seen: &mut std::collections::HashMap<(u64, u64), usize>,
     position: usize,
@@ -444,7 +459,7 @@ fn step(
             if let Some(first) = seen.get(&(stamp.session, stamp.seq)) {
                 return Step::Again(*first);
             }
-            match sessions.admit(&stamp) {
+            match sessions.admit(&stamp, adopt) {
                 Admit::Apply => {
                     seen.insert((stamp.session, stamp.seq), position);
                     resolve(*change, Some(stamp))
@@ -663,6 +678,7 @@ impl StateMachine {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         applied.sessions = sessions;
+        (self.last_session).store(applied.sessions.last_id(), Ordering::Release);
         self.publish_shards(&shards);
         applied.shards = shards;
         applied.current = Some(meta.clone());
