@@ -89,6 +89,11 @@ impl Db {
         &*self.engine
     }
 
+    /// [`Db::engine`], shared.
+    pub fn engine_handle(&self) -> Arc<dyn Engine> {
+        self.engine.clone()
+    }
+
     /// Starts a backup: the engine's state at one instant, copied while
     /// writes go on.
     pub fn start_backup(&self) -> Result<Backup, Error> {

@@ -3,24 +3,25 @@
 use bytes::Bytes;
 use kvstore_client::Reply;
 
-use super::{check_read, error_reply};
+use super::{error_reply, reader};
 use crate::db::Db;
 
 pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
-    check_read(key, db)?;
-    let found = db.engine().contains(key).map_err(|e| error_reply(&e))?;
+    let found = reader(key, db)?
+        .contains(key)
+        .map_err(|e| error_reply(&e))?;
     Ok(Reply::Bool(found))
 }
 
 /// How many of `keys` have a value (a repeated key counts again: RESP
 /// `EXISTS`); refused whole if one is over the key limit.
 pub fn count(keys: &[Bytes], db: &Db) -> Result<usize, Reply> {
-    for key in keys {
-        check_read(key, db)?;
-    }
+    let readers = (keys.iter())
+        .map(|key| reader(key, db))
+        .collect::<Result<Vec<_>, Reply>>()?;
     let mut n = 0;
-    for key in keys {
-        n += usize::from(db.engine().contains(key).map_err(|e| error_reply(&e))?);
+    for (key, reader) in keys.iter().zip(readers) {
+        n += usize::from(reader.contains(key).map_err(|e| error_reply(&e))?);
     }
     Ok(n)
 }

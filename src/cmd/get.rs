@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use kvstore_client::Reply;
 
-use super::{check_read, error_reply};
+use super::{error_reply, reader};
 use crate::db::Db;
 
 pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
@@ -12,6 +12,5 @@ pub(super) fn apply(key: &[u8], db: &Db) -> Result<Reply, Reply> {
 
 /// The value of `key`, or the refusal of a key over the limit.
 pub fn value(key: &[u8], db: &Db) -> Result<Option<Bytes>, Reply> {
-    check_read(key, db)?;
-    db.engine().get(key).map_err(|e| error_reply(&e))
+    reader(key, db)?.get(key).map_err(|e| error_reply(&e))
 }

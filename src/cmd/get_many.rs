@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use kvstore_client::{ErrorCode, Reply};
 
-use super::{check_limit, check_read, error_reply};
+use super::{check_limit, error_reply, reader};
 use crate::db::Db;
 
 /// One value (or none) per key, in order; refused whole if there are more
@@ -17,8 +17,17 @@ pub fn apply(keys: &[Bytes], db: &Db) -> Result<Vec<Option<Bytes>>, Reply> {
         db.limits.max_bulk_items,
         "keys",
     )?;
-    for key in keys {
-        check_read(key, db)?;
+    let Some(first) = keys.first() else {
+        return Ok(Vec::new());
+    };
+    let engine = reader(first, db)?;
+    for key in &keys[1..] {
+        if !std::sync::Arc::ptr_eq(&reader(key, db)?, &engine) {
+            return Err(Reply::error(
+                ErrorCode::CrossSlot,
+                "MGET keys are served by different groups",
+            ));
+        }
     }
-    db.engine().get_many(keys).map_err(|e| error_reply(&e))
+    engine.get_many(keys).map_err(|e| error_reply(&e))
 }

@@ -33,10 +33,13 @@ mod session;
 mod set;
 mod set_if;
 
+use std::sync::Arc;
+
 use kvstore_client::{Command, ErrorCode, Reply};
 
 use crate::config::Limits;
 use crate::db::Db;
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::log::PendingWrite;
 use crate::storage::change::Change;
@@ -101,7 +104,7 @@ pub async fn start(command: Command, db: &Db) -> Started {
         _ => {}
     }
     if command.is_data_read() {
-        if let Err(e) = read_barrier(db).await {
+        if let Err(e) = read_barrier(db, read_key(&command)).await {
             return Started::Done(error_reply(&e));
         }
     }
@@ -115,14 +118,23 @@ pub async fn start(command: Command, db: &Db) -> Started {
 }
 
 /// Waits until this node may answer a linearizable read of data: in
-/// cluster mode, [`Cluster::read_barrier`]; at once on a single node. Every
-/// door's reads of data pass here before they read.
+/// cluster mode, [`Cluster::read_barrier`] of `key`'s group (group 1's for
+/// a read that names no key); at once on a single node. Every door's reads
+/// of data pass here before they read.
 ///
 /// [`Cluster::read_barrier`]: crate::raft::node::Cluster::read_barrier
-pub async fn read_barrier(db: &Db) -> Result<(), Error> {
+pub async fn read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error> {
     match db.cluster() {
-        Some(cluster) => cluster.read_barrier().await,
+        Some(cluster) => cluster.read_barrier(key).await,
         None => Ok(()),
+    }
+}
+
+/// The key a read of data names, if it names one: its group answers it.
+pub fn read_key(command: &Command) -> Option<&[u8]> {
+    match command {
+        Command::Get { key } | Command::Exists { key } => Some(key),
+        _ => None,
     }
 }
 
@@ -287,14 +299,14 @@ fn check_limit(code: ErrorCode, what: &str, n: usize, max: usize, unit: &str) ->
     Ok(())
 }
 
-/// Refuses a key over the limit.
-/// Refuses a key to read that is over the limit, or, in a sharded cluster,
-/// in a slot whose data is not here (`Moved`, `TryAgain`).
-fn check_read(key: &[u8], db: &Db) -> Result<(), Reply> {
+/// The data to read `key` from, once the key is within the limit: in
+/// cluster mode its group's (`Cluster::reader`: `Moved` or `TryAgain` if
+/// its slot's data is not here), else the node's.
+fn reader(key: &[u8], db: &Db) -> Result<Arc<dyn Engine>, Reply> {
     check_key(key, &db.limits)?;
     match db.cluster() {
-        Some(cluster) => cluster.serves_read(key).map_err(|e| error_reply(&e)),
-        None => Ok(()),
+        Some(cluster) => cluster.reader(key).map_err(|e| error_reply(&e)),
+        None => Ok(db.engine_handle()),
     }
 }
 

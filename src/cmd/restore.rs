@@ -46,7 +46,7 @@ async fn restore(name: String, db: &Db) -> Result<SnapshotInfo, Error> {
     let path = backup_path(&name, db)?;
     let _running = Running::claim()?;
     // On a follower: NotLeader, which sends the client to the leader.
-    super::read_barrier(db).await?;
+    super::read_barrier(db, None).await?;
     let keys = db.engine().len();
     if keys > 0 {
         return Err(failed(format!(

@@ -85,14 +85,14 @@ impl Reads {
 
     /// Waits until this node may serve the read: the leader's barrier, or
     /// for a follower read the session's index.
-    async fn ready(&self, db: &Db) -> Result<(), crate::error::Error> {
+    async fn ready(&self, db: &Db, key: Option<&[u8]>) -> Result<(), crate::error::Error> {
         match db.cluster() {
             Some(cluster) if self.follower => {
                 cluster
                     .wait_applied(self.after, cmd::indexed::MAX_WAIT)
                     .await
             }
-            _ => cmd::read_barrier(db).await,
+            _ => cmd::read_barrier(db, key).await,
         }
     }
 }
@@ -179,7 +179,10 @@ impl KeyValueService {
         self.count(method);
         let db = &self.db;
         let reply = if command.is_data_read() {
-            match Reads::of(metadata)?.ready(db).await {
+            match Reads::of(metadata)?
+                .ready(db, cmd::read_key(&command))
+                .await
+            {
                 Ok(()) => cmd::read(command, db),
                 Err(e) => cmd::error_reply(&e),
             }
@@ -490,7 +493,7 @@ impl KeyValueService {
                 }
                 // Cluster mode: each page is a linearizable read, or a
                 // follower read of this node's state.
-                if let Err(e) = reads.ready(&db).await {
+                if let Err(e) = reads.ready(&db, None).await {
                     return Some((Err(status(cmd::error_code(&e), e)), None));
                 }
                 next_page(&db, walk, remaining)

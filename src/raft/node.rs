@@ -229,14 +229,39 @@ impl Cluster {
         self.first().wait_applied(index, limit).await
     }
 
-    /// Whether this node's reads of `key` (from group 1's data) are
-    /// served: `Moved` if its slot has left group 1, `TryAgain` while it is
-    /// being imported there. A frozen slot is still read here.
-    pub fn serves_read(&self, key: &[u8]) -> Result<(), Error> {
+    /// The group that serves `key`'s slot, as group 1's map at this node
+    /// says, if this node runs it; else `Moved`, naming the group and one
+    /// of its nodes.
+    pub fn route(&self, key: &[u8]) -> Result<Arc<Group>, Error> {
+        let slot = kvstore_client::slot::slot_of(key);
+        let shards = self.first().shards().borrow().clone();
+        let id = shards.map().group_of(slot);
+        if let Some(group) = self.groups.read().get(&id) {
+            return Ok(group.clone());
+        }
+        let node = (shards.groups().get(&id)).and_then(|p| p.members.values().next());
+        Err(Error::Rejected {
+            code: kvstore_client::ErrorCode::Moved,
+            message: match node {
+                Some(member) => format!(
+                    "slot {slot} is served by group {id}, not run here; served at {}",
+                    member.client_addr
+                ),
+                None => format!("slot {slot} is served by group {id}, not run here"),
+            },
+        })
+    }
+
+    /// The data this node reads `key` from: its group's ([`Cluster::route`]),
+    /// if the group serves the slot (a frozen slot is still read there);
+    /// `Moved` if the slot has left it, `TryAgain` while it imports it.
+    pub fn reader(&self, key: &[u8]) -> Result<Arc<dyn Engine>, Error> {
+        let group = self.route(key)?;
         let slot = kvstore_client::slot::slot_of(key);
         let refuse = |code, message| Err(Error::Rejected { code, message });
-        match self.first().shards().borrow().state(slot) {
-            SlotState::Serving | SlotState::Frozen => Ok(()),
+        let state = group.shards().borrow().state(slot);
+        match state {
+            SlotState::Serving | SlotState::Frozen => Ok(group.engine()),
             SlotState::Elsewhere => refuse(
                 kvstore_client::ErrorCode::Moved,
                 format!("slot {slot} is served by another group"),
@@ -248,9 +273,35 @@ impl Cluster {
         }
     }
 
-    /// See [`Group::read_barrier`].
-    pub async fn read_barrier(&self) -> Result<(), Error> {
-        self.first().read_barrier().await
+    /// [`Group::read_barrier`] of `key`'s group ([`Cluster::route`]), or of
+    /// group 1 for a read that names no key (a scan: group 1's data only,
+    /// for now).
+    pub async fn read_barrier(&self, key: Option<&[u8]>) -> Result<(), Error> {
+        let group = match key {
+            Some(key) => self.route(key)?,
+            None => self.first(),
+        };
+        group.read_barrier().await
+    }
+
+    /// The group a write goes to: its first key's ([`Cluster::route`]; the
+    /// group checks the others when it applies it), or group 1 for one that
+    /// names no key. A session write for another group must name a session
+    /// group 1 has opened, which that group then takes in.
+    fn group_for(&self, change: &Change) -> Result<Arc<Group>, Error> {
+        let Some(key) = change.first_key() else {
+            return Ok(self.first());
+        };
+        let group = self.route(key)?;
+        if let Change::Once { stamp, .. } = change {
+            if group.id() != FIRST_GROUP && stamp.session > self.first().last_session() {
+                return Err(Error::Rejected {
+                    code: kvstore_client::ErrorCode::TryAgain,
+                    message: format!("client session {} is not known here yet", stamp.session),
+                });
+            }
+        }
+        Ok(group)
     }
 
     /// Carries out a `Cluster` command.
@@ -711,10 +762,31 @@ impl Cluster {
 }
 
 /// Cluster mode's write side: each write goes to the group that serves its
-/// key (today group 1, which serves every key).
+/// key ([`Cluster::group_for`]); a burst's writes for one group stay one
+/// unit, in order.
 impl Log for Cluster {
     fn queue(&self, writes: Vec<Queued>) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move { self.first().queue(writes).await })
+        Box::pin(async move {
+            let mut runs: Vec<(Arc<Group>, Vec<Queued>)> = Vec::new();
+            for write in writes {
+                let group = match self.group_for(&write.change) {
+                    Ok(group) => group,
+                    Err(e) => {
+                        // The caller has gone if it cannot be told.
+                        let _ = write.done.send(Err(e));
+                        continue;
+                    }
+                };
+                match runs.last_mut() {
+                    Some((last, run)) if last.id() == group.id() => run.push(write),
+                    _ => runs.push((group, vec![write])),
+                }
+            }
+            for (group, run) in runs {
+                group.queue(run).await?;
+            }
+            Ok(())
+        })
     }
 
     /// A group whose openraft stopped on a failure of its log or state

@@ -155,6 +155,26 @@ impl Change {
         }
     }
 
+    /// Its first key (what routes it to a group), without collecting the
+    /// others.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        match self {
+            Change::Write(op) => op.first_key(),
+            Change::SetIf { key, .. }
+            | Change::GetDel { key }
+            | Change::Incr { key, .. }
+            | Change::Append { key, .. } => Some(key),
+            Change::Once { change, .. } => change.first_key(),
+            Change::Import { items } => items.first().map(|(key, _)| &key[..]),
+            Change::Purge { keys } => keys.first().map(|key| &key[..]),
+            Change::OpenSession { .. }
+            | Change::AddGroup { .. }
+            | Change::SetSlots { .. }
+            | Change::Assign { .. }
+            | Change::Moving(_) => None,
+        }
+    }
+
     /// Roughly how many bytes it takes in the log, for batching decisions.
     pub fn approx_len(&self) -> usize {
         match self {

@@ -43,6 +43,16 @@ impl WriteOp {
         }
     }
 
+    /// Its first key, without collecting the others.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        match self {
+            WriteOp::Set { key, .. } | WriteOp::Delete { key } => Some(key),
+            WriteOp::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
+            WriteOp::DeleteMany { keys } => keys.first().map(|key| &key[..]),
+            WriteOp::Clear => None,
+        }
+    }
+
     /// A `Set` of text, for tests.
     #[cfg(test)]
     pub(crate) fn set(key: &str, value: &str) -> WriteOp {

@@ -188,14 +188,15 @@ fn group_keys(addr: SocketAddr) -> Vec<u64> {
 #[test]
 fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    let (nodes, _servers, leader) = start_cluster(dir.path());
     cli_ok(leader.addr, &["cluster", "add-group"]);
     let mut acked: Vec<String> = (0..500).map(|i| format!("k{i}")).collect();
     for key in &acked {
         assert_eq!(try_call(leader.addr, cmd::set(key, key)), Some(Reply::Ok));
     }
     // A writer goes on while the slots move: each write is stored, or
-    // refused with nothing written (TryAgain while frozen, then Moved).
+    // refused with nothing written (TryAgain while frozen, then Moved, or
+    // NotLeader once its slot's group is led by another node).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
@@ -210,8 +211,8 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
                     Some(Reply::Ok) => stored.push(key),
                     reply => {
                         let code = code_of(reply);
-                        let moving =
-                            [ErrorCode::TryAgain, ErrorCode::Moved].map(|c| Some(c as u32));
+                        let moving = [ErrorCode::TryAgain, ErrorCode::Moved, ErrorCode::NotLeader]
+                            .map(|c| Some(c as u32));
                         assert!(moving.contains(&code), "{key}: {code:?}");
                         refused += 1;
                     }
@@ -236,25 +237,23 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
     );
     acked.extend(stored);
     assert!(keys[1] > 200, "group 2 holds about half the keys: {keys:?}");
-    let read = |key: &str| try_call(leader.addr, cmd::get(key));
-    let in_moved = |key: &str| kvstore_client::slot::slot_of(key.as_bytes()) <= 8191;
+    // Every node runs group 2: a client is sent on to its leader.
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let client = kvstore_client::BlockingClient::connect(addrs.join(",")).unwrap();
+    let read = |key: &str| client.get(key).unwrap();
     for key in &acked {
-        let expected = match in_moved(key) {
-            true => code_of(read(key)) == Some(ErrorCode::Moved as u32),
-            false => read(key) == Some(Reply::Value(Some(key.clone().into()))),
-        };
-        assert!(expected, "{key} after the move");
+        assert_eq!(
+            read(key).as_deref(),
+            Some(key.as_bytes()),
+            "{key} after the move"
+        );
     }
 
     // Back to group 1: every acknowledged write is there, and group 2 has
     // dropped its copy.
     moved("0-8191", "1");
     for key in &acked {
-        assert_eq!(
-            read(key),
-            Some(Reply::Value(Some(key.clone().into()))),
-            "{key}"
-        );
+        assert_eq!(read(key).as_deref(), Some(key.as_bytes()), "{key}");
     }
     assert_eq!(group_keys(leader.addr), [acked.len() as u64, 0]);
 }
@@ -375,4 +374,55 @@ fn a_move_aborted_before_its_release_leaves_every_pair_with_its_source() {
         try_call(leader.addr, cmd::set(slot_zero_key, "v")),
         Some(Reply::Ok)
     );
+}
+
+/// Waits (bounded) until node `addr`'s replicas hold `expected` keys per
+/// group, in group order.
+fn wait_for_group_keys(addr: SocketAddr, expected: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = group_keys(addr);
+        if keys == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys per group {keys:?}, not {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn keys_reach_their_group_through_the_client_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _servers, leader) = start_cluster(dir.path());
+    // Node 3 runs no group 2: it sends clients of group 2's keys on.
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2"]);
+    let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
+    cli_ok(leader.addr, &moved);
+    let third = &nodes[2];
+    let client = kvstore_client::BlockingClient::connect(third.addr.to_string()).unwrap();
+    let keys: Vec<String> = (0..10_000).map(|i| format!("key:{i}")).collect();
+    for key in &keys {
+        client.set(key, key).unwrap();
+    }
+    for key in &keys {
+        assert_eq!(client.get(key).unwrap().as_deref(), Some(key.as_bytes()));
+    }
+    let in_two = (keys.iter())
+        .filter(|k| kvstore_client::slot::slot_of(k.as_bytes()) <= 8191)
+        .count() as u64;
+    wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two]);
+
+    // The CLI, through the node that does not run the key's group.
+    let key = "{06S}cli"; // slot 0: group 2's
+    cli_ok(third.addr, &["set", key, "from the shell"]);
+    assert_eq!(cli_ok(third.addr, &["get", key]).trim(), "from the shell");
+    wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
+
+    // A write over two groups is refused whole.
+    let cross = client.bulk_set([("{06S}a", "v"), ("{b}", "v")]);
+    let code = cross.err().and_then(|e| e.code());
+    assert_eq!(code, Some(ErrorCode::CrossSlot));
 }

@@ -276,7 +276,11 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
     // Cluster mode: a read of data is linearizable, as on the native door,
     // unless the connection asked for this node's own state (READONLY).
     if spec.flags.contains(&"readonly") && !session.readonly {
-        if let Err(e) = cmd::read_barrier(ctx.db).await {
+        // The first key's group (MGET's keys must share it); position 0,
+        // the name, for a command that names no key.
+        let first = usize::try_from(spec.keys.0).ok().filter(|&i| i > 0);
+        let key = first.and_then(|i| args.get(i));
+        if let Err(e) = cmd::read_barrier(ctx.db, key.map(|k| &k[..])).await {
             return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
     }
