@@ -378,17 +378,20 @@ impl Cluster {
     /// to [`LEADER_PATIENCE`] while the group elects one. For requests that may be
     /// carried out twice: one whose answer was lost is sent again.
     async fn at_leader(&self, group: GroupId, rpc: impl Fn() -> Rpc) -> Result<RpcReply, Error> {
-        let nodes = self.nodes_of(group)?;
         let local = self.groups.read().get(&group).cloned();
         let mut next = local.as_ref().and_then(|g| g.status().leader);
         let mut last_error = String::from("no node answered");
         let deadline = tokio::time::Instant::now() + LEADER_PATIENCE;
         while tokio::time::Instant::now() < deadline {
+            // Again each round: the membership may have changed.
+            let nodes = self.nodes_of(group)?;
             let order = next.take().into_iter().chain(nodes.keys().copied());
             for id in order.collect::<Vec<_>>() {
-                let reply = match local.is_some() && id == self.settings.id {
-                    true => Ok(self.starter.rafts.answer(group, rpc()).await),
-                    false => self.ask(group, id, &nodes[&id], rpc()).await,
+                let reply = match (local.is_some() && id == self.settings.id, nodes.get(&id)) {
+                    (true, _) => Ok(self.starter.rafts.answer(group, rpc()).await),
+                    (false, Some(member)) => self.ask(group, id, member, rpc()).await,
+                    // A leader named before its membership reached this node.
+                    (false, None) => Err(format!("node {id} is not known here yet")),
                 };
                 match reply.as_ref().map(RpcReply::refusal) {
                     Ok(None) => return reply.map_err(cluster_failed),
