@@ -156,6 +156,7 @@ pub async fn run(
                     client_addr: (config.advertise_addr.clone())
                         .unwrap_or_else(|| addr.to_string()),
                 },
+                resp_addr: resp_addr.map(|a| a.to_string()),
                 peers,
                 heartbeat: Duration::from_millis(config.raft_heartbeat_ms),
                 election: Duration::from_millis(config.raft_election_ms),

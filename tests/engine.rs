@@ -295,7 +295,8 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
         | Change::Assign { .. }
         | Change::Import { .. }
         | Change::Purge { .. }
-        | Change::Moving(_) => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
+        | Change::Moving(_)
+        | Change::Doors { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
     }
 }
 

@@ -159,6 +159,11 @@ impl Group {
         self.id
     }
 
+    /// The group's leader as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// The group's openraft, for the raft port to hand messages to.
     pub fn raft(&self) -> &Raft {
         &self.raft

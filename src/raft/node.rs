@@ -38,6 +38,9 @@ pub struct Settings {
     pub dir: PathBuf,
     /// This node's addresses.
     pub me: Member,
+    /// Its RESP address (`--resp-listen`), which it records in the
+    /// sharding table for Redis Cluster's redirects.
+    pub resp_addr: Option<String>,
     /// The other voters of the first membership (`--peers`), for `Init`.
     pub peers: BTreeMap<u64, Member>,
     pub heartbeat: Duration,
@@ -170,6 +173,7 @@ impl Cluster {
         });
         tracker.spawn(run_placed_groups(cluster.clone(), shards));
         tracker.spawn(finish_moves(cluster.clone()));
+        tracker.spawn(record_doors(cluster.clone()));
         Ok(cluster)
     }
 
@@ -910,6 +914,32 @@ async fn run_placed_groups(cluster: Arc<Cluster>, mut shards: watch::Receiver<Ar
         tokio::select! {
             changed = shards.changed() => if changed.is_err() { return },
             () = retry => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Records this node's RESP address in group 1's table until the table
+/// holds it: once the cluster has a leader, and again if it changes (a
+/// restart with another `--resp-listen`). Until shutdown.
+async fn record_doors(cluster: Arc<Cluster>) {
+    let shutdown = cluster.starter.shutdown.clone();
+    let (me, resp) = (cluster.settings.id, cluster.settings.resp_addr.clone());
+    loop {
+        let first = cluster.first();
+        let recorded = first.shards().borrow().door(me).map(String::from);
+        // Not before the cluster has a leader: asking would wait for one.
+        if recorded != resp && first.leader().is_some() {
+            let change = Change::Doors {
+                node: me,
+                resp: resp.clone(),
+            };
+            if let Err(e) = cluster.propose_one(FIRST_GROUP, change).await {
+                tracing::debug!("this node's RESP address is not recorded yet: {e}");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = shutdown.cancelled() => return,
         }
     }

@@ -33,6 +33,30 @@ pub struct Shards {
     own: SlotTable<SlotState>,
     /// Group 1's: the slot move under way, if any, and its last step done.
     moving: Option<Move>,
+    /// Group 1's: each node's RESP address (`--resp-listen`) as the node
+    /// recorded it, for Redis Cluster's redirects and `CLUSTER SLOTS`.
+    doors: BTreeMap<u64, String>,
+}
+
+/// A table as written before it kept the nodes' RESP addresses.
+#[derive(Debug, Deserialize)]
+pub struct ShardsWithoutDoors {
+    map: SlotMap,
+    groups: BTreeMap<GroupId, Placement>,
+    own: SlotTable<SlotState>,
+    moving: Option<Move>,
+}
+
+impl From<ShardsWithoutDoors> for Shards {
+    fn from(old: ShardsWithoutDoors) -> Shards {
+        Shards {
+            map: old.map,
+            groups: old.groups,
+            own: old.own,
+            moving: old.moving,
+            doors: BTreeMap::new(),
+        }
+    }
 }
 
 /// A slot move as group 1 records it, so that group 1's next leader
@@ -85,6 +109,7 @@ impl Default for Shards {
             groups: BTreeMap::new(),
             own: SlotTable::new(SlotState::Serving),
             moving: None,
+            doors: BTreeMap::new(),
         }
     }
 }
@@ -151,6 +176,13 @@ impl Shards {
                 Decided::Changed(self.assign(first, last, group))
             }
             Change::Moving(record) => Decided::Changed(self.record_move(record)),
+            Change::Doors { node, resp } => {
+                match resp {
+                    Some(resp) => self.doors.insert(node, resp),
+                    None => self.doors.remove(&node),
+                };
+                Decided::Changed(Outcome::Stored)
+            }
             Change::Import { items } => {
                 let keys = items.iter().map(|(key, _)| &key[..]);
                 let result = self.admit_move(keys, SlotState::Importing);
@@ -273,6 +305,11 @@ impl Shards {
     /// Which group serves each slot.
     pub fn map(&self) -> &SlotMap {
         &self.map
+    }
+
+    /// Node `node`'s RESP address, if it recorded one.
+    pub fn door(&self, node: u64) -> Option<&str> {
+        self.doors.get(&node).map(String::as_str)
     }
 
     /// Every group but group 1, with where it was created.

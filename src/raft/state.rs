@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::sessions::{Admit, Sessions, Stamp};
-use super::shards::{Decided, Shards};
+use super::shards::{Decided, Shards, ShardsWithoutDoors};
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -71,6 +71,15 @@ struct KeptNote {
     membership: StoredMembership<u64, Member>,
     sessions: Sessions,
     shards: Shards,
+}
+
+/// A note written before the table kept the nodes' RESP addresses.
+#[derive(Debug, Deserialize)]
+struct NoteWithoutDoors {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    sessions: Sessions,
+    shards: ShardsWithoutDoors,
 }
 
 /// A note written before the sharding table existed.
@@ -110,6 +119,14 @@ impl KeptNote {
         use kvstore_client::codec::decode;
         if let Ok(note) = decode(bytes) {
             return Ok(note);
+        }
+        if let Ok(old) = decode::<NoteWithoutDoors>(bytes) {
+            return Ok(KeptNote {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                sessions: old.sessions,
+                shards: old.shards.into(),
+            });
         }
         if let Ok(old) = decode::<NoteWithoutShards>(bytes) {
             return Ok(KeptNote {
@@ -527,19 +544,35 @@ struct Tables {
     shards: Shards,
 }
 
+/// [`Tables`] as written before the table kept the nodes' RESP addresses.
+#[derive(Debug, Deserialize)]
+struct TablesWithoutDoors {
+    sessions: Sessions,
+    shards: ShardsWithoutDoors,
+}
+
 impl Tables {
-    /// The state record in `bytes`, in this format or as written before
-    /// the sharding table (the sessions alone).
+    /// The state record in `bytes`, in this format, as written before the
+    /// nodes' RESP addresses, or before the sharding table (the sessions
+    /// alone).
     fn decode(bytes: &[u8], path: &Path) -> Result<Tables, Error> {
         use kvstore_client::codec::decode;
-        decode(bytes).or_else(|_| {
-            let sessions = decode(bytes)
-                .map_err(|e| Error::corrupt(path, 0, format!("client sessions: {e}")))?;
-            Ok(Tables {
-                sessions,
-                shards: Shards::default(),
+        let without_doors = |bytes| {
+            decode::<TablesWithoutDoors>(bytes).map(|old| Tables {
+                sessions: old.sessions,
+                shards: old.shards.into(),
             })
-        })
+        };
+        decode(bytes)
+            .or_else(|_| without_doors(bytes))
+            .or_else(|_| {
+                let sessions = decode(bytes)
+                    .map_err(|e| Error::corrupt(path, 0, format!("client sessions: {e}")))?;
+                Ok(Tables {
+                    sessions,
+                    shards: Shards::default(),
+                })
+            })
     }
 }
 
@@ -1042,6 +1075,48 @@ mod tests {
             (sessions, Shards::default())
         );
     }
+
+    #[test]
+    fn notes_and_snapshot_tables_written_before_the_nodes_doors_still_load() {
+        let mut shards = Shards::default();
+        let Decided::Changed(Outcome::Int(2)) = shards.decide(add_group(&[1, 2])) else {
+            panic!("group 2 not added");
+        };
+        // The old layout is the new one less the doors: an empty map's
+        // length, 8 bytes, at the very end.
+        let old = |new: Vec<u8>| new[..new.len() - 8].to_vec();
+        let applied = Applied {
+            last_applied: Some(log_id(9)),
+            shards: shards.clone(),
+            ..Applied::default()
+        };
+        let note = old(Note::of(&applied).encode().unwrap());
+        assert_eq!(KeptNote::decode(&note).unwrap().shards, shards);
+        let tables = Tables {
+            sessions: Sessions::default(),
+            shards: shards.clone(),
+        };
+        let state = old(kvstore_client::codec::encode(&tables).unwrap());
+        let decoded = Tables::decode(&state, Path::new("snap")).unwrap();
+        assert_eq!(decoded.shards, shards);
+
+        // And a table with doors keeps them.
+        let door = Change::Doors {
+            node: 2,
+            resp: Some("127.0.0.1:6379".into()),
+        };
+        assert!(matches!(
+            shards.decide(door),
+            Decided::Changed(Outcome::Stored)
+        ));
+        let applied = Applied {
+            shards: shards.clone(),
+            ..Applied::default()
+        };
+        let note = KeptNote::decode(&Note::of(&applied).encode().unwrap()).unwrap();
+        assert_eq!(note.shards.door(2), Some("127.0.0.1:6379"));
+    }
+
     fn set_slots(first: u16, last: u16, state: SlotState) -> Change {
         Change::SetSlots { first, last, state }
     }

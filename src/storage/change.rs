@@ -87,6 +87,8 @@ pub enum Change {
     /// Cluster mode, group 1: the slot move under way and its last step
     /// done, or none.
     Moving(Option<crate::raft::shards::Move>),
+    /// Cluster mode, group 1: node `node`'s RESP address, or none.
+    Doors { node: u64, resp: Option<String> },
 }
 
 impl From<WriteOp> for Change {
@@ -151,7 +153,8 @@ impl Change {
             | Change::AddGroup { .. }
             | Change::SetSlots { .. }
             | Change::Assign { .. }
-            | Change::Moving(_) => Vec::new(),
+            | Change::Moving(_)
+            | Change::Doors { .. } => Vec::new(),
         }
     }
 
@@ -171,7 +174,8 @@ impl Change {
             | Change::AddGroup { .. }
             | Change::SetSlots { .. }
             | Change::Assign { .. }
-            | Change::Moving(_) => None,
+            | Change::Moving(_)
+            | Change::Doors { .. } => None,
         }
     }
 
@@ -186,6 +190,7 @@ impl Change {
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } => 32 + 64 * members.len(),
             Change::SetSlots { .. } | Change::Assign { .. } | Change::Moving(_) => 32,
+            Change::Doors { resp, .. } => 32 + resp.as_ref().map_or(0, String::len),
             Change::Import { items } => {
                 16 + (items.iter().map(|(k, v)| 16 + k.len() + v.len())).sum::<usize>()
             }
@@ -298,7 +303,8 @@ impl Change {
             | Change::Assign { .. }
             | Change::Import { .. }
             | Change::Purge { .. }
-            | Change::Moving(_) => Resolved::Answer(Err(Error::Rejected {
+            | Change::Moving(_)
+            | Change::Doors { .. } => Resolved::Answer(Err(Error::Rejected {
                 code: ErrorCode::ClusterFailed,
                 message: "groups are for cluster mode only".into(),
             })),
