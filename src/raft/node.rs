@@ -30,6 +30,14 @@ use crate::storage::store::Applied;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
+/// A group as Redis Cluster's commands show a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisShard {
+    pub slots: Vec<(u16, u16)>,
+    /// Its nodes and their RESP addresses, its leader first.
+    pub nodes: Vec<(u64, String)>,
+}
+
 /// What a node is started with (from `Config`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -286,6 +294,64 @@ impl Cluster {
             None => self.first(),
         };
         group.read_barrier().await
+    }
+
+    /// Where a Redis Cluster client of `key` is sent (`-MOVED`), if not
+    /// served here: the slot, and the RESP address of its group's leader
+    /// (of one of its nodes, for a group this node does not run). `None`
+    /// if this node leads the group, or runs it and `reads_here` (a
+    /// `READONLY` connection's read), or knows no address to send it to.
+    pub fn redirect(&self, key: &[u8], reads_here: bool) -> Option<(u16, String)> {
+        let slot = kvstore_client::slot::slot_of(key);
+        let shards = self.first().shards().borrow().clone();
+        let id = shards.map().group_of(slot);
+        let group = self.groups.read().get(&id).cloned();
+        let target = match group {
+            Some(group) => match group.leader() {
+                Some(leader) if leader != self.settings.id && !reads_here => leader,
+                _ => return None,
+            },
+            None => *shards.groups().get(&id)?.members.keys().next()?,
+        };
+        shards.door(target).map(|addr| (slot, addr.to_string()))
+    }
+
+    /// Every group that serves slots, as Redis Cluster's `CLUSTER SLOTS`
+    /// shows a shard: its slot ranges and its nodes with their RESP
+    /// addresses, its leader first where this node knows it (else its
+    /// nodes in id order); nodes that recorded no RESP address are left
+    /// out.
+    pub fn redis_shards(&self) -> Vec<RedisShard> {
+        let shards = self.first().shards().borrow().clone();
+        let mut slots: BTreeMap<GroupId, Vec<(u16, u16)>> = BTreeMap::new();
+        for range in shards.map().ranges() {
+            (slots.entry(range.value).or_default()).push((range.first, range.last));
+        }
+        let groups = self.groups.read().clone();
+        (slots.into_iter())
+            .map(|(id, slots)| {
+                let mut nodes: Vec<u64> = match (id, shards.groups().get(&id)) {
+                    (FIRST_GROUP, _) => (self.first().status().members.iter())
+                        .filter(|m| m.voter)
+                        .map(|m| m.id)
+                        .collect(),
+                    (_, Some(placement)) => placement.members.keys().copied().collect(),
+                    (_, None) => Vec::new(),
+                };
+                if let Some(leader) = groups.get(&id).and_then(|g| g.leader()) {
+                    nodes.sort_by_key(|n| *n != leader);
+                }
+                let nodes = (nodes.into_iter())
+                    .filter_map(|n| shards.door(n).map(|addr| (n, addr.to_string())))
+                    .collect();
+                RedisShard { slots, nodes }
+            })
+            .collect()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.settings.id
     }
 
     /// The group a write goes to: its first key's ([`Cluster::route`]; the

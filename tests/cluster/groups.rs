@@ -426,3 +426,94 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     let code = cross.err().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::CrossSlot));
 }
+
+/// Waits (bounded) until `CLUSTER SLOTS` through `conn` shows `expected`
+/// slot ranges with this many nodes each (in order): every node has
+/// recorded its RESP address.
+fn wait_for_redis_slots(conn: &mut redis::Connection, expected: &[(i64, i64, usize)]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(conn).unwrap();
+        let seen: Vec<(i64, i64, usize)> = match &slots {
+            redis::Value::Array(ranges) => (ranges.iter())
+                .filter_map(|range| match range {
+                    redis::Value::Array(r) => match (&r[0], &r[1]) {
+                        (redis::Value::Int(a), redis::Value::Int(b)) => Some((*a, *b, r.len() - 2)),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if seen == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "CLUSTER SLOTS: {slots:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn redis_cluster_clients_find_each_key_s_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2"]);
+    let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
+    cli_ok(leader.addr, &moved);
+    let resp = |i: usize| servers[i].as_ref().unwrap().resp.unwrap();
+    // Node 3 runs no group 2.
+    let mut third = redis_connection(&servers[2]);
+    wait_for_redis_slots(&mut third, &[(0, 8191, 2), (8192, 16383, 3)]);
+
+    // A plain connection to node 3 is sent to group 2's nodes.
+    let refused = redis::cmd("SET")
+        .arg("{06S}x")
+        .arg("v")
+        .query::<()>(&mut third)
+        .unwrap_err();
+    let said = refused.to_string();
+    assert_eq!(refused.code(), Some("MOVED"), "{said}");
+    let to_group_2 = [resp(0), resp(1)].map(|a| format!("0 {a}"));
+    assert!(to_group_2.iter().any(|a| said.contains(a)), "{said}");
+    let myid: String = redis::cmd("CLUSTER").arg("MYID").query(&mut third).unwrap();
+    assert_eq!(myid, format!("{:040x}", 3));
+    let lines: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query(&mut third)
+        .unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+
+    // redis-cli -c follows MOVED.
+    let port = resp(2).port().to_string();
+    let redis_cli = |args: &[&str]| {
+        let base = ["-c", "-h", "127.0.0.1", "-p", &port];
+        let out = std::process::Command::new("redis-cli")
+            .args(base.iter().chain(args))
+            .output()
+            .expect("run redis-cli (redis-tools)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis_cli(&["SET", "{06S}cli", "hello"]), "OK");
+    assert_eq!(redis_cli(&["GET", "{06S}cli"]), "hello");
+
+    // The redis crate's cluster client, given node 3 alone.
+    let client = redis::cluster::ClusterClient::new(vec![format!("redis://{}/", resp(2))]).unwrap();
+    let mut cluster = client.get_connection().unwrap();
+    let keys: Vec<String> = (0..10_000).map(|i| format!("redis:{i}")).collect();
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(key)
+            .query(&mut cluster)
+            .unwrap();
+    }
+    for key in &keys {
+        let value: String = redis::cmd("GET").arg(key).query(&mut cluster).unwrap();
+        assert_eq!(&value, key);
+    }
+    let in_two = (keys.iter())
+        .filter(|k| kvstore_client::slot::slot_of(k.as_bytes()) <= 8191)
+        .count() as u64;
+    wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
+}

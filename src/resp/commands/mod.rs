@@ -5,7 +5,7 @@
 //! arity, then runs the command's function, grouped by concept:
 //! [`connection`] (PING, HELLO, AUTH, CLIENT, ...), [`strings`] (GET, SET,
 //! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...), [`server`]
-//! (INFO, CONFIG, COMMAND) and [`cluster`] (CLUSTER KEYSLOT).
+//! (INFO, CONFIG, COMMAND) and [`cluster`] (CLUSTER SLOTS, NODES, ...).
 //!
 //! Writes become native commands run through `crate::cmd`: they share the
 //! native door's limits and semantics, and are answered once durable.
@@ -273,14 +273,22 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             spec.name
         )));
     }
+    // The first key decides the group (multi-key commands must stay in
+    // it); position 0, the name, for a command that names no key.
+    let first = usize::try_from(spec.keys.0).ok().filter(|&i| i > 0);
+    let key = first.and_then(|i| args.get(i)).map(|k| &k[..]);
+    let reads_here = spec.flags.contains(&"readonly") && session.readonly;
+    // Cluster mode: a key whose group another node leads is sent there, as
+    // Redis Cluster does.
+    if let (Some(cluster), Some(key)) = (ctx.db.cluster(), key) {
+        if let Some((slot, addr)) = cluster.redirect(key, reads_here) {
+            return Outcome::Ready(Value::error(format!("MOVED {slot} {addr}")));
+        }
+    }
     // Cluster mode: a read of data is linearizable, as on the native door,
     // unless the connection asked for this node's own state (READONLY).
     if spec.flags.contains(&"readonly") && !session.readonly {
-        // The first key's group (MGET's keys must share it); position 0,
-        // the name, for a command that names no key.
-        let first = usize::try_from(spec.keys.0).ok().filter(|&i| i > 0);
-        let key = first.and_then(|i| args.get(i));
-        if let Err(e) = cmd::read_barrier(ctx.db, key.map(|k| &k[..])).await {
+        if let Err(e) = cmd::read_barrier(ctx.db, key).await {
             return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
     }
@@ -300,7 +308,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             ok()
         }
         "select" => connection::select(args),
-        "cluster" => cluster::cluster(args),
+        "cluster" => cluster::cluster(args, ctx),
         "append" => strings::append(args),
         "decr" => strings::incr(&args[0], -1),
         "decrby" => strings::incr_by(args, true),
