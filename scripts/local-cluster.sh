@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # A kvstore cluster on this machine, for trying replication out.
 #
-#   scripts/local-cluster.sh start [N]   start N nodes (default 3) and init the cluster
+#   scripts/local-cluster.sh start [N] [--groups G]
+#                                        start N nodes (default 3) and init the cluster;
+#                                        with G > 1, shard it: G Raft groups (each on 3
+#                                        nodes), the 16,384 slots spread evenly over them
 #   scripts/local-cluster.sh status      every node: id, address, role, term, applied, lag, pid
 #   scripts/local-cluster.sh addrs       the nodes' addresses, for --addr / KVSTORE_ADDR
 #   scripts/local-cluster.sh kill ID     kill -9 node ID (to watch a failover)
 #   scripts/local-cluster.sh stop        stop every node (SIGTERM, by process id)
 #
-# Node I listens on 127.0.0.1:(PORT+I) for clients and 127.0.0.1:(PORT+100+I)
-# for raft, keeps its data in DIR/nodeI/ and its log in DIR/nodeI/server.log.
+# Node I listens on 127.0.0.1:(PORT+I) for clients, 127.0.0.1:(PORT+100+I)
+# for raft and 127.0.0.1:(PORT+200+I) for Redis clients (`redis-cli -c -p
+# PORT+201`), keeps its data in DIR/nodeI/ and its log in
+# DIR/nodeI/server.log.
 # `start` again restarts the nodes that are not running (a killed node
 # catches up). Settings: KVSTORE_CLUSTER_DIR (default ./local-cluster),
 # KVSTORE_CLUSTER_PORT (default 7100), KVSTORE_BIN_DIR (default
@@ -23,6 +28,7 @@ bin=${KVSTORE_BIN_DIR:-target/release}
 
 addr() { echo "127.0.0.1:$((port + $1))"; }
 raft() { echo "127.0.0.1:$((port + 100 + $1))"; }
+resp() { echo "127.0.0.1:$((port + 200 + $1))"; }
 size() { cat "$dir/size" 2>/dev/null || echo 0; }
 
 all_addrs() {
@@ -85,13 +91,13 @@ start_node() {
     # setsid: the node is not in this shell's process group, so a Ctrl-C
     # here does not reach it; `stop` ends it by its process id.
     setsid "$bin/kvstore-server" --node-id "$i" --listen "$(addr "$i")" \
-        --raft-listen "$(raft "$i")" --peers "$peers" "${tls[@]}" \
+        --raft-listen "$(raft "$i")" --resp-listen "$(resp "$i")" --peers "$peers" "${tls[@]}" \
         --data "$dir/node$i/kvstore.db" >"$dir/node$i/server.log" 2>&1 </dev/null &
     echo $! >"$dir/node$i/pid"
     local waited
     for ((waited = 0; waited < 100; waited++)); do
         if grep -q "listening on" "$dir/node$i/server.log" 2>/dev/null; then
-            echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i")${tls[0]:+, TLS})"
+            echo "node $i: pid $(cat "$dir/node$i/pid"), $(addr "$i") (raft $(raft "$i")${tls[0]:+, TLS}, RESP $(resp "$i"))"
             return 0
         fi
         # Not running_pid: until setsid has exec'd the server, the process
@@ -104,8 +110,32 @@ start_node() {
     return 1
 }
 
+# Adds groups 2..$1 and moves to each its even share of the slots (group
+# 1 keeps the first share). Once per cluster.
+shard() {
+    local groups=$1 g first last
+    [[ $groups -gt 1 && ! -f $dir/sharded ]] || return 0
+    for ((g = 2; g <= groups; g++)); do
+        "$bin/kvstore" --addr "$(all_addrs)" cluster add-group >/dev/null
+    done
+    for ((g = 2; g <= groups; g++)); do
+        first=$(((g - 1) * 16384 / groups))
+        last=$((g * 16384 / groups - 1))
+        "$bin/kvstore" --addr "$(all_addrs)" cluster move-slots --slots "$first-$last" --to "$g" >/dev/null
+    done
+    echo "$groups" >"$dir/sharded"
+    echo "sharded: $groups groups, the slots spread evenly"
+}
+
 cmd_start() {
-    local n=${1:-$(size)} i
+    local n="" groups=1 i
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+        --groups) groups=${2:?usage: start [N] [--groups G]}; shift 2 ;;
+        *) n=$1; shift ;;
+        esac
+    done
+    n=${n:-$(size)}
     [[ $n -ge 1 ]] || n=3
     if [[ $(size) -ne 0 && $(size) -ne $n ]]; then
         echo "$dir holds a cluster of $(size) nodes; stop it and remove $dir first" >&2
@@ -127,7 +157,9 @@ cmd_start() {
         touch "$dir/initialized"
         echo "cluster initialized"
     fi
+    shard "$groups"
     echo "export KVSTORE_ADDR=$(all_addrs)"
+    echo "redis-cli -c -p $((port + 201))"
 }
 
 cmd_stop() {
@@ -157,7 +189,7 @@ cmd_kill() {
 }
 
 case ${1:-} in
-start) cmd_start "${2:-}" ;;
+start) shift; cmd_start "$@" ;;
 stop) cmd_stop ;;
 status) ensure_binaries && "$bin/kvstore" --addr "$(all_addrs)" cluster status ;;
 addrs) all_addrs ;;

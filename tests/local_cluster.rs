@@ -81,12 +81,12 @@ fn survives_its_leader_and_stops_cleanly(tls: bool) {
     assert!(common::cli_path().with_file_name("kvstore-server").exists());
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster");
-    // Node I uses PORT+I and PORT+100+I.
+    // Node I uses PORT+I, PORT+100+I and PORT+200+I.
     let port = common::free_port_base(3);
     let _stop = StopOnDrop(&cluster, port);
     let started = ok(script_with(&cluster, port, &["start", "3"], tls));
     assert!(started.contains("cluster initialized"), "{started}");
-    assert_eq!(started.matches(", TLS)").count(), if tls { 3 } else { 0 });
+    assert_eq!(started.matches(", TLS,").count(), if tls { 3 } else { 0 });
     let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();
     assert_eq!(addrs.split(',').count(), 3);
 
@@ -129,4 +129,46 @@ fn survives_its_leader_and_stops_cleanly(tls: bool) {
     for pid in pids.iter().chain(&all_pids) {
         assert!(!alive(pid), "process {pid} still running after stop");
     }
+}
+
+#[test]
+fn the_local_cluster_script_starts_a_sharded_cluster_for_redis_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let port = common::free_port_base(3);
+    let _stop = StopOnDrop(&cluster, port);
+    let started = ok(script(&cluster, port, &["start", "3", "--groups", "3"]));
+    assert!(started.contains("sharded: 3 groups"), "{started}");
+    let addrs = ok(script(&cluster, port, &["addrs"])).trim().to_string();
+    let status = ok(kvstore(&addrs, &["--output", "json", "cluster", "status"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let slots: Vec<String> = (status["groups"].as_array().unwrap().iter())
+        .map(|g| g["slots"].to_string())
+        .collect();
+    assert_eq!(
+        slots,
+        [r#"["0-5460"]"#, r#"["5461-10921"]"#, r#"["10922-16383"]"#],
+        "{status}"
+    );
+
+    // Keys of every group, with redis-cli -c on node 1 and the CLI.
+    let resp_port = (port + 201).to_string();
+    let redis_cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &resp_port])
+            .args(args)
+            .output()
+            .expect("run redis-cli (redis-tools)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Slots 0, 7365 and 12182: groups 1, 2 and 3.
+    for key in ["{06S}a", "{user}b", "{foo}c"] {
+        assert_eq!(redis_cli(&["SET", key, key]), "OK", "{key}");
+        let out = kvstore(&addrs, &["get", key]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key, "{out:?}");
+    }
+    assert!(kvstore(&addrs, &["set", "{foo}d", "shell"])
+        .status
+        .success());
+    assert_eq!(redis_cli(&["GET", "{foo}d"]), "shell");
 }

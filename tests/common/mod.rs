@@ -297,8 +297,8 @@ pub fn unused_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A base port for `nodes` nodes: base+1..=base+nodes and
-/// base+101..=base+100+nodes are all free. Taken below the kernel's
+/// A base port for `nodes` nodes: base+1..=base+nodes,
+/// base+101..=base+100+nodes and base+201..=base+200+nodes are all free. Taken below the kernel's
 /// ephemeral range (32768 and up), so that the outgoing connections of other
 /// tests cannot take one between this check and the nodes' start.
 pub fn free_port_base(nodes: u16) -> u16 {
@@ -307,7 +307,7 @@ pub fn free_port_base(nodes: u16) -> u16 {
     for attempt in 0..200u64 {
         let base = 20_000 + (seed.wrapping_add(attempt * 7919) % 12_000) as u16;
         let free = (1..=nodes)
-            .flat_map(|i| [base + i, base + 100 + i])
+            .flat_map(|i| [base + i, base + 100 + i, base + 200 + i])
             .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if free {
             return base;
