@@ -127,6 +127,19 @@ shard() {
     echo "sharded: $groups groups, the slots spread evenly"
 }
 
+# Waits (at most 10 s) until every node has recorded its RESP address in
+# the cluster's table, so that Redis clients are sent on (-MOVED) from the
+# first command.
+wait_resp() {
+    local i json
+    for ((i = 0; i < 100; i++)); do
+        json=$("$bin/kvstore" --addr "$(all_addrs)" --output json cluster status 2>/dev/null) || json=""
+        if [[ $json == *'"resp_addr"'* && $json != *'"resp_addr":null'* ]]; then return 0; fi
+        sleep 0.1
+    done
+    echo "not every node has recorded its RESP address yet" >&2
+}
+
 cmd_start() {
     local n="" groups=1 i
     while [[ $# -gt 0 ]]; do
@@ -158,6 +171,7 @@ cmd_start() {
         echo "cluster initialized"
     fi
     shard "$groups"
+    wait_resp
     echo "export KVSTORE_ADDR=$(all_addrs)"
     echo "redis-cli -c -p $((port + 201))"
 }

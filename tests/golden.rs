@@ -266,6 +266,7 @@ fn examples() -> Vec<(&'static str, Message)> {
                         raft_addr: "a:2".into(),
                         voter: true,
                         matched_index: Some(5),
+                        resp_addr: Some("a:3".into()),
                     }],
                     groups: vec![GroupView {
                         id: 1,

@@ -150,6 +150,14 @@ fn the_local_cluster_script_starts_a_sharded_cluster_for_redis_cli() {
         [r#"["0-5460"]"#, r#"["5461-10921"]"#, r#"["10922-16383"]"#],
         "{status}"
     );
+    // `start` waits until every node has recorded its RESP address.
+    let resp: Vec<String> = (status["nodes"].as_array().unwrap().iter())
+        .map(|n| n["resp_addr"].to_string())
+        .collect();
+    let expected: Vec<String> = (1..=3)
+        .map(|i| format!("\"127.0.0.1:{}\"", port + 200 + i))
+        .collect();
+    assert_eq!(resp, expected, "{status}");
 
     // Keys of every group, with redis-cli -c on node 1 and the CLI.
     let resp_port = (port + 201).to_string();

@@ -436,6 +436,10 @@ pub struct ClusterMember {
     pub voter: bool,
     /// On the leader: the last index known replicated to it.
     pub matched_index: Option<u64>,
+    /// Its RESP address (`--resp-listen`), once it has recorded it in the
+    /// cluster's table.
+    #[serde(deserialize_with = "wire_bytes::option_string")]
+    pub resp_addr: Option<String>,
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).

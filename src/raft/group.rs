@@ -309,6 +309,8 @@ impl Group {
                 raft_addr: member.raft_addr.clone(),
                 voter: voters.contains(id),
                 matched_index: matched(id),
+                // The node fills it in from group 1's table.
+                resp_addr: None,
             })
             .collect();
         let role = match metrics.state {

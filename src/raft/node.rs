@@ -814,7 +814,12 @@ impl Cluster {
             last_log_index: group.last_log_index,
             applied_index: group.applied_index,
             pid: std::process::id(),
-            members: group.members,
+            members: (group.members.into_iter())
+                .map(|member| ClusterMember {
+                    resp_addr: shards.door(member.id).map(String::from),
+                    ..member
+                })
+                .collect(),
             groups,
             moving: shards.moving().map(|m| MoveView {
                 first: m.first,

@@ -422,6 +422,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                 "id": member.id,
                 "addr": member.addr,
                 "raft_addr": member.raft_addr,
+                "resp_addr": member.resp_addr,
                 "voter": member.voter,
                 "role": s.role,
                 "term": s.term,
@@ -437,6 +438,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                 "id": member.id,
                 "addr": member.addr,
                 "raft_addr": member.raft_addr,
+                "resp_addr": member.resp_addr,
                 "voter": member.voter,
                 "role": "unreachable",
                 "error": e.to_string(),
@@ -458,8 +460,18 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
         })),
         Output::Text => {
             output::say(&format!(
-                "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
-                "id", "addr", "raft", "role", "term", "applied", "lag", "conns", "req/s", "pid"
+                "{:>4}  {:<21}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
+                "id",
+                "addr",
+                "raft",
+                "resp",
+                "role",
+                "term",
+                "applied",
+                "lag",
+                "conns",
+                "req/s",
+                "pid"
             ));
             for row in &json_rows {
                 let text = |k: &str| match &row[k] {
@@ -468,10 +480,11 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
                     other => other.to_string(),
                 };
                 output::say(&format!(
-                    "{:>4}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
+                    "{:>4}  {:<21}  {:<21}  {:<21}  {:<11}  {:>5}  {:>9}  {:>6}  {:>5}  {:>7}  {:>8}",
                     text("id"),
                     text("addr"),
                     text("raft_addr"),
+                    text("resp_addr"),
                     text("role"),
                     text("term"),
                     text("applied_index"),
