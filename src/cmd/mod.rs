@@ -103,6 +103,12 @@ pub async fn start(command: Command, db: &Db) -> Started {
         Command::Restore { name } => return Started::Done(restore::apply(name, db).await),
         _ => {}
     }
+    // A sharded cluster's scans ask every group.
+    if let Some(cluster) = db.cluster().filter(|c| c.is_sharded()) {
+        if let Some(reply) = scan::sharded(&command, cluster, db).await {
+            return Started::Done(reply);
+        }
+    }
     if command.is_data_read() {
         if let Err(e) = read_barrier(db, read_key(&command)).await {
             return Started::Done(error_reply(&e));

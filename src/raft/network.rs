@@ -40,12 +40,14 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::peer_tls::PeerTls;
+use super::shards::{Shards, SlotState};
 use super::{Batch, Member, Outcomes, Raft, TypeConfig};
 use crate::engine::Engine;
 use crate::storage::store::Span;
@@ -93,6 +95,13 @@ pub enum Rpc {
         slots: (u16, u16),
         after: Option<Bytes>,
     },
+    /// Node `from` asks the group's leader for a page of a scan: up to
+    /// `limit` pairs of `span`, of the slots the group serves.
+    ReadPage {
+        from: u64,
+        span: Span,
+        limit: usize,
+    },
 }
 
 impl Rpc {
@@ -103,7 +112,9 @@ impl Rpc {
             Rpc::Append(rpc) => &rpc.vote,
             Rpc::Vote(rpc) => &rpc.vote,
             Rpc::Snapshot(rpc) => &rpc.vote,
-            Rpc::Propose { from, .. } | Rpc::ReadSlots { from, .. } => return Some(*from),
+            Rpc::Propose { from, .. }
+            | Rpc::ReadSlots { from, .. }
+            | Rpc::ReadPage { from, .. } => return Some(*from),
         };
         vote.leader_id().voted_for()
     }
@@ -130,6 +141,17 @@ pub enum RpcReply {
     Proposed(Result<Outcomes, Refusal>),
     /// A page of [`Rpc::ReadSlots`].
     SlotPage(Result<SlotPage, Refusal>),
+    /// A page of [`Rpc::ReadPage`].
+    Page(Result<ScanPage, Refusal>),
+}
+
+/// One group's page of a scan: the pairs of the slots it serves, and, if
+/// the walk stopped before the span's end, the last key it walked (the
+/// group has said nothing of the keys past it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScanPage {
+    pub pairs: Vec<(Bytes, Bytes)>,
+    pub stopped_at: Option<Bytes>,
 }
 
 /// Pairs of some slots, and where the next page starts (`None`: no more).
@@ -146,6 +168,17 @@ const READ_SLOTS_KEYS: usize = 4096;
 /// Roughly the most bytes of pairs a page holds, far below a frame.
 const READ_SLOTS_BYTES: usize = 1 << 20;
 
+/// Confirms that this node leads the group and has applied all that was
+/// committed; else who leads it, as far as it knows.
+async fn confirm_leader(raft: &Raft) -> Result<(), Refusal> {
+    raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
+        match e.forward_to_leader::<Member>() {
+            Some(forward) => Refusal::NotLeader(forward.leader_id),
+            None => Refusal::Failed(e.to_string()),
+        }
+    })
+}
+
 /// A page of the pairs of `slots` in `engine`, after `after`, once this
 /// node is confirmed as the group's leader and has applied all that was
 /// committed (so everything written before a freeze is there).
@@ -155,12 +188,7 @@ pub async fn read_slots(
     (first, last): (u16, u16),
     after: Option<Bytes>,
 ) -> Result<SlotPage, Refusal> {
-    if let Err(e) = raft.ensure_linearizable().await {
-        return Err(match e.forward_to_leader::<Member>() {
-            Some(forward) => Refusal::NotLeader(forward.leader_id),
-            None => Refusal::Failed(e.to_string()),
-        });
-    }
+    confirm_leader(raft).await?;
     let span = Span::prefix(b"", after.as_deref(), false);
     let (walked, more) = (engine.pairs(&span, READ_SLOTS_KEYS, READ_SLOTS_BYTES))
         .map_err(|e| Refusal::Failed(e.to_string()))?;
@@ -173,16 +201,43 @@ pub async fn read_slots(
     Ok(SlotPage { pairs, next })
 }
 
+/// Roughly the most bytes of pairs a scan page of one group holds.
+const READ_PAGE_BYTES: usize = 1 << 20;
+
+/// A page of `span` in `engine`, up to `limit` pairs walked, keeping those
+/// of the slots `serves` says the group serves; once this node is
+/// confirmed as the group's leader and has applied all that was committed.
+async fn read_page(served: &Served, span: &Span, limit: usize) -> Result<ScanPage, Refusal> {
+    confirm_leader(&served.raft).await?;
+    let (walked, more) = (served.engine.pairs(span, limit, READ_PAGE_BYTES))
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let stopped_at = more
+        .then(|| walked.last().map(|(key, _)| key.clone()))
+        .flatten();
+    let shards = served.shards.borrow().clone();
+    let pairs = (walked.into_iter())
+        .filter(|(key, _)| {
+            matches!(
+                shards.state(slot_of(key)),
+                SlotState::Serving | SlotState::Frozen
+            )
+        })
+        .collect();
+    Ok(ScanPage { pairs, stopped_at })
+}
+
 /// The groups this node runs, by id: where [`serve`] hands each message.
 #[derive(Default)]
 pub struct Rafts(RwLock<HashMap<GroupId, Served>>);
 
-/// A group as the raft port serves it: its openraft, and its data for a
-/// slot move's copy ([`Rpc::ReadSlots`]).
+/// A group as the raft port serves it: its openraft, and its data and
+/// slot states for a slot move's copy ([`Rpc::ReadSlots`]) and scans
+/// ([`Rpc::ReadPage`]).
 #[derive(Clone)]
 struct Served {
     raft: Raft,
     engine: Arc<dyn Engine>,
+    shards: watch::Receiver<Arc<Shards>>,
 }
 
 impl Served {
@@ -196,6 +251,9 @@ impl Served {
             Rpc::ReadSlots { slots, after, .. } => {
                 RpcReply::SlotPage(read_slots(raft, &*self.engine, slots, after).await)
             }
+            Rpc::ReadPage { span, limit, .. } => {
+                RpcReply::Page(read_page(self, &span, limit).await)
+            }
         }
     }
 }
@@ -205,7 +263,9 @@ impl RpcReply {
     /// [`Rpc::ReadSlots`] asked, if it did not.
     pub fn refusal(&self) -> Option<&Refusal> {
         match self {
-            RpcReply::Proposed(Err(refusal)) | RpcReply::SlotPage(Err(refusal)) => Some(refusal),
+            RpcReply::Proposed(Err(refusal))
+            | RpcReply::SlotPage(Err(refusal))
+            | RpcReply::Page(Err(refusal)) => Some(refusal),
             _ => None,
         }
     }
@@ -221,9 +281,23 @@ impl Rafts {
         }
     }
 
-    /// From now on messages for `group` go to `raft`, over `engine`.
-    pub fn insert(&self, group: GroupId, raft: Raft, engine: Arc<dyn Engine>) {
-        self.0.write().insert(group, Served { raft, engine });
+    /// From now on messages for `group` go to `raft`, over `engine`, with
+    /// its slot states in `shards`.
+    pub fn insert(
+        &self,
+        group: GroupId,
+        raft: Raft,
+        engine: Arc<dyn Engine>,
+        shards: watch::Receiver<Arc<Shards>>,
+    ) {
+        (self.0.write()).insert(
+            group,
+            Served {
+                raft,
+                engine,
+                shards,
+            },
+        );
     }
 
     fn get(&self, group: GroupId) -> Option<Served> {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::group::{self, cluster_failed, Group, GroupStatus};
-use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, SlotPage};
+use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, ScanPage, SlotPage};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
 use super::shards::{Move, MoveStep, Placement, Shards, SlotState};
 use super::{Batch, Member, Outcome, FIRST_GROUP};
@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::log::{Log, Queued};
 use crate::storage::change::Change;
 use crate::storage::fs::Fs;
-use crate::storage::store::Applied;
+use crate::storage::store::{Applied, Span};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
@@ -154,7 +154,12 @@ impl Cluster {
         )
         .await?;
         let rafts = Arc::new(Rafts::default());
-        rafts.insert(FIRST_GROUP, first.raft().clone(), first.engine());
+        rafts.insert(
+            FIRST_GROUP,
+            first.raft().clone(),
+            first.engine(),
+            first.shards(),
+        );
         tracker.spawn(network::serve(
             listener,
             rafts.clone(),
@@ -210,7 +215,7 @@ impl Cluster {
         }
         starter
             .rafts
-            .insert(id, group.raft().clone(), group.engine());
+            .insert(id, group.raft().clone(), group.engine(), group.shards());
         self.groups.write().insert(id, Arc::new(group));
         tracing::info!(group = id, "raft group started");
         Ok(())
@@ -520,6 +525,56 @@ impl Cluster {
         match outcomes.into_iter().next() {
             Some(outcome) => outcome.into_result(),
             None => Err(cluster_failed(format!("group {group} gave no outcome"))),
+        }
+    }
+
+    /// Whether some slot is served by a group other than group 1: reads
+    /// that name no key must then ask every group.
+    pub fn is_sharded(&self) -> bool {
+        let shards = self.first().shards().borrow().clone();
+        shards.map().ranges().iter().any(|r| r.value != FIRST_GROUP)
+    }
+
+    /// A page of a scan of `span` over every group that serves slots: each
+    /// group's leader walks up to `limit` pairs of it ([`Rpc::ReadPage`],
+    /// keeping those of the slots it serves), and [`merge`] joins the
+    /// pages. At most `limit` pairs, about `max_bytes`; `true` if there may
+    /// be more (after the last pair).
+    pub async fn scan(
+        &self,
+        mut span: Span,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
+        let shards = self.first().shards().borrow().clone();
+        let groups: std::collections::BTreeSet<GroupId> =
+            shards.map().ranges().iter().map(|r| r.value).collect();
+        loop {
+            let pages = groups
+                .iter()
+                .map(|g| self.read_page(*g, span.clone(), limit));
+            let pages = futures_util::future::try_join_all(pages).await?;
+            let (pairs, stopped_at) = merge(pages, span.reverse(), limit, max_bytes);
+            match stopped_at {
+                // Every pair walked was of a slot its group does not serve:
+                // walk on rather than answer an empty page that says "more".
+                Some(key) if pairs.is_empty() => span = span.after(&key),
+                stopped_at => return Ok((pairs, stopped_at.is_some())),
+            }
+        }
+    }
+
+    /// A page of a scan at group `group`'s leader.
+    async fn read_page(&self, group: GroupId, span: Span, limit: usize) -> Result<ScanPage, Error> {
+        let from = self.settings.id;
+        let rpc = || Rpc::ReadPage {
+            from,
+            span: span.clone(),
+            limit,
+        };
+        match self.at_leader(group, rpc).await? {
+            RpcReply::Page(Ok(page)) => Ok(page),
+            other => Err(cluster_failed(format!("group {group} answered {other:?}"))),
         }
     }
 
@@ -898,6 +953,39 @@ impl Log for Cluster {
     }
 }
 
+/// Joins groups' pages of one scan, in its order (`reverse`: descending):
+/// the pairs up to the first key past which some group stopped walking (it
+/// has not looked beyond it), at most `limit` and about `max_bytes` of them
+/// (at least one). The pairs, and the key the walk stopped at if it did:
+/// the next page starts after it.
+fn merge(
+    pages: Vec<ScanPage>,
+    reverse: bool,
+    limit: usize,
+    max_bytes: usize,
+) -> (Vec<(Bytes, Bytes)>, Option<Bytes>) {
+    let in_order = |a: &Bytes, b: &Bytes| if reverse { b.cmp(a) } else { a.cmp(b) };
+    let stops = pages.iter().filter_map(|p| p.stopped_at.clone());
+    let cut = stops.min_by(|a, b| in_order(a, b));
+    let mut pairs: Vec<(Bytes, Bytes)> = (pages.into_iter())
+        .flat_map(|page| page.pairs)
+        .filter(|(key, _)| cut.as_ref().is_none_or(|cut| in_order(key, cut).is_le()))
+        .collect();
+    pairs.sort_by(|(a, _), (b, _)| in_order(a, b));
+    let mut bytes = 0;
+    let fits = pairs.iter().take_while(|(key, value)| {
+        bytes += key.len() + value.len() + 16;
+        bytes <= max_bytes
+    });
+    let keep = fits.count().clamp(1, limit.max(1));
+    if pairs.len() > keep {
+        pairs.truncate(keep);
+        let last = pairs.last().map(|(key, _)| key.clone());
+        return (pairs, last);
+    }
+    (pairs, cut)
+}
+
 /// A group's status as `Cluster` reports it, with the slots `shards` gives
 /// it.
 fn view(status: GroupStatus, shards: &Shards) -> GroupView {
@@ -1056,4 +1144,53 @@ fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn std::any::Any + Send>, Er
         std::io::ErrorKind::WouldBlock => Error::Locked(dir.to_path_buf()),
         _ => Error::io(&lock_path, e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], stopped_at: Option<&str>) -> ScanPage {
+        let b = |k: &str| Bytes::copy_from_slice(k.as_bytes());
+        ScanPage {
+            pairs: keys.iter().map(|k| (b(k), b(k))).collect(),
+            stopped_at: stopped_at.map(b),
+        }
+    }
+
+    fn keys(merged: &(Vec<(Bytes, Bytes)>, Option<Bytes>)) -> (Vec<&[u8]>, Option<&[u8]>) {
+        let keys = merged.0.iter().map(|(k, _)| &k[..]).collect();
+        (keys, merged.1.as_deref())
+    }
+
+    #[test]
+    fn a_scan_page_stops_where_the_first_group_stopped_looking() {
+        // Group 1 walked up to c and has more; group 2 walked to its end.
+        let pages = || vec![page(&["a", "c"], Some("c")), page(&["b", "e"], None)];
+        let all = merge(pages(), false, 10, 1 << 20);
+        assert_eq!(keys(&all), (vec![&b"a"[..], b"b", b"c"], Some(&b"c"[..])));
+        // Cut by the limit: the next page starts after the last pair.
+        let two = merge(pages(), false, 2, 1 << 20);
+        assert_eq!(keys(&two), (vec![&b"a"[..], b"b"], Some(&b"b"[..])));
+        // Descending, each group walking down.
+        let down = vec![page(&["e", "c"], Some("c")), page(&["d", "a"], None)];
+        let down = merge(down, true, 10, 1 << 20);
+        assert_eq!(keys(&down), (vec![&b"e"[..], b"d", b"c"], Some(&b"c"[..])));
+        // Both done: no more.
+        let done = merge(
+            vec![page(&["a"], None), page(&["b"], None)],
+            false,
+            10,
+            1 << 20,
+        );
+        assert_eq!(keys(&done), (vec![&b"a"[..], b"b"], None));
+        // Nothing kept but a group stopped: the caller walks on after c.
+        let empty = merge(
+            vec![page(&[], Some("c")), page(&[], None)],
+            false,
+            10,
+            1 << 20,
+        );
+        assert_eq!(keys(&empty), (vec![], Some(&b"c"[..])));
+    }
 }

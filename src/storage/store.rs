@@ -159,7 +159,7 @@ impl PageBudget {
 }
 
 /// Which keys a page walk covers, and in which direction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     lower: Bound<Vec<u8>>,
     upper: Bound<Vec<u8>>,
@@ -207,6 +207,16 @@ impl Span {
             }
             _ => false,
         }
+    }
+
+    /// The rest of the span once the walk has passed `key`.
+    pub fn after(&self, key: &[u8]) -> Span {
+        let mut rest = self.clone();
+        match self.reverse {
+            false => rest.lower = Bound::Excluded(key.to_vec()),
+            true => rest.upper = Bound::Excluded(key.to_vec()),
+        }
+        rest
     }
 
     /// Whether the walk goes down from the upper end.

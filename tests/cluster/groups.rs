@@ -421,6 +421,32 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     assert_eq!(cli_ok(third.addr, &["get", key]).trim(), "from the shell");
     wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
 
+    // A scan through node 3 asks both groups: every key once, in order,
+    // both ways (pages end where a group stopped walking).
+    let mut expected: Vec<String> = keys.clone();
+    expected.push(key.to_string());
+    expected.sort();
+    let scanned = |query: kvstore_client::ScanQuery| -> Vec<String> {
+        (client.scan(query))
+            .map(|pair| String::from_utf8(pair.unwrap().0.to_vec()).unwrap())
+            .collect()
+    };
+    let all = scanned(kvstore_client::ScanQuery::prefix(""));
+    assert_eq!(all.len(), expected.len(), "keys scanned");
+    assert!(all == expected, "every key once, in order");
+    let down = scanned(kvstore_client::ScanQuery::prefix("key:").reverse());
+    let expected_down: Vec<&String> = expected
+        .iter()
+        .rev()
+        .filter(|k| k.starts_with("key:"))
+        .collect();
+    assert!(
+        down.iter().collect::<Vec<_>>() == expected_down,
+        "descending"
+    );
+    let listed = cli_ok(third.addr, &["keys"]);
+    assert_eq!(listed.lines().count(), expected.len());
+
     // A write over two groups is refused whole.
     let cross = client.bulk_set([("{06S}a", "v"), ("{b}", "v")]);
     let code = cross.err().and_then(|e| e.code());
