@@ -702,17 +702,24 @@ mod tests {
     fn a_key_in_both_stores_is_never_missing_while_they_are_swapped() {
         let store = std::sync::Arc::new(store_of(&[("k", "old")]));
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
-            let (store, done) = (store.clone(), done.clone());
+            let (store, done, started) = (store.clone(), done.clone(), started.clone());
             std::thread::spawn(move || {
                 let mut reads = 0u64;
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     assert!(store.get(b"k").is_some(), "k was missing mid-swap");
+                    started.store(true, std::sync::atomic::Ordering::Relaxed);
                     reads += 1;
                 }
                 reads
             })
         };
+        // Not before the reader runs: on a busy machine it was once first
+        // scheduled after every swap.
+        while !started.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
         for i in 0..2000 {
             store.replace_with(store_of(&[("k", if i % 2 == 0 { "new" } else { "old" })]));
         }
