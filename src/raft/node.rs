@@ -226,6 +226,11 @@ impl Cluster {
         self.groups.read()[&FIRST_GROUP].clone()
     }
 
+    /// The sharding table as this node's replica of group 1 has applied it.
+    fn table(&self) -> Arc<Shards> {
+        self.first().shards().borrow().clone()
+    }
+
     /// Every group this node runs.
     fn all(&self) -> Vec<Arc<Group>> {
         self.groups.read().values().cloned().collect()
@@ -251,7 +256,7 @@ impl Cluster {
     /// of its nodes.
     pub fn route(&self, key: &[u8]) -> Result<Arc<Group>, Error> {
         let slot = kvstore_client::slot::slot_of(key);
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         let id = shards.map().group_of(slot);
         if let Some(group) = self.groups.read().get(&id) {
             return Ok(group.clone());
@@ -308,7 +313,7 @@ impl Cluster {
     /// `READONLY` connection's read), or knows no address to send it to.
     pub fn redirect(&self, key: &[u8], reads_here: bool) -> Option<(u16, String)> {
         let slot = kvstore_client::slot::slot_of(key);
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         let id = shards.map().group_of(slot);
         let group = self.groups.read().get(&id).cloned();
         let target = match group {
@@ -327,7 +332,7 @@ impl Cluster {
     /// nodes in id order); nodes that recorded no RESP address are left
     /// out.
     pub fn redis_shards(&self) -> Vec<RedisShard> {
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         let mut slots: BTreeMap<GroupId, Vec<(u16, u16)>> = BTreeMap::new();
         for range in shards.map().ranges() {
             (slots.entry(range.value).or_default()).push((range.first, range.last));
@@ -531,7 +536,7 @@ impl Cluster {
     /// Whether some slot is served by a group other than group 1: reads
     /// that name no key must then ask every group.
     pub fn is_sharded(&self) -> bool {
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         shards.map().ranges().iter().any(|r| r.value != FIRST_GROUP)
     }
 
@@ -546,7 +551,7 @@ impl Cluster {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         let groups: std::collections::BTreeSet<GroupId> =
             shards.map().ranges().iter().map(|r| r.value).collect();
         loop {
@@ -613,7 +618,7 @@ impl Cluster {
                 })
                 .collect());
         }
-        let shards = self.first().shards().borrow().clone();
+        let shards = self.table();
         (shards.groups().get(&group))
             .map(|placement| placement.members.clone())
             .ok_or_else(|| cluster_failed(format!("there is no group {group}")))
