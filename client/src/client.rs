@@ -1,6 +1,6 @@
 //! The async client.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::mux::{Mux, Tls};
 use crate::once;
+use crate::pool::Pools;
 use crate::protocol::DEFAULT_MAX_FRAME;
 use crate::replicas::{ReplicaLoad, Replicas};
 use crate::{
@@ -212,8 +213,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Connections the client spreads its calls over (default 2). Each is
-    /// multiplexed: many calls share it, in flight at once.
+    /// Connections per server the client spreads its calls over (default
+    /// 2). Each is multiplexed: many calls share it, in flight at once.
     pub fn connections(mut self, connections: usize) -> Self {
         self.connections = connections.max(1);
         self
@@ -269,8 +270,7 @@ impl ClientBuilder {
                     known: addrs,
                 }),
                 tls,
-                slots: (0..self.connections).map(|_| Mutex::new(None)).collect(),
-                next: AtomicUsize::new(0),
+                pools: Pools::new(self.connections),
                 reader,
                 session: AtomicU64::new(0),
                 writes: Mutex::new(once::Slot::None),
@@ -308,12 +308,8 @@ struct Inner {
     target: std::sync::Mutex<Target>,
     /// How to speak TLS, if at all (the server name is each target's host).
     tls: Option<Tls>,
-    /// One connection per slot, opened on demand and replaced when broken or
-    /// when the target has moved (the epoch it was opened in). A tokio
-    /// mutex: it is held across the connect.
-    slots: Vec<Mutex<Option<(u64, Mux)>>>,
-    /// Round-robin position.
-    next: AtomicUsize,
+    /// The connections, by server.
+    pools: Pools,
     /// With follower or session reads: the nodes that answer them.
     reader: Option<Replicas>,
     /// The highest log index seen in an `Indexed` reply (session reads
@@ -999,9 +995,9 @@ impl Client {
     /// One attempt: a connection within the connect timeout, then the
     /// request (queueing, writing, answer) within the request timeout.
     async fn call_once(&self, command: Command) -> Result<Reply, Error> {
-        let (_, epoch) = self.target();
+        let (addr, epoch) = self.target();
         let result = async {
-            let mux = self.connect_within(self.connection()).await?;
+            let mux = self.connect_within(self.connection(&addr)).await?;
             exchange(&mux, command, self.inner.options.request_timeout).await
         }
         .await;
@@ -1025,38 +1021,23 @@ impl Client {
             })?
     }
 
-    /// The next connection in turn, opened or replaced if needed.
-    async fn connection(&self) -> Result<Mux, Error> {
-        let inner = &self.inner;
-        let slot = &inner.slots[inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len()];
-        let mut guard = slot.lock().await;
-        let (_, epoch) = self.target();
-        match guard.as_ref() {
-            Some((opened, mux)) if *opened == epoch && mux.is_alive() => Ok(mux.clone()),
-            _ => {
-                if let Some((_, old)) = guard.take() {
-                    old.close();
-                }
-                let mux = self.open().await?;
-                *guard = Some((epoch, mux.clone()));
-                Ok(mux)
-            }
-        }
+    /// The next connection to `addr` in turn, opened if needed.
+    async fn connection(&self, addr: &str) -> Result<Mux, Error> {
+        self.inner.pools.get(addr, || self.open(addr)).await
     }
 
-    /// A new connection, logged in if the client has a token.
-    async fn open(&self) -> Result<Mux, Error> {
+    /// A new connection to `addr`, logged in if the client has a token.
+    async fn open(&self, addr: &str) -> Result<Mux, Error> {
         let inner = &self.inner;
-        let (addr, _) = self.target();
         let tls = match &inner.tls {
             Some(tls) => Some(Tls {
                 connector: tls.connector.clone(),
-                server_name: server_name(&addr)?,
+                server_name: server_name(addr)?,
             }),
             None => None,
         };
         let mux = Mux::connect(
-            &addr,
+            addr,
             inner.options.connect_timeout,
             inner.options.max_frame,
             tls.as_ref(),
@@ -1074,7 +1055,7 @@ impl Client {
     /// [`BackupStream::next_chunk`]; [`Client::backup`] writes it out for you.
     /// Not retried: if anything fails, start again.
     pub async fn backup_stream(&self) -> Result<BackupStream, Error> {
-        let mux = self.connect_within(self.open()).await?;
+        let mux = self.connect_within(self.open(&self.target().0)).await?;
         Ok(BackupStream::new(mux, self.inner.options.request_timeout))
     }
 
@@ -1108,7 +1089,7 @@ impl Client {
     /// timeout, if longer), never resent: if the wait ends first, the server
     /// still finishes the file.
     pub async fn backup_on_server(&self, name: impl Into<String>) -> Result<BackupSummary, Error> {
-        let mux = self.connect_within(self.open()).await?;
+        let mux = self.connect_within(self.open(&self.target().0)).await?;
         let wait = self
             .inner
             .options
@@ -1227,8 +1208,8 @@ fn redirect_named(message: &str) -> Option<String> {
 struct Target {
     /// The current server.
     addr: String,
-    /// Moves each time `addr` changes: connections of older epochs are
-    /// replaced.
+    /// Moves each time `addr` changes: an attempt made before does not
+    /// move it again.
     epoch: u64,
     /// Every address given or learned from a `NotLeader` answer, in order.
     known: Vec<String>,

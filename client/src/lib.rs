@@ -33,6 +33,7 @@ pub mod codec;
 pub mod error;
 mod mux;
 mod once;
+mod pool;
 pub mod protocol;
 mod replicas;
 pub mod scan;
