@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use bytes::Bytes;
@@ -22,8 +22,10 @@ use tokio_rustls::TlsConnector;
 use crate::mux::{Mux, Tls};
 use crate::once;
 use crate::pool::Pools;
-use crate::protocol::DEFAULT_MAX_FRAME;
+use crate::protocol::{ClusterRequest, DEFAULT_MAX_FRAME};
 use crate::replicas::{ReplicaLoad, Replicas};
+use crate::routes::{redirect_named, Routes};
+use crate::slot::{slot_of, GroupId};
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
 };
@@ -67,6 +69,9 @@ pub struct ClientBuilder {
     tls_ca: Option<PathBuf>,
     reads: Reads,
     exactly_once: bool,
+    /// Sends each keyed call to its group's leader in a sharded cluster
+    /// (off for the one-node clients of follower reads).
+    by_key: bool,
 }
 
 /// Which node answers a cluster client's reads, and what they promise
@@ -108,6 +113,7 @@ impl Default for ClientBuilder {
             tls_ca: None,
             reads: Reads::Linearizable,
             exactly_once: true,
+            by_key: true,
         }
     }
 }
@@ -122,7 +128,9 @@ impl ClientBuilder {
     /// budget (with several addresses, at least 60 attempts unless
     /// [`ClientBuilder::max_attempts`] says otherwise, no pause before an
     /// address not tried since the last pause, and pauses of at most
-    /// 200 ms).
+    /// 200 ms). In a sharded cluster it learns which node leads the group
+    /// of each key's slot from the first redirect on, and sends each keyed
+    /// call there (docs/sharding.md).
     pub fn addr(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
         self
@@ -257,6 +265,7 @@ impl ClientBuilder {
                     reads: Reads::Linearizable,
                     max_attempts: 1,
                     attempts_set: true,
+                    by_key: false,
                     ..self.clone()
                 }
                 .build()
@@ -271,6 +280,8 @@ impl ClientBuilder {
                 }),
                 tls,
                 pools: Pools::new(self.connections),
+                routes: Default::default(),
+                asking: Mutex::new(()),
                 reader,
                 session: AtomicU64::new(0),
                 writes: Mutex::new(once::Slot::None),
@@ -310,6 +321,10 @@ struct Inner {
     tls: Option<Tls>,
     /// The connections, by server.
     pools: Pools,
+    /// In a sharded cluster: each key's group and its leader.
+    routes: std::sync::Mutex<Routes>,
+    /// Held while the routes are asked for: one request at a time.
+    asking: Mutex<()>,
     /// With follower or session reads: the nodes that answer them.
     reader: Option<Replicas>,
     /// The highest log index seen in an `Indexed` reply (session reads
@@ -949,7 +964,7 @@ impl Client {
         // The addresses tried since the last pause.
         let tried = std::sync::Mutex::new(Vec::new());
         let attempts = (|| {
-            let (addr, _) = self.target();
+            let (addr, _, _) = self.destination(&command);
             if let Ok(mut tried) = tried.lock() {
                 tried.push(addr);
             }
@@ -964,7 +979,7 @@ impl Client {
         })
         .adjust(|_, pause| {
             let mut tried = tried.lock().unwrap_or_else(|e| e.into_inner());
-            let fresh = !tried.contains(&self.target().0);
+            let fresh = !tried.contains(&self.destination(&command).0);
             let pause = pause_before_retry(several, fresh, pause);
             if pause != Some(Duration::ZERO) {
                 tried.clear();
@@ -993,18 +1008,68 @@ impl Client {
     }
 
     /// One attempt: a connection within the connect timeout, then the
-    /// request (queueing, writing, answer) within the request timeout.
+    /// request (queueing, writing, answer) within the request timeout; to
+    /// the leader of the key's group where known, else to the target.
     async fn call_once(&self, command: Command) -> Result<Reply, Error> {
-        let (addr, epoch) = self.target();
-        let result = async {
-            let mux = self.connect_within(self.connection(&addr)).await?;
-            exchange(&mux, command, self.inner.options.request_timeout).await
-        }
-        .await;
+        self.learn_routes().await;
+        let slot = command.first_key().map(slot_of);
+        let (addr, epoch, group) = self.destination(&command);
+        let result = self.exchange_with(&addr, command).await;
         if let Err(e) = &result {
-            self.steer(e, epoch);
+            if let (Some(slot), true) = (slot, self.inner.options.by_key) {
+                self.routes().failed(slot, group, e);
+            }
+            if group.is_none() {
+                self.steer(e, epoch);
+            }
         }
         result
+    }
+
+    /// `command` sent to `addr` and answered, within the timeouts.
+    async fn exchange_with(&self, addr: &str, command: Command) -> Result<Reply, Error> {
+        let mux = self.connect_within(self.connection(addr)).await?;
+        exchange(&mux, command, self.inner.options.request_timeout).await
+    }
+
+    /// Where `command` goes: the leader of its key's group if the client
+    /// knows it (with the group), else the target (with its epoch).
+    fn destination(&self, command: &Command) -> (String, u64, Option<GroupId>) {
+        let routed = (command.first_key())
+            .filter(|_| self.inner.options.by_key)
+            .and_then(|key| self.routes().leader_of(slot_of(key)));
+        match routed {
+            Some((group, leader)) => (leader, 0, Some(group)),
+            None => {
+                let (addr, epoch) = self.target();
+                (addr, epoch, None)
+            }
+        }
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.inner.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the target for the cluster's routes, if a redirect made them
+    /// due and no other call is asking already. A failure leaves them as
+    /// they were, to be asked again after a pause.
+    async fn learn_routes(&self) {
+        if !self.routes().due(Instant::now()) {
+            return;
+        }
+        let Ok(_asking) = self.inner.asking.try_lock() else {
+            return;
+        };
+        if !self.routes().due(Instant::now()) {
+            return;
+        }
+        self.routes().asking(Instant::now());
+        let (addr, _) = self.target();
+        let status = Command::Cluster(ClusterRequest::Status);
+        if let Ok(Reply::Cluster(status)) = self.exchange_with(&addr, status).await {
+            self.routes().learn(&status);
+        }
     }
 
     /// `connect` (opening or reusing a connection), within the connect timeout.
@@ -1192,16 +1257,6 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, Error> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string())
         .map_err(|e| Error::Tls(format!("{host} is not a valid server name: {e}")))
-}
-
-/// The address a `NotLeader` or `Moved` message sends the client to
-/// (`... leader at HOST:PORT`, `... served at HOST:PORT`).
-fn redirect_named(message: &str) -> Option<String> {
-    let (_, rest) =
-        (message.split_once("leader at ")).or_else(|| message.split_once("served at "))?;
-    addr::parse_target(rest.split_whitespace().next()?)
-        .ok()
-        .map(|(a, _)| a)
 }
 
 /// Where a client of several servers talks now.

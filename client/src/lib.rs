@@ -36,6 +36,7 @@ mod once;
 mod pool;
 pub mod protocol;
 mod replicas;
+mod routes;
 pub mod scan;
 pub mod slot;
 mod wire_bytes;

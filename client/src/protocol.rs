@@ -547,6 +547,37 @@ impl Command {
         }
     }
 
+    /// The key whose slot decides which group of a sharded cluster the
+    /// command goes to: its only or first key (the server refuses a
+    /// command whose keys lie in several slots with `CrossSlot`). `None`
+    /// for a command of no key or of every group (a scan).
+    pub fn first_key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Set { key, .. }
+            | Command::Get { key }
+            | Command::Delete { key }
+            | Command::Exists { key }
+            | Command::SetIf { key, .. }
+            | Command::GetDel { key }
+            | Command::Incr { key, .. }
+            | Command::Append { key, .. } => Some(key),
+            Command::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
+            Command::DeleteMany { keys } => keys.first().map(|key| &key[..]),
+            Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),
+            Command::Keys { .. }
+            | Command::Auth { .. }
+            | Command::Flush
+            | Command::Scan { .. }
+            | Command::Range { .. }
+            | Command::Stats
+            | Command::Backup { .. }
+            | Command::BackupNext
+            | Command::Cluster(_)
+            | Command::OpenSession
+            | Command::Restore { .. } => None,
+        }
+    }
+
     /// Whether sending the command twice has the effect of sending it
     /// once. A client may resend an idempotent command whose reply was lost;
     /// `Incr`, `Append`, `Backup` and `BackupNext` it may resend only when the

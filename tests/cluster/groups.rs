@@ -543,3 +543,55 @@ fn redis_cluster_clients_find_each_key_s_group() {
         .count() as u64;
     wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
 }
+
+/// The redirects the native door has answered on every node: `Moved` and
+/// `NotLeader` errors.
+fn redirects(nodes: &[Spec]) -> i64 {
+    let of = |node: &Spec| -> i64 {
+        let client = kvstore_client::BlockingClient::connect(node.addr.to_string()).unwrap();
+        let figures: std::collections::BTreeMap<String, i64> =
+            client.stats().unwrap().into_iter().collect();
+        figures["errors_total{code=\"Moved\"}"] + figures["errors_total{code=\"NotLeader\"}"]
+    };
+    nodes.iter().map(of).sum()
+}
+
+#[test]
+fn the_client_learns_each_group_s_leader_and_sends_its_keys_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _servers, leader) = start_cluster(dir.path());
+    // Group 2 runs on the two other nodes: its leader is never group 1's.
+    let others: Vec<String> = (nodes.iter())
+        .filter(|n| n.id != leader.id)
+        .map(|n| n.id.to_string())
+        .collect();
+    cli_ok(
+        leader.addr,
+        &["cluster", "add-group", "--nodes", &others.join(",")],
+    );
+    let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
+    cli_ok(leader.addr, &moved);
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    let keys: Vec<String> = (0..2_000).map(|i| format!("key:{i}")).collect();
+    let write_and_read = |round: &str| {
+        for key in &keys {
+            client.set(key, round).unwrap();
+            assert_eq!(client.get(key).unwrap().as_deref(), Some(round.as_bytes()));
+        }
+    };
+    let before = redirects(&nodes);
+    write_and_read("first");
+    // A redirect or two teach the client the routes (a few more if a
+    // group's leader changes meanwhile); sent to one node, half the
+    // 4,000 calls would be redirected.
+    let redirected = redirects(&nodes) - before;
+    assert!(redirected <= 10, "{redirected} redirects");
+
+    // The slots move back: `Moved` makes the client learn them again.
+    let back = ["cluster", "move-slots", "--slots", "0-8191", "--to", "1"];
+    cli_ok(leader.addr, &back);
+    let before = redirects(&nodes);
+    write_and_read("second");
+    let redirected = redirects(&nodes) - before;
+    assert!(redirected <= 10, "{redirected} redirects after the move");
+}
