@@ -1,4 +1,5 @@
-//! `kvstore-bench` against the real server, over both doors: every test
+//! `kvstore-bench` against the real server, over both doors and through the
+//! client library: every test
 //! completes without errors, the CSV gets one row per test, the data it
 //! wrote is really there, and `--plot` draws the charts.
 
@@ -22,7 +23,7 @@ fn bench(args: &[&str]) -> String {
 }
 
 #[test]
-fn every_test_runs_over_both_doors_and_lands_in_the_csv() {
+fn every_test_runs_over_both_doors_and_the_library_and_lands_in_the_csv() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kv.db"), &["--resp-listen", "127.0.0.1:0"]);
     let csv = dir.path().join("results.csv");
@@ -39,6 +40,19 @@ fn every_test_runs_over_both_doors_and_lands_in_the_csv() {
     ];
     args.extend(common_args);
     bench(&args);
+    let mut args = vec![
+        "--addr",
+        &native,
+        "--library",
+        "-P",
+        "4",
+        "-t",
+        tests,
+        "--csv",
+        csv_arg,
+    ];
+    args.extend(common_args);
+    bench(&args);
     for test in ["set", "get", "del", "exists", "bulkset", "mixed"] {
         assert!(table.lines().any(|l| l.starts_with(test)), "{table}");
     }
@@ -47,7 +61,7 @@ fn every_test_runs_over_both_doors_and_lands_in_the_csv() {
     let header = reader.headers().unwrap().clone();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
-    assert_eq!(rows.len(), 12, "one row per test and door");
+    assert_eq!(rows.len(), 18, "one row per test and way in");
     for row in &rows {
         assert_eq!(&row[col("requests")], "2000", "{row:?}");
         assert_eq!(&row[col("errors")], "0", "{row:?}");
@@ -56,12 +70,10 @@ fn every_test_runs_over_both_doors_and_lands_in_the_csv() {
         let max: f64 = row[col("max_ms")].parse().unwrap();
         assert!(p50 > 0.0 && p50 <= max, "{row:?}");
     }
-    assert_eq!(
-        rows.iter()
-            .filter(|r| &r[col("system")] == "via-resp")
-            .count(),
-        6
-    );
+    for system in ["via-resp", "kvstore-library"] {
+        let of_system = rows.iter().filter(|r| &r[col("system")] == system);
+        assert_eq!(of_system.count(), 6, "{system}");
+    }
 
     // The last test (mixed) wrote keys of the key space: they are there.
     let mut client = server.client();

@@ -5,18 +5,14 @@
 //! the `kvstore.v1.KeyValue` method of the same meaning; a call's latency
 //! runs from the start of its batch to its answer.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
-
 use anyhow::Context;
-use futures_util::future::join_all;
 use kvstore_client::Command;
 use kvstore_proto::v1::{
     BulkPutRequest, DeleteRequest, ExistsRequest, GetRequest, KeyValuePair, PutRequest,
 };
 use tonic::transport::Channel;
 
-use crate::load::{Requests, Shared, Tally};
+use crate::load::{concurrent_batches, Shared, Tally};
 use crate::{Args, Test};
 
 pub type KeyValueClient = kvstore_proto::v1::key_value_client::KeyValueClient<Channel>;
@@ -39,37 +35,15 @@ pub(crate) async fn connection(
     test: Test,
     shared: &Shared,
 ) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new()?;
-    let mut requests = Requests::new(seed, args);
-    loop {
-        let Some((first, batch)) = shared.claim(args.pipeline as u64) else {
-            return Ok(tally);
-        };
-        requests.start_batch(first, test);
-        let commands: Vec<Command> = (0..batch).map(|_| requests.command(test)).collect();
-        let sent = Instant::now();
-        let answers = join_all(commands.into_iter().map(|command| {
-            // A clone of a tonic client shares its connection.
-            let client = client.clone();
-            async move {
-                let answer = call(client, command).await;
-                (answer, sent.elapsed())
-            }
-        }))
-        .await;
-        for (answer, took) in answers {
-            if let Err(status) = answer {
-                tally.errors += 1;
-                tally
-                    .first_error
-                    .get_or_insert_with(|| format!("{:?}: {}", status.code(), status.message()));
-            }
-            tally
-                .latency
-                .saturating_record(took.as_micros().max(1) as u64);
+    concurrent_batches(seed, args, test, shared, |command| {
+        // A clone of a tonic client shares its connection.
+        let client = client.clone();
+        async move {
+            let answer = call(client, command).await;
+            answer.map_err(|status| format!("{:?}: {}", status.code(), status.message()))
         }
-        shared.answered.fetch_add(batch, Ordering::Relaxed);
-    }
+    })
+    .await
 }
 
 /// Makes `command` as the gRPC method of the same meaning.

@@ -7,6 +7,8 @@
 //! With `--grpc` a connection is a gRPC channel (one HTTP/2 connection) to
 //! the server's `--grpc-listen` port, and a batch is `-P` concurrent calls on
 //! it (see [`crate::grpc`]); the same requests are made as gRPC methods.
+//! With `--library` the `-c` connections share one client of the client
+//! library, `-P` concurrent calls each (see [`crate::library`]).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,8 @@ enum Link {
     Tcp(TcpStream),
     /// The gRPC service, through the generated tonic client.
     Grpc(crate::grpc::KeyValueClient),
+    /// The native protocol through the client library (shared).
+    Library(kvstore_client::Client),
 }
 
 /// What one test measured.
@@ -95,7 +99,16 @@ pub async fn run(args: &Args, test: Test) -> anyhow::Result<Outcome> {
     let deadline_after = args.duration();
     // Connect everyone first, so the clock does not include connecting.
     let mut links = Vec::with_capacity(args.connections);
+    let library = if args.library {
+        Some(crate::library::connect(&args.addr)?)
+    } else {
+        None
+    };
     for _ in 0..args.connections {
+        if let Some(client) = &library {
+            links.push(Link::Library(client.clone()));
+            continue;
+        }
         if args.grpc {
             links.push(Link::Grpc(crate::grpc::connect(&args.addr).await?));
             continue;
@@ -125,6 +138,9 @@ pub async fn run(args: &Args, test: Test) -> anyhow::Result<Outcome> {
                     Link::Tcp(stream) => connection(stream, seed, &args, test, &shared).await,
                     Link::Grpc(client) => {
                         crate::grpc::connection(client, seed, &args, test, &shared).await
+                    }
+                    Link::Library(client) => {
+                        crate::library::connection(client, seed, &args, test, &shared).await
                     }
                 }
             })
@@ -223,6 +239,45 @@ async fn connection(
                     }
                 }
             }
+        }
+        shared.answered.fetch_add(batch, Ordering::Relaxed);
+    }
+}
+
+/// The loop of a connection whose batch is `-P` concurrent calls (the
+/// gRPC and library loads): `call` makes one; an error is its message.
+pub(crate) async fn concurrent_batches<F, Fut>(
+    seed: u64,
+    args: &Args,
+    test: Test,
+    shared: &Shared,
+    call: F,
+) -> anyhow::Result<Tally>
+where
+    F: Fn(Command) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut tally = Tally::new()?;
+    let mut requests = Requests::new(seed, args);
+    loop {
+        let Some((first, batch)) = shared.claim(args.pipeline as u64) else {
+            return Ok(tally);
+        };
+        requests.start_batch(first, test);
+        let sent = Instant::now();
+        let calls: Vec<_> = (0..batch)
+            .map(|_| {
+                let answer = call(requests.command(test));
+                async move { (answer.await, sent.elapsed()) }
+            })
+            .collect();
+        for (answer, took) in futures_util::future::join_all(calls).await {
+            if let Err(message) = answer {
+                tally.errors += 1;
+                tally.first_error.get_or_insert(message);
+            }
+            let micros = took.as_micros().max(1) as u64;
+            tally.latency.saturating_record(micros);
         }
         shared.answered.fetch_add(batch, Ordering::Relaxed);
     }

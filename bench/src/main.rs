@@ -9,16 +9,19 @@
 //! kvstore-bench --addr 127.0.0.1:65433 -c 50 -n 200000 -d 100 -t set,get
 //! kvstore-bench --resp --addr 127.0.0.1:6379 --label redis -t set,get -P 16 --csv out.csv
 //! kvstore-bench --grpc --addr 127.0.0.1:50051 -c 50 -t set,get
+//! kvstore-bench --library --addr 127.0.0.1:7001,127.0.0.1:7002 -c 50 -t set
 //! kvstore-bench --plot charts/ --csv out.csv     # after several runs into out.csv
 //! ```
 //!
 //! Modules: [`load`] (the connections and their request loops), [`grpc`]
-//! (the gRPC connections' loop), [`report`]
+//! (the gRPC connections' loop), [`library`] (the client library's
+//! loop), [`report`]
 //! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
 //! Markdown table of ratios between systems, from the CSV), [`probe`] (the
 //! disk's `fdatasync` latency, with no server).
 
 mod grpc;
+mod library;
 mod load;
 mod plot;
 mod probe;
@@ -106,6 +109,12 @@ pub struct Args {
     /// instead of the native protocol; -P is concurrent calls per connection.
     #[arg(long)]
     pub grpc: bool,
+    /// Go through the kvstore_client library: one client shared by the -c
+    /// tasks, -P concurrent calls each; --addr may list a cluster's nodes,
+    /// comma-separated (a sharded cluster's keys go to their groups'
+    /// leaders).
+    #[arg(long, conflicts_with_all = ["grpc", "resp"])]
+    pub library: bool,
     /// The system's name in the table, the CSV and the charts (default:
     /// `kvstore`, `kvstore-resp` with --resp, `kvstore-grpc` with --grpc).
     #[arg(long)]
@@ -141,6 +150,8 @@ impl Args {
                 "kvstore-resp".into()
             } else if self.grpc {
                 "kvstore-grpc".into()
+            } else if self.library {
+                "kvstore-library".into()
             } else {
                 "kvstore".into()
             }
