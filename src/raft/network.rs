@@ -102,6 +102,11 @@ pub enum Rpc {
         span: Span,
         limit: usize,
     },
+    /// Node `from`, which does not run the group, asks who leads it (for
+    /// Redis Cluster's view of the cluster and its redirects).
+    Leader {
+        from: u64,
+    },
 }
 
 impl Rpc {
@@ -114,7 +119,8 @@ impl Rpc {
             Rpc::Snapshot(rpc) => &rpc.vote,
             Rpc::Propose { from, .. }
             | Rpc::ReadSlots { from, .. }
-            | Rpc::ReadPage { from, .. } => return Some(*from),
+            | Rpc::ReadPage { from, .. }
+            | Rpc::Leader { from } => return Some(*from),
         };
         vote.leader_id().voted_for()
     }
@@ -143,6 +149,8 @@ pub enum RpcReply {
     SlotPage(Result<SlotPage, Refusal>),
     /// A page of [`Rpc::ReadPage`].
     Page(Result<ScanPage, Refusal>),
+    /// The leader this node knows of ([`Rpc::Leader`]).
+    Leader(Option<u64>),
 }
 
 /// One group's page of a scan: the pairs of the slots it serves, and, if
@@ -254,6 +262,7 @@ impl Served {
             Rpc::ReadPage { span, limit, .. } => {
                 RpcReply::Page(read_page(self, &span, limit).await)
             }
+            Rpc::Leader { .. } => RpcReply::Leader(raft.metrics().borrow().current_leader),
         }
     }
 }

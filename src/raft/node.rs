@@ -85,6 +85,9 @@ pub type Engines =
 pub struct Cluster {
     settings: Settings,
     groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
+    /// The leaders of groups this node does not run, as their nodes last
+    /// said ([`learn_leaders`]).
+    leaders_elsewhere: RwLock<BTreeMap<GroupId, u64>>,
     /// What starting another group takes.
     starter: Starter,
     /// Held while this node moves slots.
@@ -172,6 +175,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             settings,
             groups: RwLock::new(BTreeMap::from([(FIRST_GROUP, Arc::new(first))])),
+            leaders_elsewhere: RwLock::default(),
             starter: Starter {
                 fs,
                 engines,
@@ -187,6 +191,7 @@ impl Cluster {
         tracker.spawn(run_placed_groups(cluster.clone(), shards));
         tracker.spawn(finish_moves(cluster.clone()));
         tracker.spawn(record_doors(cluster.clone()));
+        tracker.spawn(learn_leaders(cluster.clone()));
         Ok(cluster)
     }
 
@@ -252,8 +257,8 @@ impl Cluster {
     }
 
     /// The group that serves `key`'s slot, as group 1's map at this node
-    /// says, if this node runs it; else `Moved`, naming the group and one
-    /// of its nodes.
+    /// says, if this node runs it; else `Moved`, naming the group and its
+    /// leader as last learned (else one of its nodes).
     pub fn route(&self, key: &[u8]) -> Result<Arc<Group>, Error> {
         let slot = kvstore_client::slot::slot_of(key);
         let shards = self.table();
@@ -261,7 +266,10 @@ impl Cluster {
         if let Some(group) = self.groups.read().get(&id) {
             return Ok(group.clone());
         }
-        let node = (shards.groups().get(&id)).and_then(|p| p.members.values().next());
+        let leader = self.leaders_elsewhere.read().get(&id).copied();
+        let node = (shards.groups().get(&id)).and_then(|p| {
+            (leader.and_then(|l| p.members.get(&l))).or_else(|| p.members.values().next())
+        });
         Err(Error::Rejected {
             code: kvstore_client::ErrorCode::Moved,
             message: match node {
@@ -308,7 +316,8 @@ impl Cluster {
 
     /// Where a Redis Cluster client of `key` is sent (`-MOVED`), if not
     /// served here: the slot, and the RESP address of its group's leader
-    /// (of one of its nodes, for a group this node does not run). `None`
+    /// (for a group this node does not run, the leader it last learned
+    /// of, else one of its nodes). `None`
     /// if this node leads the group, or runs it and `reads_here` (a
     /// `READONLY` connection's read), or knows no address to send it to.
     pub fn redirect(&self, key: &[u8], reads_here: bool) -> Option<(u16, String)> {
@@ -321,7 +330,10 @@ impl Cluster {
                 Some(leader) if leader != self.settings.id && !reads_here => leader,
                 _ => return None,
             },
-            None => *shards.groups().get(&id)?.members.keys().next()?,
+            None => match self.leaders_elsewhere.read().get(&id) {
+                Some(leader) => *leader,
+                None => *shards.groups().get(&id)?.members.keys().next()?,
+            },
         };
         shards.door(target).map(|addr| (slot, addr.to_string()))
     }
@@ -337,7 +349,10 @@ impl Cluster {
         for range in shards.map().ranges() {
             (slots.entry(range.value).or_default()).push((range.first, range.last));
         }
-        let groups = self.groups.read().clone();
+        let leader_of = |id: GroupId| match self.groups.read().get(&id) {
+            Some(group) => group.leader(),
+            None => self.leaders_elsewhere.read().get(&id).copied(),
+        };
         (slots.into_iter())
             .map(|(id, slots)| {
                 let mut nodes: Vec<u64> = match (id, shards.groups().get(&id)) {
@@ -348,7 +363,7 @@ impl Cluster {
                     (_, Some(placement)) => placement.members.keys().copied().collect(),
                     (_, None) => Vec::new(),
                 };
-                if let Some(leader) = groups.get(&id).and_then(|g| g.leader()) {
+                if let Some(leader) = leader_of(id) {
                     nodes.sort_by_key(|n| *n != leader);
                 }
                 let nodes = (nodes.into_iter())
@@ -492,6 +507,19 @@ impl Cluster {
         Err(cluster_failed(format!(
             "group {group} did not answer: {last_error}"
         )))
+    }
+
+    /// The leader of group `group` as the first of `members` that knows
+    /// one says.
+    async fn ask_leader(&self, group: GroupId, members: &BTreeMap<u64, Member>) -> Option<u64> {
+        let from = self.settings.id;
+        for (id, member) in members {
+            let rpc = Rpc::Leader { from };
+            if let Ok(RpcReply::Leader(Some(leader))) = self.ask(group, *id, member, rpc).await {
+                return Some(leader);
+            }
+        }
+        None
     }
 
     /// Sends node `id` (`member`) `rpc` for group `group`.
@@ -1106,6 +1134,34 @@ async fn record_doors(cluster: Arc<Cluster>) {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// How often a node asks who leads the groups it does not run.
+const LEADER_POLL: Duration = Duration::from_secs(1);
+
+/// Keeps [`Cluster::leaders_elsewhere`]: every [`LEADER_POLL`], asks the
+/// nodes of each group placed elsewhere who leads it, so that this node's
+/// `CLUSTER SLOTS` and `-MOVED` name the leader, not merely a member.
+/// Until shutdown.
+async fn learn_leaders(cluster: Arc<Cluster>) {
+    let shutdown = cluster.starter.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LEADER_POLL) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let placed = cluster.table().groups().clone();
+        let mut learned = BTreeMap::new();
+        for (id, placement) in placed {
+            if cluster.groups.read().contains_key(&id) {
+                continue;
+            }
+            if let Some(leader) = cluster.ask_leader(id, &placement.members).await {
+                learned.insert(id, leader);
+            }
+        }
+        *cluster.leaders_elsewhere.write() = learned;
     }
 }
 

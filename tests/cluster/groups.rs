@@ -488,9 +488,11 @@ fn redis_cluster_clients_find_each_key_s_group() {
     let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
     cli_ok(leader.addr, &moved);
     let resp = |i: usize| servers[i].as_ref().unwrap().resp.unwrap();
-    // Node 3 runs no group 2.
+    // Node 3 runs no group 2, but learns its leader.
     let mut third = redis_connection(&servers[2]);
     wait_for_redis_slots(&mut third, &[(0, 8191, 2), (8192, 16383, 3)]);
+    let mut first = redis_connection(&servers[0]);
+    wait_for_the_same_view(&mut third, &mut first);
 
     // A plain connection to node 3 is sent to group 2's nodes.
     let refused = redis::cmd("SET")
@@ -542,6 +544,23 @@ fn redis_cluster_clients_find_each_key_s_group() {
         .filter(|k| kvstore_client::slot::slot_of(k.as_bytes()) <= 8191)
         .count() as u64;
     wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
+}
+
+/// Waits (bounded) until `CLUSTER SLOTS` through `conn` gives what it
+/// gives through `other`: the same masters and replicas of every range.
+fn wait_for_the_same_view(conn: &mut redis::Connection, other: &mut redis::Connection) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let slots = |conn: &mut redis::Connection| -> redis::Value {
+        redis::cmd("CLUSTER").arg("SLOTS").query(conn).unwrap()
+    };
+    loop {
+        let (seen, there) = (slots(conn), slots(other));
+        if seen == there {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}, not {there:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The redirects the native door has answered on every node: `Moved` and
