@@ -10,6 +10,7 @@ use kvstore_client::Reply;
 use super::{check_key, error_reply};
 use crate::config::Limits;
 use crate::db::Db;
+use crate::engine::Span;
 use crate::storage::store::KeysPage;
 
 pub(super) fn apply(
@@ -47,6 +48,29 @@ pub fn page(
         .map_err(|e| error_reply(&e))
 }
 
+/// [`page`] as a Redis Cluster node answers it (RESP `SCAN`, `KEYS`): in a
+/// sharded cluster, over the groups `CLUSTER NODES` gives this node
+/// ([`crate::raft::node::Cluster::redis_groups`]), whose leaders walk
+/// their slots; a cluster client asks every master and joins the answers.
+pub async fn node_page(
+    prefix: &[u8],
+    start_after: Option<&[u8]>,
+    limit: usize,
+    max_bytes: usize,
+    db: &Db,
+) -> Result<KeysPage, Reply> {
+    let Some(cluster) = db.cluster().filter(|c| c.is_sharded()) else {
+        return page(prefix, start_after, limit, max_bytes, db);
+    };
+    check_walk(prefix, start_after, &db.limits)?;
+    let groups = cluster.redis_groups().into_iter().collect();
+    let span = Span::prefix(prefix, start_after, false);
+    let (pairs, more) = (cluster.scan_groups(&groups, span, limit, max_bytes).await)
+        .map_err(|e| error_reply(&e))?;
+    let keys = pairs.into_iter().map(|(key, _)| key).collect();
+    Ok(KeysPage { keys, more })
+}
+
 /// Refuses a walk by prefix whose prefix or resume key is over the key limit
 /// (shared by `Keys` and `Scan`).
 pub(super) fn check_walk(
@@ -58,9 +82,13 @@ pub(super) fn check_walk(
     start_after.map_or(Ok(()), |after| check_key(after, limits))
 }
 
-/// How many keys there are (RESP `DBSIZE`).
+/// How many keys there are (RESP `DBSIZE`): in a sharded cluster, in the
+/// groups of [`node_page`] that run on this node.
 pub fn count(db: &Db) -> u64 {
-    db.engine().len()
+    match db.cluster().filter(|c| c.is_sharded()) {
+        Some(cluster) => cluster.keys_in(&cluster.redis_groups()),
+        None => db.engine().len(),
+    }
 }
 
 /// A request's page size: `0` asks for the default page, and no page is

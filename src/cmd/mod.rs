@@ -136,6 +136,16 @@ pub async fn read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error> {
     }
 }
 
+/// [`read_barrier`] as a Redis Cluster node takes it: in a sharded
+/// cluster a read that names no key answers for the groups `CLUSTER NODES`
+/// gives this node ([`keys::node_page`]), so it waits for theirs.
+pub async fn node_read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error> {
+    match (db.cluster().filter(|c| c.is_sharded()), key) {
+        (Some(cluster), None) => cluster.redis_read_barrier().await,
+        _ => read_barrier(db, key).await,
+    }
+}
+
 /// The key a read of data names, if it names one: its group answers it.
 pub fn read_key(command: &Command) -> Option<&[u8]> {
     match command {

@@ -33,6 +33,7 @@ use futures_util::future::BoxFuture;
 /// A group as Redis Cluster's commands show a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisShard {
+    pub group: GroupId,
     pub slots: Vec<(u16, u16)>,
     /// Its nodes and their RESP addresses, its leader first.
     pub nodes: Vec<(u64, String)>,
@@ -369,9 +370,45 @@ impl Cluster {
                 let nodes = (nodes.into_iter())
                     .filter_map(|n| shards.door(n).map(|addr| (n, addr.to_string())))
                     .collect();
-                RedisShard { slots, nodes }
+                RedisShard {
+                    group: id,
+                    slots,
+                    nodes,
+                }
             })
             .collect()
+    }
+
+    /// The groups whose slots `CLUSTER NODES` gives this node, which RESP
+    /// `SCAN`, `KEYS` and `DBSIZE` answer for (a cluster client sends them
+    /// to every master and joins the answers): the groups it leads, or if
+    /// it leads none, those its master leads (the leader of the first
+    /// group it is listed in).
+    pub fn redis_groups(&self) -> Vec<GroupId> {
+        answered_by(&self.redis_shards(), self.settings.id)
+    }
+
+    /// [`Cluster::read_barrier`] of each of [`Cluster::redis_groups`] this
+    /// node runs: a RESP read that names no key in a sharded cluster
+    /// (`DBSIZE`, `KEYS`, `SCAN`) answers for them, not for group 1.
+    pub async fn redis_read_barrier(&self) -> Result<(), Error> {
+        for id in self.redis_groups() {
+            let group = self.groups.read().get(&id).cloned();
+            if let Some(group) = group {
+                group.read_barrier().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys stored in those of `groups` this node runs (RESP `DBSIZE`;
+    /// during a slot move, a moving slot's keys count in both groups).
+    pub fn keys_in(&self, groups: &[GroupId]) -> u64 {
+        let local = self.groups.read();
+        (groups.iter())
+            .filter_map(|id| local.get(id))
+            .map(|group| group.status().keys)
+            .sum()
     }
 
     /// This node's id.
@@ -575,13 +612,24 @@ impl Cluster {
     /// be more (after the last pair).
     pub async fn scan(
         &self,
-        mut span: Span,
+        span: Span,
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
         let shards = self.table();
         let groups: std::collections::BTreeSet<GroupId> =
             shards.map().ranges().iter().map(|r| r.value).collect();
+        self.scan_groups(&groups, span, limit, max_bytes).await
+    }
+
+    /// [`Cluster::scan`] over `groups` only.
+    pub async fn scan_groups(
+        &self,
+        groups: &std::collections::BTreeSet<GroupId>,
+        mut span: Span,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
         loop {
             let pages = groups
                 .iter()
@@ -1019,6 +1067,25 @@ fn merge(
     (pairs, cut)
 }
 
+/// The groups node `me` answers for among `shards` ([`Cluster::redis_groups`]).
+fn answered_by(shards: &[RedisShard], me: u64) -> Vec<GroupId> {
+    let led_by = |node: u64| -> Vec<GroupId> {
+        (shards.iter())
+            .filter(|s| s.nodes.first().is_some_and(|(id, _)| *id == node))
+            .map(|s| s.group)
+            .collect()
+    };
+    let mine = led_by(me);
+    if !mine.is_empty() {
+        return mine;
+    }
+    let listed = (shards.iter()).find(|s| s.nodes.iter().any(|(id, _)| *id == me));
+    match listed.and_then(|s| s.nodes.first()) {
+        Some((master, _)) => led_by(*master),
+        None => Vec::new(),
+    }
+}
+
 /// A group's status as `Cluster` reports it, with the slots `shards` gives
 /// it.
 fn view(status: GroupStatus, shards: &Shards) -> GroupView {
@@ -1210,6 +1277,25 @@ fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn std::any::Any + Send>, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_answers_for_the_groups_it_leads_or_else_its_master_s() {
+        let shard = |group: GroupId, nodes: &[u64]| RedisShard {
+            group,
+            slots: vec![],
+            nodes: nodes.iter().map(|n| (*n, format!("h:{n}"))).collect(),
+        };
+        // Node 1 leads groups 1 and 3, node 2 group 2; node 3 leads none.
+        let shards = [shard(1, &[1, 2, 3]), shard(2, &[2, 1]), shard(3, &[1, 3])];
+        assert_eq!(answered_by(&shards, 1), vec![1, 3]);
+        assert_eq!(answered_by(&shards, 2), vec![2]);
+        // Its first group's master: node 1's groups, as CLUSTER NODES says.
+        assert_eq!(answered_by(&shards, 3), vec![1, 3]);
+        // A node in no group answers for none.
+        assert_eq!(answered_by(&shards, 4), Vec::<GroupId>::new());
+        // A group whose nodes recorded no RESP address has no master.
+        assert_eq!(answered_by(&[shard(1, &[])], 1), Vec::<GroupId>::new());
+    }
 
     fn page(keys: &[&str], stopped_at: Option<&str>) -> ScanPage {
         let b = |k: &str| Bytes::copy_from_slice(k.as_bytes());

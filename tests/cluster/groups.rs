@@ -481,7 +481,7 @@ fn wait_for_redis_slots(conn: &mut redis::Connection, expected: &[(i64, i64, usi
 }
 
 #[test]
-fn redis_cluster_clients_find_each_key_s_group() {
+fn redis_cluster_clients_find_each_key_s_group_and_list_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let (nodes, servers, leader) = start_cluster(dir.path());
     cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2"]);
@@ -544,6 +544,20 @@ fn redis_cluster_clients_find_each_key_s_group() {
         .filter(|k| kvstore_client::slot::slot_of(k.as_bytes()) <= 8191)
         .count() as u64;
     wait_for_group_keys(nodes[0].addr, &[10_000 - in_two, in_two + 1]);
+
+    // Every key once: KEYS and DBSIZE through the cluster client, which
+    // asks every master and joins the answers, and SCAN on each master.
+    let mut expected = keys.clone();
+    expected.push("{06S}cli".to_string());
+    expected.sort();
+    let mut listed: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut cluster).unwrap();
+    listed.sort();
+    assert!(listed == expected, "KEYS: {} keys", listed.len());
+    let size: usize = redis::cmd("DBSIZE").query(&mut cluster).unwrap();
+    assert_eq!(size, expected.len(), "DBSIZE");
+    let mut scanned = scan_masters(&mut third);
+    scanned.sort();
+    assert!(scanned == expected, "SCAN: {} keys", scanned.len());
 }
 
 /// Waits (bounded) until `CLUSTER SLOTS` through `conn` gives what it
@@ -561,6 +575,36 @@ fn wait_for_the_same_view(conn: &mut redis::Connection, other: &mut redis::Conne
         assert!(Instant::now() < deadline, "{seen:?}, not {there:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Every key `SCAN` gives on each master `CLUSTER NODES` through `conn`
+/// lists, as redis-py's `scan_iter` on a cluster walks them.
+fn scan_masters(conn: &mut redis::Connection) -> Vec<String> {
+    let lines: String = redis::cmd("CLUSTER").arg("NODES").query(conn).unwrap();
+    let masters = (lines.lines())
+        .filter(|line| line.contains("master"))
+        .map(|line| line.split(' ').nth(1).unwrap().split('@').next().unwrap());
+    let mut found = Vec::new();
+    for addr in masters {
+        let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+        let mut master = client.get_connection().unwrap();
+        let mut cursor = 0u64;
+        for _ in 0..1_000 {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1_000)
+                .query(&mut master)
+                .unwrap();
+            found.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert_eq!(cursor, 0, "SCAN on {addr} did not end");
+    }
+    found
 }
 
 /// The redirects the native door has answered on every node: `Moved` and

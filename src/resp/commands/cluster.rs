@@ -129,6 +129,7 @@ fn nodes(cluster: &Cluster) -> Value {
         match masters.iter_mut().find(|m| m.nodes[0] == *master) {
             Some(known) => known.slots.extend(&shard.slots),
             None => masters.push(RedisShard {
+                group: shard.group,
                 slots: shard.slots.clone(),
                 nodes: vec![master.clone()],
             }),
@@ -140,7 +141,7 @@ fn nodes(cluster: &Cluster) -> Value {
         false => role.to_string(),
     };
     let mut lines = String::new();
-    for RedisShard { slots, nodes } in &masters {
+    for RedisShard { slots, nodes, .. } in &masters {
         let (id, addr) = &nodes[0];
         let slots: Vec<String> = (slots.iter())
             .map(|(f, l)| {

@@ -70,13 +70,15 @@ pub(super) async fn keys(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     let mut bytes = 0;
     let mut after: Option<Bytes> = None;
     loop {
-        let page = match cmd::keys::page(
+        let page = match cmd::keys::node_page(
             prefix,
             after.as_deref(),
             MAX_KEYS_PAGE as usize,
             usize::MAX,
             ctx.db,
-        ) {
+        )
+        .await
+        {
             Ok(page) => page,
             Err(reply) => return refused(reply),
         };
@@ -105,7 +107,7 @@ pub(super) async fn keys(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
 /// key order. COUNT (default 10, at most 10,000) is how many keys are
 /// visited; MATCH filters those, so a page may be short or empty while the
 /// cursor is not 0. See `crate::resp::cursor` for what is guaranteed.
-pub(super) fn scan(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) async fn scan(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     let Some(cursor) = std::str::from_utf8(&args[0])
         .ok()
         .and_then(|c| c.parse::<u64>().ok())
@@ -143,13 +145,15 @@ pub(super) fn scan(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         },
     };
     let prefix = pattern.map_or(&b""[..], |p| glob::literal_prefix(p));
-    let page = match cmd::keys::page(
+    let page = match cmd::keys::node_page(
         prefix,
         after.as_deref(),
         count,
         ctx.db.limits.max_reply_bytes,
         ctx.db,
-    ) {
+    )
+    .await
+    {
         Ok(page) => page,
         Err(reply) => return refused(reply),
     };

@@ -288,7 +288,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
     // Cluster mode: a read of data is linearizable, as on the native door,
     // unless the connection asked for this node's own state (READONLY).
     if spec.flags.contains(&"readonly") && !session.readonly {
-        if let Err(e) = cmd::read_barrier(ctx.db, key).await {
+        if let Err(e) = cmd::node_read_barrier(ctx.db, key).await {
             return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
     }
@@ -339,7 +339,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "flushall" | "flushdb" => keyspace::flush(args),
         "keys" => keyspace::keys(args, ctx).await,
         "pttl" | "ttl" => keyspace::ttl(args, ctx),
-        "scan" => keyspace::scan(args, ctx),
+        "scan" => keyspace::scan(args, ctx).await,
         "type" => keyspace::kind(args, ctx),
         "command" => server::command(args),
         "config" => server::config(args, ctx),
