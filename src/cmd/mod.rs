@@ -223,6 +223,29 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
     }
 }
 
+/// Whether `db` answers scans by asking every group's leader
+/// ([`scan::sharded`]): a sharded cluster, whose group leaders each pass
+/// a read barrier for their page, so the caller waits for none of its own.
+pub fn scans_every_group(command: &Command, db: &Db) -> bool {
+    let scan = matches!(
+        command,
+        Command::Keys { .. } | Command::Scan { .. } | Command::Range { .. }
+    );
+    scan && db.cluster().is_some_and(|c| c.is_sharded())
+}
+
+/// [`read`], except that a scan in a sharded cluster asks every group
+/// ([`scans_every_group`]): the reads of a door that waits for its own
+/// barrier (gRPC, for its follower reads).
+pub async fn read_anywhere(command: Command, db: &Db) -> Reply {
+    if let Some(cluster) = db.cluster().filter(|_| scans_every_group(&command, db)) {
+        if let Some(reply) = scan::sharded(&command, cluster, db).await {
+            return reply;
+        }
+    }
+    read(command, db)
+}
+
 /// Answers a read. Called directly for reads that waited behind writes of
 /// the same connection.
 pub fn read(command: Command, db: &Db) -> Reply {

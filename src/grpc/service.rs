@@ -83,10 +83,13 @@ impl Reads {
         Ok(Reads { follower, after })
     }
 
-    /// Waits until this node may serve the read: the leader's barrier, or
-    /// for a follower read the session's index.
-    async fn ready(&self, db: &Db, key: Option<&[u8]>) -> Result<(), crate::error::Error> {
+    /// Waits until this node may serve the read `command`: the leader's
+    /// barrier, or for a follower read the session's index; a sharded
+    /// cluster's scan waits for none here (its groups' leaders do).
+    async fn ready(&self, db: &Db, command: &Command) -> Result<(), crate::error::Error> {
+        let key = cmd::read_key(command);
         match db.cluster() {
+            _ if cmd::scans_every_group(command, db) => Ok(()),
             Some(cluster) if self.follower => {
                 cluster
                     .wait_applied(self.after, cmd::indexed::MAX_WAIT)
@@ -179,11 +182,8 @@ impl KeyValueService {
         self.count(method);
         let db = &self.db;
         let reply = if command.is_data_read() {
-            match Reads::of(metadata)?
-                .ready(db, cmd::read_key(&command))
-                .await
-            {
-                Ok(()) => cmd::read(command, db),
+            match Reads::of(metadata)?.ready(db, &command).await {
+                Ok(()) => cmd::read_anywhere(command, db).await,
                 Err(e) => cmd::error_reply(&e),
             }
         } else {
@@ -493,10 +493,11 @@ impl KeyValueService {
                 }
                 // Cluster mode: each page is a linearizable read, or a
                 // follower read of this node's state.
-                if let Err(e) = reads.ready(&db, None).await {
+                let command = walk.command(page_size(remaining)?);
+                if let Err(e) = reads.ready(&db, &command).await {
                     return Some((Err(status(cmd::error_code(&e), e)), None));
                 }
-                next_page(&db, walk, remaining)
+                next_page(&db, walk, command, remaining).await
             }
         })
         .boxed()
@@ -506,16 +507,24 @@ impl KeyValueService {
 /// A page of a walk, and the walk past it if more may follow.
 type Page = (Result<ScanResponse, Status>, Option<(Walk, Option<u64>)>);
 
-/// The next page of `walk` (at most `remaining` pairs), as the stream's
-/// next item; `None` when the walk is over.
-fn next_page(db: &Db, mut walk: Walk, remaining: Option<u64>) -> Option<Page> {
+/// The size of the next page of a walk with `remaining` pairs to go;
+/// `None` when there are none.
+fn page_size(remaining: Option<u64>) -> Option<u32> {
     let page = remaining.map_or(DEFAULT_KEYS_PAGE as u64, |r| {
         r.min(DEFAULT_KEYS_PAGE as u64)
     });
-    if page == 0 {
-        return None;
-    }
-    let reply = cmd::read(walk.command(page as u32), db);
+    (page > 0).then_some(page as u32)
+}
+
+/// The next page of `walk`, read by `command` (at most `remaining`
+/// pairs), as the stream's next item; `None` when the walk is over.
+async fn next_page(
+    db: &Db,
+    mut walk: Walk,
+    command: Command,
+    remaining: Option<u64>,
+) -> Option<Page> {
+    let reply = cmd::read_anywhere(command, db).await;
     db.stats.reply(&reply);
     match into_result(reply) {
         Ok(Reply::Pairs { pairs, more }) => {

@@ -396,7 +396,8 @@ fn wait_for_group_keys(addr: SocketAddr, expected: &[u64]) {
 #[test]
 fn keys_reach_their_group_through_the_client_and_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, _servers, leader) = start_cluster(dir.path());
+    let grpc = ["--grpc-listen", "127.0.0.1:0"];
+    let (nodes, servers, leader) = start_cluster_with(dir.path(), &grpc);
     // Node 3 runs no group 2: it sends clients of group 2's keys on.
     cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2"]);
     let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
@@ -446,11 +447,42 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     );
     let listed = cli_ok(third.addr, &["keys"]);
     assert_eq!(listed.lines().count(), expected.len());
+    let grpc = servers[2].as_ref().unwrap().grpc.unwrap();
+    let (page, scanned) = grpc_scan(grpc, 100);
+    assert!(page == expected[..100], "gRPC ListKeys: {page:?}");
+    assert!(scanned == expected, "gRPC Scan: {} keys", scanned.len());
 
     // A write over two groups is refused whole.
     let cross = client.bulk_set([("{06S}a", "v"), ("{b}", "v")]);
     let code = cross.err().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::CrossSlot));
+}
+
+/// Through the gRPC door at `addr`: a `ListKeys` page of `limit` keys,
+/// and every key a `Scan` streams.
+fn grpc_scan(addr: SocketAddr, limit: u32) -> (Vec<String>, Vec<String>) {
+    use kvstore_proto::v1::key_value_client::KeyValueClient;
+    use kvstore_proto::v1::{ListKeysRequest, ScanRequest};
+    let text = |key: &[u8]| String::from_utf8(key.to_vec()).unwrap();
+    common::runtime().block_on(async {
+        let mut grpc = KeyValueClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let page = ListKeysRequest {
+            limit,
+            ..Default::default()
+        };
+        let page = grpc.list_keys(page).await.unwrap().into_inner();
+        let listed = page.keys.iter().map(|k| text(k)).collect();
+        let mut stream = (grpc.scan(ScanRequest::default()).await)
+            .unwrap()
+            .into_inner();
+        let mut scanned = Vec::new();
+        while let Some(page) = stream.message().await.unwrap() {
+            scanned.extend(page.pairs.iter().map(|p| text(&p.key)));
+        }
+        (listed, scanned)
+    })
 }
 
 /// Waits (bounded) until `CLUSTER SLOTS` through `conn` shows `expected`

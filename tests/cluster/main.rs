@@ -356,8 +356,15 @@ fn three_nodes_replicate_every_write_and_only_the_leader_serves() {
 /// Three nodes started and initialized: their specs, their processes (a
 /// slot each, emptied when a test kills one) and the leader.
 fn start_cluster(dir: &Path) -> (Vec<Spec>, Vec<Option<Server>>, Spec) {
+    start_cluster_with(dir, &[])
+}
+
+/// [`start_cluster`], every node with `extra` arguments.
+fn start_cluster_with(dir: &Path, extra: &[&str]) -> (Vec<Spec>, Vec<Option<Server>>, Spec) {
     let nodes = specs(3);
-    let servers = nodes.iter().map(|n| Some(start(n, &nodes, dir))).collect();
+    let servers = (nodes.iter())
+        .map(|n| Some(start_with(n, &nodes, dir, |peer| peer.raft, extra)))
+        .collect();
     assert!(cli(nodes[0].addr, &["cluster", "init"]).status.success());
     let leader = wait_for_leader(&nodes);
     (nodes, servers, leader)
