@@ -8,11 +8,14 @@
 # Starts two release clusters of 3 nodes on loopback with
 # scripts/local-cluster.sh: one of 1 group, one of 3 groups with the slots
 # spread evenly (`--groups 3`). Then, ROUNDS times and alternating between
-# them (the machine drifts), runs `redis-benchmark --cluster` against node
-# 1's RESP port: SET of 100-byte values to random keys, REQUESTS requests
-# over CLIENTS connections. redis-benchmark reads CLUSTER NODES and sends
-# each key to its slot's master. Reports requests/s and latency p50/p99 of
-# every round, and where each group's leader was. Writes
+# them (the machine drifts), runs two loads: SET of 100-byte values to
+# random keys, REQUESTS requests from CLIENTS clients. Through the RESP
+# door, `redis-benchmark --cluster` against node 1's RESP port (it reads
+# CLUSTER NODES and sends each key to its slot's master, over one
+# connection per client and master); through the native door,
+# `kvstore-bench --library` given every node (one shared client library,
+# whose routes send each key to its group's leader). Reports requests/s
+# and latency p50/p99 of every round, and where each group's leader was. Writes
 # bench-results/sharding-throughput.md (or $OUT). Stops every server it
 # started by its process id.
 set -euo pipefail
@@ -80,13 +83,28 @@ r = rows[-1]
 print(f"{float(r[1]):.0f} {r[4]} {r[6]}")'
 }
 
+# One kvstore-bench run through the client library on cluster $1: "rps
+# p50 p99".
+native() { # groups
+  "$bench" --library --addr "$(cluster "$1" addrs)" -t set -n "$REQUESTS" -c "$CLIENTS" \
+    -d 100 -r 1000000 -q | awk '
+      $1 == "set" && $9 != 0 { print "kvstore-bench: " $9 " errors" > "/dev/stderr"; exit 1 }
+      $1 == "set" { printf "%.0f %s %s\n", $3, $4, $6 }'
+}
+
 wait_nodes 1
 wait_nodes 3
 rows=()
 for round in $(seq "$ROUNDS"); do
-  for groups in 1 3; do
-    read -r rps p50 p99 <<<"$(run "$groups")"
-    rows+=("| $round | 3 nodes x $groups | $rps | $p50 | $p99 |")
+  for door in resp native; do
+    for groups in 1 3; do
+      if [ "$door" = resp ]; then
+        read -r rps p50 p99 <<<"$(run "$groups")"
+      else
+        read -r rps p50 p99 <<<"$(native "$groups")"
+      fi
+      rows+=("| $round | $door | 3 nodes x $groups | $rps | $p50 | $p99 |")
+    done
   done
 done
 {
@@ -94,10 +112,11 @@ done
   echo
   echo "\`bash benches/sharding-throughput.sh\` (REQUESTS=$REQUESTS, CLIENTS=$CLIENTS,"
   echo "ROUNDS=$ROUNDS) at $(git rev-parse --short HEAD), $(nproc) cores, $(date -u +%F):"
-  echo "\`redis-benchmark --cluster -t set -d 100 -r 1000000\` against node 1's RESP port."
+  echo "resp: \`redis-benchmark --cluster -t set -d 100 -r 1000000\` against node 1's RESP port;"
+  echo "native: \`kvstore-bench --library -t set -d 100 -r 1000000\` given every node."
   echo
-  echo "| round | cluster | SET/s | p50 ms | p99 ms |"
-  echo "|---|---|---|---|---|"
+  echo "| round | door | cluster | SET/s | p50 ms | p99 ms |"
+  echo "|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "Leaders: 1 group: $(leaders 1); 3 groups: $(leaders 3)."
