@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientBuilder};
-use crate::{BackupSummary, Command, Condition, Error, Reply, ScanQuery};
+use crate::{BackupSummary, Command, Condition, Error, Part, Reply, ScanQuery};
 
 /// A blocking kvstore client with the same methods as [`Client`].
 ///
@@ -77,6 +77,15 @@ impl BlockingClient {
         items: impl IntoIterator<Item = (K, V)>,
     ) -> Result<(), Error> {
         self.runtime.block_on(self.client.bulk_set(items))
+    }
+
+    /// Stores the pairs in one atomic part per group, each part's result
+    /// apart ([`Client::bulk_set_split`]).
+    pub fn bulk_set_split<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Vec<Part<()>> {
+        self.runtime.block_on(self.client.bulk_set_split(items))
     }
 
     /// Stores `value` as JSON ([`Client::set_json`]).
@@ -205,6 +214,15 @@ impl BlockingClient {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<u64, Error> {
         self.runtime.block_on(self.client.delete_many(keys))
+    }
+
+    /// Removes keys in one atomic part per group, each part's result apart
+    /// ([`Client::delete_many_split`]).
+    pub fn delete_many_split<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Vec<Part<u64>> {
+        self.runtime.block_on(self.client.delete_many_split(keys))
     }
 
     /// Removes every key ([`Client::flush`]).

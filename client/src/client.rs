@@ -26,6 +26,7 @@ use crate::protocol::{ClusterRequest, DEFAULT_MAX_FRAME};
 use crate::replicas::{ReplicaLoad, Replicas};
 use crate::routes::{redirect_named, Routes};
 use crate::slot::{slot_of, GroupId};
+use crate::split::{by_slot, Part};
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
 };
@@ -470,6 +471,103 @@ impl Client {
             .map(|(k, v)| (bytes(k), bytes(v)))
             .collect();
         expect_ok(self.call(Command::BulkSet { items }).await?)
+    }
+
+    /// Stores the pairs in one atomic `BulkSet` per slot of a sharded
+    /// cluster, which refuses a `BulkSet` over several slots with
+    /// `CrossSlot`: each part is stored whole or not at all, the whole is
+    /// not atomic, and each part's result comes back with its slot and
+    /// group (see [`Part`]). On a single server or an unsharded cluster it
+    /// is one part, as [`Client::bulk_set`]. The parts are sent at once,
+    /// each to its group's leader where the client knows it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) {
+    /// let rows = (0..1000).map(|i| (format!("row:{i}"), format!("value {i}")));
+    /// for part in client.bulk_set_split(rows).await {
+    ///     if let Err(e) = part.result {
+    ///         eprintln!("{} rows of group {:?} not stored: {e}", part.keys, part.group);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn bulk_set_split<K, V>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Vec<Part<()>>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let items = (items.into_iter())
+            .map(|(k, v)| (bytes(k), bytes(v)))
+            .collect();
+        let command = |items| Command::BulkSet { items };
+        self.split_write(items, |(key, _)| key, command, expect_ok)
+            .await
+    }
+
+    /// Removes `keys` in one atomic `DeleteMany` per slot of a sharded
+    /// cluster, as [`Client::bulk_set_split`] stores pairs; each part's
+    /// result is how many of its keys existed.
+    pub async fn delete_many_split<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Vec<Part<u64>> {
+        let keys = keys.into_iter().map(bytes).collect();
+        let command = |keys| Command::DeleteMany { keys };
+        let count = |reply| expect_int(reply).map(|n| n.max(0) as u64);
+        self.split_write(keys, |key| key, command, count).await
+    }
+
+    /// Sends `items` as one `command` while the client knows of one group
+    /// at most, and by slot ([`by_slot`]) if that is refused with
+    /// `CrossSlot` or the routes know of several.
+    async fn split_write<T: Clone, R>(
+        &self,
+        items: Vec<T>,
+        key: fn(&T) -> &[u8],
+        command: fn(Vec<T>) -> Command,
+        answer: fn(Reply) -> Result<R, Error>,
+    ) -> Vec<Part<R>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        if !self.routes().sharded() {
+            let keys = items.len();
+            match self.call(command(items.clone())).await.and_then(answer) {
+                Err(e) if e.code() == Some(ErrorCode::CrossSlot) => {
+                    // Its slots' groups, for the parts' reports and routes.
+                    self.routes().outdated();
+                    self.learn_routes().await;
+                }
+                result => {
+                    let (slot, group) = (None, None);
+                    return vec![Part {
+                        slot,
+                        group,
+                        keys,
+                        result,
+                    }];
+                }
+            }
+        }
+        let sent = by_slot(items, key).into_iter().map(|(slot, items)| {
+            let keys = items.len();
+            let group = self.routes().group_of(slot);
+            let command = command(items);
+            async move {
+                let result = self.call(command).await.and_then(answer);
+                let slot = Some(slot);
+                Part {
+                    slot,
+                    group,
+                    keys,
+                    result,
+                }
+            }
+        });
+        futures_util::future::join_all(sent).await
     }
 
     /// Stores `value` as JSON.

@@ -39,6 +39,7 @@ mod replicas;
 mod routes;
 pub mod scan;
 pub mod slot;
+pub mod split;
 mod wire_bytes;
 
 pub use backup::{BackupStream, BackupSummary};
@@ -51,3 +52,4 @@ pub use protocol::{
 };
 pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;
+pub use split::Part;

@@ -38,8 +38,28 @@ impl Routes {
         Some((group, self.leaders.get(&group)?.clone()))
     }
 
-    fn group_of(&self, slot: u16) -> Option<GroupId> {
+    /// The group of `slot`, if known.
+    pub(crate) fn group_of(&self, slot: u16) -> Option<GroupId> {
         self.groups.as_ref()?.get(slot)
+    }
+
+    /// Whether the routes show more than one group serving slots (never,
+    /// for a single server): several groups, or slots of a group the
+    /// answering node does not run. Multi-key writes must then stay
+    /// within one slot.
+    pub(crate) fn sharded(&self) -> bool {
+        let Some(groups) = &self.groups else {
+            return false;
+        };
+        let mut known = groups.runs().iter().map(|run| run.value);
+        let first = known.next().flatten();
+        first.is_none() || known.any(|group| group != first)
+    }
+
+    /// Makes them due: an answer (`CrossSlot` to a split write's part)
+    /// showed them out of date.
+    pub(crate) fn outdated(&mut self) {
+        self.stale = true;
     }
 
     /// Whether to ask for the routes before the next call.
@@ -197,6 +217,18 @@ mod tests {
         assert_eq!(slot_of(b"{c}"), 7365);
         assert_eq!(to("{c}"), None);
         assert!(!routes.due(Instant::now()));
+    }
+
+    #[test]
+    fn routes_of_several_groups_are_sharded() {
+        assert!(!Routes::default().sharded(), "nothing learned");
+        let mut one = Routes::default();
+        one.learn(&status(vec![group(1, Some(1), vec![(0, 16383)])]));
+        assert!(!one.sharded(), "one group serves every slot");
+        let mut partly = Routes::default();
+        partly.learn(&status(vec![group(1, Some(1), vec![(0, 99)])]));
+        assert!(partly.sharded(), "the other slots are another group's");
+        assert!(learned().sharded());
     }
 
     #[test]

@@ -456,6 +456,50 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     let cross = client.bulk_set([("{06S}a", "v"), ("{b}", "v")]);
     let code = cross.err().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::CrossSlot));
+
+    split_writes_store_every_part(&nodes);
+}
+
+/// The explicit split of multi-key writes, in
+/// the cluster of `keys_reach_their_group_through_the_client_and_the_cli`
+/// (group 2 on nodes 1 and 2 with slots 0-8191).
+fn split_writes_store_every_part(nodes: &[Spec]) {
+    let pairs: Vec<(String, String)> = (0..1_000)
+        .map(|i| (format!("split:{i}"), format!("v{i}")))
+        .collect();
+    let keys = || pairs.iter().map(|(key, _)| key);
+    let group_of = |slot: u16| if slot <= 8191 { 2 } else { 1 };
+    // Through node 1, which runs both groups: a part per slot, stored.
+    let first = kvstore_client::BlockingClient::connect(nodes[0].addr.to_string()).unwrap();
+    let parts = first.bulk_set_split(pairs.iter().map(|(k, v)| (k, v)));
+    let mut slots: Vec<u16> = keys()
+        .map(|k| kvstore_client::slot::slot_of(k.as_bytes()))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let split: Vec<Option<u16>> = parts.iter().map(|p| p.slot).collect();
+    assert!(
+        split == slots.iter().map(|s| Some(*s)).collect::<Vec<_>>(),
+        "{} parts",
+        parts.len()
+    );
+    for part in &parts {
+        assert!(part.result.is_ok(), "{part:?}");
+        assert_eq!(part.group, part.slot.map(group_of), "{part:?}");
+    }
+    assert_eq!(parts.iter().map(|p| p.keys).sum::<usize>(), pairs.len());
+    for (key, value) in &pairs {
+        assert_eq!(first.get(key).unwrap().as_deref(), Some(value.as_bytes()));
+    }
+    // Through node 3, which runs group 1 only; then two keys of one slot.
+    let third = kvstore_client::BlockingClient::connect(nodes[2].addr.to_string()).unwrap();
+    let parts = third.delete_many_split(keys());
+    let removed: u64 = parts.iter().map(|p| *p.result.as_ref().unwrap()).sum();
+    assert_eq!(removed, pairs.len() as u64);
+    assert!(keys().all(|key| first.get(key).unwrap().is_none()));
+    let one_slot = third.bulk_set_split([("{t}1", "a"), ("{t}2", "b")]);
+    assert_eq!(one_slot.len(), 1, "{one_slot:?}");
+    assert!(one_slot[0].result.is_ok() && one_slot[0].keys == 2);
 }
 
 /// Through the gRPC door at `addr`: a `ListKeys` page of `limit` keys,
