@@ -942,7 +942,7 @@ impl Client {
         command: Command,
     ) -> Result<Reply, Error> {
         loop {
-            let (seq, acked) = session.number();
+            let (seq, acked) = session.number().await;
             let once = Command::Once {
                 session: session.id,
                 seq,

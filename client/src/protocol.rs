@@ -20,6 +20,11 @@ pub const DEFAULT_MAX_KEY: usize = 64 * 1024;
 /// Largest value by default (15 MiB): it must fit, with its key and the reply's
 /// framing, inside one default frame.
 pub const DEFAULT_MAX_VALUE: usize = 15 * 1024 * 1024;
+
+/// The most writes of a client session a cluster keeps outcomes for at
+/// once: those from the oldest the client has not had answered to the
+/// newest. A write past them is refused; the client library waits instead.
+pub const MAX_SESSION_PENDING: usize = 1024;
 /// Most items in one `BulkSet` by default: one log record and one lock pass each.
 pub const DEFAULT_MAX_BULK_ITEMS: usize = 100_000;
 /// The page size `Keys` uses when the request says `limit: 0`.

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use super::Outcome;
 
 /// The most outcomes a session keeps for writes the client has not
-/// acknowledged: its writes in flight at once.
-pub const MAX_PENDING: usize = 1024;
+/// acknowledged: its writes in flight at once (the client library keeps
+/// within it).
+pub const MAX_PENDING: usize = kvstore_client::protocol::MAX_SESSION_PENDING;
 
 /// What a write in a session carries into its log entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
