@@ -457,13 +457,13 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     let code = cross.err().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::CrossSlot));
 
-    split_writes_store_every_part(&nodes);
+    split_writes_store_every_part(&nodes, &dir.path().join("rows.csv"));
 }
 
-/// The explicit split of multi-key writes, in
+/// The explicit split of multi-key writes, and the bulk loader on it, in
 /// the cluster of `keys_reach_their_group_through_the_client_and_the_cli`
 /// (group 2 on nodes 1 and 2 with slots 0-8191).
-fn split_writes_store_every_part(nodes: &[Spec]) {
+fn split_writes_store_every_part(nodes: &[Spec], csv: &Path) {
     let pairs: Vec<(String, String)> = (0..1_000)
         .map(|i| (format!("split:{i}"), format!("v{i}")))
         .collect();
@@ -500,6 +500,14 @@ fn split_writes_store_every_part(nodes: &[Spec]) {
     let one_slot = third.bulk_set_split([("{t}1", "a"), ("{t}2", "b")]);
     assert_eq!(one_slot.len(), 1, "{one_slot:?}");
     assert!(one_slot[0].result.is_ok() && one_slot[0].keys == 2);
+
+    // The bulk loader, through node 3.
+    let rows: String = (0..2_000).map(|i| format!("load:{i},v{i}\n")).collect();
+    std::fs::write(csv, rows).unwrap();
+    let said = cli_ok(nodes[2].addr, &["load", csv.to_str().unwrap()]);
+    assert!(said.contains("loaded 2000 rows"), "{said}");
+    let loaded = first.scan(kvstore_client::ScanQuery::prefix("load:"));
+    assert_eq!(loaded.filter(|pair| pair.is_ok()).count(), 2_000);
 }
 
 /// Through the gRPC door at `addr`: a `ListKeys` page of `limit` keys,

@@ -3,8 +3,12 @@
 //! A reader thread parses CSV (`key,value`), TSV or JSON Lines
 //! (`{"key": "...", "value": ...}`; a value that is not a string is stored as
 //! its JSON text) and cuts the rows into batches by count and by bytes. The
-//! async side sends each batch as one BulkSet, several in flight. A BulkSet is
-//! atomic and idempotent, so loading the same file twice gives the same state.
+//! async side sends each batch as one BulkSet, several in flight; to a
+//! sharded cluster, as one BulkSet per group (`Client::bulk_set_split`,
+//! since a BulkSet over several slots is refused there). A BulkSet is
+//! atomic and idempotent, so loading the same file twice gives the same
+//! state; a failed part stops the load, and the rows of the parts stored
+//! count as acknowledged.
 //!
 //! A malformed line stops the load (after sending the rows before it) with its
 //! line number and the reason, and reports how many rows were acknowledged;
@@ -19,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
-use kvstore_client::{Client, Error};
+use kvstore_client::{Client, Error, Part};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -130,7 +134,7 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
     };
 
     let mut acked = Totals::default();
-    let mut sending: JoinSet<Result<(u64, u64), Error>> = JoinSet::new();
+    let mut sending: JoinSet<Stored> = JoinSet::new();
     let mut failure: Option<Error> = None;
     let mut ending = None;
     while let Some(item) = rx.recv().await {
@@ -147,7 +151,7 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
                     rows.len() as u64,
                     rows.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
                 );
-                sending.spawn(async move { client.bulk_set(rows).await.map(|()| (n, bytes)) });
+                sending.spawn(async move { stored(client.bulk_set_split(rows).await, n, bytes) });
                 progress.set_position(pos);
                 progress.set_message(format!("{} rows", acked.rows));
             }
@@ -206,17 +210,39 @@ pub async fn run(client: &Client, args: &LoadArgs, out: Output) -> Exit {
     }
 }
 
-/// What one BulkSet task gives back: the rows and bytes it stored.
-type Sent = Result<Result<(u64, u64), Error>, tokio::task::JoinError>;
+/// What one batch's task gives back: the rows and bytes it stored, and
+/// the first error of a part not stored.
+type Stored = (Totals, Option<Error>);
+
+/// What a batch of `rows` rows and `bytes` bytes split into `parts` stored:
+/// every row of the parts stored, the bytes once all are.
+fn stored(parts: Vec<Part<()>>, rows: u64, bytes: u64) -> Stored {
+    let mut done = Totals::default();
+    let mut failure = None;
+    for part in parts {
+        match part.result {
+            Ok(()) => done.rows += part.keys as u64,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if done.rows == rows {
+        done.bytes = bytes;
+    }
+    (done, failure)
+}
+
+type Sent = Result<Stored, tokio::task::JoinError>;
 
 fn collect(done: Option<Sent>, acked: &mut Totals, failure: &mut Option<Error>) {
     match done {
-        Some(Ok(Ok((rows, bytes)))) => {
-            acked.rows += rows;
-            acked.bytes += bytes;
-        }
-        Some(Ok(Err(e))) => {
-            failure.get_or_insert(e);
+        Some(Ok((stored, error))) => {
+            acked.rows += stored.rows;
+            acked.bytes += stored.bytes;
+            if let Some(e) = error {
+                failure.get_or_insert(e);
+            }
         }
         Some(Err(e)) => {
             failure.get_or_insert(Error::ConnectionLost(format!("a load task failed: {e}")));
