@@ -160,6 +160,9 @@ pub enum RpcReply {
 pub struct ScanPage {
     pub pairs: Vec<(Bytes, Bytes)>,
     pub stopped_at: Option<Bytes>,
+    /// The slots whose pairs it kept, as ranges: a whole-cluster scan
+    /// checks that its groups' pages answered for each slot once.
+    pub answered: Vec<(u16, u16)>,
 }
 
 /// Pairs of some slots, and where the next page starts (`None`: no more).
@@ -222,6 +225,8 @@ async fn read_page(served: &Served, span: &Span, limit: usize) -> Result<ScanPag
     let stopped_at = more
         .then(|| walked.last().map(|(key, _)| key.clone()))
         .flatten();
+    // The states after the walk: a slot that became this group's since was
+    // copied whole before it did.
     let shards = served.shards.borrow().clone();
     let pairs = (walked.into_iter())
         .filter(|(key, _)| {
@@ -231,7 +236,12 @@ async fn read_page(served: &Served, span: &Span, limit: usize) -> Result<ScanPag
             )
         })
         .collect();
-    Ok(ScanPage { pairs, stopped_at })
+    let answered = shards.answered();
+    Ok(ScanPage {
+        pairs,
+        stopped_at,
+        answered,
+    })
 }
 
 /// The groups this node runs, by id: where [`serve`] hands each message.

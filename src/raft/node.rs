@@ -616,25 +616,55 @@ impl Cluster {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
-        let shards = self.table();
-        let groups: std::collections::BTreeSet<GroupId> =
-            shards.map().ranges().iter().map(|r| r.value).collect();
-        self.scan_groups(&groups, span, limit, max_bytes).await
+        self.walk(None, span, limit, max_bytes).await
     }
 
-    /// [`Cluster::scan`] over `groups` only.
+    /// [`Cluster::scan`] over `groups` only (the slots a node answers for
+    /// as a Redis Cluster master), with no check that every slot was seen.
     pub async fn scan_groups(
         &self,
         groups: &std::collections::BTreeSet<GroupId>,
+        span: Span,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
+        self.walk(Some(groups), span, limit, max_bytes).await
+    }
+
+    /// A page over `only`, or over every group that serves slots (as the
+    /// map says each time) only once their pages have answered for every
+    /// slot exactly once between them: a slot that moved between two
+    /// groups' pages (answered by both, or by neither) has the page read
+    /// again, for up to [`SCAN_MOVE_WAIT`].
+    async fn walk(
+        &self,
+        only: Option<&std::collections::BTreeSet<GroupId>>,
         mut span: Span,
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
+        let deadline = tokio::time::Instant::now() + SCAN_MOVE_WAIT;
         loop {
+            let groups = match only {
+                Some(groups) => groups.clone(),
+                None => (self.table().map().ranges().iter())
+                    .map(|range| range.value)
+                    .collect(),
+            };
             let pages = groups
                 .iter()
                 .map(|g| self.read_page(*g, span.clone(), limit));
             let pages = futures_util::future::try_join_all(pages).await?;
+            if only.is_none() && !answer_every_slot_once(&pages) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Rejected {
+                        code: kvstore_client::ErrorCode::TryAgain,
+                        message: "slots are moving between groups: the scan page could not see each slot once".into(),
+                    });
+                }
+                tokio::time::sleep(SCAN_MOVE_PAUSE).await;
+                continue;
+            }
             let (pairs, stopped_at) = merge(pages, span.reverse(), limit, max_bytes);
             match stopped_at {
                 // Every pair walked was of a slot its group does not serve:
@@ -1034,6 +1064,27 @@ impl Log for Cluster {
     }
 }
 
+/// How long a whole-cluster scan page waits for slots moving between its
+/// groups' pages to settle before it answers `TryAgain` (below the
+/// client's request timeout).
+const SCAN_MOVE_WAIT: Duration = Duration::from_secs(2);
+
+/// The pause before a scan page is read again.
+const SCAN_MOVE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether `pages` answered for every slot exactly once between them
+/// ([`ScanPage::answered`]).
+fn answer_every_slot_once(pages: &[ScanPage]) -> bool {
+    let mut times = vec![0u8; kvstore_client::slot::SLOTS as usize];
+    for &(first, last) in pages.iter().flat_map(|page| &page.answered) {
+        for slot in first..=last {
+            let at = slot as usize % times.len();
+            times[at] = times[at].saturating_add(1);
+        }
+    }
+    times.iter().all(|&n| n == 1)
+}
+
 /// Joins groups' pages of one scan, in its order (`reverse`: descending):
 /// the pairs up to the first key past which some group stopped walking (it
 /// has not looked beyond it), at most `limit` and about `max_bytes` of them
@@ -1297,9 +1348,31 @@ mod tests {
         assert_eq!(answered_by(&[shard(1, &[])], 1), Vec::<GroupId>::new());
     }
 
+    #[test]
+    fn a_scan_page_must_answer_for_each_slot_once() {
+        let answering = |answered: Vec<(u16, u16)>| ScanPage {
+            answered,
+            ..page(&[], None)
+        };
+        let halves = [answering(vec![(0, 8191)]), answering(vec![(8192, 16383)])];
+        assert!(answer_every_slot_once(&halves));
+        let split = [
+            answering(vec![(0, 99), (200, 16383)]),
+            answering(vec![(100, 199)]),
+        ];
+        assert!(answer_every_slot_once(&split));
+        // Slot 100 moved between the pages: answered by neither, or both.
+        let neither = [answering(vec![(0, 99)]), answering(vec![(101, 16383)])];
+        assert!(!answer_every_slot_once(&neither));
+        let both = [answering(vec![(0, 100)]), answering(vec![(100, 16383)])];
+        assert!(!answer_every_slot_once(&both));
+        assert!(!answer_every_slot_once(&[]));
+    }
+
     fn page(keys: &[&str], stopped_at: Option<&str>) -> ScanPage {
         let b = |k: &str| Bytes::copy_from_slice(k.as_bytes());
         ScanPage {
+            answered: vec![(0, 16383)],
             pairs: keys.iter().map(|k| (b(k), b(k))).collect(),
             stopped_at: stopped_at.map(b),
         }

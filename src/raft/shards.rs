@@ -151,6 +151,15 @@ impl Shards {
         self.own.get(slot)
     }
 
+    /// The ranges of slots whose data this group answers reads with
+    /// (`Serving` or `Frozen`), in slot order.
+    pub fn answered(&self) -> Vec<(u16, u16)> {
+        (self.own.runs().iter())
+            .filter(|run| matches!(run.value, SlotState::Serving | SlotState::Frozen))
+            .map(|run| (run.first, run.last))
+            .collect()
+    }
+
     /// Gives this group's slots `first..=last` the state `state`.
     pub fn set_state(&mut self, first: u16, last: u16, state: SlotState) -> Outcome {
         match self.own.set(first, last, state) {

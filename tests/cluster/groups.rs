@@ -376,6 +376,61 @@ fn a_move_aborted_before_its_release_leaves_every_pair_with_its_source() {
     );
 }
 
+/// Every key of a scan of the keys starting with `prefix`, in pages of
+/// `page` pairs, each page its own request.
+fn scan_in_pages(client: &kvstore_client::BlockingClient, prefix: &str, page: u32) -> Vec<String> {
+    let mut query = kvstore_client::ScanQuery::prefix(prefix);
+    let mut keys = Vec::new();
+    for _ in 0..100_000 {
+        let (pairs, more) = match client.call(query.command(page)).unwrap() {
+            Reply::Pairs { pairs, more } => (pairs, more),
+            other => panic!("a scan page answered {other:?}"),
+        };
+        if let Some((last, _)) = pairs.last() {
+            query.advance(last);
+        }
+        keys.extend(
+            pairs
+                .iter()
+                .map(|(k, _)| String::from_utf8(k.to_vec()).unwrap()),
+        );
+        if !more {
+            return keys;
+        }
+    }
+    panic!("the scan did not end");
+}
+
+#[test]
+fn a_full_scan_while_slots_move_gives_every_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, _servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    let keys: Vec<String> = (0..4_000).map(|i| format!("s{i:05}")).collect();
+    for chunk in keys.chunks(500) {
+        client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
+    }
+    // Half the slots go to group 2 and back, five times, while scans run.
+    let addr = leader.addr;
+    let mover = std::thread::spawn(move || {
+        for to in ["2", "1"].repeat(5) {
+            cli_ok(
+                addr,
+                &["cluster", "move-slots", "--slots", "0-8191", "--to", to],
+            );
+        }
+    });
+    let mut scans = 0;
+    while scans == 0 || !mover.is_finished() {
+        let scanned = scan_in_pages(&client, "s", 20);
+        assert!(scanned == keys, "scan {scans}: {} keys", scanned.len());
+        scans += 1;
+    }
+    mover.join().unwrap();
+    eprintln!("{scans} full scans while the slots moved ten times");
+}
+
 /// Waits (bounded) until node `addr`'s replicas hold `expected` keys per
 /// group, in group order.
 fn wait_for_group_keys(addr: SocketAddr, expected: &[u64]) {
