@@ -11,7 +11,7 @@ use kvstore_client::slot::GroupId;
 use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, GroupView, MoveView};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::log::{Log, Queued};
 use crate::storage::change::Change;
 use crate::storage::fs::Fs;
+use crate::storage::op::WriteOp;
 use crate::storage::store::{Applied, Span};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -598,6 +599,49 @@ impl Cluster {
         }
     }
 
+    /// A flush (`Clear`) in a sharded cluster empties every group that
+    /// serves slots, not group 1 alone: a `Clear` is queued in order with
+    /// the burst into each group this node leads (group 1's keeps the
+    /// write's session), and written in each other group at its leader
+    /// once the burst is queued. Not atomic across groups.
+    fn fan_out_flush(&self, write: Queued, runs: &mut Vec<(Arc<Group>, Vec<Queued>)>) -> Flush {
+        let mut groups: std::collections::BTreeSet<GroupId> = (self.table().map().ranges().iter())
+            .map(|range| range.value)
+            .collect();
+        groups.insert(FIRST_GROUP);
+        let mut flush = Flush {
+            here: Vec::new(),
+            elsewhere: Vec::new(),
+            write,
+        };
+        for id in groups {
+            let change = match id {
+                FIRST_GROUP => flush.write.change.clone(),
+                _ => Change::from(WriteOp::Clear),
+            };
+            let led = (self.groups.read().get(&id).cloned())
+                .filter(|group| group.leader() == Some(self.settings.id));
+            let permit = self.budget.clone().try_acquire_many_owned(0);
+            match (led, permit) {
+                (Some(group), Ok(budget)) => {
+                    let (done, answer) = oneshot::channel();
+                    flush.here.push(answer);
+                    let clear = Queued {
+                        change,
+                        done,
+                        budget,
+                    };
+                    match runs.last_mut() {
+                        Some((last, run)) if last.id() == id => run.push(clear),
+                        _ => runs.push((group, vec![clear])),
+                    }
+                }
+                _ => flush.elsewhere.push((id, change)),
+            }
+        }
+        flush
+    }
+
     /// Whether some slot is served by a group other than group 1: reads
     /// that name no key must then ask every group.
     pub fn is_sharded(&self) -> bool {
@@ -1012,7 +1056,13 @@ impl Log for Cluster {
     fn queue(&self, writes: Vec<Queued>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let mut runs: Vec<(Arc<Group>, Vec<Queued>)> = Vec::new();
+            let mut flushes = Vec::new();
+            let sharded = self.is_sharded();
             for write in writes {
+                if sharded && is_flush(&write.change) {
+                    flushes.push(self.fan_out_flush(write, &mut runs));
+                    continue;
+                }
                 let group = match self.group_for(&write.change) {
                     Ok(group) => group,
                     Err(e) => {
@@ -1028,6 +1078,9 @@ impl Log for Cluster {
             }
             for (group, run) in runs {
                 group.queue(run).await?;
+            }
+            for flush in flushes {
+                flush.finish(self).await;
             }
             Ok(())
         })
@@ -1083,6 +1136,46 @@ fn answer_every_slot_once(pages: &[ScanPage]) -> bool {
         }
     }
     times.iter().all(|&n| n == 1)
+}
+
+/// Whether `change` is a flush (`Clear`), in a client session or not.
+fn is_flush(change: &Change) -> bool {
+    match change {
+        Change::Write(WriteOp::Clear) => true,
+        Change::Once { change, .. } => is_flush(change),
+        _ => false,
+    }
+}
+
+/// A flush of a sharded cluster under way ([`Cluster::fan_out_flush`]).
+struct Flush {
+    write: Queued,
+    /// The answers of the groups this node leads, whose `Clear` is queued
+    /// with the burst.
+    here: Vec<oneshot::Receiver<Result<Applied, Error>>>,
+    /// The groups led elsewhere, with the change to write in each.
+    elsewhere: Vec<(GroupId, Change)>,
+}
+
+impl Flush {
+    /// Writes the `Clear` in each group led elsewhere, then answers the
+    /// flush once every group has: the first failure, or `Stored`.
+    async fn finish(self, cluster: &Cluster) {
+        let elsewhere =
+            (self.elsewhere.into_iter()).map(|(group, change)| cluster.propose_one(group, change));
+        let mut results = futures_util::future::join_all(elsewhere).await;
+        let here = self.here;
+        let done = self.write.done;
+        // The groups led here apply theirs with the burst, after this.
+        tokio::spawn(async move {
+            for answer in here {
+                let lost = || Error::OutcomeUnknown("a group's part of the flush was lost".into());
+                results.push(answer.await.unwrap_or_else(|_| Err(lost())));
+            }
+            let failed = results.into_iter().find_map(Result::err);
+            let _ = done.send(failed.map_or(Ok(Applied::Stored), Err));
+        });
+    }
 }
 
 /// Joins groups' pages of one scan, in its order (`reverse`: descending):

@@ -563,6 +563,11 @@ fn split_writes_store_every_part(nodes: &[Spec], csv: &Path) {
     assert!(said.contains("loaded 2000 rows"), "{said}");
     let loaded = first.scan(kvstore_client::ScanQuery::prefix("load:"));
     assert_eq!(loaded.filter(|pair| pair.is_ok()).count(), 2_000);
+
+    // A flush through node 3 empties both groups.
+    third.flush().unwrap();
+    wait_for_group_keys(nodes[0].addr, &[0, 0]);
+    assert_eq!(scan_in_pages(&first, "", 100), Vec::<String>::new());
 }
 
 /// Through the gRPC door at `addr`: a `ListKeys` page of `limit` keys,
@@ -697,6 +702,12 @@ fn redis_cluster_clients_find_each_key_s_group_and_list_it_once() {
     let mut scanned = scan_masters(&mut third);
     scanned.sort();
     assert!(scanned == expected, "SCAN: {} keys", scanned.len());
+
+    // FLUSHALL, which the cluster client sends to every master.
+    let _: () = redis::cmd("FLUSHALL").query(&mut cluster).unwrap();
+    let size: usize = redis::cmd("DBSIZE").query(&mut cluster).unwrap();
+    assert_eq!(size, 0, "DBSIZE after FLUSHALL");
+    wait_for_group_keys(nodes[0].addr, &[0, 0]);
 }
 
 /// Waits (bounded) until `CLUSTER SLOTS` through `conn` gives what it
