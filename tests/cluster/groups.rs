@@ -376,6 +376,123 @@ fn a_move_aborted_before_its_release_leaves_every_pair_with_its_source() {
     );
 }
 
+/// A slot move's steps, in order (`MoveStep`).
+const MOVE_STEPS: [&str; 7] = [
+    "Begun",
+    "Importing",
+    "Frozen",
+    "Copied",
+    "Released",
+    "Published",
+    "Serving",
+];
+
+/// Waits (bounded) until a node among `nodes` that answers shows no move
+/// under way and group 1 serving `slots`; its status.
+fn wait_for_move_end(nodes: &[Spec], slots: &[(u16, u16)]) -> ClusterStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = (nodes.iter())
+            .filter_map(|n| status(n.addr))
+            .find(|s| s.role == "leader" && s.moving.is_none() && s.groups[0].slots == slots);
+        if let Some(status) = done {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the move did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_move_survives_a_kill_of_its_source_s_or_target_s_leader_at_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
+    }
+    let mut expected: Vec<(bytes::Bytes, bytes::Bytes)> = (keys.iter())
+        .map(|k| (k.clone().into(), k.clone().into()))
+        .collect();
+    expected.sort();
+    // Slots 0-8191 go to group 2 and back; in each move the leader of its
+    // target or its source is killed once the move has reached a step, and
+    // started again.
+    let plan = [
+        ("Importing", "target"),
+        ("Frozen", "source"),
+        ("Copied", "target"),
+        ("Released", "source"),
+        ("Published", "target"),
+    ];
+    for (round, (step, whose)) in plan.into_iter().enumerate() {
+        let (from, to) = if round % 2 == 0 { (1, 2) } else { (2, 1) };
+        let coordinator = wait_for_leader(&nodes);
+        let addr = coordinator.addr;
+        let to_arg = to.to_string();
+        let mover = std::thread::spawn(move || {
+            let args = [
+                "cluster",
+                "move-slots",
+                "--slots",
+                "0-8191",
+                "--to",
+                &to_arg,
+            ];
+            cli(addr, &args)
+        });
+        let at = MOVE_STEPS.iter().position(|s| *s == step).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // At the step or a later one (steps after the copy are quick); at
+        // the move's end if it ended before a look caught it.
+        let (reached, victim) = loop {
+            if let Some(seen) = status(addr) {
+                let (now, name) = match &seen.moving {
+                    Some(m) => (
+                        MOVE_STEPS.iter().position(|s| *s == m.step).unwrap(),
+                        m.step.clone(),
+                    ),
+                    None if mover.is_finished() => (MOVE_STEPS.len(), "the end".to_string()),
+                    None => (0, String::new()),
+                };
+                let group = if whose == "target" { to } else { from };
+                let leader = (seen.groups.iter())
+                    .find(|g| g.id == group)
+                    .and_then(|g| g.leader);
+                if let (true, Some(leader)) = (now >= at, leader) {
+                    break (name, leader);
+                }
+            }
+            assert!(Instant::now() < deadline, "the move never reached {step}");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let index = nodes.iter().position(|n| n.id == victim).unwrap();
+        servers[index].take().unwrap().kill9();
+        eprintln!("move {round}: killed node {victim}, the {whose}'s leader, at {reached}");
+        servers[index] = Some(start(&nodes[index], &nodes, dir.path()));
+        let _ = mover.join().unwrap();
+        let slots: &[(u16, u16)] = if to == 2 {
+            &[(8192, 16383)]
+        } else {
+            &[(0, 16383)]
+        };
+        let after = wait_for_move_end(&nodes, slots);
+        let client = kvstore_client::BlockingClient::connect(after_addr(&nodes, &after)).unwrap();
+        assert!(
+            everything(&client) == expected,
+            "move {round}: the pairs after it"
+        );
+    }
+}
+
+/// The native address of the node whose status is `status`.
+fn after_addr(nodes: &[Spec], status: &ClusterStatus) -> String {
+    let node = nodes.iter().find(|n| n.id == status.node_id).unwrap();
+    node.addr.to_string()
+}
+
 /// Every key of a scan of the keys starting with `prefix`, in pages of
 /// `page` pairs, each page its own request.
 fn scan_in_pages(client: &kvstore_client::BlockingClient, prefix: &str, page: u32) -> Vec<String> {
