@@ -402,6 +402,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// How many keys of `slot` this node holds (RESP `CLUSTER
+    /// COUNTKEYSINSLOT`, which asks a node for its own data, as on Redis
+    /// Cluster): its replica of the group the map gives the slot, or none
+    /// if it does not run that group. A walk of the whole replica, off the
+    /// async workers, until a per-slot index exists.
+    pub async fn keys_in_slot(&self, slot: u16) -> Result<u64, Error> {
+        let id = self.table().map().group_of(slot);
+        let Some(group) = self.groups.read().get(&id).cloned() else {
+            return Ok(0);
+        };
+        let engine = group.engine();
+        tokio::task::spawn_blocking(move || count_slot(&*engine, slot))
+            .await
+            .map_err(|e| Error::StorageFailed(format!("counting slot {slot}: {e}")))?
+    }
+
     /// The keys stored in those of `groups` this node runs (RESP `DBSIZE`;
     /// during a slot move, a moving slot's keys count in both groups).
     pub fn keys_in(&self, groups: &[GroupId]) -> u64 {
@@ -1136,6 +1152,24 @@ fn answer_every_slot_once(pages: &[ScanPage]) -> bool {
         }
     }
     times.iter().all(|&n| n == 1)
+}
+
+/// The keys of `slot` in `engine`, by a walk of all of them.
+fn count_slot(engine: &dyn Engine, slot: u16) -> Result<u64, Error> {
+    let mut count = 0;
+    let mut after: Option<Bytes> = None;
+    loop {
+        let page = engine.keys(b"", after.as_deref(), 4096, usize::MAX)?;
+        let of_slot = page
+            .keys
+            .iter()
+            .filter(|key| kvstore_client::slot::slot_of(key) == slot);
+        count += of_slot.count() as u64;
+        if !page.more {
+            return Ok(count);
+        }
+        after = page.keys.last().cloned();
+    }
 }
 
 /// Whether `change` is a flush (`Clear`), in a client session or not.

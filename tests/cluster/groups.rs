@@ -860,6 +860,31 @@ fn redis_cluster_clients_find_each_key_s_group_and_list_it_once() {
     scanned.sort();
     assert!(scanned == expected, "SCAN: {} keys", scanned.len());
 
+    // CLUSTER COUNTKEYSINSLOT counts a node's own data, as on Redis.
+    let slot = kvstore_client::slot::slot_of(b"redis:0");
+    let in_slot = (keys.iter())
+        .filter(|k| kvstore_client::slot::slot_of(k.as_bytes()) == slot)
+        .count();
+    let count = |conn: &mut redis::Connection, slot: u16| -> redis::RedisResult<usize> {
+        redis::cmd("CLUSTER")
+            .arg("COUNTKEYSINSLOT")
+            .arg(slot)
+            .query(conn)
+    };
+    assert_eq!(count(&mut first, slot).unwrap(), in_slot, "slot {slot}");
+    let runs_it = slot > 8191; // group 1's, which node 3 runs
+    let expected = if runs_it { in_slot } else { 0 };
+    assert_eq!(
+        count(&mut third, slot).unwrap(),
+        expected,
+        "slot {slot} at node 3"
+    );
+    let refused = count(&mut first, 16_384).unwrap_err();
+    assert!(
+        refused.to_string().contains("Invalid or out of range slot"),
+        "{refused}"
+    );
+
     // FLUSHALL, which the cluster client sends to every master.
     let _: () = redis::cmd("FLUSHALL").query(&mut cluster).unwrap();
     let size: usize = redis::cmd("DBSIZE").query(&mut cluster).unwrap();

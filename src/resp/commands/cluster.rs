@@ -22,13 +22,15 @@ const VIEWS: &[(&str, View)] = &[
     ("info", info),
 ];
 
-pub(super) fn cluster(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+pub(super) async fn cluster(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     let sub = &args[0];
     let reply = if is(sub, "keyslot") {
         match args.len() {
             2 => Value::Int(kvstore_client::slot::slot_of(&args[1]).into()),
             _ => Value::error("ERR wrong number of arguments for 'cluster|keyslot' command"),
         }
+    } else if is(sub, "countkeysinslot") {
+        count_keys_in_slot(args, ctx).await
     } else if let Some((name, view)) = VIEWS.iter().find(|(name, _)| is(sub, name)) {
         match (ctx.db.cluster(), args.len()) {
             (None, _) => Value::error("ERR This instance has cluster support disabled"),
@@ -44,6 +46,27 @@ pub(super) fn cluster(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         ))
     };
     Outcome::Ready(reply)
+}
+
+/// `CLUSTER COUNTKEYSINSLOT slot`: the keys of the slot in this node's own
+/// data ([`Cluster::keys_in_slot`]).
+async fn count_keys_in_slot(args: &[Bytes], ctx: &Ctx<'_>) -> Value {
+    let [_, slot] = args else {
+        return Value::error("ERR wrong number of arguments for 'cluster|countkeysinslot' command");
+    };
+    let slot = std::str::from_utf8(slot)
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok());
+    let Some(slot) = slot.filter(|s| *s < kvstore_client::slot::SLOTS) else {
+        return Value::error("ERR Invalid or out of range slot");
+    };
+    match ctx.db.cluster() {
+        None => Value::error("ERR This instance has cluster support disabled"),
+        Some(cluster) => match cluster.keys_in_slot(slot).await {
+            Ok(count) => Value::Int(count as i64),
+            Err(e) => Value::error(format!("ERR {e}")),
+        },
+    }
 }
 
 /// A node's name as Redis Cluster gives one: 40 hex digits.

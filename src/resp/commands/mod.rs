@@ -308,7 +308,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             ok()
         }
         "select" => connection::select(args),
-        "cluster" => cluster::cluster(args, ctx),
+        "cluster" => cluster::cluster(args, ctx).await,
         "append" => strings::append(args),
         "decr" => strings::incr(&args[0], -1),
         "decrby" => strings::incr_by(args, true),
