@@ -65,7 +65,9 @@ pub async fn node_page(
     check_walk(prefix, start_after, &db.limits)?;
     let groups = cluster.redis_groups().into_iter().collect();
     let span = Span::prefix(prefix, start_after, false);
-    let (pairs, more) = (cluster.scan_groups(&groups, span, limit, max_bytes).await)
+    let (pairs, more) = (cluster
+        .scan_groups(&groups, span, limit, max_bytes, true)
+        .await)
         .map_err(|e| error_reply(&e))?;
     let keys = pairs.into_iter().map(|(key, _)| key).collect();
     Ok(KeysPage { keys, more })

@@ -66,7 +66,10 @@ pub(super) async fn sharded(command: &Command, cluster: &Cluster, db: &Db) -> Op
     };
     let max_bytes = db.limits.max_reply_bytes;
     Some(
-        match cluster.scan(span, page_limit(*limit), max_bytes).await {
+        match cluster
+            .scan(span, page_limit(*limit), max_bytes, keys_only)
+            .await
+        {
             Ok((pairs, more)) if keys_only => Reply::Keys {
                 keys: pairs.into_iter().map(|(key, _)| key).collect(),
                 more,

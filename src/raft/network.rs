@@ -96,11 +96,13 @@ pub enum Rpc {
         after: Option<Bytes>,
     },
     /// Node `from` asks the group's leader for a page of a scan: up to
-    /// `limit` pairs of `span`, of the slots the group serves.
+    /// `limit` pairs of `span`, of the slots the group serves; with
+    /// `keys_only`, their values left empty.
     ReadPage {
         from: u64,
         span: Span,
         limit: usize,
+        keys_only: bool,
     },
     /// Node `from`, which does not run the group, asks who leads it (for
     /// Redis Cluster's view of the cluster and its redirects).
@@ -218,7 +220,12 @@ const READ_PAGE_BYTES: usize = 1 << 20;
 /// A page of `span` in `engine`, up to `limit` pairs walked, keeping those
 /// of the slots `serves` says the group serves; once this node is
 /// confirmed as the group's leader and has applied all that was committed.
-async fn read_page(served: &Served, span: &Span, limit: usize) -> Result<ScanPage, Refusal> {
+async fn read_page(
+    served: &Served,
+    span: &Span,
+    limit: usize,
+    keys_only: bool,
+) -> Result<ScanPage, Refusal> {
     confirm_leader(&served.raft).await?;
     let (walked, more) = (served.engine.pairs(span, limit, READ_PAGE_BYTES))
         .map_err(|e| Refusal::Failed(e.to_string()))?;
@@ -235,6 +242,7 @@ async fn read_page(served: &Served, span: &Span, limit: usize) -> Result<ScanPag
                 SlotState::Serving | SlotState::Frozen
             )
         })
+        .map(|(key, value)| (key, if keys_only { Bytes::new() } else { value }))
         .collect();
     let answered = shards.answered();
     Ok(ScanPage {
@@ -269,9 +277,12 @@ impl Served {
             Rpc::ReadSlots { slots, after, .. } => {
                 RpcReply::SlotPage(read_slots(raft, &*self.engine, slots, after).await)
             }
-            Rpc::ReadPage { span, limit, .. } => {
-                RpcReply::Page(read_page(self, &span, limit).await)
-            }
+            Rpc::ReadPage {
+                span,
+                limit,
+                keys_only,
+                ..
+            } => RpcReply::Page(read_page(self, &span, limit, keys_only).await),
             Rpc::Leader { .. } => RpcReply::Leader(raft.metrics().borrow().current_leader),
         }
     }

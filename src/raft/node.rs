@@ -669,14 +669,16 @@ impl Cluster {
     /// group's leader walks up to `limit` pairs of it ([`Rpc::ReadPage`],
     /// keeping those of the slots it serves), and [`merge`] joins the
     /// pages. At most `limit` pairs, about `max_bytes`; `true` if there may
-    /// be more (after the last pair).
+    /// be more (after the last pair). With `keys_only` the values come back
+    /// empty (not sent between nodes).
     pub async fn scan(
         &self,
         span: Span,
         limit: usize,
         max_bytes: usize,
+        keys_only: bool,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
-        self.walk(None, span, limit, max_bytes).await
+        self.walk(None, span, (limit, max_bytes), keys_only).await
     }
 
     /// [`Cluster::scan`] over `groups` only (the slots a node answers for
@@ -687,8 +689,10 @@ impl Cluster {
         span: Span,
         limit: usize,
         max_bytes: usize,
+        keys_only: bool,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
-        self.walk(Some(groups), span, limit, max_bytes).await
+        self.walk(Some(groups), span, (limit, max_bytes), keys_only)
+            .await
     }
 
     /// A page over `only`, or over every group that serves slots (as the
@@ -700,8 +704,8 @@ impl Cluster {
         &self,
         only: Option<&std::collections::BTreeSet<GroupId>>,
         mut span: Span,
-        limit: usize,
-        max_bytes: usize,
+        (limit, max_bytes): (usize, usize),
+        keys_only: bool,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool), Error> {
         let deadline = tokio::time::Instant::now() + SCAN_MOVE_WAIT;
         loop {
@@ -713,7 +717,7 @@ impl Cluster {
             };
             let pages = groups
                 .iter()
-                .map(|g| self.read_page(*g, span.clone(), limit));
+                .map(|g| self.read_page(*g, span.clone(), limit, keys_only));
             let pages = futures_util::future::try_join_all(pages).await?;
             if only.is_none() && !answer_every_slot_once(&pages) {
                 if tokio::time::Instant::now() >= deadline {
@@ -736,12 +740,19 @@ impl Cluster {
     }
 
     /// A page of a scan at group `group`'s leader.
-    async fn read_page(&self, group: GroupId, span: Span, limit: usize) -> Result<ScanPage, Error> {
+    async fn read_page(
+        &self,
+        group: GroupId,
+        span: Span,
+        limit: usize,
+        keys_only: bool,
+    ) -> Result<ScanPage, Error> {
         let from = self.settings.id;
         let rpc = || Rpc::ReadPage {
             from,
             span: span.clone(),
             limit,
+            keys_only,
         };
         match self.at_leader(group, rpc).await? {
             RpcReply::Page(Ok(page)) => Ok(page),

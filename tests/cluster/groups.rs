@@ -1,7 +1,7 @@
 //! Raft groups on the raft port: every message names its group, and a node
 //! hands it to that group or answers that it runs no such group.
 
-use kvstore::raft::network::RpcReply;
+use kvstore::raft::network::{Rpc, RpcReply};
 use kvstore::raft::FIRST_GROUP;
 use kvstore_client::{ErrorCode, GroupView};
 
@@ -33,6 +33,26 @@ fn a_message_for_a_group_the_node_does_not_run_is_answered_so() {
     assert_eq!(try_call(leader.addr, cmd::set("k", "1")), Some(Reply::Ok));
     let after = status(leader.addr).unwrap();
     assert_eq!((after.role.as_str(), after.term), ("leader", term));
+
+    // A scan page, with its values or without them.
+    let page = |keys_only| {
+        let rpc = Rpc::ReadPage {
+            from: follower.id,
+            span: kvstore::engine::Span::prefix(b"", None, false),
+            limit: 10,
+            keys_only,
+        };
+        rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(leader.raft).await.unwrap();
+            match super::peer_tls::ask(stream, FIRST_GROUP, rpc).await {
+                Some(RpcReply::Page(Ok(page))) => page.pairs,
+                other => panic!("a scan page: {other:?}"),
+            }
+        })
+    };
+    let pair = |value: &'static str| vec![(bytes::Bytes::from("k"), bytes::Bytes::from(value))];
+    assert_eq!(page(false), pair("1"));
+    assert_eq!(page(true), pair(""));
 }
 
 /// Which nodes run group `group`, and which of them say they lead it.

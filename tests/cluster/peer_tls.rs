@@ -117,12 +117,22 @@ fn connector(ca: &Ca, identity: Option<&Identity>) -> TlsConnector {
 /// over `io`; the raft answer if one came back within 5 s (a TLS alert is
 /// not one).
 pub(crate) async fn ask_vote<S: AsyncRead + AsyncWrite + Unpin>(
-    mut io: S,
+    io: S,
     group: u64,
     sender: u64,
     term: u64,
 ) -> Option<RpcReply> {
     let rpc = Rpc::Vote(VoteRequest::new(Vote::new(term, sender), None));
+    ask(io, group, rpc).await
+}
+
+/// Sends group `group` `rpc` over `io`; the answer if one came back within
+/// 5 s.
+pub(crate) async fn ask<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    group: u64,
+    rpc: Rpc,
+) -> Option<RpcReply> {
     let body = codec::encode(&Envelope { group, rpc }).unwrap();
     if io.write_all(&common::frame(&body)).await.is_err() || io.flush().await.is_err() {
         return None;
