@@ -206,6 +206,10 @@ fn examples() -> Vec<(&'static str, Message)> {
             rq(26, Command::Cluster(ClusterRequest::AbortMove)),
         ),
         (
+            "cluster-rebalance-request",
+            rq(27, Command::Cluster(ClusterRequest::Rebalance)),
+        ),
+        (
             "indexed-request",
             rq(
                 22,

@@ -676,8 +676,9 @@ impl Client {
     /// `ClusterFailed`.
     ///
     /// `AddLearner` answers once the learner has caught up, which with a
-    /// large store takes a while, and `AddGroup` once the new group has a
-    /// leader: they wait up to [`SERVER_BACKUP_TIMEOUT`].
+    /// large store takes a while, `AddGroup` once the new group has a
+    /// leader, and `MoveSlots` and `Rebalance` once their moves are done:
+    /// they wait up to [`SERVER_BACKUP_TIMEOUT`].
     pub async fn cluster(
         &self,
         request: crate::ClusterRequest,
@@ -688,7 +689,8 @@ impl Client {
                 crate::ClusterRequest::AddLearner { .. }
                 | crate::ClusterRequest::AddGroup { .. }
                 | crate::ClusterRequest::MoveSlots { .. }
-                | crate::ClusterRequest::AbortMove,
+                | crate::ClusterRequest::AbortMove
+                | crate::ClusterRequest::Rebalance,
             ) => self.patient()?.call_once_more(command).await?,
             _ => self.call(command).await?,
         };

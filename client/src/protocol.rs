@@ -354,6 +354,11 @@ pub enum ClusterRequest {
     /// Tag 8. Undoes the slot move under way, if its source has not
     /// released the slots yet (on group 1's leader). Answered once undone.
     AbortMove,
+    /// Tag 9. Moves slots between groups, one move at a time, until each
+    /// group holds an even share of the keys, bytes and slots, within 2 %
+    /// where slots allow (on group 1's leader; docs/sharding.md). Answered
+    /// when the last move is done.
+    Rebalance,
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).

@@ -27,6 +27,7 @@ pub mod network;
 pub mod node;
 pub mod peer_tls;
 pub mod propose;
+pub mod rebalance;
 pub mod sessions;
 pub mod shards;
 pub mod state;

@@ -22,7 +22,7 @@
 //! has no authentication: a node refuses to start on a non-loopback raft
 //! address that way unless told `--allow-insecure-raft` (docs/security.md).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::peer_tls::PeerTls;
+use super::rebalance::SlotLoad;
 use super::shards::{Shards, SlotState};
 use super::{Batch, Member, Outcomes, Raft, TypeConfig};
 use crate::engine::Engine;
@@ -109,6 +110,12 @@ pub enum Rpc {
     Leader {
         from: u64,
     },
+    /// Node `from` asks the group's leader what each slot holds, in a page
+    /// of the walk after `after` (`kvstore cluster rebalance`).
+    ReadLoads {
+        from: u64,
+        after: Option<Bytes>,
+    },
 }
 
 impl Rpc {
@@ -122,6 +129,7 @@ impl Rpc {
             Rpc::Propose { from, .. }
             | Rpc::ReadSlots { from, .. }
             | Rpc::ReadPage { from, .. }
+            | Rpc::ReadLoads { from, .. }
             | Rpc::Leader { from } => return Some(*from),
         };
         vote.leader_id().voted_for()
@@ -153,6 +161,16 @@ pub enum RpcReply {
     Page(Result<ScanPage, Refusal>),
     /// The leader this node knows of ([`Rpc::Leader`]).
     Leader(Option<u64>),
+    /// A page of [`Rpc::ReadLoads`].
+    Loads(Result<LoadPage, Refusal>),
+}
+
+/// What the slots of a page of keys hold, and where the next page starts
+/// (`None`: no more).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoadPage {
+    pub slots: Vec<(u16, SlotLoad)>,
+    pub next: Option<Bytes>,
 }
 
 /// One group's page of a scan: the pairs of the slots it serves, and, if
@@ -192,6 +210,24 @@ async fn confirm_leader(raft: &Raft) -> Result<(), Refusal> {
     })
 }
 
+/// A page of the whole group's pairs in `engine` after `after`, and the
+/// key the next page starts after (`None`: no more); once this node is
+/// confirmed as the group's leader and has applied all that was committed.
+async fn walk_group(
+    raft: &Raft,
+    engine: &dyn Engine,
+    after: Option<Bytes>,
+) -> Result<(Vec<(Bytes, Bytes)>, Option<Bytes>), Refusal> {
+    confirm_leader(raft).await?;
+    let span = Span::prefix(b"", after.as_deref(), false);
+    let (walked, more) = (engine.pairs(&span, READ_SLOTS_KEYS, READ_SLOTS_BYTES))
+        .map_err(|e| Refusal::Failed(e.to_string()))?;
+    let next = more
+        .then(|| walked.last().map(|(key, _)| key.clone()))
+        .flatten();
+    Ok((walked, next))
+}
+
 /// A page of the pairs of `slots` in `engine`, after `after`, once this
 /// node is confirmed as the group's leader and has applied all that was
 /// committed (so everything written before a freeze is there).
@@ -201,17 +237,29 @@ pub async fn read_slots(
     (first, last): (u16, u16),
     after: Option<Bytes>,
 ) -> Result<SlotPage, Refusal> {
-    confirm_leader(raft).await?;
-    let span = Span::prefix(b"", after.as_deref(), false);
-    let (walked, more) = (engine.pairs(&span, READ_SLOTS_KEYS, READ_SLOTS_BYTES))
-        .map_err(|e| Refusal::Failed(e.to_string()))?;
-    let next = more
-        .then(|| walked.last().map(|(key, _)| key.clone()))
-        .flatten();
+    let (walked, next) = walk_group(raft, engine, after).await?;
     let pairs = (walked.into_iter())
         .filter(|(key, _)| (first..=last).contains(&slot_of(key)))
         .collect();
     Ok(SlotPage { pairs, next })
+}
+
+/// What the slots of a page of the pairs in `engine` after `after` hold,
+/// once this node is confirmed as the group's leader.
+async fn read_loads(
+    raft: &Raft,
+    engine: &dyn Engine,
+    after: Option<Bytes>,
+) -> Result<LoadPage, Refusal> {
+    let (walked, next) = walk_group(raft, engine, after).await?;
+    let mut slots = BTreeMap::<u16, SlotLoad>::new();
+    for (key, value) in &walked {
+        let load = slots.entry(slot_of(key)).or_default();
+        load.keys += 1;
+        load.bytes += (key.len() + value.len()) as u64;
+    }
+    let slots = slots.into_iter().collect();
+    Ok(LoadPage { slots, next })
 }
 
 /// Roughly the most bytes of pairs a scan page of one group holds.
@@ -284,6 +332,9 @@ impl Served {
                 ..
             } => RpcReply::Page(read_page(self, &span, limit, keys_only).await),
             Rpc::Leader { .. } => RpcReply::Leader(raft.metrics().borrow().current_leader),
+            Rpc::ReadLoads { after, .. } => {
+                RpcReply::Loads(read_loads(raft, &*self.engine, after).await)
+            }
         }
     }
 }
@@ -295,7 +346,8 @@ impl RpcReply {
         match self {
             RpcReply::Proposed(Err(refusal))
             | RpcReply::SlotPage(Err(refusal))
-            | RpcReply::Page(Err(refusal)) => Some(refusal),
+            | RpcReply::Page(Err(refusal))
+            | RpcReply::Loads(Err(refusal)) => Some(refusal),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvstore_client::slot::GroupId;
+use kvstore_client::slot::{GroupId, SLOTS};
 use kvstore_client::{ClusterMember, ClusterRequest, ClusterStatus, GroupView, MoveView};
 use parking_lot::RwLock;
 use tokio::net::TcpListener;
@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::group::{self, cluster_failed, Group, GroupStatus};
 use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, ScanPage, SlotPage};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
+use super::rebalance::{self, Planned, SlotLoad};
 use super::shards::{Move, MoveStep, Placement, Shards, SlotState};
 use super::{Batch, Member, Outcome, FIRST_GROUP};
 use crate::commit::LogFigures;
@@ -487,6 +488,7 @@ impl Cluster {
                 self.move_slots(first, last, to).await?;
             }
             ClusterRequest::AbortMove => self.abort_move().await?,
+            ClusterRequest::Rebalance => self.rebalance().await?,
         }
         Ok(self.status())
     }
@@ -842,6 +844,80 @@ impl Cluster {
         };
         self.record_move(Some(record.clone())).await?;
         self.run_move(record).await
+    }
+
+    /// `Rebalance`: the moves [`rebalance::plan`] gives for what each slot
+    /// holds now, carried out one after another. A failed move stops it;
+    /// the moves done stay done, and running it again plans afresh.
+    async fn rebalance(&self) -> Result<(), Error> {
+        self.first().read_barrier().await?;
+        let shards = self.table();
+        if let Some(current) = shards.moving() {
+            return Err(cluster_failed(format!(
+                "the move of slots {}-{} is under way: let it finish or abort it first",
+                current.first, current.last
+            )));
+        }
+        // Group 1 runs on the cluster's voters, not from a placement.
+        let mut groups: Vec<GroupId> = shards.groups().keys().copied().collect();
+        if !groups.contains(&FIRST_GROUP) {
+            groups.insert(0, FIRST_GROUP);
+        }
+        let owner: Vec<GroupId> = (0..SLOTS).map(|s| shards.map().group_of(s)).collect();
+        let mut loads = vec![SlotLoad::default(); SLOTS as usize];
+        for &group in &groups {
+            self.read_loads(group, &owner, &mut loads).await?;
+            let of_group = (0..SLOTS as usize).filter(|&s| owner[s] == group);
+            let (slots, keys) = of_group.fold((0, 0), |(n, k), s| (n + 1, k + loads[s].keys));
+            tracing::info!(group, slots, keys, "load before the rebalance");
+        }
+        let moves = rebalance::plan(&owner, &loads, &groups);
+        tracing::info!(moves = moves.len(), "rebalancing");
+        for Planned {
+            first,
+            last,
+            from,
+            to,
+        } in moves
+        {
+            tracing::info!(first, last, from, to, "rebalance moves slots");
+            self.move_slots(first, last, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds what each slot group `group` serves (by `owner`) holds, as its
+    /// leader walks it, to `loads`.
+    async fn read_loads(
+        &self,
+        group: GroupId,
+        owner: &[GroupId],
+        loads: &mut [SlotLoad],
+    ) -> Result<(), Error> {
+        if !owner.contains(&group) {
+            return Ok(());
+        }
+        let from = self.settings.id;
+        let mut after = None;
+        loop {
+            let rpc = || Rpc::ReadLoads {
+                from,
+                after: after.clone(),
+            };
+            let page = match self.at_leader(group, rpc).await? {
+                RpcReply::Loads(Ok(page)) => page,
+                other => return Err(cluster_failed(format!("group {group} answered {other:?}"))),
+            };
+            for (slot, load) in page.slots {
+                if owner[slot as usize] == group {
+                    loads[slot as usize] = load;
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Writes the move under way, or none, in group 1's log.

@@ -214,33 +214,8 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
     for key in &acked {
         assert_eq!(try_call(leader.addr, cmd::set(key, key)), Some(Reply::Ok));
     }
-    // A writer goes on while the slots move: each write is stored, or
-    // refused with nothing written (TryAgain while frozen, then Moved, or
-    // NotLeader once its slot's group is led by another node).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut stored, mut refused) = (Vec::new(), 0);
-            for i in 0..20_000 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let key = format!("w{i}");
-                match try_call(leader.addr, cmd::set(&key, &key)) {
-                    Some(Reply::Ok) => stored.push(key),
-                    reply => {
-                        let code = code_of(reply);
-                        let moving = [ErrorCode::TryAgain, ErrorCode::Moved, ErrorCode::NotLeader]
-                            .map(|c| Some(c as u32));
-                        assert!(moving.contains(&code), "{key}: {code:?}");
-                        refused += 1;
-                    }
-                }
-            }
-            (stored, refused)
-        })
-    };
+    let writer = write_until(leader.addr, stop.clone());
     let moved = |slots: &str, to: &str| {
         cli_ok(
             leader.addr,
@@ -276,6 +251,94 @@ fn slots_move_to_another_group_and_back_with_every_acknowledged_write() {
         assert_eq!(read(key).as_deref(), Some(key.as_bytes()), "{key}");
     }
     assert_eq!(group_keys(leader.addr), [acked.len() as u64, 0]);
+}
+
+/// A writer that goes on while slots move, until `stop`: each write
+/// (`w0` = `w0`, ...) is stored, or refused with nothing written (TryAgain
+/// while frozen, then Moved, or NotLeader once its slot's group is led by
+/// another node). The keys stored, and the count refused.
+fn write_until(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, usize)> {
+    std::thread::spawn(move || {
+        let (mut stored, mut refused) = (Vec::new(), 0);
+        for i in 0..20_000 {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let key = format!("w{i}");
+            match try_call(addr, cmd::set(&key, &key)) {
+                Some(Reply::Ok) => stored.push(key),
+                reply => {
+                    let code = code_of(reply);
+                    let moving = [ErrorCode::TryAgain, ErrorCode::Moved, ErrorCode::NotLeader]
+                        .map(|c| Some(c as u32));
+                    assert!(moving.contains(&code), "{key}: {code:?}");
+                    refused += 1;
+                }
+            }
+        }
+        (stored, refused)
+    })
+}
+
+/// The slot ranges of each group in `cluster status --output json`.
+fn group_slots(addr: SocketAddr) -> Vec<serde_json::Value> {
+    let table = cli_ok(addr, &["cluster", "status", "--output", "json"]);
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let groups = table["groups"].as_array().unwrap().iter();
+    groups.map(|g| g["slots"].clone()).collect()
+}
+
+#[test]
+fn rebalance_spreads_the_keys_over_new_groups_while_a_writer_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, _servers, leader) = start_cluster(dir.path());
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    let mut acked: Vec<String> = (0..3_000).map(|i| format!("k{i}")).collect();
+    for chunk in acked.chunks(500) {
+        client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
+    }
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = write_until(leader.addr, stop.clone());
+    cli_ok(leader.addr, &["cluster", "rebalance"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (stored, refused) = writer.join().unwrap();
+    eprintln!(
+        "during the rebalance: {} stored, {refused} refused",
+        stored.len()
+    );
+    acked.extend(stored);
+
+    // Each group holds about a third of the keys and of the slots, and
+    // every acknowledged write is readable through any node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let keys = loop {
+        let keys = group_keys(leader.addr);
+        if keys.iter().sum::<u64>() == acked.len() as u64 || Instant::now() > deadline {
+            break keys;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let third = acked.len() as f64 / 3.0;
+    assert!(
+        keys.iter().all(|&k| (k as f64 - third).abs() < 0.1 * third),
+        "keys per group {keys:?} of {}",
+        acked.len()
+    );
+    let slots = group_slots(leader.addr);
+    eprintln!("slots per group after the rebalance: {slots:?}");
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let client = kvstore_client::BlockingClient::connect(addrs.join(",")).unwrap();
+    for key in &acked {
+        assert_eq!(client.get(key).unwrap().as_deref(), Some(key.as_bytes()));
+    }
+    // Balanced now: a second rebalance moves nothing.
+    cli_ok(leader.addr, &["cluster", "rebalance"]);
+    assert_eq!(group_slots(leader.addr), slots);
 }
 
 /// Writes `n` pairs (`k0` = `k0`, ...) through `leader`, then starts moving

@@ -202,6 +202,10 @@ enum ClusterCmd {
     /// Undo the slot move under way, if its source has not released the
     /// slots yet (ask group 1's leader).
     AbortMove,
+    /// Move slots between groups, one range at a time, until each group
+    /// holds an even share of the keys, bytes and slots (ask group 1's
+    /// leader; docs/sharding.md).
+    Rebalance,
 }
 
 /// `A-B` or `A`: a slot range.
@@ -382,6 +386,7 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
             to,
         } => ClusterRequest::MoveSlots { first, last, to },
         ClusterCmd::AbortMove => ClusterRequest::AbortMove,
+        ClusterCmd::Rebalance => ClusterRequest::Rebalance,
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
