@@ -617,12 +617,25 @@ fn after_addr(nodes: &[Spec], status: &ClusterStatus) -> String {
 }
 
 /// Every key of a scan of the keys starting with `prefix`, in pages of
-/// `page` pairs, each page its own request.
-fn scan_in_pages(client: &kvstore_client::BlockingClient, prefix: &str, page: u32) -> Vec<String> {
+/// `page` pairs, each page its own request, tried up to `tries` times.
+pub(crate) fn scan_in_pages(
+    client: &kvstore_client::BlockingClient,
+    prefix: &str,
+    page: u32,
+    tries: usize,
+) -> Result<Vec<String>, kvstore_client::Error> {
     let mut query = kvstore_client::ScanQuery::prefix(prefix);
     let mut keys = Vec::new();
     for _ in 0..100_000 {
-        let (pairs, more) = match client.call(query.command(page)).unwrap() {
+        let mut reply = client.call(query.command(page));
+        for _ in 1..tries {
+            if reply.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            reply = client.call(query.command(page));
+        }
+        let (pairs, more) = match reply? {
             Reply::Pairs { pairs, more } => (pairs, more),
             other => panic!("a scan page answered {other:?}"),
         };
@@ -635,7 +648,7 @@ fn scan_in_pages(client: &kvstore_client::BlockingClient, prefix: &str, page: u3
                 .map(|(k, _)| String::from_utf8(k.to_vec()).unwrap()),
         );
         if !more {
-            return keys;
+            return Ok(keys);
         }
     }
     panic!("the scan did not end");
@@ -663,7 +676,7 @@ fn a_full_scan_while_slots_move_gives_every_key_once() {
     });
     let mut scans = 0;
     while scans == 0 || !mover.is_finished() {
-        let scanned = scan_in_pages(&client, "s", 20);
+        let scanned = scan_in_pages(&client, "s", 20, 1).unwrap();
         assert!(scanned == keys, "scan {scans}: {} keys", scanned.len());
         scans += 1;
     }
@@ -807,7 +820,10 @@ fn split_writes_store_every_part(nodes: &[Spec], csv: &Path) {
     // A flush through node 3 empties both groups.
     third.flush().unwrap();
     wait_for_group_keys(nodes[0].addr, &[0, 0]);
-    assert_eq!(scan_in_pages(&first, "", 100), Vec::<String>::new());
+    assert_eq!(
+        scan_in_pages(&first, "", 100, 1).unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 /// Through the gRPC door at `addr`: a `ListKeys` page of `limit` keys,

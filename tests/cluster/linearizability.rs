@@ -20,7 +20,7 @@
 //! faults that lose answers (a long run).
 //!
 //! `cargo test` runs 20 seconds. The long run is
-//! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster concurrent_clients -- --nocapture`
+//! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster concurrent_clients_see -- --nocapture`
 //! (`KVSTORE_LINEARIZABILITY_SEED` replays a fault schedule; timing still
 //! varies). Its figures are in docs/replication.md.
 
@@ -150,6 +150,18 @@ impl Faults {
 
 #[test]
 fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() {
+    check_under_faults(None);
+}
+
+/// Work that runs beside the clients and the nemesis, on a thread of its
+/// own, until the flag is set; given the nodes and group 1's leader when
+/// the clients start. Its thread gives a line for the summary.
+pub(crate) type Beside =
+    Box<dyn FnOnce(&[Spec], &Spec, Arc<AtomicBool>) -> std::thread::JoinHandle<String>>;
+
+/// Runs the clients and the nemesis on a three-node cluster (and `beside`,
+/// if any), then checks every key's history.
+pub(crate) fn check_under_faults(beside: Option<Beside>) {
     let secs: u64 = std::env::var("KVSTORE_LINEARIZABILITY_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -165,8 +177,10 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
     let dir = tempfile::tempdir().unwrap();
     let rt = common::runtime();
     let (nodes, mut servers, links) = start_partitionable(dir.path(), &rt);
-    wait_for_leader(&nodes);
+    let leader = wait_for_leader(&nodes);
     let all = addr_list(&nodes);
+    let beside_stop = Arc::new(AtomicBool::new(false));
+    let beside = beside.map(|start| start(&nodes, &leader, beside_stop.clone()));
 
     let epoch = Instant::now();
     let history: History = Arc::default();
@@ -236,11 +250,13 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         }
     }
     stop.store(true, Ordering::Relaxed);
+    beside_stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for client in clients {
             client.await.unwrap();
         }
     });
+    let beside = beside.map(|thread| thread.join().expect("the work beside the clients"));
 
     // Healed and whole again, the last value of every key is read once more,
     // by a client that may retry (a read is safe to resend).
@@ -301,6 +317,9 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
         anomalies.len(),
         started.elapsed().as_millis()
     );
+    if let Some(line) = beside {
+        eprintln!("beside the clients: {line}");
+    }
     assert!(faults.total() > 0, "the run was too short for any fault");
     assert!(
         history

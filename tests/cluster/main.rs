@@ -14,6 +14,7 @@ mod partition;
 mod peer_tls;
 mod proxy;
 mod reads;
+mod resharding;
 mod restore;
 
 use std::io::{Read, Write};

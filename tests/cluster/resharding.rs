@@ -1,0 +1,110 @@
+//! Resharding under load and faults: the linearizability check's clients
+//! and nemesis (kills, isolations, stalls and cut links) run on a sharded
+//! cluster while a quarter of the slots move between two groups again and
+//! again, and full scans run over keys that are present throughout.
+//!
+//! The long run is
+//! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster slots_move_through -- --nocapture`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::common::{cli_ok, cli_path};
+use super::groups::scan_in_pages;
+use super::linearizability::{check_under_faults, Beside};
+use super::*;
+
+/// Keys written before the moves and never touched after: every full scan
+/// must give each exactly once.
+const FIXED: usize = 2_000;
+
+/// The slots that move: a quarter of them.
+const MOVING: &str = "0-4095";
+
+/// How long one `move-slots` may take before the mover gives up on it
+/// (the move stays recorded: group 1's leader finishes it).
+const MOVE_LIMIT: &str = "30";
+
+#[test]
+fn concurrent_clients_stay_linearizable_while_slots_move_through_kills_and_partitions() {
+    check_under_faults(Some(Box::new(reshard) as Beside));
+}
+
+/// Makes the cluster sharded (a second group, the fixed keys), then moves
+/// the slots back and forth and scans on threads of their own.
+fn reshard(
+    nodes: &[Spec],
+    leader: &Spec,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<String> {
+    let fixed: Vec<String> = (0..FIXED).map(|i| format!("fix{i:05}")).collect();
+    let client = kvstore_client::BlockingClient::connect(leader.addr.to_string()).unwrap();
+    for chunk in fixed.chunks(500) {
+        client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
+    }
+    cli_ok(leader.addr, &["cluster", "add-group"]);
+    let mover = {
+        let (nodes, stop) = (nodes.to_vec(), stop.clone());
+        std::thread::spawn(move || move_back_and_forth(&nodes, &stop))
+    };
+    let all = addr_list(nodes);
+    std::thread::spawn(move || {
+        let scanner = kvstore_client::BlockingClient::connect(all).unwrap();
+        let (mut scans, mut given_up) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            // A page that fails for 10 s (a fault): the scan starts again.
+            match scan_in_pages(&scanner, "fix", 50, 100) {
+                Ok(keys) => {
+                    assert!(keys == fixed, "scan {scans}: {} keys", keys.len());
+                    scans += 1;
+                }
+                Err(_) => given_up += 1,
+            }
+        }
+        let (moves, failed) = mover.join().unwrap();
+        assert!(moves > 0, "no move was done");
+        assert!(scans > 0, "no scan was done");
+        assert_eq!(
+            scanner.keys("fix").map(Result::unwrap).count(),
+            FIXED,
+            "fixed keys at the end"
+        );
+        format!(
+            "{moves} moves of slots {MOVING} done ({failed} failed), \
+             {scans} full scans of {FIXED} keys each exact ({given_up} given up)"
+        )
+    })
+}
+
+/// Moves the slots to the other group, through group 1's leader, until
+/// `stop`: the moves done, and those that failed.
+fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> (u32, u32) {
+    let (mut to, mut moves, mut failed) = ("2", 0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let Some(leader) = leader_index(nodes) else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        let out = Command::new("timeout")
+            .arg(MOVE_LIMIT)
+            .arg(cli_path())
+            .args(["--addr", &nodes[leader].addr.to_string()])
+            .args(["cluster", "move-slots", "--slots", MOVING, "--to", to])
+            .output()
+            .expect("run kvstore");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A move that failed may still have been finished by the next
+        // leader: then the slots are already there.
+        let there = stderr.contains("other than");
+        if out.status.success() || there {
+            moves += u32::from(!there);
+            to = if to == "2" { "1" } else { "2" };
+        } else {
+            failed += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    (moves, failed)
+}
