@@ -12,10 +12,8 @@
 # each move kept its slots frozen (from the source's freeze to its release:
 # the time writes to them are answered TryAgain) and how many pairs it
 # copied. Writes bench-results/sharding.md (or $OUT). Stops every server it
-# started by its process id.
-#
-# Not measured yet: write throughput through a sharded cluster against one
-# group (clients are not routed to groups other than group 1 yet).
+# started by its process id. Write throughput through a sharded cluster
+# against one group: benches/sharding-throughput.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
