@@ -11,7 +11,9 @@
 # `kvstore cluster move-slots`. From the coordinator's log it reads how long
 # each move kept its slots frozen (from the source's freeze to its release:
 # the time writes to them are answered TryAgain) and how many pairs it
-# copied. Writes bench-results/sharding.md (or $OUT). Stops every server it
+# copied. Then it adds a third group and times `kvstore cluster rebalance`
+# with the moves it makes. Writes bench-results/sharding.md (or $OUT).
+# Stops every server it
 # started by its process id. Write throughput through a sharded cluster
 # against one group: benches/sharding-throughput.sh.
 set -euo pipefail
@@ -62,9 +64,24 @@ plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 frozen=$(echo "$plain" | grep 'slots released' | grep -o 'frozen_ms=[0-9]*' | cut -d= -f2 | sort -n)
 copied=$(echo "$plain" | grep 'slots moved' | grep -o 'copied=[0-9]*' | cut -d= -f2 |
   awk '{ s += $1 } END { print s + 0 }')
-keys=$("$cli" --addr "$addrs" --output json cluster status | python3 -c '
+group_keys() {
+  "$cli" --addr "$addrs" --output json cluster status | python3 -c '
 import json, sys
-print(" / ".join(str(g["keys"]) for g in json.load(sys.stdin)["groups"]))')
+print(" / ".join(str(g["keys"]) for g in json.load(sys.stdin)["groups"]))'
+}
+keys=$(group_keys)
+
+"$cli" --addr "$leader" cluster add-group >/dev/null
+before=$(echo "$plain" | grep -c 'slots moved' || true)
+t0=$(now_ms)
+"$cli" --addr "$leader" cluster rebalance >/dev/null
+rebalance_ms=$(($(now_ms) - t0))
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+rebalanced=$(echo "$plain" | grep 'slots moved' | tail -n +$((before + 1)))
+rebalance_moves=$(echo "$rebalanced" | grep -c . || true)
+rebalance_copied=$(echo "$rebalanced" | grep -o 'copied=[0-9]*' | cut -d= -f2 |
+  awk '{ s += $1 } END { print s + 0 }')
+rebalanced_keys=$(group_keys)
 
 pct() { # percentile, numbers on stdin
   sort -n | awk -v p="$1" '{ a[NR] = $1 } END { i = int((NR - 1) * p / 100) + 1; print a[i] }'
@@ -86,4 +103,6 @@ for t in "${took[@]}"; do total=$((total + t)); done
   echo "| one move, p50 / p99 | $(printf '%s\n' "${took[@]}" | pct 50) / $(printf '%s\n' "${took[@]}" | pct 99) ms |"
   echo "| slots frozen per move, p50 / p99 | $(echo "$frozen" | pct 50) / $(echo "$frozen" | pct 99) ms |"
   echo "| keys per group afterwards (1 / 2) | $keys |"
+  echo "| rebalance onto a third group | $rebalance_moves moves, $rebalance_copied pairs copied in $rebalance_ms ms |"
+  echo "| keys per group after the rebalance (1 / 2 / 3) | $rebalanced_keys |"
 } | tee "$OUT/sharding.md"
