@@ -13,6 +13,12 @@ use crate::backup::{self, Backup, Summary, CHUNK_BYTES};
 use crate::db::Db;
 use crate::error::Error;
 
+/// Why a sharded cluster is not backed up: a backup is one engine's
+/// point-in-time view, and the node's is group 1's, which lacks the other
+/// groups' slots.
+pub const SHARDED: &str = "a backup of a sharded cluster would hold group 1's slots only; \
+     backups of several groups are not built yet (docs/sharding.md)";
+
 /// The backup streaming on one connection, if any.
 pub type Session = Option<Backup>;
 
@@ -21,6 +27,9 @@ pub type Session = Option<Backup>;
 pub async fn start(name: Option<String>, db: &Db, session: &mut Session) -> Reply {
     // Ends the tee of one in progress before counting running backups.
     *session = None;
+    if db.cluster().is_some_and(|c| c.is_sharded()) {
+        return error_reply(&Error::Backup(SHARDED.into()));
+    }
     let result = match name {
         None => db.start_backup().and_then(|mut backup| {
             let first = backup.next_chunk(chunk_bytes(db))?;

@@ -765,6 +765,17 @@ fn keys_reach_their_group_through_the_client_and_the_cli() {
     let code = cross.err().and_then(|e| e.code());
     assert_eq!(code, Some(ErrorCode::CrossSlot));
 
+    // A backup would hold group 1's slots only: refused, as is a restore.
+    for args in [&["backup", "-"][..], &["restore", "--server", "b1"]] {
+        let refused = cli(leader.addr, args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success() && stderr.contains("sharded cluster"),
+            "kvstore {args:?}: {}, {stderr}",
+            refused.status
+        );
+    }
+
     split_writes_store_every_part(&nodes, &dir.path().join("rows.csv"));
 }
 
