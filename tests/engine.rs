@@ -296,7 +296,8 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
         | Change::Import { .. }
         | Change::Purge { .. }
         | Change::Moving(_)
-        | Change::Doors { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
+        | Change::Doors { .. }
+        | Change::Replicas { .. } => Err(kvstore_client::ErrorCode::ClusterFailed as u32),
     }
 }
 

@@ -6,7 +6,7 @@
 //! decides alike, and it is kept with the applied state (the disk engine's
 //! note, the snapshots) as the client sessions are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use kvstore_client::slot::SlotState;
 use kvstore_client::slot::{slot_of, GroupId, SlotMap, SlotTable};
@@ -27,7 +27,7 @@ pub struct Shards {
     /// Group 1's: which group serves each slot.
     map: SlotMap,
     /// Group 1's: every group but group 1 (whose members are group 1's
-    /// membership), by id.
+    /// membership), by id, with the nodes that run it now.
     groups: BTreeMap<GroupId, Placement>,
     /// This group's own state of each slot.
     own: SlotTable<SlotState>,
@@ -35,6 +35,20 @@ pub struct Shards {
     moving: Option<Move>,
     /// Group 1's: each node's RESP address (`--resp-listen`) as the node
     /// recorded it, for Redis Cluster's redirects and `CLUSTER SLOTS`.
+    doors: BTreeMap<u64, String>,
+    /// Group 1's: the groups whose nodes changed since they were created.
+    /// A new replica of one never initialises the group: it waits for the
+    /// leader's log.
+    changed: BTreeSet<GroupId>,
+}
+
+/// A table as written before groups could change nodes.
+#[derive(Debug, Deserialize)]
+pub struct ShardsWithoutChanges {
+    map: SlotMap,
+    groups: BTreeMap<GroupId, Placement>,
+    own: SlotTable<SlotState>,
+    moving: Option<Move>,
     doors: BTreeMap<u64, String>,
 }
 
@@ -47,15 +61,28 @@ pub struct ShardsWithoutDoors {
     moving: Option<Move>,
 }
 
-impl From<ShardsWithoutDoors> for Shards {
-    fn from(old: ShardsWithoutDoors) -> Shards {
+impl From<ShardsWithoutChanges> for Shards {
+    fn from(old: ShardsWithoutChanges) -> Shards {
         Shards {
             map: old.map,
             groups: old.groups,
             own: old.own,
             moving: old.moving,
-            doors: BTreeMap::new(),
+            doors: old.doors,
+            changed: BTreeSet::new(),
         }
+    }
+}
+
+impl From<ShardsWithoutDoors> for Shards {
+    fn from(old: ShardsWithoutDoors) -> Shards {
+        Shards::from(ShardsWithoutChanges {
+            map: old.map,
+            groups: old.groups,
+            own: old.own,
+            moving: old.moving,
+            doors: BTreeMap::new(),
+        })
     }
 }
 
@@ -93,11 +120,12 @@ pub enum MoveStep {
     Serving,
 }
 
-/// Where a group was created.
+/// Where a group runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
-    /// Its first voters; each initialises its replica with exactly these
-    /// (openraft: identical first memberships are safe on several nodes).
+    /// The nodes that run it. Until they change, its first voters: each
+    /// initialises its replica with exactly these (openraft: identical
+    /// first memberships are safe on several nodes).
     pub members: BTreeMap<u64, Member>,
 }
 
@@ -110,6 +138,7 @@ impl Default for Shards {
             own: SlotTable::new(SlotState::Serving),
             moving: None,
             doors: BTreeMap::new(),
+            changed: BTreeSet::new(),
         }
     }
 }
@@ -185,6 +214,9 @@ impl Shards {
                 Decided::Changed(self.assign(first, last, group))
             }
             Change::Moving(record) => Decided::Changed(self.record_move(record)),
+            Change::Replicas { group, members } => {
+                Decided::Changed(self.set_replicas(group, members))
+            }
             Change::Doors { node, resp } => {
                 match resp {
                     Some(resp) => self.doors.insert(node, resp),
@@ -321,12 +353,41 @@ impl Shards {
         self.doors.get(&node).map(String::as_str)
     }
 
-    /// Every group but group 1, with where it was created.
+    /// Every group but group 1, with where it runs.
     pub fn groups(&self) -> &BTreeMap<GroupId, Placement> {
         &self.groups
     }
 
-    /// The groups other than group 1 that node `node` was created in.
+    /// The first voters a new replica of group `group` initialises it
+    /// with: its nodes, unless they changed since it was created (then a
+    /// new replica joins through the leader's log).
+    pub fn first_voters(&self, group: GroupId) -> Option<&BTreeMap<u64, Member>> {
+        match self.changed.contains(&group) {
+            true => None,
+            false => self.groups.get(&group).map(|p| &p.members),
+        }
+    }
+
+    /// From now on group `group` runs on `members` (a replica joining or
+    /// leaving, `kvstore cluster move-replica`).
+    pub fn set_replicas(&mut self, group: GroupId, members: BTreeMap<u64, Member>) -> Outcome {
+        let Some(placement) = self.groups.get_mut(&group) else {
+            return refused(
+                ErrorCode::ClusterFailed,
+                format!("there is no group {group}"),
+            );
+        };
+        if members.is_empty() {
+            return refused(ErrorCode::ClusterFailed, "a group needs a node".into());
+        }
+        if placement.members != members {
+            placement.members = members;
+            self.changed.insert(group);
+        }
+        Outcome::Stored
+    }
+
+    /// The groups other than group 1 that run on node `node`.
     pub fn groups_of(&self, node: u64) -> impl Iterator<Item = (GroupId, &Placement)> {
         (self.groups.iter())
             .filter(move |(_, placement)| placement.members.contains_key(&node))
@@ -381,6 +442,28 @@ mod tests {
             Outcome::Rejected { .. }
         ));
         assert_eq!(shards.groups().len(), 2);
+    }
+
+    #[test]
+    fn a_group_that_changed_nodes_runs_on_the_new_ones_and_is_never_initialised_again() {
+        let mut shards = Shards::default();
+        assert_eq!(shards.add_group(members(&[1, 2, 3])), Outcome::Int(2));
+        assert_eq!(shards.first_voters(2), Some(&members(&[1, 2, 3])));
+        // Recording the same nodes changes nothing.
+        assert_eq!(shards.set_replicas(2, members(&[1, 2, 3])), Outcome::Stored);
+        assert!(shards.first_voters(2).is_some());
+        assert_eq!(
+            shards.set_replicas(2, members(&[1, 2, 3, 4])),
+            Outcome::Stored
+        );
+        assert_eq!(shards.set_replicas(2, members(&[1, 2, 4])), Outcome::Stored);
+        let on = |node| shards.groups_of(node).map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!((on(3), on(4)), (vec![], vec![2]));
+        assert_eq!(shards.first_voters(2), None);
+        for (group, nodes) in [(2, &[][..]), (3, &[1][..])] {
+            let refused = shards.set_replicas(group, members(nodes));
+            assert!(matches!(refused, Outcome::Rejected { .. }), "{group}");
+        }
     }
 
     fn code(result: Result<(), Outcome>) -> Option<u32> {

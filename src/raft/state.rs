@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
 use super::sessions::{Admit, Sessions, Stamp};
-use super::shards::{Decided, Shards, ShardsWithoutDoors};
+use super::shards::{Decided, Shards, ShardsWithoutChanges, ShardsWithoutDoors};
 use super::{Member, Outcome, Outcomes, TypeConfig};
 use crate::engine::Engine;
 use crate::error::Error;
@@ -71,6 +71,15 @@ struct KeptNote {
     membership: StoredMembership<u64, Member>,
     sessions: Sessions,
     shards: Shards,
+}
+
+/// A note written before groups could change nodes.
+#[derive(Debug, Deserialize)]
+struct NoteWithoutChanges {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    sessions: Sessions,
+    shards: ShardsWithoutChanges,
 }
 
 /// A note written before the table kept the nodes' RESP addresses.
@@ -119,6 +128,14 @@ impl KeptNote {
         use kvstore_client::codec::decode;
         if let Ok(note) = decode(bytes) {
             return Ok(note);
+        }
+        if let Ok(old) = decode::<NoteWithoutChanges>(bytes) {
+            return Ok(KeptNote {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                sessions: old.sessions,
+                shards: old.shards.into(),
+            });
         }
         if let Ok(old) = decode::<NoteWithoutDoors>(bytes) {
             return Ok(KeptNote {
@@ -544,6 +561,13 @@ struct Tables {
     shards: Shards,
 }
 
+/// [`Tables`] as written before groups could change nodes.
+#[derive(Debug, Deserialize)]
+struct TablesWithoutChanges {
+    sessions: Sessions,
+    shards: ShardsWithoutChanges,
+}
+
 /// [`Tables`] as written before the table kept the nodes' RESP addresses.
 #[derive(Debug, Deserialize)]
 struct TablesWithoutDoors {
@@ -563,7 +587,14 @@ impl Tables {
                 shards: old.shards.into(),
             })
         };
+        let without_changes = |bytes| {
+            decode::<TablesWithoutChanges>(bytes).map(|old| Tables {
+                sessions: old.sessions,
+                shards: old.shards.into(),
+            })
+        };
         decode(bytes)
+            .or_else(|_| without_changes(bytes))
             .or_else(|_| without_doors(bytes))
             .or_else(|_| {
                 let sessions = decode(bytes)
@@ -1076,29 +1107,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn notes_and_snapshot_tables_written_before_the_nodes_doors_still_load() {
-        let mut shards = Shards::default();
-        let Decided::Changed(Outcome::Int(2)) = shards.decide(add_group(&[1, 2])) else {
-            panic!("group 2 not added");
-        };
-        // The old layout is the new one less the doors: an empty map's
-        // length, 8 bytes, at the very end.
-        let old = |new: Vec<u8>| new[..new.len() - 8].to_vec();
+    /// Checks that a note and a snapshot's tables holding `shards`, less
+    /// their last `cut` bytes (an older layout), load as `shards`.
+    fn loads_from_old_layout(shards: &Shards, cut: usize) {
+        let old = |new: Vec<u8>| new[..new.len() - cut].to_vec();
         let applied = Applied {
             last_applied: Some(log_id(9)),
             shards: shards.clone(),
             ..Applied::default()
         };
         let note = old(Note::of(&applied).encode().unwrap());
-        assert_eq!(KeptNote::decode(&note).unwrap().shards, shards);
+        assert_eq!(&KeptNote::decode(&note).unwrap().shards, shards);
         let tables = Tables {
             sessions: Sessions::default(),
             shards: shards.clone(),
         };
         let state = old(kvstore_client::codec::encode(&tables).unwrap());
         let decoded = Tables::decode(&state, Path::new("snap")).unwrap();
-        assert_eq!(decoded.shards, shards);
+        assert_eq!(&decoded.shards, shards);
+    }
+
+    #[test]
+    fn notes_and_snapshot_tables_written_before_the_nodes_doors_still_load() {
+        let mut shards = Shards::default();
+        let Decided::Changed(Outcome::Int(2)) = shards.decide(add_group(&[1, 2])) else {
+            panic!("group 2 not added");
+        };
+        // The old layout is the new one less the doors and the changed
+        // groups: an empty map's and set's lengths, 16 bytes, at the end.
+        loads_from_old_layout(&shards, 16);
 
         // And a table with doors keeps them.
         let door = Change::Doors {
@@ -1115,6 +1152,42 @@ mod tests {
         };
         let note = KeptNote::decode(&Note::of(&applied).encode().unwrap()).unwrap();
         assert_eq!(note.shards.door(2), Some("127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn notes_and_snapshot_tables_written_before_groups_changed_nodes_still_load() {
+        let mut shards = Shards::default();
+        for change in [
+            add_group(&[1, 2]),
+            Change::Doors {
+                node: 2,
+                resp: Some("127.0.0.1:6379".into()),
+            },
+        ] {
+            assert!(matches!(shards.decide(change), Decided::Changed(_)));
+        }
+        // The old layout is the new one less the changed groups: an empty
+        // set's length, 8 bytes, at the very end.
+        loads_from_old_layout(&shards, 8);
+        assert!(shards.first_voters(2).is_some());
+
+        // A group whose nodes changed keeps that through a note.
+        let change = Change::Replicas {
+            group: 2,
+            members: [(3, Member::default())].into(),
+        };
+        assert!(matches!(
+            shards.decide(change),
+            Decided::Changed(Outcome::Stored)
+        ));
+        let applied = Applied {
+            shards,
+            ..Applied::default()
+        };
+        let note = KeptNote::decode(&Note::of(&applied).encode().unwrap()).unwrap();
+        assert_eq!(note.shards.first_voters(2), None);
+        let on: Vec<_> = note.shards.groups_of(3).map(|(id, _)| id).collect();
+        assert_eq!(on, [2]);
     }
 
     fn set_slots(first: u16, last: u16, state: SlotState) -> Change {

@@ -89,6 +89,12 @@ pub enum Change {
     Moving(Option<crate::raft::shards::Move>),
     /// Cluster mode, group 1: node `node`'s RESP address, or none.
     Doors { node: u64, resp: Option<String> },
+    /// Cluster mode, group 1: the nodes that run group `group` from now on
+    /// (`crate::raft::shards`).
+    Replicas {
+        group: u64,
+        members: std::collections::BTreeMap<u64, crate::raft::Member>,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -154,7 +160,8 @@ impl Change {
             | Change::SetSlots { .. }
             | Change::Assign { .. }
             | Change::Moving(_)
-            | Change::Doors { .. } => Vec::new(),
+            | Change::Doors { .. }
+            | Change::Replicas { .. } => Vec::new(),
         }
     }
 
@@ -175,7 +182,8 @@ impl Change {
             | Change::SetSlots { .. }
             | Change::Assign { .. }
             | Change::Moving(_)
-            | Change::Doors { .. } => None,
+            | Change::Doors { .. }
+            | Change::Replicas { .. } => None,
         }
     }
 
@@ -188,7 +196,9 @@ impl Change {
             }
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
-            Change::AddGroup { members } => 32 + 64 * members.len(),
+            Change::AddGroup { members } | Change::Replicas { members, .. } => {
+                32 + 64 * members.len()
+            }
             Change::SetSlots { .. } | Change::Assign { .. } | Change::Moving(_) => 32,
             Change::Doors { resp, .. } => 32 + resp.as_ref().map_or(0, String::len),
             Change::Import { items } => {
@@ -304,7 +314,8 @@ impl Change {
             | Change::Import { .. }
             | Change::Purge { .. }
             | Change::Moving(_)
-            | Change::Doors { .. } => Resolved::Answer(Err(Error::Rejected {
+            | Change::Doors { .. }
+            | Change::Replicas { .. } => Resolved::Answer(Err(Error::Rejected {
                 code: ErrorCode::ClusterFailed,
                 message: "groups are for cluster mode only".into(),
             })),
