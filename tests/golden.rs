@@ -210,6 +210,17 @@ fn examples() -> Vec<(&'static str, Message)> {
             rq(27, Command::Cluster(ClusterRequest::Rebalance)),
         ),
         (
+            "cluster-move-replica-request",
+            rq(
+                28,
+                Command::Cluster(ClusterRequest::MoveReplica {
+                    group: 2,
+                    from: 2,
+                    to: 3,
+                }),
+            ),
+        ),
+        (
             "indexed-request",
             rq(
                 22,

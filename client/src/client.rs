@@ -677,7 +677,7 @@ impl Client {
     ///
     /// `AddLearner` answers once the learner has caught up, which with a
     /// large store takes a while, `AddGroup` once the new group has a
-    /// leader, and `MoveSlots` and `Rebalance` once their moves are done:
+    /// leader, and `MoveSlots`, `Rebalance` and `MoveReplica` once done:
     /// they wait up to [`SERVER_BACKUP_TIMEOUT`].
     pub async fn cluster(
         &self,
@@ -690,7 +690,8 @@ impl Client {
                 | crate::ClusterRequest::AddGroup { .. }
                 | crate::ClusterRequest::MoveSlots { .. }
                 | crate::ClusterRequest::AbortMove
-                | crate::ClusterRequest::Rebalance,
+                | crate::ClusterRequest::Rebalance
+                | crate::ClusterRequest::MoveReplica { .. },
             ) => self.patient()?.call_once_more(command).await?,
             _ => self.call(command).await?,
         };

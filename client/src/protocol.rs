@@ -359,6 +359,19 @@ pub enum ClusterRequest {
     /// where slots allow (on group 1's leader; docs/sharding.md). Answered
     /// when the last move is done.
     Rebalance,
+    /// Tag 10. Moves group `group`'s replica on node `from` to node `to`,
+    /// a member of the cluster that does not run the group: `to` joins as
+    /// a learner, catches up, votes in `from`'s place, and `from` drops its
+    /// copy (on group 1's leader; docs/sharding.md). Answered when done;
+    /// sent again, it finishes a move that stopped part-way.
+    MoveReplica {
+        /// The group (not group 1, whose members are the cluster's).
+        group: u64,
+        /// The node that leaves it.
+        from: u64,
+        /// The node that joins it.
+        to: u64,
+    },
 }
 
 /// One node's view of the cluster ([`Reply::Cluster`]).

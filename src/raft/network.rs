@@ -116,6 +116,22 @@ pub enum Rpc {
         from: u64,
         after: Option<Bytes>,
     },
+    /// Node `from` asks the group's leader to change the group's members
+    /// (`kvstore cluster move-replica`).
+    Members {
+        from: u64,
+        change: MembersChange,
+    },
+}
+
+/// A change of a group's members ([`Rpc::Members`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MembersChange {
+    /// Node `id` joins as a learner; answered once it has caught up.
+    Learner { id: u64, member: Member },
+    /// These become the voters (joint consensus); a node that no longer
+    /// votes leaves the group.
+    Voters(BTreeSet<u64>),
 }
 
 impl Rpc {
@@ -130,6 +146,7 @@ impl Rpc {
             | Rpc::ReadSlots { from, .. }
             | Rpc::ReadPage { from, .. }
             | Rpc::ReadLoads { from, .. }
+            | Rpc::Members { from, .. }
             | Rpc::Leader { from } => return Some(*from),
         };
         vote.leader_id().voted_for()
@@ -163,6 +180,8 @@ pub enum RpcReply {
     Leader(Option<u64>),
     /// A page of [`Rpc::ReadLoads`].
     Loads(Result<LoadPage, Refusal>),
+    /// Whether the leader made an [`Rpc::Members`] change.
+    Members(Result<(), Refusal>),
 }
 
 /// What the slots of a page of keys hold, and where the next page starts
@@ -335,6 +354,7 @@ impl Served {
             Rpc::ReadLoads { after, .. } => {
                 RpcReply::Loads(read_loads(raft, &*self.engine, after).await)
             }
+            Rpc::Members { change, .. } => RpcReply::Members(change_members(raft, change).await),
         }
     }
 }
@@ -347,7 +367,8 @@ impl RpcReply {
             RpcReply::Proposed(Err(refusal))
             | RpcReply::SlotPage(Err(refusal))
             | RpcReply::Page(Err(refusal))
-            | RpcReply::Loads(Err(refusal)) => Some(refusal),
+            | RpcReply::Loads(Err(refusal))
+            | RpcReply::Members(Err(refusal)) => Some(refusal),
             _ => None,
         }
     }
@@ -384,6 +405,11 @@ impl Rafts {
 
     fn get(&self, group: GroupId) -> Option<Served> {
         self.0.read().get(&group).cloned()
+    }
+
+    /// From now on messages for `group` are answered `NoGroup`.
+    pub fn remove(&self, group: GroupId) {
+        self.0.write().remove(&group);
     }
 
     /// Every node that some group here counts as a member.
@@ -612,12 +638,29 @@ impl RaftNetwork<TypeConfig> for Peer {
 
 /// Writes `batch` through `raft` if this node leads its group.
 pub async fn propose(raft: &Raft, batch: Batch) -> Result<Outcomes, Refusal> {
-    match raft.client_write(batch).await {
-        Ok(written) => Ok(written.data),
-        Err(e) => match e.forward_to_leader::<Member>() {
-            Some(forward) => Err(Refusal::NotLeader(forward.leader_id)),
-            None => Err(Refusal::Failed(e.to_string())),
-        },
+    raft.client_write(batch)
+        .await
+        .map(|written| written.data)
+        .map_err(refusal)
+}
+
+/// Makes `change` to the group's members if this node leads it.
+async fn change_members(raft: &Raft, change: MembersChange) -> Result<(), Refusal> {
+    match change {
+        MembersChange::Learner { id, member } => raft.add_learner(id, member, true).await.map(drop),
+        MembersChange::Voters(voters) => {
+            let change = openraft::ChangeMembers::ReplaceAllVoters(voters);
+            raft.change_membership(change, false).await.map(drop)
+        }
+    }
+    .map_err(refusal)
+}
+
+/// A write's error as the refusal a peer gets: who leads, if not this node.
+fn refusal(e: RaftError<u64, openraft::error::ClientWriteError<u64, Member>>) -> Refusal {
+    match e.forward_to_leader::<Member>() {
+        Some(forward) => Refusal::NotLeader(forward.leader_id),
+        None => Refusal::Failed(e.to_string()),
     }
 }
 

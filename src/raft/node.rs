@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::group::{self, cluster_failed, Group, GroupStatus};
-use super::network::{self, Network, Rafts, Refusal, Rpc, RpcReply, ScanPage, SlotPage};
+use super::network::{
+    self, MembersChange, Network, Rafts, Refusal, Rpc, RpcReply, ScanPage, SlotPage,
+};
 use super::peer_tls::{PeerTls, PeerTlsFiles};
 use super::rebalance::{self, Planned, SlotLoad};
-use super::shards::{Move, MoveStep, Placement, Shards, SlotState};
+use super::shards::{Move, MoveStep, Shards, SlotState};
 use super::{Batch, Member, Outcome, FIRST_GROUP};
 use crate::commit::LogFigures;
 use crate::engine::Engine;
@@ -200,8 +202,13 @@ impl Cluster {
 
     /// Starts group `id`, placed on this node, and makes its raft messages
     /// reach it. A replica never started before initialises the group with
-    /// its first voters, as each of them does.
-    async fn start_group(&self, id: GroupId, placement: &Placement) -> Result<(), Error> {
+    /// its first voters (`first_voters`), as each of them does; one that
+    /// joined later waits for the leader's log.
+    async fn start_group(
+        &self,
+        id: GroupId,
+        first_voters: Option<BTreeMap<u64, Member>>,
+    ) -> Result<(), Error> {
         let starter = &self.starter;
         let engine = (starter.engines)(group::dir(&self.settings, id)).await?;
         let group = Group::start(
@@ -214,8 +221,8 @@ impl Cluster {
             &starter.tracker,
         )
         .await?;
-        if group.is_fresh() {
-            if let Err(e) = group.initialize(placement.members.clone()).await {
+        if let (true, Some(first_voters)) = (group.is_fresh(), first_voters) {
+            if let Err(e) = group.initialize(first_voters).await {
                 // Not registered: stop it before another try opens its files.
                 group.shutdown().await;
                 return Err(e);
@@ -226,6 +233,32 @@ impl Cluster {
             .insert(id, group.raft().clone(), group.engine(), group.shards());
         self.groups.write().insert(id, Arc::new(group));
         tracing::info!(group = id, "raft group started");
+        Ok(())
+    }
+
+    /// Stops group `id`, which no longer runs on this node (it left the
+    /// group's membership before the table said so), and removes its data.
+    async fn stop_group(&self, id: GroupId) -> Result<(), Error> {
+        let Some(group) = self.groups.write().remove(&id) else {
+            return Ok(());
+        };
+        self.starter.rafts.remove(id);
+        group.shutdown().await;
+        drop(group);
+        let dir = group::dir(&self.settings, id);
+        let removed = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || std::fs::remove_dir_all(&dir)
+        });
+        match removed.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::io(&dir, e)),
+            Err(e) => return Err(Error::StorageFailed(format!("removing {dir:?}: {e}"))),
+        }
+        tracing::info!(
+            group = id,
+            "raft group stopped and its data removed: it left this node"
+        );
         Ok(())
     }
 
@@ -489,6 +522,9 @@ impl Cluster {
             }
             ClusterRequest::AbortMove => self.abort_move().await?,
             ClusterRequest::Rebalance => self.rebalance().await?,
+            ClusterRequest::MoveReplica { group, from, to } => {
+                self.move_replica(group, from, to).await?
+            }
         }
         Ok(self.status())
     }
@@ -917,6 +953,69 @@ impl Cluster {
                 Some(next) => after = Some(next),
                 None => return Ok(()),
             }
+        }
+    }
+
+    /// `MoveReplica`: group `group` runs on node `to` instead of `from`.
+    /// Each step is skipped or done again when the command is sent again:
+    /// the joiner is recorded in the table (it starts the group empty),
+    /// catches up as a learner at the group's leader, becomes a voter in
+    /// `from`'s place, and the leaver is taken out of the table (it stops
+    /// the group and removes its data).
+    async fn move_replica(&self, group: GroupId, from: u64, to: u64) -> Result<(), Error> {
+        let _moving = self.moving.lock().await;
+        self.first().read_barrier().await?;
+        if group == FIRST_GROUP {
+            return Err(cluster_failed(
+                "group 1 runs on the cluster's voters: use add-learner, promote and remove",
+            ));
+        }
+        let mut members = self.nodes_of(group)?;
+        let joiner = (self.nodes_of(FIRST_GROUP)?.remove(&to))
+            .ok_or_else(|| cluster_failed(format!("node {to} is not a member of the cluster")))?;
+        if !members.contains_key(&to) {
+            if !members.contains_key(&from) || from == to {
+                return Err(cluster_failed(format!(
+                    "node {from} does not run group {group}, or node {to} already does"
+                )));
+            }
+            members.insert(to, joiner.clone());
+            self.record_replicas(group, members.clone()).await?;
+        }
+        let learner = MembersChange::Learner {
+            id: to,
+            member: joiner,
+        };
+        self.change_members(group, learner).await?;
+        members.remove(&from);
+        let voters = members.keys().copied().collect();
+        self.change_members(group, MembersChange::Voters(voters))
+            .await?;
+        self.record_replicas(group, members).await?;
+        tracing::info!(group, from, to, "replica moved");
+        Ok(())
+    }
+
+    /// Records in group 1 that group `group` runs on `members`.
+    async fn record_replicas(
+        &self,
+        group: GroupId,
+        members: BTreeMap<u64, Member>,
+    ) -> Result<(), Error> {
+        let change = Change::Replicas { group, members };
+        (self.propose_one(FIRST_GROUP, change).await).map(|_| ())
+    }
+
+    /// Has group `group`'s leader make `change` to its members.
+    async fn change_members(&self, group: GroupId, change: MembersChange) -> Result<(), Error> {
+        let from = self.settings.id;
+        let rpc = || Rpc::Members {
+            from,
+            change: change.clone(),
+        };
+        match self.at_leader(group, rpc).await? {
+            RpcReply::Members(Ok(())) => Ok(()),
+            other => Err(cluster_failed(format!("group {group} answered {other:?}"))),
         }
     }
 
@@ -1420,12 +1519,26 @@ async fn run_placed_groups(cluster: Arc<Cluster>, mut shards: watch::Receiver<Ar
     loop {
         let table = shards.borrow_and_update().clone();
         let mut failed = false;
-        for (id, placement) in table.groups_of(cluster.settings.id) {
+        let placed: Vec<GroupId> = (table.groups_of(cluster.settings.id))
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &placed {
             if shutdown.is_cancelled() || cluster.groups.read().contains_key(&id) {
                 continue;
             }
-            if let Err(e) = cluster.start_group(id, placement).await {
+            let first_voters = table.first_voters(id).cloned();
+            if let Err(e) = cluster.start_group(id, first_voters).await {
                 tracing::error!(group = id, "raft group did not start: {e}");
+                failed = true;
+            }
+        }
+        let left: Vec<GroupId> = (cluster.groups.read().keys())
+            .filter(|id| **id != FIRST_GROUP && !placed.contains(id))
+            .copied()
+            .collect();
+        for id in left {
+            if let Err(e) = cluster.stop_group(id).await {
+                tracing::error!(group = id, "raft group did not stop: {e}");
                 failed = true;
             }
         }

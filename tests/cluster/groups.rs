@@ -341,6 +341,97 @@ fn rebalance_spreads_the_keys_over_new_groups_while_a_writer_goes_on() {
     assert_eq!(group_slots(leader.addr), slots);
 }
 
+/// Waits (bounded) until node `addr` runs group `group` with `voters`
+/// (`None`: does not run it); its view of the group.
+fn wait_for_group_view(addr: SocketAddr, group: u64, voters: Option<&[u64]>) -> Option<GroupView> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = status(addr).and_then(|s| s.groups.into_iter().find(|g| g.id == group));
+        if view.as_ref().map(|g| &g.voters[..]) == voters {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group {group} on {addr}: {view:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_group_moves_to_a_node_that_did_not_run_it_with_every_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut servers, leader) = start_cluster(dir.path());
+    let client = kvstore_client::BlockingClient::connect(addr_list(&nodes)).unwrap();
+    let mut acked: Vec<String> = (0..2_000).map(|i| format!("k{i}")).collect();
+    for chunk in acked.chunks(500) {
+        client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
+    }
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2"]);
+    let moved = ["cluster", "move-slots", "--slots", "0-8191", "--to", "2"];
+    cli_ok(leader.addr, &moved);
+    let g2 = dir.path().join("node2.db.raft").join("g2");
+    assert!(g2.exists());
+
+    // Group 2 goes from node 2 to node 3 while a writer goes on.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = write_until(leader.addr, stop.clone());
+    let move_replica = [
+        "cluster",
+        "move-replica",
+        "--group",
+        "2",
+        "--from",
+        "2",
+        "--to",
+        "3",
+    ];
+    cli_ok(leader.addr, &move_replica);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (stored, refused) = writer.join().unwrap();
+    eprintln!(
+        "during the replica move: {} stored, {refused} refused",
+        stored.len()
+    );
+    acked.extend(stored);
+
+    for node in [&nodes[0], &nodes[2]] {
+        wait_for_group_view(node.addr, 2, Some(&[1, 3]));
+    }
+    wait_for_group_view(nodes[1].addr, 2, None);
+    assert!(!g2.exists(), "node 2 kept its copy of group 2");
+    // Sent again, it finds the move done and changes nothing.
+    cli_ok(leader.addr, &move_replica);
+
+    // Node 2 is no longer needed by group 2: with it down, every
+    // acknowledged write is read, and node 3 holds group 2's pairs.
+    servers[1].take().unwrap().kill9();
+    for key in &acked {
+        assert_eq!(
+            client.get(key).unwrap().as_deref(),
+            Some(key.as_bytes()),
+            "{key}"
+        );
+    }
+    let on = |node: &Spec| {
+        wait_for_group_view(node.addr, 2, Some(&[1, 3]))
+            .unwrap()
+            .keys
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on(&nodes[2]) != on(&nodes[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 has {} keys of group 2, node 1 {}",
+            on(&nodes[2]),
+            on(&nodes[0])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(on(&nodes[2]) > 500, "group 2 holds about half the keys");
+    client.set("after", "the move").unwrap();
+}
+
 /// Writes `n` pairs (`k0` = `k0`, ...) through `leader`, then starts moving
 /// slots 0-8191 to group 2 with the CLI on a thread of its own: the keys,
 /// and the thread, which gives the CLI's output.

@@ -206,6 +206,20 @@ enum ClusterCmd {
     /// holds an even share of the keys, bytes and slots (ask group 1's
     /// leader; docs/sharding.md).
     Rebalance,
+    /// Move a group's replica from one node to another that does not run
+    /// it (ask group 1's leader; run it again to finish one that stopped
+    /// part-way).
+    MoveReplica {
+        /// The group.
+        #[arg(long)]
+        group: u64,
+        /// The node that leaves it.
+        #[arg(long)]
+        from: u64,
+        /// The node that joins it: a member of the cluster.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// `A-B` or `A`: a slot range.
@@ -387,6 +401,9 @@ async fn cluster(client: &Client, connect: &Connect, action: ClusterCmd, out: Ou
         } => ClusterRequest::MoveSlots { first, last, to },
         ClusterCmd::AbortMove => ClusterRequest::AbortMove,
         ClusterCmd::Rebalance => ClusterRequest::Rebalance,
+        ClusterCmd::MoveReplica { group, from, to } => {
+            ClusterRequest::MoveReplica { group, from, to }
+        }
     };
     let status = match client.cluster(request).await {
         Ok(status) => status,
