@@ -961,7 +961,9 @@ impl Cluster {
     /// the joiner is recorded in the table (it starts the group empty),
     /// catches up as a learner at the group's leader, becomes a voter in
     /// `from`'s place, and the leaver is taken out of the table (it stops
-    /// the group and removes its data).
+    /// the group and removes its data). Only group 1's leader coordinates:
+    /// a deposed one stops at its next step, and the table takes a change
+    /// of the nodes only from the nodes it has.
     async fn move_replica(&self, group: GroupId, from: u64, to: u64) -> Result<(), Error> {
         let _moving = self.moving.lock().await;
         self.first().read_barrier().await?;
@@ -979,30 +981,41 @@ impl Cluster {
                     "node {from} does not run group {group}, or node {to} already does"
                 )));
             }
+            let expected = members.clone();
             members.insert(to, joiner.clone());
-            self.record_replicas(group, members.clone()).await?;
+            self.record_replicas(group, expected, members.clone())
+                .await?;
         }
         let learner = MembersChange::Learner {
             id: to,
             member: joiner,
         };
+        self.first().read_barrier().await?;
         self.change_members(group, learner).await?;
+        let expected = members.clone();
         members.remove(&from);
         let voters = members.keys().copied().collect();
+        self.first().read_barrier().await?;
         self.change_members(group, MembersChange::Voters(voters))
             .await?;
-        self.record_replicas(group, members).await?;
+        self.record_replicas(group, expected, members).await?;
         tracing::info!(group, from, to, "replica moved");
         Ok(())
     }
 
-    /// Records in group 1 that group `group` runs on `members`.
+    /// Records in group 1 that group `group` runs on `members`, if it still
+    /// runs on `expected`.
     async fn record_replicas(
         &self,
         group: GroupId,
+        expected: BTreeMap<u64, Member>,
         members: BTreeMap<u64, Member>,
     ) -> Result<(), Error> {
-        let change = Change::Replicas { group, members };
+        let change = Change::Replicas {
+            group,
+            expected,
+            members,
+        };
         (self.propose_one(FIRST_GROUP, change).await).map(|_| ())
     }
 

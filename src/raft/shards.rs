@@ -214,9 +214,11 @@ impl Shards {
                 Decided::Changed(self.assign(first, last, group))
             }
             Change::Moving(record) => Decided::Changed(self.record_move(record)),
-            Change::Replicas { group, members } => {
-                Decided::Changed(self.set_replicas(group, members))
-            }
+            Change::Replicas {
+                group,
+                expected,
+                members,
+            } => Decided::Changed(self.set_replicas(group, &expected, members)),
             Change::Doors { node, resp } => {
                 match resp {
                     Some(resp) => self.doors.insert(node, resp),
@@ -369,8 +371,15 @@ impl Shards {
     }
 
     /// From now on group `group` runs on `members` (a replica joining or
-    /// leaving, `kvstore cluster move-replica`).
-    pub fn set_replicas(&mut self, group: GroupId, members: BTreeMap<u64, Member>) -> Outcome {
+    /// leaving, `kvstore cluster move-replica`), if it runs on `expected`:
+    /// a coordinator that read the nodes before another changed them
+    /// changes nothing.
+    pub fn set_replicas(
+        &mut self,
+        group: GroupId,
+        expected: &BTreeMap<u64, Member>,
+        members: BTreeMap<u64, Member>,
+    ) -> Outcome {
         let Some(placement) = self.groups.get_mut(&group) else {
             return refused(
                 ErrorCode::ClusterFailed,
@@ -379,6 +388,10 @@ impl Shards {
         };
         if members.is_empty() {
             return refused(ErrorCode::ClusterFailed, "a group needs a node".into());
+        }
+        if placement.members != *expected && placement.members != members {
+            let message = format!("group {group}'s nodes changed meanwhile");
+            return refused(ErrorCode::ClusterFailed, message);
         }
         if placement.members != members {
             placement.members = members;
@@ -450,18 +463,22 @@ mod tests {
         assert_eq!(shards.add_group(members(&[1, 2, 3])), Outcome::Int(2));
         assert_eq!(shards.first_voters(2), Some(&members(&[1, 2, 3])));
         // Recording the same nodes changes nothing.
-        assert_eq!(shards.set_replicas(2, members(&[1, 2, 3])), Outcome::Stored);
-        assert!(shards.first_voters(2).is_some());
-        assert_eq!(
-            shards.set_replicas(2, members(&[1, 2, 3, 4])),
-            Outcome::Stored
-        );
-        assert_eq!(shards.set_replicas(2, members(&[1, 2, 4])), Outcome::Stored);
+        let mut set = |expected: &[u64], now: &[u64]| {
+            shards.set_replicas(2, &members(expected), members(now))
+        };
+        assert_eq!(set(&[1, 2, 3], &[1, 2, 3]), Outcome::Stored);
+        assert_eq!(set(&[1, 2, 3], &[1, 2, 3, 4]), Outcome::Stored);
+        // Sent again: already done.
+        assert_eq!(set(&[1, 2, 3], &[1, 2, 3, 4]), Outcome::Stored);
+        // Read before that change: refused.
+        let stale = set(&[1, 2, 3], &[1, 2, 5]);
+        assert!(matches!(stale, Outcome::Rejected { .. }), "{stale:?}");
+        assert_eq!(set(&[1, 2, 3, 4], &[1, 2, 4]), Outcome::Stored);
         let on = |node| shards.groups_of(node).map(|(id, _)| id).collect::<Vec<_>>();
-        assert_eq!((on(3), on(4)), (vec![], vec![2]));
+        assert_eq!((on(3), on(4), on(5)), (vec![], vec![2], vec![]));
         assert_eq!(shards.first_voters(2), None);
         for (group, nodes) in [(2, &[][..]), (3, &[1][..])] {
-            let refused = shards.set_replicas(group, members(nodes));
+            let refused = shards.set_replicas(group, &members(&[1, 2, 4]), members(nodes));
             assert!(matches!(refused, Outcome::Rejected { .. }), "{group}");
         }
     }

@@ -1174,6 +1174,7 @@ mod tests {
         // A group whose nodes changed keeps that through a note.
         let change = Change::Replicas {
             group: 2,
+            expected: [(1, Member::default()), (2, Member::default())].into(),
             members: [(3, Member::default())].into(),
         };
         assert!(matches!(

@@ -89,10 +89,11 @@ pub enum Change {
     Moving(Option<crate::raft::shards::Move>),
     /// Cluster mode, group 1: node `node`'s RESP address, or none.
     Doors { node: u64, resp: Option<String> },
-    /// Cluster mode, group 1: the nodes that run group `group` from now on
-    /// (`crate::raft::shards`).
+    /// Cluster mode, group 1: the nodes that run group `group` from now on,
+    /// if they are still `expected` (`crate::raft::shards`).
     Replicas {
         group: u64,
+        expected: std::collections::BTreeMap<u64, crate::raft::Member>,
         members: std::collections::BTreeMap<u64, crate::raft::Member>,
     },
 }
