@@ -402,6 +402,14 @@ pub fn dir(settings: &Settings, id: GroupId) -> PathBuf {
     }
 }
 
+/// Where a node sets group `id`'s directory aside when the group leaves it
+/// (`kvstore cluster move-replica`), and takes it back from if the group
+/// comes back: a node whose copy of the table lags may be asked back
+/// while it still runs the group, and must not lose what it had.
+pub fn left_dir(settings: &Settings, id: GroupId) -> PathBuf {
+    settings.dir.join(format!("g{id}.left"))
+}
+
 /// Whether `log` holds no entry and no vote.
 async fn is_empty(log: &mut LogStore) -> Result<bool, Error> {
     let failed = |e: openraft::StorageError<u64>| Error::StorageFailed(e.to_string());

@@ -210,7 +210,16 @@ impl Cluster {
         first_voters: Option<BTreeMap<u64, Member>>,
     ) -> Result<(), Error> {
         let starter = &self.starter;
-        let engine = (starter.engines)(group::dir(&self.settings, id)).await?;
+        let (dir, left) = (
+            group::dir(&self.settings, id),
+            group::left_dir(&self.settings, id),
+        );
+        blocking_fs(&dir, move |dir| match !dir.exists() && left.exists() {
+            true => std::fs::rename(&left, dir),
+            false => Ok(()),
+        })
+        .await?;
+        let engine = (starter.engines)(dir).await?;
         let group = Group::start(
             id,
             &self.settings,
@@ -236,8 +245,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stops group `id`, which no longer runs on this node (it left the
-    /// group's membership before the table said so), and removes its data.
+    /// Stops group `id`, which the table no longer places on this node, and
+    /// sets its directory aside ([`group::left_dir`], replacing an older
+    /// one there).
     async fn stop_group(&self, id: GroupId) -> Result<(), Error> {
         let Some(group) = self.groups.write().remove(&id) else {
             return Ok(());
@@ -245,19 +255,20 @@ impl Cluster {
         self.starter.rafts.remove(id);
         group.shutdown().await;
         drop(group);
-        let dir = group::dir(&self.settings, id);
-        let removed = tokio::task::spawn_blocking({
-            let dir = dir.clone();
-            move || std::fs::remove_dir_all(&dir)
-        });
-        match removed.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::io(&dir, e)),
-            Err(e) => return Err(Error::StorageFailed(format!("removing {dir:?}: {e}"))),
-        }
+        let (dir, left) = (
+            group::dir(&self.settings, id),
+            group::left_dir(&self.settings, id),
+        );
+        blocking_fs(&dir, move |dir| {
+            if left.exists() {
+                std::fs::remove_dir_all(&left)?;
+            }
+            std::fs::rename(dir, &left)
+        })
+        .await?;
         tracing::info!(
             group = id,
-            "raft group stopped and its data removed: it left this node"
+            "raft group stopped and its directory set aside: it left this node"
         );
         Ok(())
     }
@@ -1368,6 +1379,18 @@ fn count_slot(engine: &dyn Engine, slot: u16) -> Result<u64, Error> {
             return Ok(count);
         }
         after = page.keys.last().cloned();
+    }
+}
+
+/// Runs `work` on `dir` off the async workers.
+async fn blocking_fs(
+    dir: &Path,
+    work: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+) -> Result<(), Error> {
+    let owned = dir.to_path_buf();
+    match tokio::task::spawn_blocking(move || work(&owned)).await {
+        Ok(result) => result.map_err(|e| Error::io(dir, e)),
+        Err(e) => Err(Error::StorageFailed(format!("{}: {e}", dir.display()))),
     }
 }
 

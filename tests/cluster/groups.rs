@@ -399,7 +399,11 @@ fn a_group_moves_to_a_node_that_did_not_run_it_with_every_pair() {
         wait_for_group_view(node.addr, 2, Some(&[1, 3]));
     }
     wait_for_group_view(nodes[1].addr, 2, None);
-    assert!(!g2.exists(), "node 2 kept its copy of group 2");
+    assert!(!g2.exists(), "node 2 still runs group 2 from {g2:?}");
+    assert!(
+        g2.with_extension("left").exists(),
+        "node 2 set its copy aside"
+    );
     // Sent again, it finds the move done and changes nothing.
     cli_ok(leader.addr, &move_replica);
 
