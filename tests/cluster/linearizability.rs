@@ -33,7 +33,7 @@ use proptest::prelude::RngExt;
 use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use super::checker::{self, Kind, Op, Verdict};
-use super::partition::{start_partitionable, start_proxied};
+use super::partition::{start_partitionable_n, start_proxied};
 use super::proxy::Link;
 use super::*;
 
@@ -150,7 +150,7 @@ impl Faults {
 
 #[test]
 fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() {
-    check_under_faults(None);
+    check_under_faults(3, None);
 }
 
 /// Work that runs beside the clients and the nemesis, on a thread of its
@@ -159,9 +159,9 @@ fn concurrent_clients_see_a_linearizable_history_through_kills_and_partitions() 
 pub(crate) type Beside =
     Box<dyn FnOnce(&[Spec], &Spec, Arc<AtomicBool>) -> std::thread::JoinHandle<String>>;
 
-/// Runs the clients and the nemesis on a three-node cluster (and `beside`,
-/// if any), then checks every key's history.
-pub(crate) fn check_under_faults(beside: Option<Beside>) {
+/// Runs the clients and the nemesis on a cluster of `n` nodes (and
+/// `beside`, if any), then checks every key's history.
+pub(crate) fn check_under_faults(n: u64, beside: Option<Beside>) {
     let secs: u64 = std::env::var("KVSTORE_LINEARIZABILITY_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -176,7 +176,7 @@ pub(crate) fn check_under_faults(beside: Option<Beside>) {
 
     let dir = tempfile::tempdir().unwrap();
     let rt = common::runtime();
-    let (nodes, mut servers, links) = start_partitionable(dir.path(), &rt);
+    let (nodes, mut servers, links) = start_partitionable_n(dir.path(), &rt, n);
     let leader = wait_for_leader(&nodes);
     let all = addr_list(&nodes);
     let beside_stop = Arc::new(AtomicBool::new(false));
@@ -241,7 +241,8 @@ pub(crate) fn check_under_faults(beside: Option<Beside>) {
                 links.heal();
             }
             _ => {
-                let other = nodes[(victim + 1 + nemesis.random_range(0..2)) % 3].id;
+                let other = nodes.len();
+                let other = nodes[(victim + 1 + nemesis.random_range(0..other - 1)) % other].id;
                 links.set_between(id, other, Link::Down);
                 faults.cut_links += 1;
                 pause(&mut nemesis, 1000, 3000);

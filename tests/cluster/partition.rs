@@ -13,7 +13,17 @@ pub(crate) fn start_partitionable(
     dir: &Path,
     rt: &tokio::runtime::Runtime,
 ) -> (Vec<Spec>, Vec<Option<Server>>, Links) {
-    let nodes = specs(3);
+    start_partitionable_n(dir, rt, 3)
+}
+
+/// `n` nodes, all voters, whose raft messages all go through `links`'
+/// proxies.
+pub(crate) fn start_partitionable_n(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+) -> (Vec<Spec>, Vec<Option<Server>>, Links) {
+    let nodes = specs(n);
     let raft: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.raft)).collect();
     let links = Links::start(rt, &raft);
     let servers = nodes

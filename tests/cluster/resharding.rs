@@ -1,7 +1,8 @@
 //! Resharding under load and faults: the linearizability check's clients
 //! and nemesis (kills, isolations, stalls and cut links) run on a sharded
-//! cluster while a quarter of the slots move between two groups again and
-//! again, and full scans run over keys that are present throughout.
+//! cluster of four nodes while a quarter of the slots move between two
+//! groups again and again, group 2 moves between nodes 3 and 4 in turn, and
+//! full scans run over keys that are present throughout.
 //!
 //! The long run is
 //! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster slots_move_through -- --nocapture`.
@@ -29,7 +30,7 @@ const MOVE_LIMIT: &str = "30";
 
 #[test]
 fn concurrent_clients_stay_linearizable_while_slots_move_through_kills_and_partitions() {
-    check_under_faults(Some(Box::new(reshard) as Beside));
+    check_under_faults(4, Some(Box::new(reshard) as Beside));
 }
 
 /// Makes the cluster sharded (a second group, the fixed keys), then moves
@@ -44,7 +45,7 @@ fn reshard(
     for chunk in fixed.chunks(500) {
         client.bulk_set(chunk.iter().map(|k| (k, k))).unwrap();
     }
-    cli_ok(leader.addr, &["cluster", "add-group"]);
+    cli_ok(leader.addr, &["cluster", "add-group", "--nodes", "1,2,3"]);
     let mover = {
         let (nodes, stop) = (nodes.to_vec(), stop.clone());
         std::thread::spawn(move || move_back_and_forth(&nodes, &stop))
@@ -57,14 +58,23 @@ fn reshard(
             // A page that fails for 10 s (a fault): the scan starts again.
             match scan_in_pages(&scanner, "fix", 50, 100) {
                 Ok(keys) => {
-                    assert!(keys == fixed, "scan {scans}: {} keys", keys.len());
+                    if keys != fixed {
+                        let missing: Vec<_> = (fixed.iter())
+                            .filter(|k| !keys.contains(k))
+                            .map(|k| (k, kvstore_client::slot::slot_of(k.as_bytes())))
+                            .collect();
+                        panic!("scan {scans}: {} keys; missing {missing:?}", keys.len());
+                    }
                     scans += 1;
                 }
                 Err(_) => given_up += 1,
             }
         }
-        let (moves, failed) = mover.join().unwrap();
-        assert!(moves > 0, "no move was done");
+        let ([moves, replica_moves], failed) = mover.join().unwrap();
+        assert!(
+            moves > 0 && replica_moves > 0,
+            "{moves} slot moves, {replica_moves} replica moves"
+        );
         assert!(scans > 0, "no scan was done");
         assert_eq!(
             scanner.keys("fix").map(Result::unwrap).count(),
@@ -72,39 +82,61 @@ fn reshard(
             "fixed keys at the end"
         );
         format!(
-            "{moves} moves of slots {MOVING} done ({failed} failed), \
-             {scans} full scans of {FIXED} keys each exact ({given_up} given up)"
+            "{moves} moves of slots {MOVING} and {replica_moves} of group 2 between nodes 3 \
+             and 4 done ({failed} failed), {scans} full scans of {FIXED} keys each exact \
+             ({given_up} given up)"
         )
     })
 }
 
-/// Moves the slots to the other group, through group 1's leader, until
-/// `stop`: the moves done, and those that failed.
-fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> (u32, u32) {
-    let (mut to, mut moves, mut failed) = ("2", 0, 0);
-    while !stop.load(Ordering::Relaxed) {
+/// In turn, moves the slots to the other group and group 2 to the other of
+/// nodes 3 and 4, through group 1's leader, until `stop`: the slot and
+/// replica moves done, and those that failed.
+fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> ([u32; 2], u32) {
+    let (mut to, mut on, mut done, mut failed) = ("2", ["3", "4"], [0, 0], 0);
+    for turn in (0..2).cycle() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let Some(leader) = leader_index(nodes) else {
             std::thread::sleep(Duration::from_millis(200));
             continue;
+        };
+        let args: &[&str] = match turn {
+            0 => &["cluster", "move-slots", "--slots", MOVING, "--to", to],
+            _ => &[
+                "cluster",
+                "move-replica",
+                "--group",
+                "2",
+                "--from",
+                on[0],
+                "--to",
+                on[1],
+            ],
         };
         let out = Command::new("timeout")
             .arg(MOVE_LIMIT)
             .arg(cli_path())
             .args(["--addr", &nodes[leader].addr.to_string()])
-            .args(["cluster", "move-slots", "--slots", MOVING, "--to", to])
+            .args(args)
             .output()
             .expect("run kvstore");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        // A move that failed may still have been finished by the next
-        // leader: then the slots are already there.
-        let there = stderr.contains("other than");
+        // A slot move that failed may still have been finished by the next
+        // leader: then the slots are already there. A replica move that
+        // failed is sent again until it is done.
+        let there = turn == 0 && stderr.contains("other than");
         if out.status.success() || there {
-            moves += u32::from(!there);
-            to = if to == "2" { "1" } else { "2" };
+            done[turn] += u32::from(!there);
+            match turn {
+                0 => to = if to == "2" { "1" } else { "2" },
+                _ => on.reverse(),
+            }
         } else {
             failed += 1;
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    (moves, failed)
+    (done, failed)
 }
