@@ -30,8 +30,8 @@ const THRESHOLD: f64 = 0.02;
 /// Moves that bring each of `groups` within [`THRESHOLD`] of an even share
 /// where slots allow, given that `owner[slot]` serves each slot and
 /// `loads[slot]` is what it holds. A slot weighs the mean of its shares of
-/// the keys, of the bytes and of the slots, so an empty cluster is spread
-/// by slots. Each move takes a run of a donor's highest slots.
+/// the keys, of the bytes and of the slots ([`weights`]). Each move takes
+/// a run of a donor's highest slots.
 pub fn plan(owner: &[GroupId], loads: &[SlotLoad], groups: &[GroupId]) -> Vec<Planned> {
     let weight = weights(loads);
     let mut owner = owner.to_vec();
@@ -78,17 +78,22 @@ pub fn plan(owner: &[GroupId], loads: &[SlotLoad], groups: &[GroupId]) -> Vec<Pl
     moves
 }
 
-/// Each slot's weight; they add up to 1.
+/// Each slot's weight; they add up to 1. Each slot counts as holding one
+/// key of the mean size more than it does, so that a few keys cannot
+/// outweigh thousands of empty slots, and a cluster with no data is
+/// spread by slots alone.
 fn weights(loads: &[SlotLoad]) -> Vec<f64> {
-    let keys: u64 = loads.iter().map(|l| l.keys).sum();
-    let bytes: u64 = loads.iter().map(|l| l.bytes).sum();
-    let parts = 1.0 + f64::from(keys > 0) + f64::from(bytes > 0);
-    let share = |part: u64, whole: u64| match whole {
-        0 => 0.0,
-        _ => part as f64 / whole as f64,
-    };
+    let slots = loads.len() as f64;
+    let keys = loads.iter().map(|l| l.keys as f64).sum::<f64>();
+    let bytes = loads.iter().map(|l| l.bytes as f64).sum::<f64>();
+    let mean_bytes = if keys > 0.0 { bytes / keys } else { 1.0 };
+    let (all_keys, all_bytes) = (keys + slots, bytes + slots * mean_bytes);
     (loads.iter())
-        .map(|l| (1.0 / loads.len() as f64 + share(l.keys, keys) + share(l.bytes, bytes)) / parts)
+        .map(|l| {
+            let keys = (l.keys as f64 + 1.0) / all_keys;
+            let bytes = (l.bytes as f64 + mean_bytes) / all_bytes;
+            (1.0 / slots + keys + bytes) / 3.0
+        })
         .collect()
 }
 
@@ -170,6 +175,23 @@ mod tests {
         assert!((30..=70).contains(&moved_keys), "{moved_keys} {moves:?}");
         let shares = shares(&owner, &loads, &[1, 2]);
         assert!((shares[0] - 0.5).abs() <= 0.5 * THRESHOLD, "{shares:?}");
+    }
+
+    #[test]
+    fn one_key_does_not_outweigh_the_slots_of_a_nearly_empty_cluster() {
+        // Group 2 holds the cluster's only key; group 4 is new.
+        let mut owner = owners(&[(5460, 1), (10921, 2), (16383, 3)]);
+        let mut loads = vec![SlotLoad::default(); SLOTS as usize];
+        loads[10778] = SlotLoad { keys: 1, bytes: 9 };
+        let moves = plan(&owner, &loads, &[1, 2, 3, 4]);
+        apply(&mut owner, &moves);
+        for group in [1, 2, 3, 4] {
+            let slots = owner.iter().filter(|g| **g == group).count();
+            assert!(
+                (3_900..=4_300).contains(&slots),
+                "group {group}: {slots} slots"
+            );
+        }
     }
 
     #[test]
