@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 
 use super::peer_tls::PeerTls;
 use super::rebalance::SlotLoad;
-use super::shards::{Shards, SlotState};
+use super::shards::Shards;
 use super::{Batch, Member, Outcomes, Raft, TypeConfig};
 use crate::engine::Engine;
 use crate::storage::store::Span;
@@ -294,24 +294,22 @@ async fn read_page(
     keys_only: bool,
 ) -> Result<ScanPage, Refusal> {
     confirm_leader(&served.raft).await?;
+    // A slot is answered for only if the group served it both before and
+    // after the walk: one that became the group's during the walk may have
+    // been walked before its copy arrived.
+    let before = served.shards.borrow().clone();
     let (walked, more) = (served.engine.pairs(span, limit, READ_PAGE_BYTES))
         .map_err(|e| Refusal::Failed(e.to_string()))?;
     let stopped_at = more
         .then(|| walked.last().map(|(key, _)| key.clone()))
         .flatten();
-    // The states after the walk: a slot that became this group's since was
-    // copied whole before it did.
-    let shards = served.shards.borrow().clone();
+    let after = served.shards.borrow().clone();
+    let serves = |slot| [&before, &after].iter().all(|s| s.answers(slot));
     let pairs = (walked.into_iter())
-        .filter(|(key, _)| {
-            matches!(
-                shards.state(slot_of(key)),
-                SlotState::Serving | SlotState::Frozen
-            )
-        })
+        .filter(|(key, _)| serves(slot_of(key)))
         .map(|(key, value)| (key, if keys_only { Bytes::new() } else { value }))
         .collect();
-    let answered = shards.answered();
+    let answered = before.answered_with(&after);
     Ok(ScanPage {
         pairs,
         stopped_at,

@@ -180,13 +180,23 @@ impl Shards {
         self.own.get(slot)
     }
 
-    /// The ranges of slots whose data this group answers reads with
-    /// (`Serving` or `Frozen`), in slot order.
-    pub fn answered(&self) -> Vec<(u16, u16)> {
-        (self.own.runs().iter())
-            .filter(|run| matches!(run.value, SlotState::Serving | SlotState::Frozen))
-            .map(|run| (run.first, run.last))
-            .collect()
+    /// Whether this group answers reads of `slot` with its data.
+    pub fn answers(&self, slot: u16) -> bool {
+        matches!(self.state(slot), SlotState::Serving | SlotState::Frozen)
+    }
+
+    /// The ranges of slots both this table and `other` answer for.
+    pub fn answered_with(&self, other: &Shards) -> Vec<(u16, u16)> {
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for slot in
+            (0..kvstore_client::slot::SLOTS).filter(|s| self.answers(*s) && other.answers(*s))
+        {
+            match ranges.last_mut() {
+                Some((_, last)) if *last + 1 == slot => *last = slot,
+                _ => ranges.push((slot, slot)),
+            }
+        }
+        ranges
     }
 
     /// Gives this group's slots `first..=last` the state `state`.
