@@ -425,8 +425,9 @@ fn open_storage(
     engine: Arc<dyn Engine>,
 ) -> Result<(LogStore, StateMachine), Error> {
     fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let log = LogStore::open(fs.clone(), dir)?;
-    let machine = StateMachine::open(fs, dir, group, engine)?;
+    let covered = super::log::Covered::default();
+    let log = LogStore::open(fs.clone(), dir, covered.clone())?;
+    let machine = StateMachine::open(fs, dir, group, engine, covered)?;
     Ok((log, machine))
 }
 

@@ -29,18 +29,28 @@
 //! When the dead records (purged entries, replaced votes, truncated entries)
 //! outnumber the live ones, a purge rewrites the file with only the live ones:
 //! temp file, fsync, rename, fsync of the directory.
+//!
+//! The file never purges past what a durable snapshot covers ([`Covered`]):
+//! openraft 0.9 asks a follower's log to purge up to a snapshot it is
+//! installing before the state machine has made it durable, and a node
+//! killed in between restarted with its log purged past its newest
+//! snapshot, which openraft refuses (the group panicked at every start). So
+//! such a purge is done at once in memory, which is all openraft reads, and
+//! written to the file once the snapshot is durable; an append that would
+//! leave a hole in the file waits for that.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
@@ -67,6 +77,42 @@ const REWRITE_AFTER_DEAD: usize = 4096;
 /// again on the 2-core VM's debug build (a restarted leader took 38 s to
 /// commit its first entry). A megabyte goes through in a few milliseconds.
 pub const MAX_READ_BYTES: usize = 1 << 20;
+
+/// How long an append waits for the snapshot that covers the entries
+/// before it (see [`Covered`]) to be durable; after that the log fails.
+const COVER_WAIT: Duration = Duration::from_secs(60);
+
+/// The last log id the newest durable snapshot covers: a restart can
+/// rebuild the state up to it without the log. The state machine raises
+/// it once a snapshot's files are durable and loaded; the log's file never
+/// purges past it.
+#[derive(Clone, Default)]
+pub struct Covered(Arc<(Mutex<Option<LogId<u64>>>, Condvar)>);
+
+impl Covered {
+    /// Raises the mark to `to` (never lowers it).
+    pub fn raise(&self, to: Option<LogId<u64>>) {
+        let (at, raised) = &*self.0;
+        let mut at = at.lock();
+        if to > *at {
+            *at = to;
+            raised.notify_all();
+        }
+    }
+
+    pub fn get(&self) -> Option<LogId<u64>> {
+        *self.0 .0.lock()
+    }
+
+    /// Waits until the mark reaches `index`, at most `limit`; whether it did.
+    fn wait_for(&self, index: u64, limit: Duration) -> bool {
+        let (at, raised) = &*self.0;
+        let mut at = at.lock();
+        let short = |at: &mut Option<LogId<u64>>| at.is_none_or(|id| id.index < index);
+        raised.wait_while_for(&mut at, short, limit);
+        !short(&mut at)
+    }
+}
 
 /// One record of the log file. The variant's position is its tag: variants
 /// are only ever appended.
@@ -108,6 +154,10 @@ pub struct LogStore {
     /// Seeds the checksums of the file's records (0: a file from before
     /// salts).
     salt: u32,
+    /// What a durable snapshot covers: the file purges no further.
+    covered: Covered,
+    /// The last purge written to the file (it may lag the one in memory).
+    written_purge: Option<LogId<u64>>,
 }
 
 /// A reader of the live entries, for openraft's replication tasks.
@@ -121,8 +171,9 @@ fn io_error(e: Error) -> std::io::Error {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, replaying its records.
-    pub fn open(fs: Arc<dyn Fs>, dir: &Path) -> Result<LogStore, Error> {
+    /// Opens (or creates) the log in `dir`, replaying its records; its file
+    /// purges no further than `covered`.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, covered: Covered) -> Result<LogStore, Error> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(FILE);
         let data = match fs.read(&path) {
@@ -189,6 +240,8 @@ impl LogStore {
                 vote,
                 dead,
                 salt,
+                covered,
+                written_purge: None,
             });
         }
         if offset < data.len() {
@@ -209,10 +262,12 @@ impl LogStore {
             fs,
             dir: dir.to_path_buf(),
             file: Mutex::new(Some(file)),
+            written_purge: entries.last_purged,
             entries: Arc::new(RwLock::new(entries)),
             vote,
             dead,
             salt,
+            covered,
         })
     }
 
@@ -223,9 +278,54 @@ impl LogStore {
             .any(|at| matches!(record::read_with(&data[at..], 0, salt), record::Read::Valid { body, .. } if kvstore_client::codec::decode::<Record>(body).is_ok()))
     }
 
-    /// Appends `records` to the file and syncs it. On any error the log is
-    /// failed for good: the error is returned now and every later call fails.
+    /// The purge the file can take now: the one in memory, as far as a
+    /// durable snapshot covers it, if the file has not had it yet.
+    fn due_purge(&self) -> Option<LogId<u64>> {
+        let wanted = self.entries.read().last_purged?;
+        let covered = self.covered.get()?;
+        let upto = std::cmp::min_by_key(wanted, covered, |id| id.index);
+        (self.written_purge.is_none_or(|w| w.index < upto.index)).then_some(upto)
+    }
+
+    /// Appends `records` to the file, after the purge it can take now, and
+    /// syncs it. On any error the log is failed for good: the error is
+    /// returned now and every later call fails.
     fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+        let purge = self.due_purge();
+        if records.is_empty() && purge.is_none() {
+            return Ok(());
+        }
+        self.write_records(purge.map(Record::Purge).iter().chain(records))?;
+        if purge.is_some() {
+            self.written_purge = purge;
+        }
+        Ok(())
+    }
+
+    /// Before entries from `first` on are appended: if the file holds
+    /// neither the entry before nor a purge past it (openraft purged in
+    /// memory up to a snapshot still being installed), waits for that
+    /// snapshot to be durable, so the file never has a hole.
+    fn wait_for_cover(&self, first: u64) -> std::io::Result<()> {
+        let Some(before) = first.checked_sub(1) else {
+            return Ok(());
+        };
+        let unwritten = {
+            let entries = self.entries.read();
+            !entries.by_index.contains_key(&before)
+                && entries.last_purged.is_some_and(|p| p.index >= before)
+                && self.written_purge.is_none_or(|w| w.index < before)
+        };
+        if !unwritten || self.covered.wait_for(before, COVER_WAIT) {
+            return Ok(());
+        }
+        Err(std::io::Error::other(format!(
+            "no durable snapshot covers the log up to {before} after {COVER_WAIT:?}: \
+             appending after it would leave a hole in the raft log"
+        )))
+    }
+
+    fn write_records<'r>(&self, records: impl Iterator<Item = &'r Record>) -> std::io::Result<()> {
         let mut slot = self.file.lock();
         let Some(file) = slot.as_mut() else {
             return Err(std::io::Error::other(
@@ -246,8 +346,13 @@ impl LogStore {
 
     /// Rewrites the file with only the live records, if enough are dead.
     fn maybe_rewrite(&mut self) -> Result<(), Error> {
-        let live = self.entries.read().by_index.len() + 2;
-        if self.dead < REWRITE_AFTER_DEAD || self.dead < live {
+        let (live, purged) = {
+            let entries = self.entries.read();
+            (entries.by_index.len() + 2, entries.last_purged)
+        };
+        // Not while the file keeps entries memory has purged: a rewrite
+        // from memory would lose them.
+        if self.dead < REWRITE_AFTER_DEAD || self.dead < live || purged != self.written_purge {
             return Ok(());
         }
         let path = self.dir.join(FILE);
@@ -487,7 +592,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 _ => 0,
             })
             .collect();
-        let result = tokio::task::block_in_place(|| self.write(&records));
+        let first = match records.first() {
+            Some(Record::Entry(e)) => Some(e.log_id.index),
+            _ => None,
+        };
+        let result = tokio::task::block_in_place(|| {
+            if let Some(first) = first {
+                self.wait_for_cover(first)?;
+            }
+            self.write(&records)
+        });
         if let Err(e) = result {
             let reported = std::io::Error::new(e.kind(), e.to_string());
             callback.log_io_completed(Err(reported));
@@ -515,12 +629,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    /// Removes `(-∞, log_id.index]`, which a durable snapshot covers;
-    /// `log_id` may lie past the last entry (after a snapshot was installed).
+    /// Removes `(-∞, log_id.index]`, which a snapshot covers; `log_id` may
+    /// lie past the last entry (after a snapshot was installed). At once in
+    /// memory; in the file as far as a durable snapshot covers it (the rest
+    /// with a later write).
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         tokio::task::block_in_place(|| -> Result<(), std::io::Error> {
-            self.write(&[Record::Purge(log_id)])?;
             self.dead += 1 + self.entries.write().purge(log_id);
+            self.write(&[])?;
             self.maybe_rewrite().map_err(io_error)
         })
         .map_err(|e| StorageIOError::write_logs(&e).into())
@@ -540,7 +656,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> LogStore {
-        LogStore::open(Arc::new(RealFs), dir).unwrap()
+        LogStore::open(Arc::new(RealFs), dir, Covered::default()).unwrap()
     }
 
     #[test]
@@ -561,6 +677,7 @@ mod tests {
                 log.entries.write().by_index.insert(i, (blank(1, i), 0));
             }
             log.truncate(blank(1, 7).log_id).await.unwrap();
+            log.covered.raise(Some(blank(1, 5).log_id));
             log.purge(blank(1, 2).log_id).await.unwrap();
             drop(log);
 
@@ -577,6 +694,63 @@ mod tests {
                 .map(|e| e.log_id.index)
                 .collect();
             assert_eq!(indexes, vec![3, 4, 5, 6]);
+        });
+    }
+
+    /// Writes entries `indexes` as an append does, without its callback.
+    fn append(log: &mut LogStore, indexes: std::ops::Range<u64>) {
+        let first = indexes.start;
+        let records: Vec<Record> = indexes
+            .clone()
+            .map(|i| Record::Entry(blank(1, i)))
+            .collect();
+        log.wait_for_cover(first).unwrap();
+        log.write(&records).unwrap();
+        for i in indexes {
+            log.entries.write().by_index.insert(i, (blank(1, i), 0));
+        }
+    }
+
+    /// openraft purges a follower's log up to a snapshot it is still
+    /// installing: a node killed before that snapshot is durable must find
+    /// neither a purge past its newest snapshot nor a hole in its log.
+    #[test]
+    fn the_file_purges_only_as_far_as_a_durable_snapshot_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let installed = blank(1, 8).log_id;
+        runtime.block_on(async {
+            let mut log = open(dir.path());
+            append(&mut log, 0..6);
+            log.purge(installed).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(installed));
+            drop(log);
+
+            // Killed before the snapshot was durable: the entries are back.
+            let mut log = open(dir.path());
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, None);
+            assert_eq!(state.last_log_id, Some(blank(1, 5).log_id));
+
+            // The entry after the snapshot waits until it is durable.
+            log.purge(installed).await.unwrap();
+            let covered = log.covered.clone();
+            let durable = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                covered.raise(Some(installed));
+            });
+            append(&mut log, 9..10);
+            assert_eq!(log.covered.get(), Some(installed));
+            durable.join().unwrap();
+            drop(log);
+
+            let mut log = open(dir.path());
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(installed));
+            assert_eq!(state.last_log_id, Some(blank(1, 9).log_id));
+            let entries = log.try_get_log_entries(0..100).await.unwrap();
+            assert_eq!(entries.len(), 1);
         });
     }
 
@@ -622,7 +796,7 @@ mod tests {
         let mut damaged = whole.clone();
         damaged[first + record::HEADER_LEN + 2] ^= 0xff;
         std::fs::write(&path, &damaged).unwrap();
-        let err = LogStore::open(Arc::new(RealFs), dir.path())
+        let err = LogStore::open(Arc::new(RealFs), dir.path(), Covered::default())
             .err()
             .expect("damage before a good record must be refused");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
@@ -632,7 +806,7 @@ mod tests {
         let mut damaged = whole.clone();
         damaged[first + 2] ^= 0x40;
         std::fs::write(&path, &damaged).unwrap();
-        let err = LogStore::open(Arc::new(RealFs), dir.path())
+        let err = LogStore::open(Arc::new(RealFs), dir.path(), Covered::default())
             .err()
             .expect("a damaged length before a good record must be refused");
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
@@ -669,7 +843,7 @@ mod tests {
         // A crash tore the record after the forged one: a torn tail.
         let whole = std::fs::read(&path).unwrap();
         std::fs::write(&path, &whole[..end - 40]).unwrap();
-        let log = LogStore::open(Arc::new(RealFs), dir.path());
+        let log = LogStore::open(Arc::new(RealFs), dir.path(), Covered::default());
         assert!(log.is_ok(), "the forged record passed: {:?}", log.err());
         assert!(log.unwrap().entries.read().by_index.is_empty());
     }
@@ -694,6 +868,6 @@ mod tests {
         let mut damaged = std::fs::read(&path).unwrap()[..records].to_vec();
         damaged[record::HEADER_LEN + 1] ^= 0xff;
         std::fs::write(&path, &damaged).unwrap();
-        assert!(LogStore::open(Arc::new(RealFs), dir.path()).is_err());
+        assert!(LogStore::open(Arc::new(RealFs), dir.path(), Covered::default()).is_err());
     }
 }

@@ -199,12 +199,14 @@ mod tests {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
             let dir = tempfile::tempdir().unwrap();
             let fs = Arc::new(RealFs);
-            let log = LogStore::open(fs.clone(), dir.path()).unwrap();
+            let covered = super::log::Covered::default();
+            let log = LogStore::open(fs.clone(), dir.path(), covered.clone()).unwrap();
             let engine: Arc<dyn Engine> = match self.0 {
                 true => Arc::new(Disk::open(&dir.path().join("fjall"), 1 << 20).unwrap()),
                 false => Arc::new(Memory::new(Arc::new(Store::new(4)), Arc::default())),
             };
-            let machine = StateMachine::open(fs, dir.path(), super::FIRST_GROUP, engine).unwrap();
+            let group = super::FIRST_GROUP;
+            let machine = StateMachine::open(fs, dir.path(), group, engine, covered).unwrap();
             Ok((dir, log, machine))
         }
     }

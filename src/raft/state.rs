@@ -44,6 +44,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
+use super::log::Covered;
 use super::sessions::{Admit, Sessions, Stamp};
 use super::shards::{Decided, Shards, ShardsWithoutChanges, ShardsWithoutDoors};
 use super::{Member, Outcome, Outcomes, TypeConfig};
@@ -210,6 +211,9 @@ pub struct StateMachine {
     /// The sharding table as applied, for the node to start the groups it
     /// is placed in.
     shards: Arc<tokio::sync::watch::Sender<Arc<Shards>>>,
+    /// Raised to the newest snapshot once its files are durable (and, for
+    /// an install, loaded): the log's file purges no further.
+    covered: Covered,
 }
 
 fn storage_io(e: impl std::fmt::Display) -> StorageError<u64> {
@@ -225,6 +229,7 @@ impl StateMachine {
         dir: &Path,
         group: GroupId,
         engine: Arc<dyn Engine>,
+        covered: Covered,
     ) -> Result<StateMachine, Error> {
         fs.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut applied = Applied {
@@ -245,6 +250,7 @@ impl StateMachine {
                 applied.last_applied = meta.last_log_id;
                 applied.membership = meta.last_membership.clone();
             }
+            covered.raise(meta.last_log_id);
             applied.current = Some(meta);
         }
         let store_index = applied.last_applied.map_or(0, |id| id.index);
@@ -261,6 +267,7 @@ impl StateMachine {
             since_snapshot: Arc::default(),
             last_session: Arc::new(AtomicU64::new(last_session)),
             shards: Arc::new(shards),
+            covered,
         };
         let keep = machine
             .applied
@@ -714,6 +721,7 @@ impl StateMachine {
         let newer = (applied.current.as_ref()).is_none_or(|c| c.last_log_id < meta.last_log_id);
         if newer {
             applied.current = Some(meta.clone());
+            self.covered.raise(meta.last_log_id);
         }
         let keep = applied.current.as_ref().map(|c| c.snapshot_id.clone());
         // Our files go too if they are not the newest; the open file stays
@@ -725,8 +733,9 @@ impl StateMachine {
         })
     }
 
-    /// Loads the received snapshot at `received` into the engine (readers
-    /// see it whole or not at all), then renames it into place.
+    /// Renames the received snapshot at `received` into place, then loads
+    /// it into the engine (readers see it whole or not at all); a snapshot
+    /// that fails to load is removed again.
     fn install(&self, meta: &SnapshotMeta<u64, Member>, received: &Path) -> Result<(), Error> {
         let _files = self.files.lock();
         let mut applied = self.applied.lock();
@@ -735,10 +744,21 @@ impl StateMachine {
         if let Some(last) = meta.last_log_id {
             self.store_index.fetch_max(last.index, Ordering::Release);
         }
-        let (sessions, shards) = load_snapshot(&*self.fs, &*self.engine, received, meta)?;
+        // Files first: a node killed while the engine loads it then loads
+        // it again at start (it is newer than what the engine kept).
         self.write_files(meta, |path| {
             (self.fs.rename(received, path)).map_err(|e| Error::io(path, e))
         })?;
+        let (_, db_path) = self.paths(&meta.snapshot_id);
+        let (sessions, shards) = match load_snapshot(&*self.fs, &*self.engine, &db_path, meta) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let keep = applied.current.as_ref().map(|c| c.snapshot_id.clone());
+                self.remove_other_snapshots(keep.as_deref())?;
+                return Err(e);
+            }
+        };
+        self.covered.raise(meta.last_log_id);
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         applied.sessions = sessions;
@@ -868,7 +888,7 @@ mod tests {
     }
 
     fn open_group(dir: &Path, group: GroupId, engine: Arc<dyn Engine>) -> StateMachine {
-        StateMachine::open(Arc::new(RealFs), dir, group, engine).unwrap()
+        StateMachine::open(Arc::new(RealFs), dir, group, engine, Covered::default()).unwrap()
     }
 
     fn log_id(index: u64) -> LogId<u64> {
