@@ -80,6 +80,18 @@ pub(super) fn cluster_failed(message: impl Into<String>) -> Error {
     }
 }
 
+/// Whether this node leads the group without being one of its voters: a
+/// leader that a change took out of the voters leads until that change
+/// commits, and openraft 0.9 must not be asked for another change
+/// meanwhile (it asserts that the leader is a voter: a debug build's group
+/// panicked). Such a change is refused as if by a follower.
+pub fn leads_outside_voters(raft: &Raft) -> bool {
+    let metrics = raft.metrics().borrow().clone();
+    let id = metrics.id;
+    metrics.current_leader == Some(id)
+        && !(metrics.membership_config.membership().voter_ids()).any(|v| v == id)
+}
+
 fn write_failed(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Error {
     if let Some(forward) = e.forward_to_leader::<Member>() {
         return not_leader(forward.leader_node.as_ref());
@@ -257,6 +269,9 @@ impl Group {
 
     /// Adds node `id` as a learner and waits until it has caught up.
     pub async fn add_learner(&self, id: u64, member: Member) -> Result<(), Error> {
+        if leads_outside_voters(&self.raft) {
+            return Err(not_leader(None));
+        }
         self.raft
             .add_learner(id, member, true)
             .await
@@ -284,6 +299,9 @@ impl Group {
     }
 
     async fn change_membership(&self, change: ChangeMembers<u64, Member>) -> Result<(), Error> {
+        if leads_outside_voters(&self.raft) {
+            return Err(not_leader(None));
+        }
         self.raft
             .change_membership(change, false)
             .await

@@ -644,6 +644,9 @@ pub async fn propose(raft: &Raft, batch: Batch) -> Result<Outcomes, Refusal> {
 
 /// Makes `change` to the group's members if this node leads it.
 async fn change_members(raft: &Raft, change: MembersChange) -> Result<(), Refusal> {
+    if super::group::leads_outside_voters(raft) {
+        return Err(Refusal::NotLeader(None));
+    }
     match change {
         MembersChange::Learner { id, member } => raft.add_learner(id, member, true).await.map(drop),
         MembersChange::Voters(voters) => {
