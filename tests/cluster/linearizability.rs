@@ -329,4 +329,9 @@ pub(crate) fn check_under_faults(n: u64, beside: Option<Beside>) {
         "no read saw a written value: the history tests nothing"
     );
     assert!(anomalies.is_empty(), "not linearizable: {anomalies:?}");
+    assert_eq!(
+        common::server_panics(),
+        0,
+        "a server panicked (its log is above): a group or task of it stopped"
+    );
 }

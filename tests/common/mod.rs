@@ -6,9 +6,35 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kvstore_client::{codec, Reply, Request, Response};
+
+/// How many times a server this test binary started wrote that a thread
+/// panicked. A panic in a task (a Raft group's, say) leaves the process
+/// running, and a test that only watches clients may not notice it.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// [`PANICS`] so far.
+pub fn server_panics() -> usize {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// Passes the server's standard error on to the test's, counting panics.
+fn forward_stderr(child: &mut Child) {
+    let Some(stderr) = child.stderr.take() else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("panicked at") {
+                PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            eprintln!("{line}");
+        }
+    });
+}
 
 /// A running server process. Killed (SIGKILL) when dropped, if still running.
 pub struct Server {
@@ -54,9 +80,10 @@ impl Server {
                 std::env::var("KVSTORE_TEST_LOG").unwrap_or("warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start kvstore-server");
+        forward_stderr(&mut child);
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
