@@ -1,9 +1,8 @@
 //! Resharding under load and faults: the linearizability check's clients
 //! and nemesis (kills, isolations, stalls and cut links) run on a sharded
-//! cluster of three nodes while a quarter of the slots move between two
-//! groups again and again, and full scans run over keys that are present
-//! throughout. With `KVSTORE_RESHARD_REPLICAS=1`, on four nodes, group 2
-//! also moves between nodes 3 and 4 in turn.
+//! cluster of four nodes while a quarter of the slots move between two
+//! groups again and again, group 2 moves between nodes 3 and 4 in turn, and
+//! full scans run over keys that are present throughout.
 //!
 //! The long run is
 //! `KVSTORE_LINEARIZABILITY_SECS=600 cargo test -p kvstore --test cluster slots_move_through -- --nocapture`.
@@ -31,16 +30,7 @@ const MOVE_LIMIT: &str = "30";
 
 #[test]
 fn concurrent_clients_stay_linearizable_while_slots_move_through_kills_and_partitions() {
-    let nodes = if replica_moves() { 4 } else { 3 };
-    check_under_faults(nodes, Some(Box::new(reshard) as Beside));
-}
-
-/// Whether group 2 also moves between nodes 3 and 4 (on four nodes):
-/// `KVSTORE_RESHARD_REPLICAS=1`. Off by default: about one run in eight
-/// has a full scan miss keys of the moving slots (docs/sharding.md), a
-/// bug not found yet.
-fn replica_moves() -> bool {
-    std::env::var("KVSTORE_RESHARD_REPLICAS").is_ok_and(|v| v == "1")
+    check_under_faults(4, Some(Box::new(reshard) as Beside));
 }
 
 /// Makes the cluster sharded (a second group, the fixed keys), then moves
@@ -82,7 +72,7 @@ fn reshard(
         }
         let ([moves, replica_moves], failed) = mover.join().unwrap();
         assert!(
-            moves > 0 && (replica_moves > 0 || !self::replica_moves()),
+            moves > 0 && replica_moves > 0,
             "{moves} slot moves, {replica_moves} replica moves"
         );
         assert!(scans > 0, "no scan was done");
@@ -104,8 +94,7 @@ fn reshard(
 /// replica moves done, and those that failed.
 fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> ([u32; 2], u32) {
     let (mut to, mut on, mut done, mut failed) = ("2", ["3", "4"], [0, 0], 0);
-    let turns = if replica_moves() { 2 } else { 1 };
-    for turn in (0..turns).cycle() {
+    for turn in (0..2).cycle() {
         if stop.load(Ordering::Relaxed) {
             break;
         }
