@@ -6,6 +6,7 @@
 //! interval dropped. kvstore's own lines are not limited.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -18,12 +19,15 @@ use tracing_subscriber::prelude::*;
 /// How often one openraft log statement may write a WARN or ERROR line.
 pub const OPENRAFT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Sets up the log: `RUST_LOG` (default `info`) to standard error.
+/// Sets up the log: `RUST_LOG` (default `info`) to standard error, in
+/// colour only when standard error is a terminal (a log file or a pipe
+/// gets plain text, never escape codes).
 pub fn init() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         // A log line that cannot be written (stderr on a full disk) is
         // dropped; reporting it would panic the thread that logged it.
         .log_internal_errors(false)

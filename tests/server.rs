@@ -537,3 +537,25 @@ fn a_second_server_on_the_same_data_is_refused() {
     let stderr = Server::refuse_start(&data);
     assert!(stderr.contains("in use by another"), "{stderr}");
 }
+
+/// A log written to a file or a pipe is plain text: no colour codes.
+#[test]
+fn the_log_has_no_escape_codes_when_standard_error_is_not_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let mut child = Server::command("127.0.0.1:0", &data, &[])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let line = (stderr.lines().map_while(Result::ok).take(50))
+        .find(|line| line.contains("kvstore-server listening"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = line.expect("the server logged that it listens");
+    assert!(!line.contains('\x1b'), "an escape code in {line:?}");
+}
