@@ -97,6 +97,69 @@ fn commands_print_their_results_and_exit_with_the_documented_codes() {
     );
 }
 
+/// Each of the string commands from the shell: what it prints and its exit.
+#[test]
+fn string_commands_print_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let addr = server.addr.to_string();
+    let run = |args: &[&str]| {
+        let out = kvstore(&addr, args, b"");
+        (code(&out), text(&out.stdout))
+    };
+    let said = |code: i32, stdout: &str| (code, stdout.to_string());
+
+    assert_eq!(run(&["incr", "n"]), said(0, "1\n"));
+    assert_eq!(run(&["incr", "n", "10"]), said(0, "11\n"));
+    assert_eq!(run(&["decr", "n"]), said(0, "10\n"));
+    assert_eq!(run(&["decr", "n", "-5"]), said(0, "15\n"));
+    assert_eq!(run(&["incr", "n", "-20"]), said(0, "-5\n"));
+    assert_eq!(run(&["append", "s", "ab"]), said(0, "2\n"));
+    assert_eq!(run(&["append", "s", "cd"]), said(0, "4\n"));
+    assert_eq!(run(&["set", "s", "x", "--if-absent"]), said(0, "false\n"));
+    assert_eq!(run(&["set", "t", "x", "--if-present"]), said(0, "false\n"));
+    assert_eq!(run(&["set", "t", "x", "--if-absent"]), said(0, "true\n"));
+    assert_eq!(run(&["set", "t", "y", "--if-present"]), said(0, "true\n"));
+    assert_eq!(run(&["getset", "t", "z"]), said(0, "y"));
+    assert_eq!(run(&["getset", "fresh", "1"]), said(0, ""));
+    assert_eq!(run(&["getdel", "t"]), said(0, "z"));
+    assert_eq!(run(&["getdel", "t"]), said(1, ""));
+    assert_eq!(run(&["mset", "a", "1", "b", "2"]), said(0, "OK\n"));
+    assert_eq!(
+        run(&["mset", "a", "1", "b"]).0,
+        2,
+        "an odd mset is a usage error"
+    );
+    assert_eq!(run(&["mget", "a", "b"]), said(0, "1\n2\n"));
+    assert_eq!(run(&["mget", "a", "nope", "b"]), said(1, "1\n\n2\n"));
+    let out = kvstore(&addr, &["--output", "json", "incr", "n"], b"");
+    assert_eq!(text(&out.stdout), "{\"key\":\"n\",\"value\":-4}\n");
+    assert_eq!(run(&["del", "a", "b", "nope"]), said(0, "2\n"));
+    assert_eq!(run(&["del", "s"]), said(0, "true\n"));
+
+    // Flush: refused without a terminal unless --yes.
+    let out = kvstore(&addr, &["flush"], b"y\n");
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    assert_eq!(run(&["exists", "n"]), said(0, "true\n"));
+    assert_eq!(run(&["flush", "--yes"]), said(0, "OK\n"));
+    assert_eq!(run(&["exists", "n"]), said(0, "false\n"));
+}
+
+/// Completion scripts need no server and name the commands.
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kvstore("127.0.0.1:1", &["completions", shell], b"");
+        assert_eq!(code(&out), 0, "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("getdel") && script.contains("mset"),
+            "{shell}: {script}"
+        );
+    }
+}
+
 #[test]
 fn an_unreachable_server_exits_3() {
     let addr = format!("127.0.0.1:{}", common::unused_port());

@@ -1,16 +1,18 @@
 //! `kvstore`: the command-line client.
 //!
-//! `kvstore [--addr HOST:PORT] set KEY VALUE | get KEY | del KEY | exists KEY |
-//! keys [PREFIX] [--limit N] | scan PREFIX | range START [END] | stat |
-//! load FILE | backup FILE | backup --server NAME |
-//! cluster init|status|add-learner|promote|remove`; with no command, an
-//! interactive prompt. Exit codes: 0 success, 1 not found (get) or a malformed input line
+//! `kvstore [--addr HOST:PORT] set KEY VALUE [--if-absent|--if-present] |
+//! get KEY | del KEY... | exists KEY | incr KEY [STEP] | decr KEY [STEP] |
+//! append KEY VALUE | getdel KEY | getset KEY VALUE | mset KEY VALUE... |
+//! mget KEY... | flush [--yes] | keys [PREFIX] [--limit N] | scan PREFIX |
+//! range START [END] | stat | load FILE | backup FILE | backup --server NAME |
+//! cluster ... | completions SHELL`; with no command, an interactive prompt. Exit codes: 0 success, 1 not found (get, getdel, mget) or a malformed input line
 //! (load), 2 usage error, 3 server unreachable, 4 server error (including rows
 //! the server refuses during a load, such as a key over its limit).
 
 mod load;
 mod output;
 mod repl;
+mod strings;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -68,12 +70,70 @@ enum ReadsArg {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Store VALUE under KEY ("-" reads the value from standard input, binary safe).
-    Set { key: String, value: String },
+    /// Store VALUE under KEY ("-" reads the value from standard input, binary
+    /// safe). With --if-absent or --if-present, prints whether it stored.
+    Set {
+        key: String,
+        value: String,
+        /// Only if KEY does not exist (Redis's SET NX).
+        #[arg(long, conflicts_with = "if_present")]
+        if_absent: bool,
+        /// Only if KEY exists (Redis's SET XX).
+        #[arg(long)]
+        if_present: bool,
+    },
     /// Print the value of KEY (raw bytes when piped); exit 1 if it does not exist.
     Get { key: String },
-    /// Delete KEY; prints whether it existed.
-    Del { key: String },
+    /// Delete KEYs in one write; prints whether the key existed, or with
+    /// several keys how many did.
+    Del {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Add STEP (default 1) to the integer at KEY (0 if missing); prints the
+    /// result.
+    Incr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        step: i64,
+    },
+    /// Subtract STEP (default 1) from the integer at KEY; prints the result.
+    Decr {
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        step: i64,
+    },
+    /// Append VALUE to the value at KEY; prints the new length.
+    Append { key: String, value: String },
+    /// Print the value of KEY and delete it; exit 1 if it does not exist.
+    #[command(name = "getdel")]
+    GetDel { key: String },
+    /// Store VALUE under KEY and print the value it replaced (nothing if
+    /// none).
+    #[command(name = "getset")]
+    GetSet { key: String, value: String },
+    /// Store KEY VALUE pairs in one atomic write (in a sharded cluster, all
+    /// in one slot).
+    Mset {
+        #[arg(required = true, value_names = ["KEY", "VALUE"])]
+        pairs: Vec<String>,
+    },
+    /// Print the values of KEYs, a line each (an empty line for a missing
+    /// key, and then exit 1).
+    Mget {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Remove every key. Asks first on a terminal; elsewhere needs --yes.
+    Flush {
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell): e.g. `kvstore completions bash >
+    /// /etc/bash_completion.d/kvstore`.
+    Completions { shell: clap_complete::Shell },
     /// Print whether KEY exists.
     Exists { key: String },
     /// List keys starting with PREFIX, in byte order.
@@ -279,6 +339,11 @@ impl Exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no server.
+    if let Some(Cmd::Completions { shell }) = cli.command {
+        completions(shell);
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -609,7 +674,12 @@ fn figure(figures: &[(String, i64)], name: &str) -> Option<i64> {
 /// Runs one command and prints its result; returns the exit code.
 async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
     let result = match command {
-        Cmd::Set { key, value } => {
+        Cmd::Set {
+            key,
+            value,
+            if_absent,
+            if_present,
+        } => {
             let value = if value == "-" {
                 let mut buf = Vec::new();
                 if let Err(e) = std::io::stdin().read_to_end(&mut buf) {
@@ -620,7 +690,10 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             } else {
                 value.into_bytes()
             };
-            client.set(&key, value).await.map(|()| out.ok())
+            match strings::condition(if_absent, if_present) {
+                Some(condition) => strings::set_if(client, &key, value, condition, out).await,
+                None => client.set(&key, value).await.map(|()| out.ok()),
+            }
         }
         Cmd::Get { key } => match client.get(&key).await {
             Ok(Some(value)) => {
@@ -633,10 +706,25 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             }
             Err(e) => Err(e),
         },
-        Cmd::Del { key } => client
-            .delete(&key)
-            .await
-            .map(|existed| out.flag(&key, "deleted", existed)),
+        Cmd::Del { keys } => strings::delete(client, &keys, out).await,
+        Cmd::Incr { key, step } => strings::incr(client, &key, step, out).await,
+        Cmd::Decr { key, step } => match step.checked_neg() {
+            Some(by) => strings::incr(client, &key, by, out).await,
+            None => {
+                eprintln!("kvstore: decr by {step} would overflow");
+                return Exit::Usage;
+            }
+        },
+        Cmd::Append { key, value } => strings::append(client, &key, &value, out).await,
+        Cmd::GetDel { key } => return exit_of(strings::get_del(client, &key, out).await),
+        Cmd::GetSet { key, value } => strings::get_set(client, &key, &value, out).await,
+        Cmd::Mset { pairs } => return exit_of(strings::mset(client, &pairs, out).await),
+        Cmd::Mget { keys } => return exit_of(strings::mget(client, &keys, out).await),
+        Cmd::Flush { yes } => return exit_of(strings::flush(client, yes, out).await),
+        Cmd::Completions { shell } => {
+            completions(shell);
+            Ok(())
+        }
         Cmd::Exists { key } => client
             .exists(&key)
             .await
@@ -672,6 +760,23 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             Exit::of(&e)
         }
     }
+}
+
+/// The exit of a command that chooses its own, or of its error.
+fn exit_of(result: Result<Exit, Error>) -> Exit {
+    result.unwrap_or_else(|e| {
+        eprintln!("kvstore: {e}");
+        Exit::of(&e)
+    })
+}
+
+/// `kvstore completions SHELL`: the script, on standard output.
+fn completions(shell: clap_complete::Shell) {
+    use clap::CommandFactory;
+    // Into a buffer first: the generator panics on a closed pipe.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kvstore", &mut script);
+    let _ = std::io::stdout().lock().write_all(&script);
 }
 
 /// `kvstore backup`: streams the backup into a file (durably) or standard

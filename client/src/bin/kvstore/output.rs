@@ -42,6 +42,22 @@ impl Output {
         }
     }
 
+    /// A number about a key: a counter's value, a length.
+    pub fn number(self, key: &str, name: &str, n: i64) {
+        match self {
+            Output::Text => say(&n.to_string()),
+            Output::Json => print_json(&json!({ "key": key, name: n })),
+        }
+    }
+
+    /// A number about several keys: how many were deleted.
+    pub fn count(self, name: &str, n: i64) {
+        match self {
+            Output::Text => say(&n.to_string()),
+            Output::Json => print_json(&json!({ name: n })),
+        }
+    }
+
     pub fn flag(self, key: &str, name: &str, value: bool) {
         match self {
             Output::Text => say(&value.to_string()),
