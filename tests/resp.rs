@@ -146,6 +146,50 @@ fn string_commands_answer_as_redis_does() {
         .unwrap_err()
         .to_string()
         .contains("wrong number of arguments"));
+
+    // GETRANGE and SUBSTR, Redis's documented examples.
+    let _: () = c.set("mykey", "This is a string").unwrap();
+    let range = |name: &str, start: i64, end: i64, c: &mut Connection| -> String {
+        cmd(name).arg("mykey").arg(start).arg(end).query(c).unwrap()
+    };
+    assert_eq!(range("GETRANGE", 0, 3, &mut c), "This");
+    assert_eq!(range("GETRANGE", -3, -1, &mut c), "ing");
+    assert_eq!(range("GETRANGE", 0, -1, &mut c), "This is a string");
+    assert_eq!(range("SUBSTR", 10, 100, &mut c), "string");
+    let missing: String = cmd("GETRANGE")
+        .arg("nope")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(missing, "");
+    let bad = cmd("GETRANGE")
+        .arg("mykey")
+        .arg("a")
+        .arg(1)
+        .query::<String>(&mut c);
+    assert!(bad.unwrap_err().to_string().contains("not an integer"));
+
+    // OBJECT ENCODING as Redis 7 answers it; FREQ with Redis's error.
+    let _: () = c.set("long", "x".repeat(45)).unwrap();
+    let encoding = |key: &str, c: &mut Connection| -> Option<String> {
+        cmd("OBJECT").arg("ENCODING").arg(key).query(c).unwrap()
+    };
+    assert_eq!(encoding("n", &mut c).as_deref(), Some("int"));
+    assert_eq!(encoding("mykey", &mut c).as_deref(), Some("embstr"));
+    assert_eq!(encoding("long", &mut c).as_deref(), Some("raw"));
+    assert_eq!(encoding("nope", &mut c), None);
+    let freq = cmd("OBJECT").arg("FREQ").arg("n").query::<i64>(&mut c);
+    assert!(freq.unwrap_err().to_string().contains("LFU"));
+    assert_eq!(
+        cmd("TOUCH")
+            .arg("n")
+            .arg("nope")
+            .arg("long")
+            .query::<i64>(&mut c)
+            .unwrap(),
+        2
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Commands over keys: DEL, UNLINK, EXISTS, KEYS, SCAN, TYPE, TTL, PTTL,
-//! FLUSHDB, FLUSHALL (DBSIZE is in the dispatcher).
+//! Commands over keys: DEL, UNLINK, EXISTS, TOUCH, KEYS, SCAN, TYPE, OBJECT,
+//! TTL, PTTL, FLUSHDB, FLUSHALL (DBSIZE is in the dispatcher).
 
 use bytes::Bytes;
 use kvstore_client::protocol::MAX_KEYS_PAGE;
@@ -27,6 +27,60 @@ pub(super) fn exists(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     match cmd::exists::count(args, ctx.db) {
         Ok(n) => Outcome::Ready(Value::Int(n as i64)),
         Err(reply) => refused(reply),
+    }
+}
+
+/// OBJECT ENCODING|FREQ|REFCOUNT|HELP key. ENCODING names the encoding
+/// Redis 7 would keep the value in (`int`, `embstr` up to 44 bytes, `raw`);
+/// no access frequency is tracked, so FREQ answers Redis's error for a
+/// server without an LFU policy.
+pub(super) fn object(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let sub = &args[0];
+    if is(sub, "help") {
+        let lines = [
+            "OBJECT <subcommand> [<arg> ...]",
+            "ENCODING <key>",
+            "FREQ <key>",
+            "REFCOUNT <key>",
+        ];
+        return Outcome::Ready(Value::Array(
+            lines
+                .iter()
+                .map(|l| Value::Bulk(Bytes::from_static(l.as_bytes())))
+                .collect(),
+        ));
+    }
+    let name = super::super::text(sub).to_ascii_lowercase();
+    let ("encoding" | "freq" | "refcount", [key]) = (name.as_str(), &args[1..]) else {
+        return Outcome::Ready(Value::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
+            super::clip(sub)
+        )));
+    };
+    let value = match cmd::get::value(key, ctx.db) {
+        Ok(Some(value)) => value,
+        Ok(None) => return Outcome::Ready(Value::Nil),
+        Err(reply) => return refused(reply),
+    };
+    Outcome::Ready(if is(sub, "encoding") {
+        Value::Simple(encoding(&value))
+    } else if is(sub, "refcount") {
+        Value::Int(1)
+    } else {
+        Value::error(
+            "ERR An LFU maxmemory policy is not selected, access frequency not tracked. \
+             Please note that when switching between policies at runtime LRU and LFU data \
+             will take some time to adjust.",
+        )
+    })
+}
+
+/// The encoding Redis 7 gives a string value.
+fn encoding(value: &[u8]) -> &'static str {
+    match value.len() {
+        0..=20 if parse_i64(value).is_some() => "int",
+        0..=44 => "embstr",
+        _ => "raw",
     }
 }
 

@@ -1,5 +1,6 @@
 //! String commands: GET (in the dispatcher), SET, SETNX, GETSET, GETDEL (in
-//! the dispatcher), MSET, MGET, STRLEN, APPEND, INCR, DECR, INCRBY, DECRBY.
+//! the dispatcher), MSET, MGET, STRLEN, GETRANGE (and SUBSTR), APPEND, INCR,
+//! DECR, INCRBY, DECRBY.
 
 use bytes::Bytes;
 use kvstore_client::{Command, Condition};
@@ -121,6 +122,34 @@ pub(super) fn strlen(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     }
 }
 
+/// GETRANGE key start end (and SUBSTR): the bytes from `start` to `end`
+/// inclusive, negative offsets counting from the end, clamped to the
+/// value as Redis 7 clamps them; "" for a missing key or an empty range.
+pub(super) fn getrange(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let (Some(start), Some(end)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
+        return Outcome::Ready(not_an_integer());
+    };
+    let value = match cmd::get::value(&args[0], ctx.db) {
+        Ok(value) => value.unwrap_or_default(),
+        Err(reply) => return refused(reply),
+    };
+    let range = byte_range(value.len(), start, end);
+    Outcome::Ready(Value::Bulk(
+        range.map_or_else(Bytes::new, |r| value.slice(r)),
+    ))
+}
+
+/// The bytes GETRANGE `start` `end` takes of a value of `len` bytes, if any.
+fn byte_range(len: usize, start: i64, end: i64) -> Option<std::ops::RangeInclusive<usize>> {
+    let len = i64::try_from(len).ok()?;
+    if (start < 0 && end < 0 && start > end) || len == 0 {
+        return None;
+    }
+    let from_end = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+    let (start, end) = (from_end(start), from_end(end).min(len - 1));
+    (start <= end).then_some(start as usize..=end as usize)
+}
+
 /// APPEND key value: the new length.
 pub(super) fn append(args: &[Bytes]) -> Outcome {
     let command = Command::Append {
@@ -153,4 +182,26 @@ pub(super) fn incr_by(args: &[Bytes], negate: bool) -> Outcome {
         by
     };
     incr(&args[0], by)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    /// Redis 7's GETRANGE on "This is a string" (its documentation's
+    /// examples) and the edges of its clamping.
+    #[test]
+    fn getrange_takes_what_redis_takes() {
+        let text = "This is a string";
+        let take = |start, end| byte_range(text.len(), start, end).map(|r| &text[r]);
+        assert_eq!(take(0, 3), Some("This"));
+        assert_eq!(take(-3, -1), Some("ing"));
+        assert_eq!(take(0, -1), Some(text));
+        assert_eq!(take(10, 100), Some("string"));
+        assert_eq!(take(-100, 3), Some("This"));
+        assert_eq!(take(5, 3), None);
+        assert_eq!(take(-1, -3), None);
+        assert_eq!(take(100, 200), None);
+        assert_eq!(byte_range(0, 0, -1), None);
+    }
 }
