@@ -332,6 +332,9 @@ fn connection_and_server_commands_satisfy_clients_and_tools() {
         "kvstore_sync:always",
         "# Stats",
         "total_commands_processed:",
+        "redis_mode:standalone",
+        "# Cluster",
+        "cluster_enabled:0",
         "# Keyspace",
         "db0:keys=1,",
     ] {

@@ -999,6 +999,11 @@ fn redis_cluster_clients_find_each_key_s_group_and_list_it_once() {
     wait_for_redis_slots(&mut third, &[(0, 8191, 2), (8192, 16383, 3)]);
     let mut first = redis_connection(&servers[0]);
     wait_for_the_same_view(&mut third, &mut first);
+    // What cluster clients read at connect.
+    let info: String = redis::cmd("INFO").query(&mut third).unwrap();
+    for field in ["redis_mode:cluster", "# Cluster", "cluster_enabled:1"] {
+        assert!(info.contains(field), "INFO lacks {field:?}:\n{info}");
+    }
 
     // A plain connection to node 3 is sent to group 2's nodes.
     let refused = redis::cmd("SET")

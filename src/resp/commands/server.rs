@@ -19,7 +19,14 @@ use crate::stats::Stats;
 pub const REDIS_VERSION: &str = "7.0.0";
 
 /// The INFO sections, in order.
-const SECTIONS: &[&str] = &["server", "clients", "persistence", "stats", "keyspace"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "persistence",
+    "stats",
+    "cluster",
+    "keyspace",
+];
 
 /// INFO [section ...]: `all`, `default` and `everything` mean every section.
 pub(super) fn info(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
@@ -55,7 +62,12 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
             let uptime = stats.started.elapsed().as_secs();
             line("redis_version", &REDIS_VERSION);
             line("kvstore_version", &env!("CARGO_PKG_VERSION"));
-            line("redis_mode", &"standalone");
+            // Cluster clients read this (and `cluster_enabled`) at connect.
+            let mode = match ctx.db.cluster() {
+                Some(_) => "cluster",
+                None => "standalone",
+            };
+            line("redis_mode", &mode);
             line("os", &std::env::consts::OS);
             line("arch_bits", &(usize::BITS));
             line("process_id", &std::process::id());
@@ -91,6 +103,7 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
             line("total_commands_processed", &n(&stats.commands));
             line("rejected_connections", &n(&stats.connections_rejected));
         }
+        "cluster" => line("cluster_enabled", &u8::from(ctx.db.cluster().is_some())),
         "keyspace" => {
             let keys = cmd::keys::count(ctx.db);
             if keys > 0 {
