@@ -149,7 +149,8 @@ fn a_call_whose_earlier_attempt_may_have_landed_reports_an_unknown_outcome() {
 #[test]
 fn an_unreachable_server_is_a_connect_error() {
     let client = Client::builder()
-        .addr(format!("127.0.0.1:{}", common::unused_port()))
+        // Port 1: no test server can be listening there (see tests/cli.rs).
+        .addr("127.0.0.1:1")
         .max_attempts(2)
         .backoff(Duration::from_millis(1), Duration::from_millis(2))
         .build()
