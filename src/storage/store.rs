@@ -29,7 +29,12 @@ use parking_lot::RwLock;
 use super::op::WriteOp;
 
 /// One key and its value in a single allocation:
-/// `key length (u32 LE) | key | value`.
+/// `key length (u32 LE) | key | [deadline (u64 LE)] | value`.
+///
+/// The length's top bit says whether a deadline (ms since the Unix epoch,
+/// after which the key is gone: docs/design/expiry.md) follows the key. A
+/// key is at most a frame (1 GiB), so the bit is free, and an entry without
+/// a deadline is laid out, and costs, exactly as before deadlines existed.
 ///
 /// Entries compare, and are looked up (through `Borrow<[u8]>`), by their key
 /// alone, so a shard is a `BTreeSet<Entry>` that behaves as a map from key to
@@ -39,18 +44,46 @@ pub struct Entry(Box<[u8]>);
 /// Bytes in front of the key: its length.
 const ENTRY_HEADER: usize = 4;
 
+/// Set in the key length when a deadline follows the key.
+const HAS_DEADLINE: u32 = 1 << 31;
+
+/// Bytes of a deadline.
+const DEADLINE_LEN: usize = 8;
+
 impl Entry {
     pub fn new(key: &[u8], value: &[u8]) -> Entry {
-        let mut buf = Vec::with_capacity(ENTRY_HEADER + key.len() + value.len());
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        Entry::with_deadline(key, value, None)
+    }
+
+    /// An entry whose key is gone once `deadline` (ms since the epoch) has
+    /// passed, if it has one.
+    pub fn with_deadline(key: &[u8], value: &[u8], deadline: Option<u64>) -> Entry {
+        let extra = deadline.map_or(0, |_| DEADLINE_LEN);
+        let mut buf = Vec::with_capacity(ENTRY_HEADER + key.len() + extra + value.len());
+        let flag = deadline.map_or(0, |_| HAS_DEADLINE);
+        buf.extend_from_slice(&(key.len() as u32 | flag).to_le_bytes());
         buf.extend_from_slice(key);
+        if let Some(at) = deadline {
+            buf.extend_from_slice(&at.to_le_bytes());
+        }
         buf.extend_from_slice(value);
         Entry(buf.into_boxed_slice())
     }
 
-    fn key_end(&self) -> usize {
+    fn header(&self) -> u32 {
         let b = &self.0;
-        ENTRY_HEADER + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    fn key_end(&self) -> usize {
+        ENTRY_HEADER + (self.header() & !HAS_DEADLINE) as usize
+    }
+
+    fn value_start(&self) -> usize {
+        match self.header() & HAS_DEADLINE {
+            0 => self.key_end(),
+            _ => self.key_end() + DEADLINE_LEN,
+        }
     }
 
     pub fn key(&self) -> &[u8] {
@@ -58,7 +91,22 @@ impl Entry {
     }
 
     pub fn value(&self) -> &[u8] {
-        &self.0[self.key_end()..]
+        &self.0[self.value_start()..]
+    }
+
+    /// When the key is gone (ms since the epoch), if ever.
+    pub fn deadline(&self) -> Option<u64> {
+        if self.header() & HAS_DEADLINE == 0 {
+            return None;
+        }
+        let at = self.key_end();
+        let bytes: [u8; DEADLINE_LEN] = self.0[at..at + DEADLINE_LEN].try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
+    /// Whether the key is gone at `now_ms`: its deadline is at or before it.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.deadline().is_some_and(|at| at <= now_ms)
     }
 }
 
@@ -685,6 +733,42 @@ mod tests {
             });
         }
         store
+    }
+
+    /// A deadline rides in the entry only when there is one: a key without
+    /// one takes the same bytes as before deadlines, and lookups by key
+    /// find either kind.
+    #[test]
+    fn an_entry_carries_a_deadline_only_when_it_has_one() {
+        let plain = Entry::new(b"user:1", b"ann");
+        assert_eq!(plain.0.len(), ENTRY_HEADER + 6 + 3);
+        assert_eq!((plain.key(), plain.value()), (&b"user:1"[..], &b"ann"[..]));
+        assert_eq!(plain.deadline(), None);
+        assert!(!plain.expired(u64::MAX));
+
+        let at = 1_764_950_400_000;
+        let expiring = Entry::with_deadline(b"session:9", b"", Some(at));
+        assert_eq!(expiring.0.len(), ENTRY_HEADER + 9 + DEADLINE_LEN);
+        assert_eq!(
+            (expiring.key(), expiring.value()),
+            (&b"session:9"[..], &b""[..])
+        );
+        assert_eq!(expiring.deadline(), Some(at));
+        assert!(!expiring.expired(at - 1));
+        assert!(expiring.expired(at));
+
+        // A value that looks like a deadline stays a value.
+        let tricky = Entry::new(b"k", &at.to_le_bytes());
+        assert_eq!(
+            (tricky.deadline(), tricky.value()),
+            (None, &at.to_le_bytes()[..])
+        );
+
+        let map: Map = [plain, expiring, tricky].into_iter().collect();
+        let found = |key: &[u8]| map.get(key).map(|e| e.value().to_vec());
+        assert_eq!(found(b"session:9"), Some(Vec::new()));
+        assert_eq!(found(b"user:1"), Some(b"ann".to_vec()));
+        assert_eq!(found(b"k"), Some(at.to_le_bytes().to_vec()));
     }
 
     #[test]
