@@ -279,6 +279,8 @@ pub(crate) fn check_under_faults(n: u64, beside: Option<Beside>) {
         history.lock().unwrap().push((key, op, "final read".into()));
     }
 
+    every_replica_catches_up(&nodes);
+
     let history = std::mem::take(&mut *history.lock().unwrap());
     let unknown = history.iter().filter(|(_, op, _)| op.ret.is_none()).count();
     let mut anomalies = Vec::new();
@@ -334,4 +336,33 @@ pub(crate) fn check_under_faults(n: u64, beside: Option<Beside>) {
         0,
         "a server panicked (its log is above): a group or task of it stopped"
     );
+}
+
+/// Healed and idle, every node applies each of its groups up to the same
+/// index within 30 s: a replica whose group stopped (a panicked task, a
+/// log it cannot restart from) would stay behind while a majority serves
+/// every client, and the checker would never see it.
+fn every_replica_catches_up(nodes: &[Spec]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut applied = std::collections::BTreeMap::<u64, Vec<(u64, Option<u64>)>>::new();
+    while Instant::now() < deadline {
+        applied.clear();
+        let mut answered = 0;
+        for node in nodes {
+            let Some(status) = status(node.addr) else {
+                continue;
+            };
+            answered += 1;
+            for group in status.groups {
+                let views = applied.entry(group.id).or_default();
+                views.push((node.id, group.applied_index));
+            }
+        }
+        let caught_up = |views: &Vec<(u64, Option<u64>)>| views.iter().all(|v| v.1 == views[0].1);
+        if answered == nodes.len() && applied.values().all(caught_up) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("replicas still behind after 30 s, by group (node, applied index): {applied:?}");
 }
