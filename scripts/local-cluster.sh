@@ -128,16 +128,19 @@ shard() {
 }
 
 # Waits (at most 10 s) until every node has recorded its RESP address in
-# the cluster's table, so that Redis clients are sent on (-MOVED) from the
-# first command.
-wait_resp() {
+# the cluster's table and every group has a leader every node knows of, so
+# that Redis clients are sent on (-MOVED) from the first command, not told
+# that no leader is known yet.
+wait_ready() {
     local i json
     for ((i = 0; i < 100; i++)); do
         json=$("$bin/kvstore" --addr "$(all_addrs)" --output json cluster status 2>/dev/null) || json=""
-        if [[ $json == *'"resp_addr"'* && $json != *'"resp_addr":null'* ]]; then return 0; fi
+        if [[ $json == *'"resp_addr"'* && $json != *'"resp_addr":null'* && $json != *'"leader":null'* ]]; then
+            return 0
+        fi
         sleep 0.1
     done
-    echo "not every node has recorded its RESP address yet" >&2
+    echo "not every node has recorded its RESP address, or a group has no leader, yet" >&2
 }
 
 cmd_start() {
@@ -171,7 +174,7 @@ cmd_start() {
         echo "cluster initialized"
     fi
     shard "$groups"
-    wait_resp
+    wait_ready
     echo "export KVSTORE_ADDR=$(all_addrs)"
     echo "redis-cli -c -p $((port + 201))"
 }

@@ -150,7 +150,8 @@ fn the_local_cluster_script_starts_a_sharded_cluster_for_redis_cli() {
         [r#"["0-5460"]"#, r#"["5461-10921"]"#, r#"["10922-16383"]"#],
         "{status}"
     );
-    // `start` waits until every node has recorded its RESP address.
+    // `start` waits until every node has recorded its RESP address (and
+    // every group has a leader).
     let resp: Vec<String> = (status["nodes"].as_array().unwrap().iter())
         .map(|n| n["resp_addr"].to_string())
         .collect();
