@@ -86,7 +86,8 @@ pub(super) fn cluster_failed(message: impl Into<String>) -> Error {
 /// meanwhile (it asserts that the leader is a voter: a debug build's group
 /// panicked). Such a change is refused as if by a follower.
 pub fn leads_outside_voters(raft: &Raft) -> bool {
-    let metrics = raft.metrics().borrow().clone();
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
     let id = metrics.id;
     metrics.current_leader == Some(id)
         && !(metrics.membership_config.membership().voter_ids()).any(|v| v == id)
