@@ -106,10 +106,16 @@ fn held_bytes(op: &WriteOp) -> usize {
     let held = |b: &Bytes| std::mem::size_of::<Bytes>() + 16 + b.len();
     std::mem::size_of::<WriteOp>()
         + match op {
-            WriteOp::Set { key, value } => held(key) + held(value),
-            WriteOp::Delete { key } => held(key),
+            WriteOp::Set { key, value } | WriteOp::SetExpiring { key, value, .. } => {
+                held(key) + held(value)
+            }
+            WriteOp::Delete { key } | WriteOp::ExpireAt { key, .. } | WriteOp::Persist { key } => {
+                held(key)
+            }
             WriteOp::BulkSet { items } => items.iter().map(|(k, v)| held(k) + held(v)).sum(),
-            WriteOp::DeleteMany { keys } => keys.iter().map(held).sum(),
+            WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
+                keys.iter().map(held).sum()
+            }
             WriteOp::Clear => 0,
         }
 }

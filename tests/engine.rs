@@ -195,6 +195,7 @@ fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, op: &WriteOp) -> Applied {
             model.clear();
             Applied::Stored
         }
+        op => panic!("the model has no deadlines, and expiring writes are not generated: {op:?}"),
     }
 }
 

@@ -82,7 +82,8 @@ fn model(ops: &[WriteOp]) -> BTreeMap<Bytes, Bytes> {
 fn dump(store: &Store) -> BTreeMap<Bytes, Bytes> {
     let mut all = BTreeMap::new();
     for shard in 0..store.shard_count() {
-        store.visit(shard, None, usize::MAX, |k, v| {
+        store.visit(shard, None, usize::MAX, |e| {
+            let (k, v) = (e.key(), e.value());
             all.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
         });
     }

@@ -260,6 +260,13 @@ impl Disk {
                 folded.counts = Counts::default();
                 Applied::Stored
             }
+            // No door writes these yet; docs/design/expiry.md's step 3.
+            WriteOp::SetExpiring { .. }
+            | WriteOp::ExpireAt { .. }
+            | WriteOp::Persist { .. }
+            | WriteOp::Expire { .. } => {
+                return Err(failed(&self.path, "the disk engine keeps no deadlines yet"));
+            }
         })
     }
 

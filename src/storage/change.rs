@@ -357,9 +357,12 @@ impl<'a> BatchView<'a> {
     /// Takes in a write that will be applied after the ones before it.
     pub fn record(&mut self, op: &WriteOp) {
         match op {
-            WriteOp::Set { key, value } => {
+            WriteOp::Set { key, value } | WriteOp::SetExpiring { key, value, .. } => {
                 self.overlay.insert(key.clone(), Some(value.clone()));
             }
+            // Deadlines do not change values; a key the sweep removes was
+            // hidden already.
+            WriteOp::ExpireAt { .. } | WriteOp::Persist { .. } | WriteOp::Expire { .. } => {}
             WriteOp::Delete { key } => {
                 self.overlay.insert(key.clone(), None);
             }

@@ -17,6 +17,7 @@
 
 pub mod appender;
 pub mod change;
+pub mod clock;
 pub mod fs;
 pub mod op;
 pub mod record;
@@ -29,8 +30,6 @@ use std::any::Any;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-
-use bytes::Bytes;
 
 use crate::config::EngineKind;
 use crate::engine::disk::Disk;
@@ -225,8 +224,8 @@ const REPLAY_SORT_BYTES: usize = 256 << 20;
 /// came before it first. Nothing reads the map until recovery is done.
 struct SortedReplay<'s> {
     store: &'s Store,
-    /// Each key written, with its value (`None`: deleted), in log order.
-    pending: Vec<(Bytes, Option<Bytes>)>,
+    /// Single-key writes with their key's shard, in log order.
+    pending: Vec<(usize, op::WriteOp)>,
     bytes: usize,
 }
 
@@ -240,29 +239,38 @@ impl<'s> SortedReplay<'s> {
     }
 
     fn push(&mut self, op: op::WriteOp) {
+        use op::WriteOp::*;
         match op {
-            op::WriteOp::Set { key, value } => self.hold(key, Some(value)),
-            op::WriteOp::Delete { key } => self.hold(key, None),
-            op::WriteOp::BulkSet { items } => {
+            BulkSet { items } => {
                 for (key, value) in items {
-                    self.hold(key, Some(value));
+                    self.hold(Set { key, value });
                 }
             }
-            op::WriteOp::DeleteMany { keys } => {
+            DeleteMany { keys } => {
                 for key in keys {
-                    self.hold(key, None);
+                    self.hold(Delete { key });
                 }
             }
-            op::WriteOp::Clear => {
-                self.flush();
-                self.store.apply(&op::WriteOp::Clear);
+            Expire { keys, now } => {
+                for key in keys {
+                    self.hold(Expire {
+                        keys: vec![key],
+                        now,
+                    });
+                }
             }
+            Clear => {
+                self.flush();
+                self.store.apply(&Clear);
+            }
+            single => self.hold(single),
         }
     }
 
-    fn hold(&mut self, key: Bytes, value: Option<Bytes>) {
-        self.bytes += key.len() + value.as_ref().map_or(0, Bytes::len);
-        self.pending.push((key, value));
+    fn hold(&mut self, op: op::WriteOp) {
+        self.bytes += op.approx_len();
+        let shard = op.first_key().map_or(0, |key| self.store.shard_index(key));
+        self.pending.push((shard, op));
         if self.bytes >= REPLAY_SORT_BYTES {
             self.flush();
         }
@@ -270,14 +278,11 @@ impl<'s> SortedReplay<'s> {
 
     /// Applies what is held, in shard and key order.
     fn flush(&mut self) {
-        let store = self.store;
-        self.pending
-            .sort_by_cached_key(|(key, _)| (store.shard_index(key), key.clone()));
-        for (key, value) in self.pending.drain(..) {
-            store.apply(&match value {
-                Some(value) => op::WriteOp::Set { key, value },
-                None => op::WriteOp::Delete { key },
-            });
+        (self.pending).sort_by(|(shard, op), (other_shard, other)| {
+            (shard.cmp(other_shard)).then_with(|| op.first_key().cmp(&other.first_key()))
+        });
+        for (_, op) in self.pending.drain(..) {
+            self.store.apply(&op);
         }
         self.bytes = 0;
     }
@@ -441,6 +446,7 @@ pub fn disk_dir_for(data: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use op::WriteOp;
 
     /// Every kind of write, to few keys, many times each: replayed sorted,
@@ -463,6 +469,20 @@ mod tests {
                 2 => WriteOp::DeleteMany {
                     keys: vec![key(i + 2), key(i + 3)],
                 },
+                3 => WriteOp::SetExpiring {
+                    key: key(i),
+                    value: value(i),
+                    at: i,
+                },
+                4 => WriteOp::ExpireAt {
+                    key: key(i + 1),
+                    at: i + 5,
+                },
+                5 => WriteOp::Persist { key: key(i + 2) },
+                6 => WriteOp::Expire {
+                    keys: vec![key(i), key(i + 3)],
+                    now: i,
+                },
                 _ if i % 997 == 0 => WriteOp::Clear,
                 _ => WriteOp::Set {
                     key: key(i),
@@ -470,11 +490,13 @@ mod tests {
                 },
             })
             .collect();
-        let in_order = Store::new(3);
+        // Still at the epoch: no deadline has passed for readers; `Expire`
+        // removes what its own `now` says is due.
+        let in_order = Store::with_clock(3, clock::Clock::manual(0));
         ops.iter().for_each(|op| {
             in_order.apply(op);
         });
-        let sorted = Store::new(3);
+        let sorted = Store::with_clock(3, clock::Clock::manual(0));
         let mut replay = SortedReplay::new(&sorted);
         ops.into_iter().for_each(|op| replay.push(op));
         replay.flush();
@@ -482,5 +504,9 @@ mod tests {
         let pairs = |store: &Store| store.pairs(&everything, usize::MAX, usize::MAX).0;
         assert_eq!(pairs(&sorted), pairs(&in_order));
         assert_eq!(sorted.bytes(), in_order.bytes());
+        for i in 0..7 {
+            assert_eq!(sorted.deadline(&key(i)), in_order.deadline(&key(i)));
+        }
+        assert!((0..7).any(|i| matches!(in_order.deadline(&key(i)), Some(Some(_)))));
     }
 }

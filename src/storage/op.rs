@@ -30,15 +30,44 @@ pub enum WriteOp {
     /// is still exact: it removes every key the snapshot holds, and the
     /// records after it put back what was written later.
     Clear,
+    /// `key` holds `value` until `at` (ms since the epoch), then is gone
+    /// (docs/design/expiry.md). Absolute, so replay stays idempotent.
+    SetExpiring {
+        key: Bytes,
+        value: Bytes,
+        at: u64,
+    },
+    /// `key`, if it has a value, is gone at `at`.
+    ExpireAt {
+        key: Bytes,
+        at: u64,
+    },
+    /// `key`, if it has a value, keeps it with no deadline.
+    Persist {
+        key: Bytes,
+    },
+    /// The sweep: each of `keys` whose deadline is at or before `now` is
+    /// removed. A key written again after the sweep chose it has a later
+    /// deadline or none and stays, so replay is idempotent too.
+    Expire {
+        keys: Vec<Bytes>,
+        now: u64,
+    },
 }
 
 impl WriteOp {
     /// The keys it writes (none for `Clear`).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            WriteOp::Set { key, .. } | WriteOp::Delete { key } => vec![key],
+            WriteOp::Set { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::SetExpiring { key, .. }
+            | WriteOp::ExpireAt { key, .. }
+            | WriteOp::Persist { key } => vec![key],
             WriteOp::BulkSet { items } => items.iter().map(|(key, _)| &key[..]).collect(),
-            WriteOp::DeleteMany { keys } => keys.iter().map(|key| &key[..]).collect(),
+            WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
+                keys.iter().map(|key| &key[..]).collect()
+            }
             WriteOp::Clear => Vec::new(),
         }
     }
@@ -46,9 +75,15 @@ impl WriteOp {
     /// Its first key, without collecting the others.
     pub fn first_key(&self) -> Option<&[u8]> {
         match self {
-            WriteOp::Set { key, .. } | WriteOp::Delete { key } => Some(key),
+            WriteOp::Set { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::SetExpiring { key, .. }
+            | WriteOp::ExpireAt { key, .. }
+            | WriteOp::Persist { key } => Some(key),
             WriteOp::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
-            WriteOp::DeleteMany { keys } => keys.first().map(|key| &key[..]),
+            WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
+                keys.first().map(|key| &key[..])
+            }
             WriteOp::Clear => None,
         }
     }
@@ -66,7 +101,9 @@ impl WriteOp {
     pub fn approx_len(&self) -> usize {
         match self {
             WriteOp::Set { key, value } => 32 + key.len() + value.len(),
-            WriteOp::Delete { key } => 24 + key.len(),
+            WriteOp::SetExpiring { key, value, .. } => 40 + key.len() + value.len(),
+            WriteOp::Delete { key } | WriteOp::Persist { key } => 24 + key.len(),
+            WriteOp::ExpireAt { key, .. } => 32 + key.len(),
             WriteOp::BulkSet { items } => {
                 24 + items
                     .iter()
@@ -74,6 +111,7 @@ impl WriteOp {
                     .sum::<usize>()
             }
             WriteOp::DeleteMany { keys } => 24 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
+            WriteOp::Expire { keys, .. } => 32 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             WriteOp::Clear => 16,
         }
     }

@@ -166,8 +166,8 @@ impl Encoder {
             return false;
         }
         let after = self.after.take();
-        self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |key, value| {
-            self.push_entry(key, value)
+        self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |entry| {
+            self.push_entry(entry.key(), entry.value())
         });
         if self.after.is_none() {
             self.shard += 1;
@@ -713,7 +713,7 @@ fn decode_blocks<'s>(
         if bad.is_some() {
             continue;
         }
-        match decode_block(&body[1..], |key, value| loader.push(key, value)) {
+        match decode_block(&body[1..], |key, value| loader.push(key, value, None)) {
             Ok(n) => entries += n,
             Err(reason) => bad = Some((offset, reason)),
         }

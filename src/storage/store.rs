@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use parking_lot::RwLock;
 
+use super::clock::Clock;
 use super::op::WriteOp;
 
 /// One key and its value in a single allocation:
@@ -141,8 +142,70 @@ impl Ord for Entry {
 /// takes it briefly; it never blocks an async task for long because nothing
 /// inside it awaits or does I/O. (`cargo bench --bench store`, `lock/*`: two
 /// readers on one map take 23 ms with the read-write lock, 43 ms with a mutex.)
-type Map = BTreeSet<Entry>;
 type Shard = RwLock<Map>;
+
+/// A shard's entries, and the deadlines of those that have one in deadline
+/// order (the sweep takes the earliest; with no expiring key the set is
+/// empty and a key costs no more than before expiry existed).
+#[derive(Default)]
+struct Map {
+    entries: BTreeSet<Entry>,
+    deadlines: BTreeSet<(u64, Box<[u8]>)>,
+}
+
+impl Map {
+    fn get(&self, key: &[u8]) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    fn range<'a>(
+        &'a self,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+    ) -> std::collections::btree_set::Range<'a, Entry> {
+        self.entries.range::<[u8], _>(bounds)
+    }
+
+    /// Stores `entry`, and returns the one it replaced.
+    fn put(&mut self, entry: Entry) -> Option<Entry> {
+        let indexed = entry.deadline().map(|at| (at, Box::from(entry.key())));
+        let old = self.entries.replace(entry);
+        if let Some(old) = &old {
+            self.unindex(old);
+        }
+        if let Some(indexed) = indexed {
+            self.deadlines.insert(indexed);
+        }
+        old
+    }
+
+    fn take(&mut self, key: &[u8]) -> Option<Entry> {
+        let old = self.entries.take(key)?;
+        self.unindex(&old);
+        Some(old)
+    }
+
+    fn unindex(&mut self, entry: &Entry) {
+        if let Some(at) = entry.deadline() {
+            self.deadlines.remove(&(at, Box::from(entry.key())));
+        }
+    }
+
+    /// Moves `built`'s entries in (keys this map does not hold).
+    fn append(&mut self, built: &mut BTreeSet<Entry>) {
+        for entry in built.iter() {
+            if let Some(at) = entry.deadline() {
+                self.deadlines.insert((at, Box::from(entry.key())));
+            }
+        }
+        self.entries.append(built);
+    }
+
+    /// Entries whose deadline is at or before `now`, not removed yet.
+    fn expired(&self, now: u64) -> usize {
+        let end = (now.saturating_add(1), Box::<[u8]>::default());
+        self.deadlines.range(..end).count()
+    }
+}
 
 /// The whole data set.
 pub struct Store {
@@ -153,6 +216,9 @@ pub struct Store {
     /// one writer (the commit thread, or recovery), under the shard locks.
     key_bytes: AtomicU64,
     value_bytes: AtomicU64,
+    /// Says when a deadline has passed: an expired entry is hidden from
+    /// every read until the sweep removes it.
+    clock: Clock,
 }
 
 /// What a write did, for the reply.
@@ -352,13 +418,28 @@ pub struct KeysPage {
 impl Store {
     /// An empty store with `shards` shards (at least one).
     pub fn new(shards: usize) -> Store {
+        Store::with_clock(shards, Clock::System)
+    }
+
+    /// An empty store whose deadlines pass by `clock`.
+    pub fn with_clock(shards: usize, clock: Clock) -> Store {
         Store {
-            shards: (0..shards.max(1))
-                .map(|_| RwLock::new(Map::new()))
-                .collect(),
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
             key_bytes: AtomicU64::new(0),
             value_bytes: AtomicU64::new(0),
+            clock,
         }
+    }
+
+    /// Whether `entry` is there for readers: it has no deadline, or its
+    /// deadline has not passed (the clock is read only for the former).
+    fn live(&self, entry: &Entry) -> bool {
+        entry.deadline().is_none_or(|at| at > self.clock.now_ms())
+    }
+
+    /// The live entry of `key` in `map`.
+    fn found<'m>(&self, map: &'m Map, key: &[u8]) -> Option<&'m Entry> {
+        map.get(key).filter(|e| self.live(e))
     }
 
     pub fn shard_index(&self, key: &[u8]) -> usize {
@@ -372,7 +453,14 @@ impl Store {
     /// The value of `key`, copied out under the shard's read lock.
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
         let map = self.shard(key).read();
-        map.get(key).map(|e| Bytes::copy_from_slice(e.value()))
+        let found = self.found(&map, key);
+        found.map(|e| Bytes::copy_from_slice(e.value()))
+    }
+
+    /// The deadline of `key` (`Some(None)`: it has none; `None`: no key).
+    pub fn deadline(&self, key: &[u8]) -> Option<Option<u64>> {
+        let map = self.shard(key).read();
+        self.found(&map, key).map(Entry::deadline)
     }
 
     /// The values of `keys`, read at one instant: the read locks of all
@@ -384,7 +472,7 @@ impl Store {
         keys.iter()
             .zip(slots)
             .map(|(key, slot)| {
-                let found = guards[slot].get(key.as_ref());
+                let found = self.found(&guards[slot], key);
                 found.map(|e| Bytes::copy_from_slice(e.value()))
             })
             .collect()
@@ -406,13 +494,16 @@ impl Store {
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.shard(key).read().contains(key)
+        self.found(&self.shard(key).read(), key).is_some()
     }
 
-    /// Number of keys (each shard counted under its own lock, so the total is
-    /// not one instant's count while writes run).
+    /// Number of live keys (each shard counted under its own lock, so the
+    /// total is not one instant's count while writes run). Expired keys not
+    /// swept yet are counted off through the deadline index.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        let now = self.clock.now_ms();
+        let live = |map: &Map| map.entries.len() - map.expired(now);
+        self.shards.iter().map(|s| live(&s.read())).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -442,20 +533,32 @@ impl Store {
     /// Stores `entry` in `map`, replacing (and uncounting) the old one.
     fn put(&self, map: &mut Map, entry: Entry) {
         self.count(&entry, true);
-        if let Some(old) = map.replace(entry) {
+        if let Some(old) = map.put(entry) {
             self.count(&old, false);
         }
     }
 
-    /// Removes `key` from `map`; whether it was there.
+    /// Removes `key` from `map`; whether it was there for readers (an
+    /// expired entry goes, but did not count as a key).
     fn take(&self, map: &mut Map, key: &[u8]) -> bool {
         match map.take(key) {
             Some(old) => {
                 self.count(&old, false);
-                true
+                self.live(&old)
             }
             None => false,
         }
+    }
+
+    /// Gives `key`'s live entry in `map` the deadline `at` (`None`: no
+    /// deadline); whether there was one to change.
+    fn set_deadline(&self, map: &mut Map, key: &[u8], at: Option<u64>) -> bool {
+        let Some(old) = self.found(map, key) else {
+            return false;
+        };
+        let entry = Entry::with_deadline(key, old.value(), at);
+        self.put(map, entry);
+        true
     }
 
     /// Applies one write. A BulkSet, DeleteMany or Clear takes the write locks
@@ -486,10 +589,53 @@ impl Store {
                 Applied::Int(removed)
             }
             WriteOp::Clear => {
-                self.swap_all((0..self.shards.len()).map(|_| Map::new()), (0, 0));
+                self.swap_all((0..self.shards.len()).map(|_| Map::default()), (0, 0));
                 Applied::Stored
             }
+            WriteOp::SetExpiring { key, value, at } => {
+                let entry = Entry::with_deadline(key, value, Some(*at));
+                self.put(&mut self.shard(key).write(), entry);
+                Applied::Stored
+            }
+            WriteOp::ExpireAt { key, at } => {
+                Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, Some(*at)))
+            }
+            WriteOp::Persist { key } => {
+                let mut map = self.shard(key).write();
+                let timed = self.found(&map, key).and_then(Entry::deadline).is_some();
+                Applied::Bool(timed && self.set_deadline(&mut map, key, None))
+            }
+            WriteOp::Expire { keys, now } => {
+                let mut removed = 0;
+                self.with_shards_of(keys.iter(), |i, map| {
+                    if !map.get(&keys[i]).is_some_and(|e| e.expired(*now)) {
+                        return;
+                    }
+                    if let Some(old) = map.take(&keys[i]) {
+                        self.count(&old, false);
+                        removed += 1;
+                    }
+                });
+                Applied::Int(removed)
+            }
         }
+    }
+
+    /// Up to `max` keys whose deadline is at or before `now`, earliest
+    /// first within each shard: what the sweep removes next.
+    pub fn due(&self, now: u64, max: usize) -> Vec<Bytes> {
+        let end = (now.saturating_add(1), Box::<[u8]>::default());
+        let mut due = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.read();
+            let left = max - due.len();
+            let keys = map.deadlines.range(..end.clone()).take(left);
+            due.extend(keys.map(|(_, key)| Bytes::copy_from_slice(key)));
+            if due.len() == max {
+                break;
+            }
+        }
+        due
     }
 
     /// Replaces the whole content with `other`'s (built with the same shard
@@ -576,7 +722,7 @@ impl Store {
                         // Each part is in key order already (a snapshot lists
                         // a shard's keys in order), so the sort inside
                         // `from_iter` only merges runs.
-                        let mut built: Map = parts.into_iter().flatten().collect();
+                        let mut built: BTreeSet<Entry> = parts.into_iter().flatten().collect();
                         self.shards[shard].write().append(&mut built);
                     }
                 });
@@ -645,7 +791,7 @@ impl Store {
         let mut ranges: Vec<Box<dyn Iterator<Item = &Entry>>> = guards
             .iter()
             .map(|map| {
-                let range = map.range::<[u8], _>(span.bounds());
+                let range = map.range(span.bounds()).filter(|e| self.live(e));
                 if span.reverse {
                     Box::new(range.rev()) as Box<dyn Iterator<Item = &Entry>>
                 } else {
@@ -673,8 +819,9 @@ impl Store {
         false
     }
 
-    /// Shows `visit` up to `n` pairs of shard `shard` after `after`, in key
-    /// order, under the shard's read lock, and returns the last key shown
+    /// Shows `visit` up to `n` entries of shard `shard` after `after`, in key
+    /// order (expired ones too: a copy keeps them, with their deadline),
+    /// under the shard's read lock, and returns the last key shown
     /// (`None` once the shard has no more): the snapshot writer copies the
     /// store in such short steps so that it never holds a lock for long.
     pub fn visit(
@@ -682,13 +829,13 @@ impl Store {
         shard: usize,
         after: Option<&[u8]>,
         n: usize,
-        mut visit: impl FnMut(&[u8], &[u8]),
+        mut visit: impl FnMut(&Entry),
     ) -> Option<Vec<u8>> {
         let map = self.shards[shard].read();
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut last = None;
-        for entry in map.range::<[u8], _>((lower, Bound::Unbounded)).take(n) {
-            visit(entry.key(), entry.value());
+        for entry in map.range((lower, Bound::Unbounded)).take(n) {
+            visit(entry);
             last = Some(entry);
         }
         last.map(|e| e.key().to_vec())
@@ -712,11 +859,12 @@ pub struct Loader<'s> {
 }
 
 impl Loader<'_> {
-    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+    /// Adds a key, with the deadline it has if any.
+    pub fn push(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
         self.key_bytes += key.len() as u64;
         self.value_bytes += value.len() as u64;
         let shard = self.store.shard_index(key);
-        self.by_shard[shard].push(Entry::new(key, value));
+        self.by_shard[shard].push(Entry::with_deadline(key, value, deadline));
     }
 }
 
@@ -764,11 +912,88 @@ mod tests {
             (None, &at.to_le_bytes()[..])
         );
 
-        let map: Map = [plain, expiring, tricky].into_iter().collect();
+        let map: BTreeSet<Entry> = [plain, expiring, tricky].into_iter().collect();
         let found = |key: &[u8]| map.get(key).map(|e| e.value().to_vec());
         assert_eq!(found(b"session:9"), Some(Vec::new()));
         assert_eq!(found(b"user:1"), Some(b"ann".to_vec()));
         assert_eq!(found(b"k"), Some(at.to_le_bytes().to_vec()));
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// A key whose deadline has passed is gone for every read at once,
+    /// before anything removes it; `Expire` removes only what is due.
+    #[test]
+    fn an_expired_key_is_hidden_from_every_read_until_swept() {
+        let clock = Clock::manual(1_000);
+        let store = Store::with_clock(4, clock.clone());
+        store.apply(&WriteOp::set("plain", "p"));
+        for (key, at) in [("soon", 1_500), ("later", 3_000)] {
+            let (key, value) = (b(key), b("v"));
+            store.apply(&WriteOp::SetExpiring { key, value, at });
+        }
+        assert_eq!(store.get(b"soon").as_deref(), Some(&b"v"[..]));
+        assert_eq!(store.deadline(b"soon"), Some(Some(1_500)));
+        assert_eq!(store.deadline(b"plain"), Some(None));
+        assert_eq!(store.len(), 3);
+
+        clock.set(1_500);
+        assert_eq!(store.get(b"soon"), None);
+        assert!(!store.contains(b"soon"));
+        assert_eq!(store.deadline(b"soon"), None);
+        assert_eq!(store.get_many(&[b("soon"), b("later")])[0], None);
+        assert_eq!(store.len(), 2);
+        let all = Span::prefix(b"", None, false);
+        let keys = |store: &Store| store.pairs(&all, 10, usize::MAX).0;
+        let names: Vec<_> = keys(&store).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, [b("later"), b("plain")]);
+        assert_eq!(store.keys(b"", None, 10, usize::MAX).keys, names);
+        // Hidden, but still held: the sweep finds it, and only it.
+        assert_eq!(store.due(1_500, 10), [b("soon")]);
+        assert_eq!(store.bytes(), (4 + 5 + 5, 3));
+
+        // Set again in between, a key is not the sweep's any more.
+        store.apply(&WriteOp::set("later", "kept"));
+        let due = [b("soon"), b("later"), b("plain")].to_vec();
+        let removed = store.apply(&WriteOp::Expire {
+            keys: due,
+            now: 5_000,
+        });
+        assert_eq!(removed, Applied::Int(1));
+        assert_eq!(store.due(u64::MAX, 10), Vec::<Bytes>::new());
+        assert_eq!(store.bytes(), (5 + 5, 1 + 4));
+        assert_eq!(store.get(b"later").as_deref(), Some(&b"kept"[..]));
+    }
+
+    /// `ExpireAt` and `Persist` change a live key's deadline and keep its
+    /// value; a missing or expired key is not theirs to change.
+    #[test]
+    fn deadlines_are_given_and_taken_away() {
+        let clock = Clock::manual(0);
+        let store = Store::with_clock(2, clock.clone());
+        store.apply(&WriteOp::set("k", "v"));
+        let expire = |key: &str, at| WriteOp::ExpireAt { key: b(key), at };
+        let persist = |key: &str| WriteOp::Persist { key: b(key) };
+        assert_eq!(store.apply(&expire("k", 100)), Applied::Bool(true));
+        assert_eq!(store.apply(&expire("missing", 100)), Applied::Bool(false));
+        assert_eq!(store.deadline(b"k"), Some(Some(100)));
+        assert_eq!(store.apply(&expire("k", 50)), Applied::Bool(true));
+        assert_eq!(store.due(60, 10), [b("k")]);
+        assert_eq!(store.apply(&persist("k")), Applied::Bool(true));
+        assert_eq!(store.apply(&persist("k")), Applied::Bool(false));
+        assert_eq!(store.due(u64::MAX, 10), Vec::<Bytes>::new());
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
+
+        store.apply(&expire("k", 10));
+        clock.set(10);
+        assert_eq!(store.apply(&persist("k")), Applied::Bool(false));
+        assert_eq!(store.apply(&expire("k", 99)), Applied::Bool(false));
+        // A delete of a hidden key removes it but says it was not there.
+        let deleted = store.apply(&WriteOp::Delete { key: b("k") });
+        assert_eq!(deleted, Applied::Deleted(false));
+        assert_eq!((store.due(u64::MAX, 10).len(), store.bytes()), (0, (0, 0)));
     }
 
     #[test]
