@@ -264,17 +264,27 @@ pub trait View: Send {
     /// moments), so that the backup must end with the writes applied
     /// during it; false for one instant's view.
     fn fuzzy(&self) -> bool;
+
+    /// Whether the copy may hold a key with a deadline, so that its file
+    /// must be the version that keeps them (see `crate::storage::snapshot`).
+    fn timed(&self) -> bool {
+        false
+    }
 }
 
 /// The memory engine's map (an `Arc<Store>`, or a `&Store`), copied a few
 /// pairs per shard lock.
 impl<S: std::ops::Deref<Target = Store> + Send> View for S {
     fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error> {
-        Ok(encoder.copy_some(self))
+        encoder.copy_some(self).map_err(Error::StorageFailed)
     }
 
     fn fuzzy(&self) -> bool {
         true
+    }
+
+    fn timed(&self) -> bool {
+        self.has_held_deadlines()
     }
 }
 
@@ -302,12 +312,13 @@ impl Backup {
     /// if it is fuzzy. Fails if [`MAX_BACKUPS`] are running.
     pub fn start(view: Box<dyn View>, tees: &Arc<Tees>) -> Result<Backup, Error> {
         let tee = tees.start(view.fuzzy())?;
+        // A backup put in place of a data file recovers like one whose log
+        // starts afresh at segment 1.
+        let encoder = Encoder::backup(1, 1, view.timed());
         Ok(Backup {
             view,
             tees: tees.clone(),
-            // A backup put in place of a data file recovers like one whose
-            // log starts afresh at segment 1.
-            encoder: Encoder::backup(1, 1),
+            encoder,
             tee: Some(tee),
             ops: None,
             finished: false,

@@ -386,8 +386,8 @@ fn the_documented_backup_file_is_byte_exact_and_loads() {
         key: b("k"),
         value: b("v"),
     });
-    let mut encoder = snapshot::Encoder::backup(1, 1);
-    while encoder.copy_some(&store) {}
+    let mut encoder = snapshot::Encoder::backup(1, 1, false);
+    while encoder.copy_some(&store).unwrap() {}
     encoder
         .push_op(&WriteOp::Set {
             key: b("k2"),

@@ -7,12 +7,21 @@
 //!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE, next seq: u64 LE }
 //!            record{ kind 5: u8, state }                   (optional, Raft snapshots only)
 //!            record{ kind 2: u8, entry* }                  (blocks of ~1 MiB)
-//!            record{ kind 4: u8, op* }                     (version 2; ~1 MiB each)
+//!            record{ kind 6: u8, timed entry* }            (version 3; blocks too)
+//!            record{ kind 4: u8, op* }                     (version 2 and up; ~1 MiB each)
 //!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE, ops: u64 LE }
 //!                                                          (footer; version 1 has no `ops`)
-//! entry    = key len: u32 LE, value len: u32 LE, key, value
-//! op       = len: u32 LE, one log write (`WriteOp`, bincode as in the log)
+//! entry       = key len: u32 LE, value len: u32 LE, key, value
+//! timed entry = key len: u32 LE, value len: u32 LE, deadline: u64 LE, key, value
+//! op          = len: u32 LE, one log write (`WriteOp`, bincode as in the log)
 //! ```
+//!
+//! A key with a deadline (ms since the epoch: docs/design/expiry.md) is a
+//! timed entry, kept whether or not its time has passed (a loader hides it
+//! again). Only a copy whose source has held a deadline is version 3, so
+//! files without one stay readable by servers that predate expiry, and a
+//! server that predates it refuses a file with one instead of losing its
+//! deadlines.
 //!
 //! Records use the framing of [`super::record`], so damage is found block by
 //! block and reported with its offset; the footer makes a cut file detectable.
@@ -56,11 +65,14 @@ const MAGIC: &[u8; 8] = b"KVSTSNAP";
 /// Snapshots of the data file are written as version 1 (no op records, a
 /// two-field footer), which older servers read too.
 const VERSION: u32 = 2;
+/// The version of copies that may hold timed entries.
+const VERSION_TIMED: u32 = 3;
 const KIND_HEADER: u8 = 1;
 const KIND_BLOCK: u8 = 2;
 const KIND_FOOTER: u8 = 3;
 const KIND_OPS: u8 = 4;
 const KIND_STATE: u8 = 5;
+const KIND_TIMED: u8 = 6;
 /// A block (or op record) is closed once its body passes this size.
 const BLOCK_BYTES: usize = 1 << 20;
 /// The longest record a reader accepts: a block closes once it passes
@@ -106,23 +118,30 @@ pub struct Encoder {
     ops: u64,
     /// Bytes of whole records (and the magic) since the start, taken or not.
     bytes: u64,
-    /// 1 for the data file's snapshots, 2 for backups (op records).
+    /// 1 for the data file's snapshots, 2 for backups (op records), 3 for
+    /// either when timed entries may come.
     version: u32,
     /// The header's next segment and next sequence number.
     resume: (u64, u64),
 }
 
 impl Encoder {
-    /// Starts a snapshot of the data file (version 1) whose header names the
-    /// first log segment (and its first sequence number) that recovery must
-    /// replay after it.
-    pub fn snapshot(next_segment: u64, next_seq: u64) -> Encoder {
-        Encoder::new(1, next_segment, next_seq)
+    /// Starts a snapshot of the data file (version 1, or 3 if `timed`
+    /// entries may come) whose header names the first log segment (and its
+    /// first sequence number) that recovery must replay after it.
+    pub fn snapshot(next_segment: u64, next_seq: u64, timed: bool) -> Encoder {
+        Encoder::new(
+            if timed { VERSION_TIMED } else { 1 },
+            next_segment,
+            next_seq,
+        )
     }
 
-    /// Starts a backup (version 2: it may end with op records).
-    pub fn backup(next_segment: u64, next_seq: u64) -> Encoder {
-        Encoder::new(VERSION, next_segment, next_seq)
+    /// Starts a backup (version 2: it may end with op records; 3 if `timed`
+    /// entries may come).
+    pub fn backup(next_segment: u64, next_seq: u64, timed: bool) -> Encoder {
+        let version = if timed { VERSION_TIMED } else { VERSION };
+        Encoder::new(version, next_segment, next_seq)
     }
 
     fn new(version: u32, next_segment: u64, next_seq: u64) -> Encoder {
@@ -159,32 +178,57 @@ impl Encoder {
     }
 
     /// Copies the next few pairs of `store` (one shard lock acquisition).
-    /// Returns false once every shard is copied.
-    pub fn copy_some(&mut self, store: &Store) -> bool {
+    /// Returns false once every shard is copied. Fails if a key has a
+    /// deadline and the file's version cannot hold it (the store gained its
+    /// first deadline after the copy began: the next copy will be timed).
+    pub fn copy_some(&mut self, store: &Store) -> Result<bool, String> {
         if self.shard >= store.shard_count() {
             self.close();
-            return false;
+            return Ok(false);
         }
         let after = self.after.take();
+        let mut result = Ok(());
         self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |entry| {
-            self.push_entry(entry.key(), entry.value())
+            let (key, value) = (entry.key(), entry.value());
+            match entry.deadline() {
+                None => self.push_entry(key, value),
+                Some(at) if result.is_ok() => result = self.push_timed(key, value, at),
+                Some(_) => {}
+            }
         });
+        result?;
         if self.after.is_none() {
             self.shard += 1;
         }
-        true
+        Ok(true)
     }
 
     /// Adds one pair (a copy that is not [`Encoder::copy_some`]'s); every
     /// pair comes before the first op.
     pub fn push_entry(&mut self, key: &[u8], value: &[u8]) {
-        self.begin(KIND_BLOCK);
+        self.begin_kind(KIND_BLOCK);
         self.out.put_u32_le(key.len() as u32);
         self.out.put_u32_le(value.len() as u32);
         self.out.put_slice(key);
         self.out.put_slice(value);
         self.entries += 1;
         self.close_if_full();
+    }
+
+    /// Adds one pair whose key is gone at `at`; a version 3 file only.
+    pub fn push_timed(&mut self, key: &[u8], value: &[u8], at: u64) -> Result<(), String> {
+        if self.version < VERSION_TIMED {
+            return Err("a key gained a deadline during a copy begun without any".into());
+        }
+        self.begin_kind(KIND_TIMED);
+        self.out.put_u32_le(key.len() as u32);
+        self.out.put_u32_le(value.len() as u32);
+        self.out.put_u64_le(at);
+        self.out.put_slice(key);
+        self.out.put_slice(value);
+        self.entries += 1;
+        self.close_if_full();
+        Ok(())
     }
 
     /// Adds one write to apply after the entries (a backup's tee).
@@ -194,10 +238,7 @@ impl Encoder {
         }
         let encoded = kvstore_client::codec::encode(op).map_err(|e| e.to_string())?;
         let len = u32::try_from(encoded.len()).map_err(|_| "a write too large to back up")?;
-        if self.open == Some(KIND_BLOCK) {
-            self.close();
-        }
-        self.begin(KIND_OPS);
+        self.begin_kind(KIND_OPS);
         self.out.put_u32_le(len);
         self.out.put_slice(&encoded);
         self.ops += 1;
@@ -246,6 +287,14 @@ impl Encoder {
         self.bytes
     }
 
+    /// Opens a record of `kind` unless one of that kind is open already.
+    fn begin_kind(&mut self, kind: u8) {
+        if self.open.is_some_and(|open| open != kind) {
+            self.close();
+        }
+        self.begin(kind);
+    }
+
     /// Opens a record of `kind` unless one is open already.
     fn begin(&mut self, kind: u8) {
         if self.open.is_none() {
@@ -265,7 +314,7 @@ impl Encoder {
     fn close(&mut self) {
         if let Some(kind) = self.open.take() {
             record::seal(&mut self.out, self.sealed);
-            if kind == KIND_BLOCK {
+            if kind == KIND_BLOCK || kind == KIND_TIMED {
                 self.blocks += 1;
             }
             self.bytes += (self.out.len() - self.sealed) as u64;
@@ -288,7 +337,7 @@ pub fn write(
     next_seq: u64,
     before_rename: impl FnOnce() -> Result<(), Error>,
 ) -> Result<SnapshotInfo, Error> {
-    let encoder = Encoder::snapshot(next_segment, next_seq);
+    let encoder = Encoder::snapshot(next_segment, next_seq, view.timed());
     write_encoded(fs, path, view, encoder, before_rename)
 }
 
@@ -300,7 +349,7 @@ pub fn write_with_state(
     view: &mut dyn View,
     state: &[u8],
 ) -> Result<SnapshotInfo, Error> {
-    let mut encoder = Encoder::snapshot(0, 0);
+    let mut encoder = Encoder::snapshot(0, 0, view.timed());
     if !state.is_empty() {
         encoder.push_state(state);
     }
@@ -508,15 +557,20 @@ fn apply_blocks(
         if failed.is_some() {
             continue;
         }
-        let mut items = Vec::new();
-        let decoded = decode_block(&body[1..], |key, value| {
-            items.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)))
+        let (mut items, mut timed) = (Vec::new(), Vec::new());
+        let decoded = decode_block(&body, |key, value, at| {
+            let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+            match at {
+                None => items.push((key, value)),
+                Some(at) => timed.push(WriteOp::SetExpiring { key, value, at }),
+            }
         });
         let applied = decoded
             .map_err(|reason| Error::corrupt(path, offset, reason))
             .and_then(|n| {
                 entries += n;
-                each(&[&WriteOp::BulkSet { items }])
+                let bulk = (!items.is_empty()).then_some(WriteOp::BulkSet { items });
+                each(&bulk.iter().chain(&timed).collect::<Vec<_>>())
             });
         failed = applied.err();
     }
@@ -566,7 +620,7 @@ fn read_records(
                 let version = body
                     .get(1..5)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-                let Some(version @ (1 | VERSION)) = version else {
+                let Some(version @ (1 | VERSION | VERSION_TIMED)) = version else {
                     return Err(corrupt(
                         offset,
                         &format!("unsupported snapshot version {version:?}"),
@@ -580,7 +634,9 @@ fn read_records(
             // Skipped here: read_state reads it.
             (Some(&KIND_STATE), Some(_)) if !state_seen => state_seen = true,
             // Blocks come before any op record.
-            (Some(&KIND_BLOCK), Some(_)) if !ops_seen => {
+            (Some(&KIND_BLOCK), Some(_)) | (Some(&KIND_TIMED), Some((VERSION_TIMED, _, _)))
+                if !ops_seen =>
+            {
                 state_seen = true;
                 if blocks.send((offset, body)).is_err() {
                     // Every decoder has stopped, which only a panic does.
@@ -713,7 +769,7 @@ fn decode_blocks<'s>(
         if bad.is_some() {
             continue;
         }
-        match decode_block(&body[1..], |key, value| loader.push(key, value, None)) {
+        match decode_block(&body, |key, value, at| loader.push(key, value, at)) {
             Ok(n) => entries += n,
             Err(reason) => bad = Some((offset, reason)),
         }
@@ -724,20 +780,28 @@ fn decode_blocks<'s>(
     }
 }
 
-/// Hands each entry of a block's body to `push`; how many there were.
-fn decode_block(mut block: &[u8], mut push: impl FnMut(&[u8], &[u8])) -> Result<u64, &'static str> {
+/// Hands each entry of a block record (its kind byte first) to `push`,
+/// with its deadline if the block is timed; how many there were.
+fn decode_block(
+    body: &[u8],
+    mut push: impl FnMut(&[u8], &[u8], Option<u64>),
+) -> Result<u64, &'static str> {
+    let timed = body.first() == Some(&KIND_TIMED);
+    let header = if timed { 16 } else { 8 };
+    let mut block = body.get(1..).unwrap_or_default();
     let mut n = 0;
     while !block.is_empty() {
-        let (lens, rest) = block.split_at_checked(8).ok_or("entry header cut short")?;
+        let (lens, rest) = (block.split_at_checked(header)).ok_or("entry header cut short")?;
         let klen = u32::from_le_bytes([lens[0], lens[1], lens[2], lens[3]]) as usize;
         let vlen = u32::from_le_bytes([lens[4], lens[5], lens[6], lens[7]]) as usize;
+        let at = timed.then(|| u64::from_le_bytes(lens[8..16].try_into().unwrap_or_default()));
         let (key, rest) = rest
             .split_at_checked(klen)
             .ok_or("key extends past its block")?;
         let (value, rest) = rest
             .split_at_checked(vlen)
             .ok_or("value extends past its block")?;
-        push(key, value);
+        push(key, value, at);
         block = rest;
         n += 1;
     }
@@ -747,6 +811,7 @@ fn decode_block(mut block: &[u8], mut push: impl FnMut(&[u8], &[u8])) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::clock::Clock;
     use crate::storage::fs::RealFs;
 
     fn set(key: &str, value: &str) -> WriteOp {
@@ -767,8 +832,8 @@ mod tests {
         let store = Store::new(2);
         store.apply(&set("a", "copied"));
         store.apply(&set("b", "copied"));
-        let mut encoder = Encoder::backup(1, 1);
-        while encoder.copy_some(&store) {}
+        let mut encoder = Encoder::backup(1, 1, false);
+        while encoder.copy_some(&store).unwrap() {}
         encoder.push_op(&set("a", "written later")).unwrap();
         encoder
             .push_op(&WriteOp::Delete {
@@ -789,9 +854,74 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 
+    /// A data file snapshot of a store that holds deadlines: a key gone
+    /// already, one still there, one without; then an op.
+    fn timed() -> (Vec<u8>, SnapshotInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvstore.db");
+        let store = Store::with_clock(2, Clock::manual(1_000));
+        for (key, at) in [("gone", 500), ("kept", 2_000)] {
+            let (key, value) = (Bytes::from(key), Bytes::from("v"));
+            store.apply(&WriteOp::SetExpiring { key, value, at });
+        }
+        store.apply(&set("plain", "p"));
+        let info = write(&RealFs, &path, &mut &store, 3, 30, || Ok(())).unwrap();
+        (std::fs::read(&path).unwrap(), info)
+    }
+
+    /// Deadlines survive a copy, whichever way it is loaded, and an expired
+    /// key stays hidden; the file is version 3.
+    #[test]
+    fn timed_entries_keep_their_deadlines() {
+        let (file, info) = timed();
+        assert_eq!(
+            file[17..21],
+            VERSION_TIMED.to_le_bytes(),
+            "the header's version"
+        );
+        assert_eq!(info.entries, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snap");
+        std::fs::write(&path, &file).unwrap();
+        let loaded = Store::with_clock(3, Clock::manual(1_000));
+        load(&RealFs, &path, &loaded).unwrap();
+        let replayed = Store::with_clock(3, Clock::manual(1_000));
+        read_batches(&RealFs, &path, &mut |ops| {
+            ops.iter().for_each(|op| drop(replayed.apply(op)));
+            Ok(())
+        })
+        .unwrap();
+        for store in [&loaded, &replayed] {
+            assert_eq!(store.deadline(b"kept"), Some(Some(2_000)));
+            assert_eq!(store.deadline(b"plain"), Some(None));
+            assert_eq!((store.get(b"gone"), store.len()), (None, 2));
+            assert_eq!(store.due(u64::MAX, 9).len(), 2, "both timed keys are held");
+            assert!(store.has_held_deadlines());
+        }
+    }
+
+    /// A copy begun as version 1 cannot keep a deadline that appears
+    /// during it: it fails rather than drop it.
+    #[test]
+    fn a_deadline_that_appears_during_an_untimed_copy_fails_it() {
+        let store = Store::new(1);
+        let at = u64::MAX;
+        let (key, value) = (Bytes::from("k"), Bytes::from("v"));
+        let mut encoder = Encoder::snapshot(1, 1, store.has_held_deadlines());
+        store.apply(&WriteOp::SetExpiring { key, value, at });
+        let err = encoder.copy_some(&store).unwrap_err();
+        assert!(err.contains("gained a deadline"), "{err}");
+    }
+
     #[test]
     fn any_flipped_bit_or_cut_of_a_file_with_ops_is_refused() {
-        let file = with_ops();
+        for file in [with_ops(), timed().0] {
+            refused_when_damaged(&file);
+        }
+    }
+
+    fn refused_when_damaged(file: &[u8]) {
+        let file = file.to_vec();
         for bit in 0..file.len() * 8 {
             let mut bad = file.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
@@ -836,7 +966,9 @@ mod tests {
         let (loaded, loaded_info) = load_bytes(&file).unwrap();
         assert_eq!(loaded_info, Some(info));
         assert_eq!(loaded.get(b"a").as_deref(), Some(&b"1"[..]));
-        assert!(Encoder::snapshot(1, 1).push_op(&set("b", "2")).is_err());
+        assert!(Encoder::snapshot(1, 1, false)
+            .push_op(&set("b", "2"))
+            .is_err());
     }
 
     /// Files written before op records existed (version 1: no `ops` in the

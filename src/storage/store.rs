@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 use parking_lot::RwLock;
 
@@ -219,6 +219,9 @@ pub struct Store {
     /// Says when a deadline has passed: an expired entry is hidden from
     /// every read until the sweep removes it.
     clock: Clock,
+    /// A key has had a deadline since the store was made: copies of it
+    /// must keep deadlines (set before the entry goes in).
+    timed: AtomicBool,
 }
 
 /// What a write did, for the reply.
@@ -428,6 +431,7 @@ impl Store {
             key_bytes: AtomicU64::new(0),
             value_bytes: AtomicU64::new(0),
             clock,
+            timed: AtomicBool::new(false),
         }
     }
 
@@ -530,8 +534,16 @@ impl Store {
         }
     }
 
+    /// Whether a key has had a deadline since the store was made.
+    pub fn has_held_deadlines(&self) -> bool {
+        self.timed.load(AtomicOrdering::Acquire)
+    }
+
     /// Stores `entry` in `map`, replacing (and uncounting) the old one.
     fn put(&self, map: &mut Map, entry: Entry) {
+        if entry.deadline().is_some() {
+            self.timed.store(true, AtomicOrdering::Release);
+        }
         self.count(&entry, true);
         if let Some(old) = map.put(entry) {
             self.count(&old, false);
@@ -689,6 +701,7 @@ impl Store {
             by_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
             key_bytes: 0,
             value_bytes: 0,
+            timed: false,
         }
     }
 
@@ -705,6 +718,9 @@ impl Store {
                 .fetch_add(loader.key_bytes, AtomicOrdering::Relaxed);
             self.value_bytes
                 .fetch_add(loader.value_bytes, AtomicOrdering::Relaxed);
+            if loader.timed {
+                self.timed.store(true, AtomicOrdering::Release);
+            }
             for (shard, entries) in loader.by_shard.into_iter().enumerate() {
                 per_shard[shard].push(entries);
             }
@@ -856,6 +872,8 @@ pub struct Loader<'s> {
     /// threads) so that the load needs no second pass over the entries.
     key_bytes: u64,
     value_bytes: u64,
+    /// A key pushed had a deadline.
+    timed: bool,
 }
 
 impl Loader<'_> {
@@ -863,6 +881,7 @@ impl Loader<'_> {
     pub fn push(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
         self.key_bytes += key.len() as u64;
         self.value_bytes += value.len() as u64;
+        self.timed |= deadline.is_some();
         let shard = self.store.shard_index(key);
         self.by_shard[shard].push(Entry::with_deadline(key, value, deadline));
     }
