@@ -4,7 +4,9 @@
 //! both ways with random bounds over keys with 0x00 and 0xff bytes,
 //! batches, `Clear`, the applied position); writes that read first,
 //! resolved in batches the way the commit thread does it, give the answers
-//! of running them one by one; pages stop at their byte budget.
+//! of running them one by one; pages stop at their byte budget. Keys get
+//! deadlines and a clock the test sets moves past them: an expired key is
+//! gone from every read, and the sweep's `Expire` removes only what is due.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use kvstore::engine::disk::Disk;
 use kvstore::engine::memory::Memory;
 use kvstore::engine::{Applied, Engine, Span};
 use kvstore::storage::change::{BatchView, Change};
+use kvstore::storage::clock::Clock;
 use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::snapshot;
@@ -28,6 +31,8 @@ struct Fixture {
     engine: Box<dyn Engine>,
     /// The tees the engine feeds, for its backups.
     tees: Arc<Tees>,
+    /// The engine's clock, which only the test moves.
+    clock: Clock,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -56,7 +61,8 @@ macro_rules! engine_suite {
                     shards in 1usize..9,
                     steps in proptest::collection::vec(step(), 1..120),
                 ) {
-                    super::behaves_like_a_btreemap(&*new(shards), steps)?;
+                    let fixture = new(shards);
+                    super::behaves_like_a_btreemap(&*fixture, &fixture.clock, steps)?;
                 }
 
                 #[test]
@@ -90,22 +96,67 @@ macro_rules! engine_suite {
 
 engine_suite!(memory, |shards| {
     let tees = Arc::new(Tees::default());
+    let clock = Clock::manual(0);
+    let store = Store::with_clock(shards, clock.clone());
     Fixture {
-        engine: Box::new(Memory::new(Arc::new(Store::new(shards)), tees.clone())),
+        engine: Box::new(Memory::new(Arc::new(store), tees.clone())),
         tees,
+        clock,
         _dir: None,
     }
 });
 
 engine_suite!(disk, |_shards| {
     let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(0);
     let engine = Disk::open(&dir.path().join("data.fjall"), 1 << 20).unwrap();
     Fixture {
-        engine: Box::new(engine),
+        engine: Box::new(engine.with_clock(clock.clone())),
         tees: Arc::default(),
+        clock,
         _dir: Some(dir),
     }
 });
+
+/// What the engines should hold: every value, the deadlines of keys that
+/// have one, and the time the clock says.
+#[derive(Debug, Default)]
+struct Model {
+    values: BTreeMap<Bytes, Bytes>,
+    deadlines: BTreeMap<Bytes, u64>,
+    now: u64,
+}
+
+impl Model {
+    /// Whether readers see `key`: it has a value and no deadline passed.
+    fn live(&self, key: &[u8]) -> bool {
+        self.values.contains_key(key) && self.deadlines.get(key).is_none_or(|at| *at > self.now)
+    }
+
+    /// What readers see.
+    fn visible(&self) -> BTreeMap<Bytes, Bytes> {
+        (self.values.iter())
+            .filter(|(k, _)| self.live(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn insert(&mut self, key: &Bytes, value: &Bytes, at: Option<u64>) {
+        self.values.insert(key.clone(), value.clone());
+        match at {
+            Some(at) => self.deadlines.insert(key.clone(), at),
+            None => self.deadlines.remove(key),
+        };
+    }
+
+    /// Removes `key`; whether readers saw it.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        let live = self.live(key);
+        self.values.remove(key);
+        self.deadlines.remove(key);
+        live
+    }
+}
 
 /// Applies one write as a batch of its own at `position`.
 fn apply(engine: &dyn Engine, op: &WriteOp, position: u64) -> Applied {
@@ -119,6 +170,10 @@ enum Step {
     Write(WriteOp),
     Get(Bytes),
     GetMany(Vec<Bytes>),
+    /// The clock moves on this many ms.
+    Tick(u64),
+    /// A key's deadline is read.
+    Deadline(Bytes),
     Keys {
         prefix: Bytes,
         start_after: Option<Bytes>,
@@ -159,6 +214,12 @@ fn step() -> impl Strategy<Value = Step> {
         4 => proptest::collection::vec(key(), 0..6)
             .prop_map(|keys| Step::Write(WriteOp::DeleteMany { keys })),
         1 => Just(Step::Write(WriteOp::Clear)),
+        3 => (key(), value(), 0u64..30).prop_map(|(key, value, at)| Step::Write(WriteOp::SetExpiring { key, value, at })),
+        2 => (key(), 0u64..30).prop_map(|(key, at)| Step::Write(WriteOp::ExpireAt { key, at })),
+        2 => key().prop_map(|key| Step::Write(WriteOp::Persist { key })),
+        2 => (proptest::collection::vec(key(), 0..4), 0u64..30).prop_map(|(keys, now)| Step::Write(WriteOp::Expire { keys, now })),
+        3 => (0u64..4).prop_map(Step::Tick),
+        2 => key().prop_map(Step::Deadline),
         4 => key().prop_map(Step::Get),
         4 => proptest::collection::vec(key(), 0..6).prop_map(Step::GetMany),
         4 => (key(), proptest::option::of(key()), proptest::option::of(proptest::option::of(key())), any::<bool>(), 1usize..6)
@@ -173,29 +234,54 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn model_apply(model: &mut BTreeMap<Bytes, Bytes>, op: &WriteOp) -> Applied {
+fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
     match op {
         WriteOp::Set { key, value } => {
-            model.insert(key.clone(), value.clone());
+            model.insert(key, value, None);
             Applied::Stored
         }
-        WriteOp::Delete { key } => Applied::Deleted(model.remove(key).is_some()),
+        WriteOp::Delete { key } => Applied::Deleted(model.remove(key)),
         WriteOp::BulkSet { items } => {
             for (k, v) in items {
-                model.insert(k.clone(), v.clone());
+                model.insert(k, v, None);
             }
             Applied::Stored
         }
-        WriteOp::DeleteMany { keys } => Applied::Int(
-            keys.iter()
-                .map(|k| i64::from(model.remove(k).is_some()))
-                .sum(),
-        ),
+        WriteOp::DeleteMany { keys } => {
+            Applied::Int(keys.iter().map(|k| i64::from(model.remove(k))).sum())
+        }
         WriteOp::Clear => {
-            model.clear();
+            model.values.clear();
+            model.deadlines.clear();
             Applied::Stored
         }
-        op => panic!("the model has no deadlines, and expiring writes are not generated: {op:?}"),
+        WriteOp::SetExpiring { key, value, at } => {
+            model.insert(key, value, Some(*at));
+            Applied::Stored
+        }
+        WriteOp::ExpireAt { key, at } => {
+            let live = model.live(key);
+            if live {
+                model.deadlines.insert(key.clone(), *at);
+            }
+            Applied::Bool(live)
+        }
+        WriteOp::Persist { key } => {
+            let timed = model.live(key) && model.deadlines.remove(key).is_some();
+            Applied::Bool(timed)
+        }
+        WriteOp::Expire { keys, now } => {
+            let mut removed = 0;
+            for key in keys {
+                let due = model.deadlines.get(key).is_some_and(|at| at <= now);
+                if due && model.values.contains_key(key) {
+                    model.values.remove(key);
+                    model.deadlines.remove(key);
+                    removed += 1;
+                }
+            }
+            Applied::Int(removed)
+        }
     }
 }
 
@@ -232,7 +318,7 @@ fn change() -> impl Strategy<Value = Change> {
 
 /// What a change answers when run alone against the model: `Err` carries the
 /// refusal's code.
-fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<Applied, u32> {
+fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
     match change {
         Change::Write(op) => Ok(model_apply(model, op)),
         Change::SetIf {
@@ -241,14 +327,14 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
             condition,
             get,
         } => {
-            let old = model.get(key).cloned();
+            let old = model.values.get(key).cloned();
             let holds = match condition {
                 Condition::Always => true,
                 Condition::Absent => old.is_none(),
                 Condition::Present => old.is_some(),
             };
             if holds {
-                model.insert(key.clone(), value.clone());
+                model.values.insert(key.clone(), value.clone());
             }
             Ok(if *get {
                 Applied::Value(old)
@@ -256,9 +342,9 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
                 Applied::Bool(holds)
             })
         }
-        Change::GetDel { key } => Ok(Applied::Value(model.remove(key))),
+        Change::GetDel { key } => Ok(Applied::Value(model.values.remove(key))),
         Change::Incr { key, by } => {
-            let current = match model.get(key) {
+            let current = match model.values.get(key) {
                 None => 0,
                 // Canonical decimal: it reads back as the same text.
                 Some(v) => std::str::from_utf8(v)
@@ -269,7 +355,7 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
             let n = current
                 .checked_add(*by)
                 .ok_or(kvstore_client::ErrorCode::Overflow as u32)?;
-            model.insert(key.clone(), Bytes::from(n.to_string()));
+            model.values.insert(key.clone(), Bytes::from(n.to_string()));
             Ok(Applied::Int(n))
         }
         Change::Append {
@@ -277,13 +363,17 @@ fn model_change(model: &mut BTreeMap<Bytes, Bytes>, change: &Change) -> Result<A
             value,
             max_value,
         } => {
-            let mut joined = model.get(key).map(|v| v.to_vec()).unwrap_or_default();
+            let mut joined = model
+                .values
+                .get(key)
+                .map(|v| v.to_vec())
+                .unwrap_or_default();
             joined.extend_from_slice(value);
             if joined.len() > *max_value {
                 return Err(kvstore_client::ErrorCode::ValueTooLarge as u32);
             }
             let len = joined.len() as i64;
-            model.insert(key.clone(), Bytes::from(joined));
+            model.values.insert(key.clone(), Bytes::from(joined));
             Ok(Applied::Int(len))
         }
         // Only the Raft state machine serves sessions and groups (not
@@ -308,7 +398,7 @@ fn batched_changes_answer_like_sequential_ones(
     engine: &dyn Engine,
     batches: Vec<Vec<Change>>,
 ) -> Result<(), TestCaseError> {
-    let mut model = BTreeMap::new();
+    let mut model = Model::default();
     for (position, batch) in (1..).zip(batches) {
         let mut view = BatchView::new(engine);
         let mut resolved = Vec::new();
@@ -336,31 +426,44 @@ fn batched_changes_answer_like_sequential_ones(
         prop_assert_eq!(engine.applied(), position);
     }
     let all = engine.keys(b"", None, usize::MAX, usize::MAX).unwrap().keys;
-    prop_assert_eq!(all.len(), model.len());
+    prop_assert_eq!(all.len(), model.values.len());
     for key in all {
-        prop_assert_eq!(engine.get(&key).unwrap(), model.get(&key).cloned());
+        prop_assert_eq!(engine.get(&key).unwrap(), model.values.get(&key).cloned());
     }
     Ok(())
 }
 
 /// Any sequence of steps answers as the model does; the applied position
 /// is the last batch's.
-fn behaves_like_a_btreemap(engine: &dyn Engine, steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let mut model = BTreeMap::new();
+fn behaves_like_a_btreemap(
+    engine: &dyn Engine,
+    clock: &Clock,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let mut model = Model::default();
     let mut position = 0;
     for step in steps {
+        let visible = model.visible();
         match step {
             Step::Write(op) => {
                 position += 1 + op.approx_len() as u64 % 3;
                 prop_assert_eq!(apply(engine, &op, position), model_apply(&mut model, &op));
                 prop_assert_eq!(engine.applied(), position);
             }
+            Step::Tick(ms) => {
+                model.now += ms;
+                clock.set(model.now);
+            }
+            Step::Deadline(key) => {
+                let expected = (model.live(&key)).then(|| model.deadlines.get(&key).copied());
+                prop_assert_eq!(engine.deadline(&key).unwrap(), expected);
+            }
             Step::Get(key) => {
-                prop_assert_eq!(engine.get(&key).unwrap(), model.get(&key).cloned());
-                prop_assert_eq!(engine.contains(&key).unwrap(), model.contains_key(&key));
+                prop_assert_eq!(engine.get(&key).unwrap(), visible.get(&key).cloned());
+                prop_assert_eq!(engine.contains(&key).unwrap(), visible.contains_key(&key));
             }
             Step::GetMany(keys) => {
-                let expected: Vec<_> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                let expected: Vec<_> = keys.iter().map(|k| visible.get(k).cloned()).collect();
                 prop_assert_eq!(engine.get_many(&keys).unwrap(), expected);
             }
             Step::Keys {
@@ -371,7 +474,7 @@ fn behaves_like_a_btreemap(engine: &dyn Engine, steps: Vec<Step>) -> Result<(), 
                 let page = engine
                     .keys(&prefix, start_after.as_deref(), limit, usize::MAX)
                     .unwrap();
-                let all: Vec<Bytes> = model
+                let all: Vec<Bytes> = visible
                     .keys()
                     .filter(|k| {
                         k.starts_with(&prefix) && start_after.as_ref().is_none_or(|a| *k > a)
@@ -402,7 +505,7 @@ fn behaves_like_a_btreemap(engine: &dyn Engine, steps: Vec<Step>) -> Result<(), 
                     }
                     Some(end) => *k >= from && end.as_ref().is_none_or(|e| k < e),
                 };
-                let mut all: Vec<(Bytes, Bytes)> = model
+                let mut all: Vec<(Bytes, Bytes)> = visible
                     .iter()
                     .filter(|(k, _)| wanted(k))
                     .map(|(k, v)| (k.clone(), v.clone()))
@@ -415,9 +518,10 @@ fn behaves_like_a_btreemap(engine: &dyn Engine, steps: Vec<Step>) -> Result<(), 
             }
         }
     }
-    prop_assert_eq!(engine.len(), model.len() as u64);
-    let key_bytes = model.keys().map(|k| k.len() as u64).sum();
-    let value_bytes = model.values().map(|v| v.len() as u64).sum();
+    prop_assert_eq!(engine.len(), model.visible().len() as u64);
+    // Bytes count what is held: expired keys until they are removed.
+    let key_bytes = model.values.keys().map(|k| k.len() as u64).sum();
+    let value_bytes = model.values.values().map(|v| v.len() as u64).sum();
     prop_assert_eq!(engine.bytes(), (key_bytes, value_bytes));
     Ok(())
 }
@@ -470,11 +574,11 @@ fn a_backup_copied_while_writes_go_on_is_one_instants_state(fixture: &Fixture) {
     // chunks, several times.
     let value = |n: usize| Bytes::from(format!("v{n}:{}", "x".repeat(2048)));
     let items = (0..KEYS).map(|i| (numbered(i), value(0))).collect();
-    let mut model = BTreeMap::new();
-    let write = |op: WriteOp, position: u64, model: &mut BTreeMap<Bytes, Bytes>| {
+    let mut model = Model::default();
+    let write = |op: WriteOp, position: u64, model: &mut Model| {
         apply(&**fixture, &op, position);
         model_apply(model, &op);
-        model.clone()
+        model.values.clone()
     };
     let mut states = vec![write(WriteOp::BulkSet { items }, 1, &mut model)];
     let view = fixture.view().unwrap();

@@ -20,6 +20,13 @@
 //! behind one tag byte ([`TAG`]); with it a key may have at most
 //! [`MAX_KEY`] bytes (fjall's limit is 65,535).
 //!
+//! A key's deadline (docs/design/expiry.md) lives in the same keyspace
+//! behind two other tags, written in the same batch as the value: the
+//! deadline by key ([`DEADLINE`]), read only while the engine holds any
+//! (`Counts::timed`), so data without expiry reads as before; and the key
+//! by deadline ([`DUE`]), which the sweep walks in deadline order. Keeping
+//! them in the data keyspace lets an install's new generation carry them.
+//!
 //! fjall gives every item of a batch one sequence number, so a batch may
 //! name a key only once: [`Disk::apply`] folds the batch's writes into one
 //! final state per key first. `Clear` removes every key in the same batch
@@ -37,14 +44,17 @@
 //! ```text
 //! <data>-fjall/            the fjall database (cluster mode: <data>.raft/fjall/)
 //!   keyspace "data"        TAG key → value (generation N > 0: "data-N")
+//!                          DEADLINE key → deadline (u64 big-endian)
+//!                          DUE deadline key → empty
 //!   keyspace "meta"        "applied", "checkpoint", "replay_segment",
 //!                          "replay_seq", "keys", "key_bytes",
-//!                          "value_bytes", "generation" → u64 big-endian;
+//!                          "value_bytes", "timed", "generation" → u64
+//!                          big-endian;
 //!                          "note" → the Raft state machine's note
 //!   keyspace "staging-N"   generation N's counts while it is loaded
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -57,6 +67,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{Applied, Checkpoint, Engine, KeysPage, Noter, PairsPage, Span};
 use crate::backup::View;
 use crate::error::Error;
+use crate::storage::clock::Clock;
 use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
 use crate::storage::snapshot::{load_into, Encoder, CHUNK_PAIRS};
@@ -64,6 +75,10 @@ use crate::storage::store::PageBudget;
 
 /// The byte before every stored key (see the module's doc).
 const TAG: u8 = 0;
+/// The byte before a key whose value is its deadline.
+const DEADLINE: u8 = 1;
+/// The byte before a deadline and key, in the sweep's order.
+const DUE: u8 = 2;
 /// The longest key the engine stores.
 pub const MAX_KEY: usize = u16::MAX as usize - 1;
 
@@ -74,6 +89,7 @@ const REPLAY_SEQ: &str = "replay_seq";
 const KEYS: &str = "keys";
 const KEY_BYTES: &str = "key_bytes";
 const VALUE_BYTES: &str = "value_bytes";
+const TIMED: &str = "timed";
 const GENERATION: &str = "generation";
 const NOTE: &str = "note";
 
@@ -91,6 +107,8 @@ struct Counts {
     keys: u64,
     key_bytes: u64,
     value_bytes: u64,
+    /// Keys with a deadline, expired or not.
+    timed: u64,
 }
 
 impl Counts {
@@ -124,6 +142,11 @@ pub struct Disk {
     applied: AtomicU64,
     /// The position of the last durable checkpoint.
     checkpoint: AtomicU64,
+    /// `Counts::timed` as of the last batch, for readers (who do not take
+    /// `counts`): while it is 0 no read looks for a deadline.
+    timed: AtomicU64,
+    /// Says when a deadline has passed.
+    clock: Clock,
     /// The log segment and sequence number a restart replays from.
     replay_from: Mutex<(u64, u64)>,
 }
@@ -170,6 +193,7 @@ impl Disk {
             keys: read(KEYS)?,
             key_bytes: read(KEY_BYTES)?,
             value_bytes: read(VALUE_BYTES)?,
+            timed: read(TIMED)?,
         };
         let replay_from = (read(REPLAY_SEGMENT)?.max(1), read(REPLAY_SEQ)?.max(1));
         Ok(Disk {
@@ -177,12 +201,20 @@ impl Disk {
             checkpoint: AtomicU64::new(read(CHECKPOINT)?),
             generation: AtomicU64::new(read(GENERATION)?),
             replay_from: Mutex::new(replay_from),
+            timed: AtomicU64::new(counts.timed),
+            clock: Clock::System,
             counts: Mutex::new(counts),
             path: path.to_path_buf(),
             db,
             data: RwLock::new(data),
             meta,
         })
+    }
+
+    /// The engine with deadlines passing by `clock` (tests set one).
+    pub fn with_clock(mut self, clock: Clock) -> Disk {
+        self.clock = clock;
+        self
     }
 
     /// Drops the keyspaces of an install that a crash or an error cut short
@@ -233,46 +265,118 @@ impl Disk {
         }
     }
 
+    /// The deadline of `key` as the batch so far leaves it.
+    fn deadline_in(&self, folded: &Folded, key: &[u8]) -> Result<Option<u64>, Error> {
+        match folded.deadlines.get(key) {
+            Some(deadline) => Ok(deadline.after),
+            None if folded.cleared || folded.counts.timed == 0 => Ok(None),
+            None => {
+                let found = self.data.read().get(deadline_key(key));
+                let found = found.map_err(|e| failed(&self.path, e))?;
+                found.map(|at| be_u64(&self.path, &at)).transpose()
+            }
+        }
+    }
+
+    /// Whether `key`'s deadline, as the batch so far leaves it, has not
+    /// passed (or it has none).
+    fn unexpired_in(&self, folded: &Folded, key: &[u8]) -> Result<bool, Error> {
+        let now = || self.clock.now_ms();
+        Ok(self.deadline_in(folded, key)?.is_none_or(|at| at > now()))
+    }
+
+    /// Whether `key` has a value readers see, as the batch so far leaves it.
+    fn live_in(&self, folded: &Folded, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.len_in(folded, key)?.is_some() && self.unexpired_in(folded, key)?)
+    }
+
+    /// Gives `key` the deadline `at` (`None`: none) in the folded state.
+    fn set_deadline(&self, folded: &mut Folded, key: &Bytes, at: Option<u64>) -> Result<(), Error> {
+        let old = self.deadline_in(folded, key)?;
+        if old == at {
+            // Nothing to write: the common case of a key without one.
+            return Ok(());
+        }
+        let stored = if folded.cleared { None } else { old };
+        let deadline = (folded.deadlines.entry(key.clone())).or_insert(Deadline {
+            stored,
+            after: None,
+        });
+        deadline.after = at;
+        folded.counts.timed =
+            folded.counts.timed + u64::from(at.is_some()) - u64::from(old.is_some());
+        Ok(())
+    }
+
     /// Takes one write into the batch's folded state.
     fn fold(&self, folded: &mut Folded, op: &WriteOp) -> Result<Applied, Error> {
         Ok(match op {
             WriteOp::Set { key, value } => {
-                self.put(folded, key, Some(value))?;
+                self.put(folded, key, Some(value), None)?;
                 Applied::Stored
             }
-            WriteOp::Delete { key } => Applied::Deleted(self.put(folded, key, None)?),
+            WriteOp::Delete { key } => Applied::Deleted(self.put(folded, key, None, None)?),
             WriteOp::BulkSet { items } => {
                 for (key, value) in items {
-                    self.put(folded, key, Some(value))?;
+                    self.put(folded, key, Some(value), None)?;
                 }
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
                 let mut removed = 0;
                 for key in keys {
-                    removed += i64::from(self.put(folded, key, None)?);
+                    removed += i64::from(self.put(folded, key, None, None)?);
                 }
                 Applied::Int(removed)
             }
             WriteOp::Clear => {
                 folded.keys.clear();
+                folded.deadlines.clear();
                 folded.cleared = true;
                 folded.counts = Counts::default();
                 Applied::Stored
             }
-            // No door writes these yet; docs/design/expiry.md's step 3.
-            WriteOp::SetExpiring { .. }
-            | WriteOp::ExpireAt { .. }
-            | WriteOp::Persist { .. }
-            | WriteOp::Expire { .. } => {
-                return Err(failed(&self.path, "the disk engine keeps no deadlines yet"));
+            WriteOp::SetExpiring { key, value, at } => {
+                self.put(folded, key, Some(value), Some(*at))?;
+                Applied::Stored
+            }
+            WriteOp::ExpireAt { key, at } => {
+                let live = self.live_in(folded, key)?;
+                if live {
+                    self.set_deadline(folded, key, Some(*at))?;
+                }
+                Applied::Bool(live)
+            }
+            WriteOp::Persist { key } => {
+                let timed = self.live_in(folded, key)? && self.deadline_in(folded, key)?.is_some();
+                if timed {
+                    self.set_deadline(folded, key, None)?;
+                }
+                Applied::Bool(timed)
+            }
+            WriteOp::Expire { keys, now } => {
+                let mut removed = 0;
+                for key in keys {
+                    let due = self.deadline_in(folded, key)?.is_some_and(|at| at <= *now);
+                    if due && self.len_in(folded, key)?.is_some() {
+                        self.put(folded, key, None, None)?;
+                        removed += 1;
+                    }
+                }
+                Applied::Int(removed)
             }
         })
     }
 
-    /// Sets `key` to `value` (`None`: removes it) in the folded state;
-    /// whether it had a value.
-    fn put(&self, folded: &mut Folded, key: &Bytes, value: Option<&Bytes>) -> Result<bool, Error> {
+    /// Sets `key` to `value` (`None`: removes it) with deadline `at` in the
+    /// folded state; whether it had a value readers saw.
+    fn put(
+        &self,
+        folded: &mut Folded,
+        key: &Bytes,
+        value: Option<&Bytes>,
+        at: Option<u64>,
+    ) -> Result<bool, Error> {
         if key.len() > MAX_KEY {
             return Err(failed(
                 &self.path,
@@ -283,10 +387,12 @@ impl Disk {
             ));
         }
         let old = self.len_in(folded, key)?;
+        let live = old.is_some() && self.unexpired_in(folded, key)?;
         let new = value.map(|v| v.len() as u64);
         folded.counts.change(key, old, new);
         folded.keys.insert(key.clone(), value.cloned());
-        Ok(old.is_some())
+        self.set_deadline(folded, key, at)?;
+        Ok(live)
     }
 
     /// Writes the folded state as one fjall batch at `position`, with
@@ -295,20 +401,25 @@ impl Disk {
         let fail = |e: fjall::Error| failed(&self.path, e);
         let data = self.data();
         let mut batch = self.db.batch().durability(None);
+        let (puts, removes) = folded.writes();
         if folded.cleared {
-            // Every stored key the batch does not set again goes.
+            // Every stored item the batch does not name goes (a batch may
+            // name an item once).
+            let named: HashSet<&[u8]> = (puts.iter().map(|(k, _)| &k[..]))
+                .chain(removes.iter().map(|k| &k[..]))
+                .collect();
             for item in self.db.snapshot().iter(&data) {
                 let key = item.key().map_err(fail)?;
-                if !folded.keys.contains_key(&key[1..]) {
+                if !named.contains(&key[..]) {
                     batch.remove(&data, key);
                 }
             }
         }
-        for (key, value) in folded.keys {
-            match value {
-                Some(value) => batch.insert(&data, stored(&key), value.as_ref()),
-                None => batch.remove(&data, stored(&key)),
-            }
+        for (key, value) in puts {
+            batch.insert(&data, key, value.as_ref());
+        }
+        for key in removes {
+            batch.remove(&data, key);
         }
         if let Some(note) = note {
             batch.insert(&self.meta, NOTE, note);
@@ -319,6 +430,7 @@ impl Disk {
             (KEYS, counts.keys),
             (KEY_BYTES, counts.key_bytes),
             (VALUE_BYTES, counts.value_bytes),
+            (TIMED, counts.timed),
         ] {
             batch.insert(&self.meta, name, n.to_be_bytes());
         }
@@ -338,14 +450,81 @@ fn read_u64(path: &Path, meta: &Keyspace, name: &str) -> Result<u64, Error> {
     })
 }
 
+/// A big-endian u64 stored by the engine.
+fn be_u64(path: &Path, bytes: &[u8]) -> Result<u64, Error> {
+    let bytes = bytes
+        .try_into()
+        .map_err(|_| failed(path, "a stored deadline is not 8 bytes"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// A batch's writes folded into one final state per key.
 struct Folded {
     /// Keys written, with their value after the batch (`None`: removed).
     keys: BTreeMap<Bytes, Option<Bytes>>,
+    /// Keys whose deadline the batch wrote.
+    deadlines: BTreeMap<Bytes, Deadline>,
     /// A `Clear` in the batch: keys not in `keys` are gone.
     cleared: bool,
     /// The counts after the batch.
     counts: Counts,
+}
+
+/// A stored item and its value, as a batch puts it.
+type Put = (Vec<u8>, Bytes);
+
+/// A key's deadline before the batch (as stored, so that its `DUE` item
+/// can be found) and after it.
+struct Deadline {
+    stored: Option<u64>,
+    after: Option<u64>,
+}
+
+impl Folded {
+    /// The stored items to put and to remove: each named once.
+    fn writes(&self) -> (Vec<Put>, Vec<Vec<u8>>) {
+        let (mut puts, mut removes) = (Vec::new(), Vec::new());
+        for (key, value) in &self.keys {
+            match value {
+                Some(value) => puts.push((stored(key), value.clone())),
+                None => removes.push(stored(key)),
+            }
+        }
+        for (key, deadline) in &self.deadlines {
+            if deadline.stored == deadline.after {
+                continue;
+            }
+            if let Some(old) = deadline.stored {
+                removes.push(due_key(old, key));
+            }
+            match deadline.after {
+                Some(at) => {
+                    let at_bytes = Bytes::copy_from_slice(&at.to_be_bytes());
+                    puts.push((deadline_key(key), at_bytes));
+                    puts.push((due_key(at, key), Bytes::new()));
+                }
+                None => removes.push(deadline_key(key)),
+            }
+        }
+        (puts, removes)
+    }
+}
+
+/// `key`'s deadline item.
+fn deadline_key(key: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(key.len() + 1);
+    item.push(DEADLINE);
+    item.extend_from_slice(key);
+    item
+}
+
+/// The sweep's item for `key` due at `at`.
+fn due_key(at: u64, key: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(key.len() + 9);
+    item.push(DUE);
+    item.extend_from_slice(&at.to_be_bytes());
+    item.extend_from_slice(key);
+    item
 }
 
 /// A fjall value as `Bytes`.
@@ -371,32 +550,141 @@ fn stored_bound(bound: Bound<&[u8]>, lower: bool) -> Bound<Vec<u8>> {
     match bound {
         Bound::Included(key) => Bound::Included(stored(key)),
         Bound::Excluded(key) => Bound::Excluded(stored(key)),
-        // Every stored key starts with TAG (and "meta" is another keyspace).
+        // Every stored key starts with TAG (and "meta" is another keyspace);
+        // deadlines come after them.
         Bound::Unbounded if lower => Bound::Included(vec![TAG]),
-        Bound::Unbounded => Bound::Unbounded,
+        Bound::Unbounded => Bound::Excluded(vec![DEADLINE]),
+    }
+}
+
+/// One instant's reads, hiding keys whose deadline has passed.
+struct Reader<'d> {
+    disk: &'d Disk,
+    snapshot: fjall::Snapshot,
+    data: Keyspace,
+    /// The engine held a deadline when the reader was made: look them up.
+    timed: bool,
+    now: u64,
+}
+
+impl Reader<'_> {
+    fn fail(&self, e: fjall::Error) -> Error {
+        failed(&self.disk.path, e)
+    }
+
+    /// The deadline of `key` (`None`: none).
+    fn deadline(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+        if !self.timed {
+            return Ok(None);
+        }
+        let found = (self.snapshot.get(&self.data, deadline_key(key))).map_err(|e| self.fail(e))?;
+        found.map(|at| be_u64(&self.disk.path, &at)).transpose()
+    }
+
+    /// Whether `key`'s deadline has passed (a key without one: no).
+    fn expired(&self, key: &[u8]) -> Result<bool, Error> {
+        Ok(self.deadline(key)?.is_some_and(|at| at <= self.now))
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        let value = (self.snapshot.get(&self.data, stored(key))).map_err(|e| self.fail(e))?;
+        match value {
+            Some(_) if self.expired(key)? => Ok(None),
+            value => Ok(value.map(bytes)),
+        }
+    }
+
+    /// The entries of `span`, in its order, expired ones left out.
+    fn walk<'r>(&'r self, span: &Span) -> impl Iterator<Item = Result<(Bytes, Bytes), Error>> + 'r {
+        let range: Box<dyn Iterator<Item = fjall::Guard>> = if span.is_empty() {
+            Box::new(std::iter::empty())
+        } else {
+            let (lower, upper) = span.bounds();
+            let bounds = (stored_bound(lower, true), stored_bound(upper, false));
+            let range = self.snapshot.range::<Vec<u8>, _>(&self.data, bounds);
+            match span.reverse() {
+                true => Box::new(range.rev()),
+                false => Box::new(range),
+            }
+        };
+        range.filter_map(move |item| {
+            let entry = item.into_inner().map_err(|e| self.fail(e));
+            let entry = entry.map(|(key, value)| (unstored(key), bytes(value)));
+            match entry.and_then(|(key, value)| Ok((self.expired(&key)?, key, value))) {
+                Ok((true, _, _)) => None,
+                Ok((false, key, value)) => Some(Ok((key, value))),
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+}
+
+impl Disk {
+    fn reader(&self) -> Reader<'_> {
+        let timed = self.timed.load(Ordering::Acquire) > 0;
+        Reader {
+            disk: self,
+            snapshot: self.db.snapshot(),
+            data: self.data(),
+            timed,
+            now: if timed { self.clock.now_ms() } else { 0 },
+        }
+    }
+
+    /// Keys whose deadline is at or before `now`, not removed yet.
+    fn expired_count(&self, now: u64) -> Result<u64, Error> {
+        let end = [&[DUE][..], &now.saturating_add(1).to_be_bytes()].concat();
+        let range = (self.data.read()).range::<Vec<u8>, _>(vec![DUE]..end);
+        let mut n = 0;
+        for item in range {
+            item.key().map_err(|e| failed(&self.path, e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Up to `max` keys whose deadline is at or before `now`, earliest
+    /// first: what the sweep removes next.
+    pub fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error> {
+        let end = [&[DUE][..], &now.saturating_add(1).to_be_bytes()].concat();
+        let range = (self.data.read()).range::<Vec<u8>, _>(vec![DUE]..end);
+        let mut due = Vec::new();
+        for item in range.take(max) {
+            let item = item.key().map_err(|e| failed(&self.path, e))?;
+            due.push(Bytes::copy_from_slice(item.get(9..).unwrap_or_default()));
+        }
+        Ok(due)
     }
 }
 
 impl Engine for Disk {
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        if self.timed.load(Ordering::Acquire) > 0 {
+            return self.reader().get(key);
+        }
         (self.data.read().get(stored(key)))
             .map(|v| v.map(bytes))
             .map_err(|e| failed(&self.path, e))
     }
 
     fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
-        let (snapshot, data) = (self.db.snapshot(), self.data());
-        keys.iter()
-            .map(|key| {
-                (snapshot.get(&data, stored(key)))
-                    .map(|v| v.map(bytes))
-                    .map_err(|e| failed(&self.path, e))
-            })
-            .collect()
+        let reader = self.reader();
+        keys.iter().map(|key| reader.get(key)).collect()
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, Error> {
+        if self.timed.load(Ordering::Acquire) > 0 {
+            return Ok(self.reader().get(key)?.is_some());
+        }
         (self.data.read().contains_key(stored(key))).map_err(|e| failed(&self.path, e))
+    }
+
+    fn deadline(&self, key: &[u8]) -> Result<Option<Option<u64>>, Error> {
+        let reader = self.reader();
+        match reader.get(key)? {
+            Some(_) => Ok(Some(reader.deadline(key)?)),
+            None => Ok(None),
+        }
     }
 
     fn keys(
@@ -409,13 +697,14 @@ impl Engine for Disk {
         let span = Span::prefix(prefix, start_after, false);
         let mut page = KeysPage::default();
         let mut budget = PageBudget::new(limit, max_bytes);
-        for item in self.walk(&span) {
-            let key = item.key().map_err(|e| failed(&self.path, e))?;
-            if !budget.take(key.len() - 1, None) {
+        let reader = self.reader();
+        for item in reader.walk(&span) {
+            let (key, _) = item?;
+            if !budget.take(key.len(), None) {
                 page.more = true;
                 break;
             }
-            page.keys.push(unstored(key));
+            page.keys.push(key);
         }
         Ok(page)
     }
@@ -423,18 +712,24 @@ impl Engine for Disk {
     fn pairs(&self, span: &Span, limit: usize, max_bytes: usize) -> Result<PairsPage, Error> {
         let mut pairs = Vec::new();
         let mut budget = PageBudget::new(limit, max_bytes);
-        for item in self.walk(span) {
-            let (key, value) = item.into_inner().map_err(|e| failed(&self.path, e))?;
-            if !budget.take(key.len() - 1, Some(value.len())) {
+        let reader = self.reader();
+        for item in reader.walk(span) {
+            let (key, value) = item?;
+            if !budget.take(key.len(), Some(value.len())) {
                 return Ok((pairs, true));
             }
-            pairs.push((unstored(key), bytes(value)));
+            pairs.push((key, value));
         }
         Ok((pairs, false))
     }
 
     fn len(&self) -> u64 {
-        self.counts.lock().keys
+        let keys = self.counts.lock().keys;
+        if self.timed.load(Ordering::Acquire) == 0 {
+            return keys;
+        }
+        // A read error counts nothing off: the count is a figure, not a read.
+        keys - self.expired_count(self.clock.now_ms()).unwrap_or(0)
     }
 
     fn bytes(&self) -> (u64, u64) {
@@ -502,6 +797,7 @@ impl Engine for Disk {
             (KEYS, loaded.keys),
             (KEY_BYTES, loaded.key_bytes),
             (VALUE_BYTES, loaded.value_bytes),
+            (TIMED, loaded.timed),
         ] {
             batch.insert(&self.meta, name, n.to_be_bytes());
         }
@@ -510,6 +806,7 @@ impl Engine for Disk {
         self.db.persist(PersistMode::SyncData).map_err(fail)?;
         *self.data.write() = staging.data();
         *counts = loaded;
+        self.timed.store(loaded.timed, Ordering::Release);
         self.generation.store(next, Ordering::Release);
         self.applied.store(position, Ordering::Release);
         drop(counts);
@@ -550,9 +847,11 @@ impl Engine for Disk {
 
     /// A fjall snapshot: every batch is wholly in it or wholly after it.
     fn view(&self) -> Result<Box<dyn View>, Error> {
+        let reader = self.reader();
         Ok(Box::new(DiskView {
-            snapshot: self.db.snapshot(),
-            data: self.data(),
+            timed: reader.timed,
+            snapshot: reader.snapshot,
+            data: reader.data,
             path: self.path.clone(),
             after: None,
             done: false,
@@ -564,6 +863,8 @@ impl Engine for Disk {
 /// keeps the versions it sees from compaction until the copy is dropped.
 struct DiskView {
     snapshot: fjall::Snapshot,
+    /// The engine held a deadline: each key's is looked up and copied.
+    timed: bool,
     data: Keyspace,
     path: PathBuf,
     /// The last stored key copied: the next chunk starts after it.
@@ -580,11 +881,26 @@ impl View for DiskView {
             Some(key) => Bound::Excluded(key.to_vec()),
             None => Bound::Included(vec![TAG]),
         };
-        let range = (self.snapshot).range::<Vec<u8>, _>(&self.data, (lower, Bound::Unbounded));
+        let upper = Bound::Excluded(vec![DEADLINE]);
+        let range = (self.snapshot).range::<Vec<u8>, _>(&self.data, (lower, upper));
         let mut taken = 0;
         for item in range.take(CHUNK_PAIRS) {
-            let (key, value) = item.into_inner().map_err(|e| failed(&self.path, e))?;
-            encoder.push_entry(&key[1..], &value);
+            let fail = |e| failed(&self.path, e);
+            let (key, value) = item.into_inner().map_err(fail)?;
+            let at = match self.timed {
+                true => self
+                    .snapshot
+                    .get(&self.data, deadline_key(&key[1..]))
+                    .map_err(fail)?,
+                false => None,
+            };
+            match at {
+                Some(at) => {
+                    let at = be_u64(&self.path, &at)?;
+                    (encoder.push_timed(&key[1..], &value, at)).map_err(Error::StorageFailed)?;
+                }
+                None => encoder.push_entry(&key[1..], &value),
+            }
             self.after = Some(key);
             taken += 1;
         }
@@ -595,6 +911,10 @@ impl View for DiskView {
 
     fn fuzzy(&self) -> bool {
         false
+    }
+
+    fn timed(&self) -> bool {
+        self.timed
     }
 }
 
@@ -609,6 +929,7 @@ impl Disk {
         let mut counts = self.counts.lock();
         let mut folded = Folded {
             keys: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
             cleared: false,
             counts: *counts,
         };
@@ -624,6 +945,7 @@ impl Disk {
             (self.db.persist(PersistMode::SyncData)).map_err(|e| failed(&self.path, e))?;
         }
         *counts = after;
+        self.timed.store(after.timed, Ordering::Release);
         self.applied.store(position, Ordering::Release);
         Ok(applied)
     }
@@ -661,21 +983,6 @@ impl Disk {
             File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         Ok(())
-    }
-
-    /// The entries of `span`, in its order, from one snapshot.
-    fn walk(&self, span: &Span) -> Box<dyn Iterator<Item = fjall::Guard>> {
-        if span.is_empty() {
-            return Box::new(std::iter::empty());
-        }
-        let (lower, upper) = span.bounds();
-        let bounds = (stored_bound(lower, true), stored_bound(upper, false));
-        let range = (self.db.snapshot()).range::<Vec<u8>, _>(&*self.data.read(), bounds);
-        if span.reverse() {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        }
     }
 }
 
@@ -777,6 +1084,56 @@ mod tests {
         // A noted batch is durable once applied.
         assert_eq!(disk.applied(), 10);
         assert_eq!(disk.note().unwrap().as_deref(), Some(&b"ten"[..]));
+    }
+
+    /// Deadlines outlive a reopen, and a copy of the engine installed in
+    /// another keeps them (the Raft snapshot path).
+    #[test]
+    fn deadlines_outlive_a_reopen_and_an_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, snapshot) = (dir.path().join("a.fjall"), dir.path().join("snap"));
+        let clock = Clock::manual(100);
+        let timed = |key: &str, at| WriteOp::SetExpiring {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            at,
+        };
+        {
+            let disk = Disk::open(&path, 1 << 20).unwrap();
+            disk.apply(
+                &[&timed("gone", 50), &timed("kept", 500), &set("plain", "p")],
+                1,
+            )
+            .unwrap();
+            disk.persist().unwrap();
+        }
+        let disk = Disk::open(&path, 1 << 20)
+            .unwrap()
+            .with_clock(clock.clone());
+        assert_eq!((disk.get(b"gone").unwrap(), disk.len()), (None, 2));
+        assert_eq!(disk.deadline(b"kept").unwrap(), Some(Some(500)));
+        assert_eq!(disk.due(100, 10).unwrap(), [Bytes::from("gone")]);
+        snapshot::write_with_state(&RealFs, &snapshot, &mut *disk.view().unwrap(), b"").unwrap();
+
+        let other = Disk::open(&dir.path().join("b.fjall"), 1 << 20).unwrap();
+        let other = other.with_clock(clock.clone());
+        other.replace(&RealFs, &snapshot, 7, b"").unwrap();
+        assert_eq!(other.deadline(b"kept").unwrap(), Some(Some(500)));
+        assert_eq!(other.deadline(b"plain").unwrap(), Some(None));
+        assert_eq!((other.get(b"gone").unwrap(), other.len()), (None, 2));
+        clock.set(500);
+        assert_eq!(other.len(), 1);
+        assert_eq!(other.due(500, 10).unwrap().len(), 2);
+        let swept = WriteOp::Expire {
+            keys: other.due(500, 10).unwrap(),
+            now: 500,
+        };
+        assert_eq!(other.apply(&[&swept], 8).unwrap(), [Applied::Int(2)]);
+        assert_eq!(
+            (other.due(u64::MAX, 10).unwrap().len(), other.len()),
+            (0, 1)
+        );
+        assert_eq!(other.bytes(), (5, 1));
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl Engine for Memory {
         Ok(self.store.contains(key))
     }
 
+    fn deadline(&self, key: &[u8]) -> Result<Option<Option<u64>>, Error> {
+        Ok(self.store.deadline(key))
+    }
+
     fn keys(
         &self,
         prefix: &[u8],

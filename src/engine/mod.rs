@@ -66,6 +66,10 @@ pub trait Engine: Send + Sync {
     /// Whether `key` has a value.
     fn contains(&self, key: &[u8]) -> Result<bool, Error>;
 
+    /// When `key` is gone (ms since the epoch): `Some(None)` if it has no
+    /// deadline, `None` if it has no value.
+    fn deadline(&self, key: &[u8]) -> Result<Option<Option<u64>>, Error>;
+
     /// Up to `limit` keys that start with `prefix` and sort after
     /// `start_after`, ascending, stopping before their encoded size (each key
     /// plus an 8-byte length) passes `max_bytes`.
