@@ -113,6 +113,9 @@ fn held_bytes(op: &WriteOp) -> usize {
                 held(key)
             }
             WriteOp::BulkSet { items } => items.iter().map(|(k, v)| held(k) + held(v)).sum(),
+            WriteOp::SetExpiringMany { items } => {
+                items.iter().map(|(k, v, _)| held(k) + held(v)).sum()
+            }
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.iter().map(held).sum()
             }

@@ -217,6 +217,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (key(), value(), 0u64..30).prop_map(|(key, value, at)| Step::Write(WriteOp::SetExpiring { key, value, at })),
         2 => (key(), 0u64..30).prop_map(|(key, at)| Step::Write(WriteOp::ExpireAt { key, at })),
         2 => key().prop_map(|key| Step::Write(WriteOp::Persist { key })),
+        2 => proptest::collection::vec((key(), value(), 0u64..30), 0..5)
+            .prop_map(|items| Step::Write(WriteOp::SetExpiringMany { items })),
         2 => (proptest::collection::vec(key(), 0..4), 0u64..30).prop_map(|(keys, now)| Step::Write(WriteOp::Expire { keys, now })),
         3 => (0u64..4).prop_map(Step::Tick),
         2 => key().prop_map(Step::Deadline),
@@ -257,6 +259,12 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
         }
         WriteOp::SetExpiring { key, value, at } => {
             model.insert(key, value, Some(*at));
+            Applied::Stored
+        }
+        WriteOp::SetExpiringMany { items } => {
+            for (key, value, at) in items {
+                model.insert(key, value, Some(*at));
+            }
             Applied::Stored
         }
         WriteOp::ExpireAt { key, at } => {
@@ -385,6 +393,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
         | Change::SetSlots { .. }
         | Change::Assign { .. }
         | Change::Import { .. }
+        | Change::ImportTimed { .. }
         | Change::Purge { .. }
         | Change::Moving(_)
         | Change::Doors { .. }

@@ -340,6 +340,12 @@ impl Disk {
                 self.put(folded, key, Some(value), Some(*at))?;
                 Applied::Stored
             }
+            WriteOp::SetExpiringMany { items } => {
+                for (key, value, at) in items {
+                    self.put(folded, key, Some(value), Some(*at))?;
+                }
+                Applied::Stored
+            }
             WriteOp::ExpireAt { key, at } => {
                 let live = self.live_in(folded, key)?;
                 if live {

@@ -208,6 +208,8 @@ pub struct ScanPage {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SlotPage {
     pub pairs: Vec<(Bytes, Bytes)>,
+    /// The deadline of each pair's key, if it has one.
+    pub deadlines: Vec<Option<u64>>,
     pub next: Option<Bytes>,
 }
 
@@ -257,10 +259,27 @@ pub async fn read_slots(
     after: Option<Bytes>,
 ) -> Result<SlotPage, Refusal> {
     let (walked, next) = walk_group(raft, engine, after).await?;
-    let pairs = (walked.into_iter())
-        .filter(|(key, _)| (first..=last).contains(&slot_of(key)))
-        .collect();
-    Ok(SlotPage { pairs, next })
+    let (mut pairs, mut deadlines) = (Vec::new(), Vec::new());
+    for (key, value) in walked {
+        if !(first..=last).contains(&slot_of(&key)) {
+            continue;
+        }
+        // Read after the walk: a key the sweep removed meanwhile is left
+        // out rather than copied without its deadline.
+        match engine
+            .deadline(&key)
+            .map_err(|e| Refusal::Failed(e.to_string()))?
+        {
+            Some(deadline) => deadlines.push(deadline),
+            None => continue,
+        }
+        pairs.push((key, value));
+    }
+    Ok(SlotPage {
+        pairs,
+        deadlines,
+        next,
+    })
 }
 
 /// What the slots of a page of the pairs in `engine` after `after` hold,

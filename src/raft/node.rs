@@ -1204,14 +1204,42 @@ impl Cluster {
             let page = self.read_slots(from, slots, after).await?;
             if !page.pairs.is_empty() {
                 copied += page.pairs.len() as u64;
-                let change = Change::Import { items: page.pairs };
-                self.propose_one(to, change).await?;
+                self.import(to, page.pairs, page.deadlines).await?;
             }
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(copied),
             }
         }
+    }
+
+    /// Writes a page of a slot move's copy into group `to`, each pair with
+    /// its key's deadline if it has one, in one entry.
+    async fn import(
+        &self,
+        to: GroupId,
+        pairs: Vec<(Bytes, Bytes)>,
+        deadlines: Vec<Option<u64>>,
+    ) -> Result<(), Error> {
+        let (mut items, mut timed) = (Vec::new(), Vec::new());
+        for ((key, value), deadline) in pairs.into_iter().zip(deadlines) {
+            match deadline {
+                None => items.push((key, value)),
+                Some(at) => timed.push((key, value, at)),
+            }
+        }
+        let changes = [
+            (Change::Import { items }),
+            (Change::ImportTimed { items: timed }),
+        ];
+        let changes = changes
+            .into_iter()
+            .filter(|c| !c.keys().is_empty())
+            .collect();
+        for outcome in self.propose(to, changes).await? {
+            outcome.into_result()?;
+        }
+        Ok(())
     }
 
     /// Removes the pairs of `slots` from group `from`, which no longer

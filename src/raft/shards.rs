@@ -241,6 +241,11 @@ impl Shards {
                 let result = self.admit_move(keys, SlotState::Importing);
                 checked(result, Change::Write(WriteOp::BulkSet { items }))
             }
+            Change::ImportTimed { items } => {
+                let keys = items.iter().map(|(key, ..)| &key[..]);
+                let result = self.admit_move(keys, SlotState::Importing);
+                checked(result, Change::Write(WriteOp::SetExpiringMany { items }))
+            }
             Change::Purge { keys } => {
                 let result = self.admit_move(keys.iter().map(|key| &key[..]), SlotState::Elsewhere);
                 checked(result, Change::Write(WriteOp::DeleteMany { keys }))

@@ -96,6 +96,9 @@ pub enum Change {
         expected: std::collections::BTreeMap<u64, crate::raft::Member>,
         members: std::collections::BTreeMap<u64, crate::raft::Member>,
     },
+    /// Cluster mode: a slot move's copy of keys with a deadline, which
+    /// they keep, into its target.
+    ImportTimed { items: Vec<(Bytes, Bytes, u64)> },
 }
 
 impl From<WriteOp> for Change {
@@ -155,6 +158,7 @@ impl Change {
             | Change::Append { key, .. } => vec![key],
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
+            Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
             Change::Purge { keys } => keys.iter().map(|key| &key[..]).collect(),
             Change::OpenSession { .. }
             | Change::AddGroup { .. }
@@ -177,6 +181,7 @@ impl Change {
             | Change::Append { key, .. } => Some(key),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
+            Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
             Change::Purge { keys } => keys.first().map(|key| &key[..]),
             Change::OpenSession { .. }
             | Change::AddGroup { .. }
@@ -204,6 +209,9 @@ impl Change {
             Change::Doors { resp, .. } => 32 + resp.as_ref().map_or(0, String::len),
             Change::Import { items } => {
                 16 + (items.iter().map(|(k, v)| 16 + k.len() + v.len())).sum::<usize>()
+            }
+            Change::ImportTimed { items } => {
+                16 + (items.iter().map(|(k, v, _)| 24 + k.len() + v.len())).sum::<usize>()
             }
             Change::Purge { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             Change::Once { change, .. } => 48 + change.approx_len(),
@@ -313,6 +321,7 @@ impl Change {
             | Change::SetSlots { .. }
             | Change::Assign { .. }
             | Change::Import { .. }
+            | Change::ImportTimed { .. }
             | Change::Purge { .. }
             | Change::Moving(_)
             | Change::Doors { .. }
@@ -368,6 +377,11 @@ impl<'a> BatchView<'a> {
             }
             WriteOp::BulkSet { items } => {
                 for (key, value) in items {
+                    self.overlay.insert(key.clone(), Some(value.clone()));
+                }
+            }
+            WriteOp::SetExpiringMany { items } => {
+                for (key, value, _) in items {
                     self.overlay.insert(key.clone(), Some(value.clone()));
                 }
             }

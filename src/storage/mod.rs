@@ -251,6 +251,11 @@ impl<'s> SortedReplay<'s> {
                     self.hold(Delete { key });
                 }
             }
+            SetExpiringMany { items } => {
+                for (key, value, at) in items {
+                    self.hold(SetExpiring { key, value, at });
+                }
+            }
             Expire { keys, now } => {
                 for key in keys {
                     self.hold(Expire {

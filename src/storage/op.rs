@@ -53,6 +53,11 @@ pub enum WriteOp {
         keys: Vec<Bytes>,
         now: u64,
     },
+    /// Several `SetExpiring`s in one record, all or none after a crash (a
+    /// slot move's copy, a snapshot's block).
+    SetExpiringMany {
+        items: Vec<(Bytes, Bytes, u64)>,
+    },
 }
 
 impl WriteOp {
@@ -65,6 +70,7 @@ impl WriteOp {
             | WriteOp::ExpireAt { key, .. }
             | WriteOp::Persist { key } => vec![key],
             WriteOp::BulkSet { items } => items.iter().map(|(key, _)| &key[..]).collect(),
+            WriteOp::SetExpiringMany { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.iter().map(|key| &key[..]).collect()
             }
@@ -81,6 +87,7 @@ impl WriteOp {
             | WriteOp::ExpireAt { key, .. }
             | WriteOp::Persist { key } => Some(key),
             WriteOp::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
+            WriteOp::SetExpiringMany { items } => items.first().map(|(key, ..)| &key[..]),
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.first().map(|key| &key[..])
             }
@@ -112,6 +119,12 @@ impl WriteOp {
             }
             WriteOp::DeleteMany { keys } => 24 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             WriteOp::Expire { keys, .. } => 32 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
+            WriteOp::SetExpiringMany { items } => {
+                24 + items
+                    .iter()
+                    .map(|(k, v, _)| 24 + k.len() + v.len())
+                    .sum::<usize>()
+            }
             WriteOp::Clear => 16,
         }
     }

@@ -562,15 +562,18 @@ fn apply_blocks(
             let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
             match at {
                 None => items.push((key, value)),
-                Some(at) => timed.push(WriteOp::SetExpiring { key, value, at }),
+                Some(at) => timed.push((key, value, at)),
             }
         });
         let applied = decoded
             .map_err(|reason| Error::corrupt(path, offset, reason))
             .and_then(|n| {
                 entries += n;
-                let bulk = (!items.is_empty()).then_some(WriteOp::BulkSet { items });
-                each(&bulk.iter().chain(&timed).collect::<Vec<_>>())
+                let op = match timed.is_empty() {
+                    true => WriteOp::BulkSet { items },
+                    false => WriteOp::SetExpiringMany { items: timed },
+                };
+                each(&[&op])
             });
         failed = applied.err();
     }

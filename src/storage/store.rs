@@ -609,6 +609,13 @@ impl Store {
                 self.put(&mut self.shard(key).write(), entry);
                 Applied::Stored
             }
+            WriteOp::SetExpiringMany { items } => {
+                self.with_shards_of(items.iter().map(|(k, ..)| k), |i, map| {
+                    let (key, value, at) = &items[i];
+                    self.put(map, Entry::with_deadline(key, value, Some(*at)));
+                });
+                Applied::Stored
+            }
             WriteOp::ExpireAt { key, at } => {
                 Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, Some(*at)))
             }
