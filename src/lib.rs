@@ -14,6 +14,7 @@
 //!    engine); [`storage`]: the sharded map, the log segments, snapshots,
 //!    recovery.
 //!
+//! [`expiry`] removes keys whose deadline has passed, as logged writes.
 //! [`stats`] and [`figures`] count what happens and name the figures that
 //! `Stats` and the [`metrics`] endpoint report.
 //! [`server`] ties them together and owns start-up and shutdown;
@@ -28,6 +29,7 @@ pub mod connection;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod expiry;
 pub mod figures;
 pub mod grpc;
 pub mod handler;

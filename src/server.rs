@@ -33,9 +33,11 @@ use crate::engine::memory::Memory;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::grpc;
+use crate::log::Log;
 use crate::raft::{node, Member};
 use crate::resp::{self, ServerInfo, Shared};
 use crate::stats::Stats;
+use crate::storage::change::Change;
 use crate::storage::fs::RealFs;
 use crate::storage::store::Store;
 use crate::storage::wal;
@@ -201,6 +203,7 @@ pub async fn run(
             if config.sync == SyncMode::Periodic {
                 spawn_sync_ticker(commit.clone(), config.sync_interval(), &shutdown, &tracker);
             }
+            spawn_sweep(&recovered.engine, commit.clone(), &shutdown, &tracker);
             let db = Db::new(recovered.engine, tees, commit, config.limits(), auth);
             (db, Some(recovered.lock))
         }
@@ -404,6 +407,29 @@ fn spawn_sync_ticker(
             commit.request_sync();
         }
     });
+}
+
+/// The single node's expiry sweep, writing through `log`.
+fn spawn_sweep(
+    engine: &Arc<dyn Engine>,
+    log: Arc<dyn Log>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let write: crate::expiry::Write = Arc::new(move |op| {
+        let log = log.clone();
+        Box::pin(async move { log.submit(Change::from(op)).await?.wait().await })
+    });
+    let engine = engine.clone();
+    let clock = crate::storage::clock::Clock::System;
+    tracker.spawn(crate::expiry::every_tick(shutdown.clone(), move || {
+        let (engine, clock, write) = (engine.clone(), clock.clone(), write.clone());
+        async move {
+            crate::expiry::sweep_once(&engine, &clock, &write)
+                .await
+                .map(drop)
+        }
+    }));
 }
 
 /// Measures the request rate every second (`Stats::tick`).

@@ -649,9 +649,8 @@ impl Disk {
         Ok(n)
     }
 
-    /// Up to `max` keys whose deadline is at or before `now`, earliest
-    /// first: what the sweep removes next.
-    pub fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error> {
+    /// [`Engine::due`], earliest first.
+    fn due_keys(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error> {
         let end = [&[DUE][..], &now.saturating_add(1).to_be_bytes()].concat();
         let range = (self.data.read()).range::<Vec<u8>, _>(vec![DUE]..end);
         let mut due = Vec::new();
@@ -727,6 +726,13 @@ impl Engine for Disk {
             pairs.push((key, value));
         }
         Ok((pairs, false))
+    }
+
+    fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error> {
+        if self.timed.load(Ordering::Acquire) == 0 {
+            return Ok(Vec::new());
+        }
+        self.due_keys(now, max)
     }
 
     fn len(&self) -> u64 {

@@ -89,6 +89,10 @@ pub trait Engine: Send + Sync {
     /// How many keys there are (not one instant's count while writes run).
     fn len(&self) -> u64;
 
+    /// Up to `max` keys whose deadline is at or before `now`, not removed
+    /// yet: what the sweep (`crate::expiry`) removes next.
+    fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error>;
+
     /// Whether there are no keys.
     fn is_empty(&self) -> bool {
         self.len() == 0

@@ -197,6 +197,7 @@ impl Cluster {
         tracker.spawn(finish_moves(cluster.clone()));
         tracker.spawn(record_doors(cluster.clone()));
         tracker.spawn(learn_leaders(cluster.clone()));
+        tracker.spawn(sweep_led_groups(cluster.clone()));
         Ok(cluster)
     }
 
@@ -1672,6 +1673,34 @@ async fn learn_leaders(cluster: Arc<Cluster>) {
         }
         *cluster.leaders_elsewhere.write() = learned;
     }
+}
+
+/// Each group this node leads sweeps its expired keys (`crate::expiry`),
+/// proposing the removals in its log; followers only hide them.
+async fn sweep_led_groups(cluster: Arc<Cluster>) {
+    let shutdown = cluster.starter.shutdown.clone();
+    crate::expiry::every_tick(shutdown, || sweep_led(cluster.clone())).await;
+}
+
+/// One tick of [`sweep_led_groups`]: every led group is swept; the first
+/// failure is the answer.
+async fn sweep_led(cluster: Arc<Cluster>) -> Result<(), Error> {
+    let led: Vec<Arc<Group>> = (cluster.groups.read().values())
+        .filter(|group| group.leader() == Some(cluster.settings.id))
+        .cloned()
+        .collect();
+    let mut result = Ok(());
+    for group in led {
+        let (id, proposer) = (group.id(), cluster.clone());
+        let write: crate::expiry::Write = Arc::new(move |op| {
+            let proposer = proposer.clone();
+            Box::pin(async move { proposer.propose_one(id, Change::from(op)).await })
+        });
+        let clock = crate::storage::clock::Clock::System;
+        let swept = crate::expiry::sweep_once(&group.engine(), &clock, &write).await;
+        result = result.and(swept.map(drop));
+    }
+    result
 }
 
 /// How long `AbortMove` waits for the move to be undone.

@@ -250,6 +250,9 @@ impl Shards {
                 let result = self.admit_move(keys.iter().map(|key| &key[..]), SlotState::Elsewhere);
                 checked(result, Change::Write(WriteOp::DeleteMany { keys }))
             }
+            // The sweep removes only what has expired here, whatever the
+            // state of its slots (a client cannot send it).
+            change @ Change::Write(WriteOp::Expire { .. }) => Decided::Apply(change),
             change => checked(self.admit(&change), change),
         }
     }
@@ -534,6 +537,16 @@ mod tests {
         }
         // Keyless writes (a flush) are the group's own business.
         assert_eq!(code(group.admit_keys([])), None);
+        // So is the sweep's removal of its expired keys, across slots and
+        // whatever their state (a client cannot send it).
+        let sweep = crate::storage::op::WriteOp::Expire {
+            keys: vec![a.to_vec().into(), b.to_vec().into()],
+            now: 1,
+        };
+        assert!(matches!(
+            group.decide(Change::Write(sweep)),
+            Decided::Apply(_)
+        ));
         let bad = group.set_state(5, 4, SlotState::Serving);
         assert!(matches!(bad, Outcome::Rejected { .. }));
     }
