@@ -267,16 +267,19 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
             }
             Applied::Stored
         }
+        // Applied to the stored key whatever the clock says (so replay
+        // does not depend on it); the commit thread decides on live keys.
         WriteOp::ExpireAt { key, at } => {
-            let live = model.live(key);
-            if live {
+            let stored = model.values.contains_key(key);
+            if stored {
                 model.deadlines.insert(key.clone(), *at);
             }
-            Applied::Bool(live)
+            Applied::Bool(stored)
         }
         WriteOp::Persist { key } => {
-            let timed = model.live(key) && model.deadlines.remove(key).is_some();
-            Applied::Bool(timed)
+            let stored = model.values.contains_key(key);
+            model.deadlines.remove(key);
+            Applied::Bool(stored)
         }
         WriteOp::Expire { keys, now } => {
             let mut removed = 0;

@@ -285,11 +285,6 @@ impl Disk {
         Ok(self.deadline_in(folded, key)?.is_none_or(|at| at > now()))
     }
 
-    /// Whether `key` has a value readers see, as the batch so far leaves it.
-    fn live_in(&self, folded: &Folded, key: &[u8]) -> Result<bool, Error> {
-        Ok(self.len_in(folded, key)?.is_some() && self.unexpired_in(folded, key)?)
-    }
-
     /// Gives `key` the deadline `at` (`None`: none) in the folded state.
     fn set_deadline(&self, folded: &mut Folded, key: &Bytes, at: Option<u64>) -> Result<(), Error> {
         let old = self.deadline_in(folded, key)?;
@@ -306,6 +301,20 @@ impl Disk {
         folded.counts.timed =
             folded.counts.timed + u64::from(at.is_some()) - u64::from(old.is_some());
         Ok(())
+    }
+
+    /// Gives a stored `key` the deadline `at`; whether it was stored.
+    fn redeadline(
+        &self,
+        folded: &mut Folded,
+        key: &Bytes,
+        at: Option<u64>,
+    ) -> Result<Applied, Error> {
+        let stored = self.len_in(folded, key)?.is_some();
+        if stored {
+            self.set_deadline(folded, key, at)?;
+        }
+        Ok(Applied::Bool(stored))
     }
 
     /// Takes one write into the batch's folded state.
@@ -346,20 +355,10 @@ impl Disk {
                 }
                 Applied::Stored
             }
-            WriteOp::ExpireAt { key, at } => {
-                let live = self.live_in(folded, key)?;
-                if live {
-                    self.set_deadline(folded, key, Some(*at))?;
-                }
-                Applied::Bool(live)
-            }
-            WriteOp::Persist { key } => {
-                let timed = self.live_in(folded, key)? && self.deadline_in(folded, key)?.is_some();
-                if timed {
-                    self.set_deadline(folded, key, None)?;
-                }
-                Applied::Bool(timed)
-            }
+            // Decided by the commit thread on what readers see; applied to
+            // the stored key whatever the clock says, so replay agrees.
+            WriteOp::ExpireAt { key, at } => self.redeadline(folded, key, Some(*at))?,
+            WriteOp::Persist { key } => self.redeadline(folded, key, None)?,
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
                 for key in keys {

@@ -562,10 +562,12 @@ impl Store {
         }
     }
 
-    /// Gives `key`'s live entry in `map` the deadline `at` (`None`: no
-    /// deadline); whether there was one to change.
+    /// Gives `key`'s entry in `map` the deadline `at` (`None`: no
+    /// deadline); whether there was one to change. The entry's own
+    /// deadline is not looked at: the commit thread decided the write
+    /// on what readers see, and replay must not depend on the clock.
     fn set_deadline(&self, map: &mut Map, key: &[u8], at: Option<u64>) -> bool {
-        let Some(old) = self.found(map, key) else {
+        let Some(old) = map.get(key) else {
             return false;
         };
         let entry = Entry::with_deadline(key, old.value(), at);
@@ -620,9 +622,7 @@ impl Store {
                 Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, Some(*at)))
             }
             WriteOp::Persist { key } => {
-                let mut map = self.shard(key).write();
-                let timed = self.found(&map, key).and_then(Entry::deadline).is_some();
-                Applied::Bool(timed && self.set_deadline(&mut map, key, None))
+                Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, None))
             }
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
@@ -993,8 +993,9 @@ mod tests {
         assert_eq!(store.get(b"later").as_deref(), Some(&b"kept"[..]));
     }
 
-    /// `ExpireAt` and `Persist` change a live key's deadline and keep its
-    /// value; a missing or expired key is not theirs to change.
+    /// `ExpireAt` and `Persist` change a stored key's deadline and keep its
+    /// value, whatever the clock says: the commit thread decided them on
+    /// what readers saw, and a replay long after must do the same.
     #[test]
     fn deadlines_are_given_and_taken_away() {
         let clock = Clock::manual(0);
@@ -1008,14 +1009,16 @@ mod tests {
         assert_eq!(store.apply(&expire("k", 50)), Applied::Bool(true));
         assert_eq!(store.due(60, 10), [b("k")]);
         assert_eq!(store.apply(&persist("k")), Applied::Bool(true));
-        assert_eq!(store.apply(&persist("k")), Applied::Bool(false));
+        assert_eq!(store.apply(&persist("missing")), Applied::Bool(false));
         assert_eq!(store.due(u64::MAX, 10), Vec::<Bytes>::new());
         assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
 
         store.apply(&expire("k", 10));
-        clock.set(10);
-        assert_eq!(store.apply(&persist("k")), Applied::Bool(false));
-        assert_eq!(store.apply(&expire("k", 99)), Applied::Bool(false));
+        clock.set(20);
+        assert_eq!(store.get(b"k"), None);
+        assert_eq!(store.apply(&persist("k")), Applied::Bool(true));
+        assert_eq!(store.get(b"k").as_deref(), Some(&b"v"[..]));
+        store.apply(&expire("k", 10));
         // A delete of a hidden key removes it but says it was not there.
         let deleted = store.apply(&WriteOp::Delete { key: b("k") });
         assert_eq!(deleted, Applied::Deleted(false));
