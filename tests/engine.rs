@@ -22,7 +22,7 @@ use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::snapshot;
 use kvstore::storage::store::Store;
-use kvstore_client::Condition;
+use kvstore_client::{Condition, ExpireWhen};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -296,6 +296,16 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
     }
 }
 
+fn expire_when() -> impl Strategy<Value = ExpireWhen> {
+    prop_oneof![
+        Just(ExpireWhen::Always),
+        Just(ExpireWhen::NoDeadline),
+        Just(ExpireWhen::HasDeadline),
+        Just(ExpireWhen::Later),
+        Just(ExpireWhen::Earlier),
+    ]
+}
+
 fn condition() -> impl Strategy<Value = Condition> {
     prop_oneof![
         Just(Condition::Always),
@@ -324,7 +334,37 @@ fn change() -> impl Strategy<Value = Change> {
         4 => key().prop_map(|key| Change::GetDel { key }),
         4 => (key(), prop_oneof![Just(1i64), Just(-1), Just(i64::MAX)]).prop_map(|(key, by)| Change::Incr { key, by }),
         4 => (key(), value()).prop_map(|(key, value)| Change::Append { key, value, max_value: 12 }),
+        4 => (key(), value(), condition(), any::<bool>(), proptest::option::of(1u64..30)).prop_map(|(key, value, condition, get, at)| {
+            Change::SetExpiring { key, value, condition, get, at }
+        }),
+        4 => (key(), 0u64..30, expire_when()).prop_map(|(key, at, when)| Change::Expire { key, at, now: 0, when }),
+        2 => key().prop_map(|key| Change::Persist { key }),
     ]
+}
+
+/// `SetIf`, or `SetExpiring` with `Some(at)` (`None`: keep the deadline).
+fn model_set_if(
+    model: &mut Model,
+    key: &Bytes,
+    value: &Bytes,
+    condition: Condition,
+    get: bool,
+    deadline: Option<Option<u64>>,
+) -> Applied {
+    let old = model.values.get(key).cloned();
+    let holds = match condition {
+        Condition::Always => true,
+        Condition::Absent => old.is_none(),
+        Condition::Present => old.is_some(),
+    };
+    if holds {
+        let at = deadline.unwrap_or_else(|| model.deadlines.get(key).copied());
+        model.insert(key, value, at);
+    }
+    match get {
+        true => Applied::Value(old),
+        false => Applied::Bool(holds),
+    }
 }
 
 /// What a change answers when run alone against the model: `Err` carries the
@@ -337,23 +377,56 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             value,
             condition,
             get,
-        } => {
-            let old = model.values.get(key).cloned();
-            let holds = match condition {
-                Condition::Always => true,
-                Condition::Absent => old.is_none(),
-                Condition::Present => old.is_some(),
-            };
-            if holds {
-                model.values.insert(key.clone(), value.clone());
+        } => Ok(model_set_if(
+            model,
+            key,
+            value,
+            *condition,
+            *get,
+            Some(None),
+        )),
+        Change::SetExpiring {
+            key,
+            value,
+            condition,
+            get,
+            at,
+        } => Ok(model_set_if(
+            model,
+            key,
+            value,
+            *condition,
+            *get,
+            at.map(Some),
+        )),
+        Change::Expire { key, at, now, when } => {
+            if !model.live(key) {
+                return Ok(Applied::Bool(false));
             }
-            Ok(if *get {
-                Applied::Value(old)
-            } else {
-                Applied::Bool(holds)
-            })
+            let current = model.deadlines.get(key).copied();
+            let holds = match when {
+                ExpireWhen::Always => true,
+                ExpireWhen::NoDeadline => current.is_none(),
+                ExpireWhen::HasDeadline => current.is_some(),
+                ExpireWhen::Later => current.is_some_and(|c| at > &c),
+                ExpireWhen::Earlier => current.is_none_or(|c| at < &c),
+            };
+            match (holds, at <= now) {
+                (true, true) => drop(model.remove(key)),
+                (true, false) => drop(model.deadlines.insert(key.clone(), *at)),
+                (false, _) => {}
+            }
+            Ok(Applied::Bool(holds))
         }
-        Change::GetDel { key } => Ok(Applied::Value(model.values.remove(key))),
+        Change::Persist { key } => {
+            let timed = model.live(key) && model.deadlines.remove(key).is_some();
+            Ok(Applied::Bool(timed))
+        }
+        Change::GetDel { key } => {
+            let old = model.values.get(key).cloned();
+            model.remove(key);
+            Ok(Applied::Value(old))
+        }
         Change::Incr { key, by } => {
             let current = match model.values.get(key) {
                 None => 0,
@@ -441,6 +514,8 @@ fn batched_changes_answer_like_sequential_ones(
     prop_assert_eq!(all.len(), model.values.len());
     for key in all {
         prop_assert_eq!(engine.get(&key).unwrap(), model.values.get(&key).cloned());
+        let deadline = model.deadlines.get(&key).copied();
+        prop_assert_eq!(engine.deadline(&key).unwrap(), Some(deadline));
     }
     Ok(())
 }

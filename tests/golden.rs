@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use kvstore_client::{
-    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, GroupView,
-    Reply, Request, Response,
+    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, ExpireWhen,
+    Expiry, GroupView, Reply, Request, Response,
 };
 
 fn b(s: &str) -> Bytes {
@@ -72,6 +72,41 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         ("getdel-request", rq(10, Command::GetDel { key: b("k") })),
+        (
+            "setexpiring-request",
+            rq(
+                27,
+                Command::SetExpiring {
+                    key: b("k"),
+                    value: b("v"),
+                    condition: Condition::Always,
+                    get: false,
+                    expiry: Expiry::In(60_000),
+                },
+            ),
+        ),
+        (
+            "expire-request",
+            rq(
+                28,
+                Command::Expire {
+                    key: b("k"),
+                    expiry: Expiry::At(1_767_225_600_000),
+                    when: ExpireWhen::Later,
+                },
+            ),
+        ),
+        ("persist-request", rq(29, Command::Persist { key: b("k") })),
+        (
+            "ttl-request",
+            rq(
+                30,
+                Command::Ttl {
+                    key: b("k"),
+                    absolute: false,
+                },
+            ),
+        ),
         (
             "incr-request",
             rq(

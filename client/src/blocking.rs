@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::client::{Client, ClientBuilder};
-use crate::{BackupSummary, Command, Condition, Error, Part, Reply, ScanQuery};
+use crate::{BackupSummary, Command, Condition, Error, ExpireWhen, Expiry, Part, Reply, ScanQuery};
 
 /// A blocking kvstore client with the same methods as [`Client`].
 ///
@@ -201,6 +201,37 @@ impl BlockingClient {
     /// Adds `by` to the integer at `key` ([`Client::incr`]).
     pub fn incr(&self, key: impl AsRef<[u8]>, by: i64) -> Result<i64, Error> {
         self.runtime.block_on(self.client.incr(key, by))
+    }
+
+    /// Stores with a deadline ([`Client::set_expiring`]).
+    pub fn set_expiring(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        condition: Condition,
+        expiry: Expiry,
+    ) -> Result<bool, Error> {
+        (self.runtime).block_on(self.client.set_expiring(key, value, condition, expiry))
+    }
+
+    /// Changes a deadline ([`Client::expire`]).
+    pub fn expire(
+        &self,
+        key: impl AsRef<[u8]>,
+        expiry: Expiry,
+        when: ExpireWhen,
+    ) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.expire(key, expiry, when))
+    }
+
+    /// Removes a deadline ([`Client::persist`]).
+    pub fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.persist(key))
+    }
+
+    /// The time left, or the deadline ([`Client::ttl`]).
+    pub fn ttl(&self, key: impl AsRef<[u8]>, absolute: bool) -> Result<i64, Error> {
+        self.runtime.block_on(self.client.ttl(key, absolute))
     }
 
     /// Appends to the value at `key` ([`Client::append`]).

@@ -28,7 +28,8 @@ use crate::routes::{redirect_named, Routes};
 use crate::slot::{slot_of, GroupId};
 use crate::split::{by_slot, Part};
 use crate::{
-    addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, Reply, ScanQuery,
+    addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, ExpireWhen, Expiry,
+    Reply, ScanQuery,
 };
 
 /// Default time to establish a connection.
@@ -792,6 +793,57 @@ impl Client {
             })
             .await?,
         )
+    }
+
+    /// Stores `value` under `key` until `expiry` passes (docs/expiry.md),
+    /// if `condition` holds; whether it stored.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// use kvstore_client::{Condition, Expiry};
+    /// client.set_expiring("session:9", "ann", Condition::Always, Expiry::In(30_000)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_expiring(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        condition: Condition,
+        expiry: Expiry,
+    ) -> Result<bool, Error> {
+        let command = Command::SetExpiring {
+            key: bytes(key),
+            value: bytes(value),
+            condition,
+            get: false,
+            expiry,
+        };
+        expect_bool(self.call(command).await?)
+    }
+
+    /// Gives `key` the deadline `expiry` if `when` holds (a deadline already
+    /// passed removes it); whether it changed. `false` for a missing key.
+    pub async fn expire(
+        &self,
+        key: impl AsRef<[u8]>,
+        expiry: Expiry,
+        when: ExpireWhen,
+    ) -> Result<bool, Error> {
+        let key = bytes(key);
+        expect_bool(self.call(Command::Expire { key, expiry, when }).await?)
+    }
+
+    /// Removes `key`'s deadline; whether it had one.
+    pub async fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        expect_bool(self.call(Command::Persist { key: bytes(key) }).await?)
+    }
+
+    /// The milliseconds left before `key`'s deadline (with `absolute`, the
+    /// deadline in ms since the epoch): -1 for a key without one, -2 for a
+    /// missing key, as Redis's `PTTL` and `PEXPIRETIME` answer.
+    pub async fn ttl(&self, key: impl AsRef<[u8]>, absolute: bool) -> Result<i64, Error> {
+        let key = bytes(key);
+        expect_int(self.call(Command::Ttl { key, absolute }).await?)
     }
 
     /// Stores `value` under `key` and returns the value it replaced.

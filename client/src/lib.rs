@@ -47,8 +47,8 @@ pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder, Reads};
 pub use error::Error;
 pub use protocol::{
-    ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, GroupView,
-    MoveView, Reply, Request, Response,
+    ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, ExpireWhen,
+    Expiry, GroupView, MoveView, Reply, Request, Response,
 };
 pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;

@@ -287,6 +287,79 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::string")]
         name: String,
     },
+    /// Tag 23. [`Command::SetIf`] with a deadline: the key is gone once
+    /// `expiry` passes (docs/expiry.md). `Expiry::Keep` keeps the deadline
+    /// the key has (Redis's `KEEPTTL`); a plain `Set` removes it. Reply as
+    /// for `SetIf`.
+    SetExpiring {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The value to store if the condition holds.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+        /// When to store.
+        condition: Condition,
+        /// Reply with the old value instead of whether it stored.
+        get: bool,
+        /// When the key is gone.
+        expiry: Expiry,
+    },
+    /// Tag 24. Gives an existing key the deadline `expiry` (not `Keep`) if
+    /// `when` holds; a deadline already passed removes the key. Reply:
+    /// `Bool(changed)`, false for a missing key. Redis's `EXPIRE` family.
+    Expire {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The new deadline.
+        expiry: Expiry,
+        /// When to change it.
+        when: ExpireWhen,
+    },
+    /// Tag 25. Removes a key's deadline. Reply: `Bool(it had one)`.
+    Persist {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 26. A key's deadline. Reply: `Int`: the milliseconds left (with
+    /// `absolute`, the deadline in milliseconds since the Unix epoch), -1 for
+    /// a key without one, -2 for a missing key.
+    Ttl {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// Answer the deadline itself rather than the time left.
+        absolute: bool,
+    },
+}
+
+/// When a key with a deadline is gone ([`Command::SetExpiring`],
+/// [`Command::Expire`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Tag 0. This many milliseconds after the server takes the command.
+    In(u64),
+    /// Tag 1. At this time, in milliseconds since the Unix epoch.
+    At(u64),
+    /// Tag 2. The deadline the key has now, if any (`SetExpiring` only).
+    Keep,
+}
+
+/// When [`Command::Expire`] changes a deadline (Redis 7's options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireWhen {
+    /// Tag 0. Always.
+    Always,
+    /// Tag 1. Only if the key has no deadline (`NX`).
+    NoDeadline,
+    /// Tag 2. Only if it has one (`XX`).
+    HasDeadline,
+    /// Tag 3. Only if the new one is later (`GT`; none counts as never).
+    Later,
+    /// Tag 4. Only if the new one is earlier (`LT`; none counts as never).
+    Earlier,
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).
@@ -466,7 +539,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 23] = [
+pub const COMMAND_NAMES: [&str; 27] = [
     "Set",
     "Get",
     "Delete",
@@ -490,6 +563,10 @@ pub const COMMAND_NAMES: [&str; 23] = [
     "OpenSession",
     "Once",
     "Restore",
+    "SetExpiring",
+    "Expire",
+    "Persist",
+    "Ttl",
 ];
 
 impl Command {
@@ -519,6 +596,10 @@ impl Command {
             Command::OpenSession => 20,
             Command::Once { .. } => 21,
             Command::Restore { .. } => 22,
+            Command::SetExpiring { .. } => 23,
+            Command::Expire { .. } => 24,
+            Command::Persist { .. } => 25,
+            Command::Ttl { .. } => 26,
         }
     }
 
@@ -537,6 +618,7 @@ impl Command {
                 | Command::Keys { .. }
                 | Command::Scan { .. }
                 | Command::Range { .. }
+                | Command::Ttl { .. }
         )
     }
 
@@ -552,8 +634,12 @@ impl Command {
             | Command::Incr { .. }
             | Command::Append { .. }
             | Command::DeleteMany { .. }
-            | Command::Flush => true,
+            | Command::Flush
+            | Command::SetExpiring { .. }
+            | Command::Expire { .. }
+            | Command::Persist { .. } => true,
             Command::Get { .. }
+            | Command::Ttl { .. }
             | Command::Exists { .. }
             | Command::Keys { .. }
             | Command::Scan { .. }
@@ -583,7 +669,11 @@ impl Command {
             | Command::SetIf { key, .. }
             | Command::GetDel { key }
             | Command::Incr { key, .. }
-            | Command::Append { key, .. } => Some(key),
+            | Command::Append { key, .. }
+            | Command::SetExpiring { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Persist { key }
+            | Command::Ttl { key, .. } => Some(key),
             Command::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
             Command::DeleteMany { keys } => keys.first().map(|key| &key[..]),
             Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),

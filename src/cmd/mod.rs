@@ -21,6 +21,7 @@ mod cluster;
 mod delete;
 mod delete_many;
 pub mod exists;
+pub mod expire;
 pub mod get;
 mod get_del;
 pub mod get_many;
@@ -63,8 +64,11 @@ pub fn size(command: &Command) -> usize {
         | Command::Exists { key }
         | Command::GetDel { key }
         | Command::Incr { key, .. } => key.len(),
-        Command::SetIf { key, value, .. } | Command::Append { key, value } => {
-            key.len() + value.len()
+        Command::SetIf { key, value, .. }
+        | Command::Append { key, value }
+        | Command::SetExpiring { key, value, .. } => key.len() + value.len(),
+        Command::Expire { key, .. } | Command::Persist { key } | Command::Ttl { key, .. } => {
+            key.len()
         }
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
@@ -149,7 +153,7 @@ pub async fn node_read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error>
 /// The key a read of data names, if it names one: its group answers it.
 pub fn read_key(command: &Command) -> Option<&[u8]> {
     match command {
-        Command::Get { key } | Command::Exists { key } => Some(key),
+        Command::Get { key } | Command::Exists { key } | Command::Ttl { key, .. } => Some(key),
         _ => None,
     }
 }
@@ -212,6 +216,15 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         Command::GetDel { key } => get_del::change(key, limits),
         Command::Incr { key, by } => incr::change(key, by, limits),
         Command::Append { key, value } => append::change(key, value, limits),
+        Command::SetExpiring {
+            key,
+            value,
+            condition,
+            get,
+            expiry,
+        } => expire::set(key, value, condition, get, expiry, limits),
+        Command::Expire { key, expiry, when } => expire::expire(key, expiry, when, limits),
+        Command::Persist { key } => expire::persist(key, limits),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,
@@ -252,6 +265,7 @@ pub fn read(command: Command, db: &Db) -> Reply {
     let result = match command {
         Command::Get { key } => get::apply(&key, db),
         Command::Exists { key } => exists::apply(&key, db),
+        Command::Ttl { key, absolute } => expire::ttl(&key, absolute, db),
         Command::Keys {
             prefix,
             start_after,

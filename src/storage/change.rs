@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use kvstore_client::{Condition, ErrorCode};
+use kvstore_client::{Condition, ErrorCode, ExpireWhen};
 use serde::{Deserialize, Serialize};
 
 use super::op::WriteOp;
@@ -99,6 +99,25 @@ pub enum Change {
     /// Cluster mode: a slot move's copy of keys with a deadline, which
     /// they keep, into its target.
     ImportTimed { items: Vec<(Bytes, Bytes, u64)> },
+    /// [`Change::SetIf`] whose key is gone at `at` (ms since the epoch);
+    /// `None` keeps the deadline the key has, if any.
+    SetExpiring {
+        key: Bytes,
+        value: Bytes,
+        condition: Condition,
+        get: bool,
+        at: Option<u64>,
+    },
+    /// Gives an existing key the deadline `at` if `when` holds; `at` at or
+    /// before `now` (the time the command was taken) removes the key.
+    Expire {
+        key: Bytes,
+        at: u64,
+        now: u64,
+        when: ExpireWhen,
+    },
+    /// Drops the deadline of a live key that has one.
+    Persist { key: Bytes },
 }
 
 impl From<WriteOp> for Change {
@@ -155,7 +174,10 @@ impl Change {
             Change::SetIf { key, .. }
             | Change::GetDel { key }
             | Change::Incr { key, .. }
-            | Change::Append { key, .. } => vec![key],
+            | Change::Append { key, .. }
+            | Change::SetExpiring { key, .. }
+            | Change::Expire { key, .. }
+            | Change::Persist { key } => vec![key],
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
@@ -178,7 +200,10 @@ impl Change {
             Change::SetIf { key, .. }
             | Change::GetDel { key }
             | Change::Incr { key, .. }
-            | Change::Append { key, .. } => Some(key),
+            | Change::Append { key, .. }
+            | Change::SetExpiring { key, .. }
+            | Change::Expire { key, .. }
+            | Change::Persist { key } => Some(key),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
@@ -197,9 +222,10 @@ impl Change {
     pub fn approx_len(&self) -> usize {
         match self {
             Change::Write(op) => op.approx_len(),
-            Change::SetIf { key, value, .. } | Change::Append { key, value, .. } => {
-                32 + key.len() + value.len()
-            }
+            Change::SetIf { key, value, .. }
+            | Change::Append { key, value, .. }
+            | Change::SetExpiring { key, value, .. } => 48 + key.len() + value.len(),
+            Change::Expire { key, .. } | Change::Persist { key } => 48 + key.len(),
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } | Change::Replicas { members, .. } => {
@@ -234,24 +260,19 @@ impl Change {
                 value,
                 condition,
                 get,
-            } => {
-                let old = view.get(&key)?;
-                let holds = match condition {
-                    Condition::Always => true,
-                    Condition::Absent => old.is_none(),
-                    Condition::Present => old.is_some(),
-                };
-                let outcome = if get {
-                    Applied::Value(old)
-                } else {
-                    Applied::Bool(holds)
-                };
-                if holds {
-                    Resolved::Log(WriteOp::Set { key, value }, outcome)
-                } else {
-                    Resolved::Answer(Ok(outcome))
-                }
-            }
+            } => set_if(view, key, value, condition, get, Some(None))?,
+            Change::SetExpiring {
+                key,
+                value,
+                condition,
+                get,
+                at,
+            } => set_if(view, key, value, condition, get, at.map(Some))?,
+            Change::Expire { key, at, now, when } => expire(view, key, at, now, when)?,
+            Change::Persist { key } => match view.deadline(&key)? {
+                Some(Some(_)) => Resolved::Log(WriteOp::Persist { key }, Applied::Bool(true)),
+                _ => Resolved::Answer(Ok(Applied::Bool(false))),
+            },
             Change::GetDel { key } => match view.get(&key)? {
                 Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
                 None => Resolved::Answer(Ok(Applied::Value(None))),
@@ -270,13 +291,11 @@ impl Change {
                     },
                 };
                 match current.checked_add(by) {
-                    Some(n) => Resolved::Log(
-                        WriteOp::Set {
-                            key,
-                            value: Bytes::from(n.to_string()),
-                        },
-                        Applied::Int(n),
-                    ),
+                    Some(n) => {
+                        let kept = view.deadline(&key)?.flatten();
+                        let op = set_with(key, Bytes::from(n.to_string()), kept);
+                        Resolved::Log(op, Applied::Int(n))
+                    }
                     None => Resolved::Answer(Err(Error::Rejected {
                         code: ErrorCode::Overflow,
                         message: "increment or decrement would overflow".into(),
@@ -301,11 +320,9 @@ impl Change {
                 let mut joined = BytesMut::with_capacity(len);
                 joined.extend_from_slice(&old);
                 joined.extend_from_slice(&value);
+                let kept = view.deadline(&key)?.flatten();
                 Resolved::Log(
-                    WriteOp::Set {
-                        key,
-                        value: joined.freeze(),
-                    },
+                    set_with(key, joined.freeze(), kept),
                     Applied::Int(len as i64),
                 )
             }
@@ -341,6 +358,8 @@ pub struct BatchView<'a> {
     /// Keys written earlier in the batch, with their value after those
     /// writes (`None`: removed).
     overlay: HashMap<Bytes, Option<Bytes>>,
+    /// Keys whose deadline changed earlier in the batch, with it.
+    deadlines: HashMap<Bytes, Option<u64>>,
     /// A `Clear` earlier in the batch: a key not in the overlay is gone.
     cleared: bool,
 }
@@ -350,6 +369,7 @@ impl<'a> BatchView<'a> {
         BatchView {
             engine,
             overlay: HashMap::new(),
+            deadlines: HashMap::new(),
             cleared: false,
         }
     }
@@ -363,8 +383,35 @@ impl<'a> BatchView<'a> {
         }
     }
 
+    /// The deadline of `key` after everything resolved so far (`Some(None)`:
+    /// none), or `None` if it has no value.
+    pub fn deadline(&self, key: &[u8]) -> Result<Option<Option<u64>>, Error> {
+        if self.get(key)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match self.deadlines.get(key) {
+            Some(at) => *at,
+            None if self.cleared => None,
+            None => self.engine.deadline(key)?.flatten(),
+        }))
+    }
+
     /// Takes in a write that will be applied after the ones before it.
     pub fn record(&mut self, op: &WriteOp) {
+        for key in op.keys() {
+            let at = match op {
+                WriteOp::SetExpiring { at, .. } | WriteOp::ExpireAt { at, .. } => Some(*at),
+                WriteOp::SetExpiringMany { items } => {
+                    items.iter().rev().find(|i| i.0 == key).map(|i| i.2)
+                }
+                _ => None,
+            };
+            self.deadlines.insert(Bytes::copy_from_slice(key), at);
+        }
+        self.record_value(op);
+    }
+
+    fn record_value(&mut self, op: &WriteOp) {
         match op {
             WriteOp::Set { key, value } | WriteOp::SetExpiring { key, value, .. } => {
                 self.overlay.insert(key.clone(), Some(value.clone()));
@@ -392,10 +439,77 @@ impl<'a> BatchView<'a> {
             }
             WriteOp::Clear => {
                 self.overlay.clear();
+                self.deadlines.clear();
                 self.cleared = true;
             }
         }
     }
+}
+
+/// `key` set to `value`, with the deadline `at` if it has one.
+fn set_with(key: Bytes, value: Bytes, at: Option<u64>) -> WriteOp {
+    match at {
+        Some(at) => WriteOp::SetExpiring { key, value, at },
+        None => WriteOp::Set { key, value },
+    }
+}
+
+/// `SetIf`, and `SetExpiring` with its deadline: `Some(at)` sets `at` (none
+/// with `Some(None)`), `None` keeps the key's.
+fn set_if(
+    view: &BatchView,
+    key: Bytes,
+    value: Bytes,
+    condition: Condition,
+    get: bool,
+    deadline: Option<Option<u64>>,
+) -> Result<Resolved, Error> {
+    let old = view.get(&key)?;
+    let holds = match condition {
+        Condition::Always => true,
+        Condition::Absent => old.is_none(),
+        Condition::Present => old.is_some(),
+    };
+    let outcome = if get {
+        Applied::Value(old)
+    } else {
+        Applied::Bool(holds)
+    };
+    if !holds {
+        return Ok(Resolved::Answer(Ok(outcome)));
+    }
+    let at = match deadline {
+        Some(at) => at,
+        None => view.deadline(&key)?.flatten(),
+    };
+    Ok(Resolved::Log(set_with(key, value, at), outcome))
+}
+
+/// `Expire`: the key's new deadline, or its removal if `at` has passed, if
+/// the key exists and `when` holds.
+fn expire(
+    view: &BatchView,
+    key: Bytes,
+    at: u64,
+    now: u64,
+    when: ExpireWhen,
+) -> Result<Resolved, Error> {
+    let Some(current) = view.deadline(&key)? else {
+        return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
+    };
+    let holds = match when {
+        ExpireWhen::Always => true,
+        ExpireWhen::NoDeadline => current.is_none(),
+        ExpireWhen::HasDeadline => current.is_some(),
+        // No deadline is later than any.
+        ExpireWhen::Later => current.is_some_and(|c| at > c),
+        ExpireWhen::Earlier => current.is_none_or(|c| at < c),
+    };
+    Ok(match (holds, at <= now) {
+        (false, _) => Resolved::Answer(Ok(Applied::Bool(false))),
+        (true, true) => Resolved::Log(WriteOp::Delete { key }, Applied::Bool(true)),
+        (true, false) => Resolved::Log(WriteOp::ExpireAt { key, at }, Applied::Bool(true)),
+    })
 }
 
 /// A signed 64-bit integer in canonical decimal, as Redis reads one: an
