@@ -339,6 +339,7 @@ fn change() -> impl Strategy<Value = Change> {
         }),
         4 => (key(), 0u64..30, expire_when()).prop_map(|(key, at, when)| Change::Expire { key, at, now: 0, when }),
         2 => key().prop_map(|key| Change::Persist { key }),
+        3 => (key(), proptest::option::of(proptest::option::of(0u64..30))).prop_map(|(key, at)| Change::GetEx { key, at, now: 0 }),
     ]
 }
 
@@ -421,6 +422,18 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
         Change::Persist { key } => {
             let timed = model.live(key) && model.deadlines.remove(key).is_some();
             Ok(Applied::Bool(timed))
+        }
+        Change::GetEx { key, at, now } => {
+            let Some(value) = model.live(key).then(|| model.values[key].clone()) else {
+                return Ok(Applied::Value(None));
+            };
+            match at {
+                None => {}
+                Some(Some(at)) if at <= now => drop(model.remove(key)),
+                Some(Some(at)) => drop(model.deadlines.insert(key.clone(), *at)),
+                Some(None) => drop(model.deadlines.remove(key)),
+            }
+            Ok(Applied::Value(Some(value)))
         }
         Change::GetDel { key } => {
             let old = model.values.get(key).cloned();

@@ -2,7 +2,7 @@
 //! engines: a key is gone for every read once its deadline passes, stays
 //! gone after `kill -9` and a restart, and the sweep frees what it held;
 //! `Persist`, `Expire`'s conditions and past times, `Incr` keeping a
-//! deadline, and `Ttl`'s answers.
+//! deadline, `GetEx`, and `Ttl`'s answers.
 
 mod common;
 
@@ -118,6 +118,25 @@ fn expire_obeys_its_conditions_and_removes_a_key_whose_time_has_passed() {
         .expire("k", Expiry::Keep, ExpireWhen::Always)
         .unwrap_err();
     assert_eq!(keep.code(), Some(ErrorCode::Malformed), "{keep}");
+}
+
+/// GetEx answers the value and changes the deadline in one write.
+#[test]
+fn get_ex_reads_and_changes_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let client = BlockingClient::connect(server.addr.to_string()).unwrap();
+    let get_ex = |expiry| client.get_ex("k", expiry).unwrap();
+    assert_eq!(get_ex(Expiry::In(60_000)), None);
+    client.set("k", "v").unwrap();
+    assert_eq!(get_ex(Expiry::In(60_000)).as_deref(), Some(&b"v"[..]));
+    assert!(client.ttl("k", false).unwrap() > 50_000);
+    assert_eq!(get_ex(Expiry::Keep).as_deref(), Some(&b"v"[..]));
+    assert!(client.ttl("k", false).unwrap() > 50_000);
+    assert_eq!(get_ex(Expiry::Never).as_deref(), Some(&b"v"[..]));
+    assert_eq!(client.ttl("k", false).unwrap(), -1);
+    assert_eq!(get_ex(Expiry::At(1)).as_deref(), Some(&b"v"[..]));
+    assert!(!client.exists("k").unwrap());
 }
 
 /// Expired keys are removed in the background: the bytes they held go.

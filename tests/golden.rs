@@ -108,6 +108,16 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "getex-request",
+            rq(
+                31,
+                Command::GetEx {
+                    key: b("k"),
+                    expiry: Expiry::Never,
+                },
+            ),
+        ),
+        (
             "incr-request",
             rq(
                 11,

@@ -224,6 +224,11 @@ impl BlockingClient {
         self.runtime.block_on(self.client.expire(key, expiry, when))
     }
 
+    /// A value, changing its deadline ([`Client::get_ex`]).
+    pub fn get_ex(&self, key: impl AsRef<[u8]>, expiry: Expiry) -> Result<Option<Bytes>, Error> {
+        self.runtime.block_on(self.client.get_ex(key, expiry))
+    }
+
     /// Removes a deadline ([`Client::persist`]).
     pub fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         self.runtime.block_on(self.client.persist(key))

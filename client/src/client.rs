@@ -833,6 +833,17 @@ impl Client {
         expect_bool(self.call(Command::Expire { key, expiry, when }).await?)
     }
 
+    /// `key`'s value, giving it the deadline `expiry` at once (`Never`
+    /// removes its deadline; a time already passed removes the key).
+    pub async fn get_ex(
+        &self,
+        key: impl AsRef<[u8]>,
+        expiry: Expiry,
+    ) -> Result<Option<Bytes>, Error> {
+        let key = bytes(key);
+        expect_value(self.call(Command::GetEx { key, expiry }).await?)
+    }
+
     /// Removes `key`'s deadline; whether it had one.
     pub async fn persist(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         expect_bool(self.call(Command::Persist { key: bytes(key) }).await?)

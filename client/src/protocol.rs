@@ -333,6 +333,17 @@ pub enum Command {
         /// Answer the deadline itself rather than the time left.
         absolute: bool,
     },
+    /// Tag 27. A key's value, giving the key the deadline `expiry` at the
+    /// same time (`Never` removes its deadline, `Keep` leaves it; a
+    /// deadline already passed removes the key). Reply: `Value`. Redis's
+    /// `GETEX`.
+    GetEx {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The key's deadline from now on.
+        expiry: Expiry,
+    },
 }
 
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
@@ -343,8 +354,10 @@ pub enum Expiry {
     In(u64),
     /// Tag 1. At this time, in milliseconds since the Unix epoch.
     At(u64),
-    /// Tag 2. The deadline the key has now, if any (`SetExpiring` only).
+    /// Tag 2. The deadline the key has now, if any (not for `Expire`).
     Keep,
+    /// Tag 3. No deadline (not for `Expire`: that is `Persist`).
+    Never,
 }
 
 /// When [`Command::Expire`] changes a deadline (Redis 7's options).
@@ -539,7 +552,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 27] = [
+pub const COMMAND_NAMES: [&str; 28] = [
     "Set",
     "Get",
     "Delete",
@@ -567,6 +580,7 @@ pub const COMMAND_NAMES: [&str; 27] = [
     "Expire",
     "Persist",
     "Ttl",
+    "GetEx",
 ];
 
 impl Command {
@@ -600,6 +614,7 @@ impl Command {
             Command::Expire { .. } => 24,
             Command::Persist { .. } => 25,
             Command::Ttl { .. } => 26,
+            Command::GetEx { .. } => 27,
         }
     }
 
@@ -637,7 +652,8 @@ impl Command {
             | Command::Flush
             | Command::SetExpiring { .. }
             | Command::Expire { .. }
-            | Command::Persist { .. } => true,
+            | Command::Persist { .. }
+            | Command::GetEx { .. } => true,
             Command::Get { .. }
             | Command::Ttl { .. }
             | Command::Exists { .. }
@@ -673,7 +689,8 @@ impl Command {
             | Command::SetExpiring { key, .. }
             | Command::Expire { key, .. }
             | Command::Persist { key }
-            | Command::Ttl { key, .. } => Some(key),
+            | Command::Ttl { key, .. }
+            | Command::GetEx { key, .. } => Some(key),
             Command::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
             Command::DeleteMany { keys } => keys.first().map(|key| &key[..]),
             Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),
@@ -1005,6 +1022,27 @@ mod tests {
                 command: Box::new(Command::Incr { key: b(), by: 1 }),
             },
             Command::Restore { name: "n".into() },
+            Command::SetExpiring {
+                key: b(),
+                value: b(),
+                condition: Condition::Always,
+                get: false,
+                expiry: Expiry::In(1),
+            },
+            Command::Expire {
+                key: b(),
+                expiry: Expiry::At(1),
+                when: ExpireWhen::Later,
+            },
+            Command::Persist { key: b() },
+            Command::Ttl {
+                key: b(),
+                absolute: true,
+            },
+            Command::GetEx {
+                key: b(),
+                expiry: Expiry::Never,
+            },
         ]
     }
 

@@ -15,13 +15,14 @@ use crate::db::Db;
 use crate::storage::change::Change;
 use crate::storage::clock::system_ms;
 
-/// `expiry` as a deadline in ms since the epoch, given the time `now`
-/// (`None`: keep the key's).
-fn deadline(expiry: Expiry, now: u64) -> Option<u64> {
+/// `expiry` as a deadline in ms since the epoch, given the time `now`:
+/// `None` keeps the key's, `Some(None)` removes it.
+fn deadline(expiry: Expiry, now: u64) -> Option<Option<u64>> {
     match expiry {
-        Expiry::In(ms) => Some(now.saturating_add(ms)),
-        Expiry::At(at) => Some(at),
+        Expiry::In(ms) => Some(Some(now.saturating_add(ms))),
+        Expiry::At(at) => Some(Some(at)),
         Expiry::Keep => None,
+        Expiry::Never => Some(None),
     }
 }
 
@@ -35,13 +36,20 @@ pub(super) fn set(
 ) -> Result<Change, Reply> {
     check_key(&key, limits)?;
     check_value(&value, limits)?;
-    let at = deadline(expiry, system_ms());
-    Ok(Change::SetExpiring {
-        key,
-        value,
-        condition,
-        get,
-        at,
+    Ok(match deadline(expiry, system_ms()) {
+        Some(None) => Change::SetIf {
+            key,
+            value,
+            condition,
+            get,
+        },
+        at => Change::SetExpiring {
+            key,
+            value,
+            condition,
+            get,
+            at: at.flatten(),
+        },
     })
 }
 
@@ -53,13 +61,20 @@ pub(super) fn expire(
 ) -> Result<Change, Reply> {
     check_key(&key, limits)?;
     let now = system_ms();
-    let Some(at) = deadline(expiry, now) else {
+    let Some(Some(at)) = deadline(expiry, now) else {
         return Err(Reply::error(
             ErrorCode::Malformed,
-            "Expire needs a time: Keep is for SetExpiring",
+            "Expire needs a time: Keep and Never are for SetExpiring and GetEx",
         ));
     };
     Ok(Change::Expire { key, at, now, when })
+}
+
+pub(super) fn get_ex(key: Bytes, expiry: Expiry, limits: &Limits) -> Result<Change, Reply> {
+    check_key(&key, limits)?;
+    let now = system_ms();
+    let at = deadline(expiry, now);
+    Ok(Change::GetEx { key, at, now })
 }
 
 pub(super) fn persist(key: Bytes, limits: &Limits) -> Result<Change, Reply> {

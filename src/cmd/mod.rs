@@ -67,9 +67,10 @@ pub fn size(command: &Command) -> usize {
         Command::SetIf { key, value, .. }
         | Command::Append { key, value }
         | Command::SetExpiring { key, value, .. } => key.len() + value.len(),
-        Command::Expire { key, .. } | Command::Persist { key } | Command::Ttl { key, .. } => {
-            key.len()
-        }
+        Command::Expire { key, .. }
+        | Command::Persist { key }
+        | Command::Ttl { key, .. }
+        | Command::GetEx { key, .. } => key.len(),
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
         Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
@@ -225,6 +226,7 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         } => expire::set(key, value, condition, get, expiry, limits),
         Command::Expire { key, expiry, when } => expire::expire(key, expiry, when, limits),
         Command::Persist { key } => expire::persist(key, limits),
+        Command::GetEx { key, expiry } => expire::get_ex(key, expiry, limits),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,

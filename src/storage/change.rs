@@ -118,6 +118,13 @@ pub enum Change {
     },
     /// Drops the deadline of a live key that has one.
     Persist { key: Bytes },
+    /// A live key's value, giving it the deadline `at` (`None`: keep its
+    /// own; `Some(None)`: none); a deadline at or before `now` removes it.
+    GetEx {
+        key: Bytes,
+        at: Option<Option<u64>>,
+        now: u64,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -177,7 +184,8 @@ impl Change {
             | Change::Append { key, .. }
             | Change::SetExpiring { key, .. }
             | Change::Expire { key, .. }
-            | Change::Persist { key } => vec![key],
+            | Change::Persist { key }
+            | Change::GetEx { key, .. } => vec![key],
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
@@ -203,7 +211,8 @@ impl Change {
             | Change::Append { key, .. }
             | Change::SetExpiring { key, .. }
             | Change::Expire { key, .. }
-            | Change::Persist { key } => Some(key),
+            | Change::Persist { key }
+            | Change::GetEx { key, .. } => Some(key),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
@@ -225,7 +234,9 @@ impl Change {
             Change::SetIf { key, value, .. }
             | Change::Append { key, value, .. }
             | Change::SetExpiring { key, value, .. } => 48 + key.len() + value.len(),
-            Change::Expire { key, .. } | Change::Persist { key } => 48 + key.len(),
+            Change::Expire { key, .. } | Change::Persist { key } | Change::GetEx { key, .. } => {
+                48 + key.len()
+            }
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } | Change::Replicas { members, .. } => {
@@ -273,6 +284,7 @@ impl Change {
                 Some(Some(_)) => Resolved::Log(WriteOp::Persist { key }, Applied::Bool(true)),
                 _ => Resolved::Answer(Ok(Applied::Bool(false))),
             },
+            Change::GetEx { key, at, now } => get_ex(view, key, at, now)?,
             Change::GetDel { key } => match view.get(&key)? {
                 Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
                 None => Resolved::Answer(Ok(Applied::Value(None))),
@@ -509,6 +521,32 @@ fn expire(
         (false, _) => Resolved::Answer(Ok(Applied::Bool(false))),
         (true, true) => Resolved::Log(WriteOp::Delete { key }, Applied::Bool(true)),
         (true, false) => Resolved::Log(WriteOp::ExpireAt { key, at }, Applied::Bool(true)),
+    })
+}
+
+/// `GetEx`: the value, and the write that gives the key its new deadline
+/// (none if the deadline stays as it is).
+fn get_ex(
+    view: &BatchView,
+    key: Bytes,
+    at: Option<Option<u64>>,
+    now: u64,
+) -> Result<Resolved, Error> {
+    let Some(value) = view.get(&key)? else {
+        return Ok(Resolved::Answer(Ok(Applied::Value(None))));
+    };
+    let current = view.deadline(&key)?.flatten();
+    let outcome = Applied::Value(Some(value));
+    let op = match at {
+        None => None,
+        Some(at) if at == current => None,
+        Some(None) => Some(WriteOp::Persist { key }),
+        Some(Some(at)) if at <= now => Some(WriteOp::Delete { key }),
+        Some(Some(at)) => Some(WriteOp::ExpireAt { key, at }),
+    };
+    Ok(match op {
+        Some(op) => Resolved::Log(op, outcome),
+        None => Resolved::Answer(Ok(outcome)),
     })
 }
 
