@@ -303,6 +303,7 @@ fn expire_when() -> impl Strategy<Value = ExpireWhen> {
         Just(ExpireWhen::HasDeadline),
         Just(ExpireWhen::Later),
         Just(ExpireWhen::Earlier),
+        Just(ExpireWhen::EarlierDeadline),
     ]
 }
 
@@ -411,6 +412,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
                 ExpireWhen::HasDeadline => current.is_some(),
                 ExpireWhen::Later => current.is_some_and(|c| at > &c),
                 ExpireWhen::Earlier => current.is_none_or(|c| at < &c),
+                ExpireWhen::EarlierDeadline => current.is_some_and(|c| at < &c),
             };
             match (holds, at <= now) {
                 (true, true) => drop(model.remove(key)),

@@ -373,6 +373,8 @@ pub enum ExpireWhen {
     Later,
     /// Tag 4. Only if the new one is earlier (`LT`; none counts as never).
     Earlier,
+    /// Tag 5. Only if it has one and the new one is earlier (`XX LT`).
+    EarlierDeadline,
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).

@@ -516,6 +516,7 @@ fn expire(
         // No deadline is later than any.
         ExpireWhen::Later => current.is_some_and(|c| at > c),
         ExpireWhen::Earlier => current.is_none_or(|c| at < c),
+        ExpireWhen::EarlierDeadline => current.is_some_and(|c| at < c),
     };
     Ok(match (holds, at <= now) {
         (false, _) => Resolved::Answer(Ok(Applied::Bool(false))),
