@@ -87,12 +87,12 @@ fn string_commands_answer_as_redis_does() {
         .arg("k")
         .arg("v")
         .arg("EX")
-        .arg("10")
+        .arg("0")
         .query::<Value>(&mut c);
-    assert!(
-        expiry.unwrap_err().to_string().contains("do not expire"),
-        "expiry options are refused clearly"
-    );
+    assert!(expiry
+        .unwrap_err()
+        .to_string()
+        .contains("invalid expire time"));
     assert_eq!(
         c.get::<_, String>("k").unwrap(),
         "v3",
@@ -806,6 +806,11 @@ fn redis_cli_and_redis_benchmark_work_against_kvstore() {
     };
     assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK\n");
     assert_eq!(cli(&["GET", "greeting"]), "hello world\n");
+    assert_eq!(cli(&["SET", "session", "s", "EX", "60"]), "OK\n");
+    assert_eq!(cli(&["TTL", "session"]), "60\n");
+    assert_eq!(cli(&["PERSIST", "session"]), "1\n");
+    assert_eq!(cli(&["TTL", "session"]), "-1\n");
+    assert_eq!(cli(&["DEL", "session"]), "1\n");
     for i in 0..30 {
         cli(&["SET", &format!("user:{i}"), "x"]);
     }
@@ -877,8 +882,8 @@ fn slow_and_silent_resp_clients_are_closed_by_the_shared_timeouts() {
     }
 }
 
-/// A real redis-server in cluster mode on a free port (`CLUSTER KEYSLOT`
-/// needs no slots assigned), killed when dropped.
+/// A real redis-server on a free port, in cluster mode or not (`CLUSTER
+/// KEYSLOT` needs no slots assigned), killed when dropped.
 struct RedisNode {
     child: std::process::Child,
     port: u16,
@@ -886,14 +891,14 @@ struct RedisNode {
 }
 
 impl RedisNode {
-    fn start() -> RedisNode {
+    fn start(cluster: bool) -> RedisNode {
         let dir = tempfile::tempdir().unwrap();
         let port = common::free_port_base(1) + 1;
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--cluster-enabled",
-                "yes",
+                if cluster { "yes" } else { "no" },
                 "--save",
                 "",
                 "--appendonly",
@@ -939,7 +944,7 @@ fn cluster_keyslot_agrees_with_redis_for_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);
     let mut ours = connect(&server);
-    let redis = RedisNode::start();
+    let redis = RedisNode::start(true);
     let mut theirs = redis.connect();
     // Keys of bytes drawn mostly from braces, so that hash tags of every
     // shape come up: empty, unclosed, nested, several, binary.
@@ -971,4 +976,120 @@ fn cluster_keyslot_agrees_with_redis_for_every_key() {
         .query::<Value>(&mut ours)
         .unwrap_err();
     assert!(err.to_string().contains("unknown subcommand"), "{err}");
+}
+
+/// The expiry commands, run one after the other on kvstore and on a real
+/// redis-server 7, answer alike: replies, error texts, and the deadlines
+/// they leave (far-off absolute times, so both read the same figures).
+#[test]
+fn expiry_commands_answer_as_redis_does() {
+    const AT_S: &str = "4102444800"; // 2100-01-01T00:00:00Z
+    const AT_MS: &str = "4102444800000";
+    let script: &[&[&str]] = &[
+        &["SET", "k", "v", "EX", "100"],
+        &["TTL", "k"],
+        &["SET", "k", "v", "PXAT", AT_MS],
+        &["PEXPIRETIME", "k"],
+        &["EXPIRETIME", "k"],
+        &["SET", "k", "v2", "KEEPTTL"],
+        &["PEXPIRETIME", "k"],
+        &["SET", "k", "v3"],
+        &["TTL", "k"],
+        &["SET", "k", "v", "EX", "0"],
+        &["SET", "k", "v", "PX", "-5"],
+        &["SET", "k", "v", "EX", "10", "PX", "10"],
+        &["SET", "k", "v", "KEEPTTL", "EX", "10"],
+        &["SET", "k", "v", "EX", "abc"],
+        &["SET", "k", "v", "EX", "9223372036854775807"],
+        &["SET", "k", "v", "NX", "EX", "10"],
+        &["SET", "k", "v", "XX", "GET", "EXAT", AT_S],
+        &["EXPIRETIME", "k"],
+        &["SETEX", "s", "100", "v"],
+        &["TTL", "s"],
+        &["SETEX", "s", "0", "v"],
+        &["PSETEX", "s", "-1", "v"],
+        &["SETEX", "s", "x", "v"],
+        &["GETEX", "s", "PERSIST"],
+        &["TTL", "s"],
+        &["GETEX", "s", "EXAT", AT_S],
+        &["PEXPIRETIME", "s"],
+        &["GETEX", "s", "EX", "10", "PERSIST"],
+        &["GETEX", "s", "EX", "0"],
+        &["GETEX", "missing", "EX", "10"],
+        &["GETEX", "s"],
+        &["GETEX", "s", "PXAT", "1"],
+        &["EXISTS", "s"],
+        &["SET", "e", "v"],
+        &["EXPIRE", "e", "100", "XX"],
+        &["EXPIRE", "e", "100", "GT"],
+        &["EXPIRE", "e", "100", "XX", "LT"],
+        &["EXPIRE", "e", "100", "NX"],
+        &["EXPIRE", "e", "50", "NX"],
+        &["EXPIRE", "e", "50", "GT"],
+        &["EXPIRE", "e", "200", "gt"],
+        &["TTL", "e"],
+        &["EXPIRE", "e", "100", "LT"],
+        &["TTL", "e"],
+        &["EXPIRE", "e", "10", "NX", "XX"],
+        &["EXPIRE", "e", "10", "GT", "LT"],
+        &["EXPIRE", "e", "10", "FOO"],
+        &["EXPIRE", "e", "abc"],
+        &["EXPIRE", "e", "9223372036854775807"],
+        &["EXPIREAT", "e", "9223372036854775807"],
+        &["PEXPIRE", "e", "9223372036854775807"],
+        &["PEXPIREAT", "e", AT_MS],
+        &["PEXPIRETIME", "e"],
+        &["EXPIREAT", "e", AT_S, "LT"],
+        &["PERSIST", "e"],
+        &["PERSIST", "e"],
+        &["PERSIST", "missing"],
+        &["EXPIRE", "missing", "10"],
+        &["TTL", "missing"],
+        &["PTTL", "missing"],
+        &["EXPIRETIME", "missing"],
+        &["PTTL", "e"],
+        &["EXPIRETIME", "e"],
+        &["EXPIRE", "e", "-1"],
+        &["EXISTS", "e"],
+        &["SET", "n", "1", "EX", "100"],
+        &["INCR", "n"],
+        &["APPEND", "n", "0"],
+        &["TTL", "n"],
+        &["GETSET", "n", "x"],
+        &["TTL", "n"],
+        &["PEXPIREAT", "n", "-9223372036854775808"],
+        &["EXISTS", "n"],
+        &["EXPIRETIME"],
+        &["SETEX", "s", "10"],
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let redis = RedisNode::start(false);
+    let mut ours = connect(&server);
+    let mut theirs = redis.connect();
+    let run = |c: &mut Connection, words: &[&str]| {
+        let mut command = cmd(words[0]);
+        command.arg(&words[1..]);
+        command.query::<Value>(c).map_err(|e| e.to_string())
+    };
+    for words in script {
+        assert_eq!(run(&mut ours, words), run(&mut theirs, words), "{words:?}");
+    }
+    // A key whose time passes is gone for every read at once.
+    for c in [&mut ours, &mut theirs] {
+        assert_eq!(run(c, &["SET", "p", "v", "PX", "1"]), Ok(Value::Okay));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for words in [
+        &["GET", "p"][..],
+        &["EXISTS", "p"],
+        &["TTL", "p"],
+        &["KEYS", "p"],
+    ] {
+        assert_eq!(run(&mut ours, words), run(&mut theirs, words), "{words:?}");
+    }
+    // Left: `k` with a deadline, and one without.
+    let _: () = ours.set("plain", "v").unwrap();
+    let info: String = cmd("INFO").arg("keyspace").query(&mut ours).unwrap();
+    assert!(info.contains("db0:keys=2,expires=1,avg_ttl=0"), "{info}");
 }

@@ -93,6 +93,14 @@ pub fn count(db: &Db) -> u64 {
     }
 }
 
+/// How many of [`count`]'s keys have a deadline.
+pub fn count_expiring(db: &Db) -> u64 {
+    match db.cluster().filter(|c| c.is_sharded()) {
+        Some(cluster) => cluster.expiring_in(&cluster.redis_groups()),
+        None => db.engine().expiring(),
+    }
+}
+
 /// A request's page size: `0` asks for the default page, and no page is
 /// larger than [`MAX_KEYS_PAGE`] (shared by `Keys`, `Scan` and `Range`).
 pub(super) fn page_limit(limit: u32) -> usize {

@@ -743,6 +743,14 @@ impl Engine for Disk {
         keys - self.expired_count(self.clock.now_ms()).unwrap_or(0)
     }
 
+    fn expiring(&self) -> u64 {
+        let timed = self.counts.lock().timed;
+        if timed == 0 {
+            return 0;
+        }
+        timed - self.expired_count(self.clock.now_ms()).unwrap_or(0)
+    }
+
     fn bytes(&self) -> (u64, u64) {
         let counts = self.counts.lock();
         (counts.key_bytes, counts.value_bytes)

@@ -74,6 +74,10 @@ impl Engine for Memory {
         self.store.len() as u64
     }
 
+    fn expiring(&self) -> u64 {
+        self.store.expiring() as u64
+    }
+
     fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error> {
         Ok(self.store.due(now, max))
     }

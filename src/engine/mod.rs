@@ -89,6 +89,9 @@ pub trait Engine: Send + Sync {
     /// How many keys there are (not one instant's count while writes run).
     fn len(&self) -> u64;
 
+    /// How many of them have a deadline (Redis's `expires` figure).
+    fn expiring(&self) -> u64;
+
     /// Up to `max` keys whose deadline is at or before `now`, not removed
     /// yet: what the sweep (`crate::expiry`) removes next.
     fn due(&self, now: u64, max: usize) -> Result<Vec<Bytes>, Error>;

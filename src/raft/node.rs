@@ -467,10 +467,21 @@ impl Cluster {
     /// The keys stored in those of `groups` this node runs (RESP `DBSIZE`;
     /// during a slot move, a moving slot's keys count in both groups).
     pub fn keys_in(&self, groups: &[GroupId]) -> u64 {
+        self.sum_over(groups, |group| group.status().keys)
+    }
+
+    /// How many of those keys have a deadline (RESP `INFO keyspace`).
+    pub fn expiring_in(&self, groups: &[GroupId]) -> u64 {
+        self.sum_over(groups, |group| group.engine().expiring())
+    }
+
+    /// `figure` summed over those of `groups` this node runs.
+    fn sum_over(&self, groups: &[GroupId], figure: impl Fn(&Group) -> u64) -> u64 {
         let local = self.groups.read();
-        (groups.iter())
+        groups
+            .iter()
             .filter_map(|id| local.get(id))
-            .map(|group| group.status().keys)
+            .map(|g| figure(g))
             .sum()
     }
 

@@ -514,6 +514,13 @@ impl Store {
         self.len() == 0
     }
 
+    /// How many live keys have a deadline.
+    pub fn expiring(&self) -> usize {
+        let now = self.clock.now_ms();
+        let live = |map: &Map| map.deadlines.len() - map.expired(now);
+        self.shards.iter().map(|s| live(&s.read())).sum()
+    }
+
     /// Bytes of all keys and of all values stored.
     pub fn bytes(&self) -> (u64, u64) {
         (

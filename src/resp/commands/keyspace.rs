@@ -1,5 +1,6 @@
 //! Commands over keys: DEL, UNLINK, EXISTS, TOUCH, KEYS, SCAN, TYPE, OBJECT,
-//! TTL, PTTL, FLUSHDB, FLUSHALL (DBSIZE is in the dispatcher).
+//! FLUSHDB, FLUSHALL (DBSIZE is in the dispatcher; TTL and the other
+//! expiry commands are in `expiry`).
 
 use bytes::Bytes;
 use kvstore_client::protocol::MAX_KEYS_PAGE;
@@ -89,15 +90,6 @@ pub(super) fn kind(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     match cmd::exists::count(&args[..1], ctx.db) {
         Ok(1) => Outcome::Ready(Value::Simple("string")),
         Ok(_) => Outcome::Ready(Value::Simple("none")),
-        Err(reply) => refused(reply),
-    }
-}
-
-/// TTL and PTTL: -1 for an existing key (keys never expire), -2 otherwise.
-pub(super) fn ttl(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
-    match cmd::exists::count(&args[..1], ctx.db) {
-        Ok(1) => Outcome::Ready(Value::Int(-1)),
-        Ok(_) => Outcome::Ready(Value::Int(-2)),
         Err(reply) => refused(reply),
     }
 }

@@ -4,7 +4,8 @@
 //! `COMMAND` and `COMMAND DOCS` report. [`execute`] checks authentication and
 //! arity, then runs the command's function, grouped by concept:
 //! [`connection`] (PING, HELLO, AUTH, CLIENT, ...), [`strings`] (GET, SET,
-//! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...), [`server`]
+//! INCR, ...), [`keyspace`] (DEL, KEYS, SCAN, FLUSHDB, ...), [`expiry`]
+//! (EXPIRE, TTL, PERSIST, GETEX, ...), [`server`]
 //! (INFO, CONFIG, COMMAND) and [`cluster`] (CLUSTER SLOTS, NODES, ...).
 //!
 //! Writes become native commands run through `crate::cmd`: they share the
@@ -12,6 +13,7 @@
 
 mod cluster;
 mod connection;
+mod expiry;
 mod keyspace;
 mod server;
 mod strings;
@@ -24,6 +26,7 @@ use super::Shared;
 use crate::cmd;
 use crate::db::Db;
 use crate::session::login::Login;
+use expiry::Time;
 
 /// One connection's state.
 pub struct Session {
@@ -203,10 +206,14 @@ pub const COMMANDS: &[Spec] = &[
     spec!("del", -2, true, W, (1, -1, 1), "generic", "1.0.0", "Deletes one or more keys, atomically and as one log record."),
     spec!("echo", 2, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the given string."),
     spec!("exists", -2, false, RF, (1, -1, 1), "generic", "1.0.0", "Determines whether one or more keys exist."),
+    spec!("expire", -3, true, WF, (1, 1, 1), "generic", "1.0.0", "Sets the expiration time of a key in seconds."),
+    spec!("expireat", -3, true, WF, (1, 1, 1), "generic", "1.2.0", "Sets the expiration time of a key to a Unix timestamp."),
+    spec!("expiretime", 2, false, RF, (1, 1, 1), "generic", "7.0.0", "Returns the expiration time of a key as a Unix timestamp."),
     spec!("flushall", -1, true, W, (0, 0, 0), "server", "1.0.0", "Removes all keys, durably, as one log record."),
     spec!("flushdb", -1, true, W, (0, 0, 0), "server", "1.0.0", "Removes all keys, durably, as one log record."),
     spec!("get", 2, false, RF, (1, 1, 1), "string", "1.0.0", "Returns the string value of a key."),
     spec!("getdel", 2, true, WF, (1, 1, 1), "string", "6.2.0", "Returns the string value of a key after deleting the key."),
+    spec!("getex", -2, true, WF, (1, 1, 1), "string", "6.2.0", "Returns the string value of a key after setting its expiration time."),
     spec!("getrange", 4, false, R, (1, 1, 1), "string", "2.4.0", "Returns a substring of the string stored at a key."),
     spec!("getset", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Returns the previous string value of a key after setting it to a new value."),
     spec!("hello", -1, false, C, (0, 0, 0), "connection", "6.0.0", "Handshakes with the server: protocol version, AUTH, SETNAME."),
@@ -217,19 +224,25 @@ pub const COMMANDS: &[Spec] = &[
     spec!("mget", -2, false, RF, (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys (one instant across shards)."),
     spec!("mset", -3, true, W, (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys, as one log record."),
     spec!("object", -2, false, R, (2, 2, 1), "generic", "2.2.3", "OBJECT ENCODING, FREQ, REFCOUNT: the internal encoding Redis would give a value."),
+    spec!("persist", 2, true, WF, (1, 1, 1), "generic", "2.2.0", "Removes the expiration time of a key."),
+    spec!("pexpire", -3, true, WF, (1, 1, 1), "generic", "2.6.0", "Sets the expiration time of a key in milliseconds."),
+    spec!("pexpireat", -3, true, WF, (1, 1, 1), "generic", "2.6.0", "Sets the expiration time of a key to a Unix milliseconds timestamp."),
+    spec!("pexpiretime", 2, false, RF, (1, 1, 1), "generic", "7.0.0", "Returns the expiration time of a key as a Unix milliseconds timestamp."),
     spec!("ping", -1, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the server's liveliness response."),
-    spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key: -1 (keys never expire) or -2 (no such key)."),
+    spec!("psetex", 4, true, W, (1, 1, 1), "string", "2.6.0", "Sets the string value and expiration time in milliseconds of a key."),
+    spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key."),
     spec!("quit", -1, false, C, (0, 0, 0), "connection", "1.0.0", "Closes the connection."),
     spec!("readonly", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Lets this connection's reads be served by this node even when it is a follower (they may be stale)."),
     spec!("readwrite", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Ends READONLY: reads are linearizable again (a follower refuses them)."),
     spec!("scan", -2, false, R, (0, 0, 0), "generic", "2.8.0", "Iterates over the key names in the database, in key order."),
     spec!("select", 2, false, &["loading", "stale", "fast"], (0, 0, 0), "connection", "1.0.0", "Changes the selected database: only database 0 exists."),
-    spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key (NX, XX, GET; no expiry)."),
+    spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
+    spec!("setex", 4, true, W, (1, 1, 1), "string", "2.0.0", "Sets the string value and expiration time of a key."),
     spec!("setnx", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Set the string value of a key only when the key doesn't exist."),
     spec!("strlen", 2, false, RF, (1, 1, 1), "string", "2.2.0", "Returns the length of a string value."),
     spec!("substr", 4, false, R, (1, 1, 1), "string", "1.0.0", "Returns a substring of the string stored at a key (GETRANGE's old name)."),
     spec!("touch", -2, false, RF, (1, -1, 1), "generic", "3.2.1", "Returns the number of existing keys specified (no access time is tracked)."),
-    spec!("ttl", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key: -1 (keys never expire) or -2 (no such key)."),
+    spec!("ttl", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key."),
     spec!("type", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Determines the type of value stored at a key: string, or none."),
     spec!("unlink", -2, true, WF, (1, -1, 1), "generic", "4.0.0", "Deletes one or more keys, like DEL."),
 ];
@@ -344,7 +357,18 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "object" => keyspace::object(args, ctx),
         "flushall" | "flushdb" => keyspace::flush(args),
         "keys" => keyspace::keys(args, ctx).await,
-        "pttl" | "ttl" => keyspace::ttl(args, ctx),
+        "expire" => expiry::expire(args, Time::Ex, "expire"),
+        "pexpire" => expiry::expire(args, Time::Px, "pexpire"),
+        "expireat" => expiry::expire(args, Time::ExAt, "expireat"),
+        "pexpireat" => expiry::expire(args, Time::PxAt, "pexpireat"),
+        "ttl" => expiry::ttl(args, false, true, ctx),
+        "pttl" => expiry::ttl(args, false, false, ctx),
+        "expiretime" => expiry::ttl(args, true, true, ctx),
+        "pexpiretime" => expiry::ttl(args, true, false, ctx),
+        "persist" => expiry::persist(args),
+        "getex" => expiry::getex(args),
+        "setex" => expiry::setex(args, Time::Ex, "setex"),
+        "psetex" => expiry::setex(args, Time::Px, "psetex"),
         "scan" => keyspace::scan(args, ctx).await,
         "type" => keyspace::kind(args, ctx),
         "command" => server::command(args),

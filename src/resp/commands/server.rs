@@ -106,8 +106,10 @@ fn write_section(out: &mut String, section: &str, ctx: &Ctx<'_>) {
         "cluster" => line("cluster_enabled", &u8::from(ctx.db.cluster().is_some())),
         "keyspace" => {
             let keys = cmd::keys::count(ctx.db);
+            let expires = cmd::keys::count_expiring(ctx.db);
+            // avg_ttl is an estimate in Redis too; 0 says there is none.
             if keys > 0 {
-                line("db0", &format!("keys={keys},expires=0,avg_ttl=0"));
+                line("db0", &format!("keys={keys},expires={expires},avg_ttl=0"));
             }
         }
         _ => unreachable!("INFO asks only for the sections it lists"),

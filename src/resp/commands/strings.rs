@@ -3,9 +3,10 @@
 //! DECR, INCRBY, DECRBY.
 
 use bytes::Bytes;
-use kvstore_client::{Command, Condition};
+use kvstore_client::{Command, Condition, Expiry};
 
-use super::{is, native, not_an_integer, refused, syntax_error, Ctx, Outcome, Shape};
+use super::expiry::{options, Options};
+use super::{native, not_an_integer, refused, Ctx, Outcome, Shape};
 use crate::cmd;
 use crate::resp::codec::Value;
 use crate::storage::change::parse_i64;
@@ -13,43 +14,38 @@ use crate::storage::change::parse_i64;
 /// The most bytes of values one MGET reply may carry: it is built in memory.
 pub const MAX_MGET_BYTES: usize = 64 * 1024 * 1024;
 
-/// SET key value [NX | XX] [GET] [KEEPTTL]; the expiry options are refused,
-/// because keys never expire.
+/// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms |
+/// KEEPTTL]. Without a time or KEEPTTL the key's deadline goes, as in Redis.
 pub(super) fn set(args: &[Bytes]) -> Outcome {
     let (key, value) = (args[0].clone(), args[1].clone());
-    let mut condition = Condition::Always;
-    let mut get = false;
-    for option in &args[2..] {
-        if is(option, "nx") && condition != Condition::Present {
-            condition = Condition::Absent;
-        } else if is(option, "xx") && condition != Condition::Absent {
-            condition = Condition::Present;
-        } else if is(option, "get") {
-            get = true;
-        } else if is(option, "keepttl") {
-            // No key has a time to live, so keeping it changes nothing.
-        } else if ["ex", "px", "exat", "pxat"].iter().any(|o| is(option, o)) {
-            return Outcome::Ready(Value::error(format!(
-                "ERR SET {} is not supported: kvstore keys do not expire",
-                super::super::text(option).to_uppercase()
-            )));
-        } else {
-            return Outcome::Ready(syntax_error());
-        }
-    }
-    if condition == Condition::Always && !get {
-        return native(Command::Set { key, value }, Shape::Ok);
-    }
+    let Options {
+        condition,
+        get,
+        expiry,
+    } = match options(&args[2..], true) {
+        Ok(options) => options,
+        Err(e) => return Outcome::Ready(e),
+    };
     let shape = if get { Shape::Bulk } else { Shape::OkIfStored };
-    native(
-        Command::SetIf {
+    let command = match expiry {
+        Expiry::Never if condition == Condition::Always && !get => {
+            return native(Command::Set { key, value }, Shape::Ok)
+        }
+        Expiry::Never => Command::SetIf {
             key,
             value,
             condition,
             get,
         },
-        shape,
-    )
+        expiry => Command::SetExpiring {
+            key,
+            value,
+            condition,
+            get,
+            expiry,
+        },
+    };
+    native(command, shape)
 }
 
 /// SETNX key value: `:1` if it stored.
