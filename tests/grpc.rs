@@ -15,7 +15,7 @@ use kvstore_client::Reply;
 use kvstore_proto::v1::key_value_client::KeyValueClient;
 use kvstore_proto::v1::*;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Response, Status};
 
 fn grpc_server(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
@@ -80,6 +80,7 @@ fn every_method_answers_and_both_doors_see_the_same_data() {
         kv.put(PutRequest {
             key: "greeting".into(),
             value: "hello".into(),
+            ttl_ms: 0,
         })
         .await
         .unwrap();
@@ -215,6 +216,90 @@ fn every_method_answers_and_both_doors_see_the_same_data() {
     server.terminate();
 }
 
+/// Expiry through gRPC: Put's ttl_ms, Expire, Persist and Ttl.
+#[test]
+fn keys_expire_through_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        let put = |key: &str, ttl_ms| PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: "v".into(),
+            ttl_ms,
+        };
+        let ttl = |key: &str| TtlRequest {
+            key: key.as_bytes().to_vec().into(),
+        };
+        let expire = |key: &str, deadline, when: ExpireWhen| ExpireRequest {
+            key: key.as_bytes().to_vec().into(),
+            deadline,
+            when: when as i32,
+        };
+        kv.put(put("timed", 60_000)).await.unwrap();
+        let answer = kv.ttl(ttl("timed")).await.unwrap().into_inner();
+        assert!(answer.found && answer.at_ms.is_some(), "{answer:?}");
+        assert!(
+            (50_000..=60_000).contains(&answer.ttl_ms.unwrap()),
+            "{answer:?}"
+        );
+        let persisted = kv
+            .persist(PersistRequest {
+                key: "timed".into(),
+            })
+            .await;
+        assert!(persisted.unwrap().into_inner().persisted);
+        let answer = kv.ttl(ttl("timed")).await.unwrap().into_inner();
+        assert_eq!(
+            (answer.found, answer.at_ms, answer.ttl_ms),
+            (true, None, None)
+        );
+        let missing = kv.ttl(ttl("missing")).await.unwrap().into_inner();
+        assert!(!missing.found);
+
+        let later = Some(expire_request::Deadline::TtlMs(120_000));
+        let changed = |r: Response<ExpireResponse>| r.into_inner().changed;
+        let has = kv
+            .expire(expire("timed", later, ExpireWhen::HasDeadline))
+            .await;
+        assert!(!changed(has.unwrap()), "XX on a key without a deadline");
+        assert!(changed(
+            kv.expire(expire("timed", later, ExpireWhen::NoDeadline))
+                .await
+                .unwrap()
+        ));
+        let gone = kv
+            .expire(expire("missing", later, ExpireWhen::Always))
+            .await;
+        assert!(!changed(gone.unwrap()));
+        let past = Some(expire_request::Deadline::AtMs(1));
+        assert!(changed(
+            kv.expire(expire("timed", past, ExpireWhen::Always))
+                .await
+                .unwrap()
+        ));
+        let get = kv
+            .get(GetRequest {
+                key: "timed".into(),
+            })
+            .await
+            .unwrap();
+        assert!(!get.into_inner().found);
+        let status = refused(kv.expire(expire("k", None, ExpireWhen::Always)).await);
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+        kv.put(put("short", 1)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let get = kv
+            .get(GetRequest {
+                key: "short".into(),
+            })
+            .await
+            .unwrap();
+        assert!(!get.into_inner().found, "gone once its time passed");
+    });
+}
+
 #[test]
 fn a_streaming_scan_returns_100_000_keys_in_order_exactly_once_in_many_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,6 +315,7 @@ fn a_streaming_scan_returns_100_000_keys_in_order_exactly_once_in_many_messages(
         kv.put(PutRequest {
             key: "scam:outside".into(),
             value: "x".into(),
+            ttl_ms: 0,
         })
         .await
         .unwrap();
@@ -324,6 +410,7 @@ fn limits_are_invalid_argument_with_the_native_code() {
             kv.put(PutRequest {
                 key: vec![b'k'; 101].into(),
                 value: "v".into(),
+                ttl_ms: 0,
             })
             .await,
         );
@@ -340,6 +427,7 @@ fn limits_are_invalid_argument_with_the_native_code() {
             kv.put(PutRequest {
                 key: "k".into(),
                 value: vec![0; 1001].into(),
+                ttl_ms: 0,
             })
             .await,
         );
@@ -409,6 +497,7 @@ fn limits_are_invalid_argument_with_the_native_code() {
         kv.put(PutRequest {
             key: "k".into(),
             value: "fine".into(),
+            ttl_ms: 0,
         })
         .await
         .unwrap();
@@ -456,6 +545,7 @@ fn the_token_is_asked_for_in_metadata_and_checked() {
         let put = |key: &str| PutRequest {
             key: key.as_bytes().to_vec().into(),
             value: "v".into(),
+            ttl_ms: 0,
         };
         let status = kv.put(with_auth(put("none"), None)).await.unwrap_err();
         assert_eq!(
@@ -475,6 +565,7 @@ fn the_token_is_asked_for_in_metadata_and_checked() {
         let big = PutRequest {
             key: "big".into(),
             value: vec![0; 100_000].into(),
+            ttl_ms: 0,
         };
         let status = kv.put(with_auth(big, None)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -918,6 +1009,7 @@ fn a_length_prefix_is_not_taken_at_its_word() {
         kv.put(PutRequest {
             key: "k".into(),
             value: "v".into(),
+            ttl_ms: 0,
         })
         .await
         .unwrap();
@@ -943,6 +1035,7 @@ fn every_put_answered_through_grpc_survives_kill_9() {
                         kv.put(PutRequest {
                             key: key.clone().into_bytes().into(),
                             value: "durable".into(),
+                            ttl_ms: 0,
                         })
                         .await
                         .unwrap();

@@ -49,7 +49,14 @@ pub(crate) async fn connection(
 /// Makes `command` as the gRPC method of the same meaning.
 async fn call(mut client: KeyValueClient, command: Command) -> Result<(), tonic::Status> {
     match command {
-        Command::Set { key, value } => client.put(PutRequest { key, value }).await.map(drop),
+        Command::Set { key, value } => client
+            .put(PutRequest {
+                key,
+                value,
+                ttl_ms: 0,
+            })
+            .await
+            .map(drop),
         Command::Get { key } => client.get(GetRequest { key }).await.map(drop),
         Command::Delete { key } => client.delete(DeleteRequest { key }).await.map(drop),
         Command::Exists { key } => client.exists(ExistsRequest { key }).await.map(drop),

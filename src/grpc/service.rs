@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use kvstore_client::protocol::DEFAULT_KEYS_PAGE;
-use kvstore_client::{Command, ErrorCode, Reply};
+use kvstore_client::{Command, Condition, ErrorCode, Expiry, Reply};
 use kvstore_proto::v1::backup_response::Item;
 use kvstore_proto::v1::key_value_server::KeyValue;
 use kvstore_proto::v1::*;
@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::cmd::{self, backup, Started};
 use crate::db::Db;
 use crate::figures;
+use crate::storage::clock::system_ms;
 
 /// The methods, by their counters' slots.
 #[derive(Debug, Clone, Copy)]
@@ -34,12 +35,16 @@ enum Method {
     Range,
     Stat,
     Backup,
+    Expire,
+    Persist,
+    Ttl,
 }
 
 /// The methods' names, in the order of [`Method`] (the `command` label of
 /// `commands_total{door="grpc"}`).
-pub const METHODS: [&str; 10] = [
+pub const METHODS: [&str; 13] = [
     "Put", "Get", "Delete", "BulkPut", "Exists", "ListKeys", "Scan", "Range", "Stat", "Backup",
+    "Expire", "Persist", "Ttl",
 ];
 
 /// The trailer that carries the native error code of a failed call.
@@ -198,6 +203,19 @@ impl KeyValueService {
     }
 }
 
+/// The native form of Expire's condition.
+fn expire_when(when: ExpireWhen) -> kvstore_client::ExpireWhen {
+    use kvstore_client::ExpireWhen as Native;
+    match when {
+        ExpireWhen::Always => Native::Always,
+        ExpireWhen::NoDeadline => Native::NoDeadline,
+        ExpireWhen::HasDeadline => Native::HasDeadline,
+        ExpireWhen::Later => Native::Later,
+        ExpireWhen::Earlier => Native::Earlier,
+        ExpireWhen::EarlierDeadline => Native::EarlierDeadline,
+    }
+}
+
 /// A native error reply as a status; any other reply as it is.
 fn into_result(reply: Reply) -> Result<Reply, Status> {
     match reply {
@@ -212,12 +230,84 @@ fn into_result(reply: Reply) -> Result<Reply, Status> {
 #[tonic::async_trait]
 impl KeyValue for KeyValueService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let (metadata, _, PutRequest { key, value }) = request.into_parts();
-        let command = Command::Set { key, value };
+        let (metadata, _, put) = request.into_parts();
+        let PutRequest { key, value, ttl_ms } = put;
+        let command = match ttl_ms {
+            0 => Command::Set { key, value },
+            ms => Command::SetExpiring {
+                key,
+                value,
+                condition: Condition::Always,
+                get: false,
+                expiry: Expiry::In(ms),
+            },
+        };
         match self.run(Method::Put, &metadata, command).await? {
-            (Reply::Ok, index) => Ok(respond(PutResponse {}, index)),
+            (Reply::Ok | Reply::Bool(true), index) => Ok(respond(PutResponse {}, index)),
             (other, _) => Err(unexpected(&other)),
         }
+    }
+
+    async fn expire(
+        &self,
+        request: Request<ExpireRequest>,
+    ) -> Result<Response<ExpireResponse>, Status> {
+        let (
+            metadata,
+            _,
+            ExpireRequest {
+                key,
+                deadline,
+                when,
+            },
+        ) = request.into_parts();
+        let expiry = match deadline {
+            Some(expire_request::Deadline::TtlMs(ms)) => Expiry::In(ms),
+            Some(expire_request::Deadline::AtMs(at)) => Expiry::At(at),
+            None => return Err(Status::invalid_argument("Expire needs ttl_ms or at_ms")),
+        };
+        let when = match ExpireWhen::try_from(when) {
+            Ok(when) => expire_when(when),
+            Err(_) => return Err(Status::invalid_argument(format!("no ExpireWhen {when}"))),
+        };
+        let command = Command::Expire { key, expiry, when };
+        match self.run(Method::Expire, &metadata, command).await? {
+            (Reply::Bool(changed), index) => Ok(respond(ExpireResponse { changed }, index)),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn persist(
+        &self,
+        request: Request<PersistRequest>,
+    ) -> Result<Response<PersistResponse>, Status> {
+        let (metadata, _, PersistRequest { key }) = request.into_parts();
+        match self
+            .run(Method::Persist, &metadata, Command::Persist { key })
+            .await?
+        {
+            (Reply::Bool(persisted), index) => Ok(respond(PersistResponse { persisted }, index)),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn ttl(&self, request: Request<TtlRequest>) -> Result<Response<TtlResponse>, Status> {
+        let (metadata, _, TtlRequest { key }) = request.into_parts();
+        let command = Command::Ttl {
+            key,
+            absolute: true,
+        };
+        let (at, index) = match self.run(Method::Ttl, &metadata, command).await? {
+            (Reply::Int(at), index) => (at, index),
+            (other, _) => return Err(unexpected(&other)),
+        };
+        let at_ms = u64::try_from(at).ok();
+        let answer = TtlResponse {
+            found: at != -2,
+            at_ms,
+            ttl_ms: at_ms.map(|at| at.saturating_sub(system_ms())),
+        };
+        Ok(respond(answer, index))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {

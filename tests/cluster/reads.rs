@@ -142,6 +142,7 @@ fn grpc_reads_go_to_a_follower_when_asked_and_carry_the_session_index() {
         let put = PutRequest {
             key: "g".into(),
             value: "1".into(),
+            ttl_ms: 0,
         };
         let written = index_of(lead.put(put).await.unwrap().metadata());
         assert!(written > 0);
