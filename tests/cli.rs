@@ -146,6 +146,38 @@ fn string_commands_print_their_results() {
     assert_eq!(run(&["exists", "n"]), said(0, "false\n"));
 }
 
+/// The expiry commands from the shell.
+#[test]
+fn expiry_commands_print_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let addr = server.addr.to_string();
+    let run = |args: &[&str]| {
+        let out = kvstore(&addr, args, b"");
+        (code(&out), text(&out.stdout))
+    };
+    let ms_left = |key: &str| run(&["ttl", key]).1.trim().parse::<i64>().unwrap();
+    assert_eq!(run(&["set", "s", "v", "--ttl", "1h"]), (0, "OK\n".into()));
+    assert!((3_500_000..=3_600_000).contains(&ms_left("s")));
+    let at = run(&["ttl", "s", "--at"]).1.trim().parse::<u64>().unwrap();
+    assert!(at > 1_700_000_000_000, "{at}");
+    let set_if = run(&["set", "s", "w", "--if-present", "--ttl", "90s"]);
+    assert_eq!(set_if, (0, "true\n".into()));
+    assert!((80_000..=90_000).contains(&ms_left("s")));
+    assert_eq!(run(&["persist", "s"]), (0, "true\n".into()));
+    assert_eq!(run(&["ttl", "s"]), (0, "-1\n".into()));
+    assert_eq!(run(&["persist", "s"]), (0, "false\n".into()));
+    let later = run(&["expire", "s", "10m", "--when", "has-deadline"]);
+    assert_eq!(later, (0, "false\n".into()));
+    assert_eq!(run(&["expire", "s", "10m"]), (0, "true\n".into()));
+    assert_eq!(run(&["expire", "missing", "10m"]), (0, "false\n".into()));
+    assert_eq!(run(&["ttl", "missing"]).0, 1);
+    assert_eq!(run(&["set", "s", "v", "--ttl", "1y"]).0, 2, "unknown unit");
+    assert_eq!(run(&["set", "short", "v", "--ttl", "1ms"]).0, 0);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(run(&["get", "short"]).0, 1, "gone once its time passed");
+}
+
 /// Completion scripts need no server and name the commands.
 #[test]
 fn completions_are_printed_for_each_shell() {

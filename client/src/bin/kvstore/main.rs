@@ -1,14 +1,18 @@
 //! `kvstore`: the command-line client.
 //!
-//! `kvstore [--addr HOST:PORT] set KEY VALUE [--if-absent|--if-present] |
-//! get KEY | del KEY... | exists KEY | incr KEY [STEP] | decr KEY [STEP] |
-//! append KEY VALUE | getdel KEY | getset KEY VALUE | mset KEY VALUE... |
-//! mget KEY... | flush [--yes] | keys [PREFIX] [--limit N] | scan PREFIX |
-//! range START [END] | stat | load FILE | backup FILE | backup --server NAME |
-//! cluster ... | completions SHELL`; with no command, an interactive prompt. Exit codes: 0 success, 1 not found (get, getdel, mget) or a malformed input line
-//! (load), 2 usage error, 3 server unreachable, 4 server error (including rows
-//! the server refuses during a load, such as a key over its limit).
+//! `kvstore [--addr HOST:PORT] set KEY VALUE [--if-absent|--if-present]
+//! [--ttl TTL] | get KEY | del KEY... | exists KEY | incr KEY [STEP] |
+//! decr KEY [STEP] | append KEY VALUE | getdel KEY | getset KEY VALUE |
+//! mset KEY VALUE... | mget KEY... | expire KEY TTL [--when W] |
+//! ttl KEY [--at] | persist KEY | flush [--yes] | keys [PREFIX] [--limit N] |
+//! scan PREFIX | range START [END] | stat | load FILE | backup FILE |
+//! backup --server NAME | cluster ... | completions SHELL`; with no command,
+//! an interactive prompt. Exit codes: 0 success, 1 not found (get, getdel,
+//! mget, ttl) or a malformed input line (load), 2 usage error, 3 server
+//! unreachable, 4 server error (including rows the server refuses during a
+//! load, such as a key over its limit).
 
+mod expiry;
 mod load;
 mod output;
 mod repl;
@@ -81,6 +85,10 @@ enum Cmd {
         /// Only if KEY exists (Redis's SET XX).
         #[arg(long)]
         if_present: bool,
+        /// Gone after this long: 30s, 1500ms, 2h, 1d (a bare number is
+        /// seconds). Without it, any deadline KEY had goes.
+        #[arg(long, value_parser = expiry::parse_ttl)]
+        ttl: Option<Duration>,
     },
     /// Print the value of KEY (raw bytes when piped); exit 1 if it does not exist.
     Get { key: String },
@@ -124,6 +132,26 @@ enum Cmd {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+    /// Give KEY a deadline TTL from now (30s, 1500ms, 2h); prints whether
+    /// it changed (false for a missing key).
+    Expire {
+        key: String,
+        #[arg(value_parser = expiry::parse_ttl)]
+        ttl: Duration,
+        /// Only change it in this case (Redis's NX, XX, GT, LT).
+        #[arg(long, value_enum, default_value_t = expiry::When::Always)]
+        when: expiry::When,
+    },
+    /// Print the milliseconds left before KEY expires, -1 if it has no
+    /// deadline; exit 1 if it does not exist.
+    Ttl {
+        key: String,
+        /// Print the deadline instead, in ms since the Unix epoch.
+        #[arg(long)]
+        at: bool,
+    },
+    /// Remove KEY's deadline; prints whether it had one.
+    Persist { key: String },
     /// Remove every key. Asks first on a terminal; elsewhere needs --yes.
     Flush {
         /// Do not ask.
@@ -679,6 +707,7 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             value,
             if_absent,
             if_present,
+            ttl,
         } => {
             let value = if value == "-" {
                 let mut buf = Vec::new();
@@ -690,9 +719,15 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
             } else {
                 value.into_bytes()
             };
-            match strings::condition(if_absent, if_present) {
-                Some(condition) => strings::set_if(client, &key, value, condition, out).await,
-                None => client.set(&key, value).await.map(|()| out.ok()),
+            let condition = strings::condition(if_absent, if_present);
+            match (condition, ttl) {
+                (condition, Some(ttl)) => {
+                    expiry::set(client, &key, value, condition, ttl, out).await
+                }
+                (Some(condition), None) => {
+                    strings::set_if(client, &key, value, condition, out).await
+                }
+                (None, None) => client.set(&key, value).await.map(|()| out.ok()),
             }
         }
         Cmd::Get { key } => match client.get(&key).await {
@@ -721,6 +756,9 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Cmd::Mset { pairs } => return exit_of(strings::mset(client, &pairs, out).await),
         Cmd::Mget { keys } => return exit_of(strings::mget(client, &keys, out).await),
         Cmd::Flush { yes } => return exit_of(strings::flush(client, yes, out).await),
+        Cmd::Expire { key, ttl, when } => expiry::expire(client, &key, ttl, when, out).await,
+        Cmd::Ttl { key, at } => return exit_of(expiry::ttl(client, &key, at, out).await),
+        Cmd::Persist { key } => expiry::persist(client, &key, out).await,
         Cmd::Completions { shell } => {
             completions(shell);
             Ok(())
