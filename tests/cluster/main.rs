@@ -5,6 +5,7 @@ mod checker;
 mod cluster_file;
 #[path = "../common/mod.rs"]
 mod common;
+mod expiry;
 mod faults;
 mod groups;
 mod linearizability;
