@@ -82,6 +82,20 @@ fn the_blocking_client_does_every_command() {
     assert_eq!(keys.first().map(|k| k.as_ref()), Some(&b"b:0000"[..]));
     let (page, more) = client.keys_page("b:", None, 10).unwrap();
     assert_eq!((page.len(), more), (10, true));
+
+    assert_eq!(client.set_range("r", 2, "ab").unwrap(), 4);
+    assert_eq!(client.get("r").unwrap().as_deref(), Some(&b"\0\0ab"[..]));
+    assert_eq!(client.incr_by_float("f", 2.5).unwrap(), 2.5);
+    assert_eq!(client.incr_by_float("f", -0.5).unwrap(), 2.0);
+    let not_a_float = client.incr_by_float("r", 1.0).unwrap_err();
+    assert_eq!(not_a_float.code(), Some(ErrorCode::NotAFloat));
+    assert!(client.bulk_set_if_absent([("x", "1"), ("y", "2")]).unwrap());
+    assert!(!client.bulk_set_if_absent([("y", "3"), ("z", "4")]).unwrap());
+    assert!(!client.exists("z").unwrap());
+    assert!(client.copy("x", "x2", false).unwrap());
+    assert!(!client.copy("y", "x2", false).unwrap());
+    assert!(client.copy("y", "x2", true).unwrap());
+    assert_eq!(client.get("x2").unwrap().as_deref(), Some(&b"2"[..]));
 }
 
 /// A server that accepts connections and never answers: each attempt times

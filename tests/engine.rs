@@ -341,6 +341,11 @@ fn change() -> impl Strategy<Value = Change> {
         4 => (key(), 0u64..30, expire_when()).prop_map(|(key, at, when)| Change::Expire { key, at, now: 0, when }),
         2 => key().prop_map(|key| Change::Persist { key }),
         3 => (key(), proptest::option::of(proptest::option::of(0u64..30))).prop_map(|(key, at)| Change::GetEx { key, at, now: 0 }),
+        3 => (key(), 0u64..14, value()).prop_map(|(key, offset, value)| Change::SetRange { key, offset, value, max_value: 12 }),
+        3 => (key(), prop_oneof![Just("1.5"), Just("-2"), Just("x"), Just("1e308"), Just("inf")])
+            .prop_map(|(key, by)| Change::IncrByFloat { key, by: Bytes::from(by) }),
+        3 => proptest::collection::vec((key(), value()), 1..4).prop_map(|items| Change::BulkSetIfAbsent { items }),
+        3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Copy { from, to, replace }),
     ]
 }
 
@@ -474,6 +479,68 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             let len = joined.len() as i64;
             model.values.insert(key.clone(), Bytes::from(joined));
             Ok(Applied::Int(len))
+        }
+        Change::SetRange {
+            key,
+            offset,
+            value,
+            max_value,
+        } => {
+            let old = model.values.get(key).cloned().unwrap_or_default();
+            if value.is_empty() {
+                return Ok(Applied::Int(old.len() as i64));
+            }
+            let end = *offset as usize + value.len();
+            if end > *max_value {
+                return Err(kvstore_client::ErrorCode::ValueTooLarge as u32);
+            }
+            let mut new = old.to_vec();
+            new.resize(new.len().max(end), 0);
+            new[*offset as usize..end].copy_from_slice(value);
+            let len = new.len() as i64;
+            model.values.insert(key.clone(), Bytes::from(new));
+            Ok(Applied::Int(len))
+        }
+        Change::IncrByFloat { key, by } => {
+            let not_float = kvstore_client::ErrorCode::NotAFloat as u32;
+            let by: f64 = std::str::from_utf8(by)
+                .unwrap()
+                .parse()
+                .map_err(|_| not_float)?;
+            let current = match model.values.get(key) {
+                None => 0.0,
+                Some(v) => (std::str::from_utf8(v).ok())
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .filter(|n| !n.is_nan())
+                    .ok_or(not_float)?,
+            };
+            let sum = current + by;
+            if !sum.is_finite() {
+                return Err(not_float);
+            }
+            let text = Bytes::from(sum.to_string());
+            model.values.insert(key.clone(), text.clone());
+            Ok(Applied::Value(Some(text)))
+        }
+        Change::BulkSetIfAbsent { items } => {
+            if items.iter().any(|(key, _)| model.live(key)) {
+                return Ok(Applied::Bool(false));
+            }
+            for (key, value) in items {
+                model.insert(key, value, None);
+            }
+            Ok(Applied::Bool(true))
+        }
+        Change::Copy { from, to, replace } => {
+            let Some(value) = model.live(from).then(|| model.values[from].clone()) else {
+                return Ok(Applied::Bool(false));
+            };
+            if !replace && model.live(to) {
+                return Ok(Applied::Bool(false));
+            }
+            let at = model.deadlines.get(from).copied();
+            model.insert(to, &value, at);
+            Ok(Applied::Bool(true))
         }
         // Only the Raft state machine serves sessions and groups (not
         // generated here).

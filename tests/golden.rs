@@ -108,6 +108,47 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "setrange-request",
+            rq(
+                32,
+                Command::SetRange {
+                    key: b("k"),
+                    offset: 3,
+                    value: b("ab"),
+                },
+            ),
+        ),
+        (
+            "incrbyfloat-request",
+            rq(
+                33,
+                Command::IncrByFloat {
+                    key: b("k"),
+                    by: b("1.5"),
+                },
+            ),
+        ),
+        (
+            "bulksetifabsent-request",
+            rq(
+                34,
+                Command::BulkSetIfAbsent {
+                    items: vec![(b("a"), b("1")), (b("b"), b("2"))],
+                },
+            ),
+        ),
+        (
+            "copy-request",
+            rq(
+                35,
+                Command::Copy {
+                    from: b("a"),
+                    to: b("b"),
+                    replace: false,
+                },
+            ),
+        ),
+        (
             "getex-request",
             rq(
                 31,

@@ -244,6 +244,44 @@ impl BlockingClient {
         self.runtime.block_on(self.client.append(key, value))
     }
 
+    /// Overwrites part of a value ([`Client::set_range`]).
+    pub fn set_range(
+        &self,
+        key: impl AsRef<[u8]>,
+        offset: u64,
+        value: impl AsRef<[u8]>,
+    ) -> Result<u64, Error> {
+        self.runtime
+            .block_on(self.client.set_range(key, offset, value))
+    }
+
+    /// Adds to a floating-point number ([`Client::incr_by_float`]).
+    pub fn incr_by_float(&self, key: impl AsRef<[u8]>, by: f64) -> Result<f64, Error> {
+        self.runtime.block_on(self.client.incr_by_float(key, by))
+    }
+
+    /// Stores pairs if no key exists ([`Client::bulk_set_if_absent`]).
+    pub fn bulk_set_if_absent<K, V>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<bool, Error>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        self.runtime.block_on(self.client.bulk_set_if_absent(items))
+    }
+
+    /// Copies a key ([`Client::copy`]).
+    pub fn copy(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.copy(from, to, replace))
+    }
+
     /// Removes many keys atomically ([`Client::delete_many`]).
     pub fn delete_many<K: AsRef<[u8]>>(
         &self,

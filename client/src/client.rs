@@ -895,6 +895,66 @@ impl Client {
         )
     }
 
+    /// Overwrites the value at `key` from byte `offset` on with `value`
+    /// (zero-padded past its end); the new length.
+    pub async fn set_range(
+        &self,
+        key: impl AsRef<[u8]>,
+        offset: u64,
+        value: impl AsRef<[u8]>,
+    ) -> Result<u64, Error> {
+        let (key, value) = (bytes(key), bytes(value));
+        let n = expect_int(self.call(Command::SetRange { key, offset, value }).await?)?;
+        Ok(n as u64)
+    }
+
+    /// Adds `by` to the number at `key` in 64-bit floating point; the new
+    /// value as stored. Resent after a lost reply only in a client session,
+    /// like [`Client::incr`].
+    pub async fn incr_by_float(&self, key: impl AsRef<[u8]>, by: f64) -> Result<f64, Error> {
+        let by = Bytes::from(by.to_string());
+        let reply = self
+            .call(Command::IncrByFloat {
+                key: bytes(key),
+                by,
+            })
+            .await?;
+        let text = expect_value(reply)?.unwrap_or_default();
+        std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Error::Protocol(format!("IncrByFloat answered {text:?}")))
+    }
+
+    /// Stores every pair as one write only if none of the keys exists;
+    /// whether it stored (Redis's `MSETNX`).
+    pub async fn bulk_set_if_absent<K, V>(
+        &self,
+        items: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<bool, Error>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        let items = items
+            .into_iter()
+            .map(|(k, v)| (bytes(k), bytes(v)))
+            .collect();
+        expect_bool(self.call(Command::BulkSetIfAbsent { items }).await?)
+    }
+
+    /// Copies `from`'s value and deadline to `to` (with `replace`, over a
+    /// value it has); whether it copied.
+    pub async fn copy(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        let (from, to) = (bytes(from), bytes(to));
+        expect_bool(self.call(Command::Copy { from, to, replace }).await?)
+    }
+
     /// Appends `value` to the value at `key` and returns the new length.
     /// Resent after a lost reply only in a client session, like
     /// [`Client::incr`].

@@ -344,6 +344,51 @@ pub enum Command {
         /// The key's deadline from now on.
         expiry: Expiry,
     },
+    /// Tag 28. Overwrites the value at `key` from byte `offset` on with
+    /// `value`, padding with zero bytes past its end (a missing key is
+    /// empty; an empty `value` changes nothing). Reply: `Int`, the new
+    /// length. Redis's `SETRANGE`.
+    SetRange {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// Where `value` goes.
+        offset: u64,
+        /// The bytes written there.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+    },
+    /// Tag 29. Adds the decimal number `by` (as text: `1.5`, `-2e3`) to the
+    /// number stored at `key` (0 if missing), in 64-bit floating point.
+    /// Reply: `Value`, the new value as stored. Redis's `INCRBYFLOAT`.
+    IncrByFloat {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// The increment, as decimal text.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        by: Bytes,
+    },
+    /// Tag 30. Stores every pair, as one write, only if none of the keys
+    /// exists. Reply: `Bool(stored)`. Redis's `MSETNX`.
+    BulkSetIfAbsent {
+        /// Key-value pairs; a key given twice keeps its last value.
+        #[serde(deserialize_with = "wire_bytes::pairs")]
+        items: Vec<(Bytes, Bytes)>,
+    },
+    /// Tag 31. Copies the value and deadline of `from` to `to` (with
+    /// `replace`, over a value `to` has). Reply: `Bool(copied)`, false if
+    /// `from` is missing or `to` exists without `replace`. Redis's `COPY`.
+    Copy {
+        /// The source key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        from: Bytes,
+        /// The destination key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        to: Bytes,
+        /// Overwrite `to` if it exists.
+        replace: bool,
+    },
 }
 
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
@@ -554,7 +599,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 28] = [
+pub const COMMAND_NAMES: [&str; 32] = [
     "Set",
     "Get",
     "Delete",
@@ -583,6 +628,10 @@ pub const COMMAND_NAMES: [&str; 28] = [
     "Persist",
     "Ttl",
     "GetEx",
+    "SetRange",
+    "IncrByFloat",
+    "BulkSetIfAbsent",
+    "Copy",
 ];
 
 impl Command {
@@ -617,6 +666,10 @@ impl Command {
             Command::Persist { .. } => 25,
             Command::Ttl { .. } => 26,
             Command::GetEx { .. } => 27,
+            Command::SetRange { .. } => 28,
+            Command::IncrByFloat { .. } => 29,
+            Command::BulkSetIfAbsent { .. } => 30,
+            Command::Copy { .. } => 31,
         }
     }
 
@@ -655,7 +708,11 @@ impl Command {
             | Command::SetExpiring { .. }
             | Command::Expire { .. }
             | Command::Persist { .. }
-            | Command::GetEx { .. } => true,
+            | Command::GetEx { .. }
+            | Command::SetRange { .. }
+            | Command::IncrByFloat { .. }
+            | Command::BulkSetIfAbsent { .. }
+            | Command::Copy { .. } => true,
             Command::Get { .. }
             | Command::Ttl { .. }
             | Command::Exists { .. }
@@ -692,8 +749,13 @@ impl Command {
             | Command::Expire { key, .. }
             | Command::Persist { key }
             | Command::Ttl { key, .. }
-            | Command::GetEx { key, .. } => Some(key),
-            Command::BulkSet { items } => items.first().map(|(key, _)| &key[..]),
+            | Command::GetEx { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Copy { from: key, .. } => Some(key),
+            Command::BulkSet { items } | Command::BulkSetIfAbsent { items } => {
+                items.first().map(|(key, _)| &key[..])
+            }
             Command::DeleteMany { keys } => keys.first().map(|key| &key[..]),
             Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),
             Command::Keys { .. }
@@ -723,6 +785,7 @@ impl Command {
                 self,
                 Command::Incr { .. }
                     | Command::Append { .. }
+                    | Command::IncrByFloat { .. }
                     | Command::Backup { .. }
                     | Command::BackupNext
                     | Command::Cluster(_)
@@ -906,6 +969,9 @@ pub enum ErrorCode {
     /// Sharded cluster: a command's keys are in different slots. Nothing
     /// was done; hash tags (`{user:1}:a`, `{user:1}:b`) keep keys in one.
     CrossSlot = 23,
+    /// `IncrByFloat`: the increment or the stored value is not a decimal
+    /// number, or the result would not be finite. Nothing was done.
+    NotAFloat = 24,
 }
 
 impl ErrorCode {
@@ -936,6 +1002,7 @@ impl ErrorCode {
             Moved,
             TryAgain,
             CrossSlot,
+            NotAFloat,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -1044,6 +1111,20 @@ mod tests {
             Command::GetEx {
                 key: b(),
                 expiry: Expiry::Never,
+            },
+            Command::SetRange {
+                key: b(),
+                offset: 1,
+                value: b(),
+            },
+            Command::IncrByFloat { key: b(), by: b() },
+            Command::BulkSetIfAbsent {
+                items: vec![(b(), b())],
+            },
+            Command::Copy {
+                from: b(),
+                to: b(),
+                replace: true,
             },
         ]
     }

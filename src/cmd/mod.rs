@@ -18,6 +18,7 @@ mod auth;
 pub mod backup;
 mod bulk_set;
 mod cluster;
+mod copy;
 mod delete;
 mod delete_many;
 pub mod exists;
@@ -26,6 +27,7 @@ pub mod get;
 mod get_del;
 pub mod get_many;
 mod incr;
+mod incr_by_float;
 pub mod indexed;
 pub mod keys;
 mod restore;
@@ -33,6 +35,7 @@ mod scan;
 mod session;
 mod set;
 mod set_if;
+mod set_range;
 
 use std::sync::Arc;
 
@@ -71,6 +74,11 @@ pub fn size(command: &Command) -> usize {
         | Command::Persist { key }
         | Command::Ttl { key, .. }
         | Command::GetEx { key, .. } => key.len(),
+        Command::SetRange { key, value, .. } | Command::IncrByFloat { key, by: value } => {
+            key.len() + value.len()
+        }
+        Command::Copy { from, to, .. } => from.len() + to.len(),
+        Command::BulkSetIfAbsent { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
         Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
@@ -227,6 +235,10 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         Command::Expire { key, expiry, when } => expire::expire(key, expiry, when, limits),
         Command::Persist { key } => expire::persist(key, limits),
         Command::GetEx { key, expiry } => expire::get_ex(key, expiry, limits),
+        Command::SetRange { key, offset, value } => set_range::change(key, offset, value, limits),
+        Command::IncrByFloat { key, by } => incr_by_float::change(key, by, limits),
+        Command::BulkSetIfAbsent { items } => bulk_set::if_absent(items, limits),
+        Command::Copy { from, to, replace } => copy::change(from, to, replace, limits),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,

@@ -127,7 +127,7 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
     use ErrorCode::*;
     let class = match code {
         Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger
-        | CrossSlot => Code::InvalidArgument,
+        | CrossSlot | NotAFloat => Code::InvalidArgument,
         Overflow => Code::OutOfRange,
         // The log failed (the server refuses writes until restarted; another
         // node, or this one after a restart, can serve) or the server is

@@ -125,6 +125,25 @@ pub enum Change {
         at: Option<Option<u64>>,
         now: u64,
     },
+    /// Overwrite the value at `key` from `offset` on, zero-padded.
+    SetRange {
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+        /// The value limit the result must respect.
+        max_value: usize,
+    },
+    /// Add the decimal number `by` (text, checked by the door) to the
+    /// number stored at `key`, in f64.
+    IncrByFloat { key: Bytes, by: Bytes },
+    /// Store every pair only if none of the keys exists.
+    BulkSetIfAbsent { items: Vec<(Bytes, Bytes)> },
+    /// Copy `from`'s value and deadline to `to`.
+    Copy {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -185,7 +204,11 @@ impl Change {
             | Change::SetExpiring { key, .. }
             | Change::Expire { key, .. }
             | Change::Persist { key }
-            | Change::GetEx { key, .. } => vec![key],
+            | Change::GetEx { key, .. }
+            | Change::SetRange { key, .. }
+            | Change::IncrByFloat { key, .. } => vec![key],
+            Change::Copy { from, to, .. } => vec![from, to],
+            Change::BulkSetIfAbsent { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
@@ -212,7 +235,11 @@ impl Change {
             | Change::SetExpiring { key, .. }
             | Change::Expire { key, .. }
             | Change::Persist { key }
-            | Change::GetEx { key, .. } => Some(key),
+            | Change::GetEx { key, .. }
+            | Change::SetRange { key, .. }
+            | Change::IncrByFloat { key, .. }
+            | Change::Copy { from: key, .. } => Some(key),
+            Change::BulkSetIfAbsent { items } => items.first().map(|(key, _)| &key[..]),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
@@ -234,8 +261,17 @@ impl Change {
             Change::SetIf { key, value, .. }
             | Change::Append { key, value, .. }
             | Change::SetExpiring { key, value, .. } => 48 + key.len() + value.len(),
-            Change::Expire { key, .. } | Change::Persist { key } | Change::GetEx { key, .. } => {
-                48 + key.len()
+            Change::Expire { key, .. }
+            | Change::Persist { key }
+            | Change::GetEx { key, .. }
+            | Change::IncrByFloat { key, .. } => 48 + key.len(),
+            Change::SetRange { key, value, .. } => 48 + key.len() + value.len(),
+            Change::Copy { from, to, .. } => 48 + from.len() + to.len(),
+            Change::BulkSetIfAbsent { items } => {
+                24 + items
+                    .iter()
+                    .map(|(k, v)| 16 + k.len() + v.len())
+                    .sum::<usize>()
             }
             Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
             Change::OpenSession { .. } => 32,
@@ -285,6 +321,31 @@ impl Change {
                 _ => Resolved::Answer(Ok(Applied::Bool(false))),
             },
             Change::GetEx { key, at, now } => get_ex(view, key, at, now)?,
+            Change::SetRange {
+                key,
+                offset,
+                value,
+                max_value,
+            } => set_range(view, key, offset, value, max_value)?,
+            Change::IncrByFloat { key, by } => incr_by_float(view, key, by)?,
+            Change::BulkSetIfAbsent { items } => {
+                for (key, _) in &items {
+                    if view.get(key)?.is_some() {
+                        return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
+                    }
+                }
+                Resolved::Log(WriteOp::BulkSet { items }, Applied::Bool(true))
+            }
+            Change::Copy { from, to, replace } => {
+                let Some(value) = view.get(&from)? else {
+                    return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
+                };
+                if !replace && view.get(&to)?.is_some() {
+                    return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
+                }
+                let at = view.deadline(&from)?.flatten();
+                Resolved::Log(set_with(to, value, at), Applied::Bool(true))
+            }
             Change::GetDel { key } => match view.get(&key)? {
                 Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
                 None => Resolved::Answer(Ok(Applied::Value(None))),
@@ -456,6 +517,80 @@ impl<'a> BatchView<'a> {
             }
         }
     }
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> Resolved {
+    Resolved::Answer(Err(Error::Rejected {
+        code,
+        message: message.into(),
+    }))
+}
+
+/// `SetRange`: the new value, or a refusal if it would pass `max_value`
+/// (checked before anything is allocated: `offset` is the client's).
+fn set_range(
+    view: &BatchView,
+    key: Bytes,
+    offset: u64,
+    value: Bytes,
+    max_value: usize,
+) -> Result<Resolved, Error> {
+    let old = view.get(&key)?;
+    if value.is_empty() {
+        let len = old.map_or(0, |v| v.len());
+        return Ok(Resolved::Answer(Ok(Applied::Int(len as i64))));
+    }
+    let end = offset.saturating_add(value.len() as u64);
+    if end > max_value as u64 {
+        let message = format!(
+            "string exceeds maximum allowed size (a value of {end} bytes passes the limit of {max_value})"
+        );
+        return Ok(refused(ErrorCode::ValueTooLarge, message));
+    }
+    let old = old.unwrap_or_default();
+    let (offset, end) = (offset as usize, end as usize);
+    let mut new = BytesMut::zeroed(old.len().max(end));
+    new[..old.len()].copy_from_slice(&old);
+    new[offset..end].copy_from_slice(&value);
+    let kept = view.deadline(&key)?.flatten();
+    let len = new.len() as i64;
+    Ok(Resolved::Log(
+        set_with(key, new.freeze(), kept),
+        Applied::Int(len),
+    ))
+}
+
+/// `IncrByFloat`: the sum, stored as its shortest decimal text.
+fn incr_by_float(view: &BatchView, key: Bytes, by: Bytes) -> Result<Resolved, Error> {
+    let Some(by) = parse_f64(&by) else {
+        return Ok(refused(ErrorCode::NotAFloat, "value is not a valid float"));
+    };
+    let current = match view.get(&key)? {
+        None => 0.0,
+        Some(value) => match parse_f64(&value) {
+            Some(n) => n,
+            None => return Ok(refused(ErrorCode::NotAFloat, "value is not a valid float")),
+        },
+    };
+    let sum = current + by;
+    if !sum.is_finite() {
+        let message = "increment would produce NaN or Infinity";
+        return Ok(refused(ErrorCode::NotAFloat, message));
+    }
+    // Display never uses an exponent, and gives the shortest text that
+    // reads back as the same f64 ("0.30000000000000004", "10.6").
+    let text = Bytes::from(format!("{sum}"));
+    let kept = view.deadline(&key)?.flatten();
+    let op = set_with(key, text.clone(), kept);
+    Ok(Resolved::Log(op, Applied::Value(Some(text))))
+}
+
+/// A decimal number as `IncrByFloat` reads one: what Rust's f64 parser
+/// takes (`1.5`, `-2e3`, `.5`), no spaces, and not NaN (infinity parses,
+/// and then fails the sum's check).
+pub fn parse_f64(bytes: &[u8]) -> Option<f64> {
+    let n: f64 = std::str::from_utf8(bytes).ok()?.parse().ok()?;
+    (!n.is_nan()).then_some(n)
 }
 
 /// `key` set to `value`, with the deadline `at` if it has one.
