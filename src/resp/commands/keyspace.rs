@@ -12,6 +12,57 @@ use crate::resp::codec::Value;
 use crate::resp::glob;
 use crate::storage::change::parse_i64;
 
+/// COPY source destination [DB 0] [REPLACE]: `:1` if copied. Only
+/// database 0 exists.
+pub(super) fn copy(args: &[Bytes]) -> Outcome {
+    let (from, to) = (args[0].clone(), args[1].clone());
+    let mut replace = false;
+    let mut options = args[2..].iter();
+    while let Some(option) = options.next() {
+        if is(option, "replace") {
+            replace = true;
+        } else if is(option, "db") {
+            match options.next().map(|db| parse_i64(db)) {
+                Some(Some(0)) => {}
+                Some(Some(_)) => {
+                    return Outcome::Ready(Value::error("ERR DB index is out of range"))
+                }
+                Some(None) => return Outcome::Ready(not_an_integer()),
+                None => return Outcome::Ready(syntax_error()),
+            }
+        } else {
+            return Outcome::Ready(syntax_error());
+        }
+    }
+    if from == to {
+        return Outcome::Ready(Value::error(
+            "ERR source and destination objects are the same",
+        ));
+    }
+    native(Command::Copy { from, to, replace }, Shape::Int)
+}
+
+/// RANDOMKEY: a key, or nil if there is none. The key space is ordered,
+/// not hashed, so it takes the first key after a random 8-byte probe
+/// (wrapping to the first key): keys after long gaps come up more often.
+pub(super) async fn randomkey(ctx: &Ctx<'_>) -> Outcome {
+    // A fresh RandomState is randomly keyed: hashing the time with it is a
+    // random number without a dependency.
+    let random = std::collections::hash_map::RandomState::new();
+    let probe = std::hash::BuildHasher::hash_one(&random, std::time::Instant::now()).to_be_bytes();
+    for after in [Some(&probe[..]), None] {
+        match cmd::keys::node_page(b"", after, 1, usize::MAX, ctx.db).await {
+            Ok(page) => {
+                if let Some(key) = page.keys.into_iter().next() {
+                    return Outcome::Ready(Value::Bulk(key));
+                }
+            }
+            Err(reply) => return refused(reply),
+        }
+    }
+    Outcome::Ready(Value::Nil)
+}
+
 /// DEL key [key ...]: one key is a Delete, several one DeleteMany record.
 pub(super) fn del(args: &[Bytes]) -> Outcome {
     let command = match args {

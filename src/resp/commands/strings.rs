@@ -1,6 +1,6 @@
 //! String commands: GET (in the dispatcher), SET, SETNX, GETSET, GETDEL (in
-//! the dispatcher), MSET, MGET, STRLEN, GETRANGE (and SUBSTR), APPEND, INCR,
-//! DECR, INCRBY, DECRBY.
+//! the dispatcher), MSET, MSETNX, MGET, STRLEN, GETRANGE (and SUBSTR),
+//! SETRANGE, APPEND, INCR, DECR, INCRBY, DECRBY, INCRBYFLOAT.
 
 use bytes::Bytes;
 use kvstore_client::{Command, Condition, Expiry};
@@ -70,18 +70,48 @@ pub(super) fn getset(args: &[Bytes]) -> Outcome {
     native(command, Shape::Bulk)
 }
 
-/// MSET key value [key value ...]: one BulkSet, one log record.
-pub(super) fn mset(args: &[Bytes]) -> Outcome {
+/// MSET key value [key value ...]: one BulkSet, one log record; and
+/// MSETNX (`if_absent`): `:1` if it stored them all (no key existed), `:0`
+/// if it stored none.
+pub(super) fn mset(args: &[Bytes], if_absent: bool) -> Outcome {
     if !args.len().is_multiple_of(2) {
-        return Outcome::Ready(Value::error(
-            "ERR wrong number of arguments for 'mset' command",
-        ));
+        let name = if if_absent { "msetnx" } else { "mset" };
+        return Outcome::Ready(Value::error(format!(
+            "ERR wrong number of arguments for '{name}' command"
+        )));
     }
     let items = args
         .chunks_exact(2)
         .map(|pair| (pair[0].clone(), pair[1].clone()))
         .collect();
-    native(Command::BulkSet { items }, Shape::Ok)
+    match if_absent {
+        false => native(Command::BulkSet { items }, Shape::Ok),
+        true => native(Command::BulkSetIfAbsent { items }, Shape::Int),
+    }
+}
+
+/// SETRANGE key offset value: the new length.
+pub(super) fn setrange(args: &[Bytes]) -> Outcome {
+    let offset = match parse_i64(&args[1]) {
+        None => return Outcome::Ready(not_an_integer()),
+        Some(n) if n < 0 => return Outcome::Ready(Value::error("ERR offset is out of range")),
+        Some(n) => n as u64,
+    };
+    let command = Command::SetRange {
+        key: args[0].clone(),
+        offset,
+        value: args[2].clone(),
+    };
+    native(command, Shape::Int)
+}
+
+/// INCRBYFLOAT key increment: the new value, as stored.
+pub(super) fn incrbyfloat(args: &[Bytes]) -> Outcome {
+    let command = Command::IncrByFloat {
+        key: args[0].clone(),
+        by: args[1].clone(),
+    };
+    native(command, Shape::Bulk)
 }
 
 /// MGET key [key ...]: every value at one instant, as in Redis (the store
