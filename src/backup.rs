@@ -119,6 +119,9 @@ fn held_bytes(op: &WriteOp) -> usize {
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.iter().map(held).sum()
             }
+            WriteOp::Rename {
+                from, to, value, ..
+            } => held(from) + held(to) + held(value),
             WriteOp::Clear => 0,
         }
 }

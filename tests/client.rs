@@ -96,6 +96,11 @@ fn the_blocking_client_does_every_command() {
     assert!(!client.copy("y", "x2", false).unwrap());
     assert!(client.copy("y", "x2", true).unwrap());
     assert_eq!(client.get("x2").unwrap().as_deref(), Some(&b"2"[..]));
+    assert!(!client.rename("x2", "x", false).unwrap());
+    assert!(client.rename("x2", "x3", false).unwrap());
+    assert!(!client.exists("x2").unwrap());
+    let missing = client.rename("x2", "x", true).unwrap_err();
+    assert_eq!(missing.code(), Some(ErrorCode::NoSuchKey));
 }
 
 /// A server that accepts connections and never answers: each attempt times

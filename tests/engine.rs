@@ -220,6 +220,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => proptest::collection::vec((key(), value(), 0u64..30), 0..5)
             .prop_map(|items| Step::Write(WriteOp::SetExpiringMany { items })),
         2 => (proptest::collection::vec(key(), 0..4), 0u64..30).prop_map(|(keys, now)| Step::Write(WriteOp::Expire { keys, now })),
+        2 => (key(), key(), value(), proptest::option::of(0u64..30)).prop_filter("two keys", |(from, to, ..)| from != to)
+            .prop_map(|(from, to, value, at)| Step::Write(WriteOp::Rename { from, to, value, at })),
         3 => (0u64..4).prop_map(Step::Tick),
         2 => key().prop_map(Step::Deadline),
         4 => key().prop_map(Step::Get),
@@ -280,6 +282,16 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
             let stored = model.values.contains_key(key);
             model.deadlines.remove(key);
             Applied::Bool(stored)
+        }
+        WriteOp::Rename {
+            from,
+            to,
+            value,
+            at,
+        } => {
+            model.remove(from);
+            model.insert(to, value, *at);
+            Applied::Stored
         }
         WriteOp::Expire { keys, now } => {
             let mut removed = 0;
@@ -346,6 +358,7 @@ fn change() -> impl Strategy<Value = Change> {
             .prop_map(|(key, by)| Change::IncrByFloat { key, by: Bytes::from(by) }),
         3 => proptest::collection::vec((key(), value()), 1..4).prop_map(|items| Change::BulkSetIfAbsent { items }),
         3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Copy { from, to, replace }),
+        3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Rename { from, to, replace }),
     ]
 }
 
@@ -529,6 +542,18 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             for (key, value) in items {
                 model.insert(key, value, None);
             }
+            Ok(Applied::Bool(true))
+        }
+        Change::Rename { from, to, replace } => {
+            let Some(value) = model.live(from).then(|| model.values[from].clone()) else {
+                return Err(kvstore_client::ErrorCode::NoSuchKey as u32);
+            };
+            if !replace && model.live(to) {
+                return Ok(Applied::Bool(false));
+            }
+            let at = model.deadlines.get(from).copied();
+            model.remove(from);
+            model.insert(to, &value, at);
             Ok(Applied::Bool(true))
         }
         Change::Copy { from, to, replace } => {

@@ -149,6 +149,17 @@ fn examples() -> Vec<(&'static str, Message)> {
             ),
         ),
         (
+            "rename-request",
+            rq(
+                36,
+                Command::Rename {
+                    from: b("a"),
+                    to: b("b"),
+                    replace: true,
+                },
+            ),
+        ),
+        (
             "getex-request",
             rq(
                 31,

@@ -1148,6 +1148,20 @@ fn data_changing_string_commands_answer_as_redis_does() {
         &["COPY", "a", "a6", "DB"],
         &["COPY", "a", "a7", "DB", "x"],
         &["RANDOMKEY", "extra"],
+        &["RENAME", "nokey", "z"],
+        &["RENAMENX", "nokey", "z"],
+        &["SET", "rn", "v", "EX", "100"],
+        &["RENAME", "rn", "rn2"],
+        &["TTL", "rn2"],
+        &["EXISTS", "rn"],
+        &["RENAME", "rn2", "rn2"],
+        &["RENAMENX", "rn2", "a"],
+        &["RENAMENX", "rn2", "rn3"],
+        &["RENAMENX", "rn3", "rn3"],
+        &["RENAME", "rn3", "a"],
+        &["GET", "a"],
+        &["TTL", "a"],
+        &["RENAME", "a"],
     ];
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &[]);

@@ -282,6 +282,16 @@ impl BlockingClient {
         self.runtime.block_on(self.client.copy(from, to, replace))
     }
 
+    /// Renames a key ([`Client::rename`]).
+    pub fn rename(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        self.runtime.block_on(self.client.rename(from, to, replace))
+    }
+
     /// Removes many keys atomically ([`Client::delete_many`]).
     pub fn delete_many<K: AsRef<[u8]>>(
         &self,

@@ -955,6 +955,19 @@ impl Client {
         expect_bool(self.call(Command::Copy { from, to, replace }).await?)
     }
 
+    /// Moves `from`'s value and deadline to `to` in one write (with
+    /// `replace`, over a value it has); whether it renamed. A missing
+    /// `from` is an error with [`ErrorCode::NoSuchKey`].
+    pub async fn rename(
+        &self,
+        from: impl AsRef<[u8]>,
+        to: impl AsRef<[u8]>,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        let (from, to) = (bytes(from), bytes(to));
+        expect_bool(self.call(Command::Rename { from, to, replace }).await?)
+    }
+
     /// Appends `value` to the value at `key` and returns the new length.
     /// Resent after a lost reply only in a client session, like
     /// [`Client::incr`].

@@ -389,6 +389,20 @@ pub enum Command {
         /// Overwrite `to` if it exists.
         replace: bool,
     },
+    /// Tag 32. Moves the value and deadline of `from` to `to` (with
+    /// `replace`, over a value `to` has), as one write. Reply:
+    /// `Bool(renamed)`, false if `to` exists without `replace`;
+    /// `NoSuchKey` if `from` is missing. Redis's `RENAME` and `RENAMENX`.
+    Rename {
+        /// The key to rename.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        from: Bytes,
+        /// Its new name.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        to: Bytes,
+        /// Overwrite `to` if it exists.
+        replace: bool,
+    },
 }
 
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
@@ -599,7 +613,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 32] = [
+pub const COMMAND_NAMES: [&str; 33] = [
     "Set",
     "Get",
     "Delete",
@@ -632,6 +646,7 @@ pub const COMMAND_NAMES: [&str; 32] = [
     "IncrByFloat",
     "BulkSetIfAbsent",
     "Copy",
+    "Rename",
 ];
 
 impl Command {
@@ -670,6 +685,7 @@ impl Command {
             Command::IncrByFloat { .. } => 29,
             Command::BulkSetIfAbsent { .. } => 30,
             Command::Copy { .. } => 31,
+            Command::Rename { .. } => 32,
         }
     }
 
@@ -712,7 +728,8 @@ impl Command {
             | Command::SetRange { .. }
             | Command::IncrByFloat { .. }
             | Command::BulkSetIfAbsent { .. }
-            | Command::Copy { .. } => true,
+            | Command::Copy { .. }
+            | Command::Rename { .. } => true,
             Command::Get { .. }
             | Command::Ttl { .. }
             | Command::Exists { .. }
@@ -752,7 +769,8 @@ impl Command {
             | Command::GetEx { key, .. }
             | Command::SetRange { key, .. }
             | Command::IncrByFloat { key, .. }
-            | Command::Copy { from: key, .. } => Some(key),
+            | Command::Copy { from: key, .. }
+            | Command::Rename { from: key, .. } => Some(key),
             Command::BulkSet { items } | Command::BulkSetIfAbsent { items } => {
                 items.first().map(|(key, _)| &key[..])
             }
@@ -972,6 +990,8 @@ pub enum ErrorCode {
     /// `IncrByFloat`: the increment or the stored value is not a decimal
     /// number, or the result would not be finite. Nothing was done.
     NotAFloat = 24,
+    /// `Rename`: the key to rename does not exist. Nothing was done.
+    NoSuchKey = 25,
 }
 
 impl ErrorCode {
@@ -1003,6 +1023,7 @@ impl ErrorCode {
             TryAgain,
             CrossSlot,
             NotAFloat,
+            NoSuchKey,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -1125,6 +1146,11 @@ mod tests {
                 from: b(),
                 to: b(),
                 replace: true,
+            },
+            Command::Rename {
+                from: b(),
+                to: b(),
+                replace: false,
             },
         ]
     }

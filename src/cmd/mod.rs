@@ -77,7 +77,7 @@ pub fn size(command: &Command) -> usize {
         Command::SetRange { key, value, .. } | Command::IncrByFloat { key, by: value } => {
             key.len() + value.len()
         }
-        Command::Copy { from, to, .. } => from.len() + to.len(),
+        Command::Copy { from, to, .. } | Command::Rename { from, to, .. } => from.len() + to.len(),
         Command::BulkSetIfAbsent { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
@@ -239,6 +239,7 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         Command::IncrByFloat { key, by } => incr_by_float::change(key, by, limits),
         Command::BulkSetIfAbsent { items } => bulk_set::if_absent(items, limits),
         Command::Copy { from, to, replace } => copy::change(from, to, replace, limits),
+        Command::Rename { from, to, replace } => copy::rename(from, to, replace, limits),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,

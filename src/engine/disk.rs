@@ -359,6 +359,16 @@ impl Disk {
             // the stored key whatever the clock says, so replay agrees.
             WriteOp::ExpireAt { key, at } => self.redeadline(folded, key, Some(*at))?,
             WriteOp::Persist { key } => self.redeadline(folded, key, None)?,
+            WriteOp::Rename {
+                from,
+                to,
+                value,
+                at,
+            } => {
+                self.put(folded, from, None, None)?;
+                self.put(folded, to, Some(value), *at)?;
+                Applied::Stored
+            }
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
                 for key in keys {

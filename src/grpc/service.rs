@@ -128,6 +128,7 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
     let class = match code {
         Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger
         | CrossSlot | NotAFloat => Code::InvalidArgument,
+        NoSuchKey => Code::NotFound,
         Overflow => Code::OutOfRange,
         // The log failed (the server refuses writes until restarted; another
         // node, or this one after a restart, can serve) or the server is

@@ -144,6 +144,13 @@ pub enum Change {
         to: Bytes,
         replace: bool,
     },
+    /// Move `from`'s value and deadline to `to` (unless `to` exists and
+    /// not `replace`).
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -207,7 +214,7 @@ impl Change {
             | Change::GetEx { key, .. }
             | Change::SetRange { key, .. }
             | Change::IncrByFloat { key, .. } => vec![key],
-            Change::Copy { from, to, .. } => vec![from, to],
+            Change::Copy { from, to, .. } | Change::Rename { from, to, .. } => vec![from, to],
             Change::BulkSetIfAbsent { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
@@ -238,7 +245,8 @@ impl Change {
             | Change::GetEx { key, .. }
             | Change::SetRange { key, .. }
             | Change::IncrByFloat { key, .. }
-            | Change::Copy { from: key, .. } => Some(key),
+            | Change::Copy { from: key, .. }
+            | Change::Rename { from: key, .. } => Some(key),
             Change::BulkSetIfAbsent { items } => items.first().map(|(key, _)| &key[..]),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
@@ -266,7 +274,9 @@ impl Change {
             | Change::GetEx { key, .. }
             | Change::IncrByFloat { key, .. } => 48 + key.len(),
             Change::SetRange { key, value, .. } => 48 + key.len() + value.len(),
-            Change::Copy { from, to, .. } => 48 + from.len() + to.len(),
+            Change::Copy { from, to, .. } | Change::Rename { from, to, .. } => {
+                48 + from.len() + to.len()
+            }
             Change::BulkSetIfAbsent { items } => {
                 24 + items
                     .iter()
@@ -336,6 +346,7 @@ impl Change {
                 }
                 Resolved::Log(WriteOp::BulkSet { items }, Applied::Bool(true))
             }
+            Change::Rename { from, to, replace } => rename(view, from, to, replace)?,
             Change::Copy { from, to, replace } => {
                 let Some(value) = view.get(&from)? else {
                     return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
@@ -477,6 +488,7 @@ impl<'a> BatchView<'a> {
                 WriteOp::SetExpiringMany { items } => {
                     items.iter().rev().find(|i| i.0 == key).map(|i| i.2)
                 }
+                WriteOp::Rename { to, at, .. } if &to[..] == key => *at,
                 _ => None,
             };
             self.deadlines.insert(Bytes::copy_from_slice(key), at);
@@ -509,6 +521,12 @@ impl<'a> BatchView<'a> {
                 for key in keys {
                     self.overlay.insert(key.clone(), None);
                 }
+            }
+            WriteOp::Rename {
+                from, to, value, ..
+            } => {
+                self.overlay.insert(from.clone(), None);
+                self.overlay.insert(to.clone(), Some(value.clone()));
             }
             WriteOp::Clear => {
                 self.overlay.clear();
@@ -558,6 +576,28 @@ fn set_range(
         set_with(key, new.freeze(), kept),
         Applied::Int(len),
     ))
+}
+
+/// `Rename`: `from`'s value and deadline moved to `to`; `NoSuchKey` for a
+/// missing `from`. Renaming a key to itself changes nothing.
+fn rename(view: &BatchView, from: Bytes, to: Bytes, replace: bool) -> Result<Resolved, Error> {
+    let Some(value) = view.get(&from)? else {
+        return Ok(refused(ErrorCode::NoSuchKey, "no such key"));
+    };
+    if !replace && view.get(&to)?.is_some() {
+        return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
+    }
+    if from == to {
+        return Ok(Resolved::Answer(Ok(Applied::Bool(true))));
+    }
+    let at = view.deadline(&from)?.flatten();
+    let op = WriteOp::Rename {
+        from,
+        to,
+        value,
+        at,
+    };
+    Ok(Resolved::Log(op, Applied::Bool(true)))
 }
 
 /// `IncrByFloat`: the sum, stored as its shortest decimal text.

@@ -264,6 +264,19 @@ impl<'s> SortedReplay<'s> {
                     });
                 }
             }
+            // Two single-key writes: each keeps its place among its key's.
+            Rename {
+                from,
+                to,
+                value,
+                at,
+            } => {
+                self.hold(Delete { key: from });
+                self.hold(match at {
+                    Some(at) => SetExpiring { key: to, value, at },
+                    None => Set { key: to, value },
+                });
+            }
             Clear => {
                 self.flush();
                 self.store.apply(&Clear);
@@ -488,6 +501,12 @@ mod tests {
                     keys: vec![key(i), key(i + 3)],
                     now: i,
                 },
+                7 => WriteOp::Rename {
+                    from: key(i),
+                    to: key(i + 4),
+                    value: value(i),
+                    at: (i % 2 == 0).then_some(i + 9),
+                },
                 _ if i % 997 == 0 => WriteOp::Clear,
                 _ => WriteOp::Set {
                     key: key(i),
@@ -495,6 +514,19 @@ mod tests {
                 },
             })
             .collect();
+        // A key written, then renamed: only its new name stays.
+        let (from, to) = (Bytes::from("renamed from"), Bytes::from("renamed to"));
+        let mut ops = ops;
+        ops.push(WriteOp::Set {
+            key: from.clone(),
+            value: value(1),
+        });
+        ops.push(WriteOp::Rename {
+            from,
+            to,
+            value: value(1),
+            at: None,
+        });
         // Still at the epoch: no deadline has passed for readers; `Expire`
         // removes what its own `now` says is due.
         let in_order = Store::with_clock(3, clock::Clock::manual(0));

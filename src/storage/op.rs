@@ -58,6 +58,15 @@ pub enum WriteOp {
     SetExpiringMany {
         items: Vec<(Bytes, Bytes, u64)>,
     },
+    /// `from` removed and `to` set to `value`, with the deadline `at` if
+    /// any, in one record (RENAME). The commit thread read `from`; the
+    /// record holds the result, so replay stays idempotent.
+    Rename {
+        from: Bytes,
+        to: Bytes,
+        value: Bytes,
+        at: Option<u64>,
+    },
 }
 
 impl WriteOp {
@@ -74,6 +83,7 @@ impl WriteOp {
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.iter().map(|key| &key[..]).collect()
             }
+            WriteOp::Rename { from, to, .. } => vec![from, to],
             WriteOp::Clear => Vec::new(),
         }
     }
@@ -91,6 +101,7 @@ impl WriteOp {
             WriteOp::DeleteMany { keys } | WriteOp::Expire { keys, .. } => {
                 keys.first().map(|key| &key[..])
             }
+            WriteOp::Rename { from, .. } => Some(from),
             WriteOp::Clear => None,
         }
     }
@@ -125,6 +136,9 @@ impl WriteOp {
                     .map(|(k, v, _)| 24 + k.len() + v.len())
                     .sum::<usize>()
             }
+            WriteOp::Rename {
+                from, to, value, ..
+            } => 48 + from.len() + to.len() + value.len(),
             WriteOp::Clear => 16,
         }
     }

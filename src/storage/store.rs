@@ -631,6 +631,19 @@ impl Store {
             WriteOp::Persist { key } => {
                 Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, None))
             }
+            WriteOp::Rename {
+                from,
+                to,
+                value,
+                at,
+            } => {
+                let keys = [from.clone(), to.clone()];
+                self.with_shards_of(keys.iter(), |i, map| match i {
+                    0 => drop(self.take(map, from)),
+                    _ => self.put(map, Entry::with_deadline(to, value, *at)),
+                });
+                Applied::Stored
+            }
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
                 self.with_shards_of(keys.iter(), |i, map| {

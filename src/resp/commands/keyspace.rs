@@ -42,6 +42,24 @@ pub(super) fn copy(args: &[Bytes]) -> Outcome {
     native(Command::Copy { from, to, replace }, Shape::Int)
 }
 
+/// RENAME source destination (`replace`): `+OK`; RENAMENX: `:1` renamed,
+/// `:0` if the destination exists. The deadline moves with the value.
+pub(super) fn rename(args: &[Bytes], replace: bool) -> Outcome {
+    let command = Command::Rename {
+        from: args[0].clone(),
+        to: args[1].clone(),
+        replace,
+    };
+    native(
+        command,
+        if replace {
+            Shape::OkIfStored
+        } else {
+            Shape::Int
+        },
+    )
+}
+
 /// RANDOMKEY: a key, or nil if there is none. The key space is ordered,
 /// not hashed, so it takes the first key after a random 8-byte probe
 /// (wrapping to the first key): keys after long gaps come up more often.

@@ -111,6 +111,7 @@ fn error_for(code: u32, message: &str) -> Value {
         Some(ErrorCode::Overflow) => Value::error("ERR increment or decrement would overflow"),
         // Redis Cluster's words, which cluster clients retry on or report.
         Some(ErrorCode::TryAgain) => Value::error(format!("TRYAGAIN {message}")),
+        Some(ErrorCode::NoSuchKey) => Value::error("ERR no such key"),
         Some(ErrorCode::CrossSlot) => {
             Value::error("CROSSSLOT Keys in request don't hash to the same slot")
         }
@@ -238,6 +239,8 @@ pub const COMMANDS: &[Spec] = &[
     spec!("randomkey", 1, false, R, (0, 0, 0), "generic", "1.0.0", "Returns a random key name from the database."),
     spec!("readonly", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Lets this connection's reads be served by this node even when it is a follower (they may be stale)."),
     spec!("readwrite", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Ends READONLY: reads are linearizable again (a follower refuses them)."),
+    spec!("rename", 3, true, W, (1, 2, 1), "generic", "1.0.0", "Renames a key and overwrites the destination."),
+    spec!("renamenx", 3, true, WF, (1, 2, 1), "generic", "1.0.0", "Renames a key only when the target key name doesn't exist."),
     spec!("scan", -2, false, R, (0, 0, 0), "generic", "2.8.0", "Iterates over the key names in the database, in key order."),
     spec!("select", 2, false, &["loading", "stale", "fast"], (0, 0, 0), "connection", "1.0.0", "Changes the selected database: only database 0 exists."),
     spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
@@ -357,6 +360,8 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "setrange" => strings::setrange(args),
         "incrbyfloat" => strings::incrbyfloat(args),
         "copy" => keyspace::copy(args),
+        "rename" => keyspace::rename(args, true),
+        "renamenx" => keyspace::rename(args, false),
         "randomkey" => keyspace::randomkey(ctx).await,
         "set" => strings::set(args),
         "setnx" => strings::setnx(args),
