@@ -6,7 +6,7 @@
 //! runs from the start of its batch to its answer.
 
 use anyhow::Context;
-use kvstore_client::Command;
+use kvstore_client::{Command, Expiry};
 use kvstore_proto::v1::{
     BulkPutRequest, DeleteRequest, ExistsRequest, GetRequest, KeyValuePair, PutRequest,
 };
@@ -55,6 +55,15 @@ async fn call(mut client: KeyValueClient, command: Command) -> Result<(), tonic:
                 value,
                 ttl_ms: 0,
             })
+            .await
+            .map(drop),
+        Command::SetExpiring {
+            key,
+            value,
+            expiry: Expiry::In(ttl_ms),
+            ..
+        } => client
+            .put(PutRequest { key, value, ttl_ms })
             .await
             .map(drop),
         Command::Get { key } => client.get(GetRequest { key }).await.map(drop),

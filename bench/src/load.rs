@@ -19,7 +19,7 @@ use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kvstore_client::{codec, Command, Request};
+use kvstore_client::{codec, Command, Condition, Expiry, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -363,9 +363,18 @@ impl<'a> Requests<'a> {
         };
         let key = self.key();
         match test {
-            Test::Set => Command::Set {
-                key,
-                value: self.value.clone(),
+            Test::Set => match self.args.ttl_ms {
+                None => Command::Set {
+                    key,
+                    value: self.value.clone(),
+                },
+                Some(ms) => Command::SetExpiring {
+                    key,
+                    value: self.value.clone(),
+                    condition: Condition::Always,
+                    get: false,
+                    expiry: Expiry::In(ms),
+                },
             },
             Test::Get => Command::Get { key },
             Test::Del => Command::Delete { key },
@@ -383,6 +392,15 @@ impl<'a> Requests<'a> {
 fn resp_request(command: &Command, out: &mut Vec<u8>) {
     let args: Vec<&[u8]> = match command {
         Command::Set { key, value } => vec![b"SET", key, value],
+        Command::SetExpiring {
+            key,
+            value,
+            expiry: Expiry::In(ms),
+            ..
+        } => {
+            let ms = ms.to_string();
+            return resp_words(&[b"SET", key, value, b"PX", ms.as_bytes()], out);
+        }
         Command::Get { key } => vec![b"GET", key],
         Command::Delete { key } => vec![b"DEL", key],
         Command::Exists { key } => vec![b"EXISTS", key],
@@ -391,6 +409,10 @@ fn resp_request(command: &Command, out: &mut Vec<u8>) {
             .collect(),
         other => unreachable!("the bench sends no {other:?}"),
     };
+    resp_words(&args, out);
+}
+
+fn resp_words(args: &[&[u8]], out: &mut Vec<u8>) {
     let _ = write!(out, "*{}\r\n", args.len());
     for arg in args {
         let _ = write!(out, "${}\r\n", arg.len());

@@ -15,11 +15,12 @@
 //!
 //! Modules: [`load`] (the connections and their request loops), [`grpc`]
 //! (the gRPC connections' loop), [`library`] (the client library's
-//! loop), [`report`]
+//! loop), [`expiry`] (what deadlines cost), [`report`]
 //! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
 //! Markdown table of ratios between systems, from the CSV), [`probe`] (the
 //! disk's `fdatasync` latency, with no server).
 
+mod expiry;
 mod grpc;
 mod library;
 mod load;
@@ -99,6 +100,10 @@ pub struct Args {
     /// from the start), e.g. to load exactly -r keys with -t bulkset.
     #[arg(long)]
     pub sequential: bool,
+    /// The set test's keys expire this many milliseconds after they are
+    /// set (native SetExpiring, RESP SET ... PX, gRPC Put's ttl_ms).
+    #[arg(long)]
+    pub ttl_ms: Option<u64>,
     /// Share of gets in the mixed test.
     #[arg(long, default_value_t = 0.9)]
     pub read_ratio: f64,
@@ -141,6 +146,14 @@ pub struct Args {
     /// and print their latency; no server needed.
     #[arg(long, value_name = "DIR")]
     pub fsync_probe: Option<PathBuf>,
+    /// Measure expiry instead of running tests: -r keys with random times
+    /// to live, then -r keys due at once under a GET load of -c tasks
+    /// (the `expiry` module; benches/expiry.sh).
+    #[arg(long)]
+    pub expiry: bool,
+    /// With --expiry: the server's process id, to report its CPU time.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 impl Args {
@@ -183,6 +196,9 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?;
         println!("{}", lines.join("; "));
         return Ok(());
+    }
+    if args.expiry {
+        return runtime.block_on(expiry::run(&args));
     }
     let report_only = args.requests == 0 && args.duration.is_none();
     if !report_only {
