@@ -644,17 +644,21 @@ impl Store {
                 });
                 Applied::Stored
             }
+            // Key by key, each under its own shard's lock: readers saw
+            // these keys gone already, so nothing needs them to go at one
+            // instant, and a 1,000-key batch never blocks a shard for long.
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
-                self.with_shards_of(keys.iter(), |i, map| {
-                    if !map.get(&keys[i]).is_some_and(|e| e.expired(*now)) {
-                        return;
+                for key in keys {
+                    let mut map = self.shard(key).write();
+                    if !map.get(key).is_some_and(|e| e.expired(*now)) {
+                        continue;
                     }
-                    if let Some(old) = map.take(&keys[i]) {
+                    if let Some(old) = map.take(key) {
                         self.count(&old, false);
                         removed += 1;
                     }
-                });
+                }
                 Applied::Int(removed)
             }
         }
