@@ -58,6 +58,8 @@ pub struct Group {
     engine: Arc<dyn Engine>,
     /// See [`Group::last_session`].
     last_session: Arc<AtomicU64>,
+    /// See [`Group::pages`].
+    pages: Arc<parking_lot::RwLock<()>>,
 }
 
 /// One group's role, term and members as this node sees them.
@@ -146,6 +148,7 @@ impl Group {
         let shards = machine.shards();
         let since_snapshot = machine.since_snapshot();
         let last_session = machine.last_session();
+        let pages = machine.pages();
         let raft = Raft::new(settings.id, raft_config(settings)?, network, log, machine)
             .await
             .map_err(|e| Error::Config(format!("raft group {id} did not start: {e}")))?;
@@ -165,6 +168,7 @@ impl Group {
             fresh,
             engine,
             last_session,
+            pages,
         })
     }
 
@@ -196,6 +200,12 @@ impl Group {
     /// The sharding table as this group's state machine has applied it.
     pub fn shards(&self) -> watch::Receiver<Arc<Shards>> {
         self.shards.clone()
+    }
+
+    /// The state machine's lock that keeps a scan page's walk and its
+    /// slot states consistent (`StateMachine::pages`).
+    pub fn pages(&self) -> Arc<parking_lot::RwLock<()>> {
+        self.pages.clone()
     }
 
     /// Whether this replica had never had a log entry or a vote when it

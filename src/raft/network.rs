@@ -313,6 +313,9 @@ async fn read_page(
     keys_only: bool,
 ) -> Result<ScanPage, Refusal> {
     confirm_leader(&served.raft).await?;
+    // No apply between the slot states read and the walk: the engine never
+    // holds writes whose slot states are not published yet.
+    let _pages = served.pages.read();
     // A slot is answered for only if the group served it both before and
     // after the walk: one that became the group's during the walk may have
     // been walked before its copy arrived.
@@ -348,6 +351,8 @@ struct Served {
     raft: Raft,
     engine: Arc<dyn Engine>,
     shards: watch::Receiver<Arc<Shards>>,
+    /// Read while a page walks (`StateMachine::pages`).
+    pages: Arc<RwLock<()>>,
 }
 
 impl Served {
@@ -409,6 +414,7 @@ impl Rafts {
         raft: Raft,
         engine: Arc<dyn Engine>,
         shards: watch::Receiver<Arc<Shards>>,
+        pages: Arc<RwLock<()>>,
     ) {
         (self.0.write()).insert(
             group,
@@ -416,6 +422,7 @@ impl Rafts {
                 raft,
                 engine,
                 shards,
+                pages,
             },
         );
     }

@@ -167,6 +167,7 @@ impl Cluster {
             first.raft().clone(),
             first.engine(),
             first.shards(),
+            first.pages(),
         );
         tracker.spawn(network::serve(
             listener,
@@ -238,9 +239,13 @@ impl Cluster {
                 return Err(e);
             }
         }
-        starter
-            .rafts
-            .insert(id, group.raft().clone(), group.engine(), group.shards());
+        starter.rafts.insert(
+            id,
+            group.raft().clone(),
+            group.engine(),
+            group.shards(),
+            group.pages(),
+        );
         self.groups.write().insert(id, Arc::new(group));
         tracing::info!(group = id, "raft group started");
         Ok(())

@@ -40,7 +40,7 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncSeekExt;
 
@@ -211,6 +211,11 @@ pub struct StateMachine {
     /// The sharding table as applied, for the node to start the groups it
     /// is placed in.
     shards: Arc<tokio::sync::watch::Sender<Arc<Shards>>>,
+    /// Written while an apply or an install changes the engine and then
+    /// publishes the slot states, read while a scan page walks the engine
+    /// (`network::read_page`): a page never sees data newer than the slot
+    /// states it checks, such as a slot purged but still shown as served.
+    pages: Arc<RwLock<()>>,
     /// Raised to the newest snapshot once its files are durable (and, for
     /// an install, loaded): the log's file purges no further.
     covered: Covered,
@@ -267,6 +272,7 @@ impl StateMachine {
             since_snapshot: Arc::default(),
             last_session: Arc::new(AtomicU64::new(last_session)),
             shards: Arc::new(shards),
+            pages: Arc::default(),
             covered,
         };
         let keep = machine
@@ -305,6 +311,11 @@ impl StateMachine {
     /// The sharding table as applied, from now on.
     pub fn shards(&self) -> tokio::sync::watch::Receiver<Arc<Shards>> {
         self.shards.subscribe()
+    }
+
+    /// See the `pages` field; shared with the raft port.
+    pub fn pages(&self) -> Arc<RwLock<()>> {
+        self.pages.clone()
     }
 
     /// Tells the node the table changed.
@@ -451,9 +462,12 @@ impl StateMachine {
                 false => Ok(Vec::new()),
             }
         };
-        (self.engine).apply_resolved(&all, last.index, Some(&mut note))?;
-        if reshaped {
-            self.publish_shards(&applied.shards);
+        {
+            let _pages = self.pages.write();
+            (self.engine).apply_resolved(&all, last.index, Some(&mut note))?;
+            if reshaped {
+                self.publish_shards(&applied.shards);
+            }
         }
         let mut outcomes = outcomes.into_iter();
         Ok((steps.iter())
@@ -750,6 +764,8 @@ impl StateMachine {
             (self.fs.rename(received, path)).map_err(|e| Error::io(path, e))
         })?;
         let (_, db_path) = self.paths(&meta.snapshot_id);
+        let pages = self.pages.clone();
+        let pages = pages.write();
         let (sessions, shards) = match load_snapshot(&*self.fs, &*self.engine, &db_path, meta) {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -764,6 +780,7 @@ impl StateMachine {
         applied.sessions = sessions;
         (self.last_session).store(applied.sessions.last_id(), Ordering::Release);
         self.publish_shards(&shards);
+        drop(pages);
         applied.shards = shards;
         applied.current = Some(meta.clone());
         self.since_snapshot.store(0, Ordering::Relaxed);
