@@ -354,7 +354,7 @@ impl Change {
                 if !replace && view.get(&to)?.is_some() {
                     return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
                 }
-                let at = view.deadline(&from)?.flatten();
+                let at = view.kept(&from)?;
                 Resolved::Log(set_with(to, value, at), Applied::Bool(true))
             }
             Change::GetDel { key } => match view.get(&key)? {
@@ -376,7 +376,7 @@ impl Change {
                 };
                 match current.checked_add(by) {
                     Some(n) => {
-                        let kept = view.deadline(&key)?.flatten();
+                        let kept = view.kept(&key)?;
                         let op = set_with(key, Bytes::from(n.to_string()), kept);
                         Resolved::Log(op, Applied::Int(n))
                     }
@@ -404,7 +404,7 @@ impl Change {
                 let mut joined = BytesMut::with_capacity(len);
                 joined.extend_from_slice(&old);
                 joined.extend_from_slice(&value);
-                let kept = view.deadline(&key)?.flatten();
+                let kept = view.kept(&key)?;
                 Resolved::Log(
                     set_with(key, joined.freeze(), kept),
                     Applied::Int(len as i64),
@@ -473,11 +473,18 @@ impl<'a> BatchView<'a> {
         if self.get(key)?.is_none() {
             return Ok(None);
         }
-        Ok(Some(match self.deadlines.get(key) {
+        self.kept(key).map(Some)
+    }
+
+    /// The deadline a write of `key` keeps: its own, or none for a key
+    /// without a value. For a caller that has just read the value, so
+    /// [`BatchView::deadline`]'s second read of it is not needed.
+    pub fn kept(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+        Ok(match self.deadlines.get(key) {
             Some(at) => *at,
             None if self.cleared => None,
             None => self.engine.deadline(key)?.flatten(),
-        }))
+        })
     }
 
     /// Takes in a write that will be applied after the ones before it.
@@ -570,7 +577,7 @@ fn set_range(
     let mut new = BytesMut::zeroed(old.len().max(end));
     new[..old.len()].copy_from_slice(&old);
     new[offset..end].copy_from_slice(&value);
-    let kept = view.deadline(&key)?.flatten();
+    let kept = view.kept(&key)?;
     let len = new.len() as i64;
     Ok(Resolved::Log(
         set_with(key, new.freeze(), kept),
@@ -590,7 +597,7 @@ fn rename(view: &BatchView, from: Bytes, to: Bytes, replace: bool) -> Result<Res
     if from == to {
         return Ok(Resolved::Answer(Ok(Applied::Bool(true))));
     }
-    let at = view.deadline(&from)?.flatten();
+    let at = view.kept(&from)?;
     let op = WriteOp::Rename {
         from,
         to,
@@ -620,7 +627,7 @@ fn incr_by_float(view: &BatchView, key: Bytes, by: Bytes) -> Result<Resolved, Er
     // Display never uses an exponent, and gives the shortest text that
     // reads back as the same f64 ("0.30000000000000004", "10.6").
     let text = Bytes::from(format!("{sum}"));
-    let kept = view.deadline(&key)?.flatten();
+    let kept = view.kept(&key)?;
     let op = set_with(key, text.clone(), kept);
     Ok(Resolved::Log(op, Applied::Value(Some(text))))
 }
@@ -667,7 +674,7 @@ fn set_if(
     }
     let at = match deadline {
         Some(at) => at,
-        None => view.deadline(&key)?.flatten(),
+        None => view.kept(&key)?,
     };
     Ok(Resolved::Log(set_with(key, value, at), outcome))
 }
@@ -711,7 +718,7 @@ fn get_ex(
     let Some(value) = view.get(&key)? else {
         return Ok(Resolved::Answer(Ok(Applied::Value(None))));
     };
-    let current = view.deadline(&key)?.flatten();
+    let current = view.kept(&key)?;
     let outcome = Applied::Value(Some(value));
     let op = match at {
         None => None,
