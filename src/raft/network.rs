@@ -313,25 +313,20 @@ async fn read_page(
     keys_only: bool,
 ) -> Result<ScanPage, Refusal> {
     confirm_leader(&served.raft).await?;
-    // No apply between the slot states read and the walk: the engine never
-    // holds writes whose slot states are not published yet.
+    // No apply, and so no new slot states, until the walk is done: the
+    // states read are those of the data walked.
     let _pages = served.pages.read();
-    // A slot is answered for only if the group served it both before and
-    // after the walk: one that became the group's during the walk may have
-    // been walked before its copy arrived.
-    let before = served.shards.borrow().clone();
+    let shards = served.shards.borrow().clone();
     let (walked, more) = (served.engine.pairs(span, limit, READ_PAGE_BYTES))
         .map_err(|e| Refusal::Failed(e.to_string()))?;
     let stopped_at = more
         .then(|| walked.last().map(|(key, _)| key.clone()))
         .flatten();
-    let after = served.shards.borrow().clone();
-    let serves = |slot| [&before, &after].iter().all(|s| s.answers(slot));
     let pairs = (walked.into_iter())
-        .filter(|(key, _)| serves(slot_of(key)))
+        .filter(|(key, _)| shards.answers(slot_of(key)))
         .map(|(key, value)| (key, if keys_only { Bytes::new() } else { value }))
         .collect();
-    let answered = before.answered_with(&after);
+    let answered = shards.answered();
     Ok(ScanPage {
         pairs,
         stopped_at,

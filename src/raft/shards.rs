@@ -185,12 +185,10 @@ impl Shards {
         matches!(self.state(slot), SlotState::Serving | SlotState::Frozen)
     }
 
-    /// The ranges of slots both this table and `other` answer for.
-    pub fn answered_with(&self, other: &Shards) -> Vec<(u16, u16)> {
+    /// The ranges of slots this table answers for.
+    pub fn answered(&self) -> Vec<(u16, u16)> {
         let mut ranges: Vec<(u16, u16)> = Vec::new();
-        for slot in
-            (0..kvstore_client::slot::SLOTS).filter(|s| self.answers(*s) && other.answers(*s))
-        {
+        for slot in (0..kvstore_client::slot::SLOTS).filter(|s| self.answers(*s)) {
             match ranges.last_mut() {
                 Some((_, last)) if *last + 1 == slot => *last = slot,
                 _ => ranges.push((slot, slot)),
