@@ -37,10 +37,11 @@ fn filled(shards: usize) -> Arc<Store> {
     let store = Arc::new(Store::new(shards));
     let value = Bytes::from(vec![b'x'; 100]);
     for i in 0..KEYS {
-        store.apply(&WriteOp::Set {
+        let set = WriteOp::Set {
             key: key(i),
             value: value.clone(),
-        });
+        };
+        store.apply_at(&set, i + 1);
     }
     store
 }
@@ -88,7 +89,7 @@ fn concurrent(c: &mut Criterion) {
                                 let items = (0..100)
                                     .map(|j| (key(r + j * 7919), value.clone()))
                                     .collect();
-                                store.apply(&WriteOp::BulkSet { items });
+                                store.apply_at(&WriteOp::BulkSet { items }, r);
                             }
                         } else {
                             std::hint::black_box(store.get(&key(r)));

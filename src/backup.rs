@@ -88,7 +88,8 @@ struct TeeList {
 /// The writes one backup has been sent since its start mark.
 struct TeeBuffer {
     id: u64,
-    ops: Vec<WriteOp>,
+    /// Each with its revision.
+    ops: Vec<(WriteOp, u64)>,
     /// Whether it takes writes at all.
     records: bool,
     /// The ops' memory ([`held_bytes`]), checked against [`MAX_TEE_BYTES`].
@@ -192,16 +193,17 @@ impl Tees {
 pub struct TeeGuard<'a>(MutexGuard<'a, TeeList>);
 
 impl TeeGuard<'_> {
-    /// Tees one applied write to every running backup. Cheap when none
-    /// runs; a clone of a `WriteOp` shares its key and value bytes.
-    pub fn record(&mut self, op: &WriteOp) {
+    /// Tees one applied write, made at `revision`, to every running
+    /// backup. Cheap when none runs; a clone of a `WriteOp` shares its key
+    /// and value bytes.
+    pub fn record(&mut self, op: &WriteOp, revision: u64) {
         for tee in (self.0.tees.iter_mut()).filter(|t| t.records && !t.overrun) {
             tee.bytes += held_bytes(op);
             if tee.bytes > MAX_TEE_BYTES {
                 tee.overrun = true;
                 tee.ops = Vec::new();
             } else {
-                tee.ops.push(op.clone());
+                tee.ops.push((op.clone(), revision));
             }
         }
     }
@@ -222,8 +224,9 @@ fn given_up() -> Error {
 }
 
 impl Tee {
-    /// The end mark: the writes applied since the start mark, in order.
-    fn end(self) -> Result<Vec<WriteOp>, Error> {
+    /// The end mark: the writes applied since the start mark, in order,
+    /// with their revisions.
+    fn end(self) -> Result<Vec<(WriteOp, u64)>, Error> {
         let buffer = self.tees.remove(self.id).ok_or_else(given_up)?;
         if buffer.overrun {
             return Err(Error::Backup(format!(
@@ -270,27 +273,17 @@ pub trait View: Send {
     /// moments), so that the backup must end with the writes applied
     /// during it; false for one instant's view.
     fn fuzzy(&self) -> bool;
-
-    /// Whether the copy may hold a key with a deadline, so that its file
-    /// must be the version that keeps them (see `crate::storage::snapshot`).
-    fn timed(&self) -> bool {
-        false
-    }
 }
 
 /// The memory engine's map (an `Arc<Store>`, or a `&Store`), copied a few
 /// pairs per shard lock.
 impl<S: std::ops::Deref<Target = Store> + Send> View for S {
     fn copy_some(&mut self, encoder: &mut Encoder) -> Result<bool, Error> {
-        encoder.copy_some(self).map_err(Error::StorageFailed)
+        Ok(encoder.copy_some(self))
     }
 
     fn fuzzy(&self) -> bool {
         true
-    }
-
-    fn timed(&self) -> bool {
-        self.has_held_deadlines()
     }
 }
 
@@ -302,7 +295,7 @@ pub struct Backup {
     /// Registered until the copy is done.
     tee: Option<Tee>,
     /// Once the copy is done: the teed writes not yet encoded.
-    ops: Option<std::vec::IntoIter<WriteOp>>,
+    ops: Option<std::vec::IntoIter<(WriteOp, u64)>>,
     /// The footer is encoded: what is left to take is all there is.
     finished: bool,
     /// The backup failed: it never goes on.
@@ -320,7 +313,7 @@ impl Backup {
         let tee = tees.start(view.fuzzy())?;
         // A backup put in place of a data file recovers like one whose log
         // starts afresh at segment 1.
-        let encoder = Encoder::backup(1, 1, view.timed());
+        let encoder = Encoder::new(1, 1);
         Ok(Backup {
             view,
             tees: tees.clone(),
@@ -408,7 +401,9 @@ impl Backup {
                 }
             }
             Some(ops) => match ops.next() {
-                Some(op) => self.encoder.push_op(&op).map_err(Error::Backup)?,
+                Some((op, revision)) => {
+                    (self.encoder.push_op(&op, revision)).map_err(Error::Backup)?
+                }
                 None => {
                     self.encoder.finish();
                     self.finished = true;
@@ -516,7 +511,7 @@ mod tests {
 
     /// Applies `op` as the commit thread does: teed, then applied.
     fn commit(store: &Store, tees: &Tees, op: WriteOp) {
-        tees.lock().record(&op);
+        tees.lock().record(&op, 0);
         store.apply(&op);
     }
 

@@ -89,6 +89,9 @@ impl Message {
 enum Job {
     Write {
         resolved: Resolved,
+        /// The sequence number of its record, its op's revision (the
+        /// last record's before it if it logged nothing).
+        seq: u64,
         done: Done,
         /// Held until the job is answered, like the message's.
         _budget: OwnedSemaphorePermit,
@@ -474,6 +477,7 @@ impl Worker {
                     }
                     jobs.push(Job::Write {
                         resolved,
+                        seq: self.seq,
                         done,
                         _budget,
                     });
@@ -531,9 +535,9 @@ impl Worker {
                 .record(started.elapsed().as_micros() as u64);
             self.synced();
         }
-        let resolved: Vec<&Resolved> = (jobs.jobs.iter())
+        let resolved: Vec<(&Resolved, u64)> = (jobs.jobs.iter())
             .filter_map(|job| match job {
-                Job::Write { resolved, .. } => Some(resolved),
+                Job::Write { resolved, seq, .. } => Some((resolved, *seq)),
                 Job::Sync(_) => None,
             })
             .collect();
@@ -825,6 +829,7 @@ mod tests {
             jobs: vec![
                 Job::Write {
                     resolved: Resolved::Apply(set("a")),
+                    seq: 1,
                     done,
                     _budget: budget.clone().try_acquire_owned().unwrap(),
                 },

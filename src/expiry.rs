@@ -108,7 +108,9 @@ mod tests {
             .map(|i| timed(i, 500 + i % 7))
             .chain((0..10).map(|i| timed(10_000 + i, 5_000)))
             .collect();
-        engine.apply(&ops.iter().collect::<Vec<_>>(), 1).unwrap();
+        engine
+            .apply(&ops.iter().map(|op| (op, 1)).collect::<Vec<_>>(), 1)
+            .unwrap();
         let writes = Arc::new(Mutex::new(Vec::new()));
         let write: Write = {
             let (engine, writes) = (engine.clone(), writes.clone());
@@ -120,7 +122,7 @@ mod tests {
                     };
                     writes.lock().push((keys.len(), *now));
                     let position = writes.lock().len() as u64 + 1;
-                    Ok(engine.apply(&[&op], position)?.remove(0))
+                    Ok(engine.apply(&[(&op, position)], position)?.remove(0))
                 })
             })
         };

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use kvstore::backup::{Backup, Tees};
 use kvstore::engine::disk::Disk;
 use kvstore::engine::memory::Memory;
-use kvstore::engine::{Applied, Engine, Span};
+use kvstore::engine::{Applied, Engine, Revisions, Span};
 use kvstore::storage::change::{BatchView, Change};
 use kvstore::storage::clock::Clock;
 use kvstore::storage::fs::RealFs;
@@ -119,12 +119,15 @@ engine_suite!(disk, |_shards| {
 });
 
 /// What the engines should hold: every value, the deadlines of keys that
-/// have one, and the time the clock says.
+/// have one, each key's revisions, the time the clock says, and the
+/// revision of the writes being applied.
 #[derive(Debug, Default)]
 struct Model {
     values: BTreeMap<Bytes, Bytes>,
     deadlines: BTreeMap<Bytes, u64>,
+    revisions: BTreeMap<Bytes, Revisions>,
     now: u64,
+    revision: u64,
 }
 
 impl Model {
@@ -141,7 +144,51 @@ impl Model {
             .collect()
     }
 
+    /// What readers see of `key`, with its revisions.
+    fn revised(&self, key: &[u8]) -> Option<(Bytes, Revisions)> {
+        let revisions = self.revisions.get(key).copied().unwrap_or_default();
+        self.live(key)
+            .then(|| (self.values[key].clone(), revisions))
+    }
+
+    /// Notes a write of `key` at the current revision; it was stored
+    /// before if `was_stored`.
+    fn revise(&mut self, key: &Bytes, was_stored: bool) {
+        let created = match was_stored {
+            true => self.revisions.get(key).map_or(0, |r| r.created),
+            false => self.revision,
+        };
+        let revisions = Revisions {
+            modified: self.revision,
+            created,
+        };
+        self.revisions.insert(key.clone(), revisions);
+    }
+
+    /// Gives a stored `key` the deadline `at` (`None`: none); whether it
+    /// was stored.
+    fn set_deadline(&mut self, key: &Bytes, at: Option<u64>) -> bool {
+        let stored = self.values.contains_key(key);
+        if stored {
+            match at {
+                Some(at) => self.deadlines.insert(key.clone(), at),
+                None => self.deadlines.remove(key),
+            };
+            self.revise(key, true);
+        }
+        stored
+    }
+
+    /// Gives `key` a new value, keeping its deadline.
+    fn rewrite(&mut self, key: &Bytes, value: Bytes) {
+        let was_stored = self.values.contains_key(key);
+        self.revise(key, was_stored);
+        self.values.insert(key.clone(), value);
+    }
+
     fn insert(&mut self, key: &Bytes, value: &Bytes, at: Option<u64>) {
+        let was_stored = self.values.contains_key(key);
+        self.revise(key, was_stored);
         self.values.insert(key.clone(), value.clone());
         match at {
             Some(at) => self.deadlines.insert(key.clone(), at),
@@ -154,13 +201,14 @@ impl Model {
         let live = self.live(key);
         self.values.remove(key);
         self.deadlines.remove(key);
+        self.revisions.remove(key);
         live
     }
 }
 
-/// Applies one write as a batch of its own at `position`.
+/// Applies one write as a batch of its own at `position`, its revision.
 fn apply(engine: &dyn Engine, op: &WriteOp, position: u64) -> Applied {
-    let mut applied = engine.apply(&[op], position).expect("apply");
+    let mut applied = engine.apply(&[(op, position)], position).expect("apply");
     assert_eq!(applied.len(), 1);
     applied.remove(0)
 }
@@ -257,6 +305,7 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
         WriteOp::Clear => {
             model.values.clear();
             model.deadlines.clear();
+            model.revisions.clear();
             Applied::Stored
         }
         WriteOp::SetExpiring { key, value, at } => {
@@ -271,18 +320,8 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
         }
         // Applied to the stored key whatever the clock says (so replay
         // does not depend on it); the commit thread decides on live keys.
-        WriteOp::ExpireAt { key, at } => {
-            let stored = model.values.contains_key(key);
-            if stored {
-                model.deadlines.insert(key.clone(), *at);
-            }
-            Applied::Bool(stored)
-        }
-        WriteOp::Persist { key } => {
-            let stored = model.values.contains_key(key);
-            model.deadlines.remove(key);
-            Applied::Bool(stored)
-        }
+        WriteOp::ExpireAt { key, at } => Applied::Bool(model.set_deadline(key, Some(*at))),
+        WriteOp::Persist { key } => Applied::Bool(model.set_deadline(key, None)),
         WriteOp::Rename {
             from,
             to,
@@ -298,8 +337,7 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
             for key in keys {
                 let due = model.deadlines.get(key).is_some_and(|at| at <= now);
                 if due && model.values.contains_key(key) {
-                    model.values.remove(key);
-                    model.deadlines.remove(key);
+                    model.remove(key);
                     removed += 1;
                 }
             }
@@ -434,13 +472,16 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             };
             match (holds, at <= now) {
                 (true, true) => drop(model.remove(key)),
-                (true, false) => drop(model.deadlines.insert(key.clone(), *at)),
+                (true, false) => drop(model.set_deadline(key, Some(*at))),
                 (false, _) => {}
             }
             Ok(Applied::Bool(holds))
         }
         Change::Persist { key } => {
-            let timed = model.live(key) && model.deadlines.remove(key).is_some();
+            let timed = model.live(key) && model.deadlines.contains_key(key);
+            if timed {
+                model.set_deadline(key, None);
+            }
             Ok(Applied::Bool(timed))
         }
         Change::GetEx { key, at, now } => {
@@ -449,9 +490,9 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             };
             match at {
                 None => {}
+                Some(at) if *at == model.deadlines.get(key).copied() => {}
                 Some(Some(at)) if at <= now => drop(model.remove(key)),
-                Some(Some(at)) => drop(model.deadlines.insert(key.clone(), *at)),
-                Some(None) => drop(model.deadlines.remove(key)),
+                Some(at) => drop(model.set_deadline(key, *at)),
             }
             Ok(Applied::Value(Some(value)))
         }
@@ -472,7 +513,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             let n = current
                 .checked_add(*by)
                 .ok_or(kvstore_client::ErrorCode::Overflow as u32)?;
-            model.values.insert(key.clone(), Bytes::from(n.to_string()));
+            model.rewrite(key, Bytes::from(n.to_string()));
             Ok(Applied::Int(n))
         }
         Change::Append {
@@ -490,7 +531,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
                 return Err(kvstore_client::ErrorCode::ValueTooLarge as u32);
             }
             let len = joined.len() as i64;
-            model.values.insert(key.clone(), Bytes::from(joined));
+            model.rewrite(key, Bytes::from(joined));
             Ok(Applied::Int(len))
         }
         Change::SetRange {
@@ -511,7 +552,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             new.resize(new.len().max(end), 0);
             new[*offset as usize..end].copy_from_slice(value);
             let len = new.len() as i64;
-            model.values.insert(key.clone(), Bytes::from(new));
+            model.rewrite(key, Bytes::from(new));
             Ok(Applied::Int(len))
         }
         Change::IncrByFloat { key, by } => {
@@ -532,7 +573,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
                 return Err(not_float);
             }
             let text = Bytes::from(sum.to_string());
-            model.values.insert(key.clone(), text.clone());
+            model.rewrite(key, text.clone());
             Ok(Applied::Value(Some(text)))
         }
         Change::BulkSetIfAbsent { items } => {
@@ -550,6 +591,10 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             };
             if !replace && model.live(to) {
                 return Ok(Applied::Bool(false));
+            }
+            // Nothing changes, as in Redis (a WATCH of the key holds).
+            if from == to {
+                return Ok(Applied::Bool(true));
             }
             let at = model.deadlines.get(from).copied();
             model.remove(from);
@@ -592,6 +637,7 @@ fn batched_changes_answer_like_sequential_ones(
 ) -> Result<(), TestCaseError> {
     let mut model = Model::default();
     for (position, batch) in (1..).zip(batches) {
+        model.revision = position;
         let mut view = BatchView::new(engine);
         let mut resolved = Vec::new();
         let mut expected = Vec::new();
@@ -604,9 +650,8 @@ fn batched_changes_answer_like_sequential_ones(
             resolved.push(r);
         }
         drop(view);
-        let applied = engine
-            .apply_resolved(&resolved.iter().collect::<Vec<_>>(), position, None)
-            .expect("apply");
+        let revised: Vec<_> = resolved.iter().map(|r| (r, position)).collect();
+        let applied = (engine.apply_resolved(&revised, position, None)).expect("apply");
         for ((r, applied), expected) in resolved.into_iter().zip(applied).zip(expected) {
             let got = match r.outcome(applied) {
                 Ok(outcome) => Ok(outcome),
@@ -616,6 +661,9 @@ fn batched_changes_answer_like_sequential_ones(
             prop_assert_eq!(got, expected);
         }
         prop_assert_eq!(engine.applied(), position);
+        for key in model.values.keys() {
+            prop_assert_eq!(engine.get_revised(key).unwrap(), model.revised(key));
+        }
     }
     let all = engine.keys(b"", None, usize::MAX, usize::MAX).unwrap().keys;
     prop_assert_eq!(all.len(), model.values.len());
@@ -641,6 +689,7 @@ fn behaves_like_a_btreemap(
         match step {
             Step::Write(op) => {
                 position += 1 + op.approx_len() as u64 % 3;
+                model.revision = position;
                 prop_assert_eq!(apply(engine, &op, position), model_apply(&mut model, &op));
                 prop_assert_eq!(engine.applied(), position);
             }
@@ -654,6 +703,7 @@ fn behaves_like_a_btreemap(
             }
             Step::Get(key) => {
                 prop_assert_eq!(engine.get(&key).unwrap(), visible.get(&key).cloned());
+                prop_assert_eq!(engine.get_revised(&key).unwrap(), model.revised(&key));
                 prop_assert_eq!(engine.contains(&key).unwrap(), visible.contains_key(&key));
             }
             Step::GetMany(keys) => {

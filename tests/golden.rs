@@ -471,26 +471,23 @@ fn every_documented_example_is_byte_exact() {
     }
 }
 
-/// The backup file of docs/protocol.md: one pair copied (`k` = `v`), then
-/// one write made during the copy (`k2` = `v2`), as the server encodes it.
+/// The backup file of docs/protocol.md: one pair copied (`k` = `v`, set at
+/// revision 1), then one write made during the copy (`k2` = `v2`, the
+/// write of revision 2), as the server encodes it.
 #[test]
 fn the_documented_backup_file_is_byte_exact_and_loads() {
     use kvstore::storage::{op::WriteOp, snapshot, store::Store};
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md")).unwrap();
     let store = Store::new(1);
-    store.apply(&WriteOp::Set {
-        key: b("k"),
-        value: b("v"),
-    });
-    let mut encoder = snapshot::Encoder::backup(1, 1, false);
-    while encoder.copy_some(&store).unwrap() {}
-    encoder
-        .push_op(&WriteOp::Set {
-            key: b("k2"),
-            value: b("v2"),
-        })
-        .unwrap();
+    let set = |key, value| WriteOp::Set {
+        key: b(key),
+        value: b(value),
+    };
+    store.apply_at(&set("k", "v"), 1);
+    let mut encoder = snapshot::Encoder::new(1, 1);
+    while encoder.copy_some(&store) {}
+    encoder.push_op(&set("k2", "v2"), 2).unwrap();
     encoder.finish();
     let actual = encoder.take(usize::MAX).to_vec();
     let expected = documented(&doc, "backup-file");
@@ -506,7 +503,9 @@ fn the_documented_backup_file_is_byte_exact_and_loads() {
     let info = snapshot::load(&kvstore::storage::fs::RealFs, &path, &loaded)
         .unwrap()
         .unwrap();
-    assert_eq!((info.entries, info.ops, info.bytes), (1, 1, 126));
+    assert_eq!((info.entries, info.ops, info.bytes), (1, 1, 150));
+    let revised = |key: &str| loaded.get_revised(key.as_bytes()).map(|(_, r)| r.modified);
+    assert_eq!((revised("k"), revised("k2")), (Some(1), Some(2)));
     assert_eq!(loaded.get(b"k2"), Some(b("v2")));
     assert_eq!(loaded.len(), 2);
 }

@@ -73,8 +73,8 @@ fn ops() -> Vec<WriteOp> {
 
 fn model(ops: &[WriteOp]) -> BTreeMap<Bytes, Bytes> {
     let store = Store::new(1);
-    ops.iter().for_each(|op| {
-        store.apply(op);
+    (ops.iter()).zip(1..).for_each(|(op, seq)| {
+        store.apply_at(op, seq);
     });
     dump(&store)
 }
@@ -313,10 +313,11 @@ fn snapshot_of(dir: &Path, n: u32) -> (PathBuf, BTreeMap<Bytes, Bytes>) {
     let data = dir.join("kvstore.db");
     let store = Store::new(4);
     for i in 0..n {
-        store.apply(&WriteOp::Set {
+        let set = WriteOp::Set {
             key: b(format!("key{i}")),
             value: b(vec![i as u8; (i % 300) as usize]),
-        });
+        };
+        store.apply_at(&set, u64::from(i) + 1);
     }
     snapshot::write(&RealFs, &data, &mut &store, 1, 1, || Ok(())).unwrap();
     (data, dump(&store))
@@ -474,8 +475,8 @@ fn segments_covered_by_the_snapshot_are_dropped_and_later_ones_replayed() {
     let (data, _) = write_log(dir.path(), &ops[..2]);
     // Snapshot of the first two writes, saying the log goes on at segment 2.
     let store = Store::new(2);
-    ops[..2].iter().for_each(|op| {
-        store.apply(op);
+    (ops[..2].iter()).zip(1..).for_each(|(op, seq)| {
+        store.apply_at(op, seq);
     });
     snapshot::write(&RealFs, &data, &mut &store, 2, 3, || Ok(())).unwrap();
     let wal_dir = wal::dir_for(&data);

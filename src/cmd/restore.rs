@@ -65,8 +65,8 @@ async fn restore(name: String, db: &Db) -> Result<SnapshotInfo, Error> {
     joined(tokio::task::spawn_blocking(check)).await?;
     let (batches, mut queue) = mpsc::channel::<Vec<WriteOp>>(2);
     let reader = tokio::task::spawn_blocking(move || {
-        snapshot::read_batches(&RealFs, &path, &mut |ops| {
-            let batch = ops.iter().map(|op| (*op).clone()).collect();
+        snapshot::read_batches(&RealFs, &path, &mut |part| {
+            let batch = part.writes();
             batches
                 .blocking_send(batch)
                 .map_err(|_| failed("the restore stopped"))

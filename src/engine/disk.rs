@@ -27,6 +27,10 @@
 //! by deadline ([`DUE`]), which the sweep walks in deadline order. Keeping
 //! them in the data keyspace lets an install's new generation carry them.
 //!
+//! A key's revisions (docs/transactions.md) are one more item behind a
+//! fourth tag ([`REVISIONS`]), written in the same batch as the value; a
+//! key stored before revisions were kept has none and reads as revision 0.
+//!
 //! fjall gives every item of a batch one sequence number, so a batch may
 //! name a key only once: [`Disk::apply`] folds the batch's writes into one
 //! final state per key first. `Clear` removes every key in the same batch
@@ -46,6 +50,7 @@
 //!   keyspace "data"        TAG key → value (generation N > 0: "data-N")
 //!                          DEADLINE key → deadline (u64 big-endian)
 //!                          DUE deadline key → empty
+//!                          REVISIONS key → modified, created (u64s big-endian)
 //!   keyspace "meta"        "applied", "checkpoint", "replay_segment",
 //!                          "replay_seq", "keys", "key_bytes",
 //!                          "value_bytes", "timed", "generation" → u64
@@ -64,7 +69,9 @@ use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use parking_lot::{Mutex, RwLock};
 
-use super::{Applied, Checkpoint, Engine, KeysPage, Noter, PairsPage, Span};
+use super::{
+    Applied, Checkpoint, Engine, KeysPage, Noter, PairsPage, Revised, Revisions, Span, Stored,
+};
 use crate::backup::View;
 use crate::error::Error;
 use crate::storage::clock::Clock;
@@ -79,6 +86,8 @@ const TAG: u8 = 0;
 const DEADLINE: u8 = 1;
 /// The byte before a deadline and key, in the sweep's order.
 const DUE: u8 = 2;
+/// The byte before a key whose value is its revisions.
+const REVISIONS: u8 = 3;
 /// The longest key the engine stores.
 pub const MAX_KEY: usize = u16::MAX as usize - 1;
 
@@ -278,6 +287,20 @@ impl Disk {
         }
     }
 
+    /// The revisions of `key` as the batch so far leaves it (`None`: it has
+    /// no value, or none kept).
+    fn revisions_in(&self, folded: &Folded, key: &[u8]) -> Result<Option<Revisions>, Error> {
+        match folded.revisions.get(key) {
+            Some(revisions) => Ok(*revisions),
+            None if folded.cleared => Ok(None),
+            None => {
+                let found = self.data.read().get(revisions_key(key));
+                let found = found.map_err(|e| failed(&self.path, e))?;
+                found.map(|r| unrevised(&self.path, &r)).transpose()
+            }
+        }
+    }
+
     /// Whether `key`'s deadline, as the batch so far leaves it, has not
     /// passed (or it has none).
     fn unexpired_in(&self, folded: &Folded, key: &[u8]) -> Result<bool, Error> {
@@ -303,70 +326,102 @@ impl Disk {
         Ok(())
     }
 
-    /// Gives a stored `key` the deadline `at`; whether it was stored.
+    /// Gives a stored `key` the deadline `at` at `revision`; whether it
+    /// was stored.
     fn redeadline(
         &self,
         folded: &mut Folded,
         key: &Bytes,
         at: Option<u64>,
+        revision: u64,
     ) -> Result<Applied, Error> {
         let stored = self.len_in(folded, key)?.is_some();
         if stored {
             self.set_deadline(folded, key, at)?;
+            self.revise(folded, key, true, revision)?;
         }
         Ok(Applied::Bool(stored))
     }
 
-    /// Takes one write into the batch's folded state.
-    fn fold(&self, folded: &mut Folded, op: &WriteOp) -> Result<Applied, Error> {
+    /// Notes that `key`, stored before if `was_stored`, was written at
+    /// `revision`.
+    fn revise(
+        &self,
+        folded: &mut Folded,
+        key: &Bytes,
+        was_stored: bool,
+        revision: u64,
+    ) -> Result<(), Error> {
+        let created = match was_stored {
+            true => self.revisions_in(folded, key)?.map_or(0, |r| r.created),
+            false => revision,
+        };
+        let revisions = Revisions {
+            modified: revision,
+            created,
+        };
+        folded.revisions.insert(key.clone(), Some(revisions));
+        Ok(())
+    }
+
+    /// Takes one write, made at `revision`, into the batch's folded state.
+    fn fold(&self, folded: &mut Folded, (op, revision): Revised) -> Result<Applied, Error> {
+        let at = revision;
         Ok(match op {
             WriteOp::Set { key, value } => {
-                self.put(folded, key, Some(value), None)?;
+                self.put(folded, key, Some(value), None, at)?;
                 Applied::Stored
             }
-            WriteOp::Delete { key } => Applied::Deleted(self.put(folded, key, None, None)?),
+            WriteOp::Delete { key } => Applied::Deleted(self.put(folded, key, None, None, at)?),
             WriteOp::BulkSet { items } => {
                 for (key, value) in items {
-                    self.put(folded, key, Some(value), None)?;
+                    self.put(folded, key, Some(value), None, at)?;
                 }
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
                 let mut removed = 0;
                 for key in keys {
-                    removed += i64::from(self.put(folded, key, None, None)?);
+                    removed += i64::from(self.put(folded, key, None, None, at)?);
                 }
                 Applied::Int(removed)
             }
             WriteOp::Clear => {
                 folded.keys.clear();
                 folded.deadlines.clear();
+                folded.revisions.clear();
                 folded.cleared = true;
                 folded.counts = Counts::default();
                 Applied::Stored
             }
-            WriteOp::SetExpiring { key, value, at } => {
-                self.put(folded, key, Some(value), Some(*at))?;
+            WriteOp::SetExpiring {
+                key,
+                value,
+                at: deadline,
+            } => {
+                self.put(folded, key, Some(value), Some(*deadline), at)?;
                 Applied::Stored
             }
             WriteOp::SetExpiringMany { items } => {
-                for (key, value, at) in items {
-                    self.put(folded, key, Some(value), Some(*at))?;
+                for (key, value, deadline) in items {
+                    self.put(folded, key, Some(value), Some(*deadline), at)?;
                 }
                 Applied::Stored
             }
             // Decided by the commit thread on what readers see; applied to
             // the stored key whatever the clock says, so replay agrees.
-            WriteOp::ExpireAt { key, at } => self.redeadline(folded, key, Some(*at))?,
-            WriteOp::Persist { key } => self.redeadline(folded, key, None)?,
+            WriteOp::ExpireAt { key, at: deadline } => {
+                self.redeadline(folded, key, Some(*deadline), at)?
+            }
+            WriteOp::Persist { key } => self.redeadline(folded, key, None, at)?,
             WriteOp::Rename {
                 from,
                 to,
                 value,
-                at,
+                at: deadline,
             } => {
-                self.put(folded, from, None, None)?;
-                self.put(folded, to, Some(value), *at)?;
+                self.put(folded, from, None, None, at)?;
+                self.put(folded, to, Some(value), *deadline, at)?;
                 Applied::Stored
             }
             WriteOp::Expire { keys, now } => {
@@ -374,7 +429,7 @@ impl Disk {
                 for key in keys {
                     let due = self.deadline_in(folded, key)?.is_some_and(|at| at <= *now);
                     if due && self.len_in(folded, key)?.is_some() {
-                        self.put(folded, key, None, None)?;
+                        self.put(folded, key, None, None, at)?;
                         removed += 1;
                     }
                 }
@@ -383,14 +438,15 @@ impl Disk {
         })
     }
 
-    /// Sets `key` to `value` (`None`: removes it) with deadline `at` in the
-    /// folded state; whether it had a value readers saw.
+    /// Sets `key` to `value` (`None`: removes it) with deadline `at` at
+    /// `revision` in the folded state; whether it had a value readers saw.
     fn put(
         &self,
         folded: &mut Folded,
         key: &Bytes,
         value: Option<&Bytes>,
         at: Option<u64>,
+        revision: u64,
     ) -> Result<bool, Error> {
         if key.len() > MAX_KEY {
             return Err(failed(
@@ -407,6 +463,10 @@ impl Disk {
         folded.counts.change(key, old, new);
         folded.keys.insert(key.clone(), value.cloned());
         self.set_deadline(folded, key, at)?;
+        match value {
+            Some(_) => self.revise(folded, key, old.is_some(), revision)?,
+            None => drop(folded.revisions.insert(key.clone(), None)),
+        }
         Ok(live)
     }
 
@@ -479,6 +539,8 @@ struct Folded {
     keys: BTreeMap<Bytes, Option<Bytes>>,
     /// Keys whose deadline the batch wrote.
     deadlines: BTreeMap<Bytes, Deadline>,
+    /// Keys whose revisions the batch wrote (`None`: removed).
+    revisions: BTreeMap<Bytes, Option<Revisions>>,
     /// A `Clear` in the batch: keys not in `keys` are gone.
     cleared: bool,
     /// The counts after the batch.
@@ -496,6 +558,17 @@ struct Deadline {
 }
 
 impl Folded {
+    /// Nothing folded yet, over `counts`.
+    fn new(counts: Counts) -> Folded {
+        Folded {
+            keys: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            revisions: BTreeMap::new(),
+            cleared: false,
+            counts,
+        }
+    }
+
     /// The stored items to put and to remove: each named once.
     fn writes(&self) -> (Vec<Put>, Vec<Vec<u8>>) {
         let (mut puts, mut removes) = (Vec::new(), Vec::new());
@@ -503,6 +576,12 @@ impl Folded {
             match value {
                 Some(value) => puts.push((stored(key), value.clone())),
                 None => removes.push(stored(key)),
+            }
+        }
+        for (key, revisions) in &self.revisions {
+            match revisions {
+                Some(r) => puts.push((revisions_key(key), revised(r))),
+                None => removes.push(revisions_key(key)),
             }
         }
         for (key, deadline) in &self.deadlines {
@@ -531,6 +610,34 @@ fn deadline_key(key: &[u8]) -> Vec<u8> {
     item.push(DEADLINE);
     item.extend_from_slice(key);
     item
+}
+
+/// `key`'s revisions item.
+fn revisions_key(key: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(key.len() + 1);
+    item.push(REVISIONS);
+    item.extend_from_slice(key);
+    item
+}
+
+/// Revisions as their item holds them.
+fn revised(r: &Revisions) -> Bytes {
+    let mut item = Vec::with_capacity(16);
+    item.extend_from_slice(&r.modified.to_be_bytes());
+    item.extend_from_slice(&r.created.to_be_bytes());
+    Bytes::from(item)
+}
+
+/// Revisions from their item.
+fn unrevised(path: &Path, item: &[u8]) -> Result<Revisions, Error> {
+    let (modified, created) = item
+        .split_at_checked(8)
+        .filter(|(_, created)| created.len() == 8)
+        .ok_or_else(|| failed(path, "a stored revisions item is not 16 bytes"))?;
+    Ok(Revisions {
+        modified: be_u64(path, modified)?,
+        created: be_u64(path, created)?,
+    })
 }
 
 /// The sweep's item for `key` due at `at`.
@@ -609,6 +716,16 @@ impl Reader<'_> {
         }
     }
 
+    /// `key`'s revisions (0 for a key stored before they were kept).
+    fn revisions(&self, key: &[u8]) -> Result<Revisions, Error> {
+        let found = self.snapshot.get(&self.data, revisions_key(key));
+        let found = found.map_err(|e| self.fail(e))?;
+        Ok(match found {
+            Some(item) => unrevised(&self.disk.path, &item)?,
+            None => Revisions::default(),
+        })
+    }
+
     /// The entries of `span`, in its order, expired ones left out.
     fn walk<'r>(&'r self, span: &Span) -> impl Iterator<Item = Result<(Bytes, Bytes), Error>> + 'r {
         let range: Box<dyn Iterator<Item = fjall::Guard>> = if span.is_empty() {
@@ -684,6 +801,14 @@ impl Engine for Disk {
     fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
         let reader = self.reader();
         keys.iter().map(|key| reader.get(key)).collect()
+    }
+
+    fn get_revised(&self, key: &[u8]) -> Result<Option<(Bytes, Revisions)>, Error> {
+        let reader = self.reader();
+        match reader.get(key)? {
+            Some(value) => Ok(Some((value, reader.revisions(key)?))),
+            None => Ok(None),
+        }
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, Error> {
@@ -766,8 +891,23 @@ impl Engine for Disk {
         (counts.key_bytes, counts.value_bytes)
     }
 
-    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error> {
+    fn apply(&self, ops: &[Revised], position: u64) -> Result<Vec<Applied>, Error> {
         self.apply_with(ops, position, None)
+    }
+
+    fn load(&self, stored: &[Stored]) -> Result<(), Error> {
+        let mut counts = self.counts.lock();
+        let mut folded = Folded::new(*counts);
+        for entry in stored {
+            let value = Some(&entry.value);
+            self.put(&mut folded, &entry.key, value, entry.deadline, 0)?;
+            (folded.revisions).insert(entry.key.clone(), Some(entry.revisions));
+        }
+        let after = folded.counts;
+        self.commit(folded, self.applied(), None)?;
+        *counts = after;
+        self.timed.store(after.timed, Ordering::Release);
+        Ok(())
     }
 
     fn keeps_notes(&self) -> bool {
@@ -776,7 +916,7 @@ impl Engine for Disk {
 
     fn apply_noted(
         &self,
-        ops: &[&WriteOp],
+        ops: &[Revised],
         position: u64,
         note: Noter<'_>,
     ) -> Result<Vec<Applied>, Error> {
@@ -923,13 +1063,13 @@ impl View for DiskView {
                     .map_err(fail)?,
                 false => None,
             };
-            match at {
-                Some(at) => {
-                    let at = be_u64(&self.path, &at)?;
-                    (encoder.push_timed(&key[1..], &value, at)).map_err(Error::StorageFailed)?;
-                }
-                None => encoder.push_entry(&key[1..], &value),
-            }
+            let at = at.map(|at| be_u64(&self.path, &at)).transpose()?;
+            let revisions = self.snapshot.get(&self.data, revisions_key(&key[1..]));
+            let revisions = match revisions.map_err(fail)? {
+                Some(item) => unrevised(&self.path, &item)?,
+                None => Revisions::default(),
+            };
+            encoder.push_entry((&key[1..], &value), at, revisions);
             self.after = Some(key);
             taken += 1;
         }
@@ -941,29 +1081,20 @@ impl View for DiskView {
     fn fuzzy(&self) -> bool {
         false
     }
-
-    fn timed(&self) -> bool {
-        self.timed
-    }
 }
 
 impl Disk {
     /// [`Engine::apply`], keeping `note` with the batch if there is one.
     fn apply_with(
         &self,
-        ops: &[&WriteOp],
+        ops: &[Revised],
         position: u64,
         note: Option<Noter<'_>>,
     ) -> Result<Vec<Applied>, Error> {
         let mut counts = self.counts.lock();
-        let mut folded = Folded {
-            keys: BTreeMap::new(),
-            deadlines: BTreeMap::new(),
-            cleared: false,
-            counts: *counts,
-        };
+        let mut folded = Folded::new(*counts);
         let applied = (ops.iter())
-            .map(|op| self.fold(&mut folded, op))
+            .map(|&op| self.fold(&mut folded, op))
             .collect::<Result<Vec<_>, _>>()?;
         let after = folded.counts;
         let note = note.map(|note| note(&applied)).transpose()?;
@@ -1035,7 +1166,7 @@ mod tests {
         let path = dir.path().join("data.fjall");
         {
             let disk = Disk::open(&path, 1 << 20).unwrap();
-            disk.apply(&[&set("a", "1"), &set("", "empty key")], 7)
+            disk.apply(&[(&set("a", "1"), 7), (&set("", "empty key"), 7)], 7)
                 .unwrap();
             let checkpoint = Checkpoint {
                 fs: &crate::storage::fs::RealFs,
@@ -1045,7 +1176,7 @@ mod tests {
                 barrier: &|| Ok(()),
             };
             disk.checkpoint(&checkpoint).unwrap();
-            disk.apply(&[&set("b", "22")], 9).unwrap();
+            disk.apply(&[(&set("b", "22"), 9)], 9).unwrap();
             // Dropped without a checkpoint: fjall keeps what it journaled.
         }
         let disk = Disk::open(&path, 1 << 20).unwrap();
@@ -1082,7 +1213,7 @@ mod tests {
         let path = dir.path().join("data.fjall");
         {
             let disk = Disk::open(&path, 1 << 20).unwrap();
-            disk.apply_noted(&[&set("old", "1")], 3, &mut |_| Ok(b"three".to_vec()))
+            disk.apply_noted(&[(&set("old", "1"), 3)], 3, &mut |_| Ok(b"three".to_vec()))
                 .unwrap();
             let snapshot = dir.path().join("snapshot");
             let store = Store::new(1);
@@ -1102,8 +1233,12 @@ mod tests {
             assert_eq!(disk.get(b"old").unwrap(), None);
             assert_eq!((disk.len(), disk.bytes()), (1, (3, 2)));
             // Writes after the install go to the new generation.
-            disk.apply_noted(&[&set("after", "3")], 10, &mut |_| Ok(b"ten".to_vec()))
-                .unwrap();
+            disk.apply_noted(
+                &[(&set("after", "3"), 10)],
+                10,
+                &mut |_| Ok(b"ten".to_vec()),
+            )
+            .unwrap();
         }
         let disk = Disk::open(&path, 1 << 20).unwrap();
         assert_eq!(keyspaces(&disk), ["data-1", "meta"]);
@@ -1130,7 +1265,11 @@ mod tests {
         {
             let disk = Disk::open(&path, 1 << 20).unwrap();
             disk.apply(
-                &[&timed("gone", 50), &timed("kept", 500), &set("plain", "p")],
+                &[
+                    (&timed("gone", 50), 1),
+                    (&timed("kept", 500), 1),
+                    (&set("plain", "p"), 1),
+                ],
                 1,
             )
             .unwrap();
@@ -1157,7 +1296,7 @@ mod tests {
             keys: other.due(500, 10).unwrap(),
             now: 500,
         };
-        assert_eq!(other.apply(&[&swept], 8).unwrap(), [Applied::Int(2)]);
+        assert_eq!(other.apply(&[(&swept, 8)], 8).unwrap(), [Applied::Int(2)]);
         assert_eq!(
             (other.due(u64::MAX, 10).unwrap().len(), other.len()),
             (0, 1)
@@ -1174,14 +1313,14 @@ mod tests {
             value: Bytes::new(),
         };
         assert!(matches!(
-            disk.apply(&[&long], 1),
+            disk.apply(&[(&long, 1)], 1),
             Err(Error::StorageFailed(_))
         ));
         let longest = WriteOp::Set {
             key: Bytes::from(vec![b'k'; MAX_KEY]),
             value: Bytes::new(),
         };
-        disk.apply(&[&longest], 2).unwrap();
+        disk.apply(&[(&longest, 2)], 2).unwrap();
         assert_eq!(disk.len(), 1);
     }
 }

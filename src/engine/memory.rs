@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Span};
+use super::{Applied, Checkpoint, Engine, KeysPage, PairsPage, Revised, Revisions, Span, Stored};
 use crate::backup::{Tees, View};
 use crate::error::Error;
 use crate::storage::fs::Fs;
-use crate::storage::op::WriteOp;
 use crate::storage::snapshot;
 use crate::storage::store::Store;
 
@@ -46,6 +45,10 @@ impl Engine for Memory {
 
     fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error> {
         Ok(self.store.get_many(keys))
+    }
+
+    fn get_revised(&self, key: &[u8]) -> Result<Option<(Bytes, Revisions)>, Error> {
+        Ok(self.store.get_revised(key))
     }
 
     fn contains(&self, key: &[u8]) -> Result<bool, Error> {
@@ -86,17 +89,23 @@ impl Engine for Memory {
         self.store.bytes()
     }
 
-    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error> {
+    fn apply(&self, ops: &[Revised], position: u64) -> Result<Vec<Applied>, Error> {
         let mut tee = self.tees.lock();
         let applied = ops
             .iter()
-            .map(|op| {
-                tee.record(op);
-                self.store.apply(op)
+            .map(|&(op, revision)| {
+                tee.record(op, revision);
+                self.store.apply_at(op, revision)
             })
             .collect();
         self.applied.store(position, Ordering::Release);
         Ok(applied)
+    }
+
+    /// Not teed: a backup never runs while a copy is loaded.
+    fn load(&self, stored: &[Stored]) -> Result<(), Error> {
+        self.store.insert(stored);
+        Ok(())
     }
 
     /// Loads into a map of its own (a running backup's tee sees none of

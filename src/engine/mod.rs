@@ -27,7 +27,11 @@ use crate::error::Error;
 use crate::storage::change::Resolved;
 use crate::storage::fs::Fs;
 use crate::storage::op::WriteOp;
-pub use crate::storage::store::{Applied, KeysPage, Span};
+pub use crate::storage::store::{Applied, KeysPage, Revisions, Span, Stored};
+
+/// A write and its revision: the log position it was made at (the single
+/// node's record sequence number, or the Raft entry's index).
+pub type Revised<'a> = (&'a WriteOp, u64);
 
 /// A page of key-value pairs, and whether more may follow.
 pub type PairsPage = (Vec<(Bytes, Bytes)>, bool);
@@ -62,6 +66,9 @@ pub trait Engine: Send + Sync {
 
     /// The values of `keys`, read at one instant.
     fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, Error>;
+
+    /// The value of `key` and its revisions, read at one instant.
+    fn get_revised(&self, key: &[u8]) -> Result<Option<(Bytes, Revisions)>, Error>;
 
     /// Whether `key` has a value.
     fn contains(&self, key: &[u8]) -> Result<bool, Error>;
@@ -104,13 +111,18 @@ pub trait Engine: Send + Sync {
     /// Bytes of all keys and of all values.
     fn bytes(&self) -> (u64, u64);
 
-    /// Applies a durable batch of writes, in order, and returns what each
-    /// did. `position` is the log position the batch ends at (the single
-    /// node's record sequence number, or the Raft log index); positions only
-    /// grow. Each write is atomic for readers; the batch as a whole need
+    /// Applies a durable batch of writes, in order, each at its revision,
+    /// and returns what each did. `position` is the log position the batch
+    /// ends at (the single node's record sequence number, or the Raft log
+    /// index); positions and revisions only grow. Each write is atomic for readers; the batch as a whole need
     /// not be. A failure leaves the engine unusable for writes: the caller
     /// poisons its log (the batch is durable, and a restart replays it).
-    fn apply(&self, ops: &[&WriteOp], position: u64) -> Result<Vec<Applied>, Error>;
+    fn apply(&self, ops: &[Revised], position: u64) -> Result<Vec<Applied>, Error>;
+
+    /// Puts each of `stored` in as a copy holds it, revisions and all (a
+    /// snapshot's install, a restore): one atomic step, like a batch of
+    /// [`Engine::apply`].
+    fn load(&self, stored: &[Stored]) -> Result<(), Error>;
 
     /// Applies like [`Engine::apply`], and keeps the note `note` makes from
     /// what the ops did (what the Raft state machine must find after a
@@ -120,7 +132,7 @@ pub trait Engine: Send + Sync {
     /// engine whose data does not outlive the process keeps no note.
     fn apply_noted(
         &self,
-        ops: &[&WriteOp],
+        ops: &[Revised],
         position: u64,
         note: Noter<'_>,
     ) -> Result<Vec<Applied>, Error> {
@@ -177,23 +189,25 @@ pub trait Engine: Send + Sync {
     /// exact (see `crate::backup`).
     fn view(&self) -> Result<Box<dyn View>, Error>;
 
-    /// Applies the ops of resolved writes as one batch (see
-    /// [`Engine::apply`]) and returns, for each write, what its op did
-    /// (`None`: it logged nothing). The one apply of both write paths; each
+    /// Applies the ops of resolved writes, each with its revision, as one
+    /// batch (see [`Engine::apply`]) and returns, for each write, what its
+    /// op did (`None`: it logged nothing). The one apply of both write paths; each
     /// write's answer is then [`Resolved::outcome`].
     /// `note`, if any, is kept as [`Engine::apply_noted`] keeps it, and is
     /// given what each write's op did.
     fn apply_resolved(
         &self,
-        resolved: &[&Resolved],
+        resolved: &[(&Resolved, u64)],
         position: u64,
         note: Option<ResolvedNoter<'_>>,
     ) -> Result<Vec<Option<Applied>>, Error> {
-        let ops: Vec<&WriteOp> = resolved.iter().filter_map(|r| r.op()).collect();
+        let ops: Vec<Revised> = (resolved.iter())
+            .filter_map(|(r, revision)| r.op().map(|op| (op, *revision)))
+            .collect();
         let per_write = |applied: &[Applied]| -> Vec<Option<Applied>> {
             let mut applied = applied.iter();
             (resolved.iter())
-                .map(|r| r.op().and_then(|_| applied.next().cloned()))
+                .map(|(r, _)| r.op().and_then(|_| applied.next().cloned()))
                 .collect()
         };
         let applied = match note {

@@ -404,6 +404,8 @@ impl StateMachine {
         let mut applied = self.applied.lock();
         let mut view = BatchView::new(&*self.engine);
         let mut steps: Vec<Vec<Step>> = Vec::new();
+        // Each entry's index: the revision of its writes.
+        let mut indexes = Vec::new();
         // Where in this batch each session write was first seen.
         let mut seen = std::collections::HashMap::new();
         let mut position = 0;
@@ -441,16 +443,19 @@ impl StateMachine {
                 position += 1;
             }
             steps.push(entry_steps);
+            indexes.push(entry.log_id.index);
         }
         drop(view);
         (self.last_session).store(applied.sessions.last_id(), Ordering::Release);
         let Some(last) = applied.last_applied.filter(|_| !steps.is_empty()) else {
             return Ok(Vec::new());
         };
-        let all: Vec<&Resolved> = (steps.iter().flatten())
-            .filter_map(|step| match step {
-                Step::Resolve(resolved, _) => Some(resolved),
-                _ => None,
+        let all: Vec<(&Resolved, u64)> = (steps.iter().zip(indexes))
+            .flat_map(|(entry, index)| {
+                entry.iter().filter_map(move |step| match step {
+                    Step::Resolve(resolved, _) => Some((resolved, index)),
+                    _ => None,
+                })
             })
             .collect();
         let mut outcomes = Vec::new();

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use crate::config::EngineKind;
 use crate::engine::disk::Disk;
-use crate::engine::{Checkpoint, Engine};
+use crate::engine::{Checkpoint, Engine, Revised};
 use crate::error::Error;
 use fs::Fs;
 use snapshot::SnapshotInfo;
@@ -189,7 +189,7 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
         wal::remove_segment(fs, &dir, old)?;
     }
     let mut sorted = SortedReplay::new(&store);
-    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| sorted.push(op))?;
+    let mut replay = wal::replay(fs, &dir, first, first_seq, |op, seq| sorted.push(op, seq))?;
     sorted.flush();
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
@@ -224,8 +224,9 @@ const REPLAY_SORT_BYTES: usize = 256 << 20;
 /// came before it first. Nothing reads the map until recovery is done.
 struct SortedReplay<'s> {
     store: &'s Store,
-    /// Single-key writes with their key's shard, in log order.
-    pending: Vec<(usize, op::WriteOp)>,
+    /// Single-key writes with their key's shard and their revision, in log
+    /// order.
+    pending: Vec<(usize, op::WriteOp, u64)>,
     bytes: usize,
 }
 
@@ -238,30 +239,34 @@ impl<'s> SortedReplay<'s> {
         }
     }
 
-    fn push(&mut self, op: op::WriteOp) {
+    /// Takes the write of the record `seq`.
+    fn push(&mut self, op: op::WriteOp, seq: u64) {
         use op::WriteOp::*;
         match op {
             BulkSet { items } => {
                 for (key, value) in items {
-                    self.hold(Set { key, value });
+                    self.hold(Set { key, value }, seq);
                 }
             }
             DeleteMany { keys } => {
                 for key in keys {
-                    self.hold(Delete { key });
+                    self.hold(Delete { key }, seq);
                 }
             }
             SetExpiringMany { items } => {
                 for (key, value, at) in items {
-                    self.hold(SetExpiring { key, value, at });
+                    self.hold(SetExpiring { key, value, at }, seq);
                 }
             }
             Expire { keys, now } => {
                 for key in keys {
-                    self.hold(Expire {
-                        keys: vec![key],
-                        now,
-                    });
+                    self.hold(
+                        Expire {
+                            keys: vec![key],
+                            now,
+                        },
+                        seq,
+                    );
                 }
             }
             // Two single-key writes: each keeps its place among its key's.
@@ -271,24 +276,27 @@ impl<'s> SortedReplay<'s> {
                 value,
                 at,
             } => {
-                self.hold(Delete { key: from });
-                self.hold(match at {
-                    Some(at) => SetExpiring { key: to, value, at },
-                    None => Set { key: to, value },
-                });
+                self.hold(Delete { key: from }, seq);
+                self.hold(
+                    match at {
+                        Some(at) => SetExpiring { key: to, value, at },
+                        None => Set { key: to, value },
+                    },
+                    seq,
+                );
             }
             Clear => {
                 self.flush();
-                self.store.apply(&Clear);
+                self.store.apply_at(&Clear, seq);
             }
-            single => self.hold(single),
+            single => self.hold(single, seq),
         }
     }
 
-    fn hold(&mut self, op: op::WriteOp) {
+    fn hold(&mut self, op: op::WriteOp, seq: u64) {
         self.bytes += op.approx_len();
         let shard = op.first_key().map_or(0, |key| self.store.shard_index(key));
-        self.pending.push((shard, op));
+        self.pending.push((shard, op, seq));
         if self.bytes >= REPLAY_SORT_BYTES {
             self.flush();
         }
@@ -296,11 +304,11 @@ impl<'s> SortedReplay<'s> {
 
     /// Applies what is held, in shard and key order.
     fn flush(&mut self) {
-        (self.pending).sort_by(|(shard, op), (other_shard, other)| {
+        (self.pending).sort_by(|(shard, op, _), (other_shard, other, _)| {
             (shard.cmp(other_shard)).then_with(|| op.first_key().cmp(&other.first_key()))
         });
-        for (_, op) in self.pending.drain(..) {
-            self.store.apply(&op);
+        for (_, op, seq) in self.pending.drain(..) {
+            self.store.apply_at(&op, seq);
         }
         self.bytes = 0;
     }
@@ -361,15 +369,15 @@ pub fn open_disk(
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
     let mut next_seq = first_seq;
     let mut failed = None;
-    let mut flush = |batch: &mut Vec<op::WriteOp>, next_seq: u64| {
+    let mut flush = |batch: &mut Vec<(op::WriteOp, u64)>, next_seq: u64| {
         if failed.is_none() && !batch.is_empty() {
-            let ops: Vec<&op::WriteOp> = batch.iter().collect();
+            let ops: Vec<Revised> = batch.iter().map(|(op, seq)| (op, *seq)).collect();
             failed = engine.apply(&ops, next_seq - 1).err();
         }
         batch.clear();
     };
-    let mut replay = wal::replay(fs, &dir, first, first_seq, |op| {
-        batch.push(op);
+    let mut replay = wal::replay(fs, &dir, first, first_seq, |op, seq| {
+        batch.push((op, seq));
         next_seq += 1;
         if batch.len() == REPLAY_BATCH {
             flush(&mut batch, next_seq);
@@ -529,13 +537,16 @@ mod tests {
         });
         // Still at the epoch: no deadline has passed for readers; `Expire`
         // removes what its own `now` says is due.
+        // Each op at its record's sequence number.
         let in_order = Store::with_clock(3, clock::Clock::manual(0));
-        ops.iter().for_each(|op| {
-            in_order.apply(op);
+        (ops.iter()).zip(1..).for_each(|(op, seq)| {
+            in_order.apply_at(op, seq);
         });
         let sorted = Store::with_clock(3, clock::Clock::manual(0));
         let mut replay = SortedReplay::new(&sorted);
-        ops.into_iter().for_each(|op| replay.push(op));
+        (ops.into_iter())
+            .zip(1..)
+            .for_each(|(op, seq)| replay.push(op, seq));
         replay.flush();
         let everything = store::Span::prefix(b"", None, false);
         let pairs = |store: &Store| store.pairs(&everything, usize::MAX, usize::MAX).0;
@@ -543,6 +554,9 @@ mod tests {
         assert_eq!(sorted.bytes(), in_order.bytes());
         for i in 0..7 {
             assert_eq!(sorted.deadline(&key(i)), in_order.deadline(&key(i)));
+        }
+        for (key, _) in pairs(&in_order) {
+            assert_eq!(sorted.get_revised(&key), in_order.get_revised(&key));
         }
         assert!((0..7).any(|i| matches!(in_order.deadline(&key(i)), Some(Some(_)))));
     }

@@ -6,22 +6,27 @@
 //! snapshot = magic "KVSTSNAP" (8 bytes)
 //!            record{ kind 1: u8, version: u32 LE, next segment: u64 LE, next seq: u64 LE }
 //!            record{ kind 5: u8, state }                   (optional, Raft snapshots only)
-//!            record{ kind 2: u8, entry* }                  (blocks of ~1 MiB)
-//!            record{ kind 6: u8, timed entry* }            (version 3; blocks too)
-//!            record{ kind 4: u8, op* }                     (version 2 and up; ~1 MiB each)
+//!            record{ kind 7: u8, revised entry* }          (blocks of ~1 MiB)
+//!            record{ kind 8: u8, revised op* }             (~1 MiB each)
 //!            record{ kind 3: u8, entries: u64 LE, blocks: u64 LE, ops: u64 LE }
-//!                                                          (footer; version 1 has no `ops`)
-//! entry       = key len: u32 LE, value len: u32 LE, key, value
-//! timed entry = key len: u32 LE, value len: u32 LE, deadline: u64 LE, key, value
-//! op          = len: u32 LE, one log write (`WriteOp`, bincode as in the log)
+//!                                                          (footer)
+//! revised entry = key len: u32 LE (top bit: a deadline follows), value len: u32 LE,
+//!                 modified: u64 LE, created: u64 LE, [deadline: u64 LE], key, value
+//! revised op    = revision: u64 LE, len: u32 LE, one log write (`WriteOp`,
+//!                 bincode as in the log)
 //! ```
 //!
-//! A key with a deadline (ms since the epoch: docs/design/expiry.md) is a
-//! timed entry, kept whether or not its time has passed (a loader hides it
-//! again). Only a copy whose source has held a deadline is version 3, so
-//! files without one stay readable by servers that predate expiry, and a
-//! server that predates it refuses a file with one instead of losing its
-//! deadlines.
+//! That is version 4, the only one written since keys carry revisions (the
+//! log positions of their last write and of their creation:
+//! docs/transactions.md). A key with a deadline (ms since the epoch:
+//! docs/design/expiry.md) keeps it whether or not its time has passed (a
+//! loader hides it again). Older versions are still read, their keys at
+//! revision 0: version 1 has blocks of kind 2 (`entry = key len: u32 LE,
+//! value len: u32 LE, key, value`) and a footer without `ops`; version 2
+//! adds op records of kind 4 (`op = len: u32 LE, WriteOp`); version 3
+//! adds blocks of kind 6, whose entries have a `deadline: u64 LE` after the
+//! value length. A server older than version 4 refuses these files rather
+//! than lose what it cannot read.
 //!
 //! Records use the framing of [`super::record`], so damage is found block by
 //! block and reported with its offset; the footer makes a cut file detectable.
@@ -54,18 +59,19 @@ use parking_lot::Mutex;
 
 use super::fs::Fs;
 use super::op::WriteOp;
-use super::store::{Loader, Store};
+pub use super::store::Stored;
+use super::store::{Loader, Revisions, Store};
 use super::{record, sync_dir};
 use crate::backup::View;
-use crate::engine::Engine;
+use crate::engine::{Engine, Revised};
 use crate::error::Error;
 
 const MAGIC: &[u8; 8] = b"KVSTSNAP";
-/// The version of backups: op records, and their count in the footer.
-/// Snapshots of the data file are written as version 1 (no op records, a
-/// two-field footer), which older servers read too.
-const VERSION: u32 = 2;
-/// The version of copies that may hold timed entries.
+/// The version written: revised entries and revised op records.
+const VERSION: u32 = 4;
+/// Older versions read: op records (and their count in the footer) came
+/// with 2, timed entries with 3.
+const VERSION_OPS: u32 = 2;
 const VERSION_TIMED: u32 = 3;
 const KIND_HEADER: u8 = 1;
 const KIND_BLOCK: u8 = 2;
@@ -73,6 +79,10 @@ const KIND_FOOTER: u8 = 3;
 const KIND_OPS: u8 = 4;
 const KIND_STATE: u8 = 5;
 const KIND_TIMED: u8 = 6;
+const KIND_REVISED: u8 = 7;
+const KIND_REVISED_OPS: u8 = 8;
+/// In a revised entry's key length: a deadline follows the revisions.
+const HAS_DEADLINE: u32 = 1 << 31;
 /// A block (or op record) is closed once its body passes this size.
 const BLOCK_BYTES: usize = 1 << 20;
 /// The longest record a reader accepts: a block closes once it passes
@@ -118,33 +128,15 @@ pub struct Encoder {
     ops: u64,
     /// Bytes of whole records (and the magic) since the start, taken or not.
     bytes: u64,
-    /// 1 for the data file's snapshots, 2 for backups (op records), 3 for
-    /// either when timed entries may come.
-    version: u32,
     /// The header's next segment and next sequence number.
     resume: (u64, u64),
 }
 
 impl Encoder {
-    /// Starts a snapshot of the data file (version 1, or 3 if `timed`
-    /// entries may come) whose header names the first log segment (and its
-    /// first sequence number) that recovery must replay after it.
-    pub fn snapshot(next_segment: u64, next_seq: u64, timed: bool) -> Encoder {
-        Encoder::new(
-            if timed { VERSION_TIMED } else { 1 },
-            next_segment,
-            next_seq,
-        )
-    }
-
-    /// Starts a backup (version 2: it may end with op records; 3 if `timed`
-    /// entries may come).
-    pub fn backup(next_segment: u64, next_seq: u64, timed: bool) -> Encoder {
-        let version = if timed { VERSION_TIMED } else { VERSION };
-        Encoder::new(version, next_segment, next_seq)
-    }
-
-    fn new(version: u32, next_segment: u64, next_seq: u64) -> Encoder {
+    /// Starts a copy whose header names the first log segment (and its
+    /// first sequence number) that recovery must replay after it (a
+    /// backup's and a Raft snapshot's name none: 1 and 0).
+    pub fn new(next_segment: u64, next_seq: u64) -> Encoder {
         let mut encoder = Encoder {
             out: BytesMut::with_capacity(BLOCK_BYTES + 64 * 1024),
             sealed: 0,
@@ -155,14 +147,13 @@ impl Encoder {
             blocks: 0,
             ops: 0,
             bytes: 0,
-            version,
             resume: (next_segment, next_seq),
         };
         encoder.out.put_slice(MAGIC);
         encoder.sealed = MAGIC.len();
         encoder.bytes = MAGIC.len() as u64;
         encoder.begin(KIND_HEADER);
-        encoder.out.put_u32_le(version);
+        encoder.out.put_u32_le(VERSION);
         encoder.out.put_u64_le(next_segment);
         encoder.out.put_u64_le(next_seq);
         encoder.close();
@@ -178,67 +169,53 @@ impl Encoder {
     }
 
     /// Copies the next few pairs of `store` (one shard lock acquisition).
-    /// Returns false once every shard is copied. Fails if a key has a
-    /// deadline and the file's version cannot hold it (the store gained its
-    /// first deadline after the copy began: the next copy will be timed).
-    pub fn copy_some(&mut self, store: &Store) -> Result<bool, String> {
+    /// Returns false once every shard is copied.
+    pub fn copy_some(&mut self, store: &Store) -> bool {
         if self.shard >= store.shard_count() {
             self.close();
-            return Ok(false);
+            return false;
         }
         let after = self.after.take();
-        let mut result = Ok(());
         self.after = store.visit(self.shard, after.as_deref(), CHUNK_PAIRS, |entry| {
-            let (key, value) = (entry.key(), entry.value());
-            match entry.deadline() {
-                None => self.push_entry(key, value),
-                Some(at) if result.is_ok() => result = self.push_timed(key, value, at),
-                Some(_) => {}
-            }
+            let stored = (entry.key(), entry.value());
+            self.push_entry(stored, entry.deadline(), entry.revisions());
         });
-        result?;
         if self.after.is_none() {
             self.shard += 1;
         }
-        Ok(true)
+        true
     }
 
-    /// Adds one pair (a copy that is not [`Encoder::copy_some`]'s); every
-    /// pair comes before the first op.
-    pub fn push_entry(&mut self, key: &[u8], value: &[u8]) {
-        self.begin_kind(KIND_BLOCK);
-        self.out.put_u32_le(key.len() as u32);
+    /// Adds one pair, with its deadline if it has one (a copy that is not
+    /// [`Encoder::copy_some`]'s); every pair comes before the first op.
+    pub fn push_entry(
+        &mut self,
+        (key, value): (&[u8], &[u8]),
+        deadline: Option<u64>,
+        revisions: Revisions,
+    ) {
+        self.begin_kind(KIND_REVISED);
+        let flag = deadline.map_or(0, |_| HAS_DEADLINE);
+        self.out.put_u32_le(key.len() as u32 | flag);
         self.out.put_u32_le(value.len() as u32);
+        self.out.put_u64_le(revisions.modified);
+        self.out.put_u64_le(revisions.created);
+        if let Some(at) = deadline {
+            self.out.put_u64_le(at);
+        }
         self.out.put_slice(key);
         self.out.put_slice(value);
         self.entries += 1;
         self.close_if_full();
     }
 
-    /// Adds one pair whose key is gone at `at`; a version 3 file only.
-    pub fn push_timed(&mut self, key: &[u8], value: &[u8], at: u64) -> Result<(), String> {
-        if self.version < VERSION_TIMED {
-            return Err("a key gained a deadline during a copy begun without any".into());
-        }
-        self.begin_kind(KIND_TIMED);
-        self.out.put_u32_le(key.len() as u32);
-        self.out.put_u32_le(value.len() as u32);
-        self.out.put_u64_le(at);
-        self.out.put_slice(key);
-        self.out.put_slice(value);
-        self.entries += 1;
-        self.close_if_full();
-        Ok(())
-    }
-
-    /// Adds one write to apply after the entries (a backup's tee).
-    pub fn push_op(&mut self, op: &WriteOp) -> Result<(), String> {
-        if self.version < 2 {
-            return Err("a version 1 snapshot holds no writes".into());
-        }
+    /// Adds one write, made at `revision`, to apply after the entries (a
+    /// backup's tee).
+    pub fn push_op(&mut self, op: &WriteOp, revision: u64) -> Result<(), String> {
         let encoded = kvstore_client::codec::encode(op).map_err(|e| e.to_string())?;
         let len = u32::try_from(encoded.len()).map_err(|_| "a write too large to back up")?;
-        self.begin_kind(KIND_OPS);
+        self.begin_kind(KIND_REVISED_OPS);
+        self.out.put_u64_le(revision);
         self.out.put_u32_le(len);
         self.out.put_slice(&encoded);
         self.ops += 1;
@@ -253,9 +230,7 @@ impl Encoder {
         self.begin(KIND_FOOTER);
         self.out.put_u64_le(self.entries);
         self.out.put_u64_le(self.blocks);
-        if self.version >= 2 {
-            self.out.put_u64_le(self.ops);
-        }
+        self.out.put_u64_le(self.ops);
         self.close();
     }
 
@@ -314,7 +289,7 @@ impl Encoder {
     fn close(&mut self) {
         if let Some(kind) = self.open.take() {
             record::seal(&mut self.out, self.sealed);
-            if kind == KIND_BLOCK || kind == KIND_TIMED {
+            if kind == KIND_REVISED {
                 self.blocks += 1;
             }
             self.bytes += (self.out.len() - self.sealed) as u64;
@@ -337,7 +312,7 @@ pub fn write(
     next_seq: u64,
     before_rename: impl FnOnce() -> Result<(), Error>,
 ) -> Result<SnapshotInfo, Error> {
-    let encoder = Encoder::snapshot(next_segment, next_seq, view.timed());
+    let encoder = Encoder::new(next_segment, next_seq);
     write_encoded(fs, path, view, encoder, before_rename)
 }
 
@@ -349,7 +324,7 @@ pub fn write_with_state(
     view: &mut dyn View,
     state: &[u8],
 ) -> Result<SnapshotInfo, Error> {
-    let mut encoder = Encoder::snapshot(0, 0, view.timed());
+    let mut encoder = Encoder::new(0, 0);
     if !state.is_empty() {
         encoder.push_state(state);
     }
@@ -474,8 +449,8 @@ pub fn load(fs: &dyn Fs, path: &Path, store: &Store) -> Result<Option<SnapshotIn
     store.finish_load(loaders, workers);
     // A backup's writes made during its copy, in their order: over the
     // copied entries they give the state at the backup's end mark.
-    for op in &footer.ops {
-        store.apply(op);
+    for (op, revision) in &footer.ops {
+        store.apply_at(op, *revision);
     }
     Ok(Some(footer.info))
 }
@@ -500,23 +475,57 @@ fn open(fs: &dyn Fs, path: &Path) -> Result<Option<(impl Read + Send, u64)>, Err
     Ok(Some((input, file_len)))
 }
 
+/// A part of a copy, as [`read_batches`] hands it over.
+pub enum Part<'a> {
+    /// One block's entries.
+    Entries(&'a [Stored]),
+    /// The writes after the entries, each with its revision.
+    Ops(&'a [Revised<'a>]),
+}
+
+impl Part<'_> {
+    /// The writes that make the part again through a log (a restore into a
+    /// running store), whose revisions are that log's: the pairs without a
+    /// deadline as one `BulkSet`, those with one as one `SetExpiringMany`.
+    pub fn writes(&self) -> Vec<WriteOp> {
+        let entries = match self {
+            Part::Ops(ops) => return ops.iter().map(|(op, _)| (*op).clone()).collect(),
+            Part::Entries(entries) => entries,
+        };
+        let (mut items, mut timed) = (Vec::new(), Vec::new());
+        for e in entries.iter() {
+            let (key, value) = (e.key.clone(), e.value.clone());
+            match e.deadline {
+                None => items.push((key, value)),
+                Some(at) => timed.push((key, value, at)),
+            }
+        }
+        let bulk = (!items.is_empty()).then_some(WriteOp::BulkSet { items });
+        let timed = (!timed.is_empty()).then_some(WriteOp::SetExpiringMany { items: timed });
+        bulk.into_iter().chain(timed).collect()
+    }
+}
+
 /// Loads the snapshot or backup at `path` into `engine`, one batch per
-/// block (a `BulkSet` at position 0), then its ops as one more batch; a
+/// block ([`Engine::load`]), then its ops as one more batch; a
 /// few blocks are in memory at a time, whatever the file's size. Damage
 /// stops the load with the file and the offset of the bad record, but what
 /// came before it stays applied: load into an engine that can be thrown
 /// away. The memory engine's [`load`] is faster: it builds the map at once.
 pub fn load_into(fs: &dyn Fs, path: &Path, engine: &dyn Engine) -> Result<SnapshotInfo, Error> {
-    read_batches(fs, path, &mut |ops| engine.apply(ops, 0).map(drop))
+    read_batches(fs, path, &mut |part| match part {
+        Part::Entries(entries) => engine.load(entries),
+        Part::Ops(ops) => engine.apply(ops, 0).map(drop),
+    })
 }
 
-/// Hands the file's writes to `each` a batch at a time, as [`load_into`]
-/// applies them: each block's entries as one `BulkSet`, then the ops. An
-/// error of `each` stops the read and is returned.
+/// Hands the file to `each` a part at a time, as [`load_into`] applies
+/// them: each block's entries, then the ops. An error of `each` stops the
+/// read and is returned.
 pub fn read_batches(
     fs: &dyn Fs,
     path: &Path,
-    each: &mut dyn FnMut(&[&WriteOp]) -> Result<(), Error>,
+    each: &mut dyn FnMut(Part) -> Result<(), Error>,
 ) -> Result<SnapshotInfo, Error> {
     let (mut input, file_len) =
         open(fs, path)?.ok_or_else(|| Error::io(path, std::io::ErrorKind::NotFound.into()))?;
@@ -538,18 +547,18 @@ pub fn read_batches(
             "footer does not match the blocks read",
         ));
     }
-    let ops: Vec<&WriteOp> = footer.ops.iter().collect();
-    each(&ops)?;
+    let ops: Vec<Revised> = (footer.ops.iter()).map(|(op, at)| (op, *at)).collect();
+    each(Part::Ops(&ops))?;
     Ok(footer.info)
 }
 
-/// Hands each block's entries to `each` as one `BulkSet`; the entries
-/// handed over. After the first error it only drains the channel, so the
-/// reader never waits on it.
+/// Hands each block's entries to `each`; the entries handed over. After
+/// the first error it only drains the channel, so the reader never waits
+/// on it.
 fn apply_blocks(
     path: &Path,
     blocks: Receiver<(u64, Vec<u8>)>,
-    each: &mut dyn FnMut(&[&WriteOp]) -> Result<(), Error>,
+    each: &mut dyn FnMut(Part) -> Result<(), Error>,
 ) -> Result<u64, Error> {
     let mut entries = 0;
     let mut failed = None;
@@ -557,23 +566,20 @@ fn apply_blocks(
         if failed.is_some() {
             continue;
         }
-        let (mut items, mut timed) = (Vec::new(), Vec::new());
-        let decoded = decode_block(&body, |key, value, at| {
-            let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
-            match at {
-                None => items.push((key, value)),
-                Some(at) => timed.push((key, value, at)),
-            }
+        let mut stored = Vec::new();
+        let decoded = decode_block(&body, |(key, value), deadline, revisions| {
+            stored.push(Stored {
+                key: Bytes::copy_from_slice(key),
+                value: Bytes::copy_from_slice(value),
+                deadline,
+                revisions,
+            })
         });
         let applied = decoded
             .map_err(|reason| Error::corrupt(path, offset, reason))
             .and_then(|n| {
                 entries += n;
-                let op = match timed.is_empty() {
-                    true => WriteOp::BulkSet { items },
-                    false => WriteOp::SetExpiringMany { items: timed },
-                };
-                each(&[&op])
+                each(Part::Entries(&stored))
             });
         failed = applied.err();
     }
@@ -587,8 +593,9 @@ struct Footer {
     entries: u64,
     /// Where the footer record starts.
     offset: u64,
-    /// The writes of the op records, decoded and in order.
-    ops: Vec<WriteOp>,
+    /// The writes of the op records, decoded and in order, with their
+    /// revisions (0 before version 4).
+    ops: Vec<(WriteOp, u64)>,
 }
 
 /// Reads and checks every record of a snapshot after its magic, sending each
@@ -623,7 +630,7 @@ fn read_records(
                 let version = body
                     .get(1..5)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
-                let Some(version @ (1 | VERSION | VERSION_TIMED)) = version else {
+                let Some(version @ 1..=VERSION) = version else {
                     return Err(corrupt(
                         offset,
                         &format!("unsupported snapshot version {version:?}"),
@@ -637,9 +644,7 @@ fn read_records(
             // Skipped here: read_state reads it.
             (Some(&KIND_STATE), Some(_)) if !state_seen => state_seen = true,
             // Blocks come before any op record.
-            (Some(&KIND_BLOCK), Some(_)) | (Some(&KIND_TIMED), Some((VERSION_TIMED, _, _)))
-                if !ops_seen =>
-            {
+            (Some(&kind), Some((version, _, _))) if block_of(kind, version) && !ops_seen => {
                 state_seen = true;
                 if blocks.send((offset, body)).is_err() {
                     // Every decoder has stopped, which only a panic does.
@@ -647,15 +652,18 @@ fn read_records(
                 }
                 sent += 1;
             }
-            (Some(&KIND_OPS), Some((2.., _, _))) => {
+            (Some(&KIND_OPS), Some((VERSION_OPS..VERSION, _, _)))
+            | (Some(&KIND_REVISED_OPS), Some((VERSION, _, _))) => {
                 ops_seen = true;
-                decode_ops(&body[1..], &mut ops).map_err(|reason| corrupt(offset, &reason))?;
+                let revised = body[0] == KIND_REVISED_OPS;
+                decode_ops(&body[1..], revised, &mut ops)
+                    .map_err(|reason| corrupt(offset, &reason))?;
             }
             (Some(&KIND_FOOTER), Some((version, next_segment, next_seq))) => {
                 let (Some(entries), Some(claimed_blocks)) = (field(1), field(9)) else {
                     return Err(corrupt(offset, "short footer"));
                 };
-                let (claimed_ops, footer_len) = if version >= 2 {
+                let (claimed_ops, footer_len) = if version >= VERSION_OPS {
                     (field(17), 25)
                 } else {
                     (Some(0), 17)
@@ -740,9 +748,26 @@ pub fn read_state(fs: &dyn Fs, path: &Path) -> Result<Option<Vec<u8>>, Error> {
     Ok((next.first() == Some(&KIND_STATE)).then(|| next[1..].to_vec()))
 }
 
-/// Decodes the writes of one op record's body onto `ops`.
-fn decode_ops(mut body: &[u8], ops: &mut Vec<WriteOp>) -> Result<(), String> {
+/// Whether a record of `kind` is a block of entries in a file of `version`.
+fn block_of(kind: u8, version: u32) -> bool {
+    match kind {
+        KIND_BLOCK => version < VERSION,
+        KIND_TIMED => version == VERSION_TIMED,
+        KIND_REVISED => version == VERSION,
+        _ => false,
+    }
+}
+
+/// Decodes the writes of one op record's body onto `ops`, each with its
+/// revision if the record is `revised` (0 if not).
+fn decode_ops(mut body: &[u8], revised: bool, ops: &mut Vec<(WriteOp, u64)>) -> Result<(), String> {
     while !body.is_empty() {
+        let mut revision = 0;
+        if revised {
+            let (at, rest) = body.split_at_checked(8).ok_or("op revision cut short")?;
+            revision = u64::from_le_bytes(at.try_into().unwrap_or_default());
+            body = rest;
+        }
         let (len, rest) = body.split_at_checked(4).ok_or("op length cut short")?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
         let (op, rest) = rest
@@ -750,7 +775,7 @@ fn decode_ops(mut body: &[u8], ops: &mut Vec<WriteOp>) -> Result<(), String> {
             .ok_or("op extends past its record")?;
         let op =
             kvstore_client::codec::decode(op).map_err(|e| format!("undecodable write: {e}"))?;
-        ops.push(op);
+        ops.push((op, revision));
         body = rest;
     }
     Ok(())
@@ -772,7 +797,9 @@ fn decode_blocks<'s>(
         if bad.is_some() {
             continue;
         }
-        match decode_block(&body, |key, value, at| loader.push(key, value, at)) {
+        match decode_block(&body, |stored, at, revisions| {
+            loader.push(stored, at, revisions)
+        }) {
             Ok(n) => entries += n,
             Err(reason) => bad = Some((offset, reason)),
         }
@@ -784,31 +811,70 @@ fn decode_blocks<'s>(
 }
 
 /// Hands each entry of a block record (its kind byte first) to `push`,
-/// with its deadline if the block is timed; how many there were.
+/// with its deadline if it has one and its revisions (0 before version 4);
+/// how many there were.
 fn decode_block(
     body: &[u8],
-    mut push: impl FnMut(&[u8], &[u8], Option<u64>),
+    mut push: impl FnMut((&[u8], &[u8]), Option<u64>, Revisions),
 ) -> Result<u64, &'static str> {
-    let timed = body.first() == Some(&KIND_TIMED);
-    let header = if timed { 16 } else { 8 };
+    let kind = body.first().copied().unwrap_or_default();
     let mut block = body.get(1..).unwrap_or_default();
     let mut n = 0;
     while !block.is_empty() {
-        let (lens, rest) = (block.split_at_checked(header)).ok_or("entry header cut short")?;
-        let klen = u32::from_le_bytes([lens[0], lens[1], lens[2], lens[3]]) as usize;
-        let vlen = u32::from_le_bytes([lens[4], lens[5], lens[6], lens[7]]) as usize;
-        let at = timed.then(|| u64::from_le_bytes(lens[8..16].try_into().unwrap_or_default()));
+        let (head, rest) = entry_head(kind, block)?;
         let (key, rest) = rest
-            .split_at_checked(klen)
+            .split_at_checked(head.key_len)
             .ok_or("key extends past its block")?;
         let (value, rest) = rest
-            .split_at_checked(vlen)
+            .split_at_checked(head.value_len)
             .ok_or("value extends past its block")?;
-        push(key, value, at);
+        push((key, value), head.deadline, head.revisions);
         block = rest;
         n += 1;
     }
     Ok(n)
+}
+
+/// What comes before an entry's key in a block.
+struct EntryHead {
+    key_len: usize,
+    value_len: usize,
+    deadline: Option<u64>,
+    revisions: Revisions,
+}
+
+/// The head of the entry that `block` starts with, in a block of `kind`,
+/// and the bytes after it.
+fn entry_head(kind: u8, block: &[u8]) -> Result<(EntryHead, &[u8]), &'static str> {
+    let mut fields = block;
+    let mut next = |n: usize| -> Result<u64, &'static str> {
+        let (field, rest) = fields.split_at_checked(n).ok_or("entry header cut short")?;
+        fields = rest;
+        let mut bytes = [0u8; 8];
+        bytes[..n].copy_from_slice(field);
+        Ok(u64::from_le_bytes(bytes))
+    };
+    let (key_len, value_len) = (next(4)? as u32, next(4)? as usize);
+    let mut head = EntryHead {
+        key_len: (key_len & !HAS_DEADLINE) as usize,
+        value_len,
+        deadline: None,
+        revisions: Revisions::default(),
+    };
+    match kind {
+        KIND_REVISED => {
+            head.revisions = Revisions {
+                modified: next(8)?,
+                created: next(8)?,
+            };
+            if key_len & HAS_DEADLINE != 0 {
+                head.deadline = Some(next(8)?);
+            }
+        }
+        KIND_TIMED => head.deadline = Some(next(8)?),
+        _ => head.key_len = key_len as usize,
+    }
+    Ok((head, fields))
 }
 
 #[cfg(test)]
@@ -830,19 +896,19 @@ mod tests {
         Ok((store, info))
     }
 
-    /// A file as a backup makes it: two pairs, then two writes.
+    /// A file as a backup makes it: two pairs, then two writes, each at
+    /// its revision.
     fn with_ops() -> Vec<u8> {
         let store = Store::new(2);
-        store.apply(&set("a", "copied"));
-        store.apply(&set("b", "copied"));
-        let mut encoder = Encoder::backup(1, 1, false);
-        while encoder.copy_some(&store).unwrap() {}
-        encoder.push_op(&set("a", "written later")).unwrap();
-        encoder
-            .push_op(&WriteOp::Delete {
-                key: Bytes::from_static(b"b"),
-            })
-            .unwrap();
+        store.apply_at(&set("a", "copied"), 1);
+        store.apply_at(&set("b", "copied"), 2);
+        let mut encoder = Encoder::new(1, 1);
+        while encoder.copy_some(&store) {}
+        encoder.push_op(&set("a", "written later"), 3).unwrap();
+        let delete = WriteOp::Delete {
+            key: Bytes::from_static(b"b"),
+        };
+        encoder.push_op(&delete, 4).unwrap();
         encoder.finish();
         encoder.take(usize::MAX).to_vec()
     }
@@ -852,7 +918,12 @@ mod tests {
         let (store, info) = load_bytes(&with_ops()).unwrap();
         let info = info.unwrap();
         assert_eq!((info.entries, info.ops), (2, 2));
-        assert_eq!(store.get(b"a").as_deref(), Some(&b"written later"[..]));
+        let a = store.get_revised(b"a");
+        let revisions = Revisions {
+            modified: 3,
+            created: 1,
+        };
+        assert_eq!(a, Some((Bytes::from("written later"), revisions)));
         assert_eq!(store.get(b"b"), None);
         assert_eq!(store.len(), 1);
     }
@@ -863,25 +934,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kvstore.db");
         let store = Store::with_clock(2, Clock::manual(1_000));
-        for (key, at) in [("gone", 500), ("kept", 2_000)] {
+        for (key, at, revision) in [("gone", 500, 1), ("kept", 2_000, 2)] {
             let (key, value) = (Bytes::from(key), Bytes::from("v"));
-            store.apply(&WriteOp::SetExpiring { key, value, at });
+            store.apply_at(&WriteOp::SetExpiring { key, value, at }, revision);
         }
-        store.apply(&set("plain", "p"));
+        store.apply_at(&set("plain", "p"), 3);
         let info = write(&RealFs, &path, &mut &store, 3, 30, || Ok(())).unwrap();
         (std::fs::read(&path).unwrap(), info)
     }
 
-    /// Deadlines survive a copy, whichever way it is loaded, and an expired
-    /// key stays hidden; the file is version 3.
+    /// Deadlines and revisions survive a copy, whichever way it is
+    /// loaded, and an expired key stays hidden; the file is version 4.
     #[test]
-    fn timed_entries_keep_their_deadlines() {
+    fn entries_keep_their_deadlines_and_revisions() {
         let (file, info) = timed();
-        assert_eq!(
-            file[17..21],
-            VERSION_TIMED.to_le_bytes(),
-            "the header's version"
-        );
+        assert_eq!(file[17..21], VERSION.to_le_bytes(), "the header's version");
         assert_eq!(info.entries, 3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snap");
@@ -889,31 +956,64 @@ mod tests {
         let loaded = Store::with_clock(3, Clock::manual(1_000));
         load(&RealFs, &path, &loaded).unwrap();
         let replayed = Store::with_clock(3, Clock::manual(1_000));
-        read_batches(&RealFs, &path, &mut |ops| {
-            ops.iter().for_each(|op| drop(replayed.apply(op)));
+        read_batches(&RealFs, &path, &mut |part| {
+            match part {
+                Part::Entries(entries) => replayed.insert(entries),
+                Part::Ops(ops) => ops
+                    .iter()
+                    .for_each(|&(op, at)| drop(replayed.apply_at(op, at))),
+            }
             Ok(())
         })
         .unwrap();
+        let at = |modified| Revisions {
+            modified,
+            created: modified,
+        };
         for store in [&loaded, &replayed] {
             assert_eq!(store.deadline(b"kept"), Some(Some(2_000)));
             assert_eq!(store.deadline(b"plain"), Some(None));
             assert_eq!((store.get(b"gone"), store.len()), (None, 2));
             assert_eq!(store.due(u64::MAX, 9).len(), 2, "both timed keys are held");
-            assert!(store.has_held_deadlines());
+            let revisions = |key: &[u8]| store.get_revised(key).map(|(_, r)| r);
+            assert_eq!(
+                (revisions(b"kept"), revisions(b"plain")),
+                (Some(at(2)), Some(at(3)))
+            );
         }
     }
 
-    /// A copy begun as version 1 cannot keep a deadline that appears
-    /// during it: it fails rather than drop it.
+    /// Files of version 3 (timed blocks, op records without revisions)
+    /// still load, their keys at revision 0.
     #[test]
-    fn a_deadline_that_appears_during_an_untimed_copy_fails_it() {
-        let store = Store::new(1);
-        let at = u64::MAX;
-        let (key, value) = (Bytes::from("k"), Bytes::from("v"));
-        let mut encoder = Encoder::snapshot(1, 1, store.has_held_deadlines());
-        store.apply(&WriteOp::SetExpiring { key, value, at });
-        let err = encoder.copy_some(&store).unwrap_err();
-        assert!(err.contains("gained a deadline"), "{err}");
+    fn a_version_3_file_still_loads() {
+        let mut file = MAGIC.to_vec();
+        let mut header = vec![KIND_HEADER];
+        header.extend_from_slice(&VERSION_TIMED.to_le_bytes());
+        header.extend_from_slice(&[0; 16]);
+        record::append(&mut file, &header);
+        record::append(&mut file, &[KIND_BLOCK, 1, 0, 0, 0, 1, 0, 0, 0, b'k', b'v']);
+        let mut timed = vec![KIND_TIMED, 1, 0, 0, 0, 1, 0, 0, 0];
+        timed.extend_from_slice(&u64::MAX.to_le_bytes());
+        timed.extend_from_slice(b"tw");
+        record::append(&mut file, &timed);
+        let op = kvstore_client::codec::encode(&set("o", "p")).unwrap();
+        let mut ops = vec![KIND_OPS];
+        ops.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        ops.extend_from_slice(&op);
+        record::append(&mut file, &ops);
+        let mut footer = vec![KIND_FOOTER];
+        for n in [2u64, 2, 1] {
+            footer.extend_from_slice(&n.to_le_bytes());
+        }
+        record::append(&mut file, &footer);
+        let (store, info) = load_bytes(&file).unwrap();
+        assert_eq!(info.map(|i| (i.entries, i.ops)), Some((2, 1)));
+        let zero = Revisions::default();
+        assert_eq!(store.get_revised(b"k"), Some((Bytes::from("v"), zero)));
+        assert_eq!(store.get_revised(b"t"), Some((Bytes::from("w"), zero)));
+        assert_eq!(store.deadline(b"t"), Some(Some(u64::MAX)));
+        assert_eq!(store.get(b"o").as_deref(), Some(&b"p"[..]));
     }
 
     #[test]
@@ -954,24 +1054,21 @@ mod tests {
         }
     }
 
-    /// The data file stays version 1, which servers from before backups
-    /// read too: a downgrade keeps working.
+    /// The data file's snapshot holds no writes; what it says of itself
+    /// is what a load finds.
     #[test]
-    fn the_data_files_snapshots_are_version_1_and_hold_no_writes() {
+    fn the_data_files_snapshots_hold_no_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kvstore.db");
         let store = Store::new(2);
         store.apply(&set("a", "1"));
         let info = write(&RealFs, &path, &mut &store, 3, 30, || Ok(())).unwrap();
         let file = std::fs::read(&path).unwrap();
-        assert_eq!(file[17..21], 1u32.to_le_bytes(), "the header's version");
         assert_eq!(file.len() as u64, info.bytes);
         let (loaded, loaded_info) = load_bytes(&file).unwrap();
         assert_eq!(loaded_info, Some(info));
+        assert_eq!(info.ops, 0);
         assert_eq!(loaded.get(b"a").as_deref(), Some(&b"1"[..]));
-        assert!(Encoder::snapshot(1, 1, false)
-            .push_op(&set("b", "2"))
-            .is_err());
     }
 
     /// Files written before op records existed (version 1: no `ops` in the

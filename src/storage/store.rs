@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use parking_lot::RwLock;
 
@@ -30,7 +30,8 @@ use super::clock::Clock;
 use super::op::WriteOp;
 
 /// One key and its value in a single allocation:
-/// `key length (u32 LE) | key | [deadline (u64 LE)] | value`.
+/// `key length (u32 LE) | key | modified (u64 LE) | created (u64 LE) |
+/// [deadline (u64 LE)] | value`, the two revisions being [`Revisions`].
 ///
 /// The length's top bit says whether a deadline (ms since the Unix epoch,
 /// after which the key is gone: docs/design/expiry.md) follows the key. A
@@ -51,19 +52,42 @@ const HAS_DEADLINE: u32 = 1 << 31;
 /// Bytes of a deadline.
 const DEADLINE_LEN: usize = 8;
 
-impl Entry {
-    pub fn new(key: &[u8], value: &[u8]) -> Entry {
-        Entry::with_deadline(key, value, None)
-    }
+/// Bytes of the two revisions.
+const REVISIONS_LEN: usize = 16;
 
+/// When a key was last written and when it came into being: the log
+/// positions of those writes (docs/transactions.md). A key stored before
+/// revisions were kept has 0 for both until it is written again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revisions {
+    pub modified: u64,
+    pub created: u64,
+}
+
+impl Revisions {
+    /// The revisions of `key` written at `revision` over `old`, its entry
+    /// if it has one. An entry whose deadline has passed but that the sweep
+    /// has not removed yet still counts: the clock must not decide what a
+    /// replay writes.
+    fn written(old: Option<&Entry>, revision: u64) -> Revisions {
+        Revisions {
+            modified: revision,
+            created: old.map_or(revision, |old| old.revisions().created),
+        }
+    }
+}
+
+impl Entry {
     /// An entry whose key is gone once `deadline` (ms since the epoch) has
     /// passed, if it has one.
-    pub fn with_deadline(key: &[u8], value: &[u8], deadline: Option<u64>) -> Entry {
-        let extra = deadline.map_or(0, |_| DEADLINE_LEN);
+    pub fn new(key: &[u8], value: &[u8], deadline: Option<u64>, revisions: Revisions) -> Entry {
+        let extra = REVISIONS_LEN + deadline.map_or(0, |_| DEADLINE_LEN);
         let mut buf = Vec::with_capacity(ENTRY_HEADER + key.len() + extra + value.len());
         let flag = deadline.map_or(0, |_| HAS_DEADLINE);
         buf.extend_from_slice(&(key.len() as u32 | flag).to_le_bytes());
         buf.extend_from_slice(key);
+        buf.extend_from_slice(&revisions.modified.to_le_bytes());
+        buf.extend_from_slice(&revisions.created.to_le_bytes());
         if let Some(at) = deadline {
             buf.extend_from_slice(&at.to_le_bytes());
         }
@@ -82,9 +106,15 @@ impl Entry {
 
     fn value_start(&self) -> usize {
         match self.header() & HAS_DEADLINE {
-            0 => self.key_end(),
-            _ => self.key_end() + DEADLINE_LEN,
+            0 => self.key_end() + REVISIONS_LEN,
+            _ => self.key_end() + REVISIONS_LEN + DEADLINE_LEN,
         }
+    }
+
+    /// The u64 at `at`.
+    fn u64_at(&self, at: usize) -> u64 {
+        let bytes: [u8; 8] = self.0[at..at + 8].try_into().unwrap_or_default();
+        u64::from_le_bytes(bytes)
     }
 
     pub fn key(&self) -> &[u8] {
@@ -100,9 +130,15 @@ impl Entry {
         if self.header() & HAS_DEADLINE == 0 {
             return None;
         }
+        Some(self.u64_at(self.key_end() + REVISIONS_LEN))
+    }
+
+    pub fn revisions(&self) -> Revisions {
         let at = self.key_end();
-        let bytes: [u8; DEADLINE_LEN] = self.0[at..at + DEADLINE_LEN].try_into().ok()?;
-        Some(u64::from_le_bytes(bytes))
+        Revisions {
+            modified: self.u64_at(at),
+            created: self.u64_at(at + 8),
+        }
     }
 
     /// Whether the key is gone at `now_ms`: its deadline is at or before it.
@@ -219,9 +255,15 @@ pub struct Store {
     /// Says when a deadline has passed: an expired entry is hidden from
     /// every read until the sweep removes it.
     clock: Clock,
-    /// A key has had a deadline since the store was made: copies of it
-    /// must keep deadlines (set before the entry goes in).
-    timed: AtomicBool,
+}
+
+/// A key as a copy holds it (a snapshot's or backup's entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub deadline: Option<u64>,
+    pub revisions: Revisions,
 }
 
 /// What a write did, for the reply.
@@ -431,7 +473,6 @@ impl Store {
             key_bytes: AtomicU64::new(0),
             value_bytes: AtomicU64::new(0),
             clock,
-            timed: AtomicBool::new(false),
         }
     }
 
@@ -459,6 +500,13 @@ impl Store {
         let map = self.shard(key).read();
         let found = self.found(&map, key);
         found.map(|e| Bytes::copy_from_slice(e.value()))
+    }
+
+    /// The value of `key` and its revisions, read together.
+    pub fn get_revised(&self, key: &[u8]) -> Option<(Bytes, Revisions)> {
+        let map = self.shard(key).read();
+        let found = self.found(&map, key);
+        found.map(|e| (Bytes::copy_from_slice(e.value()), e.revisions()))
     }
 
     /// The deadline of `key` (`Some(None)`: it has none; `None`: no key).
@@ -541,16 +589,21 @@ impl Store {
         }
     }
 
-    /// Whether a key has had a deadline since the store was made.
-    pub fn has_held_deadlines(&self) -> bool {
-        self.timed.load(AtomicOrdering::Acquire)
+    /// Stores `key` with `value` and `deadline` in `map`, written at
+    /// `revision`, replacing (and uncounting) the old entry.
+    fn put(
+        &self,
+        map: &mut Map,
+        (key, value): (&[u8], &[u8]),
+        deadline: Option<u64>,
+        revision: u64,
+    ) {
+        let revisions = Revisions::written(map.get(key), revision);
+        self.put_entry(map, Entry::new(key, value, deadline, revisions));
     }
 
     /// Stores `entry` in `map`, replacing (and uncounting) the old one.
-    fn put(&self, map: &mut Map, entry: Entry) {
-        if entry.deadline().is_some() {
-            self.timed.store(true, AtomicOrdering::Release);
-        }
+    fn put_entry(&self, map: &mut Map, entry: Entry) {
         self.count(&entry, true);
         if let Some(old) = map.put(entry) {
             self.count(&old, false);
@@ -570,26 +623,29 @@ impl Store {
     }
 
     /// Gives `key`'s entry in `map` the deadline `at` (`None`: no
-    /// deadline); whether there was one to change. The entry's own
-    /// deadline is not looked at: the commit thread decided the write
-    /// on what readers see, and replay must not depend on the clock.
-    fn set_deadline(&self, map: &mut Map, key: &[u8], at: Option<u64>) -> bool {
+    /// deadline) at `revision`; whether there was one to change. The
+    /// entry's own deadline is not looked at: the commit thread decided
+    /// the write on what readers see, and replay must not depend on the
+    /// clock.
+    fn set_deadline(&self, map: &mut Map, key: &[u8], at: Option<u64>, revision: u64) -> bool {
         let Some(old) = map.get(key) else {
             return false;
         };
-        let entry = Entry::with_deadline(key, old.value(), at);
-        self.put(map, entry);
+        let revisions = Revisions::written(Some(old), revision);
+        let entry = Entry::new(key, old.value(), at, revisions);
+        self.put_entry(map, entry);
         true
     }
 
-    /// Applies one write. A BulkSet, DeleteMany or Clear takes the write locks
-    /// of all its shards, in shard order, before it changes anything, so no
-    /// reader sees half of it.
-    pub fn apply(&self, op: &WriteOp) -> Applied {
+    /// Applies one write, made at `revision` (its log position). A
+    /// BulkSet, DeleteMany or Clear takes the write locks of all its
+    /// shards, in shard order, before it changes anything, so no reader
+    /// sees half of it.
+    pub fn apply_at(&self, op: &WriteOp, revision: u64) -> Applied {
+        let at = revision;
         match op {
             WriteOp::Set { key, value } => {
-                let entry = Entry::new(key, value);
-                self.put(&mut self.shard(key).write(), entry);
+                self.put(&mut self.shard(key).write(), (key, value), None, at);
                 Applied::Stored
             }
             WriteOp::Delete { key } => {
@@ -598,7 +654,7 @@ impl Store {
             WriteOp::BulkSet { items } => {
                 self.with_shards_of(items.iter().map(|(k, _)| k), |i, map| {
                     let (key, value) = &items[i];
-                    self.put(map, Entry::new(key, value));
+                    self.put(map, (key, value), None, at);
                 });
                 Applied::Stored
             }
@@ -613,34 +669,39 @@ impl Store {
                 self.swap_all((0..self.shards.len()).map(|_| Map::default()), (0, 0));
                 Applied::Stored
             }
-            WriteOp::SetExpiring { key, value, at } => {
-                let entry = Entry::with_deadline(key, value, Some(*at));
-                self.put(&mut self.shard(key).write(), entry);
+            WriteOp::SetExpiring {
+                key,
+                value,
+                at: deadline,
+            } => {
+                let map = &mut self.shard(key).write();
+                self.put(map, (key, value), Some(*deadline), at);
                 Applied::Stored
             }
             WriteOp::SetExpiringMany { items } => {
                 self.with_shards_of(items.iter().map(|(k, ..)| k), |i, map| {
-                    let (key, value, at) = &items[i];
-                    self.put(map, Entry::with_deadline(key, value, Some(*at)));
+                    let (key, value, deadline) = &items[i];
+                    self.put(map, (key, value), Some(*deadline), at);
                 });
                 Applied::Stored
             }
-            WriteOp::ExpireAt { key, at } => {
-                Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, Some(*at)))
+            WriteOp::ExpireAt { key, at: deadline } => {
+                let map = &mut self.shard(key).write();
+                Applied::Bool(self.set_deadline(map, key, Some(*deadline), at))
             }
             WriteOp::Persist { key } => {
-                Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, None))
+                Applied::Bool(self.set_deadline(&mut self.shard(key).write(), key, None, at))
             }
             WriteOp::Rename {
                 from,
                 to,
                 value,
-                at,
+                at: deadline,
             } => {
                 let keys = [from.clone(), to.clone()];
                 self.with_shards_of(keys.iter(), |i, map| match i {
                     0 => drop(self.take(map, from)),
-                    _ => self.put(map, Entry::with_deadline(to, value, *at)),
+                    _ => self.put(map, (to, value), *deadline, at),
                 });
                 Applied::Stored
             }
@@ -662,6 +723,26 @@ impl Store {
                 Applied::Int(removed)
             }
         }
+    }
+
+    /// Puts each of `stored` in as a copy holds it, revisions and all.
+    pub fn insert(&self, stored: &[Stored]) {
+        self.with_shards_of(stored.iter().map(|s| &s.key), |i, map| {
+            let Stored {
+                key,
+                value,
+                deadline,
+                revisions,
+            } = &stored[i];
+            self.put_entry(map, Entry::new(key, value, *deadline, *revisions));
+        });
+    }
+
+    /// [`Store::apply_at`] at revision 0, for tests that do not look at
+    /// revisions.
+    #[cfg(test)]
+    pub(crate) fn apply(&self, op: &WriteOp) -> Applied {
+        self.apply_at(op, 0)
     }
 
     /// Up to `max` keys whose deadline is at or before `now`, earliest
@@ -732,7 +813,6 @@ impl Store {
             by_shard: (0..self.shards.len()).map(|_| Vec::new()).collect(),
             key_bytes: 0,
             value_bytes: 0,
-            timed: false,
         }
     }
 
@@ -749,9 +829,6 @@ impl Store {
                 .fetch_add(loader.key_bytes, AtomicOrdering::Relaxed);
             self.value_bytes
                 .fetch_add(loader.value_bytes, AtomicOrdering::Relaxed);
-            if loader.timed {
-                self.timed.store(true, AtomicOrdering::Release);
-            }
             for (shard, entries) in loader.by_shard.into_iter().enumerate() {
                 per_shard[shard].push(entries);
             }
@@ -903,18 +980,20 @@ pub struct Loader<'s> {
     /// threads) so that the load needs no second pass over the entries.
     key_bytes: u64,
     value_bytes: u64,
-    /// A key pushed had a deadline.
-    timed: bool,
 }
 
 impl Loader<'_> {
     /// Adds a key, with the deadline it has if any.
-    pub fn push(&mut self, key: &[u8], value: &[u8], deadline: Option<u64>) {
+    pub fn push(
+        &mut self,
+        (key, value): (&[u8], &[u8]),
+        deadline: Option<u64>,
+        revisions: Revisions,
+    ) {
         self.key_bytes += key.len() as u64;
         self.value_bytes += value.len() as u64;
-        self.timed |= deadline.is_some();
         let shard = self.store.shard_index(key);
-        self.by_shard[shard].push(Entry::with_deadline(key, value, deadline));
+        self.by_shard[shard].push(Entry::new(key, value, deadline, revisions));
     }
 }
 
@@ -933,30 +1012,37 @@ mod tests {
         store
     }
 
-    /// A deadline rides in the entry only when there is one: a key without
-    /// one takes the same bytes as before deadlines, and lookups by key
-    /// find either kind.
+    /// Revisions ride in every entry, a deadline only when there is one,
+    /// and lookups by key find either kind.
     #[test]
-    fn an_entry_carries_a_deadline_only_when_it_has_one() {
-        let plain = Entry::new(b"user:1", b"ann");
-        assert_eq!(plain.0.len(), ENTRY_HEADER + 6 + 3);
+    fn an_entry_carries_its_revisions_and_a_deadline_only_when_it_has_one() {
+        let revised = Revisions {
+            modified: 9,
+            created: 4,
+        };
+        let plain = Entry::new(b"user:1", b"ann", None, revised);
+        assert_eq!(plain.0.len(), ENTRY_HEADER + 6 + REVISIONS_LEN + 3);
         assert_eq!((plain.key(), plain.value()), (&b"user:1"[..], &b"ann"[..]));
-        assert_eq!(plain.deadline(), None);
+        assert_eq!((plain.deadline(), plain.revisions()), (None, revised));
         assert!(!plain.expired(u64::MAX));
 
         let at = 1_764_950_400_000;
-        let expiring = Entry::with_deadline(b"session:9", b"", Some(at));
-        assert_eq!(expiring.0.len(), ENTRY_HEADER + 9 + DEADLINE_LEN);
+        let expiring = Entry::new(b"session:9", b"", Some(at), revised);
+        let len = ENTRY_HEADER + 9 + REVISIONS_LEN + DEADLINE_LEN;
+        assert_eq!(expiring.0.len(), len);
         assert_eq!(
             (expiring.key(), expiring.value()),
             (&b"session:9"[..], &b""[..])
         );
-        assert_eq!(expiring.deadline(), Some(at));
+        assert_eq!(
+            (expiring.deadline(), expiring.revisions()),
+            (Some(at), revised)
+        );
         assert!(!expiring.expired(at - 1));
         assert!(expiring.expired(at));
 
         // A value that looks like a deadline stays a value.
-        let tricky = Entry::new(b"k", &at.to_le_bytes());
+        let tricky = Entry::new(b"k", &at.to_le_bytes(), None, Revisions::default());
         assert_eq!(
             (tricky.deadline(), tricky.value()),
             (None, &at.to_le_bytes()[..])
@@ -967,6 +1053,43 @@ mod tests {
         assert_eq!(found(b"session:9"), Some(Vec::new()));
         assert_eq!(found(b"user:1"), Some(b"ann".to_vec()));
         assert_eq!(found(b"k"), Some(at.to_le_bytes().to_vec()));
+    }
+
+    /// A write sets the modified revision; the created one stays while the
+    /// key lives and starts again after a delete.
+    #[test]
+    fn writes_move_the_modified_revision_and_creation_keeps_its_own() {
+        let store = Store::with_clock(2, Clock::manual(0));
+        let revisions = |key: &str| store.get_revised(key.as_bytes()).map(|(_, r)| r);
+        let at = |modified, created| Some(Revisions { modified, created });
+        store.apply_at(&WriteOp::set("k", "1"), 3);
+        assert_eq!(revisions("k"), at(3, 3));
+        store.apply_at(&WriteOp::set("k", "2"), 5);
+        assert_eq!(revisions("k"), at(5, 3));
+        store.apply_at(
+            &WriteOp::ExpireAt {
+                key: b("k"),
+                at: 99,
+            },
+            6,
+        );
+        assert_eq!(revisions("k"), at(6, 3));
+        store.apply_at(&WriteOp::Persist { key: b("k") }, 7);
+        assert_eq!(revisions("k"), at(7, 3));
+        let rename = WriteOp::Rename {
+            from: b("k"),
+            to: b("j"),
+            value: b("2"),
+            at: None,
+        };
+        store.apply_at(&rename, 8);
+        assert_eq!((revisions("k"), revisions("j")), (None, at(8, 8)));
+        store.apply_at(&WriteOp::Delete { key: b("j") }, 9);
+        store.apply_at(&WriteOp::set("j", "3"), 10);
+        assert_eq!(revisions("j"), at(10, 10));
+        let items = vec![(b("j"), b("4")), (b("i"), b("1"))];
+        store.apply_at(&WriteOp::BulkSet { items }, 11);
+        assert_eq!((revisions("j"), revisions("i")), (at(11, 10), at(11, 11)));
     }
 
     fn b(s: &str) -> Bytes {

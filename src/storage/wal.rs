@@ -232,7 +232,7 @@ pub fn replay(
     dir: &Path,
     first: u64,
     first_seq: u64,
-    mut apply: impl FnMut(WriteOp),
+    mut apply: impl FnMut(WriteOp, u64),
 ) -> Result<Replayed, Error> {
     let ids: Vec<u64> = list_segments(fs, dir)?
         .into_iter()
@@ -299,7 +299,7 @@ pub fn replay(
                             format!("sequence number {seq} where {next_seq} was expected"),
                         ));
                     }
-                    apply(op);
+                    apply(op, seq);
                     next_seq += 1;
                     records += 1;
                     offset = next;
