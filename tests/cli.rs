@@ -137,6 +137,25 @@ fn string_commands_print_their_results() {
     assert_eq!(run(&["del", "a", "b", "nope"]), said(0, "2\n"));
     assert_eq!(run(&["del", "s"]), said(0, "true\n"));
 
+    // Revisions: a line before the value; JSON fields.
+    assert_eq!(run(&["set", "v", "1"]).0, 0);
+    assert_eq!(run(&["set", "v", "2"]).0, 0);
+    let (status, stdout) = run(&["get", "--version", "v"]);
+    let (line, value) = stdout.split_once('\n').unwrap();
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(
+        (status, words[0], words[2], value),
+        (0, "modified", "created", "2")
+    );
+    let (modified, created): (u64, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    assert!(modified > created && created > 0, "{line}");
+    let out = kvstore(&addr, &["--output", "json", "get", "--version", "v"], b"");
+    let json = format!(
+        "{{\"created\":{created},\"key\":\"v\",\"modified\":{modified},\"value\":\"2\"}}\n"
+    );
+    assert_eq!(text(&out.stdout), json);
+    assert_eq!(run(&["get", "--version", "nope"]), said(1, ""));
+
     // Flush: refused without a terminal unless --yes.
     let out = kvstore(&addr, &["flush"], b"y\n");
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));

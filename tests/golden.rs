@@ -98,6 +98,10 @@ fn examples() -> Vec<(&'static str, Message)> {
         ),
         ("persist-request", rq(29, Command::Persist { key: b("k") })),
         (
+            "getwithversion-request",
+            rq(37, Command::GetWithVersion { key: b("k") }),
+        ),
+        (
             "ttl-request",
             rq(
                 30,
@@ -398,6 +402,17 @@ fn examples() -> Vec<(&'static str, Message)> {
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),
         ("value-none-response", rs(2, Reply::Value(None))),
+        (
+            "versioned-response",
+            rs(
+                37,
+                Reply::Versioned {
+                    value: Some(b("v")),
+                    modified: 42,
+                    created: 7,
+                },
+            ),
+        ),
         ("bool-response", rs(3, Reply::Bool(true))),
         (
             "keys-response",

@@ -94,17 +94,44 @@ fn every_method_answers_and_both_doors_see_the_same_data() {
         let got = kv
             .get(GetRequest {
                 key: "native".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
             .into_inner();
         assert_eq!((got.found, &got.value[..]), (true, &b"door"[..]));
         let missing = kv
-            .get(GetRequest { key: "nope".into() })
+            .get(GetRequest {
+                key: "nope".into(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         assert_eq!((missing.found, missing.value.len()), (false, 0));
+        // With the revisions, as the native door reads them.
+        let versioned = kv
+            .get(GetRequest {
+                key: "native".into(),
+                with_version: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let Reply::Versioned {
+            modified, created, ..
+        } = native.call(kvstore_client::Command::GetWithVersion {
+            key: "native".into(),
+        })
+        else {
+            panic!("not a Versioned reply");
+        };
+        assert!(modified > 0);
+        assert_eq!(
+            (versioned.mod_revision, versioned.create_revision),
+            (modified, created)
+        );
+        assert_eq!((got.mod_revision, got.create_revision), (0, 0));
 
         kv.bulk_put(BulkPutRequest {
             pairs: (0..30)
@@ -207,7 +234,7 @@ fn every_method_answers_and_both_doors_see_the_same_data() {
         assert_eq!(figure("keys", &[]), Some(31));
         let calls = |method| figure("commands_total", &[("door", "grpc"), ("command", method)]);
         assert_eq!(calls("Put"), Some(1));
-        assert_eq!(calls("Get"), Some(2));
+        assert_eq!(calls("Get"), Some(3));
         assert_eq!(calls("Delete"), Some(2));
         assert_eq!(calls("ListKeys"), Some(2));
         assert_eq!(calls("Stat"), Some(1));
@@ -281,6 +308,7 @@ fn keys_expire_through_grpc() {
         let get = kv
             .get(GetRequest {
                 key: "timed".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -293,6 +321,7 @@ fn keys_expire_through_grpc() {
         let get = kv
             .get(GetRequest {
                 key: "short".into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -577,6 +606,7 @@ fn the_token_is_asked_for_in_metadata_and_checked() {
         for (key, found) in [("none", false), ("wrong", false), ("right", true)] {
             let get = GetRequest {
                 key: key.as_bytes().to_vec().into(),
+                ..Default::default()
             };
             let got = kv.get(with_auth(get, Some(&bearer))).await.unwrap();
             assert_eq!(got.into_inner().found, found, "{key}");
@@ -707,7 +737,10 @@ fn grpc_connections_count_against_the_one_connection_limit() {
         let refused = match endpoint.connect().await {
             Err(_) => true,
             Ok(channel) => KeyValueClient::new(channel)
-                .get(GetRequest { key: "k".into() })
+                .get(GetRequest {
+                    key: "k".into(),
+                    ..Default::default()
+                })
                 .await
                 .is_err(),
         };
@@ -718,7 +751,10 @@ fn grpc_connections_count_against_the_one_connection_limit() {
         for attempt in 0.. {
             let served = match endpoint.connect().await {
                 Ok(channel) => KeyValueClient::new(channel)
-                    .get(GetRequest { key: "k".into() })
+                    .get(GetRequest {
+                        key: "k".into(),
+                        ..Default::default()
+                    })
                     .await
                     .is_ok(),
                 Err(_) => false,

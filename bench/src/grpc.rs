@@ -66,7 +66,13 @@ async fn call(mut client: KeyValueClient, command: Command) -> Result<(), tonic:
             .put(PutRequest { key, value, ttl_ms })
             .await
             .map(drop),
-        Command::Get { key } => client.get(GetRequest { key }).await.map(drop),
+        Command::Get { key } => client
+            .get(GetRequest {
+                key,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         Command::Delete { key } => client.delete(DeleteRequest { key }).await.map(drop),
         Command::Exists { key } => client.exists(ExistsRequest { key }).await.map(drop),
         Command::BulkSet { items } => {

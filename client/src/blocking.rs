@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::client::{Client, ClientBuilder};
+use crate::client::{Client, ClientBuilder, Versioned};
 use crate::{BackupSummary, Command, Condition, Error, ExpireWhen, Expiry, Part, Reply, ScanQuery};
 
 /// A blocking kvstore client with the same methods as [`Client`].
@@ -59,6 +59,11 @@ impl BlockingClient {
     /// The value of `key`, or `None` ([`Client::get`]).
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, Error> {
         self.runtime.block_on(self.client.get(key))
+    }
+
+    /// The value of `key` with its revisions ([`Client::get_with_version`]).
+    pub fn get_with_version(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, Error> {
+        self.runtime.block_on(self.client.get_with_version(key))
     }
 
     /// Removes `key`; `true` if it existed ([`Client::delete`]).

@@ -52,6 +52,17 @@ pub const DEFAULT_MAX_CALL_TIME: Duration = Duration::from_secs(20);
 /// split the batches.
 pub const DEFAULT_CONNECTIONS: usize = 2;
 
+/// A key's value and revisions ([`Client::get_with_version`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// The key's value.
+    pub value: Bytes,
+    /// The log position of the key's last write.
+    pub modified: u64,
+    /// The log position of the write that created it.
+    pub created: u64,
+}
+
 /// Settings of a [`Client`]; build one with [`Client::builder`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -427,6 +438,39 @@ impl Client {
         match self.call(Command::Get { key: bytes(key) }).await? {
             Reply::Value(value) => Ok(value),
             other => Err(unexpected("Value", &other)),
+        }
+    }
+
+    /// The value of `key` with its revisions, or `None`: the log
+    /// positions of its last write and of its creation (the server's
+    /// docs/transactions.md). A key whose `modified` is the same in two
+    /// reads was not written between them.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
+    /// if let Some(found) = client.get_with_version("config").await? {
+    ///     println!("revision {}", found.modified);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with_version(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<Versioned>, Error> {
+        match self
+            .call(Command::GetWithVersion { key: bytes(key) })
+            .await?
+        {
+            Reply::Versioned {
+                value,
+                modified,
+                created,
+            } => Ok(value.map(|value| Versioned {
+                value,
+                modified,
+                created,
+            })),
+            other => Err(unexpected("Versioned", &other)),
         }
     }
 

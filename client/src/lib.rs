@@ -44,7 +44,7 @@ mod wire_bytes;
 
 pub use backup::{BackupStream, BackupSummary};
 pub use blocking::BlockingClient;
-pub use client::{Client, ClientBuilder, Reads};
+pub use client::{Client, ClientBuilder, Reads, Versioned};
 pub use error::Error;
 pub use protocol::{
     ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, ExpireWhen,

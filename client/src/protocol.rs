@@ -403,6 +403,14 @@ pub enum Command {
         /// Overwrite `to` if it exists.
         replace: bool,
     },
+    /// Tag 33. A key's value with its revisions: the log positions of its
+    /// last write and of its creation (docs/transactions.md). Reply:
+    /// `Versioned`, with no value and revisions 0 for a missing key.
+    GetWithVersion {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
 }
 
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
@@ -613,7 +621,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 33] = [
+pub const COMMAND_NAMES: [&str; 34] = [
     "Set",
     "Get",
     "Delete",
@@ -647,6 +655,7 @@ pub const COMMAND_NAMES: [&str; 33] = [
     "BulkSetIfAbsent",
     "Copy",
     "Rename",
+    "GetWithVersion",
 ];
 
 impl Command {
@@ -686,6 +695,7 @@ impl Command {
             Command::BulkSetIfAbsent { .. } => 30,
             Command::Copy { .. } => 31,
             Command::Rename { .. } => 32,
+            Command::GetWithVersion { .. } => 33,
         }
     }
 
@@ -705,6 +715,7 @@ impl Command {
                 | Command::Scan { .. }
                 | Command::Range { .. }
                 | Command::Ttl { .. }
+                | Command::GetWithVersion { .. }
         )
     }
 
@@ -732,6 +743,7 @@ impl Command {
             | Command::Rename { .. } => true,
             Command::Get { .. }
             | Command::Ttl { .. }
+            | Command::GetWithVersion { .. }
             | Command::Exists { .. }
             | Command::Keys { .. }
             | Command::Scan { .. }
@@ -756,6 +768,7 @@ impl Command {
         match self {
             Command::Set { key, .. }
             | Command::Get { key }
+            | Command::GetWithVersion { key }
             | Command::Delete { key }
             | Command::Exists { key }
             | Command::SetIf { key, .. }
@@ -895,6 +908,17 @@ pub enum Reply {
         /// The inner command's reply.
         #[serde(deserialize_with = "wire_bytes::inner_reply")]
         reply: Box<Reply>,
+    },
+    /// Tag 12. A key's value and revisions (GetWithVersion): no value and
+    /// both revisions 0 for a missing key.
+    Versioned {
+        /// The value, if the key exists.
+        #[serde(deserialize_with = "wire_bytes::option")]
+        value: Option<Bytes>,
+        /// The log position of the key's last write.
+        modified: u64,
+        /// The log position of the write that created it.
+        created: u64,
     },
 }
 
@@ -1152,6 +1176,7 @@ mod tests {
                 to: b(),
                 replace: false,
             },
+            Command::GetWithVersion { key: b() },
         ]
     }
 

@@ -63,6 +63,7 @@ pub fn size(command: &Command) -> usize {
     match command {
         Command::Set { key, value } => key.len() + value.len(),
         Command::Get { key }
+        | Command::GetWithVersion { key }
         | Command::Delete { key }
         | Command::Exists { key }
         | Command::GetDel { key }
@@ -162,7 +163,10 @@ pub async fn node_read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error>
 /// The key a read of data names, if it names one: its group answers it.
 pub fn read_key(command: &Command) -> Option<&[u8]> {
     match command {
-        Command::Get { key } | Command::Exists { key } | Command::Ttl { key, .. } => Some(key),
+        Command::Get { key }
+        | Command::GetWithVersion { key }
+        | Command::Exists { key }
+        | Command::Ttl { key, .. } => Some(key),
         _ => None,
     }
 }
@@ -279,6 +283,7 @@ pub async fn read_anywhere(command: Command, db: &Db) -> Reply {
 pub fn read(command: Command, db: &Db) -> Reply {
     let result = match command {
         Command::Get { key } => get::apply(&key, db),
+        Command::GetWithVersion { key } => get::with_version(&key, db),
         Command::Exists { key } => exists::apply(&key, db),
         Command::Ttl { key, absolute } => expire::ttl(&key, absolute, db),
         Command::Keys {

@@ -312,18 +312,31 @@ impl KeyValue for KeyValueService {
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let (metadata, _, GetRequest { key }) = request.into_parts();
-        match self
-            .run(Method::Get, &metadata, Command::Get { key })
-            .await?
-        {
-            (Reply::Value(value), index) => {
-                let found = value.is_some();
-                let value = value.unwrap_or_default();
-                Ok(respond(GetResponse { found, value }, index))
-            }
-            (other, _) => Err(unexpected(&other)),
-        }
+        let (metadata, _, GetRequest { key, with_version }) = request.into_parts();
+        let command = match with_version {
+            true => Command::GetWithVersion { key },
+            false => Command::Get { key },
+        };
+        let (value, (mod_revision, create_revision), index) =
+            match self.run(Method::Get, &metadata, command).await? {
+                (Reply::Value(value), index) => (value, (0, 0), index),
+                (
+                    Reply::Versioned {
+                        value,
+                        modified,
+                        created,
+                    },
+                    index,
+                ) => (value, (modified, created), index),
+                (other, _) => return Err(unexpected(&other)),
+            };
+        let answer = GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            mod_revision,
+            create_revision,
+        };
+        Ok(respond(answer, index))
     }
 
     async fn delete(

@@ -339,12 +339,32 @@ impl Cluster {
     /// if the group serves the slot (a frozen slot is still read there);
     /// `Moved` if the slot has left it, `TryAgain` while it imports it.
     pub fn reader(&self, key: &[u8]) -> Result<Arc<dyn Engine>, Error> {
+        self.serving(key).map(|group| group.engine())
+    }
+
+    /// `key`'s value and revisions from its group ([`Cluster::reader`]),
+    /// read between two of the state machine's batches: the writes of one
+    /// Raft entry share its index as their revision, so a read between two
+    /// of them could see a key's revision stay while its value changes.
+    pub fn read_revised(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<(bytes::Bytes, crate::engine::Revisions)>, Error> {
+        let group = self.serving(key)?;
+        let pages = group.pages();
+        let _between_batches = pages.read();
+        group.engine().get_revised(key)
+    }
+
+    /// `key`'s group ([`Cluster::route`]) if it serves the slot (a frozen
+    /// slot is still read there).
+    fn serving(&self, key: &[u8]) -> Result<Arc<Group>, Error> {
         let group = self.route(key)?;
         let slot = kvstore_client::slot::slot_of(key);
         let refuse = |code, message| Err(Error::Rejected { code, message });
         let state = group.shards().borrow().state(slot);
         match state {
-            SlotState::Serving | SlotState::Frozen => Ok(group.engine()),
+            SlotState::Serving | SlotState::Frozen => Ok(group),
             SlotState::Elsewhere => refuse(
                 kvstore_client::ErrorCode::Moved,
                 format!("slot {slot} is served by another group"),

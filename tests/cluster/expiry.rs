@@ -19,16 +19,8 @@ fn local_get(addr: SocketAddr, key: &str) -> Option<Option<bytes::Bytes>> {
     let get = Command::Get {
         key: bytes::Bytes::copy_from_slice(key.as_bytes()),
     };
-    let command = Command::Indexed {
-        after: 0,
-        any_node: true,
-        command: Box::new(get),
-    };
-    match try_call(addr, command)? {
-        Reply::Indexed { reply, .. } => match *reply {
-            Reply::Value(value) => Some(value),
-            other => panic!("a follower read of {key}: {other:?}"),
-        },
+    match local_read(addr, get)? {
+        Reply::Value(value) => Some(value),
         other => panic!("a follower read of {key}: {other:?}"),
     }
 }

@@ -17,6 +17,7 @@ mod proxy;
 mod reads;
 mod resharding;
 mod restore;
+mod versions;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -158,6 +159,20 @@ fn send(addr: SocketAddr, command: kvstore_client::Command) -> Sent {
         return Sent::NoAnswer;
     }
     Sent::Answered(codec::decode::<Response>(&body).unwrap().reply)
+}
+
+/// `read` as the node at `addr` answers it from its own applied state (a
+/// follower read); `None` if it got no answer.
+fn local_read(addr: SocketAddr, read: kvstore_client::Command) -> Option<Reply> {
+    let command = kvstore_client::Command::Indexed {
+        after: 0,
+        any_node: true,
+        command: Box::new(read),
+    };
+    match try_call(addr, command)? {
+        Reply::Indexed { reply, .. } => Some(*reply),
+        other => panic!("a local read at {addr}: {other:?}"),
+    }
 }
 
 /// One request on a fresh connection; `None` if it got no answer.

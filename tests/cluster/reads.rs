@@ -130,7 +130,10 @@ fn grpc_reads_go_to_a_follower_when_asked_and_carry_the_session_index() {
         index.to_str().unwrap().parse().unwrap()
     };
     let get = |headers: &[(&'static str, String)]| {
-        let mut request = tonic::Request::new(GetRequest { key: "g".into() });
+        let mut request = tonic::Request::new(GetRequest {
+            key: "g".into(),
+            ..Default::default()
+        });
         for (name, value) in headers {
             let value: MetadataValue<_> = value.parse().unwrap();
             request.metadata_mut().insert(*name, value);

@@ -91,7 +91,13 @@ enum Cmd {
         ttl: Option<Duration>,
     },
     /// Print the value of KEY (raw bytes when piped); exit 1 if it does not exist.
-    Get { key: String },
+    Get {
+        key: String,
+        /// First print the key's revisions: `modified N created M`, the log
+        /// positions of its last write and of its creation.
+        #[arg(long)]
+        version: bool,
+    },
     /// Delete KEYs in one write; prints whether the key existed, or with
     /// several keys how many did.
     Del {
@@ -730,17 +736,9 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
                 (None, None) => client.set(&key, value).await.map(|()| out.ok()),
             }
         }
-        Cmd::Get { key } => match client.get(&key).await {
-            Ok(Some(value)) => {
-                out.value(&key, &value);
-                Ok(())
-            }
-            Ok(None) => {
-                out.missing(&key);
-                return Exit::NotFound;
-            }
-            Err(e) => Err(e),
-        },
+        Cmd::Get { key, version } => {
+            return exit_of(strings::get(client, &key, version, out).await)
+        }
         Cmd::Del { keys } => strings::delete(client, &keys, out).await,
         Cmd::Incr { key, step } => strings::incr(client, &key, step, out).await,
         Cmd::Decr { key, step } => match step.checked_neg() {

@@ -34,6 +34,24 @@ impl Output {
         }
     }
 
+    /// A value with its revisions: a line `modified N created M`, then the
+    /// value as [`Output::value`] prints it.
+    pub fn versioned(self, key: &str, found: &kvstore_client::Versioned) {
+        let (modified, created) = (found.modified, found.created);
+        match self {
+            Output::Text => {
+                say(&format!("modified {modified} created {created}"));
+                self.value(key, &found.value);
+            }
+            Output::Json => print_json(&json!({
+                "key": key,
+                "value": json_bytes(&found.value),
+                "modified": modified,
+                "created": created,
+            })),
+        }
+    }
+
     /// A missing key: nothing on stdout in text mode, a message on stderr.
     pub fn missing(self, key: &str) {
         eprintln!("kvstore: key {key:?} not found");

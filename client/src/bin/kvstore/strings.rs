@@ -57,6 +57,21 @@ pub async fn append(client: &Client, key: &str, value: &str, out: Output) -> Res
 }
 
 /// `getdel`: the value, or exit 1 if there was none.
+/// `get`: prints the value, with its revisions first if `version`.
+pub async fn get(client: &Client, key: &str, version: bool, out: Output) -> Result<Exit, Error> {
+    let printed = match version {
+        true => (client.get_with_version(key).await?).map(|found| out.versioned(key, &found)),
+        false => client.get(key).await?.map(|value| out.value(key, &value)),
+    };
+    Ok(match printed {
+        Some(()) => Exit::Ok,
+        None => {
+            out.missing(key);
+            Exit::NotFound
+        }
+    })
+}
+
 pub async fn get_del(client: &Client, key: &str, out: Output) -> Result<Exit, Error> {
     Ok(match client.get_del(key).await? {
         Some(value) => {
