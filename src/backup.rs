@@ -123,6 +123,10 @@ fn held_bytes(op: &WriteOp) -> usize {
             WriteOp::Rename {
                 from, to, value, ..
             } => held(from) + held(to) + held(value),
+            WriteOp::Txn { puts, deletes } => {
+                (puts.iter().map(|(k, v, _)| held(k) + held(v))).sum::<usize>()
+                    + deletes.iter().map(held).sum::<usize>()
+            }
             WriteOp::Clear => 0,
         }
 }

@@ -472,7 +472,7 @@ impl Worker {
                         self.seq += 1;
                         self.segment.encode_record(buf, self.seq, self.durable, op);
                         if let Some(view) = &mut view {
-                            view.record(op);
+                            view.record(op, self.seq);
                         }
                     }
                     jobs.push(Job::Write {

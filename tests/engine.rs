@@ -22,7 +22,7 @@ use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::snapshot;
 use kvstore::storage::store::Store;
-use kvstore_client::{Condition, ExpireWhen};
+use kvstore_client::{Compare, CompareOp, Condition, ErrorCode, ExpireWhen, Target, TxnOp};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -270,6 +270,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (proptest::collection::vec(key(), 0..4), 0u64..30).prop_map(|(keys, now)| Step::Write(WriteOp::Expire { keys, now })),
         2 => (key(), key(), value(), proptest::option::of(0u64..30)).prop_filter("two keys", |(from, to, ..)| from != to)
             .prop_map(|(from, to, value, at)| Step::Write(WriteOp::Rename { from, to, value, at })),
+        3 => proptest::collection::btree_map(key(), proptest::option::of((value(), proptest::option::of(0u64..30))), 0..5)
+            .prop_map(|states| Step::Write(txn_of(states))),
         3 => (0u64..4).prop_map(Step::Tick),
         2 => key().prop_map(Step::Deadline),
         4 => key().prop_map(Step::Get),
@@ -286,8 +288,29 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The `WriteOp::Txn` that leaves each key of `states` so (`None`: gone).
+fn txn_of(states: BTreeMap<Bytes, Option<(Bytes, Option<u64>)>>) -> WriteOp {
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    for (key, state) in states {
+        match state {
+            Some((value, at)) => puts.push((key, value, at)),
+            None => deletes.push(key),
+        }
+    }
+    WriteOp::Txn { puts, deletes }
+}
+
 fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
     match op {
+        WriteOp::Txn { puts, deletes } => {
+            for (key, value, at) in puts {
+                model.insert(key, value, *at);
+            }
+            for key in deletes {
+                model.remove(key);
+            }
+            Applied::Stored
+        }
         WriteOp::Set { key, value } => {
             model.insert(key, value, None);
             Applied::Stored
@@ -397,7 +420,149 @@ fn change() -> impl Strategy<Value = Change> {
         3 => proptest::collection::vec((key(), value()), 1..4).prop_map(|items| Change::BulkSetIfAbsent { items }),
         3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Copy { from, to, replace }),
         3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Rename { from, to, replace }),
+        6 => (
+            proptest::collection::vec(compare(), 0..3),
+            proptest::collection::vec(txn_op(), 0..5),
+            proptest::collection::vec(txn_op(), 0..3),
+        ).prop_map(|(compare, success, failure)| Change::Txn { compare, success, failure }),
     ]
+}
+
+/// Compares that sometimes hold: revisions near the batch positions the
+/// test makes (1 to 12).
+fn compare() -> impl Strategy<Value = Compare> {
+    let target = prop_oneof![
+        counter_value().prop_map(Target::Value),
+        any::<bool>().prop_map(Target::Exists),
+        (0u64..6).prop_map(Target::ModRevision),
+        (0u64..6).prop_map(Target::CreateRevision),
+    ];
+    let op = prop_oneof![
+        Just(CompareOp::Equal),
+        Just(CompareOp::NotEqual),
+        Just(CompareOp::Less),
+        Just(CompareOp::Greater),
+    ];
+    (key(), target, op).prop_map(|(key, target, op)| Compare { key, target, op })
+}
+
+fn txn_op() -> impl Strategy<Value = TxnOp> {
+    prop_oneof![
+        (key(), counter_value()).prop_map(|(key, value)| TxnOp::Set { key, value }),
+        key().prop_map(|key| TxnOp::Delete { key }),
+        proptest::collection::vec(key(), 0..3).prop_map(|keys| TxnOp::DeleteMany { keys }),
+        (key(), prop_oneof![Just(1i64), Just(-1), Just(i64::MAX)])
+            .prop_map(|(key, by)| TxnOp::Incr { key, by }),
+        key().prop_map(|key| TxnOp::Get { key }),
+    ]
+}
+
+/// Whether `compare` holds in the model.
+fn model_holds(model: &Model, compare: &Compare) -> bool {
+    let key = &compare.key;
+    let revisions = model.revised(key).map(|(_, r)| r).unwrap_or_default();
+    let ordering = match &compare.target {
+        Target::Value(constant) => match model.revised(key) {
+            Some((value, _)) => value.cmp(constant),
+            None => return false,
+        },
+        Target::Exists(constant) => model.live(key).cmp(constant),
+        Target::ModRevision(constant) => revisions.modified.cmp(constant),
+        Target::CreateRevision(constant) => revisions.created.cmp(constant),
+    };
+    compare.op.holds(ordering)
+}
+
+/// A transaction on the model: the branch's operations one by one on a
+/// copy of what readers see, then each key's final state written.
+fn model_txn(
+    model: &mut Model,
+    compare: &[Compare],
+    success: &[TxnOp],
+    failure: &[TxnOp],
+) -> Applied {
+    let succeeded = compare.iter().all(|c| model_holds(model, c));
+    let branch = if succeeded { success } else { failure };
+    let mut written: BTreeMap<Bytes, Option<(Bytes, Option<u64>)>> = BTreeMap::new();
+    let read = |written: &BTreeMap<Bytes, Option<(Bytes, Option<u64>)>>, key: &Bytes| match written
+        .get(key)
+    {
+        Some(state) => state.clone(),
+        None => model
+            .revised(key)
+            .map(|(v, _)| (v, model.deadlines.get(key).copied())),
+    };
+    let mut each = Vec::new();
+    for op in branch {
+        each.push(match op {
+            TxnOp::Set { key, value } => {
+                written.insert(key.clone(), Some((value.clone(), None)));
+                Applied::Stored
+            }
+            TxnOp::Delete { key } => {
+                let existed = read(&written, key).is_some();
+                written.insert(key.clone(), None);
+                Applied::Bool(existed)
+            }
+            TxnOp::DeleteMany { keys } => {
+                let mut existed = 0;
+                for key in keys {
+                    existed += i64::from(read(&written, key).is_some());
+                    written.insert(key.clone(), None);
+                }
+                Applied::Int(existed)
+            }
+            TxnOp::Get { key } => Applied::Value(read(&written, key).map(|(v, _)| v)),
+            TxnOp::Incr { key, by } => {
+                let current = read(&written, key);
+                let parsed = match &current {
+                    None => Some(0),
+                    Some((v, _)) => std::str::from_utf8(v)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s)),
+                };
+                match parsed.map(|n| n.checked_add(*by)) {
+                    None => refused(ErrorCode::NotAnInteger),
+                    Some(None) => refused(ErrorCode::Overflow),
+                    Some(Some(n)) => {
+                        let at = current.and_then(|(_, at)| at);
+                        written.insert(key.clone(), Some((Bytes::from(n.to_string()), at)));
+                        Applied::Int(n)
+                    }
+                }
+            }
+        });
+    }
+    for (key, state) in written {
+        match state {
+            Some((value, at)) => model.insert(&key, &value, at),
+            None if model.live(&key) => drop(model.remove(&key)),
+            None => {}
+        }
+    }
+    Applied::Txn { succeeded, each }
+}
+
+/// `applied` with the messages of refused transaction operations left out
+/// (the model gives none).
+fn without_messages(applied: Applied) -> Applied {
+    match applied {
+        Applied::Txn { succeeded, each } => Applied::Txn {
+            succeeded,
+            each: each.into_iter().map(without_messages).collect(),
+        },
+        Applied::Refused { code, .. } => refused(code),
+        other => other,
+    }
+}
+
+/// A refused transaction operation, as the engine answers it (the message
+/// is not compared).
+fn refused(code: ErrorCode) -> Applied {
+    Applied::Refused {
+        code,
+        message: String::new(),
+    }
 }
 
 /// `SetIf`, or `SetExpiring` with `Some(at)` (`None`: keep the deadline).
@@ -585,6 +750,11 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
             }
             Ok(Applied::Bool(true))
         }
+        Change::Txn {
+            compare,
+            success,
+            failure,
+        } => Ok(model_txn(model, compare, success, failure)),
         Change::Rename { from, to, replace } => {
             let Some(value) = model.live(from).then(|| model.values[from].clone()) else {
                 return Err(kvstore_client::ErrorCode::NoSuchKey as u32);
@@ -645,7 +815,7 @@ fn batched_changes_answer_like_sequential_ones(
             expected.push(model_change(&mut model, &change));
             let r = change.resolve(&view);
             if let Some(op) = r.op() {
-                view.record(op);
+                view.record(op, position);
             }
             resolved.push(r);
         }
@@ -654,7 +824,7 @@ fn batched_changes_answer_like_sequential_ones(
         let applied = (engine.apply_resolved(&revised, position, None)).expect("apply");
         for ((r, applied), expected) in resolved.into_iter().zip(applied).zip(expected) {
             let got = match r.outcome(applied) {
-                Ok(outcome) => Ok(outcome),
+                Ok(outcome) => Ok(without_messages(outcome)),
                 Err(kvstore::Error::Rejected { code, .. }) => Err(code as u32),
                 Err(e) => panic!("unexpected error {e}"),
             };

@@ -7,8 +7,8 @@
 
 use bytes::Bytes;
 use kvstore_client::{
-    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, ExpireWhen,
-    Expiry, GroupView, Reply, Request, Response,
+    codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Compare, CompareOp, Condition,
+    ErrorCode, ExpireWhen, Expiry, GroupView, Reply, Request, Response, Target, TxnOp,
 };
 
 fn b(s: &str) -> Bytes {
@@ -100,6 +100,24 @@ fn examples() -> Vec<(&'static str, Message)> {
         (
             "getwithversion-request",
             rq(37, Command::GetWithVersion { key: b("k") }),
+        ),
+        (
+            "txn-request",
+            rq(
+                38,
+                Command::Txn {
+                    compare: vec![Compare {
+                        key: b("k"),
+                        target: Target::ModRevision(42),
+                        op: CompareOp::Equal,
+                    }],
+                    success: vec![TxnOp::Set {
+                        key: b("k"),
+                        value: b("v"),
+                    }],
+                    failure: vec![TxnOp::Get { key: b("k") }],
+                },
+            ),
         ),
         (
             "ttl-request",
@@ -402,6 +420,16 @@ fn examples() -> Vec<(&'static str, Message)> {
         ("ok-response", rs(1, Reply::Ok)),
         ("value-response", rs(2, Reply::Value(Some(b("v1"))))),
         ("value-none-response", rs(2, Reply::Value(None))),
+        (
+            "txn-response",
+            rs(
+                38,
+                Reply::Txn {
+                    succeeded: false,
+                    replies: vec![Reply::Value(Some(b("w")))],
+                },
+            ),
+        ),
         (
             "versioned-response",
             rs(

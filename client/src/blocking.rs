@@ -66,6 +66,11 @@ impl BlockingClient {
         self.runtime.block_on(self.client.get_with_version(key))
     }
 
+    /// Runs a transaction ([`Client::txn`]).
+    pub fn txn(&self, txn: crate::Transaction) -> Result<crate::TxnDone, Error> {
+        self.runtime.block_on(self.client.txn(txn))
+    }
+
     /// Removes `key`; `true` if it existed ([`Client::delete`]).
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
         self.runtime.block_on(self.client.delete(key))

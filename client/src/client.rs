@@ -29,7 +29,7 @@ use crate::slot::{slot_of, GroupId};
 use crate::split::{by_slot, Part};
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, ExpireWhen, Expiry,
-    Reply, ScanQuery,
+    Reply, ScanQuery, Transaction, TxnDone,
 };
 
 /// Default time to establish a connection.
@@ -471,6 +471,16 @@ impl Client {
                 created,
             })),
             other => Err(unexpected("Versioned", &other)),
+        }
+    }
+
+    /// Runs a compare-and-swap transaction ([`Transaction`]): atomic and
+    /// durable as one write. Not resent after a lost reply (it may have
+    /// run), like `Incr`.
+    pub async fn txn(&self, txn: Transaction) -> Result<TxnDone, Error> {
+        match self.call(txn.command()).await? {
+            Reply::Txn { succeeded, replies } => Ok(TxnDone { succeeded, replies }),
+            other => Err(unexpected("Txn", &other)),
         }
     }
 

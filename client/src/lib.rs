@@ -40,6 +40,7 @@ mod routes;
 pub mod scan;
 pub mod slot;
 pub mod split;
+pub mod txn;
 mod wire_bytes;
 
 pub use backup::{BackupStream, BackupSummary};
@@ -47,9 +48,10 @@ pub use blocking::BlockingClient;
 pub use client::{Client, ClientBuilder, Reads, Versioned};
 pub use error::Error;
 pub use protocol::{
-    ClusterMember, ClusterRequest, ClusterStatus, Command, Condition, ErrorCode, ExpireWhen,
-    Expiry, GroupView, MoveView, Reply, Request, Response,
+    ClusterMember, ClusterRequest, ClusterStatus, Command, Compare, CompareOp, Condition,
+    ErrorCode, ExpireWhen, Expiry, GroupView, MoveView, Reply, Request, Response, Target, TxnOp,
 };
 pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;
 pub use split::Part;
+pub use txn::{Transaction, TxnDone};

@@ -411,6 +411,22 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::bytes")]
         key: Bytes,
     },
+    /// Tag 34. A transaction: if every one of `compare` holds, the
+    /// operations of `success` run, else those of `failure`, in order, each
+    /// seeing the ones before it, all decided and written as one atomic,
+    /// durable write. Reply: `Txn { succeeded, replies }`, one reply per
+    /// operation of the branch that ran (docs/transactions.md).
+    Txn {
+        /// The tests, all of which must hold.
+        #[serde(deserialize_with = "wire_bytes::seq")]
+        compare: Vec<Compare>,
+        /// What runs if they hold.
+        #[serde(deserialize_with = "wire_bytes::seq")]
+        success: Vec<TxnOp>,
+        /// What runs if one does not.
+        #[serde(deserialize_with = "wire_bytes::seq")]
+        failure: Vec<TxnOp>,
+    },
 }
 
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
@@ -442,6 +458,133 @@ pub enum ExpireWhen {
     Earlier,
     /// Tag 5. Only if it has one and the new one is earlier (`XX LT`).
     EarlierDeadline,
+}
+
+/// One test of a transaction ([`Command::Txn`]): `key`'s `target`
+/// compared with `op` (the key's side on the left: `Less` holds when the
+/// key's is less than the constant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    /// The key.
+    #[serde(deserialize_with = "wire_bytes::bytes")]
+    pub key: Bytes,
+    /// What of the key is compared, and the constant.
+    pub target: Target,
+    /// How.
+    pub op: CompareOp,
+}
+
+/// What a [`Compare`] looks at, with the constant it is compared with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Tag 0. The value, bytewise; never holds for a missing key.
+    Value(#[serde(deserialize_with = "wire_bytes::bytes")] Bytes),
+    /// Tag 1. Whether the key exists (`false` < `true`).
+    Exists(bool),
+    /// Tag 2. The log position of its last write (0 for a missing key).
+    ModRevision(u64),
+    /// Tag 3. The log position of its creation (0 for a missing key).
+    CreateRevision(u64),
+}
+
+/// How a [`Compare`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    /// Tag 0.
+    Equal,
+    /// Tag 1.
+    NotEqual,
+    /// Tag 2.
+    Less,
+    /// Tag 3.
+    Greater,
+}
+
+impl CompareOp {
+    /// Whether it holds when the key's side compares to the constant as
+    /// `ordering` says.
+    pub fn holds(self, ordering: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            CompareOp::Equal => ordering == Equal,
+            CompareOp::NotEqual => ordering != Equal,
+            CompareOp::Less => ordering == Less,
+            CompareOp::Greater => ordering == Greater,
+        }
+    }
+}
+
+/// One operation of a transaction's branch ([`Command::Txn`]); each sees
+/// the ones before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    /// Tag 0. As [`Command::Set`]; reply `Ok`.
+    Set {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// Its new value.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+    },
+    /// Tag 1. As [`Command::Delete`]; reply `Bool(existed)`.
+    Delete {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+    /// Tag 2. As [`Command::DeleteMany`]; reply `Int(existed)`.
+    DeleteMany {
+        /// The keys.
+        #[serde(deserialize_with = "wire_bytes::list")]
+        keys: Vec<Bytes>,
+    },
+    /// Tag 3. As [`Command::Incr`]; reply `Int(new value)`, or an error
+    /// reply (`NotAnInteger`, `Overflow`) that writes nothing.
+    Incr {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+        /// What to add.
+        by: i64,
+    },
+    /// Tag 4. As [`Command::Get`]; reply `Value`.
+    Get {
+        /// The key.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        key: Bytes,
+    },
+}
+
+/// Every key a transaction names: its compares', then its branches'.
+pub fn txn_keys<'t>(
+    compare: &'t [Compare],
+    success: &'t [TxnOp],
+    failure: &'t [TxnOp],
+) -> impl Iterator<Item = &'t [u8]> {
+    (compare.iter().map(|c| &c.key[..])).chain(success.iter().chain(failure).flat_map(TxnOp::keys))
+}
+
+impl TxnOp {
+    /// The keys it reads or writes.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            TxnOp::Set { key, .. }
+            | TxnOp::Delete { key }
+            | TxnOp::Incr { key, .. }
+            | TxnOp::Get { key } => vec![key],
+            TxnOp::DeleteMany { keys } => keys.iter().map(|k| &k[..]).collect(),
+        }
+    }
+
+    /// Roughly the bytes it holds.
+    pub fn size(&self) -> usize {
+        match self {
+            TxnOp::Set { key, value } => 16 + key.len() + value.len(),
+            TxnOp::DeleteMany { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
+            other => 16 + other.keys().iter().map(|k| k.len()).sum::<usize>(),
+        }
+    }
 }
 
 /// What [`Command::Cluster`] asks (docs/replication.md).
@@ -621,7 +764,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 34] = [
+pub const COMMAND_NAMES: [&str; 35] = [
     "Set",
     "Get",
     "Delete",
@@ -656,6 +799,7 @@ pub const COMMAND_NAMES: [&str; 34] = [
     "Copy",
     "Rename",
     "GetWithVersion",
+    "Txn",
 ];
 
 impl Command {
@@ -696,6 +840,7 @@ impl Command {
             Command::Copy { .. } => 31,
             Command::Rename { .. } => 32,
             Command::GetWithVersion { .. } => 33,
+            Command::Txn { .. } => 34,
         }
     }
 
@@ -740,7 +885,8 @@ impl Command {
             | Command::IncrByFloat { .. }
             | Command::BulkSetIfAbsent { .. }
             | Command::Copy { .. }
-            | Command::Rename { .. } => true,
+            | Command::Rename { .. }
+            | Command::Txn { .. } => true,
             Command::Get { .. }
             | Command::Ttl { .. }
             | Command::GetWithVersion { .. }
@@ -788,6 +934,11 @@ impl Command {
                 items.first().map(|(key, _)| &key[..])
             }
             Command::DeleteMany { keys } => keys.first().map(|key| &key[..]),
+            Command::Txn {
+                compare,
+                success,
+                failure,
+            } => txn_keys(compare, success, failure).next(),
             Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),
             Command::Keys { .. }
             | Command::Auth { .. }
@@ -817,6 +968,7 @@ impl Command {
                 Command::Incr { .. }
                     | Command::Append { .. }
                     | Command::IncrByFloat { .. }
+                    | Command::Txn { .. }
                     | Command::Backup { .. }
                     | Command::BackupNext
                     | Command::Cluster(_)
@@ -919,6 +1071,17 @@ pub enum Reply {
         modified: u64,
         /// The log position of the write that created it.
         created: u64,
+    },
+    /// Tag 13. What a transaction did (Txn): whether its compares held
+    /// (so the success branch ran), and the reply of each operation of the
+    /// branch that ran, in order. An operation that failed (an error
+    /// reply) wrote nothing; the others still did.
+    Txn {
+        /// The compares held.
+        succeeded: bool,
+        /// One per operation; never a `Txn` reply.
+        #[serde(deserialize_with = "wire_bytes::txn_replies")]
+        replies: Vec<Reply>,
     },
 }
 
@@ -1177,7 +1340,41 @@ mod tests {
                 replace: false,
             },
             Command::GetWithVersion { key: b() },
+            Command::Txn {
+                compare: vec![Compare {
+                    key: b(),
+                    target: Target::ModRevision(1),
+                    op: CompareOp::Equal,
+                }],
+                success: vec![TxnOp::Incr { key: b(), by: 1 }],
+                failure: vec![TxnOp::Get { key: b() }],
+            },
         ]
+    }
+
+    /// A `Txn` reply holds no `Txn` reply (its decoding would recurse as
+    /// deep as a frame allows), but may come inside an `Indexed` one.
+    #[test]
+    fn a_txn_reply_inside_a_txn_reply_is_refused_when_decoded() {
+        let txn = |replies| Reply::Txn {
+            succeeded: true,
+            replies,
+        };
+        let indexed = |reply| Reply::Indexed {
+            index: 1,
+            reply: Box::new(reply),
+        };
+        let decoded = |reply: &Reply| {
+            let encoded = crate::codec::encode(reply).unwrap();
+            crate::codec::decode::<Reply>(&encoded)
+        };
+        let flat = txn(vec![Reply::Ok, Reply::Int(2)]);
+        assert_eq!(decoded(&flat).unwrap(), flat);
+        let wrapped = indexed(txn(vec![Reply::Ok]));
+        assert_eq!(decoded(&wrapped).unwrap(), wrapped);
+        assert!(decoded(&txn(vec![txn(Vec::new())])).is_err());
+        // The guard is left after a failed decode.
+        assert_eq!(decoded(&flat).unwrap(), flat);
     }
 
     #[test]

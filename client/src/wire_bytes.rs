@@ -75,6 +75,13 @@ pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Bytes>, D::Err
     Seq::<Blob>::deserialize(d).map(|v| v.0.into_iter().map(|b| b.0).collect())
 }
 
+/// A list of anything, reserving as [`Seq`] does.
+pub(crate) fn seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    Seq::<T>::deserialize(d).map(|s| s.0)
+}
+
 pub(crate) fn pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Bytes, Bytes)>, D::Error> {
     Seq::<(Blob, Blob)>::deserialize(d).map(|v| v.0.into_iter().map(|(k, v)| (k.0, v.0)).collect())
 }
@@ -104,35 +111,50 @@ pub(crate) fn figures<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, i6
     Seq::<(Text, i64)>::deserialize(d).map(|v| v.0.into_iter().map(|(n, x)| (n.0, x)).collect())
 }
 
+type Flag = std::thread::LocalKey<std::cell::Cell<bool>>;
+
 thread_local! {
     /// Whether this thread is inside the `command` of an `Indexed` command
     /// or the `reply` of an `Indexed` reply being decoded.
     static IN_INDEXED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether it is inside the replies of a `Txn` reply.
+    static IN_TXN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Decodes `T` inside an `Indexed` wrapper, refusing a second wrapper inside
-/// it: nesting them would make the decoder recurse as deep as a frame allows.
-fn one_level<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Box<T>, D::Error> {
+/// Decodes `T` inside a wrapper (`Indexed`, or a `Txn` reply's list),
+/// refusing a second one of the same kind inside it (`inside`, named
+/// `what`): nesting them would make the decoder recurse as deep as a frame
+/// allows.
+fn one_level<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    inside: &'static Flag,
+    what: &str,
+    d: D,
+) -> Result<T, D::Error> {
     /// Leaves the wrapper on drop, even if decoding unwinds.
-    struct Inside;
-    impl Drop for Inside {
+    struct Leave(&'static Flag);
+    impl Drop for Leave {
         fn drop(&mut self) {
-            IN_INDEXED.with(|inside| inside.set(false));
+            self.0.with(|inside| inside.set(false));
         }
     }
-    if IN_INDEXED.with(|inside| inside.replace(true)) {
-        return Err(serde::de::Error::custom("Indexed inside Indexed"));
+    if inside.with(|inside| inside.replace(true)) {
+        return Err(serde::de::Error::custom(format!("{what} inside {what}")));
     }
-    let _inside = Inside;
-    T::deserialize(d).map(Box::new)
+    let _leave = Leave(inside);
+    T::deserialize(d)
 }
 
 pub(crate) fn inner_command<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Box<crate::Command>, D::Error> {
-    one_level(d)
+    one_level(&IN_INDEXED, "Indexed", d).map(Box::new)
 }
 
 pub(crate) fn inner_reply<'de, D: Deserializer<'de>>(d: D) -> Result<Box<crate::Reply>, D::Error> {
-    one_level(d)
+    one_level(&IN_INDEXED, "Indexed", d).map(Box::new)
+}
+
+/// A `Txn` reply's replies, which hold no `Txn` reply.
+pub(crate) fn txn_replies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<crate::Reply>, D::Error> {
+    one_level::<_, Seq<crate::Reply>>(&IN_TXN, "Txn", d).map(|s| s.0)
 }

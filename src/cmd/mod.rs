@@ -36,10 +36,11 @@ mod session;
 mod set;
 mod set_if;
 mod set_range;
+mod txn;
 
 use std::sync::Arc;
 
-use kvstore_client::{Command, ErrorCode, Reply};
+use kvstore_client::{Command, ErrorCode, Reply, TxnOp};
 
 use crate::config::Limits;
 use crate::db::Db;
@@ -80,6 +81,19 @@ pub fn size(command: &Command) -> usize {
         }
         Command::Copy { from, to, .. } | Command::Rename { from, to, .. } => from.len() + to.len(),
         Command::BulkSetIfAbsent { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        Command::Txn {
+            compare,
+            success,
+            failure,
+        } => {
+            let compared = compare.iter().map(|c| 32 + c.key.len()).sum::<usize>();
+            compared
+                + success
+                    .iter()
+                    .chain(failure)
+                    .map(TxnOp::size)
+                    .sum::<usize>()
+        }
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
         Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
@@ -244,6 +258,11 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
         Command::BulkSetIfAbsent { items } => bulk_set::if_absent(items, limits),
         Command::Copy { from, to, replace } => copy::change(from, to, replace, limits),
         Command::Rename { from, to, replace } => copy::rename(from, to, replace, limits),
+        Command::Txn {
+            compare,
+            success,
+            failure,
+        } => txn::change(compare, success, failure, limits),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,
@@ -340,6 +359,11 @@ pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
         Ok(Applied::Deleted(b) | Applied::Bool(b)) => Reply::Bool(b),
         Ok(Applied::Value(value)) => Reply::Value(value),
         Ok(Applied::Int(n)) => Reply::Int(n),
+        Ok(Applied::Txn { succeeded, each }) => Reply::Txn {
+            succeeded,
+            replies: each.into_iter().map(|a| reply_for(Ok(a))).collect(),
+        },
+        Ok(Applied::Refused { code, message }) => Reply::error(code, message),
         Err(e) => error_reply(&e),
     }
 }

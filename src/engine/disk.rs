@@ -424,6 +424,15 @@ impl Disk {
                 self.put(folded, to, Some(value), *deadline, at)?;
                 Applied::Stored
             }
+            WriteOp::Txn { puts, deletes } => {
+                for (key, value, deadline) in puts {
+                    self.put(folded, key, Some(value), *deadline, at)?;
+                }
+                for key in deletes {
+                    self.put(folded, key, None, None, at)?;
+                }
+                Applied::Stored
+            }
             WriteOp::Expire { keys, now } => {
                 let mut removed = 0;
                 for key in keys {

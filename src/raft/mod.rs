@@ -99,6 +99,12 @@ pub enum Outcome {
         code: u32,
         message: String,
     },
+    /// A transaction's branch and what each of its operations did (a
+    /// refused one as `Rejected`).
+    Txn {
+        succeeded: bool,
+        each: Vec<Outcome>,
+    },
 }
 
 impl Outcome {
@@ -116,6 +122,14 @@ impl Outcome {
             Applied::Bool(b) => Outcome::Bool(b),
             Applied::Value(v) => Outcome::Value(v),
             Applied::Int(n) => Outcome::Int(n),
+            Applied::Txn { succeeded, each } => Outcome::Txn {
+                succeeded,
+                each: each.into_iter().map(Outcome::from_applied).collect(),
+            },
+            Applied::Refused { code, message } => Outcome::Rejected {
+                code: code as u32,
+                message,
+            },
         }
     }
 
@@ -158,6 +172,21 @@ impl Outcome {
                 code: kvstore_client::ErrorCode::from_code(code)
                     .unwrap_or(kvstore_client::ErrorCode::StorageFailed),
                 message,
+            }),
+            Outcome::Txn { succeeded, each } => Ok(Applied::Txn {
+                succeeded,
+                each: (each.into_iter())
+                    .map(|outcome| match outcome.into_result() {
+                        Ok(applied) => applied,
+                        Err(Error::Rejected { code, message }) => {
+                            Applied::Refused { code, message }
+                        }
+                        Err(e) => Applied::Refused {
+                            code: kvstore_client::ErrorCode::StorageFailed,
+                            message: e.to_string(),
+                        },
+                    })
+                    .collect(),
             }),
         }
     }

@@ -436,7 +436,7 @@ impl StateMachine {
                         (&mut applied.sessions, self.group != super::FIRST_GROUP),
                         &mut view,
                         &mut seen,
-                        position,
+                        (position, entry.log_id.index),
                     ),
                 };
                 entry_steps.push(step);
@@ -493,19 +493,20 @@ enum Step {
     Again(usize),
 }
 
-/// The step of `change`, at `position` in the batch; `adopt` as
+/// The step of `change`, at `position` in the batch, in the entry of
+/// `index` (its writes' revision); `adopt` as
 /// [`Sessions::admit`] takes it.
 fn step(
     change: Change,
     (sessions, adopt): (&mut Sessions, bool),
     view: &mut BatchView,
     seen: &mut std::collections::HashMap<(u64, u64), usize>,
-    position: usize,
+    (position, index): (usize, u64),
 ) -> Step {
     let mut resolve = |change: Change, stamp| {
         let resolved = change.resolve(view);
         if let Some(op) = resolved.op() {
-            view.record(op);
+            view.record(op, index);
         }
         Step::Resolve(resolved, stamp)
     };

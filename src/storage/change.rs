@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use kvstore_client::{Condition, ErrorCode, ExpireWhen};
+use kvstore_client::{Compare, Condition, ErrorCode, ExpireWhen, Target, TxnOp};
 use serde::{Deserialize, Serialize};
 
 use super::op::WriteOp;
-use super::store::Applied;
+use super::store::{Applied, Revisions};
 use crate::engine::Engine;
 use crate::error::Error;
 
@@ -151,6 +151,13 @@ pub enum Change {
         to: Bytes,
         replace: bool,
     },
+    /// A transaction: `success` if every one of `compare` holds, else
+    /// `failure`, logged as one `WriteOp::Txn`.
+    Txn {
+        compare: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    },
 }
 
 impl From<WriteOp> for Change {
@@ -216,6 +223,11 @@ impl Change {
             | Change::IncrByFloat { key, .. } => vec![key],
             Change::Copy { from, to, .. } | Change::Rename { from, to, .. } => vec![from, to],
             Change::BulkSetIfAbsent { items } => items.iter().map(|(key, _)| &key[..]).collect(),
+            Change::Txn {
+                compare,
+                success,
+                failure,
+            } => kvstore_client::protocol::txn_keys(compare, success, failure).collect(),
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
@@ -248,6 +260,7 @@ impl Change {
             | Change::Copy { from: key, .. }
             | Change::Rename { from: key, .. } => Some(key),
             Change::BulkSetIfAbsent { items } => items.first().map(|(key, _)| &key[..]),
+            Change::Txn { .. } => self.keys().first().copied(),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
@@ -298,6 +311,17 @@ impl Change {
             }
             Change::Purge { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             Change::Once { change, .. } => 48 + change.approx_len(),
+            Change::Txn {
+                compare,
+                success,
+                failure,
+            } => {
+                let compared = compare
+                    .iter()
+                    .map(|c| 32 + c.key.len() + target_len(&c.target));
+                let ops = success.iter().chain(failure).map(TxnOp::size);
+                48 + compared.sum::<usize>() + ops.sum::<usize>()
+            }
         }
     }
 
@@ -347,6 +371,11 @@ impl Change {
                 Resolved::Log(WriteOp::BulkSet { items }, Applied::Bool(true))
             }
             Change::Rename { from, to, replace } => rename(view, from, to, replace)?,
+            Change::Txn {
+                compare,
+                success,
+                failure,
+            } => txn(view, &compare, success, failure)?,
             Change::Copy { from, to, replace } => {
                 let Some(value) = view.get(&from)? else {
                     return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
@@ -355,7 +384,7 @@ impl Change {
                     return Ok(Resolved::Answer(Ok(Applied::Bool(false))));
                 }
                 let at = view.kept(&from)?;
-                Resolved::Log(set_with(to, value, at), Applied::Bool(true))
+                Resolved::Log(WriteOp::set_with(to, value, at), Applied::Bool(true))
             }
             Change::GetDel { key } => match view.get(&key)? {
                 Some(old) => Resolved::Log(WriteOp::Delete { key }, Applied::Value(Some(old))),
@@ -377,7 +406,7 @@ impl Change {
                 match current.checked_add(by) {
                     Some(n) => {
                         let kept = view.kept(&key)?;
-                        let op = set_with(key, Bytes::from(n.to_string()), kept);
+                        let op = WriteOp::set_with(key, Bytes::from(n.to_string()), kept);
                         Resolved::Log(op, Applied::Int(n))
                     }
                     None => Resolved::Answer(Err(Error::Rejected {
@@ -406,7 +435,7 @@ impl Change {
                 joined.extend_from_slice(&value);
                 let kept = view.kept(&key)?;
                 Resolved::Log(
-                    set_with(key, joined.freeze(), kept),
+                    WriteOp::set_with(key, joined.freeze(), kept),
                     Applied::Int(len as i64),
                 )
             }
@@ -444,6 +473,9 @@ pub struct BatchView<'a> {
     overlay: HashMap<Bytes, Option<Bytes>>,
     /// Keys whose deadline changed earlier in the batch, with it.
     deadlines: HashMap<Bytes, Option<u64>>,
+    /// Keys written earlier in the batch, with their revisions after those
+    /// writes (`None`: removed).
+    revisions: HashMap<Bytes, Option<Revisions>>,
     /// A `Clear` earlier in the batch: a key not in the overlay is gone.
     cleared: bool,
 }
@@ -454,7 +486,18 @@ impl<'a> BatchView<'a> {
             engine,
             overlay: HashMap::new(),
             deadlines: HashMap::new(),
+            revisions: HashMap::new(),
             cleared: false,
+        }
+    }
+
+    /// The revisions of `key` after everything resolved so far, or `None`
+    /// if it has no value.
+    pub fn revisions(&self, key: &[u8]) -> Result<Option<Revisions>, Error> {
+        match self.revisions.get(key) {
+            Some(revisions) => Ok(*revisions),
+            None if self.cleared => Ok(None),
+            None => Ok(self.engine.get_revised(key)?.map(|(_, r)| r)),
         }
     }
 
@@ -487,8 +530,10 @@ impl<'a> BatchView<'a> {
         })
     }
 
-    /// Takes in a write that will be applied after the ones before it.
-    pub fn record(&mut self, op: &WriteOp) {
+    /// Takes in a write, made at `revision`, that will be applied after the
+    /// ones before it.
+    pub fn record(&mut self, op: &WriteOp, revision: u64) {
+        self.record_revisions(op, revision);
         for key in op.keys() {
             let at = match op {
                 WriteOp::SetExpiring { at, .. } | WriteOp::ExpireAt { at, .. } => Some(*at),
@@ -496,6 +541,7 @@ impl<'a> BatchView<'a> {
                     items.iter().rev().find(|i| i.0 == key).map(|i| i.2)
                 }
                 WriteOp::Rename { to, at, .. } if &to[..] == key => *at,
+                WriteOp::Txn { puts, .. } => puts.iter().find(|p| p.0 == key).and_then(|p| p.2),
                 _ => None,
             };
             self.deadlines.insert(Bytes::copy_from_slice(key), at);
@@ -535,13 +581,204 @@ impl<'a> BatchView<'a> {
                 self.overlay.insert(from.clone(), None);
                 self.overlay.insert(to.clone(), Some(value.clone()));
             }
+            WriteOp::Txn { puts, deletes } => {
+                for (key, value, _) in puts {
+                    self.overlay.insert(key.clone(), Some(value.clone()));
+                }
+                for key in deletes {
+                    self.overlay.insert(key.clone(), None);
+                }
+            }
             WriteOp::Clear => {
                 self.overlay.clear();
                 self.deadlines.clear();
+                self.revisions.clear();
                 self.cleared = true;
             }
         }
     }
+
+    /// Notes what `op` does to its keys' revisions, before its values are
+    /// taken in (a key's creation depends on whether it had one).
+    fn record_revisions(&mut self, op: &WriteOp, revision: u64) {
+        // The sweep removes only keys readers no longer see, which have no
+        // revisions for them already.
+        if matches!(op, WriteOp::Expire { .. }) {
+            return;
+        }
+        let removes = |key: &[u8]| match op {
+            WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => true,
+            WriteOp::Rename { from, .. } => &from[..] == key,
+            WriteOp::Txn { deletes, .. } => deletes.iter().any(|d| d == key),
+            _ => false,
+        };
+        for key in op.keys() {
+            let after = match removes(key) {
+                true => None,
+                false => {
+                    let before = self.revisions(key).ok().flatten();
+                    let changed = self.get(key).ok().flatten().is_some() || writes_value(op);
+                    changed.then(|| Revisions {
+                        modified: revision,
+                        created: before.map_or(revision, |r| r.created),
+                    })
+                }
+            };
+            self.revisions.insert(Bytes::copy_from_slice(key), after);
+        }
+    }
+}
+
+/// Whether `op` gives its keys values (not only deadlines).
+fn writes_value(op: &WriteOp) -> bool {
+    !matches!(op, WriteOp::ExpireAt { .. } | WriteOp::Persist { .. })
+}
+
+/// The bytes of a compare's constant.
+fn target_len(target: &Target) -> usize {
+    match target {
+        Target::Value(value) => value.len(),
+        _ => 8,
+    }
+}
+
+/// Whether `compare` holds in `view`.
+fn holds(view: &BatchView, compare: &Compare) -> Result<bool, Error> {
+    let key = &compare.key;
+    let ordering = match &compare.target {
+        Target::Value(constant) => match view.get(key)? {
+            Some(value) => value.as_ref().cmp(constant.as_ref()),
+            None => return Ok(false),
+        },
+        Target::Exists(constant) => view.get(key)?.is_some().cmp(constant),
+        Target::ModRevision(constant) => {
+            let revisions = view.revisions(key)?.unwrap_or_default();
+            revisions.modified.cmp(constant)
+        }
+        Target::CreateRevision(constant) => {
+            let revisions = view.revisions(key)?.unwrap_or_default();
+            revisions.created.cmp(constant)
+        }
+    };
+    Ok(compare.op.holds(ordering))
+}
+
+/// A transaction's own writes so far, over the batch's view: each key's
+/// value and deadline after them (`None`: removed).
+struct TxnState<'v, 'e> {
+    view: &'v BatchView<'e>,
+    written: std::collections::BTreeMap<Bytes, Option<(Bytes, Option<u64>)>>,
+}
+
+impl TxnState<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        match self.written.get(key) {
+            Some(state) => Ok(state.as_ref().map(|(value, _)| value.clone())),
+            None => self.view.get(key),
+        }
+    }
+
+    fn kept(&self, key: &[u8]) -> Result<Option<u64>, Error> {
+        match self.written.get(key) {
+            Some(state) => Ok(state.as_ref().and_then(|(_, at)| *at)),
+            None => self.view.kept(key),
+        }
+    }
+
+    /// Removes `key`; whether it had a value.
+    fn delete(&mut self, key: &Bytes) -> Result<bool, Error> {
+        let existed = self.get(key)?.is_some();
+        self.written.insert(key.clone(), None);
+        Ok(existed)
+    }
+
+    /// Runs one operation; what it did.
+    fn run(&mut self, op: TxnOp) -> Result<Applied, Error> {
+        Ok(match op {
+            TxnOp::Set { key, value } => {
+                self.written.insert(key, Some((value, None)));
+                Applied::Stored
+            }
+            TxnOp::Delete { key } => Applied::Bool(self.delete(&key)?),
+            TxnOp::DeleteMany { keys } => {
+                let mut existed = 0;
+                for key in &keys {
+                    existed += i64::from(self.delete(key)?);
+                }
+                Applied::Int(existed)
+            }
+            TxnOp::Get { key } => Applied::Value(self.get(&key)?),
+            TxnOp::Incr { key, by } => match incremented(self.get(&key)?, by) {
+                Ok(n) => {
+                    let at = self.kept(&key)?;
+                    self.written
+                        .insert(key, Some((Bytes::from(n.to_string()), at)));
+                    Applied::Int(n)
+                }
+                Err((code, message)) => Applied::Refused {
+                    code,
+                    message: message.into(),
+                },
+            },
+        })
+    }
+
+    /// The record of what it wrote: every key once, deletes only of keys
+    /// that had a value before it; `None` if it changed nothing.
+    fn op(self) -> Result<Option<WriteOp>, Error> {
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for (key, state) in self.written {
+            match state {
+                Some((value, at)) => puts.push((key, value, at)),
+                None if self.view.get(&key)?.is_some() => deletes.push(key),
+                None => {}
+            }
+        }
+        let changed = !(puts.is_empty() && deletes.is_empty());
+        Ok(changed.then_some(WriteOp::Txn { puts, deletes }))
+    }
+}
+
+/// `Txn`: the compares decide the branch; its operations run in order on
+/// the batch's view plus their own writes, and their writes are logged as
+/// one record of each key's final state.
+fn txn(
+    view: &BatchView,
+    compare: &[Compare],
+    success: Vec<TxnOp>,
+    failure: Vec<TxnOp>,
+) -> Result<Resolved, Error> {
+    let mut succeeded = true;
+    for c in compare {
+        succeeded &= holds(view, c)?;
+    }
+    let branch = if succeeded { success } else { failure };
+    let mut state = TxnState {
+        view,
+        written: Default::default(),
+    };
+    let each = (branch.into_iter())
+        .map(|op| state.run(op))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcome = Applied::Txn { succeeded, each };
+    Ok(match state.op()? {
+        Some(op) => Resolved::Log(op, outcome),
+        None => Resolved::Answer(Ok(outcome)),
+    })
+}
+
+/// `current` (a missing key is 0) plus `by`, or why not.
+fn incremented(current: Option<Bytes>, by: i64) -> Result<i64, (ErrorCode, &'static str)> {
+    let current = match current {
+        None => 0,
+        Some(value) => parse_i64(&value).ok_or((
+            ErrorCode::NotAnInteger,
+            "value is not an integer or out of range",
+        ))?,
+    };
+    current
+        .checked_add(by)
+        .ok_or((ErrorCode::Overflow, "increment or decrement would overflow"))
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> Resolved {
@@ -580,7 +817,7 @@ fn set_range(
     let kept = view.kept(&key)?;
     let len = new.len() as i64;
     Ok(Resolved::Log(
-        set_with(key, new.freeze(), kept),
+        WriteOp::set_with(key, new.freeze(), kept),
         Applied::Int(len),
     ))
 }
@@ -628,7 +865,7 @@ fn incr_by_float(view: &BatchView, key: Bytes, by: Bytes) -> Result<Resolved, Er
     // reads back as the same f64 ("0.30000000000000004", "10.6").
     let text = Bytes::from(format!("{sum}"));
     let kept = view.kept(&key)?;
-    let op = set_with(key, text.clone(), kept);
+    let op = WriteOp::set_with(key, text.clone(), kept);
     Ok(Resolved::Log(op, Applied::Value(Some(text))))
 }
 
@@ -638,14 +875,6 @@ fn incr_by_float(view: &BatchView, key: Bytes, by: Bytes) -> Result<Resolved, Er
 pub fn parse_f64(bytes: &[u8]) -> Option<f64> {
     let n: f64 = std::str::from_utf8(bytes).ok()?.parse().ok()?;
     (!n.is_nan()).then_some(n)
-}
-
-/// `key` set to `value`, with the deadline `at` if it has one.
-fn set_with(key: Bytes, value: Bytes, at: Option<u64>) -> WriteOp {
-    match at {
-        Some(at) => WriteOp::SetExpiring { key, value, at },
-        None => WriteOp::Set { key, value },
-    }
 }
 
 /// `SetIf`, and `SetExpiring` with its deadline: `Some(at)` sets `at` (none
@@ -676,7 +905,7 @@ fn set_if(
         Some(at) => at,
         None => view.kept(&key)?,
     };
-    Ok(Resolved::Log(set_with(key, value, at), outcome))
+    Ok(Resolved::Log(WriteOp::set_with(key, value, at), outcome))
 }
 
 /// `Expire`: the key's new deadline, or its removal if `at` has passed, if
@@ -788,6 +1017,61 @@ mod tests {
         }
     }
 
+    /// A transaction compares the revisions the batch's earlier writes
+    /// gave their keys, and its own writes are seen by its later
+    /// operations and logged as each key's final state.
+    #[test]
+    fn a_transaction_sees_the_batch_and_its_own_writes() {
+        let store = Arc::new(Store::new(4));
+        store.apply_at(&WriteOp::set("n", "1"), 3);
+        let engine = Memory::new(store.clone(), Arc::default());
+        let mut view = BatchView::new(&engine);
+        view.record(&WriteOp::set("n", "2"), 7);
+        let at = |key: &str, target| Compare {
+            key: b(key),
+            target,
+            op: kvstore_client::CompareOp::Equal,
+        };
+        let change = Change::Txn {
+            compare: vec![
+                at("n", Target::ModRevision(7)),
+                at("n", Target::CreateRevision(3)),
+                at("gone", Target::CreateRevision(0)),
+            ],
+            success: vec![
+                TxnOp::Incr { key: b("n"), by: 1 },
+                TxnOp::Incr { key: b("n"), by: 1 },
+                TxnOp::Set {
+                    key: b("t"),
+                    value: b("x"),
+                },
+                TxnOp::Delete { key: b("t") },
+                TxnOp::Get { key: b("n") },
+            ],
+            failure: vec![],
+        };
+        let Resolved::Log(op, Applied::Txn { succeeded, each }) = change.resolve(&view) else {
+            panic!("not a logged transaction");
+        };
+        assert!(succeeded);
+        let value = |v: &str| Applied::Value(Some(b(v)));
+        let expected = [Applied::Int(3), Applied::Int(4), Applied::Stored];
+        assert_eq!(each[..3], expected);
+        assert_eq!(each[3..], [Applied::Bool(true), value("4")]);
+        let puts = vec![(b("n"), b("4"), None)];
+        assert_eq!(
+            op,
+            WriteOp::Txn {
+                puts,
+                deletes: vec![]
+            }
+        );
+        view.record(&op, 8);
+        let revisions = view.revisions(b"n").unwrap();
+        let (modified, created) = (8, 3);
+        assert_eq!(revisions, Some(Revisions { modified, created }));
+    }
+
     #[test]
     fn a_batch_sees_its_own_earlier_writes() {
         let store = Arc::new(Store::new(4));
@@ -799,12 +1083,12 @@ mod tests {
         let mut view = BatchView::new(&engine);
         let resolved = Change::Incr { key: b("n"), by: 5 }.resolve(&view);
         assert!(matches!(&resolved, Resolved::Log(_, Applied::Int(15))));
-        view.record(resolved.op().unwrap());
+        view.record(resolved.op().unwrap(), 1);
         // Not yet in the store, but the next change in the batch sees it.
         assert_eq!(store.get(b"n"), Some(b("10")));
         let resolved = Change::Incr { key: b("n"), by: 1 }.resolve(&view);
         assert!(matches!(&resolved, Resolved::Log(_, Applied::Int(16))));
-        view.record(&WriteOp::Clear);
+        view.record(&WriteOp::Clear, 2);
         let resolved = Change::SetIf {
             key: b("n"),
             value: b("x"),

@@ -277,13 +277,16 @@ impl<'s> SortedReplay<'s> {
                 at,
             } => {
                 self.hold(Delete { key: from }, seq);
-                self.hold(
-                    match at {
-                        Some(at) => SetExpiring { key: to, value, at },
-                        None => Set { key: to, value },
-                    },
-                    seq,
-                );
+                self.hold(op::WriteOp::set_with(to, value, at), seq);
+            }
+            // One write per key: a transaction names each key once.
+            Txn { puts, deletes } => {
+                for (key, value, at) in puts {
+                    self.hold(op::WriteOp::set_with(key, value, at), seq);
+                }
+                for key in deletes {
+                    self.hold(Delete { key }, seq);
+                }
             }
             Clear => {
                 self.flush();

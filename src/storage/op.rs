@@ -67,6 +67,14 @@ pub enum WriteOp {
         value: Bytes,
         at: Option<u64>,
     },
+    /// A transaction's writes as the final state of each key it wrote: each
+    /// of `puts` holds its value, with its deadline if any, and each of
+    /// `deletes` is gone, all in one record and, for readers, at one
+    /// instant (docs/transactions.md). A key is named once.
+    Txn {
+        puts: Vec<(Bytes, Bytes, Option<u64>)>,
+        deletes: Vec<Bytes>,
+    },
 }
 
 impl WriteOp {
@@ -84,6 +92,9 @@ impl WriteOp {
                 keys.iter().map(|key| &key[..]).collect()
             }
             WriteOp::Rename { from, to, .. } => vec![from, to],
+            WriteOp::Txn { puts, deletes } => (puts.iter().map(|(key, ..)| &key[..]))
+                .chain(deletes.iter().map(|key| &key[..]))
+                .collect(),
             WriteOp::Clear => Vec::new(),
         }
     }
@@ -102,7 +113,17 @@ impl WriteOp {
                 keys.first().map(|key| &key[..])
             }
             WriteOp::Rename { from, .. } => Some(from),
+            WriteOp::Txn { puts, deletes } => (puts.first().map(|(key, ..)| &key[..]))
+                .or_else(|| deletes.first().map(|key| &key[..])),
             WriteOp::Clear => None,
+        }
+    }
+
+    /// `key` set to `value`, with the deadline `at` if any.
+    pub fn set_with(key: Bytes, value: Bytes, at: Option<u64>) -> WriteOp {
+        match at {
+            Some(at) => WriteOp::SetExpiring { key, value, at },
+            None => WriteOp::Set { key, value },
         }
     }
 
@@ -139,6 +160,10 @@ impl WriteOp {
             WriteOp::Rename {
                 from, to, value, ..
             } => 48 + from.len() + to.len() + value.len(),
+            WriteOp::Txn { puts, deletes } => {
+                32 + (puts.iter().map(|(k, v, _)| 25 + k.len() + v.len())).sum::<usize>()
+                    + deletes.iter().map(|k| 8 + k.len()).sum::<usize>()
+            }
             WriteOp::Clear => 16,
         }
     }

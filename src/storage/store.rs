@@ -279,6 +279,14 @@ pub enum Applied {
     Value(Option<Bytes>),
     /// A number: Incr's result, Append's new length, DeleteMany's count.
     Int(i64),
+    /// A transaction ran the branch its compares chose (`succeeded`: the
+    /// success branch), with what each of its operations did.
+    Txn { succeeded: bool, each: Vec<Applied> },
+    /// One operation of a transaction was refused (and wrote nothing).
+    Refused {
+        code: kvstore_client::ErrorCode,
+        message: String,
+    },
 }
 
 /// Bytes a key costs in a reply beyond its own: its u64 length prefix.
@@ -702,6 +710,14 @@ impl Store {
                 self.with_shards_of(keys.iter(), |i, map| match i {
                     0 => drop(self.take(map, from)),
                     _ => self.put(map, (to, value), *deadline, at),
+                });
+                Applied::Stored
+            }
+            WriteOp::Txn { puts, deletes } => {
+                let keys = (puts.iter().map(|(key, ..)| key)).chain(deletes);
+                self.with_shards_of(keys, |i, map| match puts.get(i) {
+                    Some((key, value, deadline)) => self.put(map, (key, value), *deadline, at),
+                    None => drop(self.take(map, &deletes[i - puts.len()])),
                 });
                 Applied::Stored
             }
