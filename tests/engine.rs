@@ -16,13 +16,13 @@ use kvstore::backup::{Backup, Tees};
 use kvstore::engine::disk::Disk;
 use kvstore::engine::memory::Memory;
 use kvstore::engine::{Applied, Engine, Revisions, Span};
-use kvstore::storage::change::{BatchView, Change};
+use kvstore::storage::change::{BatchView, Change, TxnStep};
 use kvstore::storage::clock::Clock;
 use kvstore::storage::fs::RealFs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::snapshot;
 use kvstore::storage::store::Store;
-use kvstore_client::{Compare, CompareOp, Condition, ErrorCode, ExpireWhen, Target, TxnOp};
+use kvstore_client::{Compare, CompareOp, Condition, ErrorCode, ExpireWhen, Target};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -121,7 +121,7 @@ engine_suite!(disk, |_shards| {
 /// What the engines should hold: every value, the deadlines of keys that
 /// have one, each key's revisions, the time the clock says, and the
 /// revision of the writes being applied.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Model {
     values: BTreeMap<Bytes, Bytes>,
     deadlines: BTreeMap<Bytes, u64>,
@@ -399,6 +399,18 @@ fn counter_value() -> impl Strategy<Value = Bytes> {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
+        12 => plain_change(),
+        1 => (
+            proptest::collection::vec(compare(), 0..3),
+            proptest::collection::vec(txn_step(), 0..5),
+            proptest::collection::vec(txn_step(), 0..3),
+        ).prop_map(|(compare, success, failure)| Change::Txn { compare, success, failure }),
+    ]
+}
+
+/// Every change but a transaction.
+fn plain_change() -> impl Strategy<Value = Change> {
+    prop_oneof![
         4 => (key(), counter_value()).prop_map(|(key, value)| Change::Write(WriteOp::Set { key, value })),
         4 => key().prop_map(|key| Change::Write(WriteOp::Delete { key })),
         1 => Just(Change::Write(WriteOp::Clear)),
@@ -420,11 +432,6 @@ fn change() -> impl Strategy<Value = Change> {
         3 => proptest::collection::vec((key(), value()), 1..4).prop_map(|items| Change::BulkSetIfAbsent { items }),
         3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Copy { from, to, replace }),
         3 => (key(), key(), any::<bool>()).prop_map(|(from, to, replace)| Change::Rename { from, to, replace }),
-        6 => (
-            proptest::collection::vec(compare(), 0..3),
-            proptest::collection::vec(txn_op(), 0..5),
-            proptest::collection::vec(txn_op(), 0..3),
-        ).prop_map(|(compare, success, failure)| Change::Txn { compare, success, failure }),
     ]
 }
 
@@ -446,14 +453,15 @@ fn compare() -> impl Strategy<Value = Compare> {
     (key(), target, op).prop_map(|(key, target, op)| Compare { key, target, op })
 }
 
-fn txn_op() -> impl Strategy<Value = TxnOp> {
+/// A step of a transaction: any change but `Clear` and a transaction, or
+/// a read.
+fn txn_step() -> impl Strategy<Value = TxnStep> {
     prop_oneof![
-        (key(), counter_value()).prop_map(|(key, value)| TxnOp::Set { key, value }),
-        key().prop_map(|key| TxnOp::Delete { key }),
-        proptest::collection::vec(key(), 0..3).prop_map(|keys| TxnOp::DeleteMany { keys }),
-        (key(), prop_oneof![Just(1i64), Just(-1), Just(i64::MAX)])
-            .prop_map(|(key, by)| TxnOp::Incr { key, by }),
-        key().prop_map(|key| TxnOp::Get { key }),
+        6 => plain_change()
+            .prop_filter("no Clear", |c| !matches!(c, Change::Write(WriteOp::Clear)))
+            .prop_map(TxnStep::Write),
+        1 => key().prop_map(TxnStep::Get),
+        1 => key().prop_map(TxnStep::Exists),
     ]
 }
 
@@ -473,69 +481,47 @@ fn model_holds(model: &Model, compare: &Compare) -> bool {
     compare.op.holds(ordering)
 }
 
-/// A transaction on the model: the branch's operations one by one on a
-/// copy of what readers see, then each key's final state written.
+/// A transaction on the model: the branch's steps one by one on a copy,
+/// then each key the copy left different written as the engine writes a
+/// transaction's record (a key that existed keeps its creation).
 fn model_txn(
     model: &mut Model,
     compare: &[Compare],
-    success: &[TxnOp],
-    failure: &[TxnOp],
+    success: &[TxnStep],
+    failure: &[TxnStep],
 ) -> Applied {
     let succeeded = compare.iter().all(|c| model_holds(model, c));
     let branch = if succeeded { success } else { failure };
-    let mut written: BTreeMap<Bytes, Option<(Bytes, Option<u64>)>> = BTreeMap::new();
-    let read = |written: &BTreeMap<Bytes, Option<(Bytes, Option<u64>)>>, key: &Bytes| match written
-        .get(key)
-    {
-        Some(state) => state.clone(),
-        None => model
-            .revised(key)
-            .map(|(v, _)| (v, model.deadlines.get(key).copied())),
-    };
-    let mut each = Vec::new();
-    for op in branch {
-        each.push(match op {
-            TxnOp::Set { key, value } => {
-                written.insert(key.clone(), Some((value.clone(), None)));
-                Applied::Stored
-            }
-            TxnOp::Delete { key } => {
-                let existed = read(&written, key).is_some();
-                written.insert(key.clone(), None);
-                Applied::Bool(existed)
-            }
-            TxnOp::DeleteMany { keys } => {
-                let mut existed = 0;
-                for key in keys {
-                    existed += i64::from(read(&written, key).is_some());
-                    written.insert(key.clone(), None);
-                }
-                Applied::Int(existed)
-            }
-            TxnOp::Get { key } => Applied::Value(read(&written, key).map(|(v, _)| v)),
-            TxnOp::Incr { key, by } => {
-                let current = read(&written, key);
-                let parsed = match &current {
-                    None => Some(0),
-                    Some((v, _)) => std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok().filter(|n| n.to_string() == s)),
-                };
-                match parsed.map(|n| n.checked_add(*by)) {
-                    None => refused(ErrorCode::NotAnInteger),
-                    Some(None) => refused(ErrorCode::Overflow),
-                    Some(Some(n)) => {
-                        let at = current.and_then(|(_, at)| at);
-                        written.insert(key.clone(), Some((Bytes::from(n.to_string()), at)));
-                        Applied::Int(n)
-                    }
-                }
-            }
-        });
-    }
-    for (key, state) in written {
-        match state {
-            Some((value, at)) => model.insert(&key, &value, at),
+    let mut inner = model.clone();
+    let each = (branch.iter())
+        .map(|step| match step {
+            TxnStep::Get(key) => Applied::Value(inner.revised(key).map(|(v, _)| v)),
+            TxnStep::Exists(key) => Applied::Bool(inner.live(key)),
+            TxnStep::Write(change) => match model_change(&mut inner, change) {
+                Ok(applied) => applied,
+                Err(code) => refused(ErrorCode::from_code(code).unwrap()),
+            },
+        })
+        .collect();
+    let keys: std::collections::BTreeSet<Bytes> = model
+        .values
+        .keys()
+        .chain(inner.values.keys())
+        .cloned()
+        .collect();
+    for key in keys {
+        let state = |m: &Model| {
+            (
+                m.values.get(&key).cloned(),
+                m.deadlines.get(&key).copied(),
+                m.revisions.get(&key).copied(),
+            )
+        };
+        if state(model) == state(&inner) {
+            continue;
+        }
+        match inner.values.get(&key) {
+            Some(value) => model.insert(&key, value, inner.deadlines.get(&key).copied()),
             None if model.live(&key) => drop(model.remove(&key)),
             None => {}
         }

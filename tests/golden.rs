@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use kvstore_client::{
     codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Compare, CompareOp, Condition,
-    ErrorCode, ExpireWhen, Expiry, GroupView, Reply, Request, Response, Target, TxnOp,
+    ErrorCode, ExpireWhen, Expiry, GroupView, Reply, Request, Response, Target,
 };
 
 fn b(s: &str) -> Bytes {
@@ -111,11 +111,11 @@ fn examples() -> Vec<(&'static str, Message)> {
                         target: Target::ModRevision(42),
                         op: CompareOp::Equal,
                     }],
-                    success: vec![TxnOp::Set {
+                    success: vec![Command::Set {
                         key: b("k"),
                         value: b("v"),
                     }],
-                    failure: vec![TxnOp::Get { key: b("k") }],
+                    failure: vec![Command::Get { key: b("k") }],
                 },
             ),
         ),

@@ -9,20 +9,21 @@ mod common;
 use bytes::Bytes;
 use common::Server;
 use kvstore_client::{
-    BlockingClient, CompareOp, Error, ErrorCode, Reply, Target, Transaction, TxnOp,
+    BlockingClient, Command, CompareOp, Error, ErrorCode, ExpireWhen, Expiry, Reply, Target,
+    Transaction,
 };
 
 const ENGINES: [&[&str]; 2] = [&[], &["--engine", "disk"]];
 
-fn set(key: &str, value: &str) -> TxnOp {
-    TxnOp::Set {
+fn set(key: &str, value: &str) -> Command {
+    Command::Set {
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
     }
 }
 
-fn get(key: &str) -> TxnOp {
-    TxnOp::Get {
+fn get(key: &str) -> Command {
+    Command::Get {
         key: Bytes::copy_from_slice(key.as_bytes()),
     }
 }
@@ -90,12 +91,12 @@ fn compare_and_swap_transactions_apply_all_or_nothing_and_survive_kill_9() {
         // An operation that fails writes nothing; the others still do.
         client.set("text", "x").unwrap();
         let txn = Transaction::new()
-            .then(TxnOp::Incr {
+            .then(Command::Incr {
                 key: "text".into(),
                 by: 1,
             })
             .then(set("b", "1"))
-            .then(TxnOp::Delete { key: "lock".into() });
+            .then(Command::Delete { key: "lock".into() });
         let done = client.txn(txn).unwrap();
         let Reply::Error { code, .. } = &done.replies[0] else {
             panic!("{:?}", done.replies);
@@ -105,6 +106,28 @@ fn compare_and_swap_transactions_apply_all_or_nothing_and_survive_kill_9() {
         assert_eq!(client.get("text").unwrap().as_deref(), Some(&b"x"[..]));
         assert_eq!(client.get("b").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(client.get("lock").unwrap(), None);
+
+        // Any write of data, Get and Exists; Flush refuses the whole.
+        let txn = Transaction::new()
+            .then(Command::Append {
+                key: "s".into(),
+                value: "ab".into(),
+            })
+            .then(Command::Exists { key: "s".into() })
+            .then(Command::Expire {
+                key: "s".into(),
+                expiry: Expiry::In(3_600_000),
+                when: ExpireWhen::Always,
+            });
+        let done = client.txn(txn).unwrap();
+        let replies = [Reply::Int(2), Reply::Bool(true), Reply::Bool(true)];
+        assert_eq!(done.replies, replies, "{engine:?}");
+        assert!(client.ttl("s", false).unwrap() > 3_000_000);
+        let Err(Error::Server { code, .. }) = client.txn(Transaction::new().then(Command::Flush))
+        else {
+            panic!("a Flush in a transaction was taken");
+        };
+        assert_eq!(code, ErrorCode::Malformed as u32);
 
         // Limits: at most 128 compares.
         let mut many = Transaction::new();

@@ -412,20 +412,22 @@ pub enum Command {
         key: Bytes,
     },
     /// Tag 34. A transaction: if every one of `compare` holds, the
-    /// operations of `success` run, else those of `failure`, in order, each
-    /// seeing the ones before it, all decided and written as one atomic,
-    /// durable write. Reply: `Txn { succeeded, replies }`, one reply per
-    /// operation of the branch that ran (docs/transactions.md).
+    /// commands of `success` run, else those of `failure`, in order, each
+    /// seeing the writes of the ones before it, all decided and written as
+    /// one atomic, durable write. A branch holds writes of data and `Get`,
+    /// `Exists` and `GetWithVersion` ([`Command::in_txn`]). Reply: `Txn {
+    /// succeeded, replies }`, one reply per command of the branch that ran
+    /// (docs/transactions.md).
     Txn {
         /// The tests, all of which must hold.
         #[serde(deserialize_with = "wire_bytes::seq")]
         compare: Vec<Compare>,
         /// What runs if they hold.
-        #[serde(deserialize_with = "wire_bytes::seq")]
-        success: Vec<TxnOp>,
+        #[serde(deserialize_with = "wire_bytes::txn_commands")]
+        success: Vec<Command>,
         /// What runs if one does not.
-        #[serde(deserialize_with = "wire_bytes::seq")]
-        failure: Vec<TxnOp>,
+        #[serde(deserialize_with = "wire_bytes::txn_commands")]
+        failure: Vec<Command>,
     },
 }
 
@@ -510,79 +512,6 @@ impl CompareOp {
             CompareOp::NotEqual => ordering != Equal,
             CompareOp::Less => ordering == Less,
             CompareOp::Greater => ordering == Greater,
-        }
-    }
-}
-
-/// One operation of a transaction's branch ([`Command::Txn`]); each sees
-/// the ones before it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TxnOp {
-    /// Tag 0. As [`Command::Set`]; reply `Ok`.
-    Set {
-        /// The key.
-        #[serde(deserialize_with = "wire_bytes::bytes")]
-        key: Bytes,
-        /// Its new value.
-        #[serde(deserialize_with = "wire_bytes::bytes")]
-        value: Bytes,
-    },
-    /// Tag 1. As [`Command::Delete`]; reply `Bool(existed)`.
-    Delete {
-        /// The key.
-        #[serde(deserialize_with = "wire_bytes::bytes")]
-        key: Bytes,
-    },
-    /// Tag 2. As [`Command::DeleteMany`]; reply `Int(existed)`.
-    DeleteMany {
-        /// The keys.
-        #[serde(deserialize_with = "wire_bytes::list")]
-        keys: Vec<Bytes>,
-    },
-    /// Tag 3. As [`Command::Incr`]; reply `Int(new value)`, or an error
-    /// reply (`NotAnInteger`, `Overflow`) that writes nothing.
-    Incr {
-        /// The key.
-        #[serde(deserialize_with = "wire_bytes::bytes")]
-        key: Bytes,
-        /// What to add.
-        by: i64,
-    },
-    /// Tag 4. As [`Command::Get`]; reply `Value`.
-    Get {
-        /// The key.
-        #[serde(deserialize_with = "wire_bytes::bytes")]
-        key: Bytes,
-    },
-}
-
-/// Every key a transaction names: its compares', then its branches'.
-pub fn txn_keys<'t>(
-    compare: &'t [Compare],
-    success: &'t [TxnOp],
-    failure: &'t [TxnOp],
-) -> impl Iterator<Item = &'t [u8]> {
-    (compare.iter().map(|c| &c.key[..])).chain(success.iter().chain(failure).flat_map(TxnOp::keys))
-}
-
-impl TxnOp {
-    /// The keys it reads or writes.
-    pub fn keys(&self) -> Vec<&[u8]> {
-        match self {
-            TxnOp::Set { key, .. }
-            | TxnOp::Delete { key }
-            | TxnOp::Incr { key, .. }
-            | TxnOp::Get { key } => vec![key],
-            TxnOp::DeleteMany { keys } => keys.iter().map(|k| &k[..]).collect(),
-        }
-    }
-
-    /// Roughly the bytes it holds.
-    pub fn size(&self) -> usize {
-        match self {
-            TxnOp::Set { key, value } => 16 + key.len() + value.len(),
-            TxnOp::DeleteMany { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
-            other => 16 + other.keys().iter().map(|k| k.len()).sum::<usize>(),
         }
     }
 }
@@ -906,6 +835,16 @@ impl Command {
         }
     }
 
+    /// Whether the command may be one of a transaction's ([`Command::Txn`]):
+    /// a write of data other than `Flush` and `Txn`, or a read of one key.
+    pub fn in_txn(&self) -> bool {
+        match self {
+            Command::Flush | Command::Txn { .. } => false,
+            Command::Get { .. } | Command::Exists { .. } | Command::GetWithVersion { .. } => true,
+            other => other.is_data_write(),
+        }
+    }
+
     /// The key whose slot decides which group of a sharded cluster the
     /// command goes to: its only or first key (the server refuses a
     /// command whose keys lie in several slots with `CrossSlot`). `None`
@@ -938,7 +877,8 @@ impl Command {
                 compare,
                 success,
                 failure,
-            } => txn_keys(compare, success, failure).next(),
+            } => (compare.first().map(|c| &c.key[..]))
+                .or_else(|| success.iter().chain(failure).find_map(Command::first_key)),
             Command::Indexed { command, .. } | Command::Once { command, .. } => command.first_key(),
             Command::Keys { .. }
             | Command::Auth { .. }
@@ -1346,8 +1286,8 @@ mod tests {
                     target: Target::ModRevision(1),
                     op: CompareOp::Equal,
                 }],
-                success: vec![TxnOp::Incr { key: b(), by: 1 }],
-                failure: vec![TxnOp::Get { key: b() }],
+                success: vec![Command::Incr { key: b(), by: 1 }],
+                failure: vec![Command::Get { key: b() }],
             },
         ]
     }

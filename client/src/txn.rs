@@ -5,17 +5,17 @@
 
 use bytes::Bytes;
 
-use crate::{Command, Compare, CompareOp, Reply, Target, TxnOp};
+use crate::{Command, Compare, CompareOp, Reply, Target};
 
 /// A transaction being built.
 ///
 /// ```no_run
 /// # async fn demo(client: kvstore_client::Client) -> Result<(), kvstore_client::Error> {
-/// use kvstore_client::{CompareOp, Target, Transaction, TxnOp};
+/// use kvstore_client::{Command, CompareOp, Target, Transaction};
 /// let seen = client.get_with_version("config").await?.map_or(0, |v| v.modified);
 /// let txn = Transaction::new()
 ///     .when("config", Target::ModRevision(seen), CompareOp::Equal)
-///     .then(TxnOp::Set { key: "config".into(), value: "v2".into() });
+///     .then(Command::Set { key: "config".into(), value: "v2".into() });
 /// let done = client.txn(txn).await?;
 /// println!("stored: {}", done.succeeded);
 /// # Ok(()) }
@@ -23,8 +23,8 @@ use crate::{Command, Compare, CompareOp, Reply, Target, TxnOp};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transaction {
     compare: Vec<Compare>,
-    success: Vec<TxnOp>,
-    failure: Vec<TxnOp>,
+    success: Vec<Command>,
+    failure: Vec<Command>,
 }
 
 impl Transaction {
@@ -40,15 +40,16 @@ impl Transaction {
         self
     }
 
-    /// Adds an operation to run if every test holds.
-    pub fn then(mut self, op: TxnOp) -> Transaction {
-        self.success.push(op);
+    /// Adds a command to run if every test holds (a write of data, or a
+    /// `Get`, `Exists` or `GetWithVersion`: [`Command::in_txn`]).
+    pub fn then(mut self, command: Command) -> Transaction {
+        self.success.push(command);
         self
     }
 
-    /// Adds an operation to run if a test does not hold.
-    pub fn otherwise(mut self, op: TxnOp) -> Transaction {
-        self.failure.push(op);
+    /// Adds a command to run if a test does not hold.
+    pub fn otherwise(mut self, command: Command) -> Transaction {
+        self.failure.push(command);
         self
     }
 
@@ -67,7 +68,7 @@ pub struct TxnDone {
     /// Every test held, so the `then` operations ran (else the
     /// `otherwise` ones).
     pub succeeded: bool,
-    /// The reply of each operation that ran, in order (`Ok`, `Bool`,
-    /// `Int`, `Value`, or an `Error` for one that wrote nothing).
+    /// The reply of each command that ran, in order, as the command alone
+    /// would answer (an `Error` for one that wrote nothing).
     pub replies: Vec<Reply>,
 }

@@ -154,6 +154,13 @@ pub(crate) fn inner_reply<'de, D: Deserializer<'de>>(d: D) -> Result<Box<crate::
     one_level(&IN_INDEXED, "Indexed", d).map(Box::new)
 }
 
+/// A `Txn` command's branch, which holds no `Txn` command.
+pub(crate) fn txn_commands<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::Command>, D::Error> {
+    one_level::<_, Seq<crate::Command>>(&IN_TXN, "Txn", d).map(|s| s.0)
+}
+
 /// A `Txn` reply's replies, which hold no `Txn` reply.
 pub(crate) fn txn_replies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<crate::Reply>, D::Error> {
     one_level::<_, Seq<crate::Reply>>(&IN_TXN, "Txn", d).map(|s| s.0)

@@ -40,7 +40,7 @@ mod txn;
 
 use std::sync::Arc;
 
-use kvstore_client::{Command, ErrorCode, Reply, TxnOp};
+use kvstore_client::{Command, ErrorCode, Reply};
 
 use crate::config::Limits;
 use crate::db::Db;
@@ -87,12 +87,7 @@ pub fn size(command: &Command) -> usize {
             failure,
         } => {
             let compared = compare.iter().map(|c| 32 + c.key.len()).sum::<usize>();
-            compared
-                + success
-                    .iter()
-                    .chain(failure)
-                    .map(TxnOp::size)
-                    .sum::<usize>()
+            compared + success.iter().chain(failure).map(size).sum::<usize>()
         }
         Command::DeleteMany { keys } => keys.iter().map(|k| k.len()).sum(),
         Command::Flush | Command::Stats | Command::BackupNext => 0,
@@ -262,7 +257,7 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
             compare,
             success,
             failure,
-        } => txn::change(compare, success, failure, limits),
+        } => txn::change(compare, success, failure, db),
         Command::OpenSession => session::open(db),
         Command::Once {
             session,

@@ -4,40 +4,40 @@
 //! writes, and logs the final state of every key written as one record,
 //! so it is atomic, durable before the reply, and replayed exactly.
 
-use kvstore_client::{Compare, ErrorCode, Reply, Target, TxnOp};
+use kvstore_client::{Command, Compare, ErrorCode, Reply, Target};
 
-use super::{check_key, check_limit, check_value};
-use crate::config::Limits;
-use crate::storage::change::Change;
+use super::{check_key, check_limit, check_value, prepare};
+use crate::db::Db;
+use crate::storage::change::{Change, TxnStep};
 
-/// The most compares, and the most operations in a branch (a
+/// The most compares, and the most commands in a branch (a `BulkSet` or
 /// `DeleteMany` counts its keys): etcd's default `--max-txn-ops`.
 pub const MAX_TXN_OPS: usize = 128;
 
 pub(super) fn change(
     compare: Vec<Compare>,
-    success: Vec<TxnOp>,
-    failure: Vec<TxnOp>,
-    limits: &Limits,
+    success: Vec<Command>,
+    failure: Vec<Command>,
+    db: &Db,
 ) -> Result<Change, Reply> {
     check_ops("compares", compare.len())?;
     for c in &compare {
-        check_key(&c.key, limits)?;
+        check_key(&c.key, &db.limits)?;
         if let Target::Value(value) = &c.target {
-            check_value(value, limits)?;
-        }
-    }
-    for branch in [&success, &failure] {
-        check_ops("operations in a branch", branch.iter().map(weight).sum())?;
-        for op in branch.iter() {
-            check(op, limits)?;
+            check_value(value, &db.limits)?;
         }
     }
     Ok(Change::Txn {
         compare,
-        success,
-        failure,
+        success: branch(success, db)?,
+        failure: branch(failure, db)?,
     })
+}
+
+/// A branch's commands as steps, each checked as the command alone is.
+fn branch(commands: Vec<Command>, db: &Db) -> Result<Vec<TxnStep>, Reply> {
+    check_ops("commands in a branch", commands.iter().map(weight).sum())?;
+    commands.into_iter().map(|c| step(c, db)).collect()
 }
 
 /// `n` of `what` in one transaction, within [`MAX_TXN_OPS`].
@@ -51,17 +51,26 @@ fn check_ops(what: &str, n: usize) -> Result<(), Reply> {
     )
 }
 
-/// What an operation counts for against [`MAX_TXN_OPS`].
-fn weight(op: &TxnOp) -> usize {
-    op.keys().len().max(1)
+/// What a command counts for against [`MAX_TXN_OPS`].
+fn weight(command: &Command) -> usize {
+    match command {
+        Command::BulkSet { items } | Command::BulkSetIfAbsent { items } => items.len(),
+        Command::DeleteMany { keys } => keys.len(),
+        _ => 1,
+    }
+    .max(1)
 }
 
-fn check(op: &TxnOp, limits: &Limits) -> Result<(), Reply> {
-    for key in op.keys() {
-        check_key(key, limits)?;
+fn step(command: Command, db: &Db) -> Result<TxnStep, Reply> {
+    if !command.in_txn() {
+        return Err(Reply::error(
+            ErrorCode::Malformed,
+            format!("{} cannot be part of a transaction", command.name()),
+        ));
     }
-    match op {
-        TxnOp::Set { value, .. } => check_value(value, limits),
-        _ => Ok(()),
+    match command {
+        Command::Get { key } => check_key(&key, &db.limits).map(|()| TxnStep::Get(key)),
+        Command::Exists { key } => check_key(&key, &db.limits).map(|()| TxnStep::Exists(key)),
+        write => prepare(write, db).map(TxnStep::Write),
     }
 }

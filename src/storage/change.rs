@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use kvstore_client::{Compare, Condition, ErrorCode, ExpireWhen, Target, TxnOp};
+use kvstore_client::{Compare, Condition, ErrorCode, ExpireWhen, Target};
 use serde::{Deserialize, Serialize};
 
 use super::op::WriteOp;
@@ -155,9 +155,36 @@ pub enum Change {
     /// `failure`, logged as one `WriteOp::Txn`.
     Txn {
         compare: Vec<Compare>,
-        success: Vec<TxnOp>,
-        failure: Vec<TxnOp>,
+        success: Vec<TxnStep>,
+        failure: Vec<TxnStep>,
     },
+}
+
+/// One step of a transaction's branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnStep {
+    /// A write (any client write but `Flush` and `Txn`).
+    Write(Change),
+    /// The value of a key.
+    Get(Bytes),
+    /// Whether a key exists.
+    Exists(Bytes),
+}
+
+impl TxnStep {
+    fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            TxnStep::Write(change) => change.keys(),
+            TxnStep::Get(key) | TxnStep::Exists(key) => vec![key],
+        }
+    }
+
+    fn approx_len(&self) -> usize {
+        match self {
+            TxnStep::Write(change) => change.approx_len(),
+            TxnStep::Get(key) | TxnStep::Exists(key) => 16 + key.len(),
+        }
+    }
 }
 
 impl From<WriteOp> for Change {
@@ -227,7 +254,9 @@ impl Change {
                 compare,
                 success,
                 failure,
-            } => kvstore_client::protocol::txn_keys(compare, success, failure).collect(),
+            } => (compare.iter().map(|c| &c.key[..]))
+                .chain(success.iter().chain(failure).flat_map(TxnStep::keys))
+                .collect(),
             Change::Once { change, .. } => change.keys(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
@@ -319,7 +348,7 @@ impl Change {
                 let compared = compare
                     .iter()
                     .map(|c| 32 + c.key.len() + target_len(&c.target));
-                let ops = success.iter().chain(failure).map(TxnOp::size);
+                let ops = success.iter().chain(failure).map(TxnStep::approx_len);
                 48 + compared.sum::<usize>() + ops.sum::<usize>()
             }
         }
@@ -465,9 +494,10 @@ impl Change {
 
 /// The store as a batch sees it while it is being assembled: the store holds
 /// the previous batches (the commit thread applies a batch before it starts
-/// the next), the overlay the writes earlier in this one.
+/// the next), the overlay the writes earlier in this one. A transaction's
+/// steps see another view over the batch's, with their own writes.
 pub struct BatchView<'a> {
-    engine: &'a dyn Engine,
+    base: Base<'a>,
     /// Keys written earlier in the batch, with their value after those
     /// writes (`None`: removed).
     overlay: HashMap<Bytes, Option<Bytes>>,
@@ -480,10 +510,49 @@ pub struct BatchView<'a> {
     cleared: bool,
 }
 
+/// What a [`BatchView`]'s overlay lies over.
+#[derive(Clone, Copy)]
+enum Base<'a> {
+    Engine(&'a dyn Engine),
+    View(&'a BatchView<'a>),
+}
+
+impl Base<'_> {
+    fn get(self, key: &[u8]) -> Result<Option<Bytes>, Error> {
+        match self {
+            Base::Engine(engine) => engine.get(key),
+            Base::View(view) => view.get(key),
+        }
+    }
+
+    fn deadline(self, key: &[u8]) -> Result<Option<Option<u64>>, Error> {
+        match self {
+            Base::Engine(engine) => engine.deadline(key),
+            Base::View(view) => view.deadline(key),
+        }
+    }
+
+    fn revisions(self, key: &[u8]) -> Result<Option<Revisions>, Error> {
+        match self {
+            Base::Engine(engine) => Ok(engine.get_revised(key)?.map(|(_, r)| r)),
+            Base::View(view) => view.revisions(key),
+        }
+    }
+}
+
 impl<'a> BatchView<'a> {
     pub fn new(engine: &'a dyn Engine) -> BatchView<'a> {
+        BatchView::with_base(Base::Engine(engine))
+    }
+
+    /// A view of `view` plus writes of its own (a transaction's steps).
+    pub fn over(view: &'a BatchView<'a>) -> BatchView<'a> {
+        BatchView::with_base(Base::View(view))
+    }
+
+    fn with_base(base: Base<'a>) -> BatchView<'a> {
         BatchView {
-            engine,
+            base,
             overlay: HashMap::new(),
             deadlines: HashMap::new(),
             revisions: HashMap::new(),
@@ -497,7 +566,7 @@ impl<'a> BatchView<'a> {
         match self.revisions.get(key) {
             Some(revisions) => Ok(*revisions),
             None if self.cleared => Ok(None),
-            None => Ok(self.engine.get_revised(key)?.map(|(_, r)| r)),
+            None => self.base.revisions(key),
         }
     }
 
@@ -506,7 +575,7 @@ impl<'a> BatchView<'a> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
             None if self.cleared => Ok(None),
-            None => self.engine.get(key),
+            None => self.base.get(key),
         }
     }
 
@@ -526,8 +595,28 @@ impl<'a> BatchView<'a> {
         Ok(match self.deadlines.get(key) {
             Some(at) => *at,
             None if self.cleared => None,
-            None => self.engine.deadline(key)?.flatten(),
+            None => self.base.deadline(key)?.flatten(),
         })
+    }
+
+    /// What this view's own writes leave, over its base, as one record:
+    /// each key written with its value and deadline, or removed if its base
+    /// had it; `None` if nothing changed. Not for a view that saw a `Clear`
+    /// (a transaction holds none).
+    fn final_states(&self) -> Result<Option<WriteOp>, Error> {
+        let mut keys: Vec<&Bytes> = self.overlay.keys().chain(self.deadlines.keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+        for key in keys {
+            match self.get(key)? {
+                Some(value) => puts.push((key.clone(), value, self.kept(key)?)),
+                None if self.base.get(key)?.is_some() => deletes.push(key.clone()),
+                None => {}
+            }
+        }
+        let changed = !(puts.is_empty() && deletes.is_empty());
+        Ok(changed.then_some(WriteOp::Txn { puts, deletes }))
     }
 
     /// Takes in a write, made at `revision`, that will be applied after the
@@ -663,122 +752,81 @@ fn holds(view: &BatchView, compare: &Compare) -> Result<bool, Error> {
     Ok(compare.op.holds(ordering))
 }
 
-/// A transaction's own writes so far, over the batch's view: each key's
-/// value and deadline after them (`None`: removed).
-struct TxnState<'v, 'e> {
-    view: &'v BatchView<'e>,
-    written: std::collections::BTreeMap<Bytes, Option<(Bytes, Option<u64>)>>,
+/// What a plain write (one the commit thread logs as it is) does on `view`,
+/// as applying it would answer.
+fn applied_on(view: &BatchView, op: &WriteOp) -> Result<Applied, Error> {
+    Ok(match op {
+        WriteOp::Delete { key } => Applied::Deleted(view.get(key)?.is_some()),
+        WriteOp::DeleteMany { keys } => {
+            let mut seen = std::collections::HashSet::new();
+            let mut existed = 0;
+            for key in keys {
+                if seen.insert(key) && view.get(key)?.is_some() {
+                    existed += 1;
+                }
+            }
+            Applied::Int(existed)
+        }
+        _ => Applied::Stored,
+    })
 }
 
-impl TxnState<'_, '_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        match self.written.get(key) {
-            Some(state) => Ok(state.as_ref().map(|(value, _)| value.clone())),
-            None => self.view.get(key),
+/// Runs one step of a transaction's branch on `inner` (the batch's view
+/// plus the branch's earlier writes), which takes in its write.
+fn run_step(inner: &mut BatchView, step: TxnStep) -> Result<Applied, Error> {
+    let change = match step {
+        TxnStep::Get(key) => return Ok(Applied::Value(inner.get(&key)?)),
+        TxnStep::Exists(key) => return Ok(Applied::Bool(inner.get(&key)?.is_some())),
+        TxnStep::Write(change) => change,
+    };
+    // The door lets neither in (`Command::in_txn`): one record could not
+    // hold their result.
+    if matches!(change, Change::Txn { .. } | Change::Write(WriteOp::Clear)) {
+        return Ok(Applied::Refused {
+            code: ErrorCode::Malformed,
+            message: "a transaction cannot hold a Flush or a Txn".into(),
+        });
+    }
+    let resolved = change.resolve(inner);
+    let op = resolved.op().cloned();
+    let applied = match resolved {
+        Resolved::Apply(op) => applied_on(inner, &op)?,
+        Resolved::Log(_, applied) | Resolved::Answer(Ok(applied)) => applied,
+        Resolved::Answer(Err(Error::Rejected { code, message })) => {
+            Applied::Refused { code, message }
         }
+        Resolved::Answer(Err(e)) => return Err(e),
+    };
+    if let Some(op) = op {
+        // No step reads revisions: any will do inside the transaction.
+        inner.record(&op, 0);
     }
-
-    fn kept(&self, key: &[u8]) -> Result<Option<u64>, Error> {
-        match self.written.get(key) {
-            Some(state) => Ok(state.as_ref().and_then(|(_, at)| *at)),
-            None => self.view.kept(key),
-        }
-    }
-
-    /// Removes `key`; whether it had a value.
-    fn delete(&mut self, key: &Bytes) -> Result<bool, Error> {
-        let existed = self.get(key)?.is_some();
-        self.written.insert(key.clone(), None);
-        Ok(existed)
-    }
-
-    /// Runs one operation; what it did.
-    fn run(&mut self, op: TxnOp) -> Result<Applied, Error> {
-        Ok(match op {
-            TxnOp::Set { key, value } => {
-                self.written.insert(key, Some((value, None)));
-                Applied::Stored
-            }
-            TxnOp::Delete { key } => Applied::Bool(self.delete(&key)?),
-            TxnOp::DeleteMany { keys } => {
-                let mut existed = 0;
-                for key in &keys {
-                    existed += i64::from(self.delete(key)?);
-                }
-                Applied::Int(existed)
-            }
-            TxnOp::Get { key } => Applied::Value(self.get(&key)?),
-            TxnOp::Incr { key, by } => match incremented(self.get(&key)?, by) {
-                Ok(n) => {
-                    let at = self.kept(&key)?;
-                    self.written
-                        .insert(key, Some((Bytes::from(n.to_string()), at)));
-                    Applied::Int(n)
-                }
-                Err((code, message)) => Applied::Refused {
-                    code,
-                    message: message.into(),
-                },
-            },
-        })
-    }
-
-    /// The record of what it wrote: every key once, deletes only of keys
-    /// that had a value before it; `None` if it changed nothing.
-    fn op(self) -> Result<Option<WriteOp>, Error> {
-        let (mut puts, mut deletes) = (Vec::new(), Vec::new());
-        for (key, state) in self.written {
-            match state {
-                Some((value, at)) => puts.push((key, value, at)),
-                None if self.view.get(&key)?.is_some() => deletes.push(key),
-                None => {}
-            }
-        }
-        let changed = !(puts.is_empty() && deletes.is_empty());
-        Ok(changed.then_some(WriteOp::Txn { puts, deletes }))
-    }
+    Ok(applied)
 }
 
-/// `Txn`: the compares decide the branch; its operations run in order on
-/// the batch's view plus their own writes, and their writes are logged as
-/// one record of each key's final state.
+/// `Txn`: the compares decide the branch; its steps run in order on the
+/// batch's view plus their own writes, and their writes are logged as one
+/// record of each key's final state.
 fn txn(
     view: &BatchView,
     compare: &[Compare],
-    success: Vec<TxnOp>,
-    failure: Vec<TxnOp>,
+    success: Vec<TxnStep>,
+    failure: Vec<TxnStep>,
 ) -> Result<Resolved, Error> {
     let mut succeeded = true;
     for c in compare {
         succeeded &= holds(view, c)?;
     }
     let branch = if succeeded { success } else { failure };
-    let mut state = TxnState {
-        view,
-        written: Default::default(),
-    };
+    let mut inner = BatchView::over(view);
     let each = (branch.into_iter())
-        .map(|op| state.run(op))
+        .map(|step| run_step(&mut inner, step))
         .collect::<Result<Vec<_>, _>>()?;
     let outcome = Applied::Txn { succeeded, each };
-    Ok(match state.op()? {
+    Ok(match inner.final_states()? {
         Some(op) => Resolved::Log(op, outcome),
         None => Resolved::Answer(Ok(outcome)),
     })
-}
-
-/// `current` (a missing key is 0) plus `by`, or why not.
-fn incremented(current: Option<Bytes>, by: i64) -> Result<i64, (ErrorCode, &'static str)> {
-    let current = match current {
-        None => 0,
-        Some(value) => parse_i64(&value).ok_or((
-            ErrorCode::NotAnInteger,
-            "value is not an integer or out of range",
-        ))?,
-    };
-    current
-        .checked_add(by)
-        .ok_or((ErrorCode::Overflow, "increment or decrement would overflow"))
 }
 
 fn refused(code: ErrorCode, message: impl Into<String>) -> Resolved {
@@ -1039,14 +1087,11 @@ mod tests {
                 at("gone", Target::CreateRevision(0)),
             ],
             success: vec![
-                TxnOp::Incr { key: b("n"), by: 1 },
-                TxnOp::Incr { key: b("n"), by: 1 },
-                TxnOp::Set {
-                    key: b("t"),
-                    value: b("x"),
-                },
-                TxnOp::Delete { key: b("t") },
-                TxnOp::Get { key: b("n") },
+                TxnStep::Write(Change::Incr { key: b("n"), by: 1 }),
+                TxnStep::Write(Change::Incr { key: b("n"), by: 1 }),
+                TxnStep::Write(Change::Write(WriteOp::set("t", "x"))),
+                TxnStep::Write(Change::Write(WriteOp::Delete { key: b("t") })),
+                TxnStep::Get(b("n")),
             ],
             failure: vec![],
         };
@@ -1057,7 +1102,7 @@ mod tests {
         let value = |v: &str| Applied::Value(Some(b(v)));
         let expected = [Applied::Int(3), Applied::Int(4), Applied::Stored];
         assert_eq!(each[..3], expected);
-        assert_eq!(each[3..], [Applied::Bool(true), value("4")]);
+        assert_eq!(each[3..], [Applied::Deleted(true), value("4")]);
         let puts = vec![(b("n"), b("4"), None)];
         assert_eq!(
             op,

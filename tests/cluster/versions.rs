@@ -82,7 +82,7 @@ fn every_node_answers_the_same_revisions_and_so_does_a_new_leader() {
 /// update, and every node holds the same count at the same revision.
 #[test]
 fn compare_and_swap_increments_through_raft_lose_no_update() {
-    use kvstore_client::{CompareOp, Target, Transaction, TxnOp};
+    use kvstore_client::{CompareOp, Target, Transaction};
     let dir = tempfile::tempdir().unwrap();
     let (nodes, _servers, leader) = start_cluster(dir.path());
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
@@ -94,7 +94,7 @@ fn compare_and_swap_increments_through_raft_lose_no_update() {
                 v.modified,
             )
         });
-        let set = TxnOp::Set {
+        let set = Command::Set {
             key: "counter".into(),
             value: (n + 1).to_string().into(),
         };
