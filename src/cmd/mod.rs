@@ -36,7 +36,7 @@ mod session;
 mod set;
 mod set_if;
 mod set_range;
-mod txn;
+pub mod txn;
 
 use std::sync::Arc;
 

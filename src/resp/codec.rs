@@ -314,6 +314,9 @@ pub enum Value {
     Bulk(Bytes),
     /// A missing value: `$-1` in RESP2, `_` in RESP3.
     Nil,
+    /// A missing array (EXEC of a transaction a watched key aborted): `*-1`
+    /// in RESP2, `_` in RESP3.
+    NilArray,
     Array(Vec<Value>),
     /// A map in RESP3; a flat array of keys and values in RESP2.
     Map(Vec<(Value, Value)>),
@@ -368,8 +371,9 @@ impl Value {
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
-            Value::Nil if proto >= 3 => out.put_slice(b"_\r\n"),
+            Value::Nil | Value::NilArray if proto >= 3 => out.put_slice(b"_\r\n"),
             Value::Nil => out.put_slice(b"$-1\r\n"),
+            Value::NilArray => out.put_slice(b"*-1\r\n"),
             Value::Array(items) => {
                 number(out, b'*', items.len() as i64);
                 for item in items {

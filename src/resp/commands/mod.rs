@@ -15,6 +15,7 @@ mod cluster;
 mod connection;
 mod expiry;
 mod keyspace;
+mod multi;
 mod server;
 mod strings;
 
@@ -43,6 +44,10 @@ pub struct Session {
     /// `READONLY`: reads are served from this node's applied state, without
     /// the cluster's read barrier (a follower answers, maybe stale).
     pub readonly: bool,
+    /// Between `MULTI` and `EXEC`: the commands queued.
+    pub multi: Option<multi::Queue>,
+    /// `WATCH`ed keys, each with the revision it had then (0: missing).
+    pub watched: Vec<(Bytes, u64)>,
 }
 
 impl Session {
@@ -54,6 +59,8 @@ impl Session {
             login,
             closing: false,
             readonly: false,
+            multi: None,
+            watched: Vec::new(),
         }
     }
 }
@@ -73,7 +80,7 @@ pub enum Outcome {
 }
 
 /// How a native reply reads in RESP.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Shape {
     /// `Ok` → `+OK`.
     Ok,
@@ -83,6 +90,10 @@ pub enum Shape {
     Int,
     /// `Value` → bulk string or nil.
     Bulk,
+    /// `Txn` → `EXEC`'s array: each queued command's reply in its place
+    /// (or the value it was given when queued), or a nil array if a
+    /// watched key changed.
+    Exec(Vec<multi::Queued>),
 }
 
 impl Shape {
@@ -95,6 +106,9 @@ impl Shape {
             (Shape::Int, Reply::Int(n)) => Value::Int(n),
             (Shape::Bulk, Reply::Value(Some(v))) => Value::Bulk(v),
             (Shape::Bulk, Reply::Value(None)) => Value::Nil,
+            (Shape::Exec(queued), Reply::Txn { succeeded, replies }) => {
+                multi::exec_reply(queued, succeeded, replies)
+            }
             (shape, other) => Value::error(format!(
                 "ERR internal error: {other:?} does not fit a {shape:?} reply"
             )),
@@ -177,6 +191,7 @@ const WF: &[&str] = &["write", "fast"];
 const RF: &[&str] = &["readonly", "fast"];
 const R: &[&str] = &["readonly"];
 const C: &[&str] = &["fast", "no-auth"];
+const TX: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 macro_rules! spec {
     ($name:literal, $arity:literal, $write:literal, $flags:expr, $keys:expr, $group:literal, $since:literal, $summary:literal) => {
@@ -203,10 +218,12 @@ pub const COMMANDS: &[Spec] = &[
     spec!("config", -2, false, &["admin", "loading", "stale"], (0, 0, 0), "server", "2.0.0", "CONFIG GET: the values of configuration parameters."),
     spec!("copy", -3, true, W, (1, 2, 1), "generic", "6.2.0", "Copies the value of a key to a new key (database 0 only)."),
     spec!("dbsize", 1, false, RF, (0, 0, 0), "server", "1.0.0", "Returns the number of keys in the database."),
+    spec!("discard", 1, false, TX, (0, 0, 0), "transactions", "2.0.0", "Discards a transaction."),
     spec!("decr", 2, true, WF, (1, 1, 1), "string", "1.0.0", "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist."),
     spec!("decrby", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist."),
     spec!("del", -2, true, W, (1, -1, 1), "generic", "1.0.0", "Deletes one or more keys, atomically and as one log record."),
     spec!("echo", 2, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the given string."),
+    spec!("exec", 1, true, TX, (0, 0, 0), "transactions", "1.2.0", "Executes all commands in a transaction, as one atomic, durable write."),
     spec!("exists", -2, false, RF, (1, -1, 1), "generic", "1.0.0", "Determines whether one or more keys exist."),
     spec!("expire", -3, true, WF, (1, 1, 1), "generic", "1.0.0", "Sets the expiration time of a key in seconds."),
     spec!("expireat", -3, true, WF, (1, 1, 1), "generic", "1.2.0", "Sets the expiration time of a key to a Unix timestamp."),
@@ -227,6 +244,7 @@ pub const COMMANDS: &[Spec] = &[
     spec!("mget", -2, false, RF, (1, -1, 1), "string", "1.0.0", "Atomically returns the string values of one or more keys (one instant across shards)."),
     spec!("mset", -3, true, W, (1, -1, 2), "string", "1.0.1", "Atomically creates or modifies the string values of one or more keys, as one log record."),
     spec!("msetnx", -3, true, W, (1, -1, 2), "string", "1.0.1", "Atomically modifies the string values of one or more keys only when all keys don't exist."),
+    spec!("multi", 1, false, TX, (0, 0, 0), "transactions", "1.2.0", "Starts a transaction."),
     spec!("object", -2, false, R, (2, 2, 1), "generic", "2.2.3", "OBJECT ENCODING, FREQ, REFCOUNT: the internal encoding Redis would give a value."),
     spec!("persist", 2, true, WF, (1, 1, 1), "generic", "2.2.0", "Removes the expiration time of a key."),
     spec!("pexpire", -3, true, WF, (1, 1, 1), "generic", "2.6.0", "Sets the expiration time of a key in milliseconds."),
@@ -253,6 +271,8 @@ pub const COMMANDS: &[Spec] = &[
     spec!("ttl", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key."),
     spec!("type", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Determines the type of value stored at a key: string, or none."),
     spec!("unlink", -2, true, WF, (1, -1, 1), "generic", "4.0.0", "Deletes one or more keys, like DEL."),
+    spec!("unwatch", 1, false, TX, (0, 0, 0), "transactions", "2.2.0", "Forgets about all watched keys."),
+    spec!("watch", -2, false, &["readonly", "noscript", "loading", "stale", "fast", "allow_busy"], (1, -1, 1), "transactions", "2.2.0", "Monitors changes to keys to determine the execution of a transaction."),
 ];
 
 /// The table entry for a command name, any case.
@@ -279,6 +299,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         if !session.login.authenticated() {
             return connection::refuse_unauthenticated(session);
         }
+        multi::spoil(session);
         let mut message = format!(
             "ERR unknown command '{}', with args beginning with: ",
             clip(name)
@@ -293,6 +314,7 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
     }
     let n = args.len() as i32;
     if (spec.arity > 0 && n != spec.arity) || (spec.arity < 0 && n < -spec.arity) {
+        multi::spoil(session);
         return Outcome::Ready(Value::error(format!(
             "ERR wrong number of arguments for '{}' command",
             spec.name
@@ -310,6 +332,9 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             return Outcome::Ready(Value::error(format!("MOVED {slot} {addr}")));
         }
     }
+    if session.multi.is_some() && !multi::runs_at_once(spec.name) {
+        return multi::queue(spec, &args[1..], session, ctx).await;
+    }
     // Cluster mode: a read of data is linearizable, as on the native door,
     // unless the connection asked for this node's own state (READONLY).
     if spec.flags.contains(&"readonly") && !session.readonly {
@@ -317,7 +342,11 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             return Outcome::Ready(error_for(cmd::error_code(&e) as u32, &e.to_string()));
         }
     }
-    let args = &args[1..];
+    run(spec, &args[1..], session, ctx).await
+}
+
+/// Runs a command whose name, arity, login and group were checked.
+async fn run(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
     match spec.name {
         "auth" => connection::auth(args, session, ctx).await,
         "client" => connection::client(args, session),
@@ -389,6 +418,14 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
         "command" => server::command(args),
         "config" => server::config(args, ctx),
         "info" => server::info(args, ctx),
+        "multi" => multi::multi(session),
+        "exec" => multi::exec(session),
+        "discard" => multi::discard(session),
+        "watch" => multi::watch(args, session, ctx),
+        "unwatch" => {
+            session.watched.clear();
+            ok()
+        }
         other => Outcome::Ready(Value::error(format!(
             "ERR command '{other}' is in the table but has no implementation"
         ))),

@@ -1,0 +1,70 @@
+"""redis-py's transactions against kvstore's RESP door (tests/resp.rs runs
+this): the default pipeline (MULTI/EXEC), the transaction() helper with
+its WATCH retries from 8 clients at once, and WatchError when a watched
+key changes. Usage: redis_transactions.py HOST:PORT"""
+
+import sys
+import threading
+
+import redis
+
+host, port = sys.argv[1].rsplit(":", 1)
+
+
+def client():
+    return redis.Redis(host=host, port=int(port))
+
+
+r = client()
+r.flushdb()
+
+# The default pipeline wraps its commands in MULTI/EXEC.
+pipe = r.pipeline()
+pipe.set("a", 1).incr("a").get("a").delete("missing")
+assert pipe.execute() == [True, 2, b"2", 0], "pipeline"
+
+# A runtime error is raised after the others ran (raise_on_error=False
+# returns it in its place).
+r.set("text", "x")
+pipe = r.pipeline()
+pipe.incr("text").set("b", "1")
+replies = pipe.execute(raise_on_error=False)
+assert isinstance(replies[0], redis.ResponseError) and replies[1] is True, replies
+assert r.get("b") == b"1"
+
+
+def increment(pipe):
+    current = pipe.get("counter")
+    pipe.multi()
+    pipe.set("counter", int(current or 0) + 1)
+
+
+# transaction() retries on WatchError: 8 clients, 25 increments each.
+def worker():
+    c = client()
+    for _ in range(25):
+        c.transaction(increment, "counter")
+
+
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert r.get("counter") == b"200", r.get("counter")
+
+# A watched key written by another client makes EXEC fail.
+other = client()
+with r.pipeline() as pipe:
+    pipe.watch("w")
+    other.set("w", "theirs")
+    pipe.multi()
+    pipe.set("w", "mine")
+    try:
+        pipe.execute()
+        raise AssertionError("EXEC ran over a changed watched key")
+    except redis.WatchError:
+        pass
+assert r.get("w") == b"theirs"
+
+print("all python checks passed")
