@@ -8,7 +8,7 @@
 //! - recovery starts without manual repair;
 //! - every acknowledged write is there (or the write in flight after it);
 //! - every key holds a value that was written, or nothing;
-//! - a BulkSet in flight is there whole or not at all.
+//! - a BulkSet or a transaction in flight is there whole or not at all.
 //!
 //! Then it checks the checker: on a disk whose file syncs do nothing, or
 //! whose directory sync after a rename does nothing, the same test must find
@@ -24,6 +24,7 @@ use bytes::Bytes;
 use kvstore::commit::{GroupCommit, Settings};
 use kvstore::engine::memory::Memory;
 use kvstore::log::Log;
+use kvstore::storage::change::{Change, TxnStep};
 use kvstore::storage::fs::Fs;
 use kvstore::storage::op::WriteOp;
 use kvstore::storage::simfs::{Faults, Rng, SimFs};
@@ -160,22 +161,20 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
                     let key = |k: usize| Bytes::from(format!("w{w}:k{k}"));
                     for i in 0..ops_per_writer {
                         let value = Bytes::from(format!("w{w}:i{i}"));
-                        let (op, effects) = match rng.below(10) {
+                        let (op, effects): (Change, _) = match rng.below(10) {
                             0..=5 => {
                                 let k = key(rng.below(KEYS_PER_WRITER));
-                                (
-                                    WriteOp::Set {
-                                        key: k.clone(),
-                                        value: value.clone(),
-                                    },
-                                    vec![(k, Some(value))],
-                                )
+                                let set = WriteOp::Set {
+                                    key: k.clone(),
+                                    value: value.clone(),
+                                };
+                                (set.into(), vec![(k, Some(value))])
                             }
                             6..=7 => {
                                 let k = key(rng.below(KEYS_PER_WRITER));
-                                (WriteOp::Delete { key: k.clone() }, vec![(k, None)])
+                                (WriteOp::Delete { key: k.clone() }.into(), vec![(k, None)])
                             }
-                            _ => {
+                            8 => {
                                 let items: Vec<_> = (0..KEYS_PER_WRITER)
                                     .map(|k| (key(k), value.clone()))
                                     .collect();
@@ -183,11 +182,36 @@ fn run(faults: Faults, ops_per_writer: usize, seed: u64) -> Arc<Outcome> {
                                     .iter()
                                     .map(|(k, v)| (k.clone(), Some(v.clone())))
                                     .collect();
-                                (WriteOp::BulkSet { items }, effects)
+                                (WriteOp::BulkSet { items }.into(), effects)
+                            }
+                            // A transaction: every even key set, every odd
+                            // one removed, as one record.
+                            _ => {
+                                let effects: Vec<_> = (0..KEYS_PER_WRITER)
+                                    .map(|k| (key(k), (k % 2 == 0).then(|| value.clone())))
+                                    .collect();
+                                let steps = (effects.iter())
+                                    .map(|(key, value)| {
+                                        let key = key.clone();
+                                        TxnStep::Write(Change::Write(match value {
+                                            Some(value) => WriteOp::Set {
+                                                key,
+                                                value: value.clone(),
+                                            },
+                                            None => WriteOp::Delete { key },
+                                        }))
+                                    })
+                                    .collect();
+                                let txn = Change::Txn {
+                                    compare: Vec::new(),
+                                    success: steps,
+                                    failure: Vec::new(),
+                                };
+                                (txn, effects)
                             }
                         };
                         ledgers[w].lock().unwrap().in_flight = effects.clone();
-                        let outcome = committer.submit(op.into()).await.unwrap().wait().await;
+                        let outcome = committer.submit(op).await.unwrap().wait().await;
                         outcome.expect("the simulated disk never fails a write");
                         let mut ledger = ledgers[w].lock().unwrap();
                         ledger.acked.extend(effects);
