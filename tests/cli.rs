@@ -156,6 +156,17 @@ fn string_commands_print_their_results() {
     assert_eq!(text(&out.stdout), json);
     assert_eq!(run(&["get", "--version", "nope"]), said(1, ""));
 
+    // A transaction from standard input: compare-and-swap on `v`'s
+    // revision, then the same again, which no longer holds (exit 1).
+    let swap = format!("if v mod = {modified}\nthen set v 3\nthen incr n\nelse get v\n");
+    let out = kvstore(&addr, &["txn"], swap.as_bytes());
+    assert_eq!((code(&out), text(&out.stdout)), (0, "succeeded\nOK\n-3\n".into()));
+    let out = kvstore(&addr, &["--output", "json", "txn"], swap.as_bytes());
+    let json = "{\"replies\":[\"3\"],\"succeeded\":false}\n";
+    assert_eq!((code(&out), text(&out.stdout)), (1, json.into()));
+    let out = kvstore(&addr, &["txn"], b"then frob v\n");
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+
     // Flush: refused without a terminal unless --yes.
     let out = kvstore(&addr, &["flush"], b"y\n");
     assert_eq!(code(&out), 2, "{}", text(&out.stderr));

@@ -17,6 +17,7 @@ mod load;
 mod output;
 mod repl;
 mod strings;
+mod txn;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -158,6 +159,12 @@ enum Cmd {
     },
     /// Remove KEY's deadline; prints whether it had one.
     Persist { key: String },
+    /// Run a transaction read from standard input: lines of `if KEY
+    /// value|exists|mod|create =|!=|<|> CONSTANT`, `then COMMAND...`, `else
+    /// COMMAND...` (set, get, del, incr, exists, append), or the same as a
+    /// JSON object of word lists. Prints `succeeded` or `failed`, then each
+    /// reply; exit 1 if a test did not hold (docs/transactions.md).
+    Txn,
     /// Remove every key. Asks first on a terminal; elsewhere needs --yes.
     Flush {
         /// Do not ask.
@@ -757,6 +764,7 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Cmd::Expire { key, ttl, when } => expiry::expire(client, &key, ttl, when, out).await,
         Cmd::Ttl { key, at } => return exit_of(expiry::ttl(client, &key, at, out).await),
         Cmd::Persist { key } => expiry::persist(client, &key, out).await,
+        Cmd::Txn => return txn::run(client, out).await,
         Cmd::Completions { shell } => {
             completions(shell);
             Ok(())
