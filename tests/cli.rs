@@ -160,7 +160,10 @@ fn string_commands_print_their_results() {
     // revision, then the same again, which no longer holds (exit 1).
     let swap = format!("if v mod = {modified}\nthen set v 3\nthen incr n\nelse get v\n");
     let out = kvstore(&addr, &["txn"], swap.as_bytes());
-    assert_eq!((code(&out), text(&out.stdout)), (0, "succeeded\nOK\n-3\n".into()));
+    assert_eq!(
+        (code(&out), text(&out.stdout)),
+        (0, "succeeded\nOK\n-3\n".into())
+    );
     let out = kvstore(&addr, &["--output", "json", "txn"], swap.as_bytes());
     let json = "{\"replies\":[\"3\"],\"succeeded\":false}\n";
     assert_eq!((code(&out), text(&out.stdout)), (1, json.into()));

@@ -1099,3 +1099,94 @@ fn every_put_answered_through_grpc_survives_kill_9() {
     }
     assert_eq!(acknowledged.len(), 3_200);
 }
+
+/// `Txn`: compare-and-swap on a revision read with `Get`'s
+/// `with_version`, the failure branch when it no longer holds, an
+/// operation's error in its place beside the others' writes, and a limit
+/// refused as INVALID_ARGUMENT.
+#[test]
+fn txn_compares_and_swaps_as_the_native_transaction() {
+    use kvstore_proto::v1::{
+        compare, txn_op, txn_op_response, Compare, CompareOp, IncrRequest, TxnOp, TxnRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        let put = |key: &str, value: &str| TxnOp {
+            op: Some(txn_op::Op::Put(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
+                ttl_ms: 0,
+            })),
+        };
+        let get = |key: &str| TxnOp {
+            op: Some(txn_op::Op::Get(GetRequest {
+                key: key.as_bytes().to_vec().into(),
+                with_version: false,
+            })),
+        };
+        kv.put(PutRequest {
+            key: "config".into(),
+            value: "v1".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap();
+        let seen = kv
+            .get(GetRequest {
+                key: "config".into(),
+                with_version: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .mod_revision;
+        let swap = TxnRequest {
+            compare: vec![Compare {
+                key: "config".into(),
+                target: Some(compare::Target::ModRevision(seen)),
+                op: CompareOp::Equal as i32,
+            }],
+            success: vec![put("config", "v2")],
+            failure: vec![get("config")],
+        };
+        let done = kv.txn(swap.clone()).await.unwrap().into_inner();
+        assert!(done.succeeded);
+        let again = kv.txn(swap).await.unwrap().into_inner();
+        assert!(!again.succeeded);
+        let Some(txn_op_response::Response::Get(now)) = &again.responses[0].response else {
+            panic!("{again:?}");
+        };
+        assert_eq!(&now.value[..], b"v2");
+
+        let incr = TxnOp {
+            op: Some(txn_op::Op::Incr(IncrRequest {
+                key: "config".into(),
+                by: 1,
+            })),
+        };
+        let mixed = TxnRequest {
+            compare: vec![],
+            success: vec![incr, put("b", "1")],
+            failure: vec![],
+        };
+        let done = kv.txn(mixed).await.unwrap().into_inner();
+        let Some(txn_op_response::Response::Error(e)) = &done.responses[0].response else {
+            panic!("{done:?}");
+        };
+        assert_eq!(e.code, kvstore_client::ErrorCode::NotAnInteger as u32);
+        assert!(matches!(
+            done.responses[1].response,
+            Some(txn_op_response::Response::Put(_))
+        ));
+
+        let many = TxnRequest {
+            compare: vec![],
+            success: (0..129).map(|i| get(&format!("k{i}"))).collect(),
+            failure: vec![],
+        };
+        let refused = kv.txn(many).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    });
+}

@@ -23,6 +23,7 @@
 
 pub mod gate;
 pub mod service;
+mod txn;
 
 use std::future::Future;
 use std::pin::Pin;

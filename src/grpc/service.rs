@@ -38,13 +38,14 @@ enum Method {
     Expire,
     Persist,
     Ttl,
+    Txn,
 }
 
 /// The methods' names, in the order of [`Method`] (the `command` label of
 /// `commands_total{door="grpc"}`).
-pub const METHODS: [&str; 13] = [
+pub const METHODS: [&str; 14] = [
     "Put", "Get", "Delete", "BulkPut", "Exists", "ListKeys", "Scan", "Range", "Stat", "Backup",
-    "Expire", "Persist", "Ttl",
+    "Expire", "Persist", "Ttl", "Txn",
 ];
 
 /// The trailer that carries the native error code of a failed call.
@@ -204,6 +205,21 @@ impl KeyValueService {
     }
 }
 
+/// Put's native command: a Set, or with `ttl_ms` a SetExpiring.
+pub fn put_command(put: PutRequest) -> Command {
+    let PutRequest { key, value, ttl_ms } = put;
+    match ttl_ms {
+        0 => Command::Set { key, value },
+        ms => Command::SetExpiring {
+            key,
+            value,
+            condition: Condition::Always,
+            get: false,
+            expiry: Expiry::In(ms),
+        },
+    }
+}
+
 /// The native form of Expire's condition.
 fn expire_when(when: ExpireWhen) -> kvstore_client::ExpireWhen {
     use kvstore_client::ExpireWhen as Native;
@@ -232,18 +248,7 @@ fn into_result(reply: Reply) -> Result<Reply, Status> {
 impl KeyValue for KeyValueService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let (metadata, _, put) = request.into_parts();
-        let PutRequest { key, value, ttl_ms } = put;
-        let command = match ttl_ms {
-            0 => Command::Set { key, value },
-            ms => Command::SetExpiring {
-                key,
-                value,
-                condition: Condition::Always,
-                get: false,
-                expiry: Expiry::In(ms),
-            },
-        };
-        match self.run(Method::Put, &metadata, command).await? {
+        match self.run(Method::Put, &metadata, put_command(put)).await? {
             (Reply::Ok | Reply::Bool(true), index) => Ok(respond(PutResponse {}, index)),
             (other, _) => Err(unexpected(&other)),
         }
@@ -337,6 +342,19 @@ impl KeyValue for KeyValueService {
             create_revision,
         };
         Ok(respond(answer, index))
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        let (command, [success, failure]) = super::txn::native(body)?;
+        match self.run(Method::Txn, &metadata, command).await? {
+            (Reply::Txn { succeeded, replies }, index) => {
+                let kinds = if succeeded { &success } else { &failure };
+                let answer = super::txn::response(succeeded, replies, kinds);
+                Ok(respond(answer, index))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
     }
 
     async fn delete(
