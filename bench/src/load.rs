@@ -19,7 +19,7 @@ use anyhow::Context;
 use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kvstore_client::{codec, Command, Condition, Expiry, Request};
+use kvstore_client::{codec, Command, Compare, CompareOp, Condition, Expiry, Request, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -379,6 +379,18 @@ impl<'a> Requests<'a> {
             Test::Get => Command::Get { key },
             Test::Del => Command::Delete { key },
             Test::Exists => Command::Exists { key },
+            Test::Txn => Command::Txn {
+                compare: vec![Compare {
+                    key: key.clone(),
+                    target: Target::ModRevision(u64::MAX),
+                    op: CompareOp::Less,
+                }],
+                success: vec![Command::Set {
+                    key,
+                    value: self.value.clone(),
+                }],
+                failure: Vec::new(),
+            },
             Test::Bulkset | Test::Mixed => {
                 let mut items = vec![(key, self.value.clone())];
                 items.extend((1..self.args.bulk).map(|_| (self.key(), self.value.clone())));

@@ -45,6 +45,9 @@ pub enum Test {
     Bulkset,
     /// Gets and sets on the same keys, `--read-ratio` of them gets.
     Mixed,
+    /// A transaction of one compare that holds (the key's revision below
+    /// the largest) and one Set: the native door only.
+    Txn,
 }
 
 impl Test {
@@ -56,6 +59,7 @@ impl Test {
             Test::Exists => "exists",
             Test::Bulkset => "bulkset",
             Test::Mixed => "mixed",
+            Test::Txn => "txn",
         }
     }
 }
@@ -200,6 +204,10 @@ fn main() -> anyhow::Result<()> {
     if args.expiry {
         return runtime.block_on(expiry::run(&args));
     }
+    anyhow::ensure!(
+        !args.tests.contains(&Test::Txn) || !(args.resp || args.grpc || args.library),
+        "-t txn sends native transactions: not with --resp, --grpc or --library"
+    );
     let report_only = args.requests == 0 && args.duration.is_none();
     if !report_only {
         report::header(&args);
