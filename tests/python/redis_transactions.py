@@ -1,7 +1,9 @@
 """redis-py's transactions against kvstore's RESP door (tests/resp.rs runs
 this): the default pipeline (MULTI/EXEC), the transaction() helper with
-its WATCH retries from 8 clients at once, and WatchError when a watched
-key changes. Usage: redis_transactions.py HOST:PORT"""
+its WATCH retries from 8 clients at once, WatchError when a watched key
+changes, and Lock (its Lua scripts run as native transactions): acquire,
+extend, reacquire, release, a stolen lock, and mutual exclusion between
+threads. Usage: redis_transactions.py HOST:PORT"""
 
 import sys
 import threading
@@ -66,5 +68,47 @@ with r.pipeline() as pipe:
     except redis.WatchError:
         pass
 assert r.get("w") == b"theirs"
+
+# Lock: SET NX PX to acquire; release, extend and reacquire are Lua
+# scripts kvstore recognises by their SHA1 and runs as transactions.
+lock = r.lock("res", timeout=10)
+assert lock.acquire(blocking=False)
+assert not r.lock("res", timeout=10).acquire(blocking=False), "held twice"
+assert lock.locked() and lock.owned()
+lock.extend(5)
+assert 14_000 < r.pttl("res") <= 15_000, r.pttl("res")
+lock.extend(3, replace_ttl=True)
+assert 2_000 < r.pttl("res") <= 3_000, r.pttl("res")
+lock.reacquire()
+assert 9_000 < r.pttl("res") <= 10_000, r.pttl("res")
+lock.release()
+assert not lock.locked()
+
+stolen = r.lock("res2", timeout=10)
+assert stolen.acquire(blocking=False)
+r.set("res2", "someone else")
+try:
+    stolen.release()
+    raise AssertionError("released a lock another holder had")
+except redis.exceptions.LockNotOwnedError:
+    pass
+assert r.get("res2") == b"someone else"
+
+
+# Mutual exclusion: 8 threads, 5 read-modify-writes each under the lock.
+def locked_worker():
+    c = client()
+    for _ in range(5):
+        with c.lock("mutex", timeout=5, sleep=0.005, blocking_timeout=30):
+            n = int(c.get("guarded") or 0)
+            c.set("guarded", n + 1)
+
+
+threads = [threading.Thread(target=locked_worker) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert r.get("guarded") == b"40", r.get("guarded")
 
 print("all python checks passed")

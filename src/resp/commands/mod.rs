@@ -16,6 +16,7 @@ mod connection;
 mod expiry;
 mod keyspace;
 mod multi;
+mod scripting;
 mod server;
 mod strings;
 
@@ -94,6 +95,8 @@ pub enum Shape {
     /// (or the value it was given when queued), or a nil array if a
     /// watched key changed.
     Exec(Vec<multi::Queued>),
+    /// `Txn` → `:1` if its compares held, else `:0` (a Lock script).
+    Succeeded,
 }
 
 impl Shape {
@@ -109,6 +112,7 @@ impl Shape {
             (Shape::Exec(queued), Reply::Txn { succeeded, replies }) => {
                 multi::exec_reply(queued, succeeded, replies)
             }
+            (Shape::Succeeded, Reply::Txn { succeeded, .. }) => Value::Int(i64::from(succeeded)),
             (shape, other) => Value::error(format!(
                 "ERR internal error: {other:?} does not fit a {shape:?} reply"
             )),
@@ -223,6 +227,8 @@ pub const COMMANDS: &[Spec] = &[
     spec!("decrby", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist."),
     spec!("del", -2, true, W, (1, -1, 1), "generic", "1.0.0", "Deletes one or more keys, atomically and as one log record."),
     spec!("echo", 2, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the given string."),
+    spec!("eval", -3, true, &["noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"], (0, 0, 0), "scripting", "2.6.0", "Runs one of redis-py's Lock scripts as an atomic transaction (no other Lua)."),
+    spec!("evalsha", -3, true, &["noscript", "stale", "skip_monitor", "may_replicate", "no_mandatory_keys"], (0, 0, 0), "scripting", "2.6.0", "Runs one of redis-py's Lock scripts, by SHA1, as an atomic transaction (no other Lua)."),
     spec!("exec", 1, true, TX, (0, 0, 0), "transactions", "1.2.0", "Executes all commands in a transaction, as one atomic, durable write."),
     spec!("exists", -2, false, RF, (1, -1, 1), "generic", "1.0.0", "Determines whether one or more keys exist."),
     spec!("expire", -3, true, WF, (1, 1, 1), "generic", "1.0.0", "Sets the expiration time of a key in seconds."),
@@ -260,6 +266,7 @@ pub const COMMANDS: &[Spec] = &[
     spec!("rename", 3, true, W, (1, 2, 1), "generic", "1.0.0", "Renames a key and overwrites the destination."),
     spec!("renamenx", 3, true, WF, (1, 2, 1), "generic", "1.0.0", "Renames a key only when the target key name doesn't exist."),
     spec!("scan", -2, false, R, (0, 0, 0), "generic", "2.8.0", "Iterates over the key names in the database, in key order."),
+    spec!("script", -2, false, &["noscript"], (0, 0, 0), "scripting", "2.6.0", "SCRIPT LOAD of redis-py's Lock scripts (no other Lua)."),
     spec!("select", 2, false, &["loading", "stale", "fast"], (0, 0, 0), "connection", "1.0.0", "Changes the selected database: only database 0 exists."),
     spec!("set", -3, true, W, (1, 1, 1), "string", "1.0.0", "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist."),
     spec!("setex", 4, true, W, (1, 1, 1), "string", "2.0.0", "Sets the string value and expiration time of a key."),
@@ -419,6 +426,9 @@ async fn run(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) 
         "config" => server::config(args, ctx),
         "info" => server::info(args, ctx),
         "multi" => multi::multi(session),
+        "eval" => scripting::eval(args, false, ctx),
+        "evalsha" => scripting::eval(args, true, ctx),
+        "script" => scripting::script(args),
         "exec" => multi::exec(session),
         "discard" => multi::discard(session),
         "watch" => multi::watch(args, session, ctx),
