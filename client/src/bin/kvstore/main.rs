@@ -161,7 +161,7 @@ enum Cmd {
     Persist { key: String },
     /// Run a transaction read from standard input: lines of `if KEY
     /// value|exists|mod|create =|!=|<|> CONSTANT`, `then COMMAND...`, `else
-    /// COMMAND...` (set, get, del, incr, exists, append), or the same as a
+    /// COMMAND...` (set, get, del, incr, exists, append, expire), or the same as a
     /// JSON object of word lists. Prints `succeeded` or `failed`, then each
     /// reply; exit 1 if a test did not hold (docs/transactions.md).
     Txn,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! if config mod = 42        # KEY value|exists|mod|create =|!=|<|> CONSTANT
-//! then set config v2        # set K V | get K | del K... | incr K [N] | exists K | append K V
+//! then set config v2        # set K V | get K | del K... | incr K [N] | exists K | append K V | expire K TTL
 //! else get config
 //! ```
 //!
@@ -12,7 +12,7 @@
 //! "config"]]}` (for values with spaces). Prints whether the tests held,
 //! then each command's reply; exits 1 if a test did not hold.
 
-use kvstore_client::{Client, Command, CompareOp, Reply, Target, Transaction};
+use kvstore_client::{Client, Command, CompareOp, ExpireWhen, Expiry, Reply, Target, Transaction};
 use serde_json::{json, Value};
 
 use crate::output::{self, Output};
@@ -111,12 +111,17 @@ fn command(words: &[String]) -> Result<Command, String> {
                 .parse()
                 .map_err(|_| format!("{by:?} is not an integer"))?,
         },
+        [name, key, ttl] if name == "expire" => Command::Expire {
+            key: b(key),
+            expiry: Expiry::In(crate::expiry::parse_ttl(ttl)?.as_millis() as u64),
+            when: ExpireWhen::Always,
+        },
         [name, keys @ ..] if name == "del" && !keys.is_empty() => Command::DeleteMany {
             keys: keys.iter().map(b).collect(),
         },
         _ => {
             return Err(format!(
-                "{words:?} is not set K V, get K, del K..., incr K [N], exists K or append K V"
+                "{words:?} is not set K V, get K, del K..., incr K [N], exists K, append K V or expire K TTL"
             ))
         }
     })
