@@ -1272,6 +1272,13 @@ fn transactions_answer_as_redis_does() {
         assert_eq!(run(c, &["MULTI"]), Ok(Value::Okay));
         run(c, &["DEL", "missing"]).unwrap();
         assert_eq!(run(c, &["EXEC"]), Ok(Value::Nil));
+        // UNWATCH inside MULTI is queued: the watches still decide.
+        assert_eq!(run(c, &["WATCH", "w"]), Ok(Value::Okay));
+        assert_eq!(run(other, &["SET", "w", "6"]), Ok(Value::Okay));
+        assert_eq!(run(c, &["MULTI"]), Ok(Value::Okay));
+        run(c, &["UNWATCH"]).unwrap();
+        run(c, &["SET", "w", "7"]).unwrap();
+        assert_eq!(run(c, &["EXEC"]), Ok(Value::Nil), "UNWATCH inside MULTI");
         // A watched key whose time passes counts as changed.
         assert_eq!(run(c, &["SET", "e", "v", "PX", "50"]), Ok(Value::Okay));
         assert_eq!(run(c, &["WATCH", "e"]), Ok(Value::Okay));

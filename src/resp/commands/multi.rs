@@ -104,7 +104,9 @@ pub async fn queue(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx
             },
             Shape::Int,
         ),
-        "unwatch" | "ping" | "echo" => run(spec, args, session, ctx).await,
+        // Queued as Redis queues it: the watches still decide this EXEC.
+        "unwatch" => Outcome::Ready(Value::Simple("OK")),
+        "ping" | "echo" => run(spec, args, session, ctx).await,
         name if !spec.write => {
             spoil(session);
             return refused(format!(
