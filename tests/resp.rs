@@ -1232,6 +1232,8 @@ fn transactions_answer_as_redis_does() {
         &["MULTI"],
         &["EXEC"],
         &["MULTI"],
+        &["MGET", "a", "nope", "t"],
+        &["EXISTS", "a", "nope", "a"],
         &["DEL", "a", "b", "t"],
         &["MSET", "m1", "1", "m2", "2"],
         &["APPEND", "m1", "0"],
@@ -1287,9 +1289,9 @@ fn transactions_answer_as_redis_does() {
         run(c, &["SET", "e", "new"]).unwrap();
         assert_eq!(run(c, &["EXEC"]), Ok(Value::Nil), "an expired watched key");
     }
-    // Where kvstore differs (docs/resp.md): only GET and single-key
-    // EXISTS are queued among reads; another discards the transaction.
-    let refused = run(&mut ours, &["MULTI"]).and_then(|_| run(&mut ours, &["MGET", "a"]));
+    // Where kvstore differs (docs/resp.md): only GET, MGET and EXISTS are
+    // queued among reads; another discards the transaction.
+    let refused = run(&mut ours, &["MULTI"]).and_then(|_| run(&mut ours, &["STRLEN", "a"]));
     assert!(refused.unwrap_err().contains("cannot be queued"));
     let aborted = run(&mut ours, &["EXEC"]).unwrap_err();
     assert!(aborted.contains("Transaction discarded"), "{aborted}");

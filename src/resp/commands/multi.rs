@@ -36,6 +36,10 @@ pub enum Queued {
     /// A reply known when it was queued: an error Redis would give at EXEC
     /// (a syntax error), or what a command that needs no data answers.
     Known(Value),
+    /// MGET: the values of the next this many native `Get`s, as an array.
+    Values(usize),
+    /// EXISTS: how many of the next this many native `Exists` held.
+    Count(usize),
 }
 
 /// Commands that run at once inside MULTI rather than being queued.
@@ -83,54 +87,49 @@ pub fn watch(keys: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
 
 /// Queues a command given between MULTI and EXEC.
 pub async fn queue(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
-    let full = session
-        .multi
-        .as_ref()
-        .is_some_and(|q| q.replies.len() >= MAX_QUEUED);
-    if full {
-        spoil(session);
-        return refused(format!("a transaction holds at most {MAX_QUEUED} commands"));
-    }
-    let queued = match spec.name {
-        "get" => Outcome::Write(
-            Command::Get {
-                key: args[0].clone(),
-            },
-            Shape::Bulk,
-        ),
-        "exists" if args.len() == 1 => Outcome::Write(
-            Command::Exists {
-                key: args[0].clone(),
-            },
-            Shape::Int,
+    let keys = |make: fn(Bytes) -> Command| args.iter().cloned().map(make).collect::<Vec<_>>();
+    let (commands, reply) = match spec.name {
+        // Reads run in the transaction, a native read per key.
+        "get" => (keys(|key| Command::Get { key }), Queued::Run(Shape::Bulk)),
+        "mget" => (keys(|key| Command::Get { key }), Queued::Values(args.len())),
+        "exists" => (
+            keys(|key| Command::Exists { key }),
+            Queued::Count(args.len()),
         ),
         // Queued as Redis queues it: the watches still decide this EXEC.
-        "unwatch" => Outcome::Ready(Value::Simple("OK")),
-        "ping" | "echo" => run(spec, args, session, ctx).await,
+        "unwatch" => (Vec::new(), Queued::Known(Value::Simple("OK"))),
+        "ping" | "echo" => match run(spec, args, session, ctx).await {
+            Outcome::Ready(value) => (Vec::new(), Queued::Known(value)),
+            Outcome::Write(..) => (Vec::new(), Queued::Known(Value::Simple("OK"))),
+        },
         name if !spec.write => {
             spoil(session);
             return refused(format!(
-                "'{name}' cannot be queued in MULTI here: a transaction reads with GET and EXISTS of one key"
+                "'{name}' cannot be queued in MULTI here: a transaction reads with GET, MGET and EXISTS"
             ));
         }
-        _ => run(spec, args, session, ctx).await,
+        _ => match run(spec, args, session, ctx).await {
+            Outcome::Write(command, shape) if command.in_txn() => {
+                (vec![command], Queued::Run(shape))
+            }
+            Outcome::Write(command, _) => {
+                spoil(session);
+                let name = spec.name.to_uppercase();
+                return refused(format!(
+                    "{name} ({}) cannot be part of a transaction",
+                    command.name()
+                ));
+            }
+            Outcome::Ready(value) => (Vec::new(), Queued::Known(value)),
+        },
     };
     let queue = session.multi.get_or_insert_with(Queue::default);
-    match queued {
-        Outcome::Write(command, shape) if command.in_txn() => {
-            queue.commands.push(command);
-            queue.replies.push(Queued::Run(shape));
-        }
-        Outcome::Write(command, _) => {
-            queue.spoiled = true;
-            let name = spec.name.to_uppercase();
-            return refused(format!(
-                "{name} ({}) cannot be part of a transaction",
-                command.name()
-            ));
-        }
-        Outcome::Ready(value) => queue.replies.push(Queued::Known(value)),
+    if queue.commands.len() + commands.len() > MAX_QUEUED {
+        queue.spoiled = true;
+        return refused(format!("a transaction holds at most {MAX_QUEUED} commands"));
     }
+    queue.commands.extend(commands);
+    queue.replies.push(reply);
     Outcome::Ready(Value::Simple("QUEUED"))
 }
 
@@ -173,12 +172,23 @@ pub fn exec_reply(queued: Vec<Queued>, succeeded: bool, replies: Vec<Reply>) -> 
         return Value::NilArray;
     }
     let mut replies = replies.into_iter();
+    let mut next = |n: usize| replies.by_ref().take(n).collect::<Vec<_>>();
     let each = queued.into_iter().map(|queued| match queued {
         Queued::Known(value) => value,
-        Queued::Run(shape) => match replies.next() {
+        Queued::Run(shape) => match next(1).pop() {
             Some(reply) => shape.reply(reply),
             None => error_for(0, "internal error: a queued command got no reply"),
         },
+        Queued::Values(n) => {
+            Value::Array(next(n).into_iter().map(|r| Shape::Bulk.reply(r)).collect())
+        }
+        Queued::Count(n) => {
+            let found = next(n)
+                .into_iter()
+                .filter(|r| *r == Reply::Bool(true))
+                .count();
+            Value::Int(found as i64)
+        }
     });
     Value::Array(each.collect())
 }
