@@ -2,14 +2,14 @@
 //!
 //! Each cycle starts the real `kvstore-server` on a free loopback port and one
 //! data directory, checks that it came back with exactly what was promised,
-//! lets several writers (Set, Delete, BulkSet) run for a random time while it
+//! lets several writers (Set, Delete, BulkSet, Txn) run for a random time while it
 //! records every acknowledged write and every write in flight, then kills the
 //! server with SIGKILL. Snapshots are made frequent (`--snapshot-after-bytes`)
 //! so that kills land during snapshots and log rotation too.
 //!
 //! After each restart, for every key: the value is the last acknowledged one,
 //! or the outcome of its writer's one write in flight; nothing else (a value
-//! nobody wrote, a lost acknowledged write, a BulkSet in part) is a violation,
+//! nobody wrote, a lost acknowledged write, a BulkSet or Txn in part) is a violation,
 //! printed with the key, the expected and the found value. Values carry their
 //! writer, sequence number and a CRC32C, so damaged bytes are caught too.
 
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use kvstore_client::Client;
+use kvstore_client::{Client, Transaction};
 
 use kvstore::storage::simfs::Rng;
 
@@ -309,7 +309,7 @@ fn start_server(
     }
 }
 
-/// One writer: random Set/Delete/BulkSet on its own keys until stopped or
+/// One writer: random Set/Delete/BulkSet/Txn on its own keys until stopped or
 /// the connection dies.
 async fn write(
     w: usize,
@@ -336,7 +336,7 @@ async fn write(
             ledger.next_seq
         };
         let v = value(w, seq);
-        let (effects, result) = match rng.below(10) {
+        let (effects, result) = match rng.below(11) {
             0..=5 => {
                 let k = key(w, rng.below(keys));
                 ledger.lock().unwrap_or_else(|e| e.into_inner()).in_flight =
@@ -349,7 +349,7 @@ async fn write(
                     vec![(k.clone(), None)];
                 (vec![(k.clone(), None)], client.delete(k).await.map(|_| ()))
             }
-            _ => {
+            8..=9 => {
                 let n = 2 + rng.below(6);
                 let first = rng.below(keys);
                 let items: Vec<_> = (0..n)
@@ -361,6 +361,30 @@ async fn write(
                     .collect();
                 ledger.lock().unwrap_or_else(|e| e.into_inner()).in_flight = effects.clone();
                 (effects, client.bulk_set(items).await)
+            }
+            // A transaction: some keys set, others removed, one record.
+            _ => {
+                let n = 2 + rng.below(6);
+                let first = rng.below(keys);
+                let effects: Vec<_> = (0..n)
+                    .map(|i| {
+                        (
+                            key(w, (first + i * 7) % keys),
+                            (i % 2 == 0).then(|| v.clone()),
+                        )
+                    })
+                    .collect();
+                let txn = (effects.iter()).fold(Transaction::new(), |txn, (key, value)| {
+                    txn.then(match value {
+                        Some(value) => kvstore_client::Command::Set {
+                            key: key.clone(),
+                            value: value.clone(),
+                        },
+                        None => kvstore_client::Command::Delete { key: key.clone() },
+                    })
+                });
+                ledger.lock().unwrap_or_else(|e| e.into_inner()).in_flight = effects.clone();
+                (effects, client.txn(txn).await.map(drop))
             }
         };
         if result.is_err() {
@@ -417,7 +441,7 @@ async fn verify(
         if landed != 0 && landed != changing {
             totals.torn_bulksets += 1;
             violations += 1;
-            println!("VIOLATION writer {w}: {landed} of {changing} items of the BulkSet in flight are there");
+            println!("VIOLATION writer {w}: {landed} of {changing} items of the BulkSet or transaction in flight are there");
         }
         if landed > 0 && landed == changing {
             totals.in_flight_landed += 1;
