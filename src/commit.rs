@@ -463,9 +463,13 @@ impl Worker {
                     done,
                     budget: _budget,
                 }) => {
-                    let resolved = match (&view, change) {
+                    let resolved = match (&mut view, change) {
                         (_, Change::Write(op)) => Resolved::Apply(op),
-                        (Some(view), change) => change.resolve(view),
+                        (Some(view), change) => {
+                            // Its record's sequence number, if it logs one.
+                            view.resolving_at(self.seq + 1);
+                            change.resolve(view)
+                        }
                         (None, _) => unreachable!("a batch with a reading change has a view"),
                     };
                     if let Some(op) = resolved.op() {

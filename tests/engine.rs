@@ -462,6 +462,7 @@ fn txn_step() -> impl Strategy<Value = TxnStep> {
             .prop_map(TxnStep::Write),
         1 => key().prop_map(TxnStep::Get),
         1 => key().prop_map(TxnStep::Exists),
+        1 => key().prop_map(TxnStep::Versioned),
     ]
 }
 
@@ -497,6 +498,13 @@ fn model_txn(
         .map(|step| match step {
             TxnStep::Get(key) => Applied::Value(inner.revised(key).map(|(v, _)| v)),
             TxnStep::Exists(key) => Applied::Bool(inner.live(key)),
+            TxnStep::Versioned(key) => {
+                let (value, revisions) = inner.revised(key).unzip();
+                Applied::Versioned {
+                    value,
+                    revisions: revisions.unwrap_or_default(),
+                }
+            }
             TxnStep::Write(change) => match model_change(&mut inner, change) {
                 Ok(applied) => applied,
                 Err(code) => refused(ErrorCode::from_code(code).unwrap()),
@@ -799,6 +807,7 @@ fn batched_changes_answer_like_sequential_ones(
         let mut expected = Vec::new();
         for change in batch {
             expected.push(model_change(&mut model, &change));
+            view.resolving_at(position);
             let r = change.resolve(&view);
             if let Some(op) = r.op() {
                 view.record(op, position);

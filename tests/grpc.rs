@@ -1123,7 +1123,7 @@ fn txn_compares_and_swaps_as_the_native_transaction() {
         let get = |key: &str| TxnOp {
             op: Some(txn_op::Op::Get(GetRequest {
                 key: key.as_bytes().to_vec().into(),
-                with_version: false,
+                with_version: true,
             })),
         };
         kv.put(PutRequest {
@@ -1159,6 +1159,8 @@ fn txn_compares_and_swaps_as_the_native_transaction() {
             panic!("{again:?}");
         };
         assert_eq!(&now.value[..], b"v2");
+        // With its revision: the one the swap wrote.
+        assert!(now.mod_revision > seen, "{now:?}");
 
         let incr = TxnOp {
             op: Some(txn_op::Op::Incr(IncrRequest {

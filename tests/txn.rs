@@ -79,6 +79,38 @@ fn compare_and_swap_transactions_apply_all_or_nothing_and_survive_kill_9() {
             "{engine:?}"
         );
 
+        // A failure branch that reads the key with its revision gives what
+        // the next attempt needs; a key the transaction writes reads with
+        // the transaction's own revision.
+        let stale = Transaction::new()
+            .when("config", Target::ModRevision(seen), CompareOp::Equal)
+            .then(set("config", "v3"))
+            .otherwise(Command::GetWithVersion {
+                key: "config".into(),
+            });
+        let done = client.txn(stale).unwrap();
+        let Reply::Versioned {
+            modified: current, ..
+        } = done.replies[0]
+        else {
+            panic!("{:?}", done.replies);
+        };
+        let retry = Transaction::new()
+            .when("config", Target::ModRevision(current), CompareOp::Equal)
+            .then(set("config", "v3"))
+            .then(Command::GetWithVersion {
+                key: "config".into(),
+            });
+        let done = client.txn(retry).unwrap();
+        assert!(done.succeeded, "{engine:?}");
+        let Reply::Versioned {
+            modified: written, ..
+        } = done.replies[1]
+        else {
+            panic!("{:?}", done.replies);
+        };
+        assert_eq!(written, modified(&client, "config"), "{engine:?}");
+
         // Create if absent: a missing key's creation revision is 0.
         let lock = || {
             Transaction::new()

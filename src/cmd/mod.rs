@@ -359,6 +359,11 @@ pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
             replies: each.into_iter().map(|a| reply_for(Ok(a))).collect(),
         },
         Ok(Applied::Refused { code, message }) => Reply::error(code, message),
+        Ok(Applied::Versioned { value, revisions }) => Reply::Versioned {
+            value,
+            modified: revisions.modified,
+            created: revisions.created,
+        },
         Err(e) => error_reply(&e),
     }
 }

@@ -71,6 +71,9 @@ fn step(command: Command, db: &Db) -> Result<TxnStep, Reply> {
     match command {
         Command::Get { key } => check_key(&key, &db.limits).map(|()| TxnStep::Get(key)),
         Command::Exists { key } => check_key(&key, &db.limits).map(|()| TxnStep::Exists(key)),
+        Command::GetWithVersion { key } => {
+            check_key(&key, &db.limits).map(|()| TxnStep::Versioned(key))
+        }
         write => prepare(write, db).map(TxnStep::Write),
     }
 }

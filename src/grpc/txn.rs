@@ -66,9 +66,7 @@ fn command_of(op: pb::TxnOp) -> Result<(Command, Kind), Status> {
     Ok(match op.op {
         Some(txn_op::Op::Put(put)) => (put_command(put), Kind::Put),
         Some(txn_op::Op::Get(get)) if get.with_version => {
-            return Err(Status::invalid_argument(
-                "Get with_version is not taken in a transaction",
-            ))
+            (Command::GetWithVersion { key: get.key }, Kind::Get)
         }
         Some(txn_op::Op::Get(get)) => (Command::Get { key: get.key }, Kind::Get),
         Some(txn_op::Op::Delete(delete)) => (Command::Delete { key: delete.key }, Kind::Delete),
@@ -105,6 +103,19 @@ fn one(reply: Reply, kind: Kind) -> txn_op_response::Response {
             found: value.is_some(),
             value: value.unwrap_or_default(),
             ..Default::default()
+        }),
+        (
+            Kind::Get,
+            Reply::Versioned {
+                value,
+                modified,
+                created,
+            },
+        ) => R::Get(pb::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            mod_revision: modified,
+            create_revision: created,
         }),
         (Kind::Delete, Reply::Bool(deleted)) => R::Delete(pb::DeleteResponse { deleted }),
         (Kind::Incr, Reply::Int(n)) => R::Incr(n),

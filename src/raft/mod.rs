@@ -105,6 +105,12 @@ pub enum Outcome {
         succeeded: bool,
         each: Vec<Outcome>,
     },
+    /// A key's value and revisions (a transaction's read).
+    Versioned {
+        value: Option<Bytes>,
+        modified: u64,
+        created: u64,
+    },
 }
 
 impl Outcome {
@@ -129,6 +135,11 @@ impl Outcome {
             Applied::Refused { code, message } => Outcome::Rejected {
                 code: code as u32,
                 message,
+            },
+            Applied::Versioned { value, revisions } => Outcome::Versioned {
+                value,
+                modified: revisions.modified,
+                created: revisions.created,
             },
         }
     }
@@ -172,6 +183,14 @@ impl Outcome {
                 code: kvstore_client::ErrorCode::from_code(code)
                     .unwrap_or(kvstore_client::ErrorCode::StorageFailed),
                 message,
+            }),
+            Outcome::Versioned {
+                value,
+                modified,
+                created,
+            } => Ok(Applied::Versioned {
+                value,
+                revisions: crate::storage::store::Revisions { modified, created },
             }),
             Outcome::Txn { succeeded, each } => Ok(Applied::Txn {
                 succeeded,

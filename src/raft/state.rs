@@ -504,6 +504,7 @@ fn step(
     (position, index): (usize, u64),
 ) -> Step {
     let mut resolve = |change: Change, stamp| {
+        view.resolving_at(index);
         let resolved = change.resolve(view);
         if let Some(op) = resolved.op() {
             view.record(op, index);

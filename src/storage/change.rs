@@ -169,20 +169,22 @@ pub enum TxnStep {
     Get(Bytes),
     /// Whether a key exists.
     Exists(Bytes),
+    /// A key's value and revisions.
+    Versioned(Bytes),
 }
 
 impl TxnStep {
     fn keys(&self) -> Vec<&[u8]> {
         match self {
             TxnStep::Write(change) => change.keys(),
-            TxnStep::Get(key) | TxnStep::Exists(key) => vec![key],
+            TxnStep::Get(key) | TxnStep::Exists(key) | TxnStep::Versioned(key) => vec![key],
         }
     }
 
     fn approx_len(&self) -> usize {
         match self {
             TxnStep::Write(change) => change.approx_len(),
-            TxnStep::Get(key) | TxnStep::Exists(key) => 16 + key.len(),
+            TxnStep::Get(key) | TxnStep::Exists(key) | TxnStep::Versioned(key) => 16 + key.len(),
         }
     }
 }
@@ -508,6 +510,9 @@ pub struct BatchView<'a> {
     revisions: HashMap<Bytes, Option<Revisions>>,
     /// A `Clear` earlier in the batch: a key not in the overlay is gone.
     cleared: bool,
+    /// The revision the write being resolved gets if it logs one (what a
+    /// transaction's own writes read as their revision).
+    next: u64,
 }
 
 /// What a [`BatchView`]'s overlay lies over.
@@ -557,7 +562,14 @@ impl<'a> BatchView<'a> {
             deadlines: HashMap::new(),
             revisions: HashMap::new(),
             cleared: false,
+            next: 0,
         }
+    }
+
+    /// Notes the revision the next write resolved will get if it logs one:
+    /// the next record's sequence number, or the Raft entry's index.
+    pub fn resolving_at(&mut self, revision: u64) {
+        self.next = revision;
     }
 
     /// The revisions of `key` after everything resolved so far, or `None`
@@ -777,6 +789,14 @@ fn run_step(inner: &mut BatchView, step: TxnStep) -> Result<Applied, Error> {
     let change = match step {
         TxnStep::Get(key) => return Ok(Applied::Value(inner.get(&key)?)),
         TxnStep::Exists(key) => return Ok(Applied::Bool(inner.get(&key)?.is_some())),
+        TxnStep::Versioned(key) => {
+            let value = inner.get(&key)?;
+            let revisions = inner.revisions(&key)?.filter(|_| value.is_some());
+            return Ok(Applied::Versioned {
+                value,
+                revisions: revisions.unwrap_or_default(),
+            });
+        }
         TxnStep::Write(change) => change,
     };
     // The door lets neither in (`Command::in_txn`): one record could not
@@ -798,8 +818,9 @@ fn run_step(inner: &mut BatchView, step: TxnStep) -> Result<Applied, Error> {
         Resolved::Answer(Err(e)) => return Err(e),
     };
     if let Some(op) = op {
-        // No step reads revisions: any will do inside the transaction.
-        inner.record(&op, 0);
+        // The transaction's record gets the revision the batch gives it.
+        let revision = inner.next;
+        inner.record(&op, revision);
     }
     Ok(applied)
 }
@@ -819,6 +840,7 @@ fn txn(
     }
     let branch = if succeeded { success } else { failure };
     let mut inner = BatchView::over(view);
+    inner.resolving_at(view.next);
     let each = (branch.into_iter())
         .map(|step| run_step(&mut inner, step))
         .collect::<Result<Vec<_>, _>>()?;

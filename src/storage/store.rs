@@ -282,6 +282,12 @@ pub enum Applied {
     /// A transaction ran the branch its compares chose (`succeeded`: the
     /// success branch), with what each of its operations did.
     Txn { succeeded: bool, each: Vec<Applied> },
+    /// A key's value and revisions, read in a transaction (zero revisions
+    /// for a missing key).
+    Versioned {
+        value: Option<Bytes>,
+        revisions: Revisions,
+    },
     /// One operation of a transaction was refused (and wrote nothing).
     Refused {
         code: kvstore_client::ErrorCode,
