@@ -1110,7 +1110,7 @@ fn txn_compares_and_swaps_as_the_native_transaction() {
         compare, txn_op, txn_op_response, Compare, CompareOp, IncrRequest, TxnOp, TxnRequest,
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = grpc_server(dir.path(), &[]);
+    let server = grpc_server(dir.path(), &["--max-bulk-items", "300"]);
     runtime().block_on(async {
         let mut kv = client(&server).await;
         let put = |key: &str, value: &str| TxnOp {
@@ -1185,7 +1185,7 @@ fn txn_compares_and_swaps_as_the_native_transaction() {
 
         let many = TxnRequest {
             compare: vec![],
-            success: (0..129).map(|i| get(&format!("k{i}"))).collect(),
+            success: (0..301).map(|i| get(&format!("k{i}"))).collect(),
             failure: vec![],
         };
         let refused = kv.txn(many).await.unwrap_err();

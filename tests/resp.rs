@@ -1320,3 +1320,23 @@ fn redis_py_pipelines_and_watch_retries_work() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A MULTI holds what one native transaction may (`--max-bulk-items`
+/// commands here 3): a fourth command is refused when queued and EXEC
+/// discards the transaction.
+#[test]
+fn a_multi_past_the_transaction_limit_is_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--max-bulk-items", "3"]);
+    let mut c = connect(&server);
+    assert_eq!(run(&mut c, &["MULTI"]), Ok(Value::Okay));
+    for i in 0..3 {
+        let queued = run(&mut c, &["SET", &format!("k{i}"), "v"]);
+        assert_eq!(queued, Ok(Value::SimpleString("QUEUED".into())));
+    }
+    let refused = run(&mut c, &["SET", "k3", "v"]).unwrap_err();
+    assert!(refused.contains("at most 3 commands"), "{refused}");
+    let aborted = run(&mut c, &["EXEC"]).unwrap_err();
+    assert!(aborted.contains("Transaction discarded"), "{aborted}");
+    assert_eq!(run(&mut c, &["EXISTS", "k0"]), Ok(Value::Int(0)));
+}

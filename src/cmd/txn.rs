@@ -10,17 +10,13 @@ use super::{check_key, check_limit, check_value, prepare};
 use crate::db::Db;
 use crate::storage::change::{Change, TxnStep};
 
-/// The most compares, and the most commands in a branch (a `BulkSet` or
-/// `DeleteMany` counts its keys): etcd's default `--max-txn-ops`.
-pub const MAX_TXN_OPS: usize = 128;
-
 pub(super) fn change(
     compare: Vec<Compare>,
     success: Vec<Command>,
     failure: Vec<Command>,
     db: &Db,
 ) -> Result<Change, Reply> {
-    check_ops("compares", compare.len())?;
+    check_ops("compares", compare.len(), db)?;
     for c in &compare {
         check_key(&c.key, &db.limits)?;
         if let Target::Value(value) = &c.target {
@@ -36,22 +32,22 @@ pub(super) fn change(
 
 /// A branch's commands as steps, each checked as the command alone is.
 fn branch(commands: Vec<Command>, db: &Db) -> Result<Vec<TxnStep>, Reply> {
-    check_ops("commands in a branch", commands.iter().map(weight).sum())?;
+    check_ops(
+        "commands in a branch",
+        commands.iter().map(weight).sum(),
+        db,
+    )?;
     commands.into_iter().map(|c| step(c, db)).collect()
 }
 
-/// `n` of `what` in one transaction, within [`MAX_TXN_OPS`].
-fn check_ops(what: &str, n: usize) -> Result<(), Reply> {
-    check_limit(
-        ErrorCode::TooManyItems,
-        "a transaction",
-        n,
-        MAX_TXN_OPS,
-        what,
-    )
+/// `n` of `what` in one transaction, within `--max-bulk-items` (the
+/// limit of a BulkSet's pairs: a transaction is one record like it).
+fn check_ops(what: &str, n: usize, db: &Db) -> Result<(), Reply> {
+    let max = db.limits.max_bulk_items;
+    check_limit(ErrorCode::TooManyItems, "a transaction", n, max, what)
 }
 
-/// What a command counts for against [`MAX_TXN_OPS`].
+/// What a command counts for against the limit of [`check_ops`].
 fn weight(command: &Command) -> usize {
     match command {
         Command::BulkSet { items } | Command::BulkSetIfAbsent { items } => items.len(),

@@ -14,9 +14,6 @@ use super::{error_for, ok, run, Ctx, Outcome, Session, Shape, Spec};
 use crate::cmd;
 use crate::resp::codec::Value;
 
-/// The most commands a MULTI may queue: a `Txn` branch's limit.
-const MAX_QUEUED: usize = crate::cmd::txn::MAX_TXN_OPS;
-
 /// What MULTI has queued.
 #[derive(Debug, Default)]
 pub struct Queue {
@@ -24,6 +21,8 @@ pub struct Queue {
     commands: Vec<Command>,
     /// Each queued command's place in EXEC's reply.
     replies: Vec<Queued>,
+    /// Roughly the bytes the commands hold (`cmd::size`).
+    bytes: usize,
     /// A command was refused when queued: EXEC discards the transaction.
     spoiled: bool,
 }
@@ -124,10 +123,17 @@ pub async fn queue(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx
         },
     };
     let queue = session.multi.get_or_insert_with(Queue::default);
-    if queue.commands.len() + commands.len() > MAX_QUEUED {
+    // What one native Txn may hold: --max-bulk-items commands, a frame.
+    let limits = &ctx.db.limits;
+    let bytes = queue.bytes + commands.iter().map(cmd::size).sum::<usize>();
+    if queue.commands.len() + commands.len() > limits.max_bulk_items || bytes > limits.max_frame {
         queue.spoiled = true;
-        return refused(format!("a transaction holds at most {MAX_QUEUED} commands"));
+        return refused(format!(
+            "a transaction holds at most {} commands (--max-bulk-items) and {} bytes (--max-frame)",
+            limits.max_bulk_items, limits.max_frame
+        ));
     }
+    queue.bytes = bytes;
     queue.commands.extend(commands);
     queue.replies.push(reply);
     Outcome::Ready(Value::Simple("QUEUED"))
