@@ -505,14 +505,26 @@ pub struct BatchView<'a> {
     overlay: HashMap<Bytes, Option<Bytes>>,
     /// Keys whose deadline changed earlier in the batch, with it.
     deadlines: HashMap<Bytes, Option<u64>>,
-    /// Keys written earlier in the batch, with their revisions after those
-    /// writes (`None`: removed).
-    revisions: HashMap<Bytes, Option<Revisions>>,
+    /// Keys written earlier in the batch, with what those writes did to
+    /// their revisions (read against the base only when asked).
+    written: HashMap<Bytes, Written>,
     /// A `Clear` earlier in the batch: a key not in the overlay is gone.
     cleared: bool,
     /// The revision the write being resolved gets if it logs one (what a
     /// transaction's own writes read as their revision).
     next: u64,
+}
+
+/// What a batch's writes did to one key's revisions.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// The revision of the last write to it.
+    modified: u64,
+    /// The revision of the first write that gave it a value since it was
+    /// last removed in the batch (or since the batch began).
+    first: Option<u64>,
+    /// The batch removed it before that: it was created in the batch.
+    removed: bool,
 }
 
 /// What a [`BatchView`]'s overlay lies over.
@@ -560,7 +572,7 @@ impl<'a> BatchView<'a> {
             base,
             overlay: HashMap::new(),
             deadlines: HashMap::new(),
-            revisions: HashMap::new(),
+            written: HashMap::new(),
             cleared: false,
             next: 0,
         }
@@ -575,11 +587,23 @@ impl<'a> BatchView<'a> {
     /// The revisions of `key` after everything resolved so far, or `None`
     /// if it has no value.
     pub fn revisions(&self, key: &[u8]) -> Result<Option<Revisions>, Error> {
-        match self.revisions.get(key) {
-            Some(revisions) => Ok(*revisions),
-            None if self.cleared => Ok(None),
-            None => self.base.revisions(key),
+        if self.get(key)?.is_none() {
+            return Ok(None);
         }
+        let Some(written) = self.written.get(key) else {
+            return self.base.revisions(key);
+        };
+        let created = match (written.removed || self.cleared, written.first) {
+            (true, Some(first)) => first,
+            (_, first) => match self.base.revisions(key)? {
+                Some(base) => base.created,
+                None => first.unwrap_or(written.modified),
+            },
+        };
+        Ok(Some(Revisions {
+            modified: written.modified,
+            created,
+        }))
     }
 
     /// The value of `key` after everything resolved so far.
@@ -693,17 +717,16 @@ impl<'a> BatchView<'a> {
             WriteOp::Clear => {
                 self.overlay.clear();
                 self.deadlines.clear();
-                self.revisions.clear();
+                self.written.clear();
                 self.cleared = true;
             }
         }
     }
 
-    /// Notes what `op` does to its keys' revisions, before its values are
-    /// taken in (a key's creation depends on whether it had one).
+    /// Notes what `op`, made at `revision`, does to its keys' revisions;
+    /// reads nothing (`BatchView::revisions` reads the base when asked).
     fn record_revisions(&mut self, op: &WriteOp, revision: u64) {
-        // The sweep removes only keys readers no longer see, which have no
-        // revisions for them already.
+        // The sweep removes only keys readers no longer see.
         if matches!(op, WriteOp::Expire { .. }) {
             return;
         }
@@ -714,18 +737,17 @@ impl<'a> BatchView<'a> {
             _ => false,
         };
         for key in op.keys() {
-            let after = match removes(key) {
-                true => None,
-                false => {
-                    let before = self.revisions(key).ok().flatten();
-                    let changed = self.get(key).ok().flatten().is_some() || writes_value(op);
-                    changed.then(|| Revisions {
-                        modified: revision,
-                        created: before.map_or(revision, |r| r.created),
-                    })
-                }
-            };
-            self.revisions.insert(Bytes::copy_from_slice(key), after);
+            let written = (self.written.entry(Bytes::copy_from_slice(key))).or_insert(Written {
+                modified: revision,
+                first: None,
+                removed: false,
+            });
+            written.modified = revision;
+            if removes(key) {
+                (written.first, written.removed) = (None, true);
+            } else if writes_value(op) && written.first.is_none() {
+                written.first = Some(revision);
+            }
         }
     }
 }
