@@ -174,6 +174,13 @@ pub enum TxnStep {
 }
 
 impl TxnStep {
+    fn first_key(&self) -> Option<&[u8]> {
+        match self {
+            TxnStep::Write(change) => change.first_key(),
+            TxnStep::Get(key) | TxnStep::Exists(key) | TxnStep::Versioned(key) => Some(key),
+        }
+    }
+
     fn keys(&self) -> Vec<&[u8]> {
         match self {
             TxnStep::Write(change) => change.keys(),
@@ -291,7 +298,12 @@ impl Change {
             | Change::Copy { from: key, .. }
             | Change::Rename { from: key, .. } => Some(key),
             Change::BulkSetIfAbsent { items } => items.first().map(|(key, _)| &key[..]),
-            Change::Txn { .. } => self.keys().first().copied(),
+            Change::Txn {
+                compare,
+                success,
+                failure,
+            } => (compare.first().map(|c| &c.key[..]))
+                .or_else(|| success.iter().chain(failure).find_map(TxnStep::first_key)),
             Change::Once { change, .. } => change.first_key(),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
