@@ -77,7 +77,7 @@ pub fn watch(keys: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
     for key in keys {
         let modified = match cmd::get::revised(key, ctx.db) {
             Ok(found) => found.map_or(0, |(_, revisions)| revisions.modified),
-            Err(refusal) => return Outcome::Ready(super::Shape::Ok.reply(refusal)),
+            Err(refusal) => return super::refused(refusal),
         };
         session.watched.push((key.clone(), modified));
     }
