@@ -51,8 +51,11 @@ pub async fn sweep_once(
         if due.is_empty() {
             break;
         }
-        if let Applied::Int(n) = write(WriteOp::Expire { keys: due, now }).await? {
-            removed += n as u64;
+        match write(WriteOp::Expire { keys: due, now }).await? {
+            Applied::Removed(keys) => removed += keys.len() as u64,
+            // Through Raft the outcome is a count.
+            Applied::Int(n) => removed += n as u64,
+            _ => {}
         }
         if !full || started.elapsed() >= BUDGET {
             break;

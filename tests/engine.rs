@@ -323,7 +323,7 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
             Applied::Stored
         }
         WriteOp::DeleteMany { keys } => {
-            Applied::Int(keys.iter().map(|k| i64::from(model.remove(k))).sum())
+            Applied::Removed(keys.iter().filter(|k| model.remove(k)).cloned().collect())
         }
         WriteOp::Clear => {
             model.values.clear();
@@ -356,15 +356,15 @@ fn model_apply(model: &mut Model, op: &WriteOp) -> Applied {
             Applied::Stored
         }
         WriteOp::Expire { keys, now } => {
-            let mut removed = 0;
+            let mut removed = Vec::new();
             for key in keys {
                 let due = model.deadlines.get(key).is_some_and(|at| at <= now);
                 if due && model.values.contains_key(key) {
                     model.remove(key);
-                    removed += 1;
+                    removed.push(key.clone());
                 }
             }
-            Applied::Int(removed)
+            Applied::Removed(removed)
         }
     }
 }

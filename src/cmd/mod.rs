@@ -354,6 +354,7 @@ pub fn reply_for(outcome: Result<Applied, Error>) -> Reply {
         Ok(Applied::Deleted(b) | Applied::Bool(b)) => Reply::Bool(b),
         Ok(Applied::Value(value)) => Reply::Value(value),
         Ok(Applied::Int(n)) => Reply::Int(n),
+        Ok(Applied::Removed(keys)) => Reply::Int(keys.len() as i64),
         Ok(Applied::Txn { succeeded, each }) => Reply::Txn {
             succeeded,
             replies: each.into_iter().map(|a| reply_for(Ok(a))).collect(),

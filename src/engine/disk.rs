@@ -380,11 +380,13 @@ impl Disk {
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
-                let mut removed = 0;
+                let mut removed = Vec::new();
                 for key in keys {
-                    removed += i64::from(self.put(folded, key, None, None, at)?);
+                    if self.put(folded, key, None, None, at)? {
+                        removed.push(key.clone());
+                    }
                 }
-                Applied::Int(removed)
+                Applied::Removed(removed)
             }
             WriteOp::Clear => {
                 folded.keys.clear();
@@ -434,15 +436,15 @@ impl Disk {
                 Applied::Stored
             }
             WriteOp::Expire { keys, now } => {
-                let mut removed = 0;
+                let mut removed = Vec::new();
                 for key in keys {
                     let due = self.deadline_in(folded, key)?.is_some_and(|at| at <= *now);
                     if due && self.len_in(folded, key)?.is_some() {
                         self.put(folded, key, None, None, at)?;
-                        removed += 1;
+                        removed.push(key.clone());
                     }
                 }
-                Applied::Int(removed)
+                Applied::Removed(removed)
             }
         })
     }
@@ -1301,11 +1303,15 @@ mod tests {
         clock.set(500);
         assert_eq!(other.len(), 1);
         assert_eq!(other.due(500, 10).unwrap().len(), 2);
+        let due = other.due(500, 10).unwrap();
         let swept = WriteOp::Expire {
-            keys: other.due(500, 10).unwrap(),
+            keys: due.clone(),
             now: 500,
         };
-        assert_eq!(other.apply(&[(&swept, 8)], 8).unwrap(), [Applied::Int(2)]);
+        assert_eq!(
+            other.apply(&[(&swept, 8)], 8).unwrap(),
+            [Applied::Removed(due)]
+        );
         assert_eq!(
             (other.due(u64::MAX, 10).unwrap().len(), other.len()),
             (0, 1)

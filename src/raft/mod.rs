@@ -128,6 +128,7 @@ impl Outcome {
             Applied::Bool(b) => Outcome::Bool(b),
             Applied::Value(v) => Outcome::Value(v),
             Applied::Int(n) => Outcome::Int(n),
+            Applied::Removed(keys) => Outcome::Int(keys.len() as i64),
             Applied::Txn { succeeded, each } => Outcome::Txn {
                 succeeded,
                 each: each.into_iter().map(Outcome::from_applied).collect(),

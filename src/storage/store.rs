@@ -277,8 +277,11 @@ pub enum Applied {
     Bool(bool),
     /// A value that the write replaced or removed (SetIf with `get`, GetDel).
     Value(Option<Bytes>),
-    /// A number: Incr's result, Append's new length, DeleteMany's count.
+    /// A number: Incr's result, Append's new length.
     Int(i64),
+    /// The keys a DeleteMany or the sweep removed (the reply is their
+    /// count; a change feed publishes each).
+    Removed(Vec<Bytes>),
     /// A transaction ran the branch its compares chose (`succeeded`: the
     /// success branch), with what each of its operations did.
     Txn { succeeded: bool, each: Vec<Applied> },
@@ -673,11 +676,15 @@ impl Store {
                 Applied::Stored
             }
             WriteOp::DeleteMany { keys } => {
-                let mut removed = 0;
+                // Visited shard by shard; answered in the op's order.
+                let mut removed = Vec::new();
                 self.with_shards_of(keys.iter(), |i, map| {
-                    removed += i64::from(self.take(map, &keys[i]));
+                    if self.take(map, &keys[i]) {
+                        removed.push(i);
+                    }
                 });
-                Applied::Int(removed)
+                removed.sort_unstable();
+                Applied::Removed(removed.into_iter().map(|i| keys[i].clone()).collect())
             }
             WriteOp::Clear => {
                 self.swap_all((0..self.shards.len()).map(|_| Map::default()), (0, 0));
@@ -731,7 +738,7 @@ impl Store {
             // these keys gone already, so nothing needs them to go at one
             // instant, and a 1,000-key batch never blocks a shard for long.
             WriteOp::Expire { keys, now } => {
-                let mut removed = 0;
+                let mut removed = Vec::new();
                 for key in keys {
                     let mut map = self.shard(key).write();
                     if !map.get(key).is_some_and(|e| e.expired(*now)) {
@@ -739,10 +746,10 @@ impl Store {
                     }
                     if let Some(old) = map.take(key) {
                         self.count(&old, false);
-                        removed += 1;
+                        removed.push(key.clone());
                     }
                 }
-                Applied::Int(removed)
+                Applied::Removed(removed)
             }
         }
     }
@@ -1156,7 +1163,7 @@ mod tests {
             keys: due,
             now: 5_000,
         });
-        assert_eq!(removed, Applied::Int(1));
+        assert_eq!(removed, Applied::Removed(vec![b("soon")]));
         assert_eq!(store.due(u64::MAX, 10), Vec::<Bytes>::new());
         assert_eq!(store.bytes(), (5 + 5, 1 + 4));
         assert_eq!(store.get(b"later").as_deref(), Some(&b"kept"[..]));
