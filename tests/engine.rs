@@ -413,6 +413,8 @@ fn plain_change() -> impl Strategy<Value = Change> {
     prop_oneof![
         4 => (key(), counter_value()).prop_map(|(key, value)| Change::Write(WriteOp::Set { key, value })),
         4 => key().prop_map(|key| Change::Write(WriteOp::Delete { key })),
+        4 => key().prop_map(|key| Change::Delete { key }),
+        2 => proptest::collection::vec(key(), 1..4).prop_map(|keys| Change::DeleteMany { keys }),
         1 => Just(Change::Write(WriteOp::Clear)),
         4 => (key(), value(), condition(), any::<bool>()).prop_map(|(key, value, condition, get)| {
             Change::SetIf { key, value, condition, get }
@@ -589,6 +591,11 @@ fn model_set_if(
 fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
     match change {
         Change::Write(op) => Ok(model_apply(model, op)),
+        Change::Delete { key } => Ok(Applied::Deleted(model.remove(key))),
+        Change::DeleteMany { keys } => {
+            let removed = keys.iter().filter(|key| model.remove(key)).count();
+            Ok(Applied::Int(removed as i64))
+        }
         Change::SetIf {
             key,
             value,

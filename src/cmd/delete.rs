@@ -1,15 +1,16 @@
 //! `Delete { key }`: remove a key; the reply says whether it existed.
 //!
-//! Logged even when the key is absent: whether it exists is only known once
-//! the writes queued before it are applied.
+//! Decided by the log's writer, on the writes queued before it: a delete
+//! of a missing key logs nothing (see `Change::Delete`).
 
 use bytes::Bytes;
 use kvstore_client::Reply;
 
-use super::{check_key, WriteOp};
+use super::check_key;
 use crate::config::Limits;
+use crate::storage::change::Change;
 
-pub(super) fn op(key: Bytes, limits: &Limits) -> Result<WriteOp, Reply> {
+pub(super) fn change(key: Bytes, limits: &Limits) -> Result<Change, Reply> {
     check_key(&key, limits)?;
-    Ok(WriteOp::Delete { key })
+    Ok(Change::Delete { key })
 }

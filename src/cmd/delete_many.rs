@@ -1,13 +1,14 @@
 //! `DeleteMany { keys }`: remove many keys as one log record; the reply counts
-//! those that existed.
+//! those that existed (the record names only them: `Change::DeleteMany`).
 
 use bytes::Bytes;
 use kvstore_client::{ErrorCode, Reply};
 
-use super::{check_key, check_limit, WriteOp};
+use super::{check_key, check_limit};
 use crate::config::Limits;
+use crate::storage::change::Change;
 
-pub(super) fn op(keys: Vec<Bytes>, limits: &Limits) -> Result<WriteOp, Reply> {
+pub(super) fn change(keys: Vec<Bytes>, limits: &Limits) -> Result<Change, Reply> {
     check_limit(
         ErrorCode::TooManyItems,
         "DeleteMany",
@@ -18,5 +19,5 @@ pub(super) fn op(keys: Vec<Bytes>, limits: &Limits) -> Result<WriteOp, Reply> {
     for key in &keys {
         check_key(key, limits)?;
     }
-    Ok(WriteOp::DeleteMany { keys })
+    Ok(Change::DeleteMany { keys })
 }

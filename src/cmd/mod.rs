@@ -225,9 +225,9 @@ fn prepare(command: Command, db: &Db) -> Result<Change, Reply> {
     let limits = &db.limits;
     match command {
         Command::Set { key, value } => set::op(key, value, limits).map(Change::from),
-        Command::Delete { key } => delete::op(key, limits).map(Change::from),
+        Command::Delete { key } => delete::change(key, limits),
         Command::BulkSet { items } => bulk_set::op(items, limits).map(Change::from),
-        Command::DeleteMany { keys } => delete_many::op(keys, limits).map(Change::from),
+        Command::DeleteMany { keys } => delete_many::change(keys, limits),
         Command::Flush => Ok(Change::from(WriteOp::Clear)),
         Command::SetIf {
             key,

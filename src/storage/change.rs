@@ -158,6 +158,12 @@ pub enum Change {
         success: Vec<TxnStep>,
         failure: Vec<TxnStep>,
     },
+    /// Removes `key` if it has a value. A delete of a missing key logs
+    /// nothing, so every delete the log holds removed a key: what a watch
+    /// replayed from the log after a restart relies on (docs/watch.md).
+    Delete { key: Bytes },
+    /// Removes those of `keys` that have a value, as one record.
+    DeleteMany { keys: Vec<Bytes> },
 }
 
 /// One step of a transaction's branch.
@@ -267,6 +273,8 @@ impl Change {
                 .chain(success.iter().chain(failure).flat_map(TxnStep::keys))
                 .collect(),
             Change::Once { change, .. } => change.keys(),
+            Change::Delete { key } => vec![key],
+            Change::DeleteMany { keys } => keys.iter().map(|key| &key[..]).collect(),
             Change::Import { items } => items.iter().map(|(key, _)| &key[..]).collect(),
             Change::ImportTimed { items } => items.iter().map(|(key, ..)| &key[..]).collect(),
             Change::Purge { keys } => keys.iter().map(|key| &key[..]).collect(),
@@ -305,6 +313,8 @@ impl Change {
             } => (compare.first().map(|c| &c.key[..]))
                 .or_else(|| success.iter().chain(failure).find_map(TxnStep::first_key)),
             Change::Once { change, .. } => change.first_key(),
+            Change::Delete { key } => Some(key),
+            Change::DeleteMany { keys } => keys.first().map(|key| &key[..]),
             Change::Import { items } => items.first().map(|(key, _)| &key[..]),
             Change::ImportTimed { items } => items.first().map(|(key, ..)| &key[..]),
             Change::Purge { keys } => keys.first().map(|key| &key[..]),
@@ -339,7 +349,10 @@ impl Change {
                     .map(|(k, v)| 16 + k.len() + v.len())
                     .sum::<usize>()
             }
-            Change::GetDel { key } | Change::Incr { key, .. } => 32 + key.len(),
+            Change::GetDel { key } | Change::Incr { key, .. } | Change::Delete { key } => {
+                32 + key.len()
+            }
+            Change::DeleteMany { keys } => 16 + keys.iter().map(|k| 8 + k.len()).sum::<usize>(),
             Change::OpenSession { .. } => 32,
             Change::AddGroup { members } | Change::Replicas { members, .. } => {
                 32 + 64 * members.len()
@@ -414,6 +427,11 @@ impl Change {
                 Resolved::Log(WriteOp::BulkSet { items }, Applied::Bool(true))
             }
             Change::Rename { from, to, replace } => rename(view, from, to, replace)?,
+            Change::Delete { key } => match view.get(&key)? {
+                Some(_) => Resolved::Log(WriteOp::Delete { key }, Applied::Deleted(true)),
+                None => Resolved::Answer(Ok(Applied::Deleted(false))),
+            },
+            Change::DeleteMany { keys } => delete_many(view, keys)?,
             Change::Txn {
                 compare,
                 success,
@@ -928,6 +946,23 @@ fn set_range(
 
 /// `Rename`: `from`'s value and deadline moved to `to`; `NoSuchKey` for a
 /// missing `from`. Renaming a key to itself changes nothing.
+/// Logs the removal of those of `keys` that have a value, each once; the
+/// reply counts them.
+fn delete_many(view: &BatchView, keys: Vec<Bytes>) -> Result<Resolved, Error> {
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
+    let mut existing = Vec::new();
+    for key in keys {
+        if view.get(&key)?.is_some() && seen.insert(key.clone()) {
+            existing.push(key);
+        }
+    }
+    let count = Applied::Int(existing.len() as i64);
+    Ok(match existing.is_empty() {
+        true => Resolved::Answer(Ok(count)),
+        false => Resolved::Log(WriteOp::DeleteMany { keys: existing }, count),
+    })
+}
+
 fn rename(view: &BatchView, from: Bytes, to: Bytes, replace: bool) -> Result<Resolved, Error> {
     let Some(value) = view.get(&from)? else {
         return Ok(refused(ErrorCode::NoSuchKey, "no such key"));
