@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use kvstore_client::protocol::{
 };
 
 use crate::error::Error;
+use crate::feed::Feed;
 
 /// When the write-ahead log is forced to disk, and so what an acknowledgement
 /// promises. `docs/durability.md` states each promise.
@@ -123,6 +125,15 @@ pub struct Config {
     /// many bytes.
     #[arg(long, env = "KVSTORE_SNAPSHOT_AFTER_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub snapshot_after_bytes: u64,
+
+    /// MiB of recent changes kept for watches that resume from a revision
+    /// (docs/watch.md); 0 keeps none (watches from now only).
+    #[arg(long, env = "KVSTORE_WATCH_HISTORY_MB", default_value_t = 4)]
+    pub watch_history_mb: u64,
+
+    /// Batches of writes a watcher may fall behind before it is cancelled.
+    #[arg(long, env = "KVSTORE_WATCH_LAG", default_value_t = 4096)]
+    pub watch_lag: usize,
 
     /// Largest frame body accepted, in bytes.
     #[arg(long, env = "KVSTORE_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
@@ -303,6 +314,10 @@ pub const AUTH_TOKEN_ENV: &str = "KVSTORE_AUTH_TOKEN";
 /// Bytes of a reply's framing beyond its key and value: the response id, the
 /// enum tags, the option tag and the length prefixes.
 const REPLY_OVERHEAD: usize = 64;
+
+/// The most batches `--watch-lag` allows (the feed's ring holds a slot per
+/// batch).
+const MAX_WATCH_LAG: usize = 1 << 20;
 
 impl Config {
     /// The token clients must present: from `--auth-token-file`, else the
@@ -512,6 +527,11 @@ impl Config {
                 "--raft-election-ms must be at least 3 times --raft-heartbeat-ms".into(),
             ));
         }
+        if !(1..=MAX_WATCH_LAG).contains(&self.watch_lag) {
+            return Err(Error::Config(format!(
+                "--watch-lag must be between 1 and {MAX_WATCH_LAG}"
+            )));
+        }
         if self.shards == 0 || self.max_connections == 0 || self.max_bulk_items == 0 {
             return Err(Error::Config(
                 "--shards, --max-connections and --max-bulk-items must be at least 1".into(),
@@ -547,6 +567,12 @@ impl Config {
         let mut name = self.data.clone().into_os_string();
         name.push(".raft");
         PathBuf::from(name)
+    }
+
+    /// The change feed watches read (docs/watch.md).
+    pub fn feed(&self) -> Arc<Feed> {
+        let history = usize::try_from(self.watch_history_mb << 20).unwrap_or(usize::MAX);
+        Arc::new(Feed::new(history, self.watch_lag))
     }
 
     pub fn sync_interval(&self) -> Duration {

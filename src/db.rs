@@ -10,6 +10,7 @@ use crate::backup::{Backup, Tees};
 use crate::config::Limits;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::feed::Feed;
 use crate::log::{Log, PendingWrite};
 use crate::raft::node::Cluster;
 use crate::stats::Stats;
@@ -37,6 +38,9 @@ pub struct Db {
     /// Where `Backup { name }` writes (`--backup-dir`); `None`: only
     /// streamed backups.
     pub backup_dir: Option<PathBuf>,
+    /// The engine's changes, for watches; a fresh one (no history) unless
+    /// the server sets the one its engine publishes to.
+    pub feed: Arc<Feed>,
 }
 
 impl Db {
@@ -58,6 +62,7 @@ impl Db {
             auth,
             stats: Arc::new(Stats::default()),
             backup_dir: None,
+            feed: Arc::new(Feed::new(0, 1)),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod expiry;
+pub mod feed;
 pub mod figures;
 pub mod grpc;
 pub mod handler;

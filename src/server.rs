@@ -30,8 +30,10 @@ use crate::config::{Config, EngineKind, SyncMode};
 use crate::connection::{Connection, Stream};
 use crate::db::Db;
 use crate::engine::memory::Memory;
+use crate::engine::watched::Watched;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::feed::Feed;
 use crate::grpc;
 use crate::log::Log;
 use crate::raft::{node, Member};
@@ -133,12 +135,17 @@ pub async fn run(
     // (10 M keys: seconds).
     let last_store_ref;
     let tees = Arc::new(Tees::default());
+    let feed = config.feed();
     let auth = Arc::new(Auth::new(token));
     // The data's lock (single node) is held until the log has closed.
     let (mut db, _data_lock) = match (config.node_id, raft_listener, raft_addr) {
         (Some(id), Some(raft_listener), Some(raft_addr)) => {
             let (engine, store) = open_cluster_engine(&config, config.raft_dir(), &tees).await?;
             last_store_ref = store;
+            // The state machine loads its snapshot (a reset) and applies
+            // the log after it through the wrapper.
+            feed.start_at(engine.applied());
+            let engine: Arc<dyn Engine> = Arc::new(Watched::new(engine, feed.clone()));
             let mut peers = std::collections::BTreeMap::new();
             for (peer, client_addr, raft_addr) in config.peers()? {
                 peers.insert(
@@ -185,7 +192,7 @@ pub async fn run(
             (db.in_cluster(cluster), None)
         }
         _ => {
-            let recovered = open_single(&config, &tees).await?;
+            let recovered = open_single(&config, &tees, &feed).await?;
             last_store_ref = recovered.store;
             let commit = GroupCommit::start(
                 recovered.engine.clone(),
@@ -209,6 +216,7 @@ pub async fn run(
         }
     };
     db.backup_dir = config.backup_dir.clone();
+    db.feed = feed;
     let grpc_door = match grpc_listener {
         Some(_) => Some(grpc::Door::new(
             &db,
@@ -326,14 +334,17 @@ struct Opened {
 
 /// Recovers a single node's data with the engine `--engine` names (from
 /// `--restore`'s backup first).
-async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error> {
+async fn open_single(config: &Config, tees: &Arc<Tees>, feed: &Arc<Feed>) -> Result<Opened, Error> {
     let (data, restore, shards) = (config.data.clone(), config.restore.clone(), config.shards);
     let (kind, cache_bytes, tees) = (config.engine, config.cache_mb << 20, tees.clone());
+    let feed = feed.clone();
     tokio::task::spawn_blocking(move || {
+        let watched = |engine| -> Arc<dyn Engine> { Arc::new(Watched::new(engine, feed.clone())) };
         if kind == EngineKind::Disk {
-            let r = storage::open_disk(&RealFs, &data, cache_bytes, restore.as_deref())?;
+            let r =
+                storage::open_disk(&RealFs, &data, cache_bytes, restore.as_deref(), Some(&feed))?;
             return Ok(Opened {
-                engine: r.engine,
+                engine: watched(r.engine),
                 store: None,
                 segment: r.segment,
                 last_seq: r.last_seq,
@@ -341,11 +352,15 @@ async fn open_single(config: &Config, tees: &Arc<Tees>) -> Result<Opened, Error>
             });
         }
         let r = match restore {
-            Some(backup) => storage::restore(&RealFs, &backup, &data, shards)?,
-            None => storage::open(&RealFs, &data, shards)?,
+            Some(backup) => {
+                let r = storage::restore(&RealFs, &backup, &data, shards)?;
+                feed.start_at(r.last_seq);
+                r
+            }
+            None => storage::open_watched(&RealFs, &data, shards, Some(&feed))?,
         };
         Ok(Opened {
-            engine: Arc::new(Memory::new(r.store.clone(), tees)),
+            engine: watched(Arc::new(Memory::new(r.store.clone(), tees))),
             store: Some(r.store),
             segment: r.segment,
             last_seq: r.last_seq,

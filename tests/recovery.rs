@@ -106,7 +106,7 @@ fn recover(engine: Kind, data: &Path) -> Result<(BTreeMap<Bytes, Bytes>, u64), E
         Kind::Disk => {
             // A log with no engine named belongs to the memory engine.
             fs::write(wal::dir_for(data).join("ENGINE"), "disk\n").unwrap();
-            storage::open_disk(&RealFs, data, 1 << 20, None).map(|r| {
+            storage::open_disk(&RealFs, data, 1 << 20, None, None).map(|r| {
                 let everything = Span::prefix(b"", None, false);
                 let pairs = r.engine.pairs(&everything, usize::MAX, usize::MAX);
                 (pairs.unwrap().0.into_iter().collect(), r.last_seq)

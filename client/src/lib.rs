@@ -49,7 +49,8 @@ pub use client::{Client, ClientBuilder, Reads, Versioned};
 pub use error::Error;
 pub use protocol::{
     ClusterMember, ClusterRequest, ClusterStatus, Command, Compare, CompareOp, Condition,
-    ErrorCode, ExpireWhen, Expiry, GroupView, MoveView, Reply, Request, Response, Target,
+    ErrorCode, Event, EventKind, ExpireWhen, Expiry, GroupView, MoveView, Reply, Request, Response,
+    Target,
 };
 pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;

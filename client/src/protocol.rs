@@ -431,6 +431,41 @@ pub enum Command {
     },
 }
 
+/// One change a watch delivers ([`Reply::Events`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The log position of the write that made it (several changes of one
+    /// write, or of one Raft entry, share it).
+    pub revision: u64,
+    /// The key changed (empty for `Clear`).
+    #[serde(deserialize_with = "wire_bytes::bytes")]
+    pub key: Bytes,
+    /// What happened to it.
+    pub kind: EventKind,
+}
+
+/// What an [`Event`] did to its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// Tag 0. The key holds `value`, gone at `deadline` (ms since the
+    /// epoch) if it has one.
+    Put {
+        /// The new value.
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        value: Bytes,
+        /// When it is gone, if ever.
+        deadline: Option<u64>,
+    },
+    /// Tag 1. The key was removed by a command.
+    Delete,
+    /// Tag 2. The key was removed because its deadline passed.
+    Expired,
+    /// Tag 3. The key keeps its value with a new deadline (`None`: none).
+    Deadline(Option<u64>),
+    /// Tag 4. Every key was removed (Flush); its `key` is empty.
+    Clear,
+}
+
 /// When a key with a deadline is gone ([`Command::SetExpiring`],
 /// [`Command::Expire`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

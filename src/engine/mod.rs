@@ -17,6 +17,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod watched;
 
 use std::path::Path;
 

@@ -35,6 +35,7 @@ use crate::config::EngineKind;
 use crate::engine::disk::Disk;
 use crate::engine::{Checkpoint, Engine, Revised};
 use crate::error::Error;
+use crate::feed::{self, Feed};
 use fs::Fs;
 use snapshot::SnapshotInfo;
 use store::Store;
@@ -159,6 +160,17 @@ fn lock_data(fs: &dyn Fs, data: &Path, engine: EngineKind) -> Result<Box<dyn Any
 /// Opens the data at `data`: takes its lock, loads the snapshot, replays the
 /// log after it, and drops files a finished snapshot made obsolete.
 pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error> {
+    open_watched(fs, data, shards, None)
+}
+
+/// [`open`], publishing what the log replays to `feed` (it starts where the
+/// snapshot ends): watches resume across a restart.
+pub fn open_watched(
+    fs: &dyn Fs,
+    data: &Path,
+    shards: usize,
+    feed: Option<&Feed>,
+) -> Result<Recovered, Error> {
     let dir = wal::dir_for(data);
     let lock = lock_data(fs, data, EngineKind::Memory)?;
     let tmp = snapshot::temp_path(data);
@@ -188,9 +200,15 @@ pub fn open(fs: &dyn Fs, data: &Path, shards: usize) -> Result<Recovered, Error>
     for &old in segments.iter().filter(|&&id| id < first) {
         wal::remove_segment(fs, &dir, old)?;
     }
-    let mut sorted = SortedReplay::new(&store);
+    if let Some(feed) = feed {
+        feed.start_at(first_seq - 1);
+    }
+    let mut sorted = SortedReplay::new(&store, feed.filter(|f| f.wanted()));
     let mut replay = wal::replay(fs, &dir, first, first_seq, |op, seq| sorted.push(op, seq))?;
     sorted.flush();
+    if let Some(feed) = feed {
+        feed.publish(replay.last_seq.unwrap_or(0), Vec::new());
+    }
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
         data = %data.display(),
@@ -222,18 +240,22 @@ const REPLAY_SORT_BYTES: usize = 256 << 20;
 /// into one write per key; a key's writes keep their log order (the sort is
 /// stable), and writes to different keys commute. A `Clear` applies what
 /// came before it first. Nothing reads the map until recovery is done.
+/// With a feed, what each write changed is published in log order once
+/// its part of the log is applied.
 struct SortedReplay<'s> {
     store: &'s Store,
-    /// Single-key writes with their key's shard and their revision, in log
-    /// order.
-    pending: Vec<(usize, op::WriteOp, u64)>,
+    feed: Option<&'s Feed>,
+    /// Single-key writes with their key's shard, their place in the log
+    /// and their revision, in log order.
+    pending: Vec<(usize, usize, op::WriteOp, u64)>,
     bytes: usize,
 }
 
 impl<'s> SortedReplay<'s> {
-    fn new(store: &'s Store) -> SortedReplay<'s> {
+    fn new(store: &'s Store, feed: Option<&'s Feed>) -> SortedReplay<'s> {
         SortedReplay {
             store,
+            feed,
             pending: Vec::new(),
             bytes: 0,
         }
@@ -290,7 +312,12 @@ impl<'s> SortedReplay<'s> {
             }
             Clear => {
                 self.flush();
-                self.store.apply_at(&Clear, seq);
+                let applied = self.store.apply_at(&Clear, seq);
+                if let Some(feed) = self.feed {
+                    let mut events = Vec::new();
+                    feed::changes(&Clear, &applied, seq, &mut events);
+                    feed.publish(seq, events);
+                }
             }
             single => self.hold(single, seq),
         }
@@ -299,21 +326,50 @@ impl<'s> SortedReplay<'s> {
     fn hold(&mut self, op: op::WriteOp, seq: u64) {
         self.bytes += op.approx_len();
         let shard = op.first_key().map_or(0, |key| self.store.shard_index(key));
-        self.pending.push((shard, op, seq));
+        self.pending.push((shard, self.pending.len(), op, seq));
         if self.bytes >= REPLAY_SORT_BYTES {
             self.flush();
         }
     }
 
-    /// Applies what is held, in shard and key order.
+    /// Applies what is held, in shard and key order, and publishes what it
+    /// changed in log order.
     fn flush(&mut self) {
-        (self.pending).sort_by(|(shard, op, _), (other_shard, other, _)| {
+        (self.pending).sort_by(|(shard, _, op, _), (other_shard, _, other, _)| {
             (shard.cmp(other_shard)).then_with(|| op.first_key().cmp(&other.first_key()))
         });
-        for (_, op, seq) in self.pending.drain(..) {
-            self.store.apply_at(&op, seq);
+        let mut changed = Vec::new();
+        for (_, place, op, seq) in self.pending.drain(..) {
+            let applied = feed::replayed(&op, self.store.apply_at(&op, seq));
+            if self.feed.is_some() {
+                let mut events = Vec::new();
+                feed::changes(&op, &applied, seq, &mut events);
+                changed.extend(events.into_iter().map(|event| (place, event)));
+            }
         }
         self.bytes = 0;
+        if let Some(feed) = self.feed {
+            changed.sort_by_key(|(place, _)| *place);
+            publish_by_revision(feed, changed.into_iter().map(|(_, event)| event));
+        }
+    }
+}
+
+/// Publishes `events`, in log order, as one batch per revision.
+fn publish_by_revision(feed: &Feed, events: impl IntoIterator<Item = kvstore_client::Event>) {
+    let mut batch: Vec<kvstore_client::Event> = Vec::new();
+    for event in events {
+        if batch
+            .last()
+            .is_some_and(|last| last.revision != event.revision)
+        {
+            let position = batch[0].revision;
+            feed.publish(position, std::mem::take(&mut batch));
+        }
+        batch.push(event);
+    }
+    if let Some(first) = batch.first() {
+        feed.publish(first.revision, batch);
     }
 }
 
@@ -344,12 +400,14 @@ const REPLAY_BATCH: usize = 1024;
 /// `<data>-fjall/`, with a block cache of `cache_bytes`): takes the lock,
 /// fills the data from the backup `restore` if given, opens the database,
 /// and replays the log from the engine's last checkpoint (records it
-/// already holds are applied again: each is idempotent).
+/// already holds are applied again: each is idempotent), publishing what
+/// it replays to `feed` if given.
 pub fn open_disk(
     fs: &dyn Fs,
     data: &Path,
     cache_bytes: u64,
     restore: Option<&Path>,
+    feed: Option<&Feed>,
 ) -> Result<DiskRecovered, Error> {
     let dir = wal::dir_for(data);
     let lock = lock_data(fs, data, EngineKind::Disk)?;
@@ -369,13 +427,27 @@ pub fn open_disk(
     for &old in segments.iter().filter(|&&id| id < first) {
         wal::remove_segment(fs, &dir, old)?;
     }
+    if let Some(feed) = feed {
+        feed.start_at(first_seq - 1);
+    }
+    let publishing = feed.filter(|f| f.wanted());
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
     let mut next_seq = first_seq;
     let mut failed = None;
     let mut flush = |batch: &mut Vec<(op::WriteOp, u64)>, next_seq: u64| {
         if failed.is_none() && !batch.is_empty() {
             let ops: Vec<Revised> = batch.iter().map(|(op, seq)| (op, *seq)).collect();
-            failed = engine.apply(&ops, next_seq - 1).err();
+            match (engine.apply(&ops, next_seq - 1), publishing) {
+                (Ok(applied), Some(feed)) => {
+                    let mut events = Vec::new();
+                    for ((op, seq), applied) in ops.iter().zip(applied) {
+                        feed::changes(op, &feed::replayed(op, applied), *seq, &mut events);
+                    }
+                    publish_by_revision(feed, events);
+                }
+                (Ok(_), None) => {}
+                (Err(e), _) => failed = Some(e),
+            }
         }
         batch.clear();
     };
@@ -389,6 +461,9 @@ pub fn open_disk(
     flush(&mut batch, next_seq);
     if let Some(e) = failed {
         return Err(e);
+    }
+    if let Some(feed) = feed {
+        feed.publish(next_seq - 1, Vec::new());
     }
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
@@ -542,15 +617,20 @@ mod tests {
         // removes what its own `now` says is due.
         // Each op at its record's sequence number.
         let in_order = Store::with_clock(3, clock::Clock::manual(0));
+        let mut changed = Vec::new();
         (ops.iter()).zip(1..).for_each(|(op, seq)| {
-            in_order.apply_at(op, seq);
+            let applied = feed::replayed(op, in_order.apply_at(op, seq));
+            feed::changes(op, &applied, seq, &mut changed);
         });
         let sorted = Store::with_clock(3, clock::Clock::manual(0));
-        let mut replay = SortedReplay::new(&sorted);
+        let feed = Feed::new(usize::MAX, 1);
+        let mut replay = SortedReplay::new(&sorted, Some(&feed));
         (ops.into_iter())
             .zip(1..)
             .for_each(|(op, seq)| replay.push(op, seq));
         replay.flush();
+        // The feed has the changes in log order, as applying in order made.
+        assert_eq!(feed.kept(), changed);
         let everything = store::Span::prefix(b"", None, false);
         let pairs = |store: &Store| store.pairs(&everything, usize::MAX, usize::MAX).0;
         assert_eq!(pairs(&sorted), pairs(&in_order));
