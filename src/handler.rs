@@ -5,16 +5,18 @@
 //! before login, `Indexed` (a write's reply carries the applied index) and
 //! `Backup` (a stream that belongs to the connection).
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use kvstore_client::{Command, ErrorCode, Reply, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth;
-use crate::cmd::{self, backup};
+use crate::cmd::{self, backup, watch};
 use crate::config::Timeouts;
 use crate::connection::{self, Connection};
 use crate::db::Db;
 use crate::session::login::{Attempt, Login};
-use crate::session::{self, Door, Incoming, Step};
+use crate::session::{self, Door, Incoming, Pushes, Step};
 
 /// Serves one native client (see [`session::serve`]).
 pub async fn serve(conn: Connection, db: Db, timeouts: Timeouts, shutdown: CancellationToken) {
@@ -30,6 +32,8 @@ struct Native {
     closing: bool,
     /// The backup streaming on this connection; it ends with the connection.
     backup: backup::Session,
+    /// A watch's replies, just started, for the session to send.
+    watch: Option<Pushes<Response>>,
 }
 
 /// What a native write's reply needs: its request's id, and whether it came
@@ -52,6 +56,7 @@ impl Native {
             login,
             closing: false,
             backup: None,
+            watch: None,
         }
     }
 
@@ -71,6 +76,19 @@ impl Native {
                 self.closing |= close;
                 Reply::error(ErrorCode::AuthFailed, "wrong auth token")
             }
+        }
+    }
+
+    /// Starts a watch whose replies carry `id`; it replaces the one the
+    /// connection had.
+    fn watch(&mut self, id: u64, prefix: Bytes, from_revision: u64) -> Reply {
+        match watch::start(prefix, from_revision, &self.db) {
+            Ok((first, replies)) => {
+                let replies = replies.map(move |reply| Response { id, reply });
+                self.watch = Some(replies.boxed());
+                first
+            }
+            Err(refused) => refused,
         }
     }
 
@@ -163,6 +181,13 @@ impl Door for Native {
                 Step::Write(once, Tag { id, indexed: true })
             }
             command if command.is_data_write() => Step::Write(command, Tag { id, indexed: false }),
+            Command::Watch {
+                prefix,
+                from_revision,
+            } => Step::Answer(Response {
+                id,
+                reply: self.watch(id, prefix, from_revision),
+            }),
             command => Step::Answer(Response {
                 id,
                 reply: self.run(command).await,
@@ -193,5 +218,9 @@ impl Door for Native {
 
     fn closing(&self) -> bool {
         self.closing
+    }
+
+    fn pushes(&mut self) -> Option<Pushes<Response>> {
+        self.watch.take()
     }
 }

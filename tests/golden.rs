@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use kvstore_client::{
     codec, ClusterMember, ClusterRequest, ClusterStatus, Command, Compare, CompareOp, Condition,
-    ErrorCode, ExpireWhen, Expiry, GroupView, Reply, Request, Response, Target,
+    ErrorCode, Event, EventKind, ExpireWhen, Expiry, GroupView, Reply, Request, Response, Target,
 };
 
 fn b(s: &str) -> Bytes {
@@ -100,6 +100,16 @@ fn examples() -> Vec<(&'static str, Message)> {
         (
             "getwithversion-request",
             rq(37, Command::GetWithVersion { key: b("k") }),
+        ),
+        (
+            "watch-request",
+            rq(
+                39,
+                Command::Watch {
+                    prefix: b("a/"),
+                    from_revision: 7,
+                },
+            ),
         ),
         (
             "txn-request",
@@ -427,6 +437,30 @@ fn examples() -> Vec<(&'static str, Message)> {
                 Reply::Txn {
                     succeeded: false,
                     replies: vec![Reply::Value(Some(b("w")))],
+                },
+            ),
+        ),
+        (
+            "events-response",
+            rs(
+                39,
+                Reply::Events {
+                    revision: 9,
+                    events: vec![
+                        Event {
+                            revision: 9,
+                            key: b("a/x"),
+                            kind: EventKind::Put {
+                                value: b("1"),
+                                deadline: None,
+                            },
+                        },
+                        Event {
+                            revision: 9,
+                            key: b("a/y"),
+                            kind: EventKind::Delete,
+                        },
+                    ],
                 },
             ),
         ),

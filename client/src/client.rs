@@ -29,7 +29,7 @@ use crate::slot::{slot_of, GroupId};
 use crate::split::{by_slot, Part};
 use crate::{
     addr, BackupStream, BackupSummary, Command, Condition, Error, ErrorCode, ExpireWhen, Expiry,
-    Reply, ScanQuery, Transaction, TxnDone,
+    Reply, ScanQuery, Transaction, TxnDone, WatchStream,
 };
 
 /// Default time to establish a connection.
@@ -1436,6 +1436,28 @@ impl Client {
         }
         out.flush().await.map_err(Error::Output)?;
         stream.summary()
+    }
+
+    /// Watches the keys that start with `prefix`: every change from
+    /// `from_revision` on (0: from now), in log order, on a connection of
+    /// its own (docs/watch.md). Not retried: to go on after an error, watch
+    /// again from [`WatchStream::revision`] + 1.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kvstore_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut watch = client.watch("config/", 0).await?;
+    /// for event in watch.next().await? {
+    ///     println!("{} {:?} at {}", String::from_utf8_lossy(&event.key), event.kind, event.revision);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        from_revision: u64,
+    ) -> Result<WatchStream, Error> {
+        let mux = self.connect_within(self.open(&self.target().0)).await?;
+        WatchStream::start(mux, bytes(prefix), from_revision).await
     }
 
     /// Has the server write a backup into its `--backup-dir` under `name`

@@ -41,6 +41,7 @@ pub mod scan;
 pub mod slot;
 pub mod split;
 pub mod txn;
+pub mod watch;
 mod wire_bytes;
 
 pub use backup::{BackupStream, BackupSummary};
@@ -56,3 +57,4 @@ pub use replicas::ReplicaLoad;
 pub use scan::ScanQuery;
 pub use split::Part;
 pub use txn::{Transaction, TxnDone};
+pub use watch::WatchStream;

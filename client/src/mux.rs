@@ -35,15 +35,24 @@ const QUEUE_DEPTH: usize = 1024;
 /// Requests written before one flush, at most.
 const MAX_BURST: usize = 256;
 
-/// A request on its way, with the place to put its reply.
+/// A request on its way, with the place to put its reply, and for a
+/// request the server answers more than once (`Watch`), the place for the
+/// replies after the first.
 struct Call {
     command: Command,
     reply: oneshot::Sender<Result<Reply, Error>>,
+    more: Option<More>,
 }
 
-/// Callers whose requests were written, oldest first, with their ids. Shared
-/// by the two halves; a std mutex, held only to push or pop.
-type Waiting = Mutex<VecDeque<(u64, oneshot::Sender<Result<Reply, Error>>)>>;
+/// Where the replies after the first of a streaming request go.
+pub(crate) type More = mpsc::Sender<Reply>;
+
+/// A written request: its id, where its reply goes, and its later replies.
+type Written = (u64, oneshot::Sender<Result<Reply, Error>>, Option<More>);
+
+/// Callers whose requests were written, oldest first. Shared by the two
+/// halves; a std mutex, held only to push or pop.
+type Waiting = Mutex<VecDeque<Written>>;
 
 /// A handle to one connection's task. Cheap to clone.
 #[derive(Clone)]
@@ -121,9 +130,24 @@ impl Mux {
         &self,
         command: Command,
     ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
+        self.send_streaming(command, None).await
+    }
+
+    /// Sends a command the server answers more than once: the first reply
+    /// comes through the receiver, the later ones (until an error reply, or
+    /// the connection's end) into `more`.
+    pub(crate) async fn send_streaming(
+        &self,
+        command: Command,
+        more: Option<More>,
+    ) -> Result<oneshot::Receiver<Result<Reply, Error>>, Error> {
         let (reply, rx) = oneshot::channel();
         self.calls
-            .send(Call { command, reply })
+            .send(Call {
+                command,
+                reply,
+                more,
+            })
             .await
             .map_err(|_| Error::ConnectionLost("the connection is closed".into()))?;
         Ok(rx)
@@ -155,7 +179,7 @@ where
     };
     let reason = reason.unwrap_or_else(|| "the client was dropped".into());
     let waiting = std::mem::take(&mut *waiting.lock().unwrap_or_else(|e| e.into_inner()));
-    for (_, reply) in waiting {
+    for (_, reply, _) in waiting {
         let _ = reply.send(Err(Error::ConnectionLost(reason.clone())));
     }
     calls.close();
@@ -203,7 +227,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(
             waiting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push_back((id, call.reply));
+                .push_back((id, call.reply, call.more));
             if let Err(e) = writer.feed(Bytes::from(body)).await {
                 return Some(format!("write failed: {e}"));
             }
@@ -221,6 +245,8 @@ async fn read_replies<R: AsyncRead + Unpin>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     waiting: &Waiting,
 ) -> Option<String> {
+    // Streaming requests answered once, by id.
+    let mut streams: std::collections::HashMap<u64, More> = Default::default();
     loop {
         let body = match reader.next().await {
             Some(Ok(body)) => body,
@@ -231,12 +257,23 @@ async fn read_replies<R: AsyncRead + Unpin>(
             Ok(r) => r,
             Err(e) => return Some(format!("undecodable response: {e}")),
         };
+        if let Some(more) = streams.get(&response.id) {
+            let last = matches!(response.reply, Reply::Error { .. });
+            // The caller dropped the stream: its replies are dropped too.
+            if more.send(response.reply).await.is_err() || last {
+                streams.remove(&response.id);
+            }
+            continue;
+        }
         let front = waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop_front();
         match (front, response.reply) {
-            (Some((id, reply)), answer) if id == response.id => {
+            (Some((id, reply, more)), answer) if id == response.id => {
+                if let Some(more) = more.filter(|_| !matches!(answer, Reply::Error { .. })) {
+                    streams.insert(id, more);
+                }
                 let _ = reply.send(Ok(answer));
             }
             // An error the server sends before closing (id 0: too many
@@ -244,7 +281,7 @@ async fn read_replies<R: AsyncRead + Unpin>(
             // others lose the connection, with the server's words as reason.
             (front, Reply::Error { code, message }) => {
                 let reason = format!("server error {code}: {message}");
-                if let Some((_, reply)) = front {
+                if let Some((_, reply, _)) = front {
                     let _ = reply.send(Err(Error::Server { code, message }));
                 }
                 return Some(reason);

@@ -429,6 +429,21 @@ pub enum Command {
         #[serde(deserialize_with = "wire_bytes::txn_commands")]
         failure: Vec<Command>,
     },
+    /// Tag 35. Every change to the keys that start with `prefix`, in log
+    /// order, from `from_revision` on (0: from now), streamed on this
+    /// connection as `Events` replies with this request's id: the first at
+    /// once (no events: the watch is in place), then one per applied batch
+    /// that touched the prefix. Changes older than the server's history
+    /// end the watch with `Compacted`; a watcher too far behind is ended
+    /// with `SlowWatcher` (docs/watch.md). One watch per connection: a
+    /// second replaces the first.
+    Watch {
+        /// The keys watched: those that start with it (empty: all).
+        #[serde(deserialize_with = "wire_bytes::bytes")]
+        prefix: Bytes,
+        /// The oldest revision wanted; 0 for changes after the watch starts.
+        from_revision: u64,
+    },
 }
 
 /// One change a watch delivers ([`Reply::Events`]).
@@ -728,7 +743,7 @@ pub struct ClusterMember {
 }
 
 /// The names of the commands, by tag (see [`Command::name`]).
-pub const COMMAND_NAMES: [&str; 35] = [
+pub const COMMAND_NAMES: [&str; 36] = [
     "Set",
     "Get",
     "Delete",
@@ -764,6 +779,7 @@ pub const COMMAND_NAMES: [&str; 35] = [
     "Rename",
     "GetWithVersion",
     "Txn",
+    "Watch",
 ];
 
 impl Command {
@@ -805,6 +821,7 @@ impl Command {
             Command::Rename { .. } => 32,
             Command::GetWithVersion { .. } => 33,
             Command::Txn { .. } => 34,
+            Command::Watch { .. } => 35,
         }
     }
 
@@ -861,6 +878,7 @@ impl Command {
             | Command::Stats
             | Command::Backup { .. }
             | Command::BackupNext
+            | Command::Watch { .. }
             | Command::Auth { .. }
             | Command::Cluster(_)
             | Command::Indexed { .. }
@@ -925,6 +943,7 @@ impl Command {
             | Command::BackupNext
             | Command::Cluster(_)
             | Command::OpenSession
+            | Command::Watch { .. }
             | Command::Restore { .. } => None,
         }
     }
@@ -946,6 +965,7 @@ impl Command {
                     | Command::Txn { .. }
                     | Command::Backup { .. }
                     | Command::BackupNext
+                    | Command::Watch { .. }
                     | Command::Cluster(_)
                     | Command::Restore { .. }
             ),
@@ -1058,6 +1078,16 @@ pub enum Reply {
         #[serde(deserialize_with = "wire_bytes::txn_replies")]
         replies: Vec<Reply>,
     },
+    /// Tag 14. Changes a `Watch` delivers, in log order, with the watch's
+    /// request id.
+    Events {
+        /// Every change up to this log position has been delivered (resume
+        /// with `from_revision` one past it, or one past the last event's).
+        revision: u64,
+        /// The changes (none in the first reply, or in a progress report).
+        #[serde(deserialize_with = "wire_bytes::seq")]
+        events: Vec<Event>,
+    },
 }
 
 impl Reply {
@@ -1154,6 +1184,13 @@ pub enum ErrorCode {
     NotAFloat = 24,
     /// `Rename`: the key to rename does not exist. Nothing was done.
     NoSuchKey = 25,
+    /// `Watch`: the history no longer holds the revision asked for (the
+    /// message names the oldest it holds); read the current state and
+    /// watch from now.
+    Compacted = 26,
+    /// `Watch`: the watcher fell too far behind the writes and was ended.
+    /// Watch again from one past the last revision received.
+    SlowWatcher = 27,
 }
 
 impl ErrorCode {
@@ -1186,6 +1223,8 @@ impl ErrorCode {
             CrossSlot,
             NotAFloat,
             NoSuchKey,
+            Compacted,
+            SlowWatcher,
         ]
         .into_iter()
         .find(|c| *c as u32 == code)
@@ -1323,6 +1362,10 @@ mod tests {
                 }],
                 success: vec![Command::Incr { key: b(), by: 1 }],
                 failure: vec![Command::Get { key: b() }],
+            },
+            Command::Watch {
+                prefix: b(),
+                from_revision: 7,
             },
         ]
     }

@@ -37,6 +37,7 @@ mod set;
 mod set_if;
 mod set_range;
 pub mod txn;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -93,6 +94,7 @@ pub fn size(command: &Command) -> usize {
         Command::Flush | Command::Stats | Command::BackupNext => 0,
         Command::Backup { name } => name.as_ref().map_or(0, |n| n.len()),
         Command::Restore { name } => name.len(),
+        Command::Watch { prefix, .. } => 8 + prefix.len(),
         Command::BulkSet { items } => items.iter().map(|(k, v)| k.len() + v.len()).sum(),
         Command::Keys {
             prefix,
@@ -327,6 +329,11 @@ pub fn read(command: Command, db: &Db) -> Reply {
         Command::Cluster(_) => Err(Reply::error(
             ErrorCode::ClusterFailed,
             "Cluster is served only as a command of its own",
+        )),
+        // A stream that belongs to its connection (see `watch`).
+        Command::Watch { .. } => Err(Reply::error(
+            ErrorCode::Malformed,
+            "Watch is served only on a native connection",
         )),
         // The connection handler unwraps it (see `indexed`).
         Command::Indexed { .. } => Err(Reply::error(

@@ -16,7 +16,7 @@ mod tests;
 use std::future::Future;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use kvstore_client::{Command, Reply};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -80,12 +80,30 @@ pub trait Door: Sized + Send {
     /// The door decided to close once the replies so far are sent (QUIT,
     /// too many failed logins).
     fn closing(&self) -> bool;
+    /// Replies a request started that the door sends unasked (a watch's
+    /// changes), taken once: they follow the replies before them, and
+    /// replace any the connection had.
+    fn pushes(&mut self) -> Option<Pushes<Self::Reply>> {
+        None
+    }
+}
+
+/// Replies sent unasked, until the stream ends.
+pub type Pushes<R> = futures_util::stream::BoxStream<'static, R>;
+
+/// The next of `pushes`, if any; never ready without them.
+async fn next_push<R>(pushes: &mut Option<Pushes<R>>) -> Option<R> {
+    match pushes {
+        Some(pushes) => pushes.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one client until it leaves, breaks the protocol, times out, or the
 /// server shuts down (then requests already read are answered first).
 pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: CancellationToken) {
     let mut pipeline = Pipeline::<D>::default();
+    let mut pushes = None;
     let mut reading = true;
     let mut clock = Clock::new(timeouts, Instant::now(), door.logged_in());
     let mut ticker = timeouts.ticker(!door.logged_in());
@@ -109,6 +127,12 @@ pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: C
                     reading = false;
                 }
             },
+            // One pushed reply at a time: the rest wait in the feed, which
+            // ends a watcher that falls too far behind.
+            pushed = next_push(&mut pushes), if pipeline.is_empty() => match pushed {
+                Some(reply) => pipeline.push_ready(reply),
+                None => pushes = None,
+            },
             _ = &mut cancelled, if reading => reading = false,
             // Wakes the loop to check the timeouts: bytes that arrive inside
             // a pending read do not.
@@ -121,7 +145,8 @@ pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: C
             reading: reading && pipeline.has_room(),
             partial: door.partial(),
             completed: door.completed(),
-            owed: !pipeline.is_empty(),
+            // A watching connection is not idle.
+            owed: !pipeline.is_empty() || pushes.is_some(),
             logged_in: door.logged_in(),
         };
         if let Some(expired) = clock.observe(Instant::now(), seen) {
@@ -143,6 +168,9 @@ pub async fn serve<D: Door>(mut door: D, db: Db, timeouts: Timeouts, shutdown: C
         }
         if door.closing() {
             reading = false;
+        }
+        if let Some(started) = door.pushes() {
+            pushes = Some(started);
         }
         if !reading && pipeline.is_empty() {
             return;
