@@ -103,10 +103,24 @@ impl Feed {
         }
     }
 
-    /// Whether publishing is worth its copies: the feed keeps a history, or
-    /// someone watches.
-    pub fn wanted(&self) -> bool {
-        self.limit > 0 || self.live.receiver_count() > 0
+    /// Whether the feed keeps a history (recovery publishes what it
+    /// replays only then: nobody watches yet).
+    pub fn keeps_history(&self) -> bool {
+        self.limit > 0
+    }
+
+    /// Passes over the batch ending at `position` without its changes when
+    /// nobody would see them (no history is kept and nobody watches): they
+    /// count as compacted. False when they are wanted: publish them.
+    pub fn skip(&self, position: u64) -> bool {
+        let mut history = self.history.lock();
+        // Under the lock: a watcher starting now is counted here, or starts
+        // after `position`.
+        if self.limit > 0 || self.live.receiver_count() > 0 {
+            return false;
+        }
+        (history.horizon, history.position) = (position, position);
+        true
     }
 
     /// Starts the feed at `position`: the changes before it are not known
@@ -116,6 +130,14 @@ impl Feed {
         history.batches.clear();
         history.bytes = 0;
         (history.horizon, history.position) = (position, position);
+    }
+
+    /// Recovery replayed the log up to `position`, publishing what it
+    /// replayed if the feed wanted it.
+    pub fn replayed_to(&self, position: u64) {
+        if !self.skip(position) {
+            self.history.lock().position = position;
+        }
     }
 
     /// Publishes the changes of the batch ending at `position`.

@@ -28,8 +28,8 @@ impl Watched {
     }
 
     fn publish(&self, ops: &[Revised], applied: &[Applied], position: u64) {
-        if !self.feed.wanted() {
-            return self.feed.publish(position, Vec::new());
+        if self.feed.skip(position) {
+            return;
         }
         let mut events = Vec::new();
         for (&(op, revision), applied) in ops.iter().zip(applied) {

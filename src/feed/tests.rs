@@ -69,6 +69,18 @@ async fn a_revision_the_history_dropped_is_compacted() {
 }
 
 #[tokio::test]
+async fn without_history_a_skipped_batch_is_compacted_unless_watched() {
+    let feed = Feed::new(0, 16);
+    assert!(feed.skip(1));
+    let compacted = feed.watch(Bytes::new(), 1).err();
+    assert_eq!(compacted, Some(Ended::Compacted { oldest: 2 }));
+    let mut watcher = feed.watch(Bytes::new(), 0).unwrap();
+    assert!(!feed.skip(2), "a watcher wants the changes");
+    feed.publish(2, vec![put(2, "a")]);
+    assert_eq!(revisions(&watcher.next(usize::MAX).await.unwrap()), [2]);
+}
+
+#[tokio::test]
 async fn a_watcher_that_falls_behind_ends_and_publishing_goes_on() {
     let feed = Feed::new(0, 4);
     let mut slow = feed.watch(Bytes::new(), 0).unwrap();

@@ -203,11 +203,11 @@ pub fn open_watched(
     if let Some(feed) = feed {
         feed.start_at(first_seq - 1);
     }
-    let mut sorted = SortedReplay::new(&store, feed.filter(|f| f.wanted()));
+    let mut sorted = SortedReplay::new(&store, feed.filter(|f| f.keeps_history()));
     let mut replay = wal::replay(fs, &dir, first, first_seq, |op, seq| sorted.push(op, seq))?;
     sorted.flush();
     if let Some(feed) = feed {
-        feed.publish(replay.last_seq.unwrap_or(0), Vec::new());
+        feed.replayed_to(replay.last_seq.unwrap_or(0));
     }
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
@@ -430,7 +430,7 @@ pub fn open_disk(
     if let Some(feed) = feed {
         feed.start_at(first_seq - 1);
     }
-    let publishing = feed.filter(|f| f.wanted());
+    let publishing = feed.filter(|f| f.keeps_history());
     let mut batch = Vec::with_capacity(REPLAY_BATCH);
     let mut next_seq = first_seq;
     let mut failed = None;
@@ -463,7 +463,7 @@ pub fn open_disk(
         return Err(e);
     }
     if let Some(feed) = feed {
-        feed.publish(next_seq - 1, Vec::new());
+        feed.replayed_to(next_seq - 1);
     }
     sync_replayed(&dir, &mut replay)?;
     tracing::info!(
