@@ -1440,8 +1440,8 @@ impl Client {
 
     /// Watches the keys that start with `prefix`: every change from
     /// `from_revision` on (0: from now), in log order, on a connection of
-    /// its own (docs/watch.md). Not retried: to go on after an error, watch
-    /// again from [`WatchStream::revision`] + 1.
+    /// its own (docs/watch.md). [`WatchStream::next`] goes on after a lost
+    /// connection or a restart by watching again from where it was.
     ///
     /// ```no_run
     /// # async fn demo(client: kvstore_client::Client) -> Result<(), Box<dyn std::error::Error>> {
@@ -1456,8 +1456,29 @@ impl Client {
         prefix: impl AsRef<[u8]>,
         from_revision: u64,
     ) -> Result<WatchStream, Error> {
-        let mux = self.connect_within(self.open(&self.target().0)).await?;
-        WatchStream::start(mux, bytes(prefix), from_revision).await
+        WatchStream::start(self.clone(), bytes(prefix), from_revision).await
+    }
+
+    /// A new connection of its own to the current target.
+    pub(crate) async fn open_own(&self) -> Result<Mux, Error> {
+        self.connect_within(self.open(&self.target().0)).await
+    }
+
+    /// Moves to the next node after `error`, as a failed call does.
+    pub(crate) fn steer_after(&self, error: &Error) {
+        self.steer(error, self.target().1);
+    }
+
+    /// The pauses between attempts in a row at something, as the client's
+    /// backoff and `max_attempts` say.
+    pub(crate) fn pauses(&self) -> impl Iterator<Item = Duration> {
+        let options = &self.inner.options;
+        ExponentialBuilder::default()
+            .with_min_delay(options.min_backoff)
+            .with_max_delay(options.max_backoff)
+            .with_jitter()
+            .with_max_times(options.max_attempts.saturating_sub(1))
+            .build()
     }
 
     /// Has the server write a backup into its `--backup-dir` under `name`
