@@ -397,3 +397,56 @@ fn rows_the_server_refuses_stop_the_load_with_exit_4() {
         "{stderr}"
     );
 }
+
+#[test]
+fn watch_prints_each_change_from_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("kvstore.db"), &[]);
+    let addr = server.addr.to_string();
+    let client = BlockingClient::connect(&addr).unwrap();
+    client.set("w/a", "one two").unwrap();
+    client.set("elsewhere", "x").unwrap();
+    client.delete("w/a").unwrap();
+    client.set("w/b", "line\nbreak").unwrap();
+    let first = client.get_with_version("w/b").unwrap().unwrap().modified - 3;
+
+    let from = first.to_string();
+    let out = kvstore(
+        &addr,
+        &["watch", "w/", "--from", &from, "--count", "3"],
+        b"",
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let expected = format!(
+        "{} put w/a one two\n{} del w/a\n{} put w/b line\\nbreak\n",
+        first,
+        first + 2,
+        first + 3
+    );
+    assert_eq!(text(&out.stdout), expected);
+
+    let args = [
+        "--output", "json", "watch", "w/b", "--from", &from, "--count", "1",
+    ];
+    let out = kvstore(&addr, &args, b"");
+    let line = format!(
+        "{{\"deadline\":null,\"key\":\"w/b\",\"kind\":\"put\",\"revision\":{},\"value\":\"line\\nbreak\"}}\n",
+        first + 3
+    );
+    assert_eq!(text(&out.stdout), line);
+
+    // Older than the history: an error, exit 4.
+    let args = ["watch", "", "--from", "1"];
+    let quiet = Server::start(&dir.path().join("other.db"), &["--watch-history-mb", "0"]);
+    BlockingClient::connect(quiet.addr.to_string())
+        .unwrap()
+        .set("k", "v")
+        .unwrap();
+    let out = kvstore(&quiet.addr.to_string(), &args, b"");
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("compacted"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -18,6 +18,7 @@ mod output;
 mod repl;
 mod strings;
 mod txn;
+mod watch;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -165,6 +166,19 @@ enum Cmd {
     /// JSON object of word lists. Prints `succeeded` or `failed`, then each
     /// reply; exit 1 if a test did not hold (docs/transactions.md).
     Txn,
+    /// Print every change to the keys starting with PREFIX as it happens,
+    /// a line each: `REVISION put KEY VALUE`, `REVISION del KEY`, `REVISION
+    /// expired KEY`, `REVISION deadline KEY MS|none`, `REVISION clear`
+    /// (docs/watch.md). Goes on across restarts of the server.
+    Watch {
+        prefix: Option<String>,
+        /// Start at this revision (if the server still has it) instead of now.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop after this many changes.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Remove every key. Asks first on a terminal; elsewhere needs --yes.
     Flush {
         /// Do not ask.
@@ -765,6 +779,14 @@ async fn run(client: &Client, command: Cmd, out: Output) -> Exit {
         Cmd::Ttl { key, at } => return exit_of(expiry::ttl(client, &key, at, out).await),
         Cmd::Persist { key } => expiry::persist(client, &key, out).await,
         Cmd::Txn => return txn::run(client, out).await,
+        Cmd::Watch {
+            prefix,
+            from,
+            count,
+        } => {
+            let prefix = prefix.unwrap_or_default();
+            return exit_of(watch::run(client, &prefix, from, count, out).await);
+        }
         Cmd::Completions { shell } => {
             completions(shell);
             Ok(())
