@@ -224,7 +224,8 @@ impl Feed {
         Ok(Watcher {
             prefix,
             from,
-            position: history.position,
+            // Not the head: the backlog before it is still to deliver.
+            position: from - 1,
             backlog,
             live: self.live.subscribe(),
             pending: VecDeque::new(),

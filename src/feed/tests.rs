@@ -35,6 +35,23 @@ async fn a_watch_reads_the_history_from_its_revision_then_live_changes() {
 }
 
 #[tokio::test]
+async fn the_position_counts_only_what_was_delivered() {
+    let feed = Feed::new(1 << 20, 16);
+    let last = 2 * GATHER_EVENTS as u64;
+    for revision in 1..=last {
+        feed.publish(revision, vec![put(revision, "a")]);
+    }
+    let mut watcher = feed.watch(Bytes::new(), 1).unwrap();
+    assert_eq!(watcher.position(), 0, "nothing delivered yet");
+    let first = watcher.next(usize::MAX).await.unwrap();
+    assert_eq!(watcher.position(), first.last().unwrap().revision);
+    assert!(watcher.position() < last, "the rest of the backlog waits");
+    let rest = watcher.next(usize::MAX).await.unwrap();
+    assert_eq!(first.len() + rest.len(), last as usize);
+    assert_eq!(watcher.position(), last);
+}
+
+#[tokio::test]
 async fn a_watch_sees_its_prefix_and_every_clear() {
     let feed = Feed::new(1 << 20, 16);
     let mut watcher = feed.watch(Bytes::from_static(b"app/"), 0).unwrap();
