@@ -581,6 +581,9 @@ fn the_token_is_asked_for_in_metadata_and_checked() {
             (status.code(), native_code(&status)),
             (Code::Unauthenticated, Some(9))
         );
+        // A stream of changes asks for it too.
+        let watch = kv.watch(with_auth(WatchRequest::default(), None)).await;
+        assert_eq!(refused(watch).code(), Code::Unauthenticated);
         let status = kv
             .put(with_auth(put("wrong"), Some("Bearer wrong")))
             .await
@@ -718,7 +721,10 @@ fn shutdown_does_not_wait_for_watchers_or_unfinished_streams() {
             .into_inner();
         let first = watch.message().await.unwrap().unwrap();
         assert_eq!(first.status, 1, "SERVING");
-        (kv, scan, watch)
+        // A watch of the store that no change will ever move.
+        let mut changes = kv.watch(WatchRequest::default()).await.unwrap();
+        assert!(changes.get_mut().message().await.unwrap().is_some());
+        (kv, scan, watch, changes)
     });
     server.terminate();
     drop(held);
@@ -1190,5 +1196,125 @@ fn txn_compares_and_swaps_as_the_native_transaction() {
         };
         let refused = kv.txn(many).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    });
+}
+
+/// Bounds every wait for a watch's next message: a missing one fails the
+/// test rather than hanging it.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The next message of a watch that must go on.
+async fn next_change(watch: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+    let next = tokio::time::timeout(PATIENCE, watch.message()).await;
+    let next = next.expect("a message within the patience");
+    let message = next.expect("the watch goes on");
+    message.expect("the stream is open")
+}
+
+/// Puts `value` under `key` (for `ttl_ms`, 0: for ever) and reads the
+/// revision the put got.
+async fn put_at(
+    kv: &mut KeyValueClient<Channel>,
+    key: &'static str,
+    value: &'static str,
+    ttl_ms: u64,
+) -> u64 {
+    let put = PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ttl_ms,
+    };
+    kv.put(put).await.unwrap();
+    let get = GetRequest {
+        key: key.into(),
+        with_version: true,
+    };
+    kv.get(get).await.unwrap().into_inner().mod_revision
+}
+
+/// `Watch`: first a message with no events (the watch is in place), then
+/// exactly the changes to the prefix, in order, with the revisions the
+/// writes got; a put elsewhere is not sent.
+#[test]
+fn watch_streams_the_changes_to_a_prefix_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &[]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        let watch = WatchRequest {
+            prefix: "w/".into(),
+            from_revision: 0,
+        };
+        let mut watch = kv.watch(watch).await.unwrap().into_inner();
+        let first = next_change(&mut watch).await;
+        assert!(first.events.is_empty(), "{first:?}");
+
+        let a = put_at(&mut kv, "w/a", "1", 0).await;
+        let elsewhere = put_at(&mut kv, "elsewhere", "1", 0).await;
+        let deleted = kv.delete(DeleteRequest { key: "w/a".into() }).await;
+        assert!(deleted.unwrap().into_inner().deleted);
+        let b = put_at(&mut kv, "w/b", "2", 60_000).await;
+        assert!(first.revision < a && a < elsewhere && elsewhere < b);
+
+        // Every change up to `b` is sent once a message's revision says so.
+        let mut events = Vec::new();
+        loop {
+            let message = next_change(&mut watch).await;
+            events.extend(message.events);
+            if message.revision >= b {
+                break;
+            }
+        }
+        let got: Vec<_> = (events.iter())
+            .map(|e| (e.revision, &e.key[..], e.kind(), &e.value[..]))
+            .collect();
+        // The delete's revision lies between the puts around it.
+        let delete = got.get(1).map_or(0, |e| e.0);
+        assert!(elsewhere < delete && delete < b, "{got:?}");
+        assert_eq!(
+            got,
+            [
+                (a, &b"w/a"[..], EventKind::Put, &b"1"[..]),
+                (delete, b"w/a", EventKind::Delete, b""),
+                (b, b"w/b", EventKind::Put, b"2"),
+            ]
+        );
+        // Only the put with a ttl has a deadline, about a minute away.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let minute = now.unwrap().as_millis() as u64 + 60_000;
+        let deadlines: Vec<_> = events.iter().map(|e| e.deadline_ms).collect();
+        assert!(
+            matches!(deadlines[..], [None, None, Some(at)] if at.abs_diff(minute) < 10_000),
+            "{deadlines:?}"
+        );
+    });
+}
+
+/// A watch from a revision the history no longer holds fails at once with
+/// OUT_OF_RANGE, as etcd answers a compacted revision.
+#[test]
+fn a_watch_from_a_compacted_revision_is_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = grpc_server(dir.path(), &["--watch-history-mb", "0"]);
+    runtime().block_on(async {
+        let mut kv = client(&server).await;
+        kv.put(PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ttl_ms: 0,
+        })
+        .await
+        .unwrap();
+        let watch = WatchRequest {
+            prefix: "".into(),
+            from_revision: 1,
+        };
+        let status = refused(kv.watch(watch).await);
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert_eq!(
+            native_code(&status),
+            Some(kvstore_client::ErrorCode::Compacted as u32)
+        );
+        assert!(status.message().contains("compacted"), "{status:?}");
     });
 }

@@ -24,6 +24,7 @@
 pub mod gate;
 pub mod service;
 mod txn;
+mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -295,8 +296,8 @@ impl Door {
         let stopping = async {
             shutdown.cancelled().await;
             // Load balancers polling health stop sending new calls; then
-            // the statuses go, which ends the `Watch` streams, so that they
-            // do not hold the graceful shutdown up.
+            // the statuses go, which ends the health `Watch` streams, so
+            // that they do not hold the graceful shutdown up.
             health
                 .set_not_serving::<KeyValueServer<KeyValueService>>()
                 .await;

@@ -4,7 +4,8 @@
 //! those of the native door. Streaming methods (`Scan`, `Range`, `Backup`)
 //! produce one message per native page or chunk, read when tonic is ready to
 //! send it, so a slow reader holds back the reading of the store instead of
-//! a queue growing in memory.
+//! a queue growing in memory. `Watch` sends the native watch's replies
+//! (`super::watch`); a reader too slow for the writes is ended by the feed.
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -39,13 +40,14 @@ enum Method {
     Persist,
     Ttl,
     Txn,
+    Watch,
 }
 
 /// The methods' names, in the order of [`Method`] (the `command` label of
 /// `commands_total{door="grpc"}`).
-pub const METHODS: [&str; 14] = [
+pub const METHODS: [&str; 15] = [
     "Put", "Get", "Delete", "BulkPut", "Exists", "ListKeys", "Scan", "Range", "Stat", "Backup",
-    "Expire", "Persist", "Ttl", "Txn",
+    "Expire", "Persist", "Ttl", "Txn", "Watch",
 ];
 
 /// The trailer that carries the native error code of a failed call.
@@ -130,13 +132,15 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
         Malformed | FrameTooLarge | KeyTooLarge | ValueTooLarge | TooManyItems | NotAnInteger
         | CrossSlot | NotAFloat => Code::InvalidArgument,
         NoSuchKey => Code::NotFound,
-        Overflow => Code::OutOfRange,
+        // Compacted: a watch's revision is older than the history (etcd
+        // answers a compacted revision so too).
+        Overflow | Compacted => Code::OutOfRange,
         // The log failed (the server refuses writes until restarted; another
         // node, or this one after a restart, can serve) or the server is
         // going away: the call did not happen, or for a write it may have
         // been logged without being acknowledged.
         StorageFailed | ShuttingDown => Code::Unavailable,
-        TooManyConnections | TooManySessions => Code::ResourceExhausted,
+        TooManyConnections | TooManySessions | SlowWatcher => Code::ResourceExhausted,
         Unauthenticated | AuthFailed => Code::Unauthenticated,
         BackupFailed | ClusterFailed | SessionExpired => Code::FailedPrecondition,
         // Cluster mode: this node cannot serve it, another can (or this
@@ -154,7 +158,7 @@ pub fn status(code: ErrorCode, message: impl std::fmt::Display) -> Status {
 }
 
 /// A reply of an unexpected shape: a bug, not the client's fault.
-fn unexpected(reply: &Reply) -> Status {
+pub(super) fn unexpected(reply: &Reply) -> Status {
     Status::internal(format!("unexpected reply from the store: {reply:?}"))
 }
 
@@ -234,7 +238,7 @@ fn expire_when(when: ExpireWhen) -> kvstore_client::ExpireWhen {
 }
 
 /// A native error reply as a status; any other reply as it is.
-fn into_result(reply: Reply) -> Result<Reply, Status> {
+pub(super) fn into_result(reply: Reply) -> Result<Reply, Status> {
     match reply {
         Reply::Error { code, message } => Err(match ErrorCode::from_code(code) {
             Some(code) => status(code, message),
@@ -523,6 +527,18 @@ impl KeyValue for KeyValueService {
             Some((item, more.then_some((None, session, db, shutdown))))
         });
         Ok(Response::new(chunks.boxed()))
+    }
+
+    type WatchStream = super::watch::Messages;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.count(Method::Watch);
+        let shutdown = self.shutdown.clone();
+        let messages = super::watch::start(request.into_inner(), &self.db, shutdown)?;
+        Ok(Response::new(messages))
     }
 }
 
