@@ -18,6 +18,7 @@ mod reads;
 mod resharding;
 mod restore;
 mod versions;
+mod watch;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
