@@ -30,7 +30,7 @@ fn recipes() -> Vec<(String, String)> {
 fn every_recipe_runs_as_written() {
     let recipes = recipes();
     let names: Vec<&str> = recipes.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["lock", "leader"]);
+    assert_eq!(names, ["lock", "leader", "config"]);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("kvstore.db"), &[]);
     let bin = cli_path();
