@@ -1340,3 +1340,191 @@ fn a_multi_past_the_transaction_limit_is_discarded() {
     assert!(aborted.contains("Transaction discarded"), "{aborted}");
     assert_eq!(run(&mut c, &["EXISTS", "k0"]), Ok(Value::Int(0)));
 }
+
+/// Sends `request` and reads what comes until the connection has been quiet
+/// for 300 ms.
+fn said(stream: &mut std::net::TcpStream, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = stream.read(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Subscribing, what a subscribed RESP2 connection may send, and
+/// unsubscribing answer byte for byte as a real redis-server 7 does.
+#[test]
+fn subscribed_connections_answer_as_redis_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let redis = RedisNode::start(false);
+    drop(redis.connect());
+    let mut ours = raw(server.resp.unwrap());
+    let mut theirs = raw(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let script: [&[u8]; 9] = [
+        b"UNSUBSCRIBE\r\n",
+        b"SUBSCRIBE a b a\r\n",
+        b"PSUBSCRIBE __key*__:*\r\n",
+        b"GET a\r\n",
+        b"PING\r\n",
+        b"PING hi\r\n",
+        b"UNSUBSCRIBE a\r\n",
+        b"PUNSUBSCRIBE\r\n",
+        b"UNSUBSCRIBE\r\n",
+    ];
+    // Each request to both; `same`: the replies must be equal.
+    let mut both = |request: &[u8], same: bool| {
+        let expected = said(&mut theirs, request);
+        let got = said(&mut ours, request);
+        assert!(
+            !same || got == expected,
+            "{:?}: {got:?}, Redis {expected:?}",
+            String::from_utf8_lossy(request)
+        );
+    };
+    script.into_iter().for_each(|request| both(request, true));
+    // Unsubscribed again: any command.
+    both(b"GET a\r\n", true);
+    // RESP3: confirmations are pushes, and every command may be sent.
+    // (HELLO's own replies differ: server name, version, id.)
+    both(b"HELLO 3\r\n", false);
+    for request in [&b"SUBSCRIBE a\r\n"[..], b"GET a\r\n", b"PING\r\n"] {
+        both(request, true);
+    }
+}
+
+/// A subscriber that stops reading while keys change is disconnected, as
+/// Redis disconnects one over its output limit, and the writes go on.
+#[test]
+fn a_subscriber_that_stops_reading_is_disconnected() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &["--watch-lag", "16"]);
+    let mut writer = connect(&server);
+    let _: () = cmd("CONFIG")
+        .arg(&["SET", "notify-keyspace-events", "KA"])
+        .query(&mut writer)
+        .unwrap();
+    let mut silent = raw(server.resp.unwrap());
+    assert!(said(&mut silent, b"PSUBSCRIBE *\r\n").contains("psubscribe"));
+    // Far more messages than the socket buffers hold (about 60 bytes each),
+    // so the server falls behind.
+    let mut mset = cmd("MSET");
+    for i in 0..1000 {
+        mset.arg(format!("k{i}")).arg("v");
+    }
+    for _ in 0..300 {
+        let _: () = mset.query(&mut writer).unwrap();
+    }
+    // What it had sent, then the end (bounded: read at most 1 GiB).
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut read = 0usize;
+    let ended = loop {
+        match silent.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) if read < 1 << 30 => read += n,
+            _ => break false,
+        }
+    };
+    assert!(ended, "still open after {read} bytes");
+    let _: () = cmd("SET").arg("after").arg("1").query(&mut writer).unwrap();
+}
+
+/// What one subscriber got: (pattern, channel, payload) for each message.
+type Messages = Vec<(Option<String>, String, String)>;
+
+/// Reads messages until one with `last` as its payload (at most 10 s).
+fn messages_until(pubsub: &mut redis::PubSub<'_>, last: &str) -> Messages {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got = Messages::new();
+    while std::time::Instant::now() < deadline {
+        let Ok(msg) = pubsub.get_message() else {
+            continue;
+        };
+        let payload = String::from_utf8_lossy(msg.get_payload_bytes()).into_owned();
+        let pattern = msg.get_pattern::<Option<String>>().unwrap();
+        got.push((pattern, msg.get_channel_name().to_string(), payload.clone()));
+        if payload == last {
+            return got;
+        }
+    }
+    panic!("no message {last:?} within 10 s; got {got:?}");
+}
+
+/// Runs `writes`, then SET marker; the messages a subscriber to key `k1`'s
+/// channel and to every key event gets, up to the marker's; then a key
+/// that expires.
+fn notifications(writer: &mut Connection, subscriber: &mut Connection) -> (Messages, Messages) {
+    let writes: [&[&str]; 7] = [
+        &["SET", "k1", "v"],
+        &["SET", "k2", "v", "EX", "100"],
+        &["DEL", "k1", "missing"],
+        &["EXPIRE", "k2", "200"],
+        &["PERSIST", "k2"],
+        &["MSET", "k1", "a", "k3", "b"],
+        &["SET", "marker", "1"],
+    ];
+    let _: () = cmd("CONFIG")
+        .arg(&["SET", "notify-keyspace-events", "KEA"])
+        .query(writer)
+        .unwrap();
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    pubsub.subscribe("__keyspace@0__:k1").unwrap();
+    pubsub.psubscribe("__keyevent@0__:*").unwrap();
+    for words in writes {
+        run(writer, words).unwrap();
+    }
+    let written = messages_until(&mut pubsub, "marker");
+    run(writer, &["PEXPIRE", "k3", "1"]).unwrap();
+    let expired = messages_until(&mut pubsub, "k3");
+    (written, messages_until_expired(&mut pubsub, expired))
+}
+
+/// The messages up to `k3`'s `expired` event.
+fn messages_until_expired(pubsub: &mut redis::PubSub<'_>, mut got: Messages) -> Messages {
+    while !got
+        .iter()
+        .any(|(_, channel, _)| channel.ends_with("expired"))
+    {
+        got.extend(messages_until(pubsub, "k3"));
+    }
+    got
+}
+
+/// The same writes on kvstore and on a real redis-server 7 publish the same
+/// keyspace notifications (channels, payloads, patterns, in order).
+#[test]
+fn keyspace_notifications_are_what_redis_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let redis = RedisNode::start(false);
+    let (mut writer, mut subscriber) = (connect(&server), connect(&server));
+    let ours = notifications(&mut writer, &mut subscriber);
+    let (mut writer, mut subscriber) = (redis.connect(), redis.connect());
+    let theirs = notifications(&mut writer, &mut subscriber);
+    assert_eq!(ours.0, theirs.0);
+    assert_eq!(ours.1, theirs.1);
+    // Off again: nothing more.
+    let _: () = cmd("CONFIG")
+        .arg(&["SET", "notify-keyspace-events", ""])
+        .query(&mut connect(&server))
+        .unwrap();
+    let got: String = cmd("CONFIG")
+        .arg(&["GET", "notify-keyspace-events"])
+        .query::<Vec<String>>(&mut connect(&server))
+        .unwrap()
+        .join(" ");
+    assert_eq!(got, "notify-keyspace-events ");
+}

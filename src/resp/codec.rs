@@ -322,6 +322,10 @@ pub enum Value {
     Map(Vec<(Value, Value)>),
     /// Text for humans (INFO): `=` with `txt:` in RESP3, a bulk string in RESP2.
     Verbatim(String),
+    /// Out of band (a subscriber's messages): `>` in RESP3, an array in RESP2.
+    Push(Vec<Value>),
+    /// Several replies in a row for one request (SUBSCRIBE a b confirms each).
+    Several(Vec<Value>),
 }
 
 impl Value {
@@ -341,7 +345,9 @@ impl Value {
     pub fn approx_len(&self) -> usize {
         match self {
             Value::Bulk(b) => b.len() + 16,
-            Value::Array(items) => 16 + items.iter().map(Value::approx_len).sum::<usize>(),
+            Value::Array(items) | Value::Push(items) | Value::Several(items) => {
+                16 + items.iter().map(Value::approx_len).sum::<usize>()
+            }
             Value::Map(pairs) => {
                 16 + pairs
                     .iter()
@@ -378,6 +384,18 @@ impl Value {
                 number(out, b'*', items.len() as i64);
                 for item in items {
                     item.encode(proto, out);
+                }
+            }
+            Value::Push(items) => {
+                let kind = if proto >= 3 { b'>' } else { b'*' };
+                number(out, kind, items.len() as i64);
+                for item in items {
+                    item.encode(proto, out);
+                }
+            }
+            Value::Several(replies) => {
+                for reply in replies {
+                    reply.encode(proto, out);
                 }
             }
             Value::Map(pairs) => {

@@ -23,6 +23,7 @@ pub mod glob;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -46,6 +47,9 @@ pub struct Shared {
     pub cursors: cursor::Cursors,
     /// Settings that `INFO` and `CONFIG GET` report.
     pub info: ServerInfo,
+    /// `notify-keyspace-events`, as flags (`CONFIG SET`; none at start, as
+    /// in Redis).
+    pub notify: Arc<AtomicU32>,
 }
 
 /// The server's settings as Redis clients ask for them.
@@ -69,6 +73,7 @@ impl Shared {
         Shared {
             cursors: cursor::Cursors::default(),
             info,
+            notify: Arc::default(),
         }
     }
 }
@@ -233,7 +238,13 @@ impl Door for Resp {
     }
 
     fn closing(&self) -> bool {
-        self.session.closing
+        self.session.closing || self.session.unsubscribed_by_server()
+    }
+
+    fn pushes(&mut self) -> Option<session::Pushes<Versioned>> {
+        let proto = self.session.proto;
+        let pushes = self.session.pushes()?;
+        Some(pushes.map(move |value| Versioned(proto, value)).boxed())
     }
 }
 

@@ -3,7 +3,8 @@ this): the default pipeline (MULTI/EXEC), the transaction() helper with
 its WATCH retries from 8 clients at once, WatchError when a watched key
 changes, and Lock (its Lua scripts run as native transactions): acquire,
 extend, reacquire, release, a stolen lock, and mutual exclusion between
-threads. Usage: redis_transactions.py HOST:PORT"""
+threads; and a PubSub listening for keyspace notifications. Usage:
+redis_transactions.py HOST:PORT"""
 
 import sys
 import threading
@@ -110,5 +111,24 @@ for t in threads:
 for t in threads:
     t.join()
 assert r.get("guarded") == b"40", r.get("guarded")
+
+# Keyspace notifications: a redis-py PubSub listening for key changes.
+r.config_set("notify-keyspace-events", "KEA")
+assert r.config_get("notify-keyspace-events") == {"notify-keyspace-events": "AKE"}
+listener = r.pubsub()
+listener.psubscribe("__keyspace@0__:conf/*")
+assert listener.get_message(timeout=5)["type"] == "psubscribe"
+r.set("conf/mode", "fast")
+r.delete("conf/mode")
+seen = []
+for _ in range(100):
+    message = listener.get_message(timeout=5)
+    if message is not None:
+        seen.append((message["channel"], message["data"]))
+    if len(seen) == 2:
+        break
+assert seen == [(b"__keyspace@0__:conf/mode", b"set"), (b"__keyspace@0__:conf/mode", b"del")], seen
+listener.close()
+r.config_set("notify-keyspace-events", "")
 
 print("all python checks passed")

@@ -16,6 +16,7 @@ mod connection;
 mod expiry;
 mod keyspace;
 mod multi;
+mod pubsub;
 mod scripting;
 mod server;
 mod strings;
@@ -49,6 +50,8 @@ pub struct Session {
     pub multi: Option<multi::Queue>,
     /// `WATCH`ed keys, each with the revision it had then (0: missing).
     pub watched: Vec<(Bytes, u64)>,
+    /// Set up by the first SUBSCRIBE or PSUBSCRIBE.
+    pub subscriber: Option<pubsub::Subscriber>,
 }
 
 impl Session {
@@ -62,7 +65,24 @@ impl Session {
             readonly: false,
             multi: None,
             watched: Vec::new(),
+            subscriber: None,
         }
+    }
+
+    /// The messages of a new subscription, once.
+    pub fn pushes(&mut self) -> Option<crate::session::Pushes<Value>> {
+        self.subscriber.as_mut()?.fresh.take()
+    }
+
+    /// The connection's keyspace notifications ended (it fell behind).
+    pub fn unsubscribed_by_server(&self) -> bool {
+        (self.subscriber.as_ref())
+            .is_some_and(|s| s.ended.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// RESP2 in subscribed mode: only the pub/sub commands, PING and QUIT.
+    fn subscribed_resp2(&self) -> bool {
+        self.proto == 2 && self.subscriber.as_ref().is_some_and(|s| s.subscribed())
     }
 }
 
@@ -212,6 +232,8 @@ macro_rules! spec {
     };
 }
 
+const PS: &[&str] = &["pubsub", "noscript", "loading", "stale"];
+
 /// Every command the RESP door knows.
 pub const COMMANDS: &[Spec] = &[
     spec!("append", 3, true, WF, (1, 1, 1), "string", "2.0.0", "Appends a string to the value of a key. Creates the key if it doesn't exist."),
@@ -219,7 +241,7 @@ pub const COMMANDS: &[Spec] = &[
     spec!("client", -2, false, &["fast"], (0, 0, 0), "connection", "2.4.0", "CLIENT ID, SETNAME, GETNAME, SETINFO."),
     spec!("cluster", -2, false, &["loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "CLUSTER KEYSLOT: the hash slot of a key, as Redis Cluster computes it."),
     spec!("command", -1, false, &["loading", "stale"], (0, 0, 0), "server", "2.8.13", "Returns detailed information about all commands."),
-    spec!("config", -2, false, &["admin", "loading", "stale"], (0, 0, 0), "server", "2.0.0", "CONFIG GET: the values of configuration parameters."),
+    spec!("config", -2, false, &["admin", "loading", "stale"], (0, 0, 0), "server", "2.0.0", "CONFIG GET: the values of configuration parameters; CONFIG SET notify-keyspace-events."),
     spec!("copy", -3, true, W, (1, 2, 1), "generic", "6.2.0", "Copies the value of a key to a new key (database 0 only)."),
     spec!("dbsize", 1, false, RF, (0, 0, 0), "server", "1.0.0", "Returns the number of keys in the database."),
     spec!("discard", 1, false, TX, (0, 0, 0), "transactions", "2.0.0", "Discards a transaction."),
@@ -258,7 +280,9 @@ pub const COMMANDS: &[Spec] = &[
     spec!("pexpiretime", 2, false, RF, (1, 1, 1), "generic", "7.0.0", "Returns the expiration time of a key as a Unix milliseconds timestamp."),
     spec!("ping", -1, false, &["fast"], (0, 0, 0), "connection", "1.0.0", "Returns the server's liveliness response."),
     spec!("psetex", 4, true, W, (1, 1, 1), "string", "2.6.0", "Sets the string value and expiration time in milliseconds of a key."),
+    spec!("psubscribe", -2, false, PS, (0, 0, 0), "pubsub", "2.0.0", "Listens for keyspace notifications on channels that match patterns."),
     spec!("pttl", 2, false, RF, (1, 1, 1), "generic", "2.6.0", "Returns the expiration time in milliseconds of a key."),
+    spec!("punsubscribe", -1, false, PS, (0, 0, 0), "pubsub", "2.0.0", "Stops listening on channels that match patterns."),
     spec!("quit", -1, false, C, (0, 0, 0), "connection", "1.0.0", "Closes the connection."),
     spec!("randomkey", 1, false, R, (0, 0, 0), "generic", "1.0.0", "Returns a random key name from the database."),
     spec!("readonly", 1, false, &["fast", "loading", "stale"], (0, 0, 0), "cluster", "3.0.0", "Lets this connection's reads be served by this node even when it is a follower (they may be stale)."),
@@ -273,11 +297,13 @@ pub const COMMANDS: &[Spec] = &[
     spec!("setnx", 3, true, WF, (1, 1, 1), "string", "1.0.0", "Set the string value of a key only when the key doesn't exist."),
     spec!("setrange", 4, true, W, (1, 1, 1), "string", "2.2.0", "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist."),
     spec!("strlen", 2, false, RF, (1, 1, 1), "string", "2.2.0", "Returns the length of a string value."),
+    spec!("subscribe", -2, false, PS, (0, 0, 0), "pubsub", "2.0.0", "Listens for keyspace notifications on channels (__keyspace@0__:KEY, __keyevent@0__:EVENT)."),
     spec!("substr", 4, false, R, (1, 1, 1), "string", "1.0.0", "Returns a substring of the string stored at a key (GETRANGE's old name)."),
     spec!("touch", -2, false, RF, (1, -1, 1), "generic", "3.2.1", "Returns the number of existing keys specified (no access time is tracked)."),
     spec!("ttl", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Returns the expiration time in seconds of a key."),
     spec!("type", 2, false, RF, (1, 1, 1), "generic", "1.0.0", "Determines the type of value stored at a key: string, or none."),
     spec!("unlink", -2, true, WF, (1, -1, 1), "generic", "4.0.0", "Deletes one or more keys, like DEL."),
+    spec!("unsubscribe", -1, false, PS, (0, 0, 0), "pubsub", "2.0.0", "Stops listening on channels."),
     spec!("unwatch", 1, false, TX, (0, 0, 0), "transactions", "2.2.0", "Forgets about all watched keys."),
     spec!("watch", -2, false, &["readonly", "noscript", "loading", "stale", "fast", "allow_busy"], (1, -1, 1), "transactions", "2.2.0", "Monitors changes to keys to determine the execution of a transaction."),
 ];
@@ -327,6 +353,12 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
             spec.name
         )));
     }
+    if session.subscribed_resp2() && !PUBSUB_MODE.contains(&spec.name) {
+        return Outcome::Ready(Value::error(format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        )));
+    }
     // The first key decides the group (multi-key commands must stay in
     // it); position 0, the name, for a command that names no key.
     let first = usize::try_from(spec.keys.0).ok().filter(|&i| i > 0);
@@ -352,6 +384,16 @@ pub async fn execute(args: Vec<Bytes>, session: &mut Session, ctx: &Ctx<'_>) -> 
     run(spec, &args[1..], session, ctx).await
 }
 
+/// What a RESP2 connection may send while subscribed.
+const PUBSUB_MODE: [&str; 6] = [
+    "subscribe",
+    "psubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "ping",
+    "quit",
+];
+
 /// Runs a command whose name, arity, login and group were checked.
 async fn run(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) -> Outcome {
     match spec.name {
@@ -359,7 +401,12 @@ async fn run(spec: &Spec, args: &[Bytes], session: &mut Session, ctx: &Ctx<'_>) 
         "client" => connection::client(args, session),
         "echo" => Outcome::Ready(Value::Bulk(args[0].clone())),
         "hello" => connection::hello(args, session, ctx).await,
+        "ping" if session.subscribed_resp2() => pubsub::ping(args),
         "ping" => connection::ping(args),
+        "subscribe" => pubsub::subscribe(args, false, session, ctx),
+        "psubscribe" => pubsub::subscribe(args, true, session, ctx),
+        "unsubscribe" => pubsub::unsubscribe(args, false, session),
+        "punsubscribe" => pubsub::unsubscribe(args, true, session),
         "quit" => {
             session.closing = true;
             ok()

@@ -1,11 +1,12 @@
-//! Server commands: INFO, CONFIG GET, COMMAND (COUNT, DOCS, INFO, LIST).
+//! Server commands: INFO, CONFIG GET and SET, COMMAND (COUNT, DOCS, INFO,
+//! LIST).
 
 use std::fmt::Write;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{is, Ctx, Outcome, Spec, COMMANDS};
+use super::{is, pubsub, Ctx, Outcome, Spec, COMMANDS};
 use crate::cmd;
 use crate::commit::LogFigures;
 use crate::config::SyncMode;
@@ -124,13 +125,42 @@ fn sync_name(sync: SyncMode) -> &'static str {
     }
 }
 
+/// CONFIG SET notify-keyspace-events CLASSES: the one setting that is not a
+/// command-line flag (a node's own, as in Redis).
+fn config_set(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
+    let [name, classes] = args else {
+        return Outcome::Ready(Value::error(
+            "ERR wrong number of arguments for 'config|set' command",
+        ));
+    };
+    if !is(name, "notify-keyspace-events") {
+        return Outcome::Ready(Value::error(format!(
+            "ERR CONFIG SET '{}' is not supported: only notify-keyspace-events; kvstore's other settings are command-line flags",
+            super::clip(name)
+        )));
+    }
+    match pubsub::parse_classes(classes) {
+        Some(flags) => {
+            ctx.shared.notify.store(flags, Ordering::Relaxed);
+            super::ok()
+        }
+        None => Outcome::Ready(Value::error(
+            "ERR CONFIG SET failed (possibly related to argument 'notify-keyspace-events') - Invalid event class character. Use 'Ag$lshzxeKEtmdn'.",
+        )),
+    }
+}
+
 /// CONFIG GET pattern [pattern ...]: the few parameters clients and tools
-/// probe, with kvstore's actual settings. CONFIG SET and the rest are
-/// refused: settings are command-line flags.
+/// probe, with kvstore's actual settings; CONFIG SET of
+/// notify-keyspace-events. The rest is refused: settings are command-line
+/// flags.
 pub(super) fn config(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
     let sub = &args[0];
+    if is(sub, "set") {
+        return config_set(&args[1..], ctx);
+    }
     if !is(sub, "get") {
-        let message = if ["set", "rewrite", "resetstat"].iter().any(|s| is(sub, s)) {
+        let message = if ["rewrite", "resetstat"].iter().any(|s| is(sub, s)) {
             format!(
                 "ERR CONFIG {} is not supported: kvstore's settings are command-line flags",
                 crate::resp::text(sub).to_uppercase()
@@ -165,7 +195,8 @@ pub(super) fn config(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let params: [(&str, String); 12] = [
+    let notify = pubsub::format_classes(ctx.shared.notify.load(Ordering::Relaxed));
+    let params: [(&str, String); 13] = [
         ("appendonly", "yes".into()),
         ("appendfsync", appendfsync.into()),
         ("save", String::new()),
@@ -181,6 +212,7 @@ pub(super) fn config(args: &[Bytes], ctx: &Ctx<'_>) -> Outcome {
         ),
         ("dir", dir),
         ("dbfilename", file),
+        ("notify-keyspace-events", notify),
     ];
     let mut pairs = Vec::new();
     for (name, value) in &params {
