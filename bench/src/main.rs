@@ -15,7 +15,8 @@
 //!
 //! Modules: [`load`] (the connections and their request loops), [`grpc`]
 //! (the gRPC connections' loop), [`library`] (the client library's
-//! loop), [`expiry`] (what deadlines cost), [`report`]
+//! loop), [`expiry`] (what deadlines cost), [`watch`] (what watches
+//! cost), [`report`]
 //! (the table, the CSV), [`plot`] (PNG charts from the CSV), [`summary`] (a
 //! Markdown table of ratios between systems, from the CSV), [`probe`] (the
 //! disk's `fdatasync` latency, with no server).
@@ -28,6 +29,7 @@ mod plot;
 mod probe;
 mod report;
 mod summary;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -155,9 +157,15 @@ pub struct Args {
     /// (the `expiry` module; benches/expiry.sh).
     #[arg(long)]
     pub expiry: bool,
-    /// With --expiry: the server's process id, to report its CPU time.
+    /// With --expiry: the server's process id, to report its CPU time;
+    /// with --watchers, its memory.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Measure watches instead of running tests: for each count, that many
+    /// watches of one prefix, then -n writes to it one at a time (the
+    /// `watch` module; benches/watch.sh).
+    #[arg(long, value_delimiter = ',')]
+    pub watchers: Vec<usize>,
 }
 
 impl Args {
@@ -203,6 +211,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.expiry {
         return runtime.block_on(expiry::run(&args));
+    }
+    if !args.watchers.is_empty() {
+        return runtime.block_on(watch::run(&args));
     }
     anyhow::ensure!(
         !args.tests.contains(&Test::Txn) || !(args.resp || args.grpc || args.library),
