@@ -2,6 +2,8 @@
 //! streamed on the connection that asked (see `crate::feed`). The door
 //! sends the first reply at once and the stream's replies as they come.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use kvstore_client::{ErrorCode, Reply};
@@ -29,17 +31,29 @@ pub fn start(prefix: Bytes, from_revision: u64, db: &Db) -> Result<(Reply, Pushe
     Ok((first, changes(watcher, db.limits.max_reply_bytes)))
 }
 
+/// How long a watcher whose keys do not change waits before it is told how
+/// far the server has gone (an `Events` reply with no events), so that it
+/// resumes from a revision the history still holds.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// The watcher's changes as replies of at most `max_bytes`, ending with
-/// the error that ended it.
+/// the error that ended it; a reply with no events when the server went on
+/// for [`PROGRESS_EVERY`] without changing the watched keys.
 fn changes(watcher: Watcher, max_bytes: usize) -> Pushes<Reply> {
     let replies = stream::unfold(Some(watcher), move |watcher| async move {
         let mut watcher = watcher?;
-        match watcher.next(max_bytes).await {
-            Ok(events) => {
-                let revision = watcher.position();
-                Some((Reply::Events { revision, events }, Some(watcher)))
-            }
-            Err(why) => Some((ended(why), None)),
+        let told = watcher.position();
+        loop {
+            // `Watcher::next` keeps what it took in when cancelled.
+            let next = tokio::time::timeout(PROGRESS_EVERY, watcher.next(max_bytes)).await;
+            let events = match next {
+                Ok(Ok(events)) => events,
+                Ok(Err(why)) => return Some((ended(why), None)),
+                Err(_) if watcher.position() > told => Vec::new(),
+                Err(_) => continue,
+            };
+            let revision = watcher.position();
+            return Some((Reply::Events { revision, events }, Some(watcher)));
         }
     });
     replies.boxed()
@@ -53,4 +67,48 @@ fn ended(why: Ended) -> Reply {
         Ended::Closed => ErrorCode::ShuttingDown,
     };
     Reply::error(code, why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Feed;
+    use kvstore_client::{Event, EventKind};
+
+    fn deleted(revision: u64, key: &str) -> Event {
+        Event {
+            revision,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            kind: EventKind::Delete,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_watcher_is_told_how_far_the_server_went() {
+        let feed = Feed::new(1 << 20, 16);
+        let mut replies = changes(
+            feed.watch(Bytes::from_static(b"quiet/"), 0).unwrap(),
+            1 << 20,
+        );
+        feed.publish(1, vec![deleted(1, "busy/a")]);
+        feed.publish(2, vec![deleted(2, "busy/b")]);
+        let progress = tokio::time::timeout(PROGRESS_EVERY * 3, replies.next()).await;
+        let told = Reply::Events {
+            revision: 2,
+            events: Vec::new(),
+        };
+        assert_eq!(progress, Ok(Some(told)));
+        // Nothing more until the server goes on.
+        let idle = tokio::time::timeout(PROGRESS_EVERY * 3, replies.next()).await;
+        assert!(idle.is_err(), "{idle:?}");
+        feed.publish(3, vec![deleted(3, "quiet/x")]);
+        let Some(Reply::Events {
+            revision: 3,
+            events,
+        }) = replies.next().await
+        else {
+            panic!("no change at 3");
+        };
+        assert_eq!(events, [deleted(3, "quiet/x")]);
+    }
 }
