@@ -52,6 +52,9 @@ pub struct Session {
     pub watched: Vec<(Bytes, u64)>,
     /// Set up by the first SUBSCRIBE or PSUBSCRIBE.
     pub subscriber: Option<pubsub::Subscriber>,
+    /// The stream of messages to send unasked from now on, until the
+    /// session takes it (an empty one ends the last).
+    pushes: Option<crate::session::Pushes<Value>>,
 }
 
 impl Session {
@@ -66,12 +69,13 @@ impl Session {
             multi: None,
             watched: Vec::new(),
             subscriber: None,
+            pushes: None,
         }
     }
 
-    /// The messages of a new subscription, once.
+    /// The messages of a new subscription, or the end of the last, once.
     pub fn pushes(&mut self) -> Option<crate::session::Pushes<Value>> {
-        self.subscriber.as_mut()?.fresh.take()
+        self.pushes.take()
     }
 
     /// The connection's keyspace notifications ended (it fell behind).

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::future::Either;
+use futures_util::stream::{self, StreamExt};
 use kvstore_client::{Event, EventKind, Reply};
 use parking_lot::Mutex;
 
@@ -165,8 +166,6 @@ pub struct Subscriber {
     /// server is stopping): close the connection, as Redis closes a
     /// subscriber over its output limit.
     pub ended: Arc<AtomicBool>,
-    /// The messages, until the session takes them.
-    pub fresh: Option<Pushes<Value>>,
 }
 
 impl Subscriber {
@@ -185,7 +184,10 @@ pub(super) fn subscribe(
     let subscriber = match &mut session.subscriber {
         Some(subscriber) => subscriber,
         none => match start(ctx) {
-            Ok(subscriber) => none.insert(subscriber),
+            Ok((subscriber, pushes)) => {
+                session.pushes = Some(pushes);
+                none.insert(subscriber)
+            }
             Err(refused) => return Outcome::Ready(refused),
         },
     };
@@ -210,16 +212,13 @@ pub(super) fn unsubscribe(args: &[Bytes], patterns: bool, session: &mut Session)
     } else {
         "unsubscribe"
     };
-    let (mut guard, mut none);
-    let subs: &mut Subscriptions = match &session.subscriber {
-        Some(subscriber) => {
-            guard = subscriber.subscriptions.lock();
-            &mut guard
-        }
-        None => {
-            none = Subscriptions::default();
-            &mut none
-        }
+    let mut guard_or_none = match &session.subscriber {
+        Some(subscriber) => Either::Left(subscriber.subscriptions.lock()),
+        None => Either::Right(Subscriptions::default()),
+    };
+    let subs: &mut Subscriptions = match &mut guard_or_none {
+        Either::Left(guard) => guard,
+        Either::Right(none) => none,
     };
     let names: Vec<Bytes> = match args {
         [] => subs.list(patterns).clone(),
@@ -232,6 +231,13 @@ pub(super) fn unsubscribe(args: &[Bytes], patterns: bool, session: &mut Session)
     }
     if replies.is_empty() {
         replies.push(confirmation(kind, Value::Nil, subs.count()));
+    }
+    let none_left = subs.count() == 0;
+    drop(guard_or_none);
+    // Nothing to listen for: stop reading the feed, which would otherwise
+    // end the connection as slow while it sends other commands.
+    if none_left && session.subscriber.take().is_some() {
+        session.pushes = Some(stream::empty().boxed());
     }
     Outcome::Ready(Value::Several(replies))
 }
@@ -250,7 +256,7 @@ pub(super) fn ping(args: &[Bytes]) -> Outcome {
 }
 
 /// Watches every key from now, for the messages of `ctx`'s classes.
-fn start(ctx: &Ctx<'_>) -> Result<Subscriber, Value> {
+fn start(ctx: &Ctx<'_>) -> Result<(Subscriber, Pushes<Value>), Value> {
     let (_, replies) = watch::start(Bytes::new(), 0, ctx.db).map_err(|refused| match refused {
         Reply::Error { message, .. } => Value::error(format!("ERR {message}")),
         other => Value::error(format!("ERR unexpected {other:?}")),
@@ -271,11 +277,13 @@ fn start(ctx: &Ctx<'_>) -> Result<Subscriber, Value> {
             futures_util::stream::iter(out)
         })
         .boxed();
-    Ok(Subscriber {
-        subscriptions,
-        ended,
-        fresh: Some(pushes),
-    })
+    Ok((
+        Subscriber {
+            subscriptions,
+            ended,
+        },
+        pushes,
+    ))
 }
 
 /// The messages `subs` receives for `events`.
