@@ -79,6 +79,15 @@ struct History {
     position: u64,
 }
 
+impl History {
+    /// Forgets every change: those up to `position` are not known.
+    fn restart(&mut self, position: u64) {
+        self.batches.clear();
+        self.bytes = 0;
+        (self.horizon, self.position) = (position, position);
+    }
+}
+
 /// The feed of one engine's changes.
 pub struct Feed {
     history: Mutex<History>,
@@ -126,10 +135,7 @@ impl Feed {
     /// Starts the feed at `position`: the changes before it are not known
     /// (what a snapshot holds), those after it will be published.
     pub fn start_at(&self, position: u64) {
-        let mut history = self.history.lock();
-        history.batches.clear();
-        history.bytes = 0;
-        (history.horizon, history.position) = (position, position);
+        self.history.lock().restart(position);
     }
 
     /// Recovery replayed the log up to `position`, publishing what it
@@ -158,7 +164,9 @@ impl Feed {
     /// The state was replaced at `position` by a snapshot: the history is
     /// dropped and watchers end.
     pub fn reset(&self, position: u64) {
-        self.start_at(position);
+        let mut history = self.history.lock();
+        history.restart(position);
+        // Under the lock: a watcher starting now starts after the reset.
         let _ = self.live.send(Arc::new(Batch {
             position,
             events: Vec::new(),
@@ -217,10 +225,11 @@ impl Feed {
             }
             from => from,
         };
-        let backlog = (history.batches.iter())
-            .filter(|batch| batch.position >= from)
-            .cloned()
-            .collect();
+        // Positions grow along the history: no walk of it under the lock.
+        let first = history
+            .batches
+            .partition_point(|batch| batch.position < from);
+        let backlog = history.batches.range(first..).cloned().collect();
         Ok(Watcher {
             prefix,
             from,
