@@ -450,3 +450,50 @@ fn watch_prints_each_change_from_a_revision() {
         text(&out.stderr)
     );
 }
+
+/// `kvstore watch` waits out a restart of its server (longer than the
+/// client's usual few attempts) and goes on from where it was.
+#[test]
+fn watch_goes_on_across_a_restart() {
+    use std::io::BufRead;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kvstore.db");
+    let server = Server::start(&data, &[]);
+    let addr = server.addr.to_string();
+    // From revision 1: the first change is seen even if it comes before
+    // the watch is in place.
+    let mut watch = Command::new(cli_path())
+        .args([
+            "--addr", &addr, "watch", "w/", "--from", "1", "--count", "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its lines as they come, so that every wait below is bounded.
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    std::thread::spawn(move || stdout.lines().for_each(|l| drop(lines.send(l))));
+    let next = || printed.recv_timeout(Duration::from_secs(30));
+    BlockingClient::connect(&addr)
+        .unwrap()
+        .set("w/a", "1")
+        .unwrap();
+    assert!(next().unwrap().unwrap().ends_with("put w/a 1"));
+    server.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let _server = Server::start_on(&addr, &data, &[]);
+    BlockingClient::connect(&addr)
+        .unwrap()
+        .set("w/b", "2")
+        .unwrap();
+    let second = next();
+    let _ = watch.kill();
+    let status = watch.wait().unwrap();
+    assert!(
+        second
+            .as_ref()
+            .is_ok_and(|l| l.as_ref().is_ok_and(|l| l.ends_with("put w/b 2"))),
+        "{second:?}, {status}"
+    );
+}

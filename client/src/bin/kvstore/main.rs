@@ -433,6 +433,8 @@ fn main() -> ExitCode {
 
 /// How to reach a server: everything but its address.
 struct Connect {
+    /// `kvstore watch` waits out a restart or a failover, however long.
+    patient: bool,
     timeout: Duration,
     reads: Reads,
     tls: bool,
@@ -459,6 +461,7 @@ impl Connect {
             token
         });
         Ok(Connect {
+            patient: matches!(cli.command, Some(Cmd::Watch { .. })),
             timeout: Duration::from_millis(cli.timeout_ms),
             reads: match cli.reads {
                 ReadsArg::Linearizable => Reads::Linearizable,
@@ -482,6 +485,10 @@ impl Connect {
         }
         if let Some(token) = &self.token {
             builder = builder.auth_token(token.clone());
+        }
+        if self.patient {
+            builder = (builder.max_attempts(usize::MAX))
+                .backoff(Duration::from_millis(100), Duration::from_secs(5));
         }
         builder.build()
     }
