@@ -367,15 +367,16 @@ fn event_bytes(event: &Event) -> usize {
     EVENT_OVERHEAD + event.key.len() + value
 }
 
-/// What replaying `op` from the log publishes, given what applying it did
-/// (`applied`): a delete counts whether or not the key was there, since a
-/// fuzzy snapshot may already hold its effect. A watch resuming after a
-/// restart may see a delete of a key that was already gone; it never
-/// misses one.
+/// What replaying `op` from the log publishes, given what applying it again
+/// did (`applied`), which over a fuzzy snapshot may be nothing: the log
+/// holds a delete, a deadline or a `Persist` only when it changed the key,
+/// so each counts as it did. The sweep's `Expire` names the keys it found
+/// due, and only re-applying it says which were still there.
 pub fn replayed(op: &WriteOp, applied: Applied) -> Applied {
     match op {
         WriteOp::Delete { .. } => Applied::Deleted(true),
         WriteOp::DeleteMany { keys } => Applied::Removed(keys.clone()),
+        WriteOp::ExpireAt { .. } | WriteOp::Persist { .. } => Applied::Bool(true),
         _ => applied,
     }
 }

@@ -209,3 +209,32 @@ async fn a_reply_holds_whole_revisions_unless_one_alone_is_too_big() {
     assert_eq!(revisions(&watcher.next(2 * one).await.unwrap()), [3]);
     assert_eq!(watcher.position(), 3);
 }
+
+#[test]
+fn a_replayed_write_counts_as_it_did_when_the_log_says_it_changed_the_key() {
+    let key = Bytes::from_static(b"k");
+    let cases = [
+        (
+            WriteOp::Delete { key: key.clone() },
+            Applied::Deleted(false),
+            Applied::Deleted(true),
+        ),
+        (
+            WriteOp::ExpireAt {
+                key: key.clone(),
+                at: 9,
+            },
+            Applied::Bool(false),
+            Applied::Bool(true),
+        ),
+        (
+            WriteOp::Persist { key: key.clone() },
+            Applied::Bool(false),
+            Applied::Bool(true),
+        ),
+        (WriteOp::set("k", "v"), Applied::Stored, Applied::Stored),
+    ];
+    for (op, again, published) in cases {
+        assert_eq!(replayed(&op, again), published, "{op:?}");
+    }
+}
