@@ -197,6 +197,17 @@ impl Feed {
         let _ = self.live.send(batch);
     }
 
+    /// The position of each batch the history holds, oldest first.
+    #[cfg(test)]
+    pub fn positions(&self) -> Vec<u64> {
+        self.history
+            .lock()
+            .batches
+            .iter()
+            .map(|b| b.position)
+            .collect()
+    }
+
     /// Every change the history holds, oldest first.
     #[cfg(test)]
     pub fn kept(&self) -> Vec<Event> {

@@ -249,6 +249,9 @@ struct SortedReplay<'s> {
     /// and their revision, in log order.
     pending: Vec<(usize, usize, op::WriteOp, u64)>,
     bytes: usize,
+    /// Bytes held past which the next record is not taken before the held
+    /// ones are applied.
+    limit: usize,
 }
 
 impl<'s> SortedReplay<'s> {
@@ -258,12 +261,18 @@ impl<'s> SortedReplay<'s> {
             feed,
             pending: Vec::new(),
             bytes: 0,
+            limit: REPLAY_SORT_BYTES,
         }
     }
 
     /// Takes the write of the record `seq`.
     fn push(&mut self, op: op::WriteOp, seq: u64) {
         use op::WriteOp::*;
+        // Between records only: a record's changes share its revision, and
+        // a watcher told a revision is done must have all of them.
+        if self.bytes >= self.limit {
+            self.flush();
+        }
         match op {
             BulkSet { items } => {
                 for (key, value) in items {
@@ -327,9 +336,6 @@ impl<'s> SortedReplay<'s> {
         self.bytes += op.approx_len();
         let shard = op.first_key().map_or(0, |key| self.store.shard_index(key));
         self.pending.push((shard, self.pending.len(), op, seq));
-        if self.bytes >= REPLAY_SORT_BYTES {
-            self.flush();
-        }
     }
 
     /// Applies what is held, in shard and key order, and publishes what it
@@ -642,5 +648,22 @@ mod tests {
             assert_eq!(sorted.get_revised(&key), in_order.get_revised(&key));
         }
         assert!((0..7).any(|i| matches!(in_order.deadline(&key(i)), Some(Some(_)))));
+    }
+
+    /// A watcher told a revision is done must have all its changes: the
+    /// replay applies, and publishes, between records only.
+    #[test]
+    fn a_replay_publishes_each_record_whole() {
+        let store = Store::with_clock(3, clock::Clock::manual(0));
+        let feed = Feed::new(usize::MAX, 1);
+        let mut replay = SortedReplay::new(&store, Some(&feed));
+        replay.limit = 1;
+        let items = (0..3)
+            .map(|i| (Bytes::from(format!("k{i}")), Bytes::from("v")))
+            .collect();
+        replay.push(WriteOp::BulkSet { items }, 1);
+        replay.push(WriteOp::set("k", "v"), 2);
+        replay.flush();
+        assert_eq!(feed.positions(), [1, 2]);
     }
 }
