@@ -51,26 +51,27 @@ impl WatchStream {
     /// revision to go on from: read the keys and watch from now).
     pub async fn next(&mut self) -> Result<Vec<Event>, Error> {
         let mut pauses = self.client.pauses();
+        let mut error = match self.receive().await {
+            Err(error) if resumable(&error) => error,
+            done => return done,
+        };
         loop {
-            let error = match self.receive().await {
-                Ok(events) => return Ok(events),
-                Err(error) if resumable(&error) => error,
-                Err(error) => return Err(error),
-            };
             let Some(pause) = pauses.next() else {
                 return Err(error);
             };
             self.client.steer_after(&error);
             tokio::time::sleep(pause).await;
-            let from = self.revision + 1;
-            match open(&self.client, &self.prefix, from).await {
-                Ok((connection, _)) => self.connection = connection,
-                // Tried again at the next pause; a closed channel says so.
-                Err(error) if resumable(&error) => {
-                    self.connection.1 = mpsc::channel(1).1;
+            error = match open(&self.client, &self.prefix, self.revision + 1).await {
+                Ok((connection, _)) => {
+                    self.connection = connection;
+                    match self.receive().await {
+                        Err(error) if resumable(&error) => error,
+                        done => return done,
+                    }
                 }
+                Err(error) if resumable(&error) => error,
                 Err(error) => return Err(error),
-            }
+            };
         }
     }
 
