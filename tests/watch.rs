@@ -9,17 +9,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{runtime, Server};
+use common::{runtime, take, watch_all, Server};
 use kvstore_client::{
     Client, Command, CompareOp, Condition, Error, ErrorCode, Event, EventKind, ExpireWhen, Expiry,
-    Reply, Target, Transaction, WatchStream,
+    Reply, Target, Transaction,
 };
 
 const ENGINES: [&[&str]; 2] = [&[], &["--engine", "disk"]];
-
-/// Bounds every wait for a change: a missing one fails the test rather
-/// than hanging it.
-const PATIENCE: Duration = Duration::from_secs(30);
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -34,17 +30,6 @@ fn put(key: &str, value: &str) -> (Bytes, EventKind) {
             deadline: None,
         },
     )
-}
-
-/// The next `n` changes `watch` delivers.
-async fn take(watch: &mut WatchStream, n: usize) -> Vec<Event> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        let more = tokio::time::timeout(PATIENCE, watch.next()).await;
-        events.extend(more.expect("a change within the patience").unwrap());
-    }
-    assert_eq!(events.len(), n, "more changes than written");
-    events
 }
 
 fn without_revisions(events: &[Event]) -> Vec<(Bytes, EventKind)> {
@@ -129,23 +114,6 @@ fn each_write_shows_as_the_changes_it_made() {
             );
         });
     }
-}
-
-/// Each watcher's changes: read until it has `n`, as revisions and keys.
-async fn watch_all(watchers: Vec<WatchStream>, n: usize) -> Vec<(WatchStream, Vec<Event>)> {
-    let tasks: Vec<_> = (watchers.into_iter())
-        .map(|mut watch| {
-            tokio::spawn(async move {
-                let events = take(&mut watch, n).await;
-                (watch, events)
-            })
-        })
-        .collect();
-    let mut done = Vec::new();
-    for task in tasks {
-        done.push(task.await.unwrap());
-    }
-    done
 }
 
 /// Writes `count` changes under `w/` (and one elsewhere each), one at a

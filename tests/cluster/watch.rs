@@ -10,9 +10,6 @@ use super::*;
 
 const WATCHERS: usize = 1_000;
 
-/// Bounds every wait for a change.
-const PATIENCE: Duration = Duration::from_secs(60);
-
 /// A client that starts at `first` and moves along the others, patient
 /// enough to outlast a failover.
 fn client_starting_at(nodes: &[Spec], first: usize) -> Client {
@@ -38,30 +35,9 @@ async fn write(client: &Client, round: &str, count: usize) -> Vec<(Bytes, Bytes)
     expected
 }
 
-/// Reads `n` more changes from every watcher, concurrently.
-async fn read_all(watchers: Vec<WatchStream>, n: usize) -> Vec<(WatchStream, Vec<Event>)> {
-    let tasks: Vec<_> = (watchers.into_iter())
-        .map(|mut watch| {
-            tokio::spawn(async move {
-                let mut events = Vec::new();
-                while events.len() < n {
-                    let more = tokio::time::timeout(PATIENCE, watch.next()).await;
-                    events.extend(more.expect("a change within the patience").unwrap());
-                }
-                (watch, events)
-            })
-        })
-        .collect();
-    let mut done = Vec::new();
-    for task in tasks {
-        done.push(task.await.unwrap());
-    }
-    done
-}
-
 /// Reads a round of changes into `seen`, giving the watchers back.
 async fn round(watchers: Vec<WatchStream>, seen: &mut [Vec<Event>], n: usize) -> Vec<WatchStream> {
-    let read = read_all(watchers, n).await;
+    let read = common::watch_all(watchers, n).await;
     let mut back = Vec::new();
     for ((watch, events), seen) in read.into_iter().zip(seen.iter_mut()) {
         seen.extend(events);

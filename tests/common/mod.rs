@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kvstore_client::{codec, Reply, Request, Response};
+use kvstore_client::{codec, Event, Reply, Request, Response, WatchStream};
 
 /// How many times a server this test binary started wrote that a thread
 /// panicked. A panic in a task (a Raft group's, say) leaves the process
@@ -388,4 +388,36 @@ pub fn fiu_ctrl(prefix: &Path, pid: u32, command: &str) {
         .status()
         .expect("fiu-ctrl (Debian package fiu-utils; .ci/run installs it)");
     assert!(status.success(), "fiu-ctrl {command} failed");
+}
+
+/// Bounds every wait for a watched change: a missing one fails the test
+/// rather than hanging it.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The next `n` changes `watch` delivers, and not one more in what came.
+pub async fn take(watch: &mut WatchStream, n: usize) -> Vec<Event> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let more = tokio::time::timeout(PATIENCE, watch.next()).await;
+        events.extend(more.expect("a change within the patience").unwrap());
+    }
+    assert_eq!(events.len(), n, "more changes than written");
+    events
+}
+
+/// Each watcher's next `n` changes, read concurrently; the watchers back.
+pub async fn watch_all(watchers: Vec<WatchStream>, n: usize) -> Vec<(WatchStream, Vec<Event>)> {
+    let tasks: Vec<_> = (watchers.into_iter())
+        .map(|mut watch| {
+            tokio::spawn(async move {
+                let events = take(&mut watch, n).await;
+                (watch, events)
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.unwrap());
+    }
+    done
 }
