@@ -127,19 +127,27 @@ shard() {
     echo "sharded: $groups groups, the slots spread evenly"
 }
 
+# Whether node $1, as it sees the cluster, has every node's RESP address
+# and a leader for every group.
+node_ready() {
+    local json
+    json=$("$bin/kvstore" --addr "$(addr "$1")" --output json cluster status 2>/dev/null) || return 1
+    [[ $json == *'"resp_addr"'* && $json != *'"resp_addr":null'* && $json != *'"leader":null'* ]]
+}
+
 # Waits (at most 10 s) until every node has recorded its RESP address in
-# the cluster's table and every group has a leader every node knows of, so
+# the cluster's table and every group has a leader every node knows of
+# (each node asked in turn: a Redis client meets the one it talks to), so
 # that Redis clients are sent on (-MOVED) from the first command, not told
 # that no leader is known yet.
 wait_ready() {
-    local i json
-    for ((i = 0; i < 100; i++)); do
-        json=$("$bin/kvstore" --addr "$(all_addrs)" --output json cluster status 2>/dev/null) || json=""
-        if [[ $json == *'"resp_addr"'* && $json != *'"resp_addr":null'* && $json != *'"leader":null'* ]]; then
-            return 0
-        fi
-        sleep 0.1
+    local i n next=1
+    n=$(size)
+    for ((i = 0; i < 100 && next <= n; i++)); do
+        while ((next <= n)) && node_ready "$next"; do next=$((next + 1)); done
+        ((next > n)) || sleep 0.1
     done
+    ((next > n)) && return 0
     echo "not every node has recorded its RESP address, or a group has no leader, yet" >&2
 }
 
