@@ -1243,11 +1243,7 @@ impl Client {
         maybe_done: &std::sync::atomic::AtomicBool,
     ) -> Result<Reply, Error> {
         let options = &self.inner.options;
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(options.min_backoff)
-            .with_max_delay(options.max_backoff)
-            .with_max_times(options.max_attempts - 1)
-            .with_jitter();
+        let policy = self.attempts();
         // An `Incr` or `Append` whose reply was lost may have been applied:
         // it is resent only after errors that prove it never arrived.
         let idempotent = command.is_idempotent();
@@ -1472,13 +1468,18 @@ impl Client {
     /// The pauses between attempts in a row at something, as the client's
     /// backoff and `max_attempts` say.
     pub(crate) fn pauses(&self) -> impl Iterator<Item = Duration> {
+        self.attempts().build()
+    }
+
+    /// The backoff between a call's attempts, or a watch's: `max_attempts`
+    /// in all, pausing from `min_backoff` to `max_backoff` with jitter.
+    fn attempts(&self) -> ExponentialBuilder {
         let options = &self.inner.options;
         ExponentialBuilder::default()
             .with_min_delay(options.min_backoff)
             .with_max_delay(options.max_backoff)
-            .with_jitter()
             .with_max_times(options.max_attempts.saturating_sub(1))
-            .build()
+            .with_jitter()
     }
 
     /// Has the server write a backup into its `--backup-dir` under `name`
