@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use futures_util::stream::{self, StreamExt};
 use kvstore_client::{Event, EventKind, Reply};
 use parking_lot::Mutex;
@@ -129,6 +128,43 @@ impl Subscriptions {
         }
     }
 
+    /// Adds each of `names`; a confirmation for each.
+    fn add(&mut self, names: &[Bytes], patterns: bool) -> Vec<Value> {
+        let kind = if patterns { "psubscribe" } else { "subscribe" };
+        let mut replies = Vec::new();
+        for name in names {
+            let list = self.list(patterns);
+            if !list.contains(name) {
+                list.push(name.clone());
+            }
+            replies.push(confirmation(kind, Value::Bulk(name.clone()), self.count()));
+        }
+        replies
+    }
+
+    /// Removes each of `names`, or all; a confirmation for each (one with
+    /// nil if there were none).
+    fn remove(&mut self, names: &[Bytes], patterns: bool) -> Vec<Value> {
+        let kind = if patterns {
+            "punsubscribe"
+        } else {
+            "unsubscribe"
+        };
+        let names = match names {
+            [] => self.list(patterns).clone(),
+            names => names.to_vec(),
+        };
+        let mut replies = Vec::new();
+        for name in names {
+            self.list(patterns).retain(|n| *n != name);
+            replies.push(confirmation(kind, Value::Bulk(name), self.count()));
+        }
+        if replies.is_empty() {
+            replies.push(confirmation(kind, Value::Nil, self.count()));
+        }
+        replies
+    }
+
     fn count(&self) -> i64 {
         (self.channels.len() + self.patterns.len()) as i64
     }
@@ -188,55 +224,24 @@ pub(super) fn subscribe(
                 session.pushes = Some(pushes);
                 none.insert(subscriber)
             }
-            Err(refused) => return Outcome::Ready(refused),
+            Err(refused) => return super::refused(refused),
         },
     };
-    let mut subs = subscriber.subscriptions.lock();
-    let kind = if patterns { "psubscribe" } else { "subscribe" };
-    let mut replies = Vec::new();
-    for name in args {
-        let list = subs.list(patterns);
-        if !list.contains(name) {
-            list.push(name.clone());
-        }
-        replies.push(confirmation(kind, Value::Bulk(name.clone()), subs.count()));
-    }
+    let replies = subscriber.subscriptions.lock().add(args, patterns);
     Outcome::Ready(Value::Several(replies))
 }
 
 /// UNSUBSCRIBE [channel...] and PUNSUBSCRIBE [pattern...]: each named, or
 /// all; a confirmation for each (one with nil if there were none).
 pub(super) fn unsubscribe(args: &[Bytes], patterns: bool, session: &mut Session) -> Outcome {
-    let kind = if patterns {
-        "punsubscribe"
-    } else {
-        "unsubscribe"
+    let replies = match &session.subscriber {
+        Some(subscriber) => subscriber.subscriptions.lock().remove(args, patterns),
+        None => Subscriptions::default().remove(args, patterns),
     };
-    let mut guard_or_none = match &session.subscriber {
-        Some(subscriber) => Either::Left(subscriber.subscriptions.lock()),
-        None => Either::Right(Subscriptions::default()),
-    };
-    let subs: &mut Subscriptions = match &mut guard_or_none {
-        Either::Left(guard) => guard,
-        Either::Right(none) => none,
-    };
-    let names: Vec<Bytes> = match args {
-        [] => subs.list(patterns).clone(),
-        names => names.to_vec(),
-    };
-    let mut replies = Vec::new();
-    for name in &names {
-        subs.list(patterns).retain(|n| n != name);
-        replies.push(confirmation(kind, Value::Bulk(name.clone()), subs.count()));
-    }
-    if replies.is_empty() {
-        replies.push(confirmation(kind, Value::Nil, subs.count()));
-    }
-    let none_left = subs.count() == 0;
-    drop(guard_or_none);
     // Nothing to listen for: stop reading the feed, which would otherwise
     // end the connection as slow while it sends other commands.
-    if none_left && session.subscriber.take().is_some() {
+    if session.subscriber.as_ref().is_some_and(|s| !s.subscribed()) {
+        session.subscriber = None;
         session.pushes = Some(stream::empty().boxed());
     }
     Outcome::Ready(Value::Several(replies))
@@ -256,11 +261,8 @@ pub(super) fn ping(args: &[Bytes]) -> Outcome {
 }
 
 /// Watches every key from now, for the messages of `ctx`'s classes.
-fn start(ctx: &Ctx<'_>) -> Result<(Subscriber, Pushes<Value>), Value> {
-    let (_, replies) = watch::start(Bytes::new(), 0, ctx.db).map_err(|refused| match refused {
-        Reply::Error { message, .. } => Value::error(format!("ERR {message}")),
-        other => Value::error(format!("ERR unexpected {other:?}")),
-    })?;
+fn start(ctx: &Ctx<'_>) -> Result<(Subscriber, Pushes<Value>), Reply> {
+    let (_, replies) = watch::start(Bytes::new(), 0, ctx.db)?;
     let subscriptions = Arc::new(Mutex::new(Subscriptions::default()));
     let ended = Arc::new(AtomicBool::new(false));
     let classes = ctx.shared.notify.clone();
