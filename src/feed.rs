@@ -142,7 +142,7 @@ impl Feed {
     /// replayed if the feed wanted it.
     pub fn replayed_to(&self, position: u64) {
         if !self.skip(position) {
-            self.history.lock().position = position;
+            self.publish(position, Vec::new());
         }
     }
 
