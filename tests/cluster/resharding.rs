@@ -59,11 +59,7 @@ fn reshard(
             match scan_in_pages(&scanner, "fix", 50, 100) {
                 Ok(keys) => {
                     if keys != fixed {
-                        let missing: Vec<_> = (fixed.iter())
-                            .filter(|k| !keys.contains(k))
-                            .map(|k| (k, kvstore_client::slot::slot_of(k.as_bytes())))
-                            .collect();
-                        panic!("scan {scans}: {} keys; missing {missing:?}", keys.len());
+                        panic!("scan {scans}: {}", explain_miss(&scanner, &fixed, &keys));
                     }
                     scans += 1;
                 }
@@ -87,6 +83,28 @@ fn reshard(
              ({given_up} given up)"
         )
     })
+}
+
+/// What a scan that gave `keys` instead of `fixed` missed, and whether
+/// the missing keys are there when read one by one and in a scan again:
+/// a scan's flaw, or keys lost.
+fn explain_miss(
+    scanner: &kvstore_client::BlockingClient,
+    fixed: &[String],
+    keys: &[String],
+) -> String {
+    let missing: Vec<_> = (fixed.iter())
+        .filter(|k| !keys.contains(k))
+        .map(|k| (k, kvstore_client::slot::slot_of(k.as_bytes())))
+        .collect();
+    let read: Vec<_> = (missing.iter())
+        .map(|(k, _)| scanner.get(k).map(|v| v.is_some()))
+        .collect();
+    let again = scan_in_pages(scanner, "fix", 50, 100).map(|again| again.len());
+    format!(
+        "{} keys; missing {missing:?}; read one by one: {read:?}; scanned again: {again:?}",
+        keys.len()
+    )
 }
 
 /// In turn, moves the slots to the other group and group 2 to the other of
