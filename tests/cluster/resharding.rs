@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::common::{cli_ok, cli_path};
 use super::groups::scan_in_pages;
@@ -107,14 +107,27 @@ fn explain_miss(
     )
 }
 
+/// How long, once the run is over, a replica move cut short is sent again.
+const FINISH_LIMIT: Duration = Duration::from_secs(60);
+
 /// In turn, moves the slots to the other group and group 2 to the other of
-/// nodes 3 and 4, through group 1's leader, until `stop`: the slot and
-/// replica moves done, and those that failed.
+/// nodes 3 and 4, through group 1's leader, until `stop` (then a replica
+/// move cut short is finished): the slot and replica moves done, and those
+/// that failed.
 fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> ([u32; 2], u32) {
     let (mut to, mut on, mut done, mut failed) = ("2", ["3", "4"], [0, 0], 0);
+    let (mut replica_cut_short, mut finish_by) = (false, None);
     for turn in (0..2).cycle() {
         if stop.load(Ordering::Relaxed) {
-            break;
+            // A replica move cut short leaves its leaver running the group
+            // until it is sent again (docs/sharding.md): finish it.
+            let by = *finish_by.get_or_insert_with(|| Instant::now() + FINISH_LIMIT);
+            if !replica_cut_short || Instant::now() > by {
+                break;
+            }
+            if turn == 0 {
+                continue;
+            }
         }
         let Some(leader) = leader_index(nodes) else {
             std::thread::sleep(Duration::from_millis(200));
@@ -145,6 +158,9 @@ fn move_back_and_forth(nodes: &[Spec], stop: &AtomicBool) -> ([u32; 2], u32) {
         // leader: then the slots are already there. A replica move that
         // failed is sent again until it is done.
         let there = turn == 0 && stderr.contains("other than");
+        if turn == 1 {
+            replica_cut_short = !out.status.success();
+        }
         if out.status.success() || there {
             done[turn] += u32::from(!there);
             match turn {
