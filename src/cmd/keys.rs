@@ -59,7 +59,7 @@ pub async fn node_page(
     max_bytes: usize,
     db: &Db,
 ) -> Result<KeysPage, Reply> {
-    let Some(cluster) = db.cluster().filter(|c| c.is_sharded()) else {
+    let Some(cluster) = db.cluster().filter(|c| c.has_groups()) else {
         return page(prefix, start_after, limit, max_bytes, db);
     };
     check_walk(prefix, start_after, &db.limits)?;
@@ -87,7 +87,7 @@ pub(super) fn check_walk(
 /// How many keys there are (RESP `DBSIZE`): in a sharded cluster, in the
 /// groups of [`node_page`] that run on this node.
 pub fn count(db: &Db) -> u64 {
-    match db.cluster().filter(|c| c.is_sharded()) {
+    match db.cluster().filter(|c| c.has_groups()) {
         Some(cluster) => cluster.keys_in(&cluster.redis_groups()),
         None => db.engine().len(),
     }
@@ -95,7 +95,7 @@ pub fn count(db: &Db) -> u64 {
 
 /// How many of [`count`]'s keys have a deadline.
 pub fn count_expiring(db: &Db) -> u64 {
-    match db.cluster().filter(|c| c.is_sharded()) {
+    match db.cluster().filter(|c| c.has_groups()) {
         Some(cluster) => cluster.expiring_in(&cluster.redis_groups()),
         None => db.engine().expiring(),
     }

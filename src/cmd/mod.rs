@@ -128,8 +128,8 @@ pub async fn start(command: Command, db: &Db) -> Started {
         Command::Restore { name } => return Started::Done(restore::apply(name, db).await),
         _ => {}
     }
-    // A sharded cluster's scans ask every group.
-    if let Some(cluster) = db.cluster().filter(|c| c.is_sharded()) {
+    // The scans of a cluster with several groups ask every group.
+    if let Some(cluster) = db.cluster().filter(|c| c.has_groups()) {
         if let Some(reply) = scan::sharded(&command, cluster, db).await {
             return Started::Done(reply);
         }
@@ -165,7 +165,7 @@ pub async fn read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error> {
 /// cluster a read that names no key answers for the groups `CLUSTER NODES`
 /// gives this node ([`keys::node_page`]), so it waits for theirs.
 pub async fn node_read_barrier(db: &Db, key: Option<&[u8]>) -> Result<(), Error> {
-    match (db.cluster().filter(|c| c.is_sharded()), key) {
+    match (db.cluster().filter(|c| c.has_groups()), key) {
         (Some(cluster), None) => cluster.redis_read_barrier().await,
         _ => read_barrier(db, key).await,
     }
@@ -279,7 +279,7 @@ pub fn scans_every_group(command: &Command, db: &Db) -> bool {
         command,
         Command::Keys { .. } | Command::Scan { .. } | Command::Range { .. }
     );
-    scan && db.cluster().is_some_and(|c| c.is_sharded())
+    scan && db.cluster().is_some_and(|c| c.has_groups())
 }
 
 /// [`read`], except that a scan in a sharded cluster asks every group

@@ -744,11 +744,18 @@ impl Cluster {
         flush
     }
 
-    /// Whether some slot is served by a group other than group 1: reads
-    /// that name no key must then ask every group.
+    /// Whether some slot is served by a group other than group 1.
     pub fn is_sharded(&self) -> bool {
         let shards = self.table();
         shards.map().ranges().iter().any(|r| r.value != FIRST_GROUP)
+    }
+
+    /// Whether the cluster has a group besides group 1: scans must then
+    /// ask the groups' leaders, which read under their slot states. Not
+    /// [`Cluster::is_sharded`]: a map that names group 1 alone may be
+    /// older than the group's own data (a move's purge applied since).
+    pub fn has_groups(&self) -> bool {
+        !self.table().groups().is_empty()
     }
 
     /// A page of a scan of `span` over every group that serves slots: each
