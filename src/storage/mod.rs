@@ -18,6 +18,7 @@
 pub mod appender;
 pub mod change;
 pub mod clock;
+pub mod entry;
 pub mod fs;
 pub mod op;
 pub mod record;

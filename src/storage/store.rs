@@ -8,7 +8,9 @@
 //! `.await` or any I/O.
 //!
 //! Each key and its value live together in one heap allocation (an
-//! [`Entry`]); the B-tree holds only the 16-byte pointer to it. That is one
+//! [`Entry`]); the B-tree holds only the 8-byte pointer to it, and a shard's
+//! deadline index the entry's address, not a copy of its key (see
+//! `super::entry`). That is one
 //! allocation per key instead of two, and reads copy the value out under the
 //! read lock (a 100-byte copy costs about what the reference-count increment of
 //! a shared buffer did). See docs/performance.md for the memory figures.
@@ -16,7 +18,6 @@
 //! The store knows nothing of durability: the group-commit thread applies a
 //! write here only after the log says it is durable (see `crate::commit`).
 
-use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::ops::Bound;
@@ -27,151 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use parking_lot::RwLock;
 
 use super::clock::Clock;
+use super::entry::Address;
 use super::op::WriteOp;
 
-/// One key and its value in a single allocation:
-/// `key length (u32 LE) | key | modified (u64 LE) | created (u64 LE) |
-/// [deadline (u64 LE)] | value`, the two revisions being [`Revisions`].
-///
-/// The length's top bit says whether a deadline (ms since the Unix epoch,
-/// after which the key is gone: docs/design/expiry.md) follows the key. A
-/// key is at most a frame (1 GiB), so the bit is free, and an entry without
-/// a deadline is laid out, and costs, exactly as before deadlines existed.
-///
-/// Entries compare, and are looked up (through `Borrow<[u8]>`), by their key
-/// alone, so a shard is a `BTreeSet<Entry>` that behaves as a map from key to
-/// value.
-pub struct Entry(Box<[u8]>);
-
-/// Bytes in front of the key: its length.
-const ENTRY_HEADER: usize = 4;
-
-/// Set in the key length when a deadline follows the key.
-const HAS_DEADLINE: u32 = 1 << 31;
-
-/// Bytes of a deadline.
-const DEADLINE_LEN: usize = 8;
-
-/// Bytes of the two revisions.
-const REVISIONS_LEN: usize = 16;
-
-/// When a key was last written and when it came into being: the log
-/// positions of those writes (docs/transactions.md). A key stored before
-/// revisions were kept has 0 for both until it is written again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Revisions {
-    pub modified: u64,
-    pub created: u64,
-}
-
-impl Revisions {
-    /// The revisions of `key` written at `revision` over `old`, its entry
-    /// if it has one. An entry whose deadline has passed but that the sweep
-    /// has not removed yet still counts: the clock must not decide what a
-    /// replay writes.
-    fn written(old: Option<&Entry>, revision: u64) -> Revisions {
-        Revisions {
-            modified: revision,
-            created: old.map_or(revision, |old| old.revisions().created),
-        }
-    }
-}
-
-impl Entry {
-    /// An entry whose key is gone once `deadline` (ms since the epoch) has
-    /// passed, if it has one.
-    pub fn new(key: &[u8], value: &[u8], deadline: Option<u64>, revisions: Revisions) -> Entry {
-        let extra = REVISIONS_LEN + deadline.map_or(0, |_| DEADLINE_LEN);
-        let mut buf = Vec::with_capacity(ENTRY_HEADER + key.len() + extra + value.len());
-        let flag = deadline.map_or(0, |_| HAS_DEADLINE);
-        buf.extend_from_slice(&(key.len() as u32 | flag).to_le_bytes());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(&revisions.modified.to_le_bytes());
-        buf.extend_from_slice(&revisions.created.to_le_bytes());
-        if let Some(at) = deadline {
-            buf.extend_from_slice(&at.to_le_bytes());
-        }
-        buf.extend_from_slice(value);
-        Entry(buf.into_boxed_slice())
-    }
-
-    fn header(&self) -> u32 {
-        let b = &self.0;
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
-
-    fn key_end(&self) -> usize {
-        ENTRY_HEADER + (self.header() & !HAS_DEADLINE) as usize
-    }
-
-    fn value_start(&self) -> usize {
-        match self.header() & HAS_DEADLINE {
-            0 => self.key_end() + REVISIONS_LEN,
-            _ => self.key_end() + REVISIONS_LEN + DEADLINE_LEN,
-        }
-    }
-
-    /// The u64 at `at`.
-    fn u64_at(&self, at: usize) -> u64 {
-        let bytes: [u8; 8] = self.0[at..at + 8].try_into().unwrap_or_default();
-        u64::from_le_bytes(bytes)
-    }
-
-    pub fn key(&self) -> &[u8] {
-        &self.0[ENTRY_HEADER..self.key_end()]
-    }
-
-    pub fn value(&self) -> &[u8] {
-        &self.0[self.value_start()..]
-    }
-
-    /// When the key is gone (ms since the epoch), if ever.
-    pub fn deadline(&self) -> Option<u64> {
-        if self.header() & HAS_DEADLINE == 0 {
-            return None;
-        }
-        Some(self.u64_at(self.key_end() + REVISIONS_LEN))
-    }
-
-    pub fn revisions(&self) -> Revisions {
-        let at = self.key_end();
-        Revisions {
-            modified: self.u64_at(at),
-            created: self.u64_at(at + 8),
-        }
-    }
-
-    /// Whether the key is gone at `now_ms`: its deadline is at or before it.
-    pub fn expired(&self, now_ms: u64) -> bool {
-        self.deadline().is_some_and(|at| at <= now_ms)
-    }
-}
-
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Entry) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Entry) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Entry) -> Ordering {
-        self.key().cmp(other.key())
-    }
-}
+pub use super::entry::{Entry, Revisions};
 
 /// One shard: an ordered set of entries, so `Keys` can walk a prefix in order.
 /// A `parking_lot` read-write lock: many readers share a shard, the one writer
@@ -183,10 +43,15 @@ type Shard = RwLock<Map>;
 /// A shard's entries, and the deadlines of those that have one in deadline
 /// order (the sweep takes the earliest; with no expiring key the set is
 /// empty and a key costs no more than before expiry existed).
+///
+/// The index holds each entry's [`Address`], not a copy of its key: every
+/// address in `deadlines` is that of an entry in `entries` with that
+/// deadline. Only `Map`'s methods change either set, and they keep that
+/// true, which is what makes reading a key through the index sound.
 #[derive(Default)]
 struct Map {
     entries: BTreeSet<Entry>,
-    deadlines: BTreeSet<(u64, Box<[u8]>)>,
+    deadlines: BTreeSet<(u64, Address)>,
 }
 
 impl Map {
@@ -203,7 +68,7 @@ impl Map {
 
     /// Stores `entry`, and returns the one it replaced.
     fn put(&mut self, entry: Entry) -> Option<Entry> {
-        let indexed = entry.deadline().map(|at| (at, Box::from(entry.key())));
+        let indexed = entry.deadline().map(|at| (at, entry.address()));
         let old = self.entries.replace(entry);
         if let Some(old) = &old {
             self.unindex(old);
@@ -222,7 +87,7 @@ impl Map {
 
     fn unindex(&mut self, entry: &Entry) {
         if let Some(at) = entry.deadline() {
-            self.deadlines.remove(&(at, Box::from(entry.key())));
+            self.deadlines.remove(&(at, entry.address()));
         }
     }
 
@@ -230,7 +95,7 @@ impl Map {
     fn append(&mut self, built: &mut BTreeSet<Entry>) {
         for entry in built.iter() {
             if let Some(at) = entry.deadline() {
-                self.deadlines.insert((at, Box::from(entry.key())));
+                self.deadlines.insert((at, entry.address()));
             }
         }
         self.entries.append(built);
@@ -238,9 +103,22 @@ impl Map {
 
     /// Entries whose deadline is at or before `now`, not removed yet.
     fn expired(&self, now: u64) -> usize {
-        let end = (now.saturating_add(1), Box::<[u8]>::default());
-        self.deadlines.range(..end).count()
+        self.deadlines.range(..due_end(now)).count()
     }
+
+    /// The keys of up to `max` entries whose deadline is at or before
+    /// `now`, earliest first.
+    fn due(&self, now: u64, max: usize) -> impl Iterator<Item = Bytes> + '_ {
+        let due = self.deadlines.range(..due_end(now)).take(max);
+        // SAFETY: every indexed address is an entry of `self.entries`
+        // (see `Map`), which the borrow of `self` keeps alive.
+        due.map(|(_, address)| Bytes::copy_from_slice(unsafe { address.key() }))
+    }
+}
+
+/// Where the index's entries due at `now` end.
+fn due_end(now: u64) -> (u64, Address) {
+    (now.saturating_add(1), Address::LOWEST)
 }
 
 /// The whole data set.
@@ -777,13 +655,11 @@ impl Store {
     /// Up to `max` keys whose deadline is at or before `now`, earliest
     /// first within each shard: what the sweep removes next.
     pub fn due(&self, now: u64, max: usize) -> Vec<Bytes> {
-        let end = (now.saturating_add(1), Box::<[u8]>::default());
         let mut due = Vec::new();
         for shard in self.shards.iter() {
             let map = shard.read();
             let left = max - due.len();
-            let keys = map.deadlines.range(..end.clone()).take(left);
-            due.extend(keys.map(|(_, key)| Bytes::copy_from_slice(key)));
+            due.extend(map.due(now, left));
             if due.len() == max {
                 break;
             }
@@ -1039,49 +915,6 @@ mod tests {
             });
         }
         store
-    }
-
-    /// Revisions ride in every entry, a deadline only when there is one,
-    /// and lookups by key find either kind.
-    #[test]
-    fn an_entry_carries_its_revisions_and_a_deadline_only_when_it_has_one() {
-        let revised = Revisions {
-            modified: 9,
-            created: 4,
-        };
-        let plain = Entry::new(b"user:1", b"ann", None, revised);
-        assert_eq!(plain.0.len(), ENTRY_HEADER + 6 + REVISIONS_LEN + 3);
-        assert_eq!((plain.key(), plain.value()), (&b"user:1"[..], &b"ann"[..]));
-        assert_eq!((plain.deadline(), plain.revisions()), (None, revised));
-        assert!(!plain.expired(u64::MAX));
-
-        let at = 1_764_950_400_000;
-        let expiring = Entry::new(b"session:9", b"", Some(at), revised);
-        let len = ENTRY_HEADER + 9 + REVISIONS_LEN + DEADLINE_LEN;
-        assert_eq!(expiring.0.len(), len);
-        assert_eq!(
-            (expiring.key(), expiring.value()),
-            (&b"session:9"[..], &b""[..])
-        );
-        assert_eq!(
-            (expiring.deadline(), expiring.revisions()),
-            (Some(at), revised)
-        );
-        assert!(!expiring.expired(at - 1));
-        assert!(expiring.expired(at));
-
-        // A value that looks like a deadline stays a value.
-        let tricky = Entry::new(b"k", &at.to_le_bytes(), None, Revisions::default());
-        assert_eq!(
-            (tricky.deadline(), tricky.value()),
-            (None, &at.to_le_bytes()[..])
-        );
-
-        let map: BTreeSet<Entry> = [plain, expiring, tricky].into_iter().collect();
-        let found = |key: &[u8]| map.get(key).map(|e| e.value().to_vec());
-        assert_eq!(found(b"session:9"), Some(Vec::new()));
-        assert_eq!(found(b"user:1"), Some(b"ann".to_vec()));
-        assert_eq!(found(b"k"), Some(at.to_le_bytes().to_vec()));
     }
 
     /// A write sets the modified revision; the created one stays while the
