@@ -74,6 +74,9 @@ impl Entry {
     /// An entry whose key is gone once `deadline` (ms since the epoch) has
     /// passed, if it has one.
     pub fn new(key: &[u8], value: &[u8], deadline: Option<u64>, revisions: Revisions) -> Entry {
+        // The frame limit keeps both far below; a length that did not fit
+        // would free the allocation with the wrong size.
+        assert!(key.len() < HAS_DEADLINE as usize && value.len() <= u32::MAX as usize);
         let extra = REVISIONS_LEN + deadline.map_or(0, |_| DEADLINE_LEN);
         let mut buf = Vec::with_capacity(HEADER + key.len() + extra + value.len());
         let flag = deadline.map_or(0, |_| HAS_DEADLINE);
