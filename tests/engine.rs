@@ -790,6 +790,7 @@ fn model_change(model: &mut Model, change: &Change) -> Result<Applied, u32> {
         }
         Change::AddGroup { .. }
         | Change::SetSlots { .. }
+        | Change::SetSlotsIf { .. }
         | Change::Assign { .. }
         | Change::Import { .. }
         | Change::ImportTimed { .. }

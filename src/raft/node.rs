@@ -906,6 +906,24 @@ impl Cluster {
         self.propose_one(group, change).await.map(|_| ())
     }
 
+    /// A slot move's step: group `group`'s slots `first..=last` go from
+    /// `expected` to `state` ([`Change::SetSlotsIf`]).
+    async fn step_slots(
+        &self,
+        group: GroupId,
+        (first, last): (u16, u16),
+        expected: SlotState,
+        state: SlotState,
+    ) -> Result<(), Error> {
+        let change = Change::SetSlotsIf {
+            first,
+            last,
+            expected,
+            state,
+        };
+        self.propose_one(group, change).await.map(|_| ())
+    }
+
     /// Moves slots `first..=last` from the group that serves them to group
     /// `to` (docs/sharding.md): records the move in group 1, then carries
     /// out its steps ([`Cluster::run_move`]). Returns the pairs copied.
@@ -1146,9 +1164,10 @@ impl Cluster {
             to,
             ..
         } = record;
-        self.set_slots(from, first, last, SlotState::Serving)
+        let slots = (first, last);
+        self.step_slots(from, slots, SlotState::Frozen, SlotState::Serving)
             .await?;
-        self.set_slots(to, first, last, SlotState::Elsewhere)
+        self.step_slots(to, slots, SlotState::Importing, SlotState::Elsewhere)
             .await?;
         self.purge_slots(to, (first, last)).await?;
         self.record_move(None).await?;
@@ -1196,12 +1215,18 @@ impl Cluster {
         } = *record;
         let next = match record.step {
             MoveStep::Begun => {
-                self.set_slots(to, first, last, SlotState::Importing)
-                    .await?;
+                self.step_slots(
+                    to,
+                    (first, last),
+                    SlotState::Elsewhere,
+                    SlotState::Importing,
+                )
+                .await?;
                 MoveStep::Importing
             }
             MoveStep::Importing => {
-                self.set_slots(from, first, last, SlotState::Frozen).await?;
+                self.step_slots(from, (first, last), SlotState::Serving, SlotState::Frozen)
+                    .await?;
                 MoveStep::Frozen
             }
             MoveStep::Frozen => {
@@ -1209,7 +1234,7 @@ impl Cluster {
                 MoveStep::Copied
             }
             MoveStep::Copied => {
-                self.set_slots(from, first, last, SlotState::Elsewhere)
+                self.step_slots(from, (first, last), SlotState::Frozen, SlotState::Elsewhere)
                     .await?;
                 MoveStep::Released
             }
@@ -1223,7 +1248,8 @@ impl Cluster {
                 MoveStep::Published
             }
             MoveStep::Published => {
-                self.set_slots(to, first, last, SlotState::Serving).await?;
+                self.step_slots(to, (first, last), SlotState::Importing, SlotState::Serving)
+                    .await?;
                 MoveStep::Serving
             }
             MoveStep::Serving => {

@@ -205,6 +205,29 @@ impl Shards {
         }
     }
 
+    /// [`Shards::set_state`] only if every slot of `first..=last` is
+    /// `expected` here, or already `state` (a step done again): a slot
+    /// move's step that arrives late, from a coordinator since deposed or
+    /// over a stalled link, is refused instead of undoing a newer one.
+    pub fn set_state_if(
+        &mut self,
+        first: u16,
+        last: u16,
+        expected: SlotState,
+        state: SlotState,
+    ) -> Outcome {
+        for slot in first..=last {
+            let found = self.state(slot);
+            if found != expected && found != state {
+                let message = format!(
+                    "slot {slot} is {found:?} in this group, not {expected:?} or {state:?}"
+                );
+                return refused(ErrorCode::ClusterFailed, message);
+            }
+        }
+        self.set_state(first, last, state)
+    }
+
     /// What this group does with `change`, in its log: a change of the
     /// table, a slot move's own write (only into slots in the state the
     /// move left them), or a client's write checked by [`Shards::admit`].
@@ -218,6 +241,12 @@ impl Shards {
             Change::SetSlots { first, last, state } => {
                 Decided::Changed(self.set_state(first, last, state))
             }
+            Change::SetSlotsIf {
+                first,
+                last,
+                expected,
+                state,
+            } => Decided::Changed(self.set_state_if(first, last, expected, state)),
             Change::Assign { first, last, group } => {
                 Decided::Changed(self.assign(first, last, group))
             }
@@ -564,6 +593,45 @@ mod tests {
         );
         assert_eq!(group.assign(0, 99, 7), Outcome::Stored);
         assert_eq!(group.map().group_of(99), 7);
+    }
+    #[test]
+    fn a_move_s_step_that_arrives_late_is_refused() {
+        use SlotState::{Elsewhere, Importing, Serving};
+        let mut target = Shards::of_group(FIRST_GROUP + 1);
+        let step = |target: &mut Shards, expected, state| {
+            let change = Change::SetSlotsIf {
+                first: 0,
+                last: 4095,
+                expected,
+                state,
+            };
+            match target.decide(change) {
+                Decided::Changed(outcome) => code(match outcome {
+                    Outcome::Stored => Ok(()),
+                    refused => Err(refused),
+                }),
+                _ => panic!("not a change of the table"),
+            }
+        };
+        // A move into the group: Elsewhere -> Importing -> Serving, each
+        // step taken again after a crash.
+        for (expected, state) in [(Elsewhere, Importing), (Importing, Serving)] {
+            assert_eq!(step(&mut target, expected, state), None);
+            assert_eq!(step(&mut target, expected, state), None, "done again");
+        }
+        // The first step, sent late by a coordinator that lost its place,
+        // would leave the slots served by no group.
+        let late = step(&mut target, Elsewhere, Importing);
+        assert_eq!(late, Some(ErrorCode::ClusterFailed as u32));
+        assert_eq!(target.state(0), Serving);
+        assert_eq!(target.state(4095), Serving);
+        // Half the range in another state is refused whole.
+        target.set_state(0, 10, Elsewhere);
+        assert_eq!(
+            step(&mut target, Serving, Importing),
+            Some(ErrorCode::ClusterFailed as u32)
+        );
+        assert_eq!(target.state(11), Serving);
     }
     #[test]
     fn a_recorded_move_only_goes_forward_one_at_a_time() {

@@ -164,6 +164,16 @@ pub enum Change {
     Delete { key: Bytes },
     /// Removes those of `keys` that have a value, as one record.
     DeleteMany { keys: Vec<Bytes> },
+    /// Cluster mode: a slot move's step, [`Change::SetSlots`] only if
+    /// slots `first..=last` are all `expected` (or already `state`) here,
+    /// so that a step sent late, by a coordinator since deposed or over a
+    /// stalled link, cannot undo a newer one (`crate::raft::shards`).
+    SetSlotsIf {
+        first: u16,
+        last: u16,
+        expected: crate::raft::shards::SlotState,
+        state: crate::raft::shards::SlotState,
+    },
 }
 
 /// One step of a transaction's branch.
@@ -281,6 +291,7 @@ impl Change {
             Change::OpenSession { .. }
             | Change::AddGroup { .. }
             | Change::SetSlots { .. }
+            | Change::SetSlotsIf { .. }
             | Change::Assign { .. }
             | Change::Moving(_)
             | Change::Doors { .. }
@@ -321,6 +332,7 @@ impl Change {
             Change::OpenSession { .. }
             | Change::AddGroup { .. }
             | Change::SetSlots { .. }
+            | Change::SetSlotsIf { .. }
             | Change::Assign { .. }
             | Change::Moving(_)
             | Change::Doors { .. }
@@ -357,7 +369,10 @@ impl Change {
             Change::AddGroup { members } | Change::Replicas { members, .. } => {
                 32 + 64 * members.len()
             }
-            Change::SetSlots { .. } | Change::Assign { .. } | Change::Moving(_) => 32,
+            Change::SetSlots { .. }
+            | Change::SetSlotsIf { .. }
+            | Change::Assign { .. }
+            | Change::Moving(_) => 32,
             Change::Doors { resp, .. } => 32 + resp.as_ref().map_or(0, String::len),
             Change::Import { items } => {
                 16 + (items.iter().map(|(k, v)| 16 + k.len() + v.len())).sum::<usize>()
@@ -510,6 +525,7 @@ impl Change {
             }
             Change::AddGroup { .. }
             | Change::SetSlots { .. }
+            | Change::SetSlotsIf { .. }
             | Change::Assign { .. }
             | Change::Import { .. }
             | Change::ImportTimed { .. }
