@@ -170,9 +170,24 @@ fn the_local_cluster_script_starts_a_sharded_cluster_for_redis_cli() {
             .expect("run redis-cli (redis-tools)");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    // Slots 0, 7365 and 12182: groups 1, 2 and 3.
+    // Slots 0, 7365 and 12182: groups 1, 2 and 3. A group's leadership
+    // may still move just after the start (the script's wait saw a leader
+    // of each group from every node, but a loaded machine can time out a
+    // heartbeat): a write that meets the election is sent again, for up
+    // to 10 s, as a client of any Raft store would.
+    let set = |key: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let reply = redis_cli(&["SET", key, key]);
+            let electing = reply.ends_with("no leader known yet");
+            if !electing || std::time::Instant::now() > deadline {
+                return reply;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
     for key in ["{06S}a", "{user}b", "{foo}c"] {
-        assert_eq!(redis_cli(&["SET", key, key]), "OK", "{key}");
+        assert_eq!(set(key), "OK", "{key}");
         let out = kvstore(&addrs, &["get", key]);
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), key, "{out:?}");
     }
