@@ -107,8 +107,7 @@ impl Entry {
     }
 
     pub fn key(&self) -> &[u8] {
-        let b = self.bytes();
-        &b[HEADER..key_end(b)]
+        key_of(self.bytes())
     }
 
     pub fn value(&self) -> &[u8] {
@@ -198,8 +197,7 @@ impl Address {
     /// caller holds a shared borrow of the set that owns it.
     pub unsafe fn key<'a>(self) -> &'a [u8] {
         // SAFETY: the caller keeps the entry, and so its allocation, alive.
-        let b = unsafe { whole(self.0) };
-        &b[HEADER..key_end(b)]
+        key_of(unsafe { whole(self.0) })
     }
 }
 
@@ -230,12 +228,12 @@ unsafe fn whole<'a>(at: NonNull<u8>) -> &'a [u8] {
 
 /// An entry's length from its header.
 fn total_len(header: &[u8]) -> usize {
-    let deadline = if u32_at(header, 0) & HAS_DEADLINE == 0 {
-        0
-    } else {
-        DEADLINE_LEN
-    };
-    key_end(header) + REVISIONS_LEN + deadline + u32_at(header, 4) as usize
+    key_end(header) + REVISIONS_LEN + deadline_len(header) + u32_at(header, 4) as usize
+}
+
+/// The key of an entry's allocation `b`.
+fn key_of(b: &[u8]) -> &[u8] {
+    &b[HEADER..key_end(b)]
 }
 
 /// Where the key ends.
